@@ -1,0 +1,242 @@
+package fake
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// MaxOutput bounds what Exec returns of each of stdout and stderr; the rest
+// is dropped, as the contract lets a driver do.
+const MaxOutput = 1 << 20
+
+// eicar is the EICAR anti-virus test file's content, which every scanner
+// reports as infected. It is split in two so that this source file is not
+// itself reported by a scanner on a developer's machine.
+var eicar = []byte(`X5O!P%@AP[4\PZX54(P^)7CC)7}$` + `EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`)
+
+// shell runs the guest's built-in commands, deterministic stand-ins for
+// what an analysis system runs in a real guest:
+//
+//	echo [-n] ARG...     the arguments, space-separated
+//	cat FILE...          the files' contents
+//	ls [PATH...]         a directory's entries, one a line, sorted
+//	sleep DURATION       waits; DURATION is seconds ("1.5") or Go ("300ms")
+//	exit [N]             exit status N
+//	true, false          exit status 0, 1
+//	sha256sum FILE...    "<hex>  FILE" a line
+//	scan FILE            "infected" (status 1) if FILE holds the EICAR test
+//	                     string, else "clean" (status 0)
+//
+// The program is found by its base name, Unix or Windows style, with or
+// without ".exe". Anything else exits 127 with "not found" on stderr, as a
+// shell does. Files are guest paths.
+type shell struct {
+	root   *os.Root
+	stdout bytes.Buffer
+	stderr bytes.Buffer
+}
+
+// run runs prog and returns its exit status; an error only means ctx ended
+// while the command ran.
+func (sh *shell) run(ctx context.Context, prog string, args []string) (int, error) {
+	name := path.Base(strings.ReplaceAll(prog, `\`, "/"))
+	if strings.HasSuffix(strings.ToLower(name), ".exe") {
+		name = name[:len(name)-len(".exe")]
+	}
+	switch name {
+	case "echo":
+		return sh.echo(args), nil
+	case "cat":
+		return sh.cat(args), nil
+	case "ls":
+		return sh.ls(args), nil
+	case "sleep":
+		return sh.sleep(ctx, args)
+	case "exit":
+		return sh.exit(args), nil
+	case "true":
+		return 0, nil
+	case "false":
+		return 1, nil
+	case "sha256sum":
+		return sh.sha256sum(args), nil
+	case "scan":
+		return sh.scan(args), nil
+	}
+	sh.errorf("sh: 1: %s: not found\n", prog)
+	return 127, nil
+}
+
+func (sh *shell) printf(format string, args ...any) {
+	bounded(&sh.stdout, fmt.Sprintf(format, args...))
+}
+func (sh *shell) errorf(format string, args ...any) {
+	bounded(&sh.stderr, fmt.Sprintf(format, args...))
+}
+
+func bounded(b *bytes.Buffer, s string) {
+	if room := MaxOutput - b.Len(); room < len(s) {
+		s = s[:max(room, 0)]
+	}
+	b.WriteString(s)
+}
+
+func (sh *shell) echo(args []string) int {
+	end := "\n"
+	if len(args) > 0 && args[0] == "-n" {
+		args, end = args[1:], ""
+	}
+	sh.printf("%s%s", strings.Join(args, " "), end)
+	return 0
+}
+
+func (sh *shell) cat(args []string) int {
+	code := 0
+	for _, a := range args {
+		data, err := sh.root.ReadFile(guestRel(a))
+		if err != nil {
+			sh.errorf("cat: %s: %s\n", a, describe(err))
+			code = 1
+			continue
+		}
+		sh.printf("%s", data)
+	}
+	return code
+}
+
+func (sh *shell) ls(args []string) int {
+	if len(args) == 0 {
+		args = []string{"."}
+	}
+	code := 0
+	for _, a := range args {
+		rel := guestRel(a)
+		fi, err := sh.root.Stat(rel)
+		if err != nil {
+			sh.errorf("ls: cannot access '%s': %s\n", a, describe(err))
+			code = 2
+			continue
+		}
+		if !fi.IsDir() {
+			sh.printf("%s\n", a)
+			continue
+		}
+		dir, err := sh.root.Open(rel)
+		if err == nil {
+			var names []string
+			names, err = dir.Readdirnames(-1)
+			dir.Close()
+			slices.Sort(names)
+			for _, n := range names {
+				sh.printf("%s\n", n)
+			}
+		}
+		if err != nil {
+			sh.errorf("ls: cannot open directory '%s': %s\n", a, describe(err))
+			code = 2
+		}
+	}
+	return code
+}
+
+func (sh *shell) sleep(ctx context.Context, args []string) (int, error) {
+	if len(args) != 1 {
+		sh.errorf("sleep: expects one operand, a duration\n")
+		return 1, nil
+	}
+	d, err := parseSleep(args[0])
+	if err != nil {
+		sh.errorf("sleep: invalid time interval '%s'\n", args[0])
+		return 1, nil
+	}
+	if err := sleep(ctx, d); err != nil {
+		return 0, err
+	}
+	return 0, nil
+}
+
+func parseSleep(s string) (time.Duration, error) {
+	if secs, err := strconv.ParseFloat(s, 64); err == nil {
+		if secs < 0 || secs > (1<<62)/float64(time.Second) {
+			return 0, errors.New("out of range")
+		}
+		return time.Duration(secs * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err == nil && d < 0 {
+		err = errors.New("negative")
+	}
+	return d, err
+}
+
+func (sh *shell) exit(args []string) int {
+	if len(args) == 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(args[0])
+	if err != nil {
+		sh.errorf("sh: 1: exit: Illegal number: %s\n", args[0])
+		return 2
+	}
+	return n & 0xff // exit statuses are one byte
+}
+
+func (sh *shell) sha256sum(args []string) int {
+	code := 0
+	for _, a := range args {
+		data, err := sh.root.ReadFile(guestRel(a))
+		if err != nil {
+			sh.errorf("sha256sum: %s: %s\n", a, describe(err))
+			code = 1
+			continue
+		}
+		sh.printf("%x  %s\n", sha256.Sum256(data), a)
+	}
+	return code
+}
+
+func (sh *shell) scan(args []string) int {
+	if len(args) != 1 {
+		sh.errorf("usage: scan FILE\n")
+		return 2
+	}
+	data, err := sh.root.ReadFile(guestRel(args[0]))
+	if err != nil {
+		sh.errorf("scan: %s: %s\n", args[0], describe(err))
+		return 2
+	}
+	if bytes.Contains(data, eicar) {
+		sh.printf("infected\n")
+		return 1
+	}
+	sh.printf("clean\n")
+	return 0
+}
+
+// describe words a file error as a guest's tools would.
+func describe(err error) string {
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return "No such file or directory"
+	case errors.Is(err, syscall.EISDIR):
+		return "Is a directory"
+	case errors.Is(err, fs.ErrPermission):
+		return "Permission denied"
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err.Error()
+	}
+	return err.Error()
+}

@@ -1,0 +1,83 @@
+package fake
+
+import (
+	"context"
+	"time"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+// Watch streams the VM's status (§10): the current one, then one value
+// each time the power state, the lock or the current snapshot changes,
+// whether an operation changed it or a transition fell due. The channel
+// closes when ctx ends or the driver is closed. A receiver that falls
+// behind gets the latest state, not every one it missed.
+func (d *Driver) Watch(ctx context.Context, name string) (<-chan hypervisor.Status, error) {
+	if !d.caps.Has(hypervisor.CapWatch) {
+		return nil, hypervisor.Unsupported(hypervisor.OpWatch, name)
+	}
+	v, err := d.begin(ctx, hypervisor.OpWatch, name)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	xerr := d.exitDuringLocked(v, nil, hypervisor.OpWatch)
+	d.mu.Unlock()
+	if xerr != nil {
+		return nil, xerr
+	}
+	ch := make(chan hypervisor.Status, 1)
+	go d.watch(ctx, v, ch)
+	return ch, nil
+}
+
+func (d *Driver) watch(ctx context.Context, v *vm, ch chan<- hypervisor.Status) {
+	defer close(ch)
+	withLock := d.caps.Has(hypervisor.CapLockState)
+	var last hypervisor.Status
+	for first := true; ; first = false {
+		d.mu.Lock()
+		now := time.Now()
+		v.advance(now)
+		st := v.status(now, withLock)
+		changed := d.changed
+		next := v.nextEvent(now)
+		d.mu.Unlock()
+		if first || !sameStatus(st, last) {
+			select {
+			case ch <- st:
+				last = st
+			case <-ctx.Done():
+				return
+			case <-d.closed:
+				return
+			}
+		}
+		timer, due := timerAt(now, next)
+		select {
+		case <-ctx.Done():
+		case <-d.closed:
+		case <-changed:
+		case <-due:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		if ctx.Err() != nil || d.isClosed() {
+			return
+		}
+	}
+}
+
+func sameStatus(a, b hypervisor.Status) bool {
+	return a.Power == b.Power && a.Raw == b.Raw && a.Lock == b.Lock && a.CurrentSnapshot == b.CurrentSnapshot
+}
+
+func (d *Driver) isClosed() bool {
+	select {
+	case <-d.closed:
+		return true
+	default:
+		return false
+	}
+}
