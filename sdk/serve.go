@@ -1,7 +1,15 @@
 package sdk
 
 import (
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
 	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
@@ -10,13 +18,44 @@ import (
 // the plugin process when the host configures the plugin; an error (for
 // example a *configfile.Error from cfg.Decode) fails the launch and reaches
 // the operator as it is. logger writes into the host's log, tagged with the
-// plugin's name.
+// plugin's name. If the driver has a Close() error method, Serve calls it
+// before the process exits.
 type Factory func(cfg Config, logger hclog.Logger) (hypervisor.Driver, error)
 
-// Serve runs the plugin: call it from main and nothing else. It never
-// returns; the process exits when the host stops it or dies.
+// Serve runs the plugin: call it from main and nothing else. It returns
+// when the host stops the plugin; if the host dies instead, the plugin
+// notices within milliseconds and exits by itself.
+//
+// A plugin serves protocol versions 1 and 2 and the host picks the highest.
+// Started with --max-protocol=1 (or SANDBOX_PLUGIN_MAX_PROTOCOL=1) it serves
+// only the legacy contract, which is how the core's fallback paths are
+// exercised against a real plugin.
 func Serve(factory Factory, opts ...ServeOption) {
-	panic("not implemented yet")
+	o := serveOptions{maxProtocol: ProtocolV2}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if err := o.fromEnvironment(os.Args[1:], os.Getenv); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	logger := hclog.New(&hclog.LoggerOptions{
+		Level:      hclog.LevelFromString(os.Getenv(EnvLogLevel)),
+		Output:     os.Stderr,
+		JSONFormat: true,
+	})
+	slot := &driverSlot{factory: factory, logger: logger}
+	watchHost(func() {
+		closeWithin(slot, 50*time.Millisecond)
+		os.Exit(0)
+	})
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig:  Handshake,
+		VersionedPlugins: serverPluginSets(slot, o.maxProtocol),
+		GRPCServer:       plugin.DefaultGRPCServer,
+		Logger:           logger,
+	})
+	closeWithin(slot, time.Second)
 }
 
 // ServeOption adjusts Serve.
@@ -24,4 +63,80 @@ type ServeOption func(*serveOptions)
 
 type serveOptions struct {
 	maxProtocol int
+}
+
+// WithMaxProtocol caps the protocol version the plugin serves, for a driver
+// that wants to present only the legacy contract.
+func WithMaxProtocol(v int) ServeOption {
+	return func(o *serveOptions) { o.maxProtocol = v }
+}
+
+// fromEnvironment applies the --max-protocol flag and the environment; the
+// SDK owns only that one flag and leaves every other argument to the driver.
+func (o *serveOptions) fromEnvironment(args []string, getenv func(string) string) error {
+	value := getenv(EnvMaxProtocol)
+	for i, a := range args {
+		name, v, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		if !strings.HasPrefix(a, "-") || name != "max-protocol" {
+			continue
+		}
+		if !hasValue {
+			if i+1 >= len(args) {
+				return fmt.Errorf("--max-protocol needs a value: 1 or 2")
+			}
+			v = args[i+1]
+		}
+		value = v
+	}
+	if value == "" {
+		return nil
+	}
+	n, err := strconv.Atoi(value)
+	if err != nil || n < ProtocolV1 || n > ProtocolV2 {
+		return fmt.Errorf("max protocol %q: want 1 or 2", value)
+	}
+	o.maxProtocol = min(o.maxProtocol, n)
+	return nil
+}
+
+// watchHost calls gone once the host process has died. The host passes the
+// read end of a pipe whose write end only it holds; the kernel closes that
+// end when the host dies, however it dies, so the read returns at once. A
+// host that passes no pipe (Windows, a foreign host) is watched by polling
+// the parent process id instead.
+func watchHost(gone func()) {
+	if v := os.Getenv(EnvHostFD); v != "" {
+		if fd, err := strconv.Atoi(v); err == nil {
+			if f := os.NewFile(uintptr(fd), "host-pipe"); f != nil {
+				go func() {
+					_, _ = io.Copy(io.Discard, f)
+					gone()
+				}()
+				return
+			}
+		}
+	}
+	parent := os.Getppid()
+	go func() {
+		t := time.NewTicker(20 * time.Millisecond)
+		defer t.Stop()
+		for range t.C {
+			if os.Getppid() != parent {
+				gone()
+				return
+			}
+		}
+	}()
+}
+
+func closeWithin(slot *driverSlot, d time.Duration) {
+	done := make(chan struct{})
+	go func() {
+		slot.close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(d):
+	}
 }

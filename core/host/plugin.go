@@ -1,0 +1,380 @@
+package host
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk"
+)
+
+// ErrPluginExited is matched (errors.Is) by the error of a call whose
+// plugin process died or whose connection broke while the call was in
+// flight. The host relaunches the plugin on the next call.
+var ErrPluginExited = errors.New("plugin exited")
+
+// ErrLaunch is matched by every error that kept a plugin from starting:
+// a missing executable, a wrong checksum, no common protocol version, a
+// configuration the plugin rejected.
+var ErrLaunch = errors.New("plugin launch failed")
+
+// Plugin is one configured plugin. It implements hypervisor.Driver by
+// forwarding every call to the plugin process, launching it first if it is
+// not running.
+type Plugin struct {
+	name string
+	cfg  PluginConfig
+	host *Host
+
+	mu   sync.Mutex
+	inst *instance
+}
+
+var _ hypervisor.Driver = (*Plugin)(nil)
+
+// instance is one running plugin process.
+type instance struct {
+	client   *plugin.Client
+	remote   sdk.Remote
+	hostPipe *os.File // write end of the watchdog pipe; closing it tells the plugin to exit
+	pid      int
+
+	infoMu sync.Mutex
+	info   *hypervisor.Info
+}
+
+func (in *instance) kill() {
+	in.client.Kill()
+	if in.hostPipe != nil {
+		_ = in.hostPipe.Close()
+	}
+}
+
+// Description is what `sandbox plugins` shows about a launched plugin.
+type Description struct {
+	// Plugin is the plugin's name in config.toml.
+	Plugin string `json:"plugin"`
+	// Path is the executable that runs.
+	Path string `json:"path"`
+	// Pid is the plugin process's id.
+	Pid int `json:"pid"`
+	// Protocol is the negotiated protocol version.
+	Protocol int `json:"protocol"`
+	// Info is the driver's own description; for a protocol 1 plugin the host
+	// fills in the v1 capability set.
+	Info hypervisor.Info `json:"info"`
+}
+
+// Name is the plugin's name in config.toml.
+func (p *Plugin) Name() string { return p.name }
+
+// Pid returns the running plugin process's id, or 0 when none runs.
+func (p *Plugin) Pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inst == nil {
+		return 0
+	}
+	return p.inst.pid
+}
+
+// Protocol returns the protocol version negotiated with the plugin,
+// launching it if needed.
+func (p *Plugin) Protocol(ctx context.Context) (int, error) {
+	in, err := p.instance(ctx, hypervisor.OpInfo, "")
+	if err != nil {
+		return 0, err
+	}
+	return in.remote.Protocol(), nil
+}
+
+// Describe launches the plugin if needed and describes it.
+func (p *Plugin) Describe(ctx context.Context) (Description, error) {
+	in, err := p.instance(ctx, hypervisor.OpInfo, "")
+	if err != nil {
+		return Description{}, err
+	}
+	info, err := p.Info(ctx)
+	if err != nil {
+		return Description{}, err
+	}
+	return Description{
+		Plugin:   p.name,
+		Path:     p.cfg.resolvedPath(p.host.dir),
+		Pid:      in.pid,
+		Protocol: in.remote.Protocol(),
+		Info:     info,
+	}, nil
+}
+
+// Kill stops the plugin process if one runs. The next call launches a new
+// one (unless the host is closed).
+func (p *Plugin) Kill() {
+	p.mu.Lock()
+	in := p.inst
+	p.inst = nil
+	p.mu.Unlock()
+	if in != nil {
+		in.kill()
+	}
+}
+
+// instance returns the running plugin process, launching one if none runs
+// or the last one exited.
+func (p *Plugin) instance(ctx context.Context, op, vm string) (*instance, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.inst != nil && !p.inst.client.Exited() {
+		return p.inst, nil
+	}
+	if p.inst != nil {
+		p.host.log.Warn("plugin process exited; relaunching", "plugin", p.name, "pid", p.inst.pid)
+		p.inst.kill()
+		p.inst = nil
+	}
+	if p.host.isClosed() {
+		return nil, p.launchError(op, vm, errors.New("the plugin host is shutting down"))
+	}
+	in, err := p.launch(ctx, op, vm)
+	if err != nil {
+		return nil, err
+	}
+	p.inst = in
+	return in, nil
+}
+
+func (p *Plugin) launch(ctx context.Context, op, vm string) (*instance, error) {
+	path := p.cfg.resolvedPath(p.host.dir)
+	if fi, err := os.Stat(path); err != nil || fi.IsDir() {
+		return nil, p.launchError(op, vm, fmt.Errorf(
+			"no plugin executable at %s (plugins.%s.path in %s): build it with `make build` or fix the path",
+			path, p.name, p.host.opts.File))
+	}
+	cmd := exec.Command(path, p.cfg.Args...)
+	cmd.Env = append(p.cfg.environment(os.LookupEnv), sdk.EnvLogLevel+"="+p.host.log.GetLevel().String())
+	var pipeR, pipeW *os.File
+	if runtime.GOOS != "windows" {
+		var err error
+		if pipeR, pipeW, err = os.Pipe(); err != nil {
+			return nil, p.launchError(op, vm, err)
+		}
+		cmd.ExtraFiles = []*os.File{pipeR}
+		cmd.Env = append(cmd.Env, sdk.EnvHostFD+"=3")
+	}
+	var secure *plugin.SecureConfig
+	if p.cfg.SHA256 != "" {
+		sum, _ := hex.DecodeString(p.cfg.SHA256) // validated when the config was loaded
+		secure = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
+	}
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: sdk.ClientPluginSets(),
+		Cmd:              cmd,
+		SecureConfig:     secure,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           p.host.log.Named(p.name),
+		SkipHostEnv:      true,
+		StartTimeout:     p.cfg.startTimeout(),
+	})
+	in := &instance{client: client, hostPipe: pipeW}
+	fail := func(err error) (*instance, error) {
+		in.kill()
+		return nil, p.launchError(op, vm, err)
+	}
+	rpc, err := client.Client()
+	if pipeR != nil {
+		_ = pipeR.Close() // the child has its copy; ours would keep the pipe open forever
+	}
+	if err != nil {
+		return fail(explainStartError(err, path, p))
+	}
+	if rc := client.ReattachConfig(); rc != nil {
+		in.pid = rc.Pid
+	}
+	raw, err := rpc.Dispense(sdk.PluginName)
+	if err != nil {
+		return fail(err)
+	}
+	remote, ok := raw.(sdk.Remote)
+	if !ok {
+		return fail(fmt.Errorf("plugin served %T, not a hypervisor driver", raw))
+	}
+	in.remote = remote
+	cctx, cancel := context.WithTimeout(ctx, p.cfg.startTimeout())
+	defer cancel()
+	err = remote.Configure(cctx, sdk.Config{
+		Plugin: p.name,
+		File:   p.host.opts.File,
+		Dir:    p.host.dir,
+		Table:  []string{"plugins", p.name, "config"},
+		Data:   p.host.opts.Data,
+	})
+	if err != nil {
+		var he *hypervisor.Error
+		if errors.As(err, &he) && he.Message != "" {
+			err = errors.New(he.Message) // the plugin's words, e.g. config.toml:12: key: unknown key
+		}
+		return fail(fmt.Errorf("configuration rejected: %w", err))
+	}
+	p.host.log.Debug("plugin launched", "plugin", p.name, "pid", in.pid, "protocol", remote.Protocol())
+	return in, nil
+}
+
+// explainStartError rewords go-plugin's start failures into what the
+// operator should do.
+func explainStartError(err error, path string, p *Plugin) error {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, plugin.ErrChecksumsDoNotMatch):
+		return fmt.Errorf("%s does not match plugins.%s.sha256 in %s: the file changed since the checksum was written; "+
+			"rebuild or update the checksum (sha256sum %s)", path, p.name, p.host.opts.File, path)
+	case strings.Contains(msg, "Incompatible API version") || strings.Contains(msg, "incompatible API version"):
+		return fmt.Errorf("%s speaks no protocol version this sandbox knows (it offers 1 and 2): %s; "+
+			"use a plugin built for this sandbox", path, msg)
+	case strings.Contains(msg, "Unrecognized remote plugin message") || strings.Contains(msg, "plugin exited before we could connect"):
+		return fmt.Errorf("%s did not start as a sandbox plugin (%s); is it a plugin built with the sandbox SDK?", path, msg)
+	}
+	return err
+}
+
+func (p *Plugin) launchError(op, vm string, err error) error {
+	return &hypervisor.Error{
+		Code:    hypervisor.CodeUnavailable,
+		Op:      op,
+		VM:      vm,
+		Message: fmt.Sprintf("plugin %q: %v", p.name, err),
+		Err:     errors.Join(ErrLaunch, err),
+	}
+}
+
+// check turns a broken connection into ErrPluginExited and forgets the
+// dead instance so that the next call relaunches it.
+func (p *Plugin) check(in *instance, err error, op, vm string) error {
+	if err == nil || !errors.Is(err, sdk.ErrTransport) {
+		return err
+	}
+	p.mu.Lock()
+	if p.inst == in {
+		p.inst = nil
+	}
+	p.mu.Unlock()
+	in.kill()
+	return &hypervisor.Error{
+		Code: hypervisor.CodeUnavailable,
+		Op:   op,
+		VM:   vm,
+		Message: fmt.Sprintf("plugin %q (pid %d) exited or lost its connection during the call; "+
+			"it is relaunched on the next call", p.name, in.pid),
+		Err: ErrPluginExited,
+	}
+}
+
+// call runs one contract operation on the plugin process.
+func call[T any](ctx context.Context, p *Plugin, op, vm string, f func(sdk.Remote) (T, error)) (T, error) {
+	in, err := p.instance(ctx, op, vm)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	v, err := f(in.remote)
+	return v, p.check(in, err, op, vm)
+}
+
+// Info returns the driver's description; it is cached per plugin process.
+func (p *Plugin) Info(ctx context.Context) (hypervisor.Info, error) {
+	in, err := p.instance(ctx, hypervisor.OpInfo, "")
+	if err != nil {
+		return hypervisor.Info{}, err
+	}
+	in.infoMu.Lock()
+	defer in.infoMu.Unlock()
+	if in.info != nil {
+		return *in.info, nil
+	}
+	info, err := in.remote.Info(ctx)
+	if err = p.check(in, err, hypervisor.OpInfo, ""); err != nil {
+		return hypervisor.Info{}, err
+	}
+	in.info = &info
+	return info, nil
+}
+
+// ListVMs forwards to the plugin.
+func (p *Plugin) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
+	return call(ctx, p, hypervisor.OpList, "", func(r sdk.Remote) ([]hypervisor.VM, error) { return r.ListVMs(ctx) })
+}
+
+// Status forwards to the plugin.
+func (p *Plugin) Status(ctx context.Context, vm string) (hypervisor.Status, error) {
+	return call(ctx, p, hypervisor.OpStatus, vm, func(r sdk.Remote) (hypervisor.Status, error) { return r.Status(ctx, vm) })
+}
+
+// Start forwards to the plugin.
+func (p *Plugin) Start(ctx context.Context, vm string) error {
+	_, err := call(ctx, p, hypervisor.OpStart, vm, func(r sdk.Remote) (struct{}, error) { return struct{}{}, r.Start(ctx, vm) })
+	return err
+}
+
+// Stop forwards to the plugin.
+func (p *Plugin) Stop(ctx context.Context, vm string, m hypervisor.StopMethod) error {
+	_, err := call(ctx, p, hypervisor.OpStop, vm, func(r sdk.Remote) (struct{}, error) { return struct{}{}, r.Stop(ctx, vm, m) })
+	return err
+}
+
+// Unlock forwards to the plugin.
+func (p *Plugin) Unlock(ctx context.Context, vm string) error {
+	_, err := call(ctx, p, hypervisor.OpUnlock, vm, func(r sdk.Remote) (struct{}, error) { return struct{}{}, r.Unlock(ctx, vm) })
+	return err
+}
+
+// Restore forwards to the plugin.
+func (p *Plugin) Restore(ctx context.Context, vm, snapshot string) error {
+	_, err := call(ctx, p, hypervisor.OpRestore, vm, func(r sdk.Remote) (struct{}, error) {
+		return struct{}{}, r.Restore(ctx, vm, snapshot)
+	})
+	return err
+}
+
+// Cleanup forwards to the plugin.
+func (p *Plugin) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupRequest) (hypervisor.CleanupResult, error) {
+	return call(ctx, p, hypervisor.OpCleanup, vm, func(r sdk.Remote) (hypervisor.CleanupResult, error) {
+		return r.Cleanup(ctx, vm, req)
+	})
+}
+
+// CopyIn forwards to the plugin.
+func (p *Plugin) CopyIn(ctx context.Context, vm, hostPath, guestPath string) error {
+	_, err := call(ctx, p, hypervisor.OpCopyIn, vm, func(r sdk.Remote) (struct{}, error) {
+		return struct{}{}, r.CopyIn(ctx, vm, hostPath, guestPath)
+	})
+	return err
+}
+
+// Exec forwards to the plugin.
+func (p *Plugin) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (hypervisor.ExecResult, error) {
+	return call(ctx, p, hypervisor.OpExec, vm, func(r sdk.Remote) (hypervisor.ExecResult, error) { return r.Exec(ctx, vm, req) })
+}
+
+// CopyOut forwards to the plugin.
+func (p *Plugin) CopyOut(ctx context.Context, vm, guestPath, hostPath string) error {
+	_, err := call(ctx, p, hypervisor.OpCopyOut, vm, func(r sdk.Remote) (struct{}, error) {
+		return struct{}{}, r.CopyOut(ctx, vm, guestPath, hostPath)
+	})
+	return err
+}
+
+// Watch forwards to the plugin. If the plugin dies the channel closes;
+// the caller falls back to polling Status, which relaunches it.
+func (p *Plugin) Watch(ctx context.Context, vm string) (<-chan hypervisor.Status, error) {
+	return call(ctx, p, hypervisor.OpWatch, vm, func(r sdk.Remote) (<-chan hypervisor.Status, error) { return r.Watch(ctx, vm) })
+}
