@@ -87,7 +87,9 @@ func open(c Config, logger hclog.Logger) (*Driver, error) {
 		logger = hclog.NewNullLogger()
 	}
 	d := &Driver{
-		caps:     hypervisor.AllCapabilities,
+		// AllCapabilities is in display order; a Capabilities value is a
+		// sorted set, and Info reports one.
+		caps:     hypervisor.NewCapabilities(hypervisor.AllCapabilities...),
 		logger:   logger,
 		stateDir: c.StateDir,
 		scratch:  c.ScratchDir,
