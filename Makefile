@@ -1,0 +1,52 @@
+# sandbox: see README.md. Everything lands in bin/.
+GO        ?= go
+BIN       := bin
+PLUGINS   := $(notdir $(wildcard plugins/*/cmd/sandbox-plugin-*))
+TOOLS     := $(CURDIR)/.tools
+# Pinned code generators (make proto); protoc comes from Debian's protobuf-compiler.
+PROTOC_GEN_GO_VERSION      := v1.36.12
+PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
+BENCHTIME ?= 2s
+
+.PHONY: all build test demo bench proto lint clean
+
+all: build
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/sandbox ./cmd/sandbox
+	@for p in $(PLUGINS); do \
+		echo "$(GO) build -o $(BIN)/$$p ./plugins/*/cmd/$$p"; \
+		$(GO) build -o $(BIN)/$$p $$(ls -d ./plugins/*/cmd/$$p) || exit 1; \
+	done
+
+# Every test, with the race detector, then the formatting and vet checks.
+test: build lint
+	$(GO) test -race -timeout 15m ./...
+
+# The main job on the built-in fake hypervisor, from a fresh fake world.
+demo: build
+	@rm -rf $(BIN)/fake-world
+	$(BIN)/sandbox plugins
+	@echo
+	$(BIN)/sandbox vm list
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./...
+
+proto:
+	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install protobuf-compiler"; exit 1; }
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
+	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
+	PATH=$(TOOLS):$$PATH protoc -I sdk/internal/pb -I /usr/include \
+		--go_out=sdk/internal/pb --go_opt=paths=source_relative \
+		--go-grpc_out=sdk/internal/pb --go-grpc_opt=paths=source_relative \
+		sdk/internal/pb/hypervisor.proto
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+		if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN) $(TOOLS)

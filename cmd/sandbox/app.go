@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/spf13/cobra"
+
+	"github.com/sandboxhq/sandbox/core/config"
+	"github.com/sandboxhq/sandbox/core/fleet"
+	"github.com/sandboxhq/sandbox/core/host"
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+// usageError is a mistake in the command line: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{fmt.Sprintf(format, args...)} }
+
+// errReported is returned by a command that already printed why it failed
+// (in a table or as JSON), so main only sets the exit status.
+var errReported = errors.New("failure already reported")
+
+// isCobraUsageError recognizes cobra's own command-line errors.
+func isCobraUsageError(err error) bool {
+	msg := err.Error()
+	for _, p := range []string{"unknown command", "unknown flag", "unknown shorthand flag", "flag needs an argument",
+		"invalid argument", "accepts ", "requires at least", "requires at most"} {
+		if strings.HasPrefix(msg, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// app holds what every command shares: global flags, the loaded
+// configuration, the plugin host and the output streams.
+type app struct {
+	configPath string
+	logLevel   string
+	json       bool
+
+	out, errOut io.Writer
+
+	once sync.Mutex
+	cfg  *config.Config
+	host *host.Host
+	log  hclog.Logger
+
+	stopSignals func()
+}
+
+func newApp(out, errOut io.Writer) *app {
+	return &app{out: out, errOut: errOut}
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "sandbox",
+		Short: "Drive analysis VMs through hypervisor plugins without leaving them locked, running or dirty",
+		Long: "sandbox drives the VMs of malware-analysis and scanning systems through hypervisor plugins\n" +
+			"(VirtualBox, a built-in fake, your own) and makes sure every VM ends off, unlocked and clean.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if hclog.LevelFromString(a.logLevel) == hclog.NoLevel {
+				return usagef("--log-level %q: want trace, debug, info, warn, error or off", a.logLevel)
+			}
+			return nil
+		},
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
+	f := root.PersistentFlags()
+	f.StringVar(&a.configPath, "config", config.DefaultPath, "configuration `FILE`")
+	f.StringVar(&a.logLevel, "log-level", "warn", "log `LEVEL` on stderr: trace, debug, info, warn, error, off")
+	f.BoolVar(&a.json, "json", false, "print machine-readable JSON on stdout")
+	root.AddCommand(a.pluginsCommand(), a.vmCommand())
+	return root
+}
+
+// context returns a context that ends on Ctrl-C or SIGTERM. A second
+// signal kills the plugins and exits at once.
+func (a *app) context() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-sigs:
+		case <-done:
+			return
+		}
+		fmt.Fprintln(a.errOut, "sandbox: interrupted; stopping (press Ctrl-C again to kill the plugins now)")
+		cancel()
+		select {
+		case <-sigs:
+		case <-done:
+			return
+		}
+		a.close()
+		os.Exit(130)
+	}()
+	a.stopSignals = func() {
+		signal.Stop(sigs)
+		close(done)
+		cancel()
+	}
+	return ctx
+}
+
+// load reads the configuration and prepares the plugin host, once.
+func (a *app) load() error {
+	a.once.Lock()
+	defer a.once.Unlock()
+	if a.cfg != nil {
+		return nil
+	}
+	cfg, err := config.Load(a.configPath)
+	if err != nil {
+		return err
+	}
+	a.log = hclog.New(&hclog.LoggerOptions{
+		Name:   "sandbox",
+		Level:  hclog.LevelFromString(a.logLevel),
+		Output: a.errOut,
+		Color:  hclog.AutoColor,
+	})
+	a.cfg = cfg
+	a.host = host.New(host.Options{Plugins: cfg.Plugins, File: cfg.Path, Data: cfg.Data, Logger: a.log})
+	return nil
+}
+
+// close kills every plugin the command launched.
+func (a *app) close() {
+	if a.stopSignals != nil {
+		a.stopSignals()
+	}
+	a.once.Lock()
+	h := a.host
+	a.once.Unlock()
+	if h != nil {
+		h.Close()
+	}
+}
+
+// fleet returns every configured plugin as one fleet.
+func (a *app) fleet() (*fleet.Fleet, error) {
+	if err := a.load(); err != nil {
+		return nil, err
+	}
+	drivers := map[string]hypervisor.Driver{}
+	for _, name := range a.host.Names() {
+		p, err := a.host.Plugin(name)
+		if err != nil {
+			return nil, err
+		}
+		drivers[name] = p
+	}
+	assigned := map[string]string{}
+	for name, vm := range a.cfg.VMs {
+		assigned[name] = vm.Plugin
+	}
+	return fleet.New(drivers, assigned), nil
+}
+
+// emit prints v as JSON with --json, otherwise calls text.
+func (a *app) emit(v any, text func(w io.Writer)) error {
+	if a.json {
+		enc := json.NewEncoder(a.out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	text(a.out)
+	return nil
+}
+
+// exactArgs is cobra.ExactArgs with a message naming the arguments.
+func exactArgs(names ...string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != len(names) {
+			return usagef("%s takes %d argument(s): %s (got %d)", cmd.CommandPath(), len(names), strings.Join(names, " "), len(args))
+		}
+		return nil
+	}
+}
+
+// errorText renders an error for a JSON field; empty for nil.
+func errorText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

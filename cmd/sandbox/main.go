@@ -1,0 +1,37 @@
+// Command sandbox drives VMs through hypervisor plugins: it lists plugins
+// and VMs, shows their state and runs the lifecycle operations that leave a
+// VM off, unlocked and clean.
+//
+// Exit status: 0 on success, 1 when an operation failed, 2 on a usage error.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+// run executes one command line and returns the process's exit status.
+func run(args []string) int {
+	a := newApp(os.Stdout, os.Stderr)
+	defer a.close()
+	root := a.rootCommand()
+	root.SetArgs(args)
+	err := root.Execute()
+	if err == nil {
+		return 0
+	}
+	var ue *usageError
+	if errors.As(err, &ue) || isCobraUsageError(err) {
+		fmt.Fprintf(os.Stderr, "sandbox: %v\nRun 'sandbox --help' for usage.\n", err)
+		return 2
+	}
+	if !errors.Is(err, errReported) {
+		fmt.Fprintf(os.Stderr, "sandbox: %v\n", err)
+	}
+	return 1
+}
