@@ -22,7 +22,7 @@ build:
 
 # Every test, with the race detector, then the formatting and vet checks.
 test: build lint
-	$(GO) test -race -timeout 15m ./...
+	$(GO) test -race -count=1 -timeout 15m ./...
 
 # The main job on the built-in fake hypervisor, from a fresh fake world.
 demo: build

@@ -80,6 +80,7 @@ func (a *app) rootCommand() *cobra.Command {
 			return nil
 		},
 	}
+	root.CompletionOptions.HiddenDefaultCmd = true
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return &usageError{err.Error()} })
 	f := root.PersistentFlags()
 	f.StringVar(&a.configPath, "config", config.DefaultPath, "configuration `FILE`")

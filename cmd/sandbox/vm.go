@@ -45,7 +45,9 @@ func (a *app) vmListCommand() *cobra.Command {
 			}
 			err = a.emit(map[string]any{"vms": entries, "errors": msgs}, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "PLUGIN\tVM\tPOWER\tID")
+				if len(entries) > 0 || len(msgs) == 0 {
+					fmt.Fprintln(tw, "PLUGIN\tVM\tPOWER\tID")
+				}
 				for _, e := range entries {
 					power := string(e.Power)
 					if !e.Listed {

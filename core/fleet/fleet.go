@@ -50,7 +50,15 @@ type PluginError struct {
 	Err error
 }
 
-func (e *PluginError) Error() string { return fmt.Sprintf("plugin %q: %v", e.Plugin, e.Err) }
+// Error names the plugin unless its error already does.
+func (e *PluginError) Error() string {
+	msg := e.Err.Error()
+	if strings.HasPrefix(msg, fmt.Sprintf("plugin %q", e.Plugin)) {
+		return msg // the error already names the plugin
+	}
+	return fmt.Sprintf("plugin %q: %s", e.Plugin, msg)
+}
+// Unwrap returns the plugin's error.
 func (e *PluginError) Unwrap() error { return e.Err }
 
 // List asks every plugin for its VMs, in parallel. A plugin that cannot

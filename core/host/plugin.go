@@ -224,7 +224,7 @@ func (p *Plugin) launch(ctx context.Context, op, vm string) (*instance, error) {
 		if errors.As(err, &he) && he.Message != "" {
 			err = errors.New(he.Message) // the plugin's words, e.g. config.toml:12: key: unknown key
 		}
-		return fail(fmt.Errorf("configuration rejected: %w", err))
+		return fail(fmt.Errorf("it rejected its configuration: %w", err))
 	}
 	p.host.log.Debug("plugin launched", "plugin", p.name, "pid", in.pid, "protocol", remote.Protocol())
 	return in, nil
@@ -247,14 +247,27 @@ func explainStartError(err error, path string, p *Plugin) error {
 	return err
 }
 
-func (p *Plugin) launchError(op, vm string, err error) error {
-	return &hypervisor.Error{
-		Code:    hypervisor.CodeUnavailable,
-		Op:      op,
-		VM:      vm,
-		Message: fmt.Sprintf("plugin %q: %v", p.name, err),
-		Err:     errors.Join(ErrLaunch, err),
-	}
+// LaunchError is why a plugin could not be started. It matches ErrLaunch
+// and hypervisor.ErrUnavailable (the driver cannot be reached), so the core
+// treats it like any unreachable hypervisor.
+type LaunchError struct {
+	// Plugin is the plugin's name in config.toml.
+	Plugin string
+	// Err says what went wrong and what to do about it.
+	Err error
+}
+
+func (e *LaunchError) Error() string {
+	return fmt.Sprintf("plugin %q could not start: %v", e.Plugin, e.Err)
+}
+
+// Unwrap exposes ErrLaunch, hypervisor.ErrUnavailable and the cause.
+func (e *LaunchError) Unwrap() []error {
+	return []error{ErrLaunch, hypervisor.ErrUnavailable, e.Err}
+}
+
+func (p *Plugin) launchError(_, _ string, err error) error {
+	return &LaunchError{Plugin: p.name, Err: err}
 }
 
 // check turns a broken connection into ErrPluginExited and forgets the
