@@ -1,0 +1,148 @@
+package host_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sandboxhq/sandbox/core/host"
+	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
+)
+
+var (
+	fakeOnce sync.Once
+	fakePath string
+	fakeErr  error
+)
+
+// fakeBinary builds the fake plugin once per benchmark run. The benchmarks
+// use the real fake so that they measure what the CLI pays.
+func fakeBinary(b *testing.B) string {
+	fakeOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "sandbox-bench")
+		if err != nil {
+			fakeErr = err
+			return
+		}
+		fakePath, fakeErr = plugintest.Build(dir, "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
+	})
+	if fakeErr != nil {
+		b.Fatal(fakeErr)
+	}
+	return fakePath
+}
+
+const benchConfig = "[plugins.fake.config.vms.vm1]\nstate = \"off\"\n"
+
+func benchHost(b *testing.B) *host.Host {
+	return host.New(host.Options{
+		Plugins: map[string]host.PluginConfig{"fake": {Path: fakeBinary(b)}},
+		File:    filepath.Join(b.TempDir(), "config.toml"),
+		Data:    []byte(benchConfig),
+		Logger:  hclog.NewNullLogger(),
+	})
+}
+
+// bareClient launches the fake with go-plugin alone and returns a client
+// for the gRPC health service go-plugin registers in every plugin: a round
+// trip to an empty handler, the cost floor of any plugin call.
+func bareClient(b *testing.B) (grpc_health_v1.HealthClient, func()) {
+	client := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  sdk.Handshake,
+		VersionedPlugins: sdk.ClientPluginSets(),
+		Cmd:              exec.Command(fakeBinary(b)),
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           hclog.NewNullLogger(),
+	})
+	rpc, err := client.Client()
+	if err != nil {
+		b.Fatal(err)
+	}
+	conn := rpc.(*plugin.GRPCClient).Conn
+	return grpc_health_v1.NewHealthClient(conn), client.Kill
+}
+
+// BenchmarkStatusVsBareRoundTrip interleaves a status call through the
+// host and the fake driver with a bare go-plugin round trip, so that both
+// see the same machine load; status/bare is the ratio the issue bounds at
+// 1.25.
+func BenchmarkStatusVsBareRoundTrip(b *testing.B) {
+	h := benchHost(b)
+	defer h.Close()
+	p, err := h.Plugin("fake")
+	if err != nil {
+		b.Fatal(err)
+	}
+	health, kill := bareClient(b)
+	defer kill()
+	ctx := context.Background()
+	req := &grpc_health_v1.HealthCheckRequest{Service: "plugin"}
+	for range 200 { // warm both connections
+		if _, err := p.Status(ctx, "vm1"); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := health.Check(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+	var bare, status time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		t0 := time.Now()
+		if _, err := health.Check(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+		t1 := time.Now()
+		if _, err := p.Status(ctx, "vm1"); err != nil {
+			b.Fatal(err)
+		}
+		bare += t1.Sub(t0)
+		status += time.Since(t1)
+	}
+	b.ReportMetric(float64(bare.Nanoseconds())/float64(b.N), "bare-ns/call")
+	b.ReportMetric(float64(status.Nanoseconds())/float64(b.N), "status-ns/call")
+	b.ReportMetric(float64(status)/float64(bare), "status/bare")
+}
+
+// BenchmarkLaunchToFirstCall measures a cold plugin host's first status
+// call (launch, handshake, configuration, the call) against go-plugin's own
+// launch to its first round trip, in the same run.
+func BenchmarkLaunchToFirstCall(b *testing.B) {
+	ctx := context.Background()
+	req := &grpc_health_v1.HealthCheckRequest{Service: "plugin"}
+	var ours, bare time.Duration
+	for i := 0; i < b.N; i++ {
+		h := benchHost(b)
+		p, _ := h.Plugin("fake")
+		t0 := time.Now()
+		if _, err := p.Status(ctx, "vm1"); err != nil {
+			b.Fatal(err)
+		}
+		ours += time.Since(t0)
+		b.StopTimer()
+		h.Close()
+		b.StartTimer()
+
+		t0 = time.Now()
+		health, kill := bareClient(b)
+		if _, err := health.Check(ctx, req); err != nil {
+			b.Fatal(err)
+		}
+		bare += time.Since(t0)
+		b.StopTimer()
+		kill()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(ours.Microseconds())/1000/float64(b.N), "launch-ms")
+	b.ReportMetric(float64(bare.Microseconds())/1000/float64(b.N), "bare-launch-ms")
+	b.ReportMetric(float64(ours)/float64(bare), "launch/bare")
+}
