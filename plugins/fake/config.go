@@ -73,14 +73,22 @@ var defaultTiming = Timing{
 
 // TimingOverride is a VM's own timing: each key set replaces the one of
 // the driver-wide timing table, each key left out inherits it.
+// Pointers tell a key set to zero ("0s": instantaneous) from one left out.
 type TimingOverride struct {
-	Start           *time.Duration `toml:"start"`
-	ACPIShutdown    *time.Duration `toml:"acpi_shutdown"`
-	PowerOff        *time.Duration `toml:"poweroff"`
-	Emergency       *time.Duration `toml:"emergency"`
-	Restore         *time.Duration `toml:"restore"`
+	// start: overrides timing.start.
+	Start *time.Duration `toml:"start"`
+	// acpi_shutdown: overrides timing.acpi_shutdown.
+	ACPIShutdown *time.Duration `toml:"acpi_shutdown"`
+	// poweroff: overrides timing.poweroff.
+	PowerOff *time.Duration `toml:"poweroff"`
+	// emergency: overrides timing.emergency.
+	Emergency *time.Duration `toml:"emergency"`
+	// restore: overrides timing.restore.
+	Restore *time.Duration `toml:"restore"`
+	// unlock_after_stop: overrides timing.unlock_after_stop.
 	UnlockAfterStop *time.Duration `toml:"unlock_after_stop"`
-	GuestReady      *time.Duration `toml:"guest_ready"`
+	// guest_ready: overrides timing.guest_ready.
+	GuestReady *time.Duration `toml:"guest_ready"`
 }
 
 // VMConfig is one VM of the fake world as it is when the world is created.

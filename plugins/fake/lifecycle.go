@@ -127,7 +127,7 @@ func (d *Driver) stopLocked(v *vm, method hypervisor.StopMethod, now time.Time) 
 		}
 		v.st.Power = hypervisor.PowerStopping
 		v.st.Changed = now
-		v.st.Pending = &transition{Kind: kindShutdown, To: hypervisor.PowerOff, Due: now.Add(v.timing.ACPIShutdown)}
+		v.leave(kindShutdown, hypervisor.PowerOff, now.Add(v.timing.ACPIShutdown))
 	case hypervisor.StopPowerOff:
 		if useFault(&v.st.Used.PowerOff, v.faults.PowerOffFailures) {
 			d.commitLocked()
@@ -138,20 +138,17 @@ func (d *Driver) stopLocked(v *vm, method hypervisor.StopMethod, now time.Time) 
 		}
 		v.st.Power = hypervisor.PowerStopping
 		v.st.Changed = now
-		v.st.Pending = &transition{Kind: kindShutdown, To: hypervisor.PowerOff, Due: now.Add(v.timing.PowerOff)}
-		if v.faults.StuckInStopping {
-			v.st.Pending = nil // only an emergency stop gets it out
+		if !v.faults.StuckInStopping { // stuck: only an emergency stop gets it out
+			v.leave(kindShutdown, hypervisor.PowerOff, now.Add(v.timing.PowerOff))
+		} else if v.st.Pending != nil && v.st.Pending.Kind != kindKill {
+			v.st.Pending = nil
 		}
 	case hypervisor.StopEmergency:
 		if !hasProcess(p) {
 			return hypervisor.NewError(hypervisor.CodeInvalidState, hypervisor.OpStop, v.name,
 				"The machine '%s' does not have a VM process", v.name)
 		}
-		due := now.Add(v.timing.Emergency)
-		if t := v.st.Pending; t != nil && (t.Kind == kindShutdown || t.Kind == kindKill) && !due.Before(t.Due) {
-			return nil // the process goes away sooner by itself
-		}
-		v.st.Pending = &transition{Kind: kindKill, To: hypervisor.PowerAborted, Due: due}
+		v.leave(kindKill, hypervisor.PowerAborted, now.Add(v.timing.Emergency))
 	}
 	d.commitLocked()
 	return nil
@@ -181,9 +178,9 @@ func (d *Driver) Unlock(ctx context.Context, name string) error {
 	d.mu.Lock()
 	now := time.Now()
 	v.advance(now)
-	if !v.st.Power.IsOff() {
+	if p := v.st.Power; !p.IsOff() {
 		d.mu.Unlock()
-		return invalidState(hypervisor.OpUnlock, name, v.st.Power) // §6.1
+		return invalidState(hypervisor.OpUnlock, name, p) // §6.1
 	}
 	if !v.locked(now) {
 		d.mu.Unlock()

@@ -469,3 +469,11 @@ func TestRestoreAbandonedAtTheDeadlineLeavesTheVMAsItWas(t *testing.T) {
 	assert.Less(t, time.Since(start), time.Second, "returns promptly at the deadline")
 	assert.Equal(t, before, status(t, d, "a"))
 }
+
+func TestPowerOffDoesNotDelayAnEmergencyStopUnderWay(t *testing.T) {
+	t.Parallel()
+	d := newFake(t, "[timing]\nemergency = \"200ms\"\npoweroff = \"1h\"\n[vms.a]\nstate = \"running\"")
+	require.NoError(t, d.Stop(testCtx(t), "a", hypervisor.StopEmergency))
+	require.NoError(t, d.Stop(testCtx(t), "a", hypervisor.StopPowerOff))
+	waitFor(t, d, "a", hypervisor.PowerAborted, hypervisor.LockUnlocked)
+}

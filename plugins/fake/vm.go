@@ -146,6 +146,16 @@ func (v *vm) advance(now time.Time) {
 	}
 }
 
+// leave sends the VM process on its way out: it is gone at due, unless it
+// was already leaving sooner (a kill does not wait for a slow power-off, and
+// a power-off does not delay a kill).
+func (v *vm) leave(kind string, to hypervisor.PowerState, due time.Time) {
+	if t := v.st.Pending; t != nil && (t.Kind == kindShutdown || t.Kind == kindKill) && !due.Before(t.Due) {
+		return
+	}
+	v.st.Pending = &transition{Kind: kind, To: to, Due: due}
+}
+
 // locked reports whether anything holds the VM's session at now: its VM
 // process, a restore in progress, or a session left behind.
 func (v *vm) locked(now time.Time) bool {
