@@ -1,6 +1,7 @@
 package fake
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"time"
@@ -414,57 +415,74 @@ func (cl *cleanup) sendLocked(method hypervisor.StopMethod, now time.Time) error
 }
 
 func (cl *cleanup) unlockAndRestore(ctx context.Context, req hypervisor.CleanupRequest) error {
+	if err := cl.unlock(ctx); err != nil || cl.exited != nil {
+		return cmp.Or(cl.exited, err)
+	}
+	if req.Restore {
+		if err := cl.restore(ctx, req.Snapshot); err != nil || cl.exited != nil {
+			return cmp.Or(cl.exited, err)
+		}
+	}
+	// Nothing sent fired the exit_during fault; it fires before the answer.
+	cl.d.mu.Lock()
+	defer cl.d.mu.Unlock()
+	cl.exitLocked()
+	return cl.exited
+}
+
+// unlock releases a stale session or waits for a lingering one to go.
+func (cl *cleanup) unlock(ctx context.Context) error {
 	d, v := cl.d, cl.v
 	d.mu.Lock()
 	now := time.Now()
-	if v.locked(now) {
-		if v.st.StaleLock {
-			cl.act("unlock")
-			c := d.newCall(hypervisor.OpUnlock, v.name)
-			c.e.Via = hypervisor.OpCleanup
-			d.releaseLocked(v, now)
-			c.done(nil)
-			cl.exitLocked()
-		} else {
-			cl.act("wait-unlock")
-		}
+	v.advance(now)
+	switch {
+	case !v.locked(now):
 		d.mu.Unlock()
-		if cl.exited != nil {
-			return cl.exited
-		}
-		if err := d.waitUnlocked(ctx, hypervisor.OpCleanup, v); err != nil {
-			return err
-		}
-		d.mu.Lock()
-	}
-	defer d.mu.Unlock()
-	if !req.Restore {
+		return nil
+	case v.st.StaleLock:
+		cl.act("unlock")
+		c := d.newCall(hypervisor.OpUnlock, v.name)
+		c.e.Via = hypervisor.OpCleanup
+		d.releaseLocked(v, now)
+		c.done(nil)
 		cl.exitLocked()
-		return cl.exited
+	default:
+		cl.act("wait-unlock")
 	}
-	snap, err := v.resolveSnapshot(hypervisor.OpCleanup, req.Snapshot)
-	if err != nil {
+	d.mu.Unlock()
+	if cl.exited != nil {
+		return nil
+	}
+	return d.waitUnlocked(ctx, hypervisor.OpCleanup, v)
+}
+
+// restore restores the snapshot unless the VM has not run since it was
+// restored to it (§8.2).
+func (cl *cleanup) restore(ctx context.Context, snapshot string) error {
+	d, v := cl.d, cl.v
+	d.mu.Lock()
+	now := time.Now()
+	v.advance(now)
+	snap, err := v.resolveSnapshot(hypervisor.OpCleanup, snapshot)
+	if err != nil || (!v.st.Dirty && v.st.CurrentSnapshot == snap) {
+		d.mu.Unlock()
 		return err
-	}
-	if !v.st.Dirty && v.st.CurrentSnapshot == snap {
-		cl.exitLocked()
-		return cl.exited // §8.2: already clean, already there
 	}
 	cl.act("restore " + snap)
 	c := d.newCall(hypervisor.OpRestore, v.name)
 	c.e.Snapshot, c.e.Via = snap, hypervisor.OpCleanup
-	t, err := d.startRestoreLocked(hypervisor.OpCleanup, v, snap, time.Now())
+	t, err := d.startRestoreLocked(hypervisor.OpCleanup, v, snap, now)
 	if err != nil {
+		d.mu.Unlock()
 		return c.done(err)
 	}
 	cl.exitLocked()
-	if cl.exited != nil {
-		return cl.exited
-	}
 	d.mu.Unlock()
-	err = d.waitRestored(ctx, hypervisor.OpCleanup, v, t)
-	d.mu.Lock()
-	return c.done(err)
+	if cl.exited != nil {
+		return nil
+	}
+	return c.done(d.waitRestored(ctx, hypervisor.OpCleanup, v, t))
 }
 
 func (cl *cleanup) act(a string) { cl.actions = append(cl.actions, a) }
