@@ -120,7 +120,7 @@ func TestVMInfoInaccessible(t *testing.T) {
 }
 
 func TestVMInfoRejectsOutputWithoutState(t *testing.T) {
-	for _, in := range []string{"", "garbage\x00\xff", "name=\"x\"\n", "Oracle VM VirtualBox Command Line Management Interface"} {
+	for _, in := range []string{"", "garbage\x00\xff", "name=\"x\"\n", "VMState=\nUUID=\"x\"\n", "VMState=\"running\"\n", "Oracle VM VirtualBox Command Line Management Interface"} {
 		_, err := ParseVMInfo([]byte(in))
 		assert.ErrorIs(t, err, ErrNoState, "%q", in)
 	}

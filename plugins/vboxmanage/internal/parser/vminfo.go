@@ -7,8 +7,8 @@ import (
 	"time"
 )
 
-// ErrNoState means showvminfo output carried no VMState line and was not
-// the short form printed for an inaccessible VM: the output is not a
+// ErrNoState means showvminfo output carried no UUID and VMState and was
+// not the short form printed for an inaccessible VM: the output is not a
 // machine-readable dump at all.
 var ErrNoState = errors.New("no VMState line in showvminfo output")
 
@@ -85,8 +85,8 @@ func ParseVMInfo(data []byte) (*VMInfo, error) {
 		}
 	}
 	info.Snapshots = snapshotsFromPairs(info.Pairs)
-	if !seen["VMState"] {
-		if info.Name == Inaccessible && info.UUID != "" {
+	if info.State == "" || info.UUID == "" {
+		if !seen["VMState"] && info.Name == Inaccessible && info.UUID != "" {
 			info.Inaccessible = true
 			return info, nil
 		}
