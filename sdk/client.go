@@ -83,7 +83,7 @@ func (c *clientV2) Cleanup(ctx context.Context, vm string, req hypervisor.Cleanu
 	if err != nil {
 		return hypervisor.CleanupResult{}, fromStatus(ctx, err, hypervisor.OpCleanup, vm)
 	}
-	return hypervisor.CleanupResult{Actions: p.GetActions()}, nil
+	return cleanupFromPB(p), nil
 }
 
 func (c *clientV2) CopyIn(ctx context.Context, vm, hostPath, guestPath string) error {

@@ -118,3 +118,19 @@ func configToPB(c Config) *pb.ConfigureRequest {
 func configFromPB(p *pb.ConfigureRequest) Config {
 	return Config{Plugin: p.GetPlugin(), File: p.GetFile(), Dir: p.GetDir(), Table: p.GetTable(), Data: p.GetData()}
 }
+
+func cleanupToPB(r hypervisor.CleanupResult) *pb.CleanupResult {
+	out := &pb.CleanupResult{Steps: make([]*pb.CleanupStep, len(r.Steps))}
+	for i, s := range r.Steps {
+		out.Steps[i] = &pb.CleanupStep{Action: s.Action, Duration: durationpb.New(s.Duration), Outcome: s.Outcome}
+	}
+	return out
+}
+
+func cleanupFromPB(p *pb.CleanupResult) hypervisor.CleanupResult {
+	r := hypervisor.CleanupResult{Steps: make([]hypervisor.CleanupStep, len(p.GetSteps()))}
+	for i, s := range p.GetSteps() {
+		r.Steps[i] = hypervisor.CleanupStep{Action: s.GetAction(), Duration: s.GetDuration().AsDuration(), Outcome: s.GetOutcome()}
+	}
+	return r
+}

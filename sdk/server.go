@@ -123,7 +123,7 @@ func (s *serverV2) Cleanup(ctx context.Context, req *pb.CleanupRequest) (*pb.Cle
 	if err != nil {
 		return nil, toStatus(err, hypervisor.OpCleanup, req.GetVm())
 	}
-	return &pb.CleanupResult{Actions: res.Actions}, nil
+	return cleanupToPB(res), nil
 }
 
 func (s *serverV2) CopyIn(ctx context.Context, req *pb.CopyRequest) (*pb.Empty, error) {

@@ -40,18 +40,17 @@ const (
 	CapGuestCopyOut Capability = "guest.copy_out"
 )
 
-// AllCapabilities lists every capability of this contract version, in the
-// order tables show them.
-var AllCapabilities = Capabilities{
+// AllCapabilities is the set of every capability of this contract version.
+var AllCapabilities = NewCapabilities(
 	CapList, CapStopACPI, CapStopPowerOff, CapStopEmergency, CapUnlock, CapRestore,
 	CapCleanup, CapLockState, CapWatch, CapGuestCopyIn, CapGuestExec, CapGuestCopyOut,
-}
+)
 
 // V1Capabilities is what a plugin speaking protocol version 1 can do: the
 // operations of the legacy controller (hard power-off and restore, besides
 // the always-present status and start). The host assigns this set to every
 // v1 plugin; a v1 plugin cannot declare capabilities itself (§1.3).
-var V1Capabilities = Capabilities{CapStopPowerOff, CapRestore}
+var V1Capabilities = NewCapabilities(CapStopPowerOff, CapRestore)
 
 // Capabilities is a set of capabilities kept as a sorted, duplicate-free list
 // so that it prints and serializes the same way every time.

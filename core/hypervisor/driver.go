@@ -105,9 +105,19 @@ type CleanupRequest struct {
 
 // CleanupResult is what a driver-native cleanup reports it did.
 type CleanupResult struct {
-	// Actions lists, in order, what the driver did (e.g. "poweroff",
-	// "wait-unlock", "restore clean"); empty when the VM was already clean.
-	Actions []string `json:"actions"`
+	// Steps lists, in order, what the driver did; empty when the VM was
+	// already clean.
+	Steps []CleanupStep `json:"steps"`
+}
+
+// CleanupStep is one thing a native cleanup did, for the operator's report.
+type CleanupStep struct {
+	// Action names it, e.g. "poweroff", "wait-unlock", "restore clean".
+	Action string `json:"action"`
+	// Duration is how long it took.
+	Duration time.Duration `json:"duration_ns"`
+	// Outcome is what came of it, e.g. "done" or "failed".
+	Outcome string `json:"outcome"`
 }
 
 // ExecRequest is a command to run in a guest.

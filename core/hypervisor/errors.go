@@ -76,6 +76,14 @@ func (c Code) String() string {
 	return fmt.Sprintf("code(%d)", int(c))
 }
 
+// Sentinel returns the error errors.Is matches for code c.
+func (c Code) Sentinel() error {
+	if s, ok := sentinels[c]; ok {
+		return s
+	}
+	return ErrFailed
+}
+
 // Retryable reports whether an operation that failed with c may succeed if
 // simply tried again a little later.
 func (c Code) Retryable() bool { return c == CodeLocked }
@@ -121,7 +129,7 @@ func (e *Error) Error() string {
 	if b.Len() > 0 {
 		b.WriteString(": ")
 	}
-	b.WriteString(sentinels[e.Code].Error())
+	b.WriteString(e.Code.Sentinel().Error())
 	if e.Message != "" {
 		b.WriteString(": ")
 		b.WriteString(e.Message)
@@ -134,10 +142,7 @@ func (e *Error) Error() string {
 
 // Unwrap exposes both the code's sentinel and the cause to errors.Is/As.
 func (e *Error) Unwrap() []error {
-	s, ok := sentinels[e.Code]
-	if !ok {
-		s = ErrFailed
-	}
+	s := e.Code.Sentinel()
 	if e.Err != nil {
 		return []error{s, e.Err}
 	}

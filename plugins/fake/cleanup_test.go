@@ -90,7 +90,7 @@ func TestCleanupBringsEveryVMOffUnlockedAndRestored(t *testing.T) {
 			}
 			res, err := d.Cleanup(testCtx(t), "a", tc.req)
 			require.NoError(t, err)
-			assert.Equal(t, tc.actions, res.Actions)
+			assert.Equal(t, tc.actions, actionsOf(res))
 			st := status(t, d, "a")
 			assert.True(t, st.Power.IsOff(), "power %s", st.Power)
 			assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
@@ -112,7 +112,7 @@ func TestCleanupBringsEveryVMOffUnlockedAndRestored(t *testing.T) {
 
 			again, err := d.Cleanup(testCtx(t), "a", tc.req)
 			require.NoError(t, err)
-			assert.Empty(t, again.Actions, "cleaning a clean VM is a no-op (§8.2)")
+			assert.Empty(t, again.Steps, "cleaning a clean VM is a no-op (§8.2)")
 		})
 	}
 }
@@ -132,7 +132,7 @@ func TestCleanupReportsAFailedRestoreAsACleanupFailure(t *testing.T) {
 	res, err := d.Cleanup(testCtx(t), "a", hypervisor.CleanupRequest{Restore: true})
 	e := requireCode(t, err, hypervisor.CodeFailed, hypervisor.OpCleanup, "a")
 	assert.Contains(t, e.Message, "Snapshot operation failed")
-	assert.Equal(t, []string{"restore clean"}, res.Actions)
+	assert.Equal(t, []string{"restore clean"}, actionsOf(res))
 	entries := d.Journal()
 	assert.Equal(t, "failed", entries[len(entries)-1].Outcome)
 }
@@ -144,7 +144,7 @@ func TestCleanupAnswersTimeoutWhenTheLockOutlastsTheDeadline(t *testing.T) {
 	res, err := d.Cleanup(ctxFor(t, 100*time.Millisecond), "a", hypervisor.CleanupRequest{})
 	requireCode(t, err, hypervisor.CodeTimeout, hypervisor.OpCleanup, "a")
 	assert.Less(t, time.Since(start), time.Second)
-	assert.Equal(t, []string{"poweroff", "wait-unlock"}, res.Actions)
+	assert.Equal(t, []string{"poweroff", "wait-unlock"}, actionsOf(res))
 }
 
 func TestCleanupWaitsForARestoreInProgress(t *testing.T) {
@@ -155,6 +155,6 @@ func TestCleanupWaitsForARestoreInProgress(t *testing.T) {
 	waitStatus(t, d, "a", "restoring", func(st hypervisor.Status) bool { return st.Power == hypervisor.PowerRestoring })
 	res, err := d.Cleanup(testCtx(t), "a", hypervisor.CleanupRequest{Restore: true})
 	require.NoError(t, err)
-	assert.Equal(t, []string{"wait-restore"}, res.Actions, "the restore it waited for left the VM clean")
+	assert.Equal(t, []string{"wait-restore"}, actionsOf(res), "the restore it waited for left the VM clean")
 	require.NoError(t, <-done)
 }

@@ -165,3 +165,12 @@ func exits(d *Driver) *[]int {
 	d.exit = func(code int) { codes = append(codes, code) }
 	return &codes
 }
+
+// actionsOf lists the actions of a native cleanup's steps.
+func actionsOf(res hypervisor.CleanupResult) []string {
+	var out []string
+	for _, s := range res.Steps {
+		out = append(out, s.Action)
+	}
+	return out
+}

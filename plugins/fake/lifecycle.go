@@ -332,7 +332,12 @@ func (d *Driver) Cleanup(ctx context.Context, name string, req hypervisor.Cleanu
 	}
 	cl := &cleanup{d: d, v: v, c: d.newCall(hypervisor.OpCleanup, name)}
 	err = cl.run(ctx, req)
-	res := hypervisor.CleanupResult{Actions: cl.actions}
+	outcome := "done"
+	if err != nil || cl.exited != nil {
+		outcome = "failed"
+	}
+	cl.closeStep(time.Now(), outcome)
+	res := hypervisor.CleanupResult{Steps: cl.steps}
 	if cl.exited != nil {
 		return res, cl.exited
 	}
@@ -349,6 +354,8 @@ type cleanup struct {
 	v       *vm
 	c       *call
 	actions []string
+	steps   []hypervisor.CleanupStep
+	begun   time.Time // when the last step began
 	exited  error
 }
 
@@ -485,7 +492,22 @@ func (cl *cleanup) restore(ctx context.Context, snapshot string) error {
 	return c.done(d.waitRestored(ctx, hypervisor.OpCleanup, v, t))
 }
 
-func (cl *cleanup) act(a string) { cl.actions = append(cl.actions, a) }
+// act records that the cleanup began step a, which ends the step before it.
+func (cl *cleanup) act(a string) {
+	now := time.Now()
+	cl.closeStep(now, "done")
+	cl.actions = append(cl.actions, a)
+	cl.steps = append(cl.steps, hypervisor.CleanupStep{Action: a})
+	cl.begun = now
+}
+
+// closeStep ends the step under way, if any, with outcome.
+func (cl *cleanup) closeStep(now time.Time, outcome string) {
+	if n := len(cl.steps); n > 0 && cl.steps[n-1].Outcome == "" {
+		cl.steps[n-1].Duration = now.Sub(cl.begun)
+		cl.steps[n-1].Outcome = outcome
+	}
+}
 
 // exitLocked fires an exit_during "cleanup" fault at the first command the
 // cleanup sent, or before it answers if it sent none.

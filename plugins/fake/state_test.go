@@ -152,7 +152,7 @@ func TestExitDuringCleanupFiresAtItsFirstCommand(t *testing.T) {
 	exited := exits(d)
 	res, err := d.Cleanup(testCtx(t), "a", hypervisor.CleanupRequest{})
 	requireCode(t, err, hypervisor.CodeUnavailable, hypervisor.OpCleanup, "a")
-	assert.Equal(t, []string{"poweroff"}, res.Actions)
+	assert.Equal(t, []string{"poweroff"}, actionsOf(res))
 	assert.Equal(t, []int{exitFaultStatus}, *exited)
 	assert.Equal(t, []string{"stop poweroff", "cleanup"}, journalOps(d))
 	assert.Equal(t, "exit", d.Journal()[1].Outcome)

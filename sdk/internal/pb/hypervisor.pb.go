@@ -679,16 +679,76 @@ func (x *CleanupRequest) GetSnapshot() string {
 	return ""
 }
 
+type CleanupStep struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Action        string                 `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	Duration      *durationpb.Duration   `protobuf:"bytes,2,opt,name=duration,proto3" json:"duration,omitempty"`
+	Outcome       string                 `protobuf:"bytes,3,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CleanupStep) Reset() {
+	*x = CleanupStep{}
+	mi := &file_hypervisor_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CleanupStep) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CleanupStep) ProtoMessage() {}
+
+func (x *CleanupStep) ProtoReflect() protoreflect.Message {
+	mi := &file_hypervisor_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CleanupStep.ProtoReflect.Descriptor instead.
+func (*CleanupStep) Descriptor() ([]byte, []int) {
+	return file_hypervisor_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *CleanupStep) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *CleanupStep) GetDuration() *durationpb.Duration {
+	if x != nil {
+		return x.Duration
+	}
+	return nil
+}
+
+func (x *CleanupStep) GetOutcome() string {
+	if x != nil {
+		return x.Outcome
+	}
+	return ""
+}
+
 type CleanupResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Actions       []string               `protobuf:"bytes,1,rep,name=actions,proto3" json:"actions,omitempty"`
+	Steps         []*CleanupStep         `protobuf:"bytes,1,rep,name=steps,proto3" json:"steps,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CleanupResult) Reset() {
 	*x = CleanupResult{}
-	mi := &file_hypervisor_proto_msgTypes[10]
+	mi := &file_hypervisor_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +760,7 @@ func (x *CleanupResult) String() string {
 func (*CleanupResult) ProtoMessage() {}
 
 func (x *CleanupResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hypervisor_proto_msgTypes[10]
+	mi := &file_hypervisor_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,12 +773,12 @@ func (x *CleanupResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CleanupResult.ProtoReflect.Descriptor instead.
 func (*CleanupResult) Descriptor() ([]byte, []int) {
-	return file_hypervisor_proto_rawDescGZIP(), []int{10}
+	return file_hypervisor_proto_rawDescGZIP(), []int{11}
 }
 
-func (x *CleanupResult) GetActions() []string {
+func (x *CleanupResult) GetSteps() []*CleanupStep {
 	if x != nil {
-		return x.Actions
+		return x.Steps
 	}
 	return nil
 }
@@ -734,7 +794,7 @@ type CopyRequest struct {
 
 func (x *CopyRequest) Reset() {
 	*x = CopyRequest{}
-	mi := &file_hypervisor_proto_msgTypes[11]
+	mi := &file_hypervisor_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -746,7 +806,7 @@ func (x *CopyRequest) String() string {
 func (*CopyRequest) ProtoMessage() {}
 
 func (x *CopyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hypervisor_proto_msgTypes[11]
+	mi := &file_hypervisor_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -759,7 +819,7 @@ func (x *CopyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CopyRequest.ProtoReflect.Descriptor instead.
 func (*CopyRequest) Descriptor() ([]byte, []int) {
-	return file_hypervisor_proto_rawDescGZIP(), []int{11}
+	return file_hypervisor_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CopyRequest) GetVm() string {
@@ -795,7 +855,7 @@ type ExecRequest struct {
 
 func (x *ExecRequest) Reset() {
 	*x = ExecRequest{}
-	mi := &file_hypervisor_proto_msgTypes[12]
+	mi := &file_hypervisor_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -807,7 +867,7 @@ func (x *ExecRequest) String() string {
 func (*ExecRequest) ProtoMessage() {}
 
 func (x *ExecRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_hypervisor_proto_msgTypes[12]
+	mi := &file_hypervisor_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -820,7 +880,7 @@ func (x *ExecRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecRequest.ProtoReflect.Descriptor instead.
 func (*ExecRequest) Descriptor() ([]byte, []int) {
-	return file_hypervisor_proto_rawDescGZIP(), []int{12}
+	return file_hypervisor_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ExecRequest) GetVm() string {
@@ -862,7 +922,7 @@ type ExecResult struct {
 
 func (x *ExecResult) Reset() {
 	*x = ExecResult{}
-	mi := &file_hypervisor_proto_msgTypes[13]
+	mi := &file_hypervisor_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +934,7 @@ func (x *ExecResult) String() string {
 func (*ExecResult) ProtoMessage() {}
 
 func (x *ExecResult) ProtoReflect() protoreflect.Message {
-	mi := &file_hypervisor_proto_msgTypes[13]
+	mi := &file_hypervisor_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +947,7 @@ func (x *ExecResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExecResult.ProtoReflect.Descriptor instead.
 func (*ExecResult) Descriptor() ([]byte, []int) {
-	return file_hypervisor_proto_rawDescGZIP(), []int{13}
+	return file_hypervisor_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ExecResult) GetExitCode() int32 {
@@ -926,7 +986,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_hypervisor_proto_msgTypes[14]
+	mi := &file_hypervisor_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +998,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_hypervisor_proto_msgTypes[14]
+	mi := &file_hypervisor_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1011,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_hypervisor_proto_rawDescGZIP(), []int{14}
+	return file_hypervisor_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ErrorDetail) GetCode() ErrorCode {
@@ -1027,9 +1087,13 @@ const file_hypervisor_proto_rawDesc = "" +
 	"\x0eCleanupRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x18\n" +
 	"\arestore\x18\x02 \x01(\bR\arestore\x12\x1a\n" +
-	"\bsnapshot\x18\x03 \x01(\tR\bsnapshot\")\n" +
-	"\rCleanupResult\x12\x18\n" +
-	"\aactions\x18\x01 \x03(\tR\aactions\"Y\n" +
+	"\bsnapshot\x18\x03 \x01(\tR\bsnapshot\"v\n" +
+	"\vCleanupStep\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x125\n" +
+	"\bduration\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\bduration\x12\x18\n" +
+	"\aoutcome\x18\x03 \x01(\tR\aoutcome\"F\n" +
+	"\rCleanupResult\x125\n" +
+	"\x05steps\x18\x01 \x03(\v2\x1f.sandbox.hypervisor.CleanupStepR\x05steps\"Y\n" +
 	"\vCopyRequest\x12\x0e\n" +
 	"\x02vm\x18\x01 \x01(\tR\x02vm\x12\x1b\n" +
 	"\thost_path\x18\x02 \x01(\tR\bhostPath\x12\x1d\n" +
@@ -1092,7 +1156,7 @@ func file_hypervisor_proto_rawDescGZIP() []byte {
 }
 
 var file_hypervisor_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_hypervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_hypervisor_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_hypervisor_proto_goTypes = []any{
 	(ErrorCode)(0),                // 0: sandbox.hypervisor.ErrorCode
 	(*Empty)(nil),                 // 1: sandbox.hypervisor.Empty
@@ -1105,60 +1169,63 @@ var file_hypervisor_proto_goTypes = []any{
 	(*StopRequest)(nil),           // 8: sandbox.hypervisor.StopRequest
 	(*RestoreRequest)(nil),        // 9: sandbox.hypervisor.RestoreRequest
 	(*CleanupRequest)(nil),        // 10: sandbox.hypervisor.CleanupRequest
-	(*CleanupResult)(nil),         // 11: sandbox.hypervisor.CleanupResult
-	(*CopyRequest)(nil),           // 12: sandbox.hypervisor.CopyRequest
-	(*ExecRequest)(nil),           // 13: sandbox.hypervisor.ExecRequest
-	(*ExecResult)(nil),            // 14: sandbox.hypervisor.ExecResult
-	(*ErrorDetail)(nil),           // 15: sandbox.hypervisor.ErrorDetail
-	(*timestamppb.Timestamp)(nil), // 16: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),   // 17: google.protobuf.Duration
+	(*CleanupStep)(nil),           // 11: sandbox.hypervisor.CleanupStep
+	(*CleanupResult)(nil),         // 12: sandbox.hypervisor.CleanupResult
+	(*CopyRequest)(nil),           // 13: sandbox.hypervisor.CopyRequest
+	(*ExecRequest)(nil),           // 14: sandbox.hypervisor.ExecRequest
+	(*ExecResult)(nil),            // 15: sandbox.hypervisor.ExecResult
+	(*ErrorDetail)(nil),           // 16: sandbox.hypervisor.ErrorDetail
+	(*timestamppb.Timestamp)(nil), // 17: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),   // 18: google.protobuf.Duration
 }
 var file_hypervisor_proto_depIdxs = []int32{
 	5,  // 0: sandbox.hypervisor.VMList.vms:type_name -> sandbox.hypervisor.VM
-	16, // 1: sandbox.hypervisor.VMStatus.state_changed:type_name -> google.protobuf.Timestamp
-	17, // 2: sandbox.hypervisor.ExecRequest.timeout:type_name -> google.protobuf.Duration
-	0,  // 3: sandbox.hypervisor.ErrorDetail.code:type_name -> sandbox.hypervisor.ErrorCode
-	2,  // 4: sandbox.hypervisor.HypervisorV1.Configure:input_type -> sandbox.hypervisor.ConfigureRequest
-	3,  // 5: sandbox.hypervisor.HypervisorV1.Status:input_type -> sandbox.hypervisor.VMRequest
-	3,  // 6: sandbox.hypervisor.HypervisorV1.Start:input_type -> sandbox.hypervisor.VMRequest
-	3,  // 7: sandbox.hypervisor.HypervisorV1.PowerOff:input_type -> sandbox.hypervisor.VMRequest
-	9,  // 8: sandbox.hypervisor.HypervisorV1.Restore:input_type -> sandbox.hypervisor.RestoreRequest
-	2,  // 9: sandbox.hypervisor.HypervisorV2.Configure:input_type -> sandbox.hypervisor.ConfigureRequest
-	1,  // 10: sandbox.hypervisor.HypervisorV2.Info:input_type -> sandbox.hypervisor.Empty
-	1,  // 11: sandbox.hypervisor.HypervisorV2.ListVMs:input_type -> sandbox.hypervisor.Empty
-	3,  // 12: sandbox.hypervisor.HypervisorV2.Status:input_type -> sandbox.hypervisor.VMRequest
-	3,  // 13: sandbox.hypervisor.HypervisorV2.Start:input_type -> sandbox.hypervisor.VMRequest
-	8,  // 14: sandbox.hypervisor.HypervisorV2.Stop:input_type -> sandbox.hypervisor.StopRequest
-	3,  // 15: sandbox.hypervisor.HypervisorV2.Unlock:input_type -> sandbox.hypervisor.VMRequest
-	9,  // 16: sandbox.hypervisor.HypervisorV2.Restore:input_type -> sandbox.hypervisor.RestoreRequest
-	10, // 17: sandbox.hypervisor.HypervisorV2.Cleanup:input_type -> sandbox.hypervisor.CleanupRequest
-	12, // 18: sandbox.hypervisor.HypervisorV2.CopyIn:input_type -> sandbox.hypervisor.CopyRequest
-	13, // 19: sandbox.hypervisor.HypervisorV2.Exec:input_type -> sandbox.hypervisor.ExecRequest
-	12, // 20: sandbox.hypervisor.HypervisorV2.CopyOut:input_type -> sandbox.hypervisor.CopyRequest
-	3,  // 21: sandbox.hypervisor.HypervisorV2.Watch:input_type -> sandbox.hypervisor.VMRequest
-	1,  // 22: sandbox.hypervisor.HypervisorV1.Configure:output_type -> sandbox.hypervisor.Empty
-	7,  // 23: sandbox.hypervisor.HypervisorV1.Status:output_type -> sandbox.hypervisor.VMStatus
-	1,  // 24: sandbox.hypervisor.HypervisorV1.Start:output_type -> sandbox.hypervisor.Empty
-	1,  // 25: sandbox.hypervisor.HypervisorV1.PowerOff:output_type -> sandbox.hypervisor.Empty
-	1,  // 26: sandbox.hypervisor.HypervisorV1.Restore:output_type -> sandbox.hypervisor.Empty
-	1,  // 27: sandbox.hypervisor.HypervisorV2.Configure:output_type -> sandbox.hypervisor.Empty
-	4,  // 28: sandbox.hypervisor.HypervisorV2.Info:output_type -> sandbox.hypervisor.DriverInfo
-	6,  // 29: sandbox.hypervisor.HypervisorV2.ListVMs:output_type -> sandbox.hypervisor.VMList
-	7,  // 30: sandbox.hypervisor.HypervisorV2.Status:output_type -> sandbox.hypervisor.VMStatus
-	1,  // 31: sandbox.hypervisor.HypervisorV2.Start:output_type -> sandbox.hypervisor.Empty
-	1,  // 32: sandbox.hypervisor.HypervisorV2.Stop:output_type -> sandbox.hypervisor.Empty
-	1,  // 33: sandbox.hypervisor.HypervisorV2.Unlock:output_type -> sandbox.hypervisor.Empty
-	1,  // 34: sandbox.hypervisor.HypervisorV2.Restore:output_type -> sandbox.hypervisor.Empty
-	11, // 35: sandbox.hypervisor.HypervisorV2.Cleanup:output_type -> sandbox.hypervisor.CleanupResult
-	1,  // 36: sandbox.hypervisor.HypervisorV2.CopyIn:output_type -> sandbox.hypervisor.Empty
-	14, // 37: sandbox.hypervisor.HypervisorV2.Exec:output_type -> sandbox.hypervisor.ExecResult
-	1,  // 38: sandbox.hypervisor.HypervisorV2.CopyOut:output_type -> sandbox.hypervisor.Empty
-	7,  // 39: sandbox.hypervisor.HypervisorV2.Watch:output_type -> sandbox.hypervisor.VMStatus
-	22, // [22:40] is the sub-list for method output_type
-	4,  // [4:22] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	17, // 1: sandbox.hypervisor.VMStatus.state_changed:type_name -> google.protobuf.Timestamp
+	18, // 2: sandbox.hypervisor.CleanupStep.duration:type_name -> google.protobuf.Duration
+	11, // 3: sandbox.hypervisor.CleanupResult.steps:type_name -> sandbox.hypervisor.CleanupStep
+	18, // 4: sandbox.hypervisor.ExecRequest.timeout:type_name -> google.protobuf.Duration
+	0,  // 5: sandbox.hypervisor.ErrorDetail.code:type_name -> sandbox.hypervisor.ErrorCode
+	2,  // 6: sandbox.hypervisor.HypervisorV1.Configure:input_type -> sandbox.hypervisor.ConfigureRequest
+	3,  // 7: sandbox.hypervisor.HypervisorV1.Status:input_type -> sandbox.hypervisor.VMRequest
+	3,  // 8: sandbox.hypervisor.HypervisorV1.Start:input_type -> sandbox.hypervisor.VMRequest
+	3,  // 9: sandbox.hypervisor.HypervisorV1.PowerOff:input_type -> sandbox.hypervisor.VMRequest
+	9,  // 10: sandbox.hypervisor.HypervisorV1.Restore:input_type -> sandbox.hypervisor.RestoreRequest
+	2,  // 11: sandbox.hypervisor.HypervisorV2.Configure:input_type -> sandbox.hypervisor.ConfigureRequest
+	1,  // 12: sandbox.hypervisor.HypervisorV2.Info:input_type -> sandbox.hypervisor.Empty
+	1,  // 13: sandbox.hypervisor.HypervisorV2.ListVMs:input_type -> sandbox.hypervisor.Empty
+	3,  // 14: sandbox.hypervisor.HypervisorV2.Status:input_type -> sandbox.hypervisor.VMRequest
+	3,  // 15: sandbox.hypervisor.HypervisorV2.Start:input_type -> sandbox.hypervisor.VMRequest
+	8,  // 16: sandbox.hypervisor.HypervisorV2.Stop:input_type -> sandbox.hypervisor.StopRequest
+	3,  // 17: sandbox.hypervisor.HypervisorV2.Unlock:input_type -> sandbox.hypervisor.VMRequest
+	9,  // 18: sandbox.hypervisor.HypervisorV2.Restore:input_type -> sandbox.hypervisor.RestoreRequest
+	10, // 19: sandbox.hypervisor.HypervisorV2.Cleanup:input_type -> sandbox.hypervisor.CleanupRequest
+	13, // 20: sandbox.hypervisor.HypervisorV2.CopyIn:input_type -> sandbox.hypervisor.CopyRequest
+	14, // 21: sandbox.hypervisor.HypervisorV2.Exec:input_type -> sandbox.hypervisor.ExecRequest
+	13, // 22: sandbox.hypervisor.HypervisorV2.CopyOut:input_type -> sandbox.hypervisor.CopyRequest
+	3,  // 23: sandbox.hypervisor.HypervisorV2.Watch:input_type -> sandbox.hypervisor.VMRequest
+	1,  // 24: sandbox.hypervisor.HypervisorV1.Configure:output_type -> sandbox.hypervisor.Empty
+	7,  // 25: sandbox.hypervisor.HypervisorV1.Status:output_type -> sandbox.hypervisor.VMStatus
+	1,  // 26: sandbox.hypervisor.HypervisorV1.Start:output_type -> sandbox.hypervisor.Empty
+	1,  // 27: sandbox.hypervisor.HypervisorV1.PowerOff:output_type -> sandbox.hypervisor.Empty
+	1,  // 28: sandbox.hypervisor.HypervisorV1.Restore:output_type -> sandbox.hypervisor.Empty
+	1,  // 29: sandbox.hypervisor.HypervisorV2.Configure:output_type -> sandbox.hypervisor.Empty
+	4,  // 30: sandbox.hypervisor.HypervisorV2.Info:output_type -> sandbox.hypervisor.DriverInfo
+	6,  // 31: sandbox.hypervisor.HypervisorV2.ListVMs:output_type -> sandbox.hypervisor.VMList
+	7,  // 32: sandbox.hypervisor.HypervisorV2.Status:output_type -> sandbox.hypervisor.VMStatus
+	1,  // 33: sandbox.hypervisor.HypervisorV2.Start:output_type -> sandbox.hypervisor.Empty
+	1,  // 34: sandbox.hypervisor.HypervisorV2.Stop:output_type -> sandbox.hypervisor.Empty
+	1,  // 35: sandbox.hypervisor.HypervisorV2.Unlock:output_type -> sandbox.hypervisor.Empty
+	1,  // 36: sandbox.hypervisor.HypervisorV2.Restore:output_type -> sandbox.hypervisor.Empty
+	12, // 37: sandbox.hypervisor.HypervisorV2.Cleanup:output_type -> sandbox.hypervisor.CleanupResult
+	1,  // 38: sandbox.hypervisor.HypervisorV2.CopyIn:output_type -> sandbox.hypervisor.Empty
+	15, // 39: sandbox.hypervisor.HypervisorV2.Exec:output_type -> sandbox.hypervisor.ExecResult
+	1,  // 40: sandbox.hypervisor.HypervisorV2.CopyOut:output_type -> sandbox.hypervisor.Empty
+	7,  // 41: sandbox.hypervisor.HypervisorV2.Watch:output_type -> sandbox.hypervisor.VMStatus
+	24, // [24:42] is the sub-list for method output_type
+	6,  // [6:24] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_hypervisor_proto_init() }
@@ -1172,7 +1239,7 @@ func file_hypervisor_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_hypervisor_proto_rawDesc), len(file_hypervisor_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   15,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
