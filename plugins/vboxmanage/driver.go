@@ -1,0 +1,349 @@
+// Package vboxmanage is the sandbox driver for Oracle VirtualBox 5.x, 6.x
+// and 7.x, driving VirtualBox through its VBoxManage command line on
+// Linux, macOS and Windows hosts.
+//
+// Every operation is one or a few VBoxManage invocations, run without a
+// shell, each with a deadline that kills it. VBoxManage's error texts are
+// classified into the contract's codes; the session-lock refusals that
+// VirtualBox users know ("already locked for a session (or being
+// unlocked)", "The object is not ready") are retried with backoff for a
+// bounded time, so that the lock a powering-off VM process leaves behind
+// for a few seconds never reaches the operator. The driver serializes its
+// own calls per VM so that it never collides with itself, and Status
+// reads the session state from showvminfo's SessionName line.
+package vboxmanage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/fault"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/locate"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/parser"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
+	"github.com/sandboxhq/sandbox/sdk"
+)
+
+// Name is the driver's name in Info and logs.
+const Name = "vboxmanage"
+
+// Version is the driver's own version.
+const Version = "0.1.0"
+
+// Driver implements hypervisor.Driver with VBoxManage. Create it with New.
+type Driver struct {
+	// Unimplemented answers Watch: VBoxManage offers no state-change
+	// events to stream.
+	hypervisor.Unimplemented
+
+	cfg   *settings
+	log   hclog.Logger
+	host  locate.Host
+	gates gates
+
+	mu    sync.Mutex
+	probe *probe
+}
+
+var _ hypervisor.Driver = (*Driver)(nil)
+
+// probe is what the driver learned about the installed VirtualBox; it is
+// kept once VBoxManage answered.
+type probe struct {
+	run     *runner.Runner
+	version parser.Version
+	caps    hypervisor.Capabilities
+}
+
+// New is the plugin's sdk.Factory. It validates the configuration; a
+// missing VBoxManage is not an error here but CodeUnavailable from every
+// operation, so that the host can report it like any other outage.
+func New(cfg sdk.Config, logger hclog.Logger) (hypervisor.Driver, error) {
+	return newDriver(cfg, logger, locate.Local())
+}
+
+func newDriver(cfg sdk.Config, logger hclog.Logger, host locate.Host) (*Driver, error) {
+	s, err := load(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	return &Driver{cfg: s, log: logger, host: host}, nil
+}
+
+// Invocations returns how many VBoxManage processes the driver has
+// started, for the efficiency figures in tests and benchmarks.
+func (d *Driver) Invocations() uint64 {
+	d.mu.Lock()
+	p := d.probe
+	d.mu.Unlock()
+	if p == nil {
+		return 0
+	}
+	return p.run.Invocations()
+}
+
+// ready returns the probe, finding VBoxManage and reading its version on
+// first use. A failure is not kept: installing VirtualBox or starting its
+// service fixes the next call without restarting the plugin.
+func (d *Driver) ready(ctx context.Context, op, vm string) (*probe, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.probe != nil {
+		return d.probe, nil
+	}
+	path, err := locate.Find(d.cfg.Path, d.host)
+	if err != nil {
+		return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable, Op: op, VM: vm, Message: err.Error(), Err: err}
+	}
+	var env []string
+	if d.cfg.UserHome != "" {
+		env = append(env, "VBOX_USER_HOME="+d.cfg.UserHome)
+	}
+	r := runner.New(runner.Options{Path: path, Env: env, Logger: d.log.Named("vboxmanage")})
+	b := d.backoff()
+	for attempt := 1; ; attempt++ {
+		res, err := r.Run(ctx, runner.Call{Args: []string{"--version"}, Timeout: d.cfg.Timeouts.Command})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, hypervisor.FromContext(ctx, op, vm)
+			}
+			e := d.failure(op, vm, err)
+			e.Code = hypervisor.CodeUnavailable
+			e.Message = fmt.Sprintf("VBoxManage at %s does not work: %s", path, e.Message)
+			return nil, e
+		}
+		v, perr := parser.ParseVersion(res.Stdout)
+		if perr == nil {
+			caps := capabilitiesFor(v, d.cfg.hasGuestCredentials())
+			d.probe = &probe{run: r, version: v, caps: caps}
+			d.log.Info("found VirtualBox", "path", path, "version", v.Raw, "capabilities", caps.String())
+			if v.Major < 5 {
+				d.log.Warn("VirtualBox before 5.0 is supported only for status, start, stop and restore", "version", v.Raw)
+			}
+			return d.probe, nil
+		}
+		// VBoxManage has been seen to print an empty line on Windows;
+		// asking again helps.
+		if attempt == 3 {
+			return nil, hypervisor.NewError(hypervisor.CodeUnavailable, op, vm,
+				"VBoxManage at %s printed no version (%q)", path, firstLine(string(res.Stdout)))
+		}
+		if err := d.pause(ctx, op, vm, b.next()); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// Info reports the driver and the VirtualBox it found (§1).
+func (d *Driver) Info(ctx context.Context) (hypervisor.Info, error) {
+	p, err := d.ready(ctx, hypervisor.OpInfo, "")
+	if err != nil {
+		return hypervisor.Info{}, err
+	}
+	return hypervisor.Info{
+		Name:            Name,
+		Version:         Version,
+		ContractVersion: hypervisor.ContractVersion,
+		Hypervisor:      "VirtualBox " + p.version.Raw,
+		Capabilities:    p.caps,
+	}, nil
+}
+
+// ListVMs lists registered VMs with `list vms`, which takes no session
+// lock (§2). VMs whose settings VirtualBox cannot read are left out: no
+// operation could address them. Power stays unknown: the listing does not
+// say, and asking would lock stopped VMs.
+func (d *Driver) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
+	p, err := d.ready(ctx, hypervisor.OpList, "")
+	if err != nil {
+		return nil, err
+	}
+	entries, err := d.list(ctx, p, hypervisor.OpList, "", "vms")
+	if err != nil {
+		return nil, err
+	}
+	vms := make([]hypervisor.VM, 0, len(entries))
+	for _, e := range entries {
+		if e.Name == parser.Inaccessible {
+			d.log.Debug("skipping inaccessible VM", "uuid", e.UUID)
+			continue
+		}
+		vms = append(vms, hypervisor.VM{Name: e.Name, ID: e.UUID, Power: hypervisor.PowerUnknown})
+	}
+	return vms, nil
+}
+
+// list runs `list <what>`, retrying a VBoxSVC that is still starting.
+func (d *Driver) list(ctx context.Context, p *probe, op, vm, what string) ([]parser.Entry, error) {
+	var entries []parser.Entry
+	err := d.retry(ctx, op, vm, 0, func() error {
+		res, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"list", what}, Timeout: d.cfg.Timeouts.Command})
+		if err != nil {
+			return err
+		}
+		entries = parser.ParseList(res.Stdout)
+		return nil
+	})
+	return entries, err
+}
+
+// lock takes vm's gate for one operation.
+func (d *Driver) lock(ctx context.Context, op, vm string, exclusive bool) (func(), error) {
+	release, err := d.gates.get(vm).acquire(ctx, exclusive)
+	if err != nil {
+		return nil, hypervisor.FromContext(ctx, op, vm)
+	}
+	return release, nil
+}
+
+// ref is the argument that names vm to VBoxManage. A name that begins
+// with "-" would be read as an option, so such a VM is addressed by its
+// UUID, found with the lock-free `list vms`.
+func (d *Driver) ref(ctx context.Context, p *probe, op, vm string) (string, error) {
+	if vm == "" {
+		return "", hypervisor.NewError(hypervisor.CodeNotFound, op, vm, "no VM name given")
+	}
+	if !strings.HasPrefix(vm, "-") {
+		return vm, nil
+	}
+	entries, err := d.list(ctx, p, op, vm, "vms")
+	if err != nil {
+		return "", err
+	}
+	for _, e := range entries {
+		if e.Name == vm {
+			return e.UUID, nil
+		}
+	}
+	return "", hypervisor.NewError(hypervisor.CodeNotFound, op, vm, "Could not find a registered machine named '%s'", vm)
+}
+
+// run is one invocation with its failure turned into a contract error.
+func (d *Driver) run(ctx context.Context, p *probe, op, vm string, c runner.Call) (*runner.Result, error) {
+	res, err := p.run.Run(ctx, c)
+	if err != nil {
+		return res, d.failure(op, vm, err)
+	}
+	return res, nil
+}
+
+// failure turns a runner error into a contract error, keeping VBoxManage's
+// first message line for the operator.
+func (d *Driver) failure(op, vm string, err error) *hypervisor.Error {
+	var (
+		ee *runner.ExitError
+		te *runner.TimeoutError
+		se *runner.StartError
+	)
+	switch {
+	case errors.As(err, &ee):
+		r := ee.Result
+		diag := fault.Classify(string(r.Stdout), string(r.Stderr), r.ExitCode)
+		msg := diag.Message
+		if msg == "" {
+			msg = fmt.Sprintf("VBoxManage exited with status %d", r.ExitCode)
+		}
+		return &hypervisor.Error{Code: diag.Code, Op: op, VM: vm, Message: msg, Err: err}
+	case errors.As(err, &te):
+		return &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: op, VM: vm, Message: te.Error(), Err: err}
+	case errors.As(err, &se):
+		return &hypervisor.Error{Code: hypervisor.CodeUnavailable, Op: op, VM: vm, Message: se.Error(), Err: err}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: op, VM: vm, Err: err}
+	}
+	return &hypervisor.Error{Code: hypervisor.CodeFailed, Op: op, VM: vm, Err: err}
+}
+
+// retry runs try again while it fails in a way that passes by itself: a
+// session lock (CodeLocked) for up to budget (zero: the configured
+// retry.locked), or a VBoxSVC that is still starting (CodeUnavailable
+// reported by VBoxManage itself) twice. It stops early rather than run
+// into ctx's deadline, and returns the last error.
+func (d *Driver) retry(ctx context.Context, op, vm string, budget time.Duration, try func() error) error {
+	return d.retryIf(ctx, op, vm, budget, func(error) bool { return false }, try)
+}
+
+// retryIf is retry with one more transient condition.
+func (d *Driver) retryIf(ctx context.Context, op, vm string, budget time.Duration, also func(error) bool, try func() error) error {
+	if budget <= 0 {
+		budget = d.cfg.Retry.Locked
+	}
+	stop := time.Now().Add(budget)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(stop) {
+		stop = dl
+	}
+	b := d.backoff()
+	unavailable := 0
+	for {
+		err := try()
+		if err == nil {
+			return nil
+		}
+		code := hypervisor.CodeOf(err)
+		var ee *runner.ExitError
+		switch {
+		case code == hypervisor.CodeLocked, also(err):
+		case code == hypervisor.CodeUnavailable && errors.As(err, &ee) && unavailable < 2:
+			unavailable++
+		default:
+			return err
+		}
+		wait := b.next()
+		if time.Now().Add(wait).After(stop) {
+			return err
+		}
+		d.log.Debug("retrying", "op", op, "vm", vm, "in", wait, "error", err)
+		if perr := d.pause(ctx, op, vm, wait); perr != nil {
+			return err
+		}
+	}
+}
+
+// pause waits d or until ctx ends. It spaces out retries and polls; it
+// never stands in for a state check.
+func (d *Driver) pause(ctx context.Context, op, vm string, wait time.Duration) error {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return hypervisor.FromContext(ctx, op, vm)
+	}
+}
+
+// backoff doubles from retry.initial up to retry.max, with ±20 % jitter so
+// that several drivers polling one host do not fall into step.
+type backoff struct {
+	cur, max time.Duration
+}
+
+func (d *Driver) backoff() *backoff {
+	return &backoff{cur: d.cfg.Retry.Initial, max: d.cfg.Retry.Max}
+}
+
+func (b *backoff) next() time.Duration {
+	w := b.cur
+	b.cur = min(b.cur*2, b.max)
+	jitter := time.Duration(rand.Int64N(int64(w)/5 + 1))
+	if rand.IntN(2) == 0 {
+		return w - jitter
+	}
+	return w + jitter
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(strings.TrimSpace(s), "\n")
+	return s
+}

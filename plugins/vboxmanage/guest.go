@@ -1,0 +1,260 @@
+package vboxmanage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/fault"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
+)
+
+// Exit statuses of `guestcontrol run` that are not a guest exit code
+// (FACTS §6.2). Guest exit codes 1..93 come back as 33..125, 94 and above
+// as 126.
+const (
+	runFailed      = 17
+	runSignaled    = 18
+	runAbnormal    = 19
+	runTimedOut    = 20
+	runDown        = 21
+	runCanceled    = 22
+	guestExitBase  = 32
+	guestExitOver  = 126
+	guestExitLimit = 94
+)
+
+// guestSession is what every guest operation needs: the VM's argument,
+// the credentials and the password file passed with --passwordfile.
+type guestSession struct {
+	ref   string
+	cred  *credentials
+	pwRm  func()
+	flags []string
+}
+
+// openGuest prepares a guest operation. The password goes into a file
+// only the plugin's user can read, never on a command line (where `ps`
+// shows it) and never into a log; the file is removed by close.
+func (d *Driver) openGuest(ctx context.Context, p *probe, op, vm string) (*guestSession, error) {
+	ref, err := d.ref(ctx, p, op, vm)
+	if err != nil {
+		return nil, err
+	}
+	cred, err := d.cfg.credentialsFor(vm)
+	if err != nil {
+		return nil, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "%s", err.Error())
+	}
+	f, err := os.CreateTemp(d.cfg.TempDir, "sandbox-vbox-pw-")
+	if err != nil {
+		return nil, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "cannot write the guest password file: %v", err)
+	}
+	rm := func() { _ = os.Remove(f.Name()) }
+	if err := f.Chmod(0o600); err != nil && !errors.Is(err, errors.ErrUnsupported) {
+		f.Close()
+		rm()
+		return nil, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "cannot protect the guest password file: %v", err)
+	}
+	_, werr := f.WriteString(cred.password.value)
+	if cerr := f.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		rm()
+		return nil, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "cannot write the guest password file: %v", werr)
+	}
+	flags := []string{"--username", cred.username, "--passwordfile", f.Name()}
+	if cred.domain != "" {
+		flags = append(flags, "--domain", cred.domain)
+	}
+	return &guestSession{ref: ref, cred: cred, pwRm: rm, flags: flags}, nil
+}
+
+func (g *guestSession) close() { g.pwRm() }
+
+// notReady reports the guest execution service's "not ready (yet)", which
+// it answers while the guest boots.
+func notReady(err error) bool {
+	var e *hypervisor.Error
+	return errors.As(err, &e) && strings.Contains(e.Message, "not ready")
+}
+
+// guestCall runs one guestcontrol command, retrying while the guest's
+// execution service is not ready for up to the VM's guest.ready_wait.
+func (d *Driver) guestCall(ctx context.Context, p *probe, op, vm string, g *guestSession, c runner.Call, decode func(*runner.Result, error) error) error {
+	budget := g.cred.readyWait
+	if budget <= 0 {
+		budget = time.Nanosecond
+	}
+	return d.retryIf(ctx, op, vm, budget, notReady, func() error {
+		res, err := p.run.Run(ctx, c)
+		return decode(res, err)
+	})
+}
+
+// CopyIn copies a host file into the running guest with `guestcontrol
+// copyto` (§9.1).
+func (d *Driver) CopyIn(ctx context.Context, vm, hostPath, guestPath string) error {
+	const op = hypervisor.OpCopyIn
+	abs, err := filepath.Abs(hostPath)
+	if err != nil {
+		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host path %q: %v", hostPath, err)
+	}
+	if st, err := os.Stat(abs); err != nil || !st.Mode().IsRegular() {
+		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host file %q is not a readable regular file", hostPath)
+	}
+	return d.copy(ctx, op, vm, hypervisor.CapGuestCopyIn, "copyto", abs, guestPath, guestPath)
+}
+
+// CopyOut copies a guest file to the host with `guestcontrol copyfrom`
+// (§9.3).
+func (d *Driver) CopyOut(ctx context.Context, vm, guestPath, hostPath string) error {
+	const op = hypervisor.OpCopyOut
+	abs, err := filepath.Abs(hostPath)
+	if err != nil {
+		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host path %q: %v", hostPath, err)
+	}
+	if st, err := os.Stat(filepath.Dir(abs)); err != nil || !st.IsDir() {
+		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host directory of %q does not exist", hostPath)
+	}
+	return d.copy(ctx, op, vm, hypervisor.CapGuestCopyOut, "copyfrom", guestPath, abs, guestPath)
+}
+
+// copy runs copyto/copyfrom in its two-argument form, which every
+// supported version accepts. Host paths are absolute, so neither path can
+// be read as an option unless the guest path itself starts with "-".
+func (d *Driver) copy(ctx context.Context, op, vm string, capability hypervisor.Capability, sub, from, to, guestPath string) error {
+	if strings.HasPrefix(guestPath, "-") || guestPath == "" {
+		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "guest path %q must be absolute", guestPath)
+	}
+	p, err := d.ready(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	if !p.caps.Has(capability) {
+		return hypervisor.Unsupported(op, vm)
+	}
+	release, err := d.lock(ctx, op, vm, false)
+	if err != nil {
+		return err
+	}
+	defer release()
+	g, err := d.openGuest(ctx, p, op, vm)
+	if err != nil {
+		return err
+	}
+	defer g.close()
+	args := append(append([]string{"guestcontrol", g.ref, sub}, g.flags...), from, to)
+	return d.guestCall(ctx, p, op, vm, g, runner.Call{Args: args, Timeout: d.cfg.Timeouts.Copy}, func(_ *runner.Result, err error) error {
+		if err != nil {
+			return d.failure(op, vm, err)
+		}
+		return nil
+	})
+}
+
+// Exec runs a program in the running guest with `guestcontrol run` (§9.2)
+// and decodes VBoxManage's exit status into the guest's exit code. The
+// guest's output is returned as it came, up to max_output bytes per
+// stream. req.Timeout goes to the guest as --timeout; VBoxManage itself
+// gets timeouts.command on top of it to set up and tear down the guest
+// session before it is killed.
+func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (hypervisor.ExecResult, error) {
+	const op = hypervisor.OpExec
+	if req.Path == "" || strings.HasPrefix(req.Path, "-") {
+		return hypervisor.ExecResult{}, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "program path %q must be a path", req.Path)
+	}
+	p, err := d.ready(ctx, op, vm)
+	if err != nil {
+		return hypervisor.ExecResult{}, err
+	}
+	if !p.caps.Has(hypervisor.CapGuestExec) {
+		return hypervisor.ExecResult{}, hypervisor.Unsupported(op, vm)
+	}
+	release, err := d.lock(ctx, op, vm, false)
+	if err != nil {
+		return hypervisor.ExecResult{}, err
+	}
+	defer release()
+	g, err := d.openGuest(ctx, p, op, vm)
+	if err != nil {
+		return hypervisor.ExecResult{}, err
+	}
+	defer g.close()
+
+	args := append([]string{"guestcontrol", g.ref, "run"}, g.flags...)
+	args = append(args, "--exe", req.Path)
+	call := runner.Call{Raw: true, MaxOutput: d.cfg.MaxOutput}
+	if req.Timeout > 0 {
+		ms := max(req.Timeout.Milliseconds(), 1)
+		args = append(args, "--timeout", strconv.FormatInt(ms, 10))
+		call.Timeout = req.Timeout + d.cfg.Timeouts.Command
+	}
+	call.Args = append(append(args, "--", req.Path), req.Args...)
+
+	var out hypervisor.ExecResult
+	err = d.guestCall(ctx, p, op, vm, g, call, func(res *runner.Result, err error) error {
+		var ee *runner.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			return d.failure(op, vm, err)
+		}
+		code, gerr := d.guestExit(op, vm, res, req.Timeout)
+		if gerr != nil {
+			return gerr
+		}
+		out = hypervisor.ExecResult{ExitCode: code, Stdout: res.Stdout, Stderr: res.Stderr}
+		return nil
+	})
+	return out, err
+}
+
+// guestExit decodes guestcontrol run's exit status.
+func (d *Driver) guestExit(op, vm string, res *runner.Result, timeout time.Duration) (int, error) {
+	rc := res.ExitCode
+	switch {
+	case rc == 0:
+		return 0, nil
+	case rc > guestExitBase && rc < guestExitOver:
+		return rc - guestExitBase, nil
+	case rc == guestExitOver:
+		// The guest exited with 94 or more; VBoxManage does not say which.
+		return guestExitOver, nil
+	case rc == runTimedOut:
+		return 0, hypervisor.NewError(hypervisor.CodeTimeout, op, vm, "the guest program was still running after %s and was killed", timeout)
+	case rc == runSignaled:
+		return 0, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "the guest program was terminated by a signal")
+	case rc == runAbnormal:
+		return 0, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "the guest program terminated abnormally")
+	case rc == runDown:
+		return 0, hypervisor.NewError(hypervisor.CodeInvalidState, op, vm, "the guest is shutting down")
+	case rc == runCanceled:
+		return 0, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "the guest program was canceled")
+	case rc == runFailed:
+		return 0, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "the guest program failed to run")
+	}
+	// VBoxManage's own failure (1, or 2 for a usage error): only its
+	// "error:" lines count, the rest of stderr may be the guest's.
+	diag := fault.Classify("", strings.Join(errorLinesOnly(string(res.Stderr)), "\n"), rc)
+	msg := diag.Message
+	if msg == "" {
+		msg = fmt.Sprintf("VBoxManage exited with status %d", rc)
+	}
+	return 0, &hypervisor.Error{Code: diag.Code, Op: op, VM: vm, Message: msg}
+}
+
+// errorLinesOnly keeps VBoxManage's error lines of a raw stderr.
+func errorLinesOnly(stderr string) []string {
+	var out []string
+	for _, l := range strings.Split(strings.ReplaceAll(stderr, "\r\n", "\n"), "\n") {
+		if fault.HasError(l) {
+			out = append(out, l)
+		}
+	}
+	return out
+}

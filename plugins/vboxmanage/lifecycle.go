@@ -1,0 +1,394 @@
+package vboxmanage
+
+import (
+	"context"
+	"fmt"
+	"regexp"
+	"time"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
+)
+
+// startedRe is startvm's success line. Some hosts print it and exit 1;
+// it is the better witness of a start than the exit status.
+var startedRe = regexp.MustCompile(`(?m)^VM ".*" has been successfully started\.\r?$`)
+
+// Start runs `startvm --type headless` (§4). A refusal because the
+// session is held is retried for retry.locked: right after a power-off the
+// exiting VM process holds it for a while. If the VM turns out to be
+// running already, Start succeeds without doing anything (§4.2).
+func (d *Driver) Start(ctx context.Context, vm string) error {
+	const op = hypervisor.OpStart
+	p, err := d.ready(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	release, err := d.lock(ctx, op, vm, true)
+	if err != nil {
+		return err
+	}
+	defer release()
+	ref, err := d.ref(ctx, p, op, vm)
+	if err != nil {
+		return err
+	}
+	return d.retry(ctx, op, vm, 0, func() error {
+		res, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"startvm", ref, "--type", "headless"}, Timeout: d.cfg.Timeouts.Start})
+		if err != nil && res != nil && startedRe.Match(res.Stdout) {
+			d.log.Debug("startvm failed but says the VM started", "vm", vm, "error", err)
+			return nil
+		}
+		if !hypervisor.IsLocked(err) {
+			return err
+		}
+		// "Already locked by a session" is also what a running VM answers.
+		st, serr := d.status(ctx, p, op, vm)
+		switch {
+		case serr != nil:
+			return err
+		case st.Power == hypervisor.PowerRunning || st.Power == hypervisor.PowerStarting:
+			return nil
+		case !st.Power.IsOff():
+			return hypervisor.NewError(hypervisor.CodeInvalidState, op, vm, "cannot start a VM that is %s", st.Raw)
+		}
+		return err
+	})
+}
+
+// Stop asks VirtualBox to stop the VM (§5): acpipowerbutton, controlvm
+// poweroff (which waits until the VM is powered off, not until its
+// process has exited) or startvm --type emergencystop (which kills the VM
+// process). A VM that is already off gets no command at all (§5.2): the
+// lock-free `list runningvms` shows whether a VM process runs, and only
+// a VM it does not show is looked at more closely.
+func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMethod) error {
+	const op = hypervisor.OpStop
+	p, err := d.ready(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	if !method.Valid() || !p.caps.Has(method.Capability()) {
+		e := hypervisor.Unsupported(op, vm)
+		e.Message = fmt.Sprintf("stop method %q", method)
+		return e
+	}
+	release, err := d.lock(ctx, op, vm, true)
+	if err != nil {
+		return err
+	}
+	defer release()
+	ref, err := d.ref(ctx, p, op, vm)
+	if err != nil {
+		return err
+	}
+	up, err := d.running(ctx, p, op, vm)
+	if err != nil {
+		return err
+	}
+	if !up {
+		st, err := d.status(ctx, p, op, vm)
+		if err != nil {
+			return err
+		}
+		if st.Power.IsOff() {
+			return nil
+		}
+	}
+	return d.stop(ctx, p, vm, ref, method)
+}
+
+// stop sends one stop command, retrying lock refusals.
+func (d *Driver) stop(ctx context.Context, p *probe, vm, ref string, method hypervisor.StopMethod) error {
+	const op = hypervisor.OpStop
+	call := runner.Call{Timeout: d.cfg.Timeouts.Command}
+	switch method {
+	case hypervisor.StopACPI:
+		call.Args = []string{"controlvm", ref, "acpipowerbutton"}
+	case hypervisor.StopPowerOff:
+		call.Args, call.Timeout = []string{"controlvm", ref, "poweroff"}, d.cfg.Timeouts.PowerOff
+	case hypervisor.StopEmergency:
+		call.Args = []string{"startvm", ref, "--type", "emergencystop"}
+	}
+	err := d.retry(ctx, op, vm, 0, func() error {
+		_, err := d.run(ctx, p, op, vm, call)
+		return err
+	})
+	if method == hypervisor.StopEmergency && hypervisor.CodeOf(err) == hypervisor.CodeInvalidState {
+		// "is not locked by a session": no VM process is left to kill.
+		return nil
+	}
+	return err
+}
+
+// Unlock waits for a session that outlived its VM process to go away
+// (§6). A VM process that powered off keeps the session "unlocking"
+// until it has exited, usually a second or two; if it is still there
+// after unlock.grace, it is killed with emergencystop (VirtualBox 5.1+),
+// after which VBoxSVC releases the session. A session held by another
+// client (a VBoxManage, the GUI) cannot be killed and is waited for until
+// ctx ends.
+func (d *Driver) Unlock(ctx context.Context, vm string) error {
+	const op = hypervisor.OpUnlock
+	p, err := d.ready(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	if !p.caps.Has(hypervisor.CapUnlock) {
+		return hypervisor.Unsupported(op, vm)
+	}
+	release, err := d.lock(ctx, op, vm, true)
+	if err != nil {
+		return err
+	}
+	defer release()
+	st, err := d.status(ctx, p, op, vm)
+	if err != nil {
+		return err
+	}
+	return d.unlock(ctx, p, op, vm, st, &steps{})
+}
+
+// unlock is Unlock for callers that hold the gate and have the status.
+func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervisor.Status, rec *steps) error {
+	if !st.Power.IsOff() {
+		return hypervisor.NewError(hypervisor.CodeInvalidState, op, vm, "the VM is %s; only a stopped VM's session can be released", st.Raw)
+	}
+	if st.Lock != hypervisor.LockLocked {
+		return nil
+	}
+	ref, err := d.ref(ctx, p, op, vm)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	wait := rec.begin("wait-unlock")
+	killAt := start.Add(d.cfg.Unlock.Grace)
+	canKill := p.caps.Has(hypervisor.CapStopEmergency)
+	b := d.backoff()
+	for {
+		if canKill && !time.Now().Before(killAt) {
+			canKill = false
+			kill := rec.begin("emergencystop")
+			_, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"startvm", ref, "--type", "emergencystop"}, Timeout: d.cfg.Timeouts.Command})
+			switch code := hypervisor.CodeOf(err); {
+			case err == nil:
+				d.log.Info("killed the VM process that kept the session of a stopped VM", "vm", vm, "after", time.Since(start).Round(time.Millisecond))
+				kill.end("done")
+			case code == hypervisor.CodeInvalidState:
+				kill.end("nothing to kill") // the process went away by itself just now
+			case code == hypervisor.CodeLocked:
+				// Held by a client that is not a VM process: wait for it.
+				kill.end("held by another client")
+				d.log.Info("the session of a stopped VM is held by another client; waiting", "vm", vm, "message", err.Error())
+			default:
+				kill.end("failed")
+				wait.end("failed")
+				return err
+			}
+		}
+		if err := d.pause(ctx, op, vm, b.next()); err != nil {
+			wait.end("timed out")
+			return &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: op, VM: vm, Err: err,
+				Message: fmt.Sprintf("the session of the stopped VM was still held after %s", time.Since(start).Round(time.Millisecond))}
+		}
+		st, err := d.status(ctx, p, op, vm)
+		if err != nil {
+			wait.end("failed")
+			return err
+		}
+		if !st.Power.IsOff() {
+			wait.end("failed")
+			return hypervisor.NewError(hypervisor.CodeInvalidState, op, vm, "the VM became %s while its session was being released", st.Raw)
+		}
+		if st.Lock == hypervisor.LockUnlocked {
+			wait.end("done")
+			return nil
+		}
+	}
+}
+
+// Restore runs `snapshot restore NAME` or `snapshot restorecurrent` (§7).
+// A refusal because the session is still held is retried for
+// retry.locked, so that a restore right after a power-off waits out the
+// exiting VM process instead of failing.
+func (d *Driver) Restore(ctx context.Context, vm, snapshot string) error {
+	const op = hypervisor.OpRestore
+	p, err := d.ready(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	if !p.caps.Has(hypervisor.CapRestore) {
+		return hypervisor.Unsupported(op, vm)
+	}
+	release, err := d.lock(ctx, op, vm, true)
+	if err != nil {
+		return err
+	}
+	defer release()
+	return d.restore(ctx, p, op, vm, snapshot)
+}
+
+func (d *Driver) restore(ctx context.Context, p *probe, op, vm, snapshot string) error {
+	ref, err := d.ref(ctx, p, op, vm)
+	if err != nil {
+		return err
+	}
+	args := []string{"snapshot", ref, "restorecurrent"}
+	if snapshot != "" {
+		args = []string{"snapshot", ref, "restore", snapshot}
+	}
+	return d.retry(ctx, op, vm, 0, func() error {
+		_, err := d.run(ctx, p, op, vm, runner.Call{Args: args, Timeout: d.cfg.Timeouts.Restore})
+		return err
+	})
+}
+
+// Cleanup leaves the VM off, unlocked and, if asked, restored (§8), in as
+// few invocations as the VM's state allows: a clean VM costs one status
+// read. A VM with a process is powered off; one that does not reach an
+// off state within cleanup.stop_wait (a hung power-off, a VM stuck in
+// stopping) has its process killed. The session is then waited for as
+// Unlock does, and the snapshot restored with lock retries.
+func (d *Driver) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupRequest) (hypervisor.CleanupResult, error) {
+	const op = hypervisor.OpCleanup
+	rec := &steps{}
+	p, err := d.ready(ctx, op, vm)
+	if err != nil {
+		return rec.result(), err
+	}
+	if !p.caps.Has(hypervisor.CapCleanup) {
+		return rec.result(), hypervisor.Unsupported(op, vm)
+	}
+	release, err := d.lock(ctx, op, vm, true)
+	if err != nil {
+		return rec.result(), err
+	}
+	defer release()
+	st, err := d.status(ctx, p, op, vm)
+	if err != nil {
+		return rec.result(), err
+	}
+	if !st.Power.IsOff() {
+		if st, err = d.forceOff(ctx, p, vm, st, rec); err != nil {
+			return rec.result(), err
+		}
+	}
+	if err := d.unlock(ctx, p, op, vm, st, rec); err != nil {
+		return rec.result(), err
+	}
+	if req.Restore {
+		name := req.Snapshot
+		if name == "" {
+			name = "current"
+		}
+		s := rec.begin("restore " + name)
+		if err := d.restore(ctx, p, op, vm, req.Snapshot); err != nil {
+			s.end("failed")
+			return rec.result(), err
+		}
+		s.end("done")
+	}
+	return rec.result(), nil
+}
+
+// forceOff powers the VM off, escalating to emergencystop, and returns the
+// off status it reached.
+func (d *Driver) forceOff(ctx context.Context, p *probe, vm string, st hypervisor.Status, rec *steps) (hypervisor.Status, error) {
+	const op = hypervisor.OpCleanup
+	ref, err := d.ref(ctx, p, op, vm)
+	if err != nil {
+		return st, err
+	}
+	switch st.Power {
+	case hypervisor.PowerRunning, hypervisor.PowerPaused, hypervisor.PowerStuck:
+		s := rec.begin("poweroff")
+		err := d.stop(ctx, p, vm, ref, hypervisor.StopPowerOff)
+		switch hypervisor.CodeOf(err) {
+		case hypervisor.CodeNotFound, hypervisor.CodeUnavailable:
+			s.end("failed")
+			return st, err
+		}
+		if err != nil {
+			// A power-off that hung or met a state change is not the end:
+			// the wait below and emergencystop take over.
+			s.end("failed: " + err.Error())
+			if ctx.Err() != nil {
+				return st, hypervisor.FromContext(ctx, op, vm)
+			}
+		} else {
+			s.end("done")
+		}
+	}
+	if st, err = d.waitOff(ctx, p, vm, rec); err != nil || st.Power.IsOff() {
+		return st, err
+	}
+	if !p.caps.Has(hypervisor.CapStopEmergency) {
+		return st, hypervisor.NewError(hypervisor.CodeTimeout, op, vm, "the VM is still %s after %s", st.Raw, d.cfg.Cleanup.StopWait)
+	}
+	s := rec.begin("emergencystop")
+	if err := d.stop(ctx, p, vm, ref, hypervisor.StopEmergency); err != nil {
+		s.end("failed")
+		return st, err
+	}
+	s.end("done")
+	if st, err = d.waitOff(ctx, p, vm, rec); err != nil || st.Power.IsOff() {
+		return st, err
+	}
+	return st, hypervisor.NewError(hypervisor.CodeTimeout, op, vm, "the VM is still %s after its process was killed", st.Raw)
+}
+
+// waitOff polls until the VM is off or cleanup.stop_wait passes, and
+// returns the last status.
+func (d *Driver) waitOff(ctx context.Context, p *probe, vm string, rec *steps) (hypervisor.Status, error) {
+	const op = hypervisor.OpCleanup
+	s := rec.begin("wait-off")
+	stop := time.Now().Add(d.cfg.Cleanup.StopWait)
+	b := d.backoff()
+	for {
+		st, err := d.status(ctx, p, op, vm)
+		if err != nil {
+			s.end("failed")
+			return st, err
+		}
+		if st.Power.IsOff() {
+			s.end("done")
+			return st, nil
+		}
+		wait := b.next()
+		if time.Now().Add(wait).After(stop) {
+			s.end("still " + st.Raw)
+			return st, nil
+		}
+		if err := d.pause(ctx, op, vm, wait); err != nil {
+			s.end("timed out")
+			return st, err
+		}
+	}
+}
+
+// steps records what a cleanup did, for its report.
+type steps struct {
+	list []hypervisor.CleanupStep
+}
+
+// step is one recorded action in progress.
+type step struct {
+	rec   *steps
+	i     int
+	start time.Time
+}
+
+func (r *steps) begin(action string) *step {
+	r.list = append(r.list, hypervisor.CleanupStep{Action: action, Outcome: "started"})
+	return &step{rec: r, i: len(r.list) - 1, start: time.Now()}
+}
+
+func (s *step) end(outcome string) {
+	s.rec.list[s.i].Duration = time.Since(s.start)
+	s.rec.list[s.i].Outcome = outcome
+}
+
+func (r *steps) result() hypervisor.CleanupResult {
+	return hypervisor.CleanupResult{Steps: r.list}
+}

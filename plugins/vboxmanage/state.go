@@ -1,0 +1,75 @@
+package vboxmanage
+
+import (
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/parser"
+)
+
+// powerStates maps every VMState VBoxManage prints (FACTS §1.3) onto the
+// contract's states.
+var powerStates = map[string]hypervisor.PowerState{
+	"poweroff":   hypervisor.PowerOff,
+	"teleported": hypervisor.PowerOff, // the VM moved to another host; nothing runs here
+	"saved":      hypervisor.PowerSaved,
+	"aborted":    hypervisor.PowerAborted,
+	// The VM process died while a saved state existed: it is the death
+	// that matters to an operator, and both are off.
+	"aborted-saved":              hypervisor.PowerAborted,
+	"running":                    hypervisor.PowerRunning,
+	"teleporting":                hypervisor.PowerRunning, // the guest keeps running while it is sent away
+	"faulttolerantsyncing":       hypervisor.PowerRunning,
+	"paused":                     hypervisor.PowerPaused,
+	"teleportingpausedvm":        hypervisor.PowerPaused,
+	"gurumeditation":             hypervisor.PowerStuck,
+	"starting":                   hypervisor.PowerStarting,
+	"teleportingin":              hypervisor.PowerStarting, // the VM process is coming up from another host
+	"stopping":                   hypervisor.PowerStopping,
+	"saving":                     hypervisor.PowerSaving,
+	"restoring":                  hypervisor.PowerRestoring,
+	"restoringsnapshot":          hypervisor.PowerRestoring,
+	"livesnapshotting":           hypervisor.PowerSnapshotting,
+	"onlinesnapshotting":         hypervisor.PowerSnapshotting,
+	"snapshotting":               hypervisor.PowerSnapshotting,
+	"deletingsnapshot":           hypervisor.PowerSnapshotting,
+	"deletingsnapshotlive":       hypervisor.PowerSnapshotting,
+	"deletingsnapshotlivepaused": hypervisor.PowerSnapshotting,
+	// "settingup" (a machine being prepared for an offline operation) has
+	// no counterpart and stays unknown, which is never mistaken for off.
+}
+
+// powerState maps a raw VMState.
+func powerState(raw string) hypervisor.PowerState {
+	if p, ok := powerStates[raw]; ok {
+		return p
+	}
+	return hypervisor.PowerUnknown
+}
+
+// statusFrom builds the contract's Status from a showvminfo dump.
+//
+// The lock: a VM in any state but off-like has a process (or an offline
+// operation) holding its session. An off-like VM is locked while
+// showvminfo prints a SessionName line: VBoxManage prints it only while a
+// named session (the VM process still exiting, a GUI) holds the machine.
+// A session held by another VBoxManage has no name and cannot be seen;
+// the operation that meets it answers locked and is retried.
+func statusFrom(vm string, info *parser.VMInfo, lockState bool) hypervisor.Status {
+	st := hypervisor.Status{
+		VM:              vm,
+		Raw:             info.State,
+		Power:           powerState(info.State),
+		StateChanged:    info.StateChanged,
+		CurrentSnapshot: info.Snapshots.CurrentName(),
+		Lock:            hypervisor.LockUnknown,
+	}
+	if info.Inaccessible {
+		st.Raw, st.Power = "inaccessible", hypervisor.PowerUnknown
+	}
+	if lockState {
+		st.Lock = hypervisor.LockUnlocked
+		if info.HasSession || (!st.Power.IsOff() && !info.Inaccessible) {
+			st.Lock = hypervisor.LockLocked
+		}
+	}
+	return st
+}
