@@ -9,10 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 
 	"github.com/sandboxhq/sandbox/core/configfile"
 	"github.com/sandboxhq/sandbox/core/host"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
 // DefaultPath is where the CLI looks without --config.
@@ -28,19 +30,34 @@ type Config struct {
 	Plugins map[string]host.PluginConfig
 	// VMs are the [vms.NAME] tables.
 	VMs map[string]VM
+	// StateDir holds what sandbox remembers between runs (the quarantine).
+	StateDir string
+	// Lifecycle is the [lifecycle] table: settings for every VM.
+	Lifecycle lifecycle.Overrides
 }
 
-// VM is one [vms.NAME] table: a VM sandbox manages and how.
+// VM is one [vms.NAME] table: a VM sandbox manages and how. Besides the
+// plugin it takes every [lifecycle] key, for this VM only.
 type VM struct {
 	// Plugin names the plugin that drives the VM. Optional when only one
 	// plugin is configured or when a single plugin lists the VM.
 	Plugin string `toml:"plugin"`
+	lifecycle.Overrides
 }
 
 // file is the document's shape.
 type file struct {
-	Plugins map[string]host.PluginConfig `toml:"plugins"`
-	VMs     map[string]VM                `toml:"vms"`
+	StateDir  string                       `toml:"state_dir"`
+	Plugins   map[string]host.PluginConfig `toml:"plugins"`
+	Lifecycle lifecycle.Overrides          `toml:"lifecycle"`
+	VMs       map[string]VM                `toml:"vms"`
+}
+
+// Settings returns the lifecycle settings of the named VM: the defaults,
+// overridden by [lifecycle], overridden by [vms.NAME]. A VM without a table
+// gets the first two.
+func (c *Config) Settings(vm string) lifecycle.Settings {
+	return lifecycle.Defaults().Apply(c.Lifecycle).Apply(c.VMs[vm].Overrides)
 }
 
 // Load reads and validates the file at path. Every mistake comes back as a
@@ -68,8 +85,14 @@ func Parse(path string, data []byte) (*Config, error) {
 			return nil, doc.Errorf([]string{"plugins", name, key}, "%v", err)
 		}
 	}
+	if key, err := f.Lifecycle.Validate(); err != nil {
+		return nil, doc.Errorf([]string{"lifecycle", key}, "%v", err)
+	}
 	for _, name := range sortedKeys(f.VMs) {
 		vm := f.VMs[name]
+		if key, err := vm.Validate(); err != nil {
+			return nil, doc.Errorf([]string{"vms", name, key}, "%v", err)
+		}
 		if vm.Plugin != "" {
 			if _, ok := f.Plugins[vm.Plugin]; !ok {
 				return nil, doc.Errorf([]string{"vms", name, "plugin"},
@@ -83,7 +106,25 @@ func Parse(path string, data []byte) (*Config, error) {
 	if f.VMs == nil {
 		f.VMs = map[string]VM{}
 	}
-	return &Config{Path: path, Data: data, Plugins: f.Plugins, VMs: f.VMs}, nil
+	stateDir := f.StateDir
+	if stateDir == "" {
+		stateDir = defaultStateDir()
+	} else if !filepath.IsAbs(stateDir) {
+		stateDir = filepath.Join(filepath.Dir(path), stateDir)
+	}
+	return &Config{Path: path, Data: data, Plugins: f.Plugins, VMs: f.VMs, StateDir: stateDir, Lifecycle: f.Lifecycle}, nil
+}
+
+// defaultStateDir is $XDG_STATE_HOME/sandbox, else ~/.local/state/sandbox,
+// else a directory under the system's temporary directory.
+func defaultStateDir() string {
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "sandbox")
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "sandbox")
+	}
+	return filepath.Join(os.TempDir(), "sandbox-state")
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -1,0 +1,426 @@
+package lifecycle_test
+
+import (
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
+)
+
+// Fast timings: every transition well under a second.
+const timing = `
+[plugins.fake.config.timing]
+start = "50ms"
+acpi_shutdown = "150ms"
+poweroff = "100ms"
+emergency = "20ms"
+restore = "50ms"
+unlock_after_stop = "100ms"
+`
+
+// withoutNativeCleanup declares every capability but cleanup, so that the
+// core composes the cleanup itself.
+const withoutNativeCleanup = `capabilities = ["list", "stop.acpi", "stop.poweroff", "stop.emergency", "unlock",
+  "snapshot.restore", "status.lock", "watch"]
+`
+
+func stepNames(r *lifecycle.Report) []string {
+	var out []string
+	for _, s := range r.Steps {
+		out = append(out, s.Name+": "+s.Outcome)
+	}
+	return out
+}
+
+func finalIsClean(t *testing.T, r *lifecycle.Report, snapshot string) {
+	t.Helper()
+	require.NotNil(t, r.Final)
+	assert.True(t, r.Final.Power.IsOff(), "final power %s", r.Final.Power)
+	assert.Equal(t, hypervisor.LockUnlocked, r.Final.Lock)
+	assert.Equal(t, snapshot, r.Final.CurrentSnapshot)
+}
+
+func TestCleanupOfARunningVM(t *testing.T) {
+	t.Run("composed ladder", func(t *testing.T) {
+		w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+		r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		require.NoError(t, err)
+		assert.Equal(t, lifecycle.PathComposed, r.Path)
+		assert.Equal(t, []string{"stop acpi: off", "wait for release: unlocked", "restore clean (current): done", "verify: ok"}, stepNames(r))
+		finalIsClean(t, r, "clean")
+		assert.Equal(t, []string{"stop acpi", "restore"}, w.sent())
+		assert.Empty(t, r.Fallbacks)
+		assert.Less(t, r.StatusCalls, 10, "state changes come from the watch, not from polling")
+	})
+	t.Run("native cleanup verified by status", func(t *testing.T) {
+		w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+		r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		require.NoError(t, err)
+		assert.Equal(t, lifecycle.PathNative, r.Path)
+		assert.Equal(t, []string{"driver: poweroff: done", "driver: wait-unlock: done", "driver: restore clean: done",
+			"native cleanup: done", "verify: ok"}, stepNames(r))
+		assert.GreaterOrEqual(t, r.Steps[0].Duration, 90*time.Millisecond, "the driver's step durations reach the report")
+		finalIsClean(t, r, "clean")
+	})
+}
+
+func TestCleanupOfAVMStuckInStopping(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.vm1]
+state = "stopping"
+snapshots = ["clean"]
+`)
+	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: refused", "stop emergency: off",
+		"wait for release: unlocked", "restore clean (current): done", "verify: ok"}, stepNames(r))
+	assert.Contains(t, r.Steps[1].Detail, "Stopping", "the hypervisor's refusal is kept")
+	finalIsClean(t, r, "clean")
+}
+
+func TestCleanupOfAStoppedVMSendsNoStopCommand(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.vm1]
+state = "off"
+snapshots = ["clean"]
+`)
+	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	require.NoError(t, err)
+	assert.Equal(t, "stop: already off", stepNames(r)[0])
+	assert.Equal(t, []string{"restore"}, w.sent(), "no stop command reached the hypervisor")
+	finalIsClean(t, r, "clean")
+}
+
+func TestCleanupThatTimesOutReturnsInTimeAndQuarantines(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm1.faults]
+acpi_ignored = true
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopACPI}
+		s.ACPITimeout = 30 * time.Second
+		s.CleanupTimeout = 400 * time.Millisecond
+	})
+	begun := time.Now()
+	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+	took := time.Since(begun)
+	require.Error(t, err)
+	assert.Less(t, took, 400*time.Millisecond+250*time.Millisecond, "returns within its deadline plus a small margin")
+	assert.GreaterOrEqual(t, took, 400*time.Millisecond)
+	assert.ErrorIs(t, err, hypervisor.ErrTimeout)
+	var stuck *lifecycle.StuckError
+	require.ErrorAs(t, err, &stuck)
+	assert.Equal(t, "vm1", stuck.VM)
+	assert.Equal(t, []string{"acpi"}, stuck.Tried)
+	assert.True(t, r.Quarantined)
+	_, err = w.manager.EnsureStopped(ctxFor(t, 5*time.Second), vm)
+	assert.ErrorIs(t, err, lifecycle.ErrQuarantined, "a quarantined VM is not used again")
+}
+
+func TestEscalationWhenACPIIsIgnored(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm1.faults]
+acpi_ignored = true
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.ACPITimeout = 300 * time.Millisecond })
+	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	names := stepNames(r)
+	assert.Equal(t, []string{"stop acpi: deadline passed", "stop poweroff: off"}, names[:2])
+	assert.InDelta(t, 300*time.Millisecond, r.Steps[0].Duration, float64(150*time.Millisecond))
+	assert.Equal(t, []string{"stop acpi", "stop poweroff", "restore"}, w.sent())
+	finalIsClean(t, r, "clean")
+}
+
+func TestEscalationWhenPowerOffFails(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm1.faults]
+poweroff_failures = 100
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff, hypervisor.StopEmergency}
+	})
+	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"stop poweroff: failed", "stop emergency: off"}, stepNames(r)[:2])
+	assert.Equal(t, []string{"stop poweroff (failed)", "stop emergency", "restore"}, w.sent())
+	finalIsClean(t, r, "clean")
+}
+
+func TestSessionLockedAfterStopIsWaitedOutThenRestoreSucceeds(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm1.faults]
+lock_held_after_stop = "3s"
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff}
+	})
+	r, err := w.manager.Restore(ctxFor(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"stop poweroff: off", "wait for release: unlocked", "restore clean (current): done", "verify: ok"}, stepNames(r))
+	assert.InDelta(t, 3*time.Second, r.Steps[1].Duration, float64(300*time.Millisecond), "the lock was held 3s")
+	assert.Equal(t, 1, r.Steps[2].Attempts, "the restore went in once the session was free")
+	assert.Equal(t, []string{"stop poweroff", "restore"}, w.sent(), "no restore bounced off the lock")
+	finalIsClean(t, r, "clean")
+}
+
+func TestSessionLockedAfterStopThroughAV1Plugin(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm1.faults]
+lock_held_after_stop = "3s"
+`, "--max-protocol=1")
+	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	require.NoError(t, err)
+	assert.Equal(t, lifecycle.PathLegacy, r.Path)
+	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off", "settle (legacy): done",
+		"restore clean (current): done", "verify: ok"}, stepNames(r))
+	assert.Greater(t, r.Steps[3].Attempts, 1, "without lock reporting the restore is retried while the session is held")
+	assert.Contains(t, r.Fallbacks, "the driver has no stop.acpi; rung \"acpi\" skipped")
+	assert.Contains(t, r.Fallbacks[1], "cannot report session locks")
+	require.NotNil(t, r.Final)
+	assert.Equal(t, hypervisor.PowerOff, r.Final.Power)
+	assert.Equal(t, hypervisor.LockUnknown, r.Final.Lock)
+	assert.Equal(t, "clean", r.Final.CurrentSnapshot)
+	assert.Contains(t, w.sent(), "restore (locked)", "the hypervisor did say locked, and the core retried")
+	assert.Equal(t, "restore", w.sent()[len(w.sent())-1])
+}
+
+func TestCleanupAfterAFailedTaskKeepsTheTaskFailure(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.good]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.bad]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.bad.faults]
+restore_failures = 100
+`)
+	taskErr := errors.New("scan crashed: exit status 139")
+	r, err := w.manager.CleanupAfter(ctxFor(t, 30*time.Second), w.vm("good"), taskErr)
+	assert.Same(t, taskErr, err, "a successful cleanup keeps the task's failure")
+	assert.Empty(t, r.Error)
+	finalIsClean(t, r, "clean")
+
+	r, err = w.manager.CleanupAfter(ctxFor(t, 30*time.Second), w.vm("bad"), taskErr)
+	assert.Same(t, taskErr, err, "a failed cleanup does not replace the task's failure")
+	assert.True(t, r.Quarantined)
+	assert.NotEmpty(t, r.Error)
+
+	r, err = w.manager.CleanupAfter(ctxFor(t, 30*time.Second), w.vm("good"), nil)
+	assert.NoError(t, err, "a task that succeeded stays a success")
+	assert.False(t, r.Quarantined)
+}
+
+func TestCleanupFailureQuarantinesUntilACleanupSucceeds(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm1.faults]
+restore_failures = 2
+`)
+	vm := w.vm("vm1")
+	ctx := ctxFor(t, 60*time.Second)
+	for i := range 2 {
+		r, err := w.manager.Cleanup(ctx, vm)
+		require.Error(t, err, "cleanup %d", i)
+		assert.True(t, r.Quarantined)
+		var qe *lifecycle.QuarantineError
+		require.ErrorAs(t, w.manager.CheckUsable(ctx, vm), &qe)
+		assert.Contains(t, qe.Reason, "restore")
+		assert.Contains(t, qe.Error(), "sandbox vm cleanup vm1", "says how to bring it back")
+	}
+	_, err := w.manager.EnsureStopped(ctx, vm)
+	require.ErrorIs(t, err, lifecycle.ErrQuarantined)
+
+	r, err := w.manager.Cleanup(ctx, vm)
+	require.NoError(t, err, "the operator's cleanup succeeds once the fault is gone")
+	assert.False(t, r.Quarantined)
+	assert.NoError(t, w.manager.CheckUsable(ctx, vm))
+	_, err = w.manager.EnsureStopped(ctx, vm)
+	assert.NoError(t, err)
+	assert.Contains(t, w.log.String(), "quarantine lifted")
+}
+
+func TestEnsureStoppedAndRestoreTakeTheEnhancedPathWhenAvailable(t *testing.T) {
+	vms := `
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`
+	t.Run("ensure stopped, native cleanup", func(t *testing.T) {
+		w := fakeWorld(t, timing+vms)
+		r, err := w.manager.EnsureStopped(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		require.NoError(t, err)
+		assert.Equal(t, lifecycle.PathNative, r.Path)
+		assert.Equal(t, []string{"stop poweroff", "cleanup"}, w.sent(), "one native cleanup, no restore asked")
+		assert.True(t, r.Final.Power.IsOff())
+		assert.Equal(t, hypervisor.LockUnlocked, r.Final.Lock)
+	})
+	t.Run("ensure stopped, legacy power-off and wait", func(t *testing.T) {
+		w := fakeWorld(t, timing+vms, "--max-protocol=1")
+		r, err := w.manager.EnsureStopped(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		require.NoError(t, err)
+		assert.Equal(t, lifecycle.PathLegacy, r.Path)
+		assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off", "settle (legacy): done"}, stepNames(r))
+		assert.Equal(t, []string{"stop poweroff"}, w.sent())
+		assert.True(t, r.Final.Power.IsOff(), "same outcome: off")
+	})
+	t.Run("restore, composed with lock confirmation", func(t *testing.T) {
+		w := fakeWorld(t, timing+vms)
+		r, err := w.manager.Restore(ctxFor(t, 30*time.Second), w.vm("vm1", func(s *lifecycle.Settings) {
+			s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff}
+		}))
+		require.NoError(t, err)
+		assert.Equal(t, lifecycle.PathComposed, r.Path)
+		assert.Equal(t, []string{"stop poweroff: off", "wait for release: unlocked", "restore clean (current): done", "verify: ok"}, stepNames(r))
+		finalIsClean(t, r, "clean")
+	})
+	t.Run("restore, legacy", func(t *testing.T) {
+		w := fakeWorld(t, timing+vms, "--max-protocol=1")
+		r, err := w.manager.Restore(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		require.NoError(t, err)
+		assert.Equal(t, lifecycle.PathLegacy, r.Path)
+		assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off", "settle (legacy): done",
+			"restore clean (current): done", "verify: ok"}, stepNames(r))
+		assert.Equal(t, "clean", r.Final.CurrentSnapshot)
+	})
+}
+
+func TestConcurrentCleanupsOfOneVMAreSerializedAndOfTwoVMsOverlap(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+`
+[plugins.fake.config.timing]
+poweroff = "400ms"
+unlock_after_stop = "0s"
+restore = "0s"
+[plugins.fake.config.vms.a]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.b]
+state = "running"
+snapshots = ["clean"]
+`)
+	ladder := func(s *lifecycle.Settings) { s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff} }
+	run := func(vms ...lifecycle.VM) []*lifecycle.Report {
+		reports := make([]*lifecycle.Report, len(vms))
+		var wg sync.WaitGroup
+		for i, vm := range vms {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+				assert.NoError(t, err)
+				reports[i] = r
+			}()
+		}
+		wg.Wait()
+		return reports
+	}
+	overlap := func(a, b *lifecycle.Report) bool {
+		return a.Started.Before(b.Started.Add(b.Duration)) && b.Started.Before(a.Started.Add(a.Duration))
+	}
+
+	same := run(w.vm("a", ladder), w.vm("a", ladder))
+	assert.False(t, overlap(same[0], same[1]), "two cleanups of one VM never run at once")
+	first, second := same[0], same[1]
+	if second.Started.Before(first.Started) {
+		first, second = second, first
+	}
+	assert.Equal(t, "stop poweroff: off", stepNames(first)[0])
+	assert.Equal(t, "stop: already off", stepNames(second)[0], "the second found the first one's work done")
+
+	_, err := w.manager.Start(ctxFor(t, 5*time.Second), w.vm("a"))
+	require.NoError(t, err)
+	both := run(w.vm("a", ladder), w.vm("b", ladder))
+	assert.True(t, overlap(both[0], both[1]), "cleanups of different VMs run in parallel")
+	assert.Equal(t, "stop poweroff: off", stepNames(both[0])[0], "a was starting; the power-off waited for it")
+}
+
+func TestStopWithOneMethodAndUnlock(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm1.faults]
+stale_lock_after_stop = true
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.ReleaseTimeout = 300 * time.Millisecond })
+	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm, lifecycle.WithMethod(hypervisor.StopEmergency))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"stop emergency: off", "wait for release: deadline passed", "unlock: unlocked"}, stepNames(r))
+	assert.Equal(t, hypervisor.PowerAborted, r.Final.Power)
+	assert.Equal(t, hypervisor.LockUnlocked, r.Final.Lock)
+
+	r, err = w.manager.Unlock(ctxFor(t, 5*time.Second), vm)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"unlock: already unlocked"}, stepNames(r))
+
+	_, err = w.manager.Start(ctxFor(t, 5*time.Second), vm)
+	require.NoError(t, err)
+	_, err = w.manager.Unlock(ctxFor(t, 5*time.Second), vm)
+	assert.ErrorIs(t, err, hypervisor.ErrInvalidState, "a running VM is stopped, not unlocked")
+}
+
+func TestPollingWhenTheDriverCannotWatch(t *testing.T) {
+	w := fakeWorld(t, `capabilities = ["stop.poweroff", "snapshot.restore", "status.lock"]
+[plugins.fake.config.timing]
+poweroff = "1s"
+unlock_after_stop = "0s"
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.PollMaxInterval = 200 * time.Millisecond })
+	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off"}, stepNames(r))
+	assert.InDelta(t, time.Second, r.Steps[1].Duration, float64(250*time.Millisecond), "never later than the poll ceiling")
+	assert.Less(t, r.StatusCalls, 16, "adaptive polling, not a busy loop")
+	t.Logf("status calls for a 1s power-off: %d", r.StatusCalls)
+}
+
+func TestCleanupLogsWhatAnOperatorNeeds(t *testing.T) {
+	w := fakeWorld(t, withoutNativeCleanup+timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+	_, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	require.NoError(t, err)
+	log := w.log.String()
+	for _, want := range []string{"cleanup started", "state found", "power=running", "stop acpi", "outcome=off",
+		"wait for release", "restore clean (current)", "cleanup done", "took=", "vm=vm1", "plugin=fake"} {
+		assert.Contains(t, log, want)
+	}
+}
+

@@ -1,0 +1,245 @@
+package lifecycle
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+func isOff(st hypervisor.Status) bool { return st.Power.IsOff() }
+
+func isUnlocked(st hypervisor.Status) bool { return st.Lock == hypervisor.LockUnlocked }
+
+func isOffAndUnlocked(st hypervisor.Status) bool { return isOff(st) && isUnlocked(st) }
+
+// stopLadder brings the VM to an off-like state by climbing the rungs in
+// order. Each rung issues its stop (retrying a locked session), then waits
+// for the state within the rung's deadline; when the deadline passes, or
+// the hypervisor refuses, the next rung takes over. A VM already off gets no
+// stop command at all (§5.2 makes that safe anyway, but the operator's log
+// should show that nothing was sent).
+func (o *op) stopLadder(ctx context.Context, methods []hypervisor.StopMethod) (hypervisor.Status, error) {
+	st := o.last
+	if isOff(st) {
+		o.addStep(Step{Name: "stop", Outcome: "already off", Detail: "no stop command sent"})
+		return st, nil
+	}
+	var tried []string
+	var last error
+	code := hypervisor.CodeUnsupported // until a rung runs: nothing could stop this VM
+	for _, m := range methods {
+		name := "stop " + string(m)
+		if !o.caps.Has(m.Capability()) {
+			o.fallback("the driver has no %s; rung %q skipped", m.Capability(), m)
+			o.addStep(Step{Name: name, Outcome: "skipped", Detail: "driver lacks " + string(m.Capability())})
+			continue
+		}
+		if m == hypervisor.StopACPI && st.Power != hypervisor.PowerRunning {
+			o.addStep(Step{Name: name, Outcome: "skipped", Detail: fmt.Sprintf("a %s guest cannot answer the power button", st.Power)})
+			continue
+		}
+		deadline := o.settings().RungTimeout(m)
+		o.progress(name)
+		rctx, cancel := context.WithTimeout(ctx, deadline)
+		begun := time.Now()
+		step := Step{Name: name, Deadline: deadline}
+		// A VM on its way to running (or restoring, saving) refuses stops
+		// until it gets there; retry within the rung rather than escalate.
+		attempts, err := retry(rctx, o.stopRetryable(rctx), func() error { return o.vm.Driver.Stop(rctx, o.vm.Name, m) })
+		step.Attempts = attempts
+		if err == nil {
+			st, err = o.waitFor(rctx, isOff)
+		} else {
+			last = err
+			step.Detail = err.Error()
+			// The hypervisor may refuse because the VM got off meanwhile.
+			if s, serr := o.status(rctx); serr == nil {
+				st = s
+			}
+		}
+		cancel()
+		step.Duration = time.Since(begun)
+		tried = append(tried, string(m))
+		switch {
+		case isOff(st):
+			step.Outcome = "off"
+			o.addStep(step)
+			return st, nil
+		case ctx.Err() != nil:
+			step.Outcome = "interrupted"
+			o.addStep(step)
+			return st, o.stuck("off", tried, last, hypervisor.CodeTimeout)
+		case step.Detail != "":
+			code = hypervisor.CodeOf(err)
+			step.Outcome = "failed"
+			if code == hypervisor.CodeInvalidState || code == hypervisor.CodeLocked {
+				step.Outcome = "refused"
+			}
+		default:
+			code = hypervisor.CodeTimeout
+			step.Outcome = "deadline passed"
+		}
+		o.addStep(step)
+		st = o.last
+	}
+	return st, o.stuck("off", tried, last, code)
+}
+
+// stopRetryable accepts a locked session, and a refusal from a VM in a
+// transient state that ends by itself, as reasons to try the stop again.
+func (o *op) stopRetryable(ctx context.Context) func(error) bool {
+	return func(err error) bool {
+		if isLocked(err) {
+			return true
+		}
+		if hypervisor.CodeOf(err) != hypervisor.CodeInvalidState {
+			return false
+		}
+		st, serr := o.status(ctx)
+		if serr != nil {
+			return false
+		}
+		switch st.Power {
+		case hypervisor.PowerStarting, hypervisor.PowerRestoring, hypervisor.PowerSaving, hypervisor.PowerSnapshotting:
+			return true
+		}
+		return false
+	}
+}
+
+// stuck builds the error for a VM that did not reach want; code
+// classifies it (CodeTimeout when deadlines ran out).
+func (o *op) stuck(want string, tried []string, last error, code hypervisor.Code) error {
+	e := &StuckError{VM: o.vm.Name, Want: want, Tried: tried, Last: last, Code: code}
+	if o.haveLast {
+		e.State = stateWord(o.last)
+	}
+	return e
+}
+
+// release makes sure the session is free once the VM is off. A driver that
+// reports the lock is waited on, and actively unlocked if the session does
+// not go by itself; a driver that cannot report it gets the legacy fixed
+// settle delay.
+func (o *op) release(ctx context.Context) error {
+	s := o.settings()
+	if !o.caps.Has(hypervisor.CapLockState) {
+		o.settle(ctx)
+		return ctx.Err()
+	}
+	if o.haveLast && isOffAndUnlocked(o.last) {
+		return nil
+	}
+	o.progress("wait for release")
+	begun := time.Now()
+	wctx, cancel := context.WithTimeout(ctx, s.ReleaseTimeout)
+	_, err := o.waitFor(wctx, isOffAndUnlocked)
+	cancel()
+	step := Step{Name: "wait for release", Deadline: s.ReleaseTimeout, Duration: time.Since(begun)}
+	if err == nil {
+		step.Outcome = "unlocked"
+		o.addStep(step)
+		return nil
+	}
+	if ctx.Err() != nil {
+		step.Outcome = "interrupted"
+		o.addStep(step)
+		return o.stuck("unlocked", []string{"waiting for release"}, nil, hypervisor.CodeTimeout)
+	}
+	step.Outcome = "deadline passed"
+	o.addStep(step)
+	if hypervisor.IsNotFound(err) {
+		return err
+	}
+	return o.unlock(ctx, []string{"waiting for release"})
+}
+
+// settle is the legacy wait: a driver that cannot report its lock gets a
+// fixed delay after a stop. The operator is told once per VM and process
+// why, since it is the one slow, blind step left.
+func (o *op) settle(ctx context.Context) {
+	d := o.settings().SettleDelay
+	why := fmt.Sprintf("the driver cannot report session locks (no %s); waiting the fixed settle delay of %s",
+		hypervisor.CapLockState, d)
+	o.report.fallback(why)
+	o.m.mu.Lock()
+	first := !o.m.settleLogged[o.vm.Key()]
+	o.m.settleLogged[o.vm.Key()] = true
+	o.m.mu.Unlock()
+	if first {
+		o.log.Info("fallback: " + why)
+	}
+	if d == 0 {
+		return
+	}
+	o.progress("settle (legacy)")
+	begun := time.Now()
+	err := delay(ctx, d)
+	step := Step{Name: "settle (legacy)", Deadline: d, Duration: time.Since(begun), Outcome: "done"}
+	if err != nil {
+		step.Outcome = "interrupted"
+	}
+	o.addStep(step)
+}
+
+// unlock actively frees a session that the hypervisor did not release by
+// itself: the driver's unlock when it has one, else an emergency stop, else
+// power-off retries while waiting for the release.
+func (o *op) unlock(ctx context.Context, tried []string) error {
+	s := o.settings()
+	uctx, cancel := context.WithTimeout(ctx, s.UnlockTimeout)
+	defer cancel()
+	begun := time.Now()
+	var name string
+	var act func() error
+	switch {
+	case o.caps.Has(hypervisor.CapUnlock):
+		name = "unlock"
+		act = func() error { return o.vm.Driver.Unlock(uctx, o.vm.Name) }
+	case o.caps.Has(hypervisor.CapStopEmergency):
+		name = "unlock by emergency stop"
+		o.fallback("the driver has no %s; freeing the session with an emergency stop", hypervisor.CapUnlock)
+		act = func() error { return o.vm.Driver.Stop(uctx, o.vm.Name, hypervisor.StopEmergency) }
+	default:
+		name = "unlock by power-off retries"
+		o.fallback("the driver has neither %s nor %s; retrying power-off until the session is released",
+			hypervisor.CapUnlock, hypervisor.CapStopEmergency)
+		act = func() error { return o.vm.Driver.Stop(uctx, o.vm.Name, hypervisor.StopPowerOff) }
+	}
+	o.progress(name)
+	var last error
+	attempts, err := retry(uctx, isLocked, func() error {
+		if err := act(); err != nil {
+			last = err
+			return err
+		}
+		st, err := o.status(uctx)
+		if err != nil {
+			return err
+		}
+		if !isOffAndUnlocked(st) {
+			return errStillLocked
+		}
+		return nil
+	})
+	step := Step{Name: name, Deadline: s.UnlockTimeout, Duration: time.Since(begun), Attempts: attempts, Outcome: "unlocked"}
+	if err == nil {
+		o.addStep(step)
+		return nil
+	}
+	if err != errStillLocked {
+		last = err
+	}
+	step.Outcome = "failed"
+	if last != nil {
+		step.Detail = last.Error()
+	}
+	o.addStep(step)
+	code := hypervisor.CodeTimeout
+	if last != nil && ctx.Err() == nil && !isLocked(last) && uctx.Err() == nil {
+		code = hypervisor.CodeOf(last)
+	}
+	return o.stuck("unlocked", append(tried, name), last, code)
+}

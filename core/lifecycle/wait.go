@@ -1,0 +1,181 @@
+package lifecycle
+
+import (
+	"context"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+// transient reports whether a status read may succeed if repeated: the
+// session is busy, or the plugin or hypervisor is briefly unreachable.
+func transient(err error) bool {
+	c := hypervisor.CodeOf(err)
+	return c == hypervisor.CodeLocked || c == hypervisor.CodeUnavailable
+}
+
+// status reads the VM's state, retrying transient failures within ctx.
+func (o *op) status(ctx context.Context) (hypervisor.Status, error) {
+	var st hypervisor.Status
+	_, err := retry(ctx, transient, func() error {
+		o.report.StatusCalls++
+		var err error
+		st, err = o.vm.Driver.Status(ctx, o.vm.Name)
+		return err
+	})
+	if err != nil {
+		return st, err
+	}
+	o.seen(st)
+	return st, nil
+}
+
+// retry calls f until it succeeds, fails with an error retryable rejects,
+// or ctx ends, waiting a jittered, growing interval between calls. It
+// returns the number of calls and the last error of f (not ctx's), so the
+// caller can tell the operator what the hypervisor last said.
+func retry(ctx context.Context, retryable func(error) bool, f func() error) (int, error) {
+	b := &backoff.ExponentialBackOff{
+		InitialInterval:     50 * time.Millisecond,
+		RandomizationFactor: 0.3,
+		Multiplier:          2,
+		MaxInterval:         time.Second,
+	}
+	b.Reset()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for attempts := 1; ; attempts++ {
+		err := f()
+		if err == nil || !retryable(err) || ctx.Err() != nil {
+			return attempts, err
+		}
+		wait := b.NextBackOff()
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
+			// One last try just before the deadline beats giving up early.
+			wait = max(time.Until(deadline)-10*time.Millisecond, 0)
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return attempts, err
+		}
+	}
+}
+
+func isLocked(err error) bool { return hypervisor.IsLocked(err) }
+
+// errStillLocked stands for "the session is still held" in retry loops
+// that act and then check.
+var errStillLocked = hypervisor.NewError(hypervisor.CodeLocked, hypervisor.OpUnlock, "", "the session is still locked")
+
+// waitFor returns the first state for which cond holds, watching the VM
+// when the driver can, polling with a growing interval otherwise. It ends
+// with ctx's error (and the last state seen) when ctx ends first.
+func (o *op) waitFor(ctx context.Context, cond func(hypervisor.Status) bool) (hypervisor.Status, error) {
+	if o.haveLast && cond(o.last) {
+		return o.last, nil
+	}
+	if o.caps.Has(hypervisor.CapWatch) {
+		st, err, done := o.watch(ctx, cond)
+		if done {
+			return st, err
+		}
+	}
+	return o.poll(ctx, cond)
+}
+
+// watch waits on the driver's state stream. done is false when the stream
+// could not start or ended early, and the caller should poll instead.
+func (o *op) watch(ctx context.Context, cond func(hypervisor.Status) bool) (hypervisor.Status, error, bool) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ch, err := o.vm.Driver.Watch(wctx, o.vm.Name)
+	if err != nil {
+		if hypervisor.IsNotFound(err) {
+			return o.last, err, true
+		}
+		if ctx.Err() != nil {
+			return o.last, ctx.Err(), true
+		}
+		o.fallback("watch failed (%v); polling status instead", err)
+		return o.last, nil, false
+	}
+	for st := range ch {
+		o.seen(st)
+		if cond(st) {
+			return st, nil, true
+		}
+	}
+	if ctx.Err() != nil {
+		return o.last, ctx.Err(), true
+	}
+	o.fallback("the state stream ended early; polling status instead")
+	return o.last, nil, false
+}
+
+// poll reads the state until cond holds: first after PollInterval, then
+// 1.5 times longer each time, never longer than PollMaxInterval.
+func (o *op) poll(ctx context.Context, cond func(hypervisor.Status) bool) (hypervisor.Status, error) {
+	s := o.settings()
+	b := &backoff.ExponentialBackOff{
+		InitialInterval: s.PollInterval,
+		Multiplier:      1.5,
+		MaxInterval:     s.PollMaxInterval,
+	}
+	b.Reset()
+	var timer *time.Timer
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
+	for {
+		o.report.StatusCalls++
+		st, err := o.vm.Driver.Status(ctx, o.vm.Name)
+		switch {
+		case err == nil:
+			o.seen(st)
+			if cond(st) {
+				return st, nil
+			}
+		case hypervisor.IsNotFound(err):
+			return o.last, err
+		case ctx.Err() != nil:
+			return o.last, ctx.Err()
+		}
+		if timer == nil {
+			timer = time.NewTimer(b.NextBackOff())
+		} else {
+			timer.Reset(b.NextBackOff())
+		}
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return o.last, ctx.Err()
+		}
+	}
+}
+
+// delay waits d within ctx: the legacy settle delay, the one fixed wait the
+// core knows, used only for drivers that cannot report their lock.
+func delay(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
