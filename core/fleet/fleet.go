@@ -58,6 +58,7 @@ func (e *PluginError) Error() string {
 	}
 	return fmt.Sprintf("plugin %q: %s", e.Plugin, msg)
 }
+
 // Unwrap returns the plugin's error.
 func (e *PluginError) Unwrap() error { return e.Err }
 

@@ -423,4 +423,3 @@ snapshots = ["clean"]
 		assert.Contains(t, log, want)
 	}
 }
-
