@@ -1,0 +1,206 @@
+package vboxmanage_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim/simtest"
+	"github.com/sandboxhq/sandbox/sdk"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	simtest.Cleanup()
+	os.Exit(code)
+}
+
+// profile is a simulated VirtualBox installation.
+type profile struct {
+	name    string
+	version string
+	host    string
+}
+
+// profiles covers every major version and a Windows-style host.
+var profiles = []profile{
+	{"5.1-linux", "5.1.38r122592", "linux"},
+	{"6.1-windows", "6.1.38r153438", "windows"},
+	{"7.0-linux", "7.0.14r161095", "linux"},
+	{"7.1-darwin", "7.1.4r165100", "darwin"},
+}
+
+const (
+	vmName   = "win10-64-defender"
+	vmUUID   = "93a38cd7-ef00-47aa-9868-d291d4ed5e0a"
+	guestPW  = "Pa55 w0rd;$(id)'\""
+	userName = "analyst"
+)
+
+// rig is a driver wired to a simulated VBoxManage.
+type rig struct {
+	sim  *simtest.Sim
+	drv  *vboxmanage.Driver
+	logs *syncBuffer
+	tmp  string
+}
+
+// rigOption adjusts the simulated world or the driver's configuration,
+// given as dotted keys with TOML values.
+type rigOption func(*vboxsim.World, map[string]string)
+
+func withTiming(fn func(*vboxsim.Timing)) rigOption {
+	return func(w *vboxsim.World, _ map[string]string) { fn(&w.Config.Timing) }
+}
+
+func withFaults(fn func(*vboxsim.Faults)) rigOption {
+	return func(w *vboxsim.World, _ map[string]string) { fn(&w.Config.Faults) }
+}
+
+func withVMs(vms ...*vboxsim.VM) rigOption {
+	return func(w *vboxsim.World, _ map[string]string) { w.VMs = vms }
+}
+
+// withSetting sets one key of the driver's table; an empty value removes it.
+func withSetting(key, value string) rigOption {
+	return func(_ *vboxsim.World, c map[string]string) {
+		if value == "" {
+			delete(c, key)
+			return
+		}
+		c[key] = value
+	}
+}
+
+func guestVM(name, uuid string) *vboxsim.VM {
+	vm := vboxsim.NewVM(name, uuid)
+	vm.GuestUsers[userName] = guestPW
+	return vm
+}
+
+func newRig(t *testing.T, p profile, opts ...rigOption) *rig {
+	t.Helper()
+	w := &vboxsim.World{
+		Config: vboxsim.Config{Version: p.version, Host: p.host},
+		VMs:    []*vboxsim.VM{guestVM(vmName, vmUUID)},
+	}
+	dir := t.TempDir()
+	tmp := filepath.Join(dir, "tmp")
+	require.NoError(t, os.Mkdir(tmp, 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "guest-password"), []byte(guestPW+"\n"), 0o600))
+	settings := map[string]string{
+		"temp_dir":            `"tmp"`,
+		"retry.locked":        `"5s"`,
+		"retry.initial":       `"20ms"`,
+		"retry.max":           `"200ms"`,
+		"unlock.grace":        `"1s"`,
+		"cleanup.stop_wait":   `"1s"`,
+		"guest.username":      fmt.Sprintf("%q", userName),
+		"guest.password_file": `"guest-password"`,
+		"guest.ready_wait":    `"5s"`,
+	}
+	for _, o := range opts {
+		o(w, settings)
+	}
+	sim := simtest.New(t, w.Config, w.VMs...)
+	settings["path"] = fmt.Sprintf("%q", sim.Bin)
+	settings["user_home"] = fmt.Sprintf("%q", sim.Home)
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	b.WriteString("[plugins.vbox.config]\n")
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s = %s\n", k, settings[k])
+	}
+	toml := b.String()
+	file := filepath.Join(dir, "config.toml")
+	require.NoError(t, os.WriteFile(file, []byte(toml), 0o600))
+	logs := &syncBuffer{}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "vbox", Level: hclog.Trace, Output: logs})
+	drv, err := vboxmanage.New(sdk.ConfigFromTOML("vbox", file, []byte(toml)), logger)
+	require.NoError(t, err)
+	return &rig{sim: sim, drv: drv.(*vboxmanage.Driver), logs: logs, tmp: tmp}
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// waitStatus polls Status until ok or the deadline.
+func (r *rig) waitStatus(t *testing.T, vm string, ok func(hypervisor.Status) bool) hypervisor.Status {
+	t.Helper()
+	ctx := ctxFor(t, 10*time.Second)
+	for {
+		st, err := r.drv.Status(ctx, vm)
+		require.NoError(t, err)
+		if ok(st) {
+			return st
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("VM %q never reached the wanted state; last %+v", vm, st)
+		case <-time.After(30 * time.Millisecond):
+		}
+	}
+}
+
+func offAndUnlocked(st hypervisor.Status) bool {
+	return st.Power.IsOff() && st.Lock == hypervisor.LockUnlocked
+}
+
+// argvCount counts recorded invocations whose arguments contain words, in order.
+func (r *rig) argvCount(t *testing.T, words ...string) int {
+	n := 0
+	for _, inv := range r.sim.Invocations(t) {
+		if containsSeq(inv.Args, words) {
+			n++
+		}
+	}
+	return n
+}
+
+func containsSeq(args, words []string) bool {
+	i := 0
+	for _, a := range args {
+		if i < len(words) && a == words[i] {
+			i++
+		}
+	}
+	return i == len(words)
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
