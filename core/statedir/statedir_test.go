@@ -1,0 +1,164 @@
+package statedir_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/statedir"
+)
+
+// Launched with envHolder set, the test binary takes a lease and holds it
+// until killed: a real other process holding a real lock.
+const envHolder = "STATEDIR_TEST_HOLD"
+
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(envHolder); dir != "" {
+		d, err := statedir.Open(dir)
+		if err != nil {
+			panic(err)
+		}
+		if _, err := d.Leases().Acquire(context.Background(), "fake/vm1"); err != nil {
+			panic(err)
+		}
+		fmt.Println("held")
+		select {}
+	}
+	os.Exit(m.Run())
+}
+
+func TestLeaseHeldByAnotherProcessBlocksUntilThatProcessDies(t *testing.T) {
+	dir := t.TempDir()
+	exe, err := os.Executable()
+	require.NoError(t, err)
+	holder := exec.Command(exe)
+	holder.Env = append(os.Environ(), envHolder+"="+dir)
+	out, err := holder.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, holder.Start())
+	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "held\n", line)
+
+	d, err := statedir.Open(dir)
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	_, err = d.Leases().Acquire(ctx, "fake/vm1")
+	require.Error(t, err, "the other process holds the VM")
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+
+	release, err := d.Leases().Acquire(context.Background(), "fake/vm2")
+	require.NoError(t, err, "other VMs are free")
+	release()
+
+	require.NoError(t, holder.Process.Kill())
+	_ = holder.Wait()
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel2()
+	release, err = d.Leases().Acquire(ctx2, "fake/vm1")
+	require.NoError(t, err, "a dead holder's lease is free: the kernel dropped its lock")
+	release()
+}
+
+func TestLeasesSerializeGoroutinesOfOneProcess(t *testing.T) {
+	d, err := statedir.Open(t.TempDir())
+	require.NoError(t, err)
+	var mu sync.Mutex
+	inside, most := 0, 0
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			release, err := d.Leases().Acquire(context.Background(), "p/vm")
+			if !assert.NoError(t, err) {
+				return
+			}
+			mu.Lock()
+			inside++
+			most = max(most, inside)
+			mu.Unlock()
+			time.Sleep(5 * time.Millisecond) // hold the lease a moment so overlaps would show
+			mu.Lock()
+			inside--
+			mu.Unlock()
+			release()
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, 1, most)
+}
+
+func TestQuarantineIsSharedThroughTheDirectory(t *testing.T) {
+	dir := t.TempDir()
+	a, err := statedir.Open(dir)
+	require.NoError(t, err)
+	b, err := statedir.Open(dir)
+	require.NoError(t, err)
+	ctx := context.Background()
+
+	require.NoError(t, a.Quarantine().Mark(ctx, "fake/vm1", "restore failed"))
+	e, ok, err := b.Quarantine().Get(ctx, "fake/vm1")
+	require.NoError(t, err)
+	require.True(t, ok)
+	assert.Equal(t, "restore failed", e.Reason)
+	since := e.Since
+
+	require.NoError(t, b.Quarantine().Mark(ctx, "fake/vm1", "restore failed again"))
+	e, _, _ = a.Quarantine().Get(ctx, "fake/vm1")
+	assert.Equal(t, since, e.Since, "the first time is kept")
+	assert.Equal(t, "restore failed again", e.Reason)
+
+	require.NoError(t, a.Quarantine().Clear(ctx, "fake/vm1"))
+	_, ok, err = b.Quarantine().Get(ctx, "fake/vm1")
+	require.NoError(t, err)
+	assert.False(t, ok)
+	require.NoError(t, a.Quarantine().Clear(ctx, "fake/never"), "clearing a VM in service is a no-op")
+}
+
+func TestConcurrentMarksLoseNothing(t *testing.T) {
+	d, err := statedir.Open(t.TempDir())
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			assert.NoError(t, d.Quarantine().Mark(context.Background(), fmt.Sprintf("p/vm%d", i), "x"))
+		}()
+	}
+	wg.Wait()
+	all, err := d.List()
+	require.NoError(t, err)
+	assert.Len(t, all, 20)
+}
+
+func TestDamagedQuarantineFileSaysWhatToDo(t *testing.T) {
+	dir := t.TempDir()
+	d, err := statedir.Open(dir)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "quarantine.json"), []byte("{not json"), 0o600))
+	_, _, err = d.Quarantine().Get(context.Background(), "p/vm")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "quarantine.json is damaged")
+	assert.Contains(t, err.Error(), "delete it")
+}
+
+func TestUnwritableStateDirIsAClearError(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "file")
+	require.NoError(t, os.WriteFile(file, nil, 0o600))
+	_, err := statedir.Open(filepath.Join(file, "state"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "state_dir")
+}
