@@ -187,13 +187,19 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 				return err
 			}
 		}
-		if err := d.pause(ctx, op, vm, b.next()); err != nil {
+		stillHeld := func(err error) error {
 			wait.end("timed out")
 			return &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: op, VM: vm, Err: err,
 				Message: fmt.Sprintf("the session of the stopped VM was still held after %s", time.Since(start).Round(time.Millisecond))}
 		}
+		if err := d.pause(ctx, op, vm, b.next()); err != nil {
+			return stillHeld(err)
+		}
 		st, err := d.status(ctx, p, op, vm)
 		if err != nil {
+			if ctx.Err() != nil {
+				return stillHeld(err)
+			}
 			wait.end("failed")
 			return err
 		}

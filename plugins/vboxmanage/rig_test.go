@@ -91,7 +91,7 @@ func guestVM(name, uuid string) *vboxsim.VM {
 	return vm
 }
 
-func newRig(t *testing.T, p profile, opts ...rigOption) *rig {
+func newRig(t testing.TB, p profile, opts ...rigOption) *rig {
 	t.Helper()
 	w := &vboxsim.World{
 		Config: vboxsim.Config{Version: p.version, Host: p.host},
@@ -138,14 +138,14 @@ func newRig(t *testing.T, p profile, opts ...rigOption) *rig {
 	return &rig{sim: sim, drv: drv.(*vboxmanage.Driver), logs: logs, tmp: tmp}
 }
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
+func ctxFor(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
 
 // waitStatus polls Status until ok or the deadline.
-func (r *rig) waitStatus(t *testing.T, vm string, ok func(hypervisor.Status) bool) hypervisor.Status {
+func (r *rig) waitStatus(t testing.TB, vm string, ok func(hypervisor.Status) bool) hypervisor.Status {
 	t.Helper()
 	ctx := ctxFor(t, 10*time.Second)
 	for {
@@ -167,7 +167,7 @@ func offAndUnlocked(st hypervisor.Status) bool {
 }
 
 // argvCount counts recorded invocations whose arguments contain words, in order.
-func (r *rig) argvCount(t *testing.T, words ...string) int {
+func (r *rig) argvCount(t testing.TB, words ...string) int {
 	n := 0
 	for _, inv := range r.sim.Invocations(t) {
 		if containsSeq(inv.Args, words) {

@@ -1,0 +1,326 @@
+package vboxmanage_test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+)
+
+// The scenario the project exists for: right after a power-off the VM
+// process keeps the session "unlocking" for a while, and VirtualBox
+// refuses the restore with "already locked for a session (or being
+// unlocked)". The driver waits it out; the caller sees a plain success.
+func TestRestoreRightAfterPowerOffWaitsOutTheLingeringLock(t *testing.T) {
+	for _, p := range profiles {
+		t.Run(p.name, func(t *testing.T) {
+			t.Parallel()
+			const linger = 1200 * time.Millisecond
+			r := newRig(t, p, withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }))
+			ctx := ctxFor(t, 30*time.Second)
+			require.NoError(t, r.drv.Start(ctx, vmName))
+			require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
+			stopped := time.Now()
+			require.NoError(t, r.drv.Restore(ctx, vmName, "clean"), "no lock error reaches the caller")
+			assert.GreaterOrEqual(t, time.Since(stopped), linger-100*time.Millisecond, "the restore had to wait")
+			assert.Less(t, time.Since(stopped), linger+time.Second, "and did not wait much longer")
+			st, err := r.drv.Status(ctx, vmName)
+			require.NoError(t, err)
+			assert.Equal(t, hypervisor.PowerOff, st.Power)
+			assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
+			assert.Equal(t, "clean", st.CurrentSnapshot)
+			assert.Greater(t, r.argvCount(t, "snapshot", "restore"), 1, "VirtualBox did refuse at first")
+			assert.NotContains(t, r.logs.String(), "[ERROR]")
+		})
+	}
+}
+
+// A start that meets the lingering session waits it out the same way.
+func TestStartRightAfterPowerOffWaitsOutTheLingeringLock(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[1], withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(600 * time.Millisecond) }))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	st, err := r.drv.Status(ctx, vmName)
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerRunning, st.Power)
+}
+
+// When the lock outlasts the retry budget, the operation answers locked
+// (retryable), within the caller's deadline.
+func TestALockThatOutlastsTheBudgetIsReportedAsLocked(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2],
+		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
+		withSetting("retry.locked", `"300ms"`))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
+	err := r.drv.Restore(ctx, vmName, "clean")
+	require.Error(t, err)
+	assert.True(t, hypervisor.IsLocked(err))
+	assert.Contains(t, err.Error(), "is already locked for a session (or being unlocked)")
+	err = r.drv.Start(ctx, vmName)
+	assert.True(t, hypervisor.IsLocked(err), "%v", err)
+
+	short := ctxFor(t, 150*time.Millisecond)
+	start := time.Now()
+	err = r.drv.Restore(short, vmName, "clean")
+	assert.Less(t, time.Since(start), time.Second)
+	assert.Error(t, err)
+}
+
+// A VM process that will not exit: Unlock gives it unlock.grace, then
+// kills it with emergencystop, after which the session is released.
+func TestUnlockKillsAVMProcessThatWillNotDie(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[0],
+		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
+		withSetting("unlock.grace", `"300ms"`))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
+	start := time.Now()
+	require.NoError(t, r.drv.Unlock(ctx, vmName))
+	assert.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond, "the VM process got its grace period")
+	assert.Equal(t, 1, r.argvCount(t, "--type", "emergencystop"))
+	st, err := r.drv.Status(ctx, vmName)
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
+	assert.Equal(t, hypervisor.PowerOff, st.Power, "a powered-off VM whose process is killed stays powered off")
+	assert.Contains(t, r.logs.String(), "killed the VM process")
+
+	// The same, through the native cleanup.
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	res, err := r.drv.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"poweroff", "wait-off", "wait-unlock", "emergencystop", "restore clean"}, actions(res))
+	for _, s := range res.Steps {
+		assert.NotEqual(t, "failed", s.Outcome, s.Action)
+	}
+}
+
+// VirtualBox 5.0 has no emergencystop: Unlock can only wait, and answers
+// timeout when the caller's deadline passes first.
+func TestUnlockWithoutEmergencyStopWaitsUntilTheDeadline(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profile{version: "5.0.40r115130", host: "linux"},
+		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
+		withSetting("unlock.grace", `"0s"`))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
+	err := r.drv.Stop(ctx, vmName, hypervisor.StopEmergency)
+	assert.True(t, hypervisor.IsUnsupported(err))
+	start := time.Now()
+	err = r.drv.Unlock(ctxFor(t, 500*time.Millisecond), vmName)
+	require.Error(t, err)
+	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err))
+	assert.Contains(t, err.Error(), "still held")
+	assert.Less(t, time.Since(start), 1500*time.Millisecond)
+	assert.Zero(t, r.argvCount(t, "emergencystop"))
+}
+
+// §3.6: with no lock retries at all, a status read and a start of the same
+// VM issued at once both succeed, because the driver never runs its own
+// commands on one VM concurrently. The same status read issued by another
+// VBoxManage does make the start fail: the collision is real.
+func TestStatusNeverCollidesWithTheDriversOwnOperations(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2],
+		withTiming(func(tm *vboxsim.Timing) { tm.ReadHold = vboxsim.Duration(400 * time.Millisecond) }),
+		withSetting("retry.locked", `"0s"`))
+	ctx := ctxFor(t, 30*time.Second)
+
+	var wg sync.WaitGroup
+	var statusErr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		_, statusErr = r.drv.Status(ctx, vmName)
+	}()
+	require.Eventually(t, func() bool { return r.argvCount(t, "showvminfo") == 1 }, 5*time.Second, 5*time.Millisecond)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	wg.Wait()
+	require.NoError(t, statusErr)
+
+	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
+	r.waitStatus(t, vmName, offAndUnlocked)
+	other := exec.Command(r.sim.Bin, "showvminfo", vmName, "--machinereadable")
+	other.Env = append(os.Environ(), "VBOX_USER_HOME="+r.sim.Home)
+	require.NoError(t, other.Start())
+	require.Eventually(t, func() bool { return r.sim.VM(t, vmName).Session.State == vboxsim.Locked }, 5*time.Second, 5*time.Millisecond)
+	err := r.drv.Start(ctx, vmName)
+	assert.True(t, hypervisor.IsLocked(err), "an outside showvminfo holds the stopped VM: %v", err)
+	require.NoError(t, other.Wait())
+}
+
+// Lifecycle calls on different VMs run in parallel.
+func TestDifferentVMsProceedInParallel(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2],
+		withVMs(guestVM("a", "00000000-0000-4000-8000-00000000000a"), guestVM("b", "00000000-0000-4000-8000-00000000000b")),
+		withTiming(func(tm *vboxsim.Timing) { tm.Start = vboxsim.Duration(500 * time.Millisecond) }))
+	ctx := ctxFor(t, 30*time.Second)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for _, vm := range []string{"a", "b"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			assert.NoError(t, r.drv.Start(ctx, vm))
+		}()
+	}
+	wg.Wait()
+	assert.Less(t, time.Since(start), 950*time.Millisecond)
+}
+
+// A VM name is data: spaces, quotes, shell syntax and a leading dash all
+// reach VBoxManage as one argument.
+func TestAwkwardVMNames(t *testing.T) {
+	names := []string{
+		`win 10 "quoted" 'single'`,
+		`evil; rm -rf / && $(reboot) | x`,
+		`-looks-like-an-option`,
+	}
+	for i, name := range names {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			uuid := "00000000-0000-4000-8000-00000000000" + string(rune('a'+i))
+			r := newRig(t, profiles[i%len(profiles)], withVMs(guestVM(name, uuid)))
+			ctx := ctxFor(t, 30*time.Second)
+			d := r.drv
+			vms, err := d.ListVMs(ctx)
+			require.NoError(t, err)
+			require.Len(t, vms, 1)
+			assert.Equal(t, name, vms[0].Name)
+			require.NoError(t, d.Start(ctx, name))
+			res, err := d.Exec(ctx, name, hypervisor.ExecRequest{Path: "echo", Args: []string{name}})
+			require.NoError(t, err)
+			assert.Equal(t, name+"\n", string(res.Stdout))
+			require.NoError(t, d.Stop(ctx, name, hypervisor.StopPowerOff))
+			require.NoError(t, d.Restore(ctx, name, "clean"))
+			st, err := d.Status(ctx, name)
+			require.NoError(t, err)
+			assert.Equal(t, hypervisor.PowerOff, st.Power)
+			assert.Equal(t, name, st.VM)
+			if strings.HasPrefix(name, "-") {
+				for _, inv := range r.sim.Invocations(t) {
+					if len(inv.Args) > 1 && inv.Args[0] != "list" {
+						assert.NotEqual(t, name, inv.Args[1], "a dash name is passed as its UUID: %v", inv.Args)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestGuestOperations(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2],
+		withTiming(func(tm *vboxsim.Timing) { tm.GuestReady = vboxsim.Duration(500 * time.Millisecond) }),
+		withSetting("guest.ready_wait", `"3s"`))
+	ctx := ctxFor(t, 30*time.Second)
+	d := r.drv
+
+	_, err := d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo"})
+	assert.Equal(t, hypervisor.CodeInvalidState, hypervisor.CodeOf(err), "a stopped VM runs nothing: %v", err)
+
+	require.NoError(t, d.Start(ctx, vmName))
+	res, err := d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo", Args: []string{"booted"}})
+	require.NoError(t, err, "the driver waits for the guest execution service")
+	assert.Equal(t, "booted\n", string(res.Stdout))
+	assert.Greater(t, r.argvCount(t, "guestcontrol"), 1)
+
+	res, err = d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "exit", Args: []string{"250"}})
+	require.NoError(t, err)
+	assert.Equal(t, 126, res.ExitCode, "guest codes above 93 come back as 126")
+
+	start := time.Now()
+	_, err = d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "sleep", Args: []string{"10"}, Timeout: 200 * time.Millisecond})
+	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
+	assert.Less(t, time.Since(start), 3*time.Second)
+
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	start = time.Now()
+	_, err = d.Exec(short, vmName, hypervisor.ExecRequest{Path: "sleep", Args: []string{"10"}})
+	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "ctx bounds a command without its own timeout: %v", err)
+	assert.Less(t, time.Since(start), 3*time.Second)
+
+	err = d.CopyIn(ctx, vmName, "/nonexistent/file", `C:\x`)
+	assert.Error(t, err)
+	err = d.CopyOut(ctx, vmName, `C:\missing.txt`, t.TempDir()+"/x")
+	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
+	assert.Contains(t, err.Error(), `C:\missing.txt`)
+}
+
+func TestGuestNotReadyIsInvalidStateOnceTheWaitIsOver(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[3],
+		withTiming(func(tm *vboxsim.Timing) { tm.GuestReady = vboxsim.Duration(time.Hour) }),
+		withSetting("guest.ready_wait", `"300ms"`))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	_, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo"})
+	assert.Equal(t, hypervisor.CodeInvalidState, hypervisor.CodeOf(err))
+	assert.Contains(t, err.Error(), "The guest execution service is not ready (yet)")
+}
+
+func TestWrongGuestPasswordIsAFailure(t *testing.T) {
+	t.Parallel()
+	vm := guestVM(vmName, vmUUID)
+	vm.GuestUsers[userName] = "something else"
+	r := newRig(t, profiles[2], withVMs(vm))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	_, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo"})
+	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
+	assert.Contains(t, err.Error(), "The specified user was not able to logon on guest")
+}
+
+// The guest password travels in a 0600 file, never on a command line or
+// in a log line, and the file is gone afterwards.
+func TestPasswordNeverInArgvOrLogs(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[1])
+	ctx := ctxFor(t, 30*time.Second)
+	d := r.drv
+	require.NoError(t, d.Start(ctx, vmName))
+	host := t.TempDir() + "/f.txt"
+	require.NoError(t, os.WriteFile(host, []byte("x"), 0o644))
+	require.NoError(t, d.CopyIn(ctx, vmName, host, `C:\f.txt`))
+	_, err := d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "cat", Args: []string{`C:\f.txt`}})
+	require.NoError(t, err)
+	require.NoError(t, d.CopyOut(ctx, vmName, `C:\f.txt`, t.TempDir()+"/g.txt"))
+
+	uses := 0
+	for _, inv := range r.sim.Invocations(t) {
+		for _, a := range inv.Args {
+			assert.NotContains(t, a, guestPW, "argv of %v", inv.Args)
+			assert.NotEqual(t, "--password", a)
+		}
+		if containsSeq(inv.Args, []string{"--passwordfile"}) {
+			uses++
+		}
+	}
+	assert.Equal(t, 3, uses)
+	logs := r.logs.String()
+	assert.NotEmpty(t, logs)
+	assert.NotContains(t, logs, guestPW)
+	assert.NotContains(t, logs, "Pa55")
+	left, err := os.ReadDir(r.tmp)
+	require.NoError(t, err)
+	assert.Empty(t, left, "password files are removed")
+}
