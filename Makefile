@@ -30,6 +30,10 @@ demo: build
 	$(BIN)/sandbox plugins
 	@echo
 	$(BIN)/sandbox vm list
+	@echo
+	$(BIN)/sandbox vm cleanup win10-64-defender
+	@echo
+	$(BIN)/sandbox vm list
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./...

@@ -19,6 +19,8 @@ import (
 	"github.com/sandboxhq/sandbox/core/fleet"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/core/statedir"
 )
 
 // usageError is a mistake in the command line: exit status 2.
@@ -54,9 +56,11 @@ type app struct {
 	out, errOut io.Writer
 
 	once sync.Mutex
-	cfg  *config.Config
-	host *host.Host
-	log  hclog.Logger
+	cfg       *config.Config
+	host      *host.Host
+	log       hclog.Logger
+	state     *statedir.Dir
+	lifecycle *lifecycle.Manager
 
 	stopSignals func()
 }

@@ -47,9 +47,15 @@ type result struct {
 // sandbox runs the CLI with config text written to a fresh config.toml.
 func sandbox(t *testing.T, config string, args ...string) result {
 	t.Helper()
-	dir := t.TempDir()
+	return sandboxIn(t, t.TempDir(), config, args...)
+}
+
+// sandboxIn runs the CLI in dir, whose config.toml and state directory
+// (state_dir = "state") carry over from earlier runs in the same dir.
+func sandboxIn(t *testing.T, dir, config string, args ...string) result {
+	t.Helper()
 	path := filepath.Join(dir, "config.toml")
-	require.NoError(t, os.WriteFile(path, []byte(config), 0o644))
+	require.NoError(t, os.WriteFile(path, []byte("state_dir = \"state\"\n"+config), 0o644))
 	cmd := exec.Command(sandboxBin, append([]string{"--config", path}, args...)...)
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
@@ -162,7 +168,7 @@ func TestExitStatus(t *testing.T) {
 		{"unknown flag is usage", fakeConfig(""), []string{"--frob", "plugins"}, 2, "unknown flag"},
 		{"bad log level is usage", fakeConfig(""), []string{"--log-level", "loud", "plugins"}, 2, "--log-level"},
 		{"bad config names file, line and key", "[plugins.fake]\npath = \"x\"\ncheksum = 1\n",
-			[]string{"plugins"}, 1, "config.toml:3: plugins.fake.cheksum: unknown key"},
+			[]string{"plugins"}, 1, "config.toml:4: plugins.fake.cheksum: unknown key"},
 		{"plugin config error reaches the operator", fakeConfig("") + "[plugins.fake.config.vms.linux.faults]\nacpi_ignord = true\n",
 			[]string{"plugins"}, 1, "plugins.fake.config.vms.linux.faults.acpi_ignord: unknown key"},
 		{"missing plugin binary", "[plugins.fake]\npath = \"bin/none\"\n", []string{"vm", "list"}, 1, "make build"},

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/fleet"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
 func (a *app) vmCommand() *cobra.Command {
@@ -22,6 +23,7 @@ func (a *app) vmCommand() *cobra.Command {
 	var plugin string
 	vm.PersistentFlags().StringVar(&plugin, "plugin", "", "address the VM through this `PLUGIN` (default: found from the configuration or by listing)")
 	vm.AddCommand(a.vmListCommand(), a.vmStatusCommand(&plugin))
+	vm.AddCommand(a.lifecycleCommands(&plugin)...)
 	return vm
 }
 
@@ -75,6 +77,7 @@ func (a *app) vmListCommand() *cobra.Command {
 type vmStatus struct {
 	Plugin string `json:"plugin"`
 	hypervisor.Status
+	Quarantine *lifecycle.QuarantineEntry `json:"quarantine,omitempty"`
 }
 
 func (a *app) vmStatusCommand(plugin *string) *cobra.Command {
@@ -83,28 +86,37 @@ func (a *app) vmStatusCommand(plugin *string) *cobra.Command {
 		Short: "Show a VM's power state, session lock and current snapshot",
 		Args:  exactArgs("VM"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			f, err := a.fleet()
+			m, err := a.manager()
 			if err != nil {
 				return err
 			}
 			ctx := a.context()
-			name, d, err := f.Resolve(ctx, args[0], *plugin)
+			vm, err := a.lifecycleVM(ctx, args[0], *plugin)
 			if err != nil {
 				return err
 			}
-			st, err := d.Status(ctx, args[0])
+			st, err := vm.Driver.Status(ctx, vm.Name)
 			if err != nil {
 				return err
 			}
-			return a.emit(vmStatus{Plugin: name, Status: st}, func(w io.Writer) { printStatus(w, name, st) })
+			out := vmStatus{Plugin: vm.Plugin, Status: st}
+			q, quarantined, err := m.Quarantined(ctx, vm)
+			if err != nil {
+				return err
+			}
+			if quarantined {
+				out.Quarantine = &q
+			}
+			return a.emit(out, func(w io.Writer) { printStatus(w, out) })
 		},
 	}
 }
 
-func printStatus(w io.Writer, plugin string, st hypervisor.Status) {
+func printStatus(w io.Writer, s vmStatus) {
+	st := s.Status
 	tw := tabwriter.NewWriter(w, 0, 4, 1, ' ', 0)
 	fmt.Fprintf(tw, "VM:\t%s\n", st.VM)
-	fmt.Fprintf(tw, "Plugin:\t%s\n", plugin)
+	fmt.Fprintf(tw, "Plugin:\t%s\n", s.Plugin)
 	fmt.Fprintf(tw, "Power:\t%s (hypervisor says %q)\n", st.Power, st.Raw)
 	fmt.Fprintf(tw, "Session lock:\t%s\n", st.Lock)
 	fmt.Fprintf(tw, "Current snapshot:\t%s\n", orDash(st.CurrentSnapshot))
@@ -113,6 +125,12 @@ func printStatus(w io.Writer, plugin string, st hypervisor.Status) {
 	} else {
 		fmt.Fprintf(tw, "State changed:\t%s (%s ago)\n", st.StateChanged.Format(time.RFC3339),
 			time.Since(st.StateChanged).Round(time.Second))
+	}
+	if s.Quarantine != nil {
+		fmt.Fprintf(tw, "Quarantined:\tsince %s: %s\n", s.Quarantine.Since.Format(time.RFC3339), s.Quarantine.Reason)
+		fmt.Fprintf(tw, "\t(run `sandbox vm cleanup %s` once the cause is fixed)\n", st.VM)
+	} else {
+		fmt.Fprintf(tw, "Quarantined:\tno\n")
 	}
 	_ = tw.Flush()
 }

@@ -236,13 +236,16 @@ func (o *op) native(ctx context.Context, restore bool) error {
 	begun := time.Now()
 	req := hypervisor.CleanupRequest{Restore: restore, Snapshot: o.snapshot()}
 	res, err := o.vm.Driver.Cleanup(ctx, o.vm.Name, req)
-	step := Step{Name: "native cleanup", Duration: time.Since(begun), Outcome: "done"}
 	for _, a := range res.Steps {
 		o.report.add(Step{Name: "driver: " + a.Action, Duration: a.Duration, Outcome: a.Outcome})
 	}
+	step := Step{Name: "native cleanup", Duration: time.Since(begun), Outcome: "done"}
 	if err != nil {
 		step.Outcome, step.Detail = "failed", err.Error()
 		o.addStep(step)
+		return err
+	}
+	if _, err := o.status(ctx); err != nil {
 		return err
 	}
 	o.addStep(step)
