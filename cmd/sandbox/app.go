@@ -55,7 +55,7 @@ type app struct {
 
 	out, errOut io.Writer
 
-	once sync.Mutex
+	once      sync.Mutex
 	cfg       *config.Config
 	host      *host.Host
 	log       hclog.Logger
