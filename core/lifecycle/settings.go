@@ -60,7 +60,7 @@ func Defaults() Settings {
 		CleanupTimeout:   3 * time.Minute,
 		RestoreOnCleanup: true,
 		PollInterval:     20 * time.Millisecond,
-		PollMaxInterval:  time.Second,
+		PollMaxInterval:  250 * time.Millisecond,
 	}
 }
 
