@@ -289,7 +289,7 @@ func TestTransientOutputIsRetried(t *testing.T) {
 	st, err := r.drv.Status(ctx, vmName)
 	require.NoError(t, err, "garbage once and 'object is not ready' twice are retried")
 	assert.Equal(t, hypervisor.PowerOff, st.Power)
-	assert.Equal(t, 4, r.argvCount(t, "showvminfo"))
+	assert.Equal(t, 4, r.argvCount(t, "list", "--long", "vms"))
 }
 
 func TestHangingVBoxManageIsKilledAtItsDeadline(t *testing.T) {

@@ -59,9 +59,8 @@ func (d *Driver) Start(ctx context.Context, vm string) error {
 // Stop asks VirtualBox to stop the VM (§5): acpipowerbutton, controlvm
 // poweroff (which waits until the VM is powered off, not until its
 // process has exited) or startvm --type emergencystop (which kills the VM
-// process). A VM that is already off gets no command at all (§5.2): the
-// lock-free `list runningvms` shows whether a VM process runs, and only
-// a VM it does not show is looked at more closely.
+// process). A VM that is already off gets no command at all (§5.2); the
+// state is read with the lock-free listing Status uses.
 func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMethod) error {
 	const op = hypervisor.OpStop
 	p, err := d.ready(ctx, op, vm)
@@ -82,18 +81,12 @@ func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMeth
 	if err != nil {
 		return err
 	}
-	up, err := d.running(ctx, p, op, vm)
+	st, err := d.status(ctx, p, op, vm)
 	if err != nil {
 		return err
 	}
-	if !up {
-		st, err := d.status(ctx, p, op, vm)
-		if err != nil {
-			return err
-		}
-		if st.Power.IsOff() {
-			return nil
-		}
+	if st.Power.IsOff() {
+		return nil
 	}
 	return d.stop(ctx, p, vm, ref, method)
 }
@@ -289,7 +282,26 @@ func (d *Driver) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupR
 			name = "current"
 		}
 		s := rec.begin("restore " + name)
-		if err := d.restore(ctx, p, op, vm, req.Snapshot); err != nil {
+		err := d.restore(ctx, p, op, vm, req.Snapshot)
+		if hypervisor.IsLocked(err) && p.caps.Has(hypervisor.CapStopEmergency) {
+			// Something the listing did not show as a session still holds
+			// the VM. If it is an exiting VM process, killing it frees the
+			// VM; anything else refuses and the restore's error stands.
+			s.end("locked")
+			kill := rec.begin("emergencystop")
+			ref, kerr := d.ref(ctx, p, op, vm)
+			if kerr == nil {
+				kerr = d.stop(ctx, p, vm, ref, hypervisor.StopEmergency)
+			}
+			if kerr != nil {
+				kill.end("failed")
+				return rec.result(), err
+			}
+			kill.end("done")
+			s = rec.begin("restore " + name)
+			err = d.restore(ctx, p, op, vm, req.Snapshot)
+		}
+		if err != nil {
 			s.end("failed")
 			return rec.result(), err
 		}

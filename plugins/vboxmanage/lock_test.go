@@ -111,6 +111,27 @@ func TestUnlockKillsAVMProcessThatWillNotDie(t *testing.T) {
 	}
 }
 
+// If the listing does not show the session of an exiting VM process, the
+// native cleanup still gets through: the restore meets the lock, the
+// process is killed, the restore is repeated.
+func TestCleanupGetsPastALockTheListingDoesNotShow(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2],
+		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
+		withFaults(func(f *vboxsim.Faults) { f.HideSessionName = true }),
+		withSetting("retry.locked", `"300ms"`))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
+	st, err := r.drv.Status(ctx, vmName)
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.LockUnlocked, st.Lock, "the listing hides the lingering session")
+	res, err := r.drv.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"restore clean", "emergencystop", "restore clean"}, actions(res))
+	assert.Equal(t, "locked", res.Steps[0].Outcome)
+}
+
 // VirtualBox 5.0 has no emergencystop: Unlock can only wait, and answers
 // timeout when the caller's deadline passes first.
 func TestUnlockWithoutEmergencyStopWaitsUntilTheDeadline(t *testing.T) {
@@ -132,38 +153,68 @@ func TestUnlockWithoutEmergencyStopWaitsUntilTheDeadline(t *testing.T) {
 	assert.Zero(t, r.argvCount(t, "emergencystop"))
 }
 
-// §3.6: with no lock retries at all, a status read and a start of the same
-// VM issued at once both succeed, because the driver never runs its own
-// commands on one VM concurrently. The same status read issued by another
-// VBoxManage does make the start fail: the collision is real.
-func TestStatusNeverCollidesWithTheDriversOwnOperations(t *testing.T) {
+// §3.6: Status takes no session lock. An outside VBoxManage starting,
+// restoring and stopping the VM while the driver polls its status never
+// meets a lock; the same polling done with showvminfo does make a start
+// fail, which is why the driver does not use it.
+func TestStatusNeverTakesASessionLock(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, profiles[2],
-		withTiming(func(tm *vboxsim.Timing) { tm.ReadHold = vboxsim.Duration(400 * time.Millisecond) }),
-		withSetting("retry.locked", `"0s"`))
+	r := newRig(t, profiles[2], withTiming(func(tm *vboxsim.Timing) {
+		tm.ReadHold = vboxsim.Duration(300 * time.Millisecond)
+		tm.Restore = vboxsim.Duration(300 * time.Millisecond)
+	}))
 	ctx := ctxFor(t, 30*time.Second)
-
+	done := make(chan struct{})
+	polls := 0
 	var wg sync.WaitGroup
-	var statusErr error
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_, statusErr = r.drv.Status(ctx, vmName)
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			_, err := r.drv.Status(ctx, vmName)
+			assert.NoError(t, err)
+			polls++
+		}
 	}()
-	require.Eventually(t, func() bool { return r.argvCount(t, "showvminfo") == 1 }, 5*time.Second, 5*time.Millisecond)
-	require.NoError(t, r.drv.Start(ctx, vmName))
+	for _, args := range [][]string{
+		{"snapshot", vmName, "restore", "clean"},
+		{"startvm", vmName, "--type", "headless"},
+		{"controlvm", vmName, "poweroff"},
+	} {
+		_, stderr, code := r.sim.Run(args...)
+		require.Equal(t, 0, code, "%v: %s", args, stderr)
+	}
+	close(done)
 	wg.Wait()
-	require.NoError(t, statusErr)
+	assert.Greater(t, polls, 3)
 
-	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	r.waitStatus(t, vmName, offAndUnlocked)
 	other := exec.Command(r.sim.Bin, "showvminfo", vmName, "--machinereadable")
 	other.Env = append(os.Environ(), "VBOX_USER_HOME="+r.sim.Home)
 	require.NoError(t, other.Start())
 	require.Eventually(t, func() bool { return r.sim.VM(t, vmName).Session.State == vboxsim.Locked }, 5*time.Second, 5*time.Millisecond)
-	err := r.drv.Start(ctx, vmName)
-	assert.True(t, hypervisor.IsLocked(err), "an outside showvminfo holds the stopped VM: %v", err)
+	_, stderr, code := r.sim.Run("startvm", vmName, "--type", "headless")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "is already locked by a session", "showvminfo holds a stopped VM while it runs")
 	require.NoError(t, other.Wait())
+}
+
+// Status answers while a long operation on the same VM runs, and sees it.
+func TestStatusDuringARestore(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[1], withTiming(func(tm *vboxsim.Timing) { tm.Restore = vboxsim.Duration(time.Second) }))
+	ctx := ctxFor(t, 30*time.Second)
+	errc := make(chan error, 1)
+	go func() { errc <- r.drv.Restore(ctx, vmName, "clean") }()
+	st := r.waitStatus(t, vmName, func(st hypervisor.Status) bool { return st.Power == hypervisor.PowerRestoring })
+	assert.Equal(t, "restoringsnapshot", st.Raw)
+	assert.Equal(t, hypervisor.LockLocked, st.Lock)
+	require.NoError(t, <-errc)
 }
 
 // Lifecycle calls on different VMs run in parallel.

@@ -45,29 +45,34 @@ func powerState(raw string) hypervisor.PowerState {
 	return hypervisor.PowerUnknown
 }
 
-// statusFrom builds the contract's Status from a showvminfo dump.
+// statusFrom builds the contract's Status from a VM's `list --long vms`
+// block.
 //
 // The lock: a VM in any state but off-like has a process (or an offline
-// operation) holding its session. An off-like VM is locked while
-// showvminfo prints a SessionName line: VBoxManage prints it only while a
-// named session (the VM process still exiting, a GUI) holds the machine.
-// A session held by another VBoxManage has no name and cannot be seen;
-// the operation that meets it answers locked and is retried.
-func statusFrom(vm string, info *parser.VMInfo, lockState bool) hypervisor.Status {
+// operation) holding its session. An off-like VM is locked while its block
+// has a "Session name:" line: VBoxManage prints the session's name only
+// while a named session (the VM process still exiting, a GUI) holds the
+// machine, by the same rule that prints showvminfo's SessionName. A
+// session held by another VBoxManage has no name and cannot be seen; the
+// operation that meets it answers locked and is retried.
+func statusFrom(vm string, e parser.LongEntry, lockState bool) hypervisor.Status {
 	st := hypervisor.Status{
 		VM:              vm,
-		Raw:             info.State,
-		Power:           powerState(info.State),
-		StateChanged:    info.StateChanged,
-		CurrentSnapshot: info.Snapshots.CurrentName(),
+		Raw:             e.State,
+		Power:           powerState(e.State),
+		StateChanged:    e.Since,
+		CurrentSnapshot: e.Snapshots.CurrentName(),
 		Lock:            hypervisor.LockUnknown,
 	}
-	if info.Inaccessible {
+	switch {
+	case e.Inaccessible:
 		st.Raw, st.Power = "inaccessible", hypervisor.PowerUnknown
+	case st.Raw == "":
+		st.Raw = "unknown"
 	}
 	if lockState {
 		st.Lock = hypervisor.LockUnlocked
-		if info.HasSession || (!st.Power.IsOff() && !info.Inaccessible) {
+		if e.HasSession || (!st.Power.IsOff() && !e.Inaccessible) {
 			st.Lock = hypervisor.LockLocked
 		}
 	}

@@ -10,41 +10,35 @@ import (
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
 )
 
-// Status reads the VM's state with `showvminfo --machinereadable` (§3).
+// Status reads the VM's state from `list --long vms` (§3).
 //
-// showvminfo asks for a shared session lock. On a VM whose session is held
-// (by its VM process, or by one still exiting) that request shares or
-// fails harmlessly; on a stopped, unlocked VM it holds the machine
-// exclusively for the few milliseconds the command runs. §3.6 is met by
-// ordering: Status holds the VM's gate, so none of the driver's own
-// lock-taking commands (start, restore, stop) runs while it does, and the
-// lock is gone when Status returns. Operations that only need to know
-// whether a VM runs use the lock-free `list runningvms` instead.
+// That listing prints every VM's human-format details without taking any
+// session lock, so Status can never make a concurrent operation fail
+// (§3.6). showvminfo, which prints the same details for one VM, asks for
+// a shared lock that on a stopped, unlocked VM is an exclusive one for as
+// long as the command runs: polling it makes starts and restores by
+// anyone else fail now and then, so the driver does not use it.
 //
-// "The object is not ready" (E_ACCESSDENIED), which showvminfo answers
-// while a VM changes state, is retried, as is one unreadable dump.
+// Status takes no gate either: it may run while a restore of the same VM
+// does, and report it restoring. One unreadable listing is retried, as
+// are "The object is not ready" while a VM changes state and the refusals
+// of a VBoxSVC that is still starting.
 func (d *Driver) Status(ctx context.Context, vm string) (hypervisor.Status, error) {
 	p, err := d.ready(ctx, hypervisor.OpStatus, vm)
 	if err != nil {
 		return hypervisor.Status{}, err
 	}
-	release, err := d.lock(ctx, hypervisor.OpStatus, vm, true)
-	if err != nil {
-		return hypervisor.Status{}, err
-	}
-	defer release()
 	return d.status(ctx, p, hypervisor.OpStatus, vm)
 }
 
-// status is Status for callers that hold the VM's gate.
+// status reads one VM's state.
 func (d *Driver) status(ctx context.Context, p *probe, op, vm string) (hypervisor.Status, error) {
-	ref, err := d.ref(ctx, p, op, vm)
-	if err != nil {
-		return hypervisor.Status{}, err
+	if vm == "" {
+		return hypervisor.Status{}, hypervisor.NewError(hypervisor.CodeNotFound, op, vm, "no VM name given")
 	}
-	var info *parser.VMInfo
+	var entry parser.LongEntry
 	unreadable := 0
-	err = d.retryIf(ctx, op, vm, 0, func(err error) bool {
+	err := d.retryIf(ctx, op, vm, 0, func(err error) bool {
 		var u unreadableError
 		if errors.As(err, &u) && unreadable < 2 {
 			unreadable++
@@ -52,21 +46,38 @@ func (d *Driver) status(ctx context.Context, p *probe, op, vm string) (hyperviso
 		}
 		return false
 	}, func() error {
-		res, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"showvminfo", ref, "--machinereadable"}, Timeout: d.cfg.Timeouts.Command})
+		res, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"list", "--long", "vms"}, Timeout: d.cfg.Timeouts.Command})
 		if err != nil {
 			return err
 		}
-		info, err = parser.ParseVMInfo(res.Stdout)
-		if err != nil {
-			return &hypervisor.Error{Code: hypervisor.CodeFailed, Op: op, VM: vm,
-				Message: "VBoxManage printed no machine-readable state: " + excerpt(res.Stdout), Err: unreadableError{err}}
+		entries := parser.ParseLongList(res.Stdout)
+		if e, ok := parser.FindLong(entries, vm); ok {
+			entry = e
+			return nil
 		}
-		return nil
+		if len(entries) == 0 && hasContent(res.Stdout) {
+			return &hypervisor.Error{Code: hypervisor.CodeFailed, Op: op, VM: vm,
+				Message: "VBoxManage printed no VM details: " + excerpt(res.Stdout), Err: unreadableError{errors.New("unreadable listing")}}
+		}
+		return hypervisor.NewError(hypervisor.CodeNotFound, op, vm, "Could not find a registered machine named '%s'", vm)
 	})
 	if err != nil {
 		return hypervisor.Status{}, err
 	}
-	return statusFrom(vm, info, p.caps.Has(hypervisor.CapLockState)), nil
+	return statusFrom(vm, entry, p.caps.Has(hypervisor.CapLockState)), nil
+}
+
+// hasContent reports output that should have parsed: anything but blank
+// lines and the Linux wrapper's warning (a WARNING line and indented
+// continuation lines).
+func hasContent(b []byte) bool {
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.TrimSpace(l) == "" || strings.HasPrefix(l, "WARNING:") || l[0] == ' ' {
+			continue
+		}
+		return true
+	}
+	return false
 }
 
 // unreadableError marks output that parsed as nothing; VBoxManage rarely
@@ -86,22 +97,4 @@ func excerpt(b []byte) string {
 		return "(nothing)"
 	}
 	return strings.Join(strings.Fields(s), " ")
-}
-
-// running reports, without taking any session lock, whether `list
-// runningvms` shows vm: running, paused or teleporting, with a VM process.
-// Not shown does not mean off: starting, stopping and stuck VMs are not
-// listed either.
-func (d *Driver) running(ctx context.Context, p *probe, op, vm string) (bool, error) {
-	entries, err := d.list(ctx, p, op, vm, "runningvms")
-	if err != nil {
-		return false, err
-	}
-	id := strings.TrimSuffix(strings.TrimPrefix(vm, "{"), "}")
-	for _, e := range entries {
-		if e.Name == vm || strings.EqualFold(e.UUID, id) {
-			return true, nil
-		}
-	}
-	return false, nil
 }

@@ -83,3 +83,23 @@ func FuzzVersion(f *testing.F) {
 		}
 	})
 }
+
+func FuzzLongList(f *testing.F) {
+	seed(f)
+	f.Add([]byte("UUID: x\n   Name: a (UUID: 00000000-0000-0000-0000-000000000000) *\n      Name: b (UUID: 00000000-0000-0000-0000-000000000000)\n"))
+	f.Add([]byte("Name: a\nUUID: b\nState: running (since x)\n         Name: deep (UUID: 00000000-0000-0000-0000-000000000000)\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		for _, e := range ParseLongList(data) {
+			s := e.Snapshots
+			if s.Current >= len(s.List) {
+				t.Fatalf("current %d of %d", s.Current, len(s.List))
+			}
+			for i, sn := range s.List {
+				if sn.Parent >= i || (sn.Depth == 0) != (sn.Parent == -1) {
+					t.Fatalf("snapshot %d: parent %d depth %d", i, sn.Parent, sn.Depth)
+				}
+			}
+		}
+		_, _ = FindLong(ParseLongList(data), string(data))
+	})
+}

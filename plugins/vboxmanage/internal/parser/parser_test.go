@@ -204,3 +204,43 @@ func TestParseVersion(t *testing.T) {
 		assert.ErrorIs(t, err, ErrNoVersion, "%q", in)
 	}
 }
+
+func TestParseLongList(t *testing.T) {
+	entries := ParseLongList(readTestdata(t, "list-long-vms-6.1-windows.txt"))
+	require.Len(t, entries, 4)
+
+	win := entries[0]
+	assert.Equal(t, "win10", win.Name)
+	assert.Equal(t, "93a38cd7-ef00-47aa-9868-d291d4ed5e0a", win.UUID)
+	assert.Equal(t, "poweroff", win.State)
+	assert.True(t, win.KnownState)
+	assert.Equal(t, time.Date(2024, 3, 5, 9, 58, 41, 0, time.UTC), win.Since)
+	assert.True(t, win.HasSession, "a powered-off VM whose process still holds the session")
+	assert.Equal(t, "headless", win.SessionName)
+	require.Len(t, win.Snapshots.List, 4)
+	assert.Equal(t, "after-install", win.Snapshots.CurrentName())
+	assert.Equal(t, []int{-1, 0, 0, -1}, []int{win.Snapshots.List[0].Parent, win.Snapshots.List[1].Parent, win.Snapshots.List[2].Parent, win.Snapshots.List[3].Parent})
+	assert.Equal(t, "odd (UUID: 1) name", win.Snapshots.List[2].Name)
+
+	gui := entries[1]
+	assert.Equal(t, `build vm "x"`, gui.Name)
+	assert.Equal(t, "gurumeditation", gui.State)
+	assert.Equal(t, "GUI/Qt", gui.SessionName)
+	assert.Empty(t, gui.Snapshots.List)
+	assert.Equal(t, -1, gui.Snapshots.Current)
+
+	assert.True(t, entries[2].Inaccessible)
+	assert.Equal(t, Inaccessible, entries[2].Name)
+	assert.Equal(t, "", entries[2].State)
+
+	assert.Equal(t, "hibernating", entries[3].State, "an unknown state is kept as printed")
+	assert.False(t, entries[3].KnownState)
+
+	e, ok := FindLong(entries, "{4F8A3C1E-2B7D-4C0A-9E51-7D2C8B9A6F10}")
+	require.True(t, ok)
+	assert.Equal(t, `build vm "x"`, e.Name)
+	_, ok = FindLong(entries, Inaccessible)
+	assert.False(t, ok, "an inaccessible VM cannot be addressed by that name")
+	_, ok = FindLong(entries, "nope")
+	assert.False(t, ok)
+}

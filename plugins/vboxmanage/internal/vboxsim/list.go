@@ -32,7 +32,7 @@ func (s *sim) list(args []string) int {
 		return s.o.syntax("Unknown subcommand \"%s\"", what)
 	}
 	var vms []VM
-	_ = s.update(func(w *World) error {
+	err := s.update(func(w *World) error {
 		for _, vm := range w.VMs {
 			if what == "runningvms" && !listedAsRunning(vm.State) {
 				continue
@@ -41,6 +41,9 @@ func (s *sim) list(args []string) int {
 		}
 		return nil
 	})
+	if err != nil {
+		return s.status(err)
+	}
 	if sorted {
 		slices.SortStableFunc(vms, func(a, b VM) int { return strings.Compare(a.Name, b.Name) })
 	}
@@ -52,6 +55,11 @@ func (s *sim) list(args []string) int {
 		if long {
 			if i > 0 {
 				s.o.println("")
+			}
+			if s.accessDenied && i == len(vms)-1 {
+				s.o.api(apiError{msg: "The object is not ready", hr: accessDenied,
+					context: "COMGETTER(RemoteUSBDevices)(ComSafeArrayAsOutParam(coll))", file: "VBoxManageInfo.cpp", line: 2022})
+				return 1
 			}
 			s.human(&vm)
 			continue

@@ -60,7 +60,7 @@ func Main(args []string, env Env) int {
 				f.Garbage--
 				s.garbage = true
 			}
-			if cmd == "showvminfo" && f.AccessDenied > 0 && !s.garbage {
+			if (cmd == "showvminfo" || cmd == "list" && longList(args)) && f.AccessDenied > 0 && !s.garbage {
 				f.AccessDenied--
 				s.accessDenied = true
 			}
@@ -192,4 +192,15 @@ func sleep(d Duration) {
 	if d > 0 {
 		time.Sleep(d.D())
 	}
+}
+
+// longList reports `list --long`, which reads every VM's details as
+// showvminfo does, and fails the same way while a VM changes state.
+func longList(args []string) bool {
+	for _, a := range args {
+		if a == "-l" || a == "--long" {
+			return true
+		}
+	}
+	return false
 }

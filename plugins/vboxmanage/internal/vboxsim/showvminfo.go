@@ -320,18 +320,67 @@ func (s *sim) snapshotLines(m *mr, vm *VM) {
 	walk("", "")
 }
 
-// human prints a few lines of the human format (showvminfo without
-// --machinereadable, list --long).
+// human prints the human format (showvminfo without --machinereadable,
+// and each block of list --long vms). Only the lines a driver reads are
+// certain (State, the snapshot tree; FACTS §1.3, §4.3); the rest
+// reproduces the format's shape: labels padded to a column that differs by
+// version, a column-0 "Name:" line for shared folders after the VM's own,
+// and "Session name:" printed by the same rule as SessionName.
 func (s *sim) human(vm *VM) {
+	width := 17
+	if s.o.ver.major >= 7 {
+		width = 29
+	}
+	p := func(label, format string, args ...any) {
+		s.o.println("%-*s%s", width, label+":", fmt.Sprintf(format, args...))
+	}
+	dir, join := s.paths(vm)
 	if vm.Inaccessible {
-		s.o.println("Name:                        <inaccessible!>")
-		s.o.println("UUID:                        %s", vm.UUID)
+		p("Name", "<inaccessible!>")
+		p("UUID", "%s", vm.UUID)
+		p("Config file", "%s", join(dir, vm.Name+".vbox"))
+		s.o.println("Access error details:")
+		s.o.println("ErrorInfo:")
 		return
 	}
-	s.o.println("Name:                        %s", vm.Name)
-	s.o.println("Guest OS:                    %s", osTypeDescription(vm.OSType))
-	s.o.println("UUID:                        %s", vm.UUID)
-	s.o.println("State:                       %s (since %s)", longName(vm.State), vm.StateChanged.UTC().Format("2006-01-02T15:04:05.000000000"))
+	p("Name", "%s", vm.Name)
+	if s.o.ver.major >= 7 {
+		p("Encryption", "disabled")
+	}
+	p("Groups", "/")
+	p("Guest OS", "%s", osTypeDescription(vm.OSType))
+	p("UUID", "%s", vm.UUID)
+	p("Config file", "%s", join(dir, vm.Name+".vbox"))
+	p("Snapshot folder", "%s", join(dir, "Snapshots"))
+	p("Log folder", "%s", join(dir, "Logs"))
+	p("Hardware UUID", "%s", vm.UUID)
+	p("Memory size", "4096MB")
+	p("Number of CPUs", "2")
+	p("State", "%s (since %s)", longName(vm.State), vm.StateChanged.UTC().Format("2006-01-02T15:04:05.000000000"))
+	p("Monitor count", "1")
+	p("Storage Controller Name (0)", "SATA Controller")
+	s.o.println("SATA Controller (0, 0): %s (UUID: %s)", join(dir, vm.Name+".vdi"), deriveUUID(vm.UUID, 0xd15c))
+	p("NIC 1", "MAC: 080027A1B2C3, Attachment: NAT, Cable connected: on")
+	p("Clipboard Mode", "disabled")
+	if vm.Session.State != Unlocked && vm.Session.Name != "" && !s.cfg.Faults.HideSessionName {
+		p("Session name", "%s", vm.Session.Name)
+	}
+	p("VRDE", "disabled")
+	p("USB", "disabled")
+	s.o.println("")
+	s.o.println("Shared folders:")
+	s.o.println("")
+	s.o.println("Name: 'share', Host path: '%s' (machine mapping), writable", join(dir, "share"))
+	s.o.println("")
+	if len(vm.Snapshots) == 0 {
+		s.o.println("Snapshots: None")
+		s.o.println("")
+		return
+	}
+	s.o.println("Snapshots:")
+	s.o.println("")
+	s.humanSnapshots(vm, "", 0)
+	s.o.println("")
 }
 
 func osTypeDescription(id string) string {

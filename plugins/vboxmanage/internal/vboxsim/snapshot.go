@@ -191,7 +191,12 @@ func (s *sim) humanSnapshots(vm *VM, parent string, depth int) {
 		if sn.UUID == vm.Current {
 			mark = " *"
 		}
-		s.o.println("%sName: %s (UUID: %s)%s", strings.Repeat("   ", depth+1), sn.Name, sn.UUID, mark)
+		indent := strings.Repeat("   ", depth+1)
+		s.o.println("%sName: %s (UUID: %s)%s", indent, sn.Name, sn.UUID, mark)
+		if sn.Description != "" {
+			s.o.println("%sDescription:", indent)
+			s.o.println("%s%s", indent, sn.Description)
+		}
 		s.humanSnapshots(vm, sn.UUID, depth+1)
 	}
 }

@@ -92,8 +92,9 @@ type Faults struct {
 	// HangPowerOff makes controlvm poweroff hang after "0%..." with the
 	// VM stuck in stopping, until the process is killed.
 	HangPowerOff bool `json:"hang_poweroff,omitempty"`
-	// AccessDenied makes the next N showvminfo calls fail half-way with
-	// E_ACCESSDENIED "The object is not ready", as during a transition.
+	// AccessDenied makes the next N showvminfo or list --long calls fail
+	// half-way with E_ACCESSDENIED "The object is not ready", as during a
+	// transition.
 	AccessDenied int `json:"access_denied,omitempty"`
 	// Garbage makes the next N showvminfo / list calls print junk and
 	// exit 0.
@@ -110,6 +111,9 @@ type Faults struct {
 	// Warnings prints the Linux wrapper's vboxdrv warning on stdout before
 	// every command's output.
 	Warnings bool `json:"warnings,omitempty"`
+	// HideSessionName leaves "Session name:" out of the human format, for
+	// a VirtualBox whose listing does not show who holds a machine.
+	HideSessionName bool `json:"hide_session_name,omitempty"`
 }
 
 // VM is one registered machine.
