@@ -1,0 +1,97 @@
+package main_test
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// children returns the pids whose parent is pid, from /proc.
+func children(t *testing.T, pid int) []int {
+	t.Helper()
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Skip("no /proc on this host")
+	}
+	var out []int
+	for _, e := range entries {
+		child, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat"))
+		if err != nil {
+			continue
+		}
+		fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+		if len(fields) > 1 && fields[1] == strconv.Itoa(pid) && fields[0] != "Z" {
+			out = append(out, child)
+		}
+	}
+	return out
+}
+
+func processGone(pid int) bool {
+	if syscall.Kill(pid, 0) != nil {
+		return true
+	}
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return true
+	}
+	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
+	return len(fields) > 0 && fields[0] == "Z"
+}
+
+func TestSignalsStopTheCommandAndKillThePlugins(t *testing.T) {
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
+		t.Run(sig.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			conf := fmt.Sprintf(`state_dir = "state"
+[plugins.fake]
+path = %q
+[plugins.fake.config.vms.slow]
+[plugins.fake.config.vms.slow.faults]
+slow = "1m"
+`, fakeBin)
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644))
+			cmd := exec.Command(sandboxBin, "--config", filepath.Join(dir, "config.toml"), "vm", "status", "slow")
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
+			require.NoError(t, cmd.Start())
+			t.Cleanup(func() { _ = cmd.Process.Kill() })
+
+			var plugins []int
+			deadline := time.Now().Add(10 * time.Second)
+			for len(plugins) == 0 && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond) // waiting for a foreign process to spawn; nothing to wait on
+				plugins = children(t, cmd.Process.Pid)
+			}
+			require.NotEmpty(t, plugins, "the CLI launched its plugin")
+
+			require.NoError(t, cmd.Process.Signal(sig))
+			done := make(chan error, 1)
+			go func() { done <- cmd.Wait() }()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the CLI did not stop on " + sig.String())
+			}
+			assert.Equal(t, 1, cmd.ProcessState.ExitCode(), stderr.String())
+			assert.Contains(t, stderr.String(), "interrupted")
+			for _, pid := range plugins {
+				assert.True(t, processGone(pid), "plugin %d outlived the CLI", pid)
+			}
+		})
+	}
+}
