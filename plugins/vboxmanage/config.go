@@ -33,11 +33,16 @@ type Config struct {
 	// command that Exec returns.
 	MaxOutput int `toml:"max_output"`
 
+	// Timeouts is the [timeouts] table: per-invocation deadlines.
 	Timeouts Timeouts `toml:"timeouts"`
-	Retry    Retry    `toml:"retry"`
-	Unlock   Unlock   `toml:"unlock"`
-	Cleanup  Cleanup  `toml:"cleanup"`
-	Guest    Guest    `toml:"guest"`
+	// Retry is the [retry] table: waiting out transient refusals.
+	Retry Retry `toml:"retry"`
+	// Unlock is the [unlock] table.
+	Unlock Unlock `toml:"unlock"`
+	// Cleanup is the [cleanup] table.
+	Cleanup Cleanup `toml:"cleanup"`
+	// Guest is the [guest] table: credentials for guest operations.
+	Guest Guest `toml:"guest"`
 	// VMs holds per-VM settings, keyed by the VM's name as used in
 	// operations.
 	VMs map[string]VMConfig `toml:"vms"`
@@ -65,10 +70,11 @@ type Retry struct {
 	// Locked is how long a command refused because the VM's session is
 	// held is tried again before the operation answers locked.
 	Locked time.Duration `toml:"locked"`
-	// Initial and Max bound the backoff between attempts and between
-	// state polls; it doubles from Initial up to Max, with jitter.
+	// Initial is the first pause between attempts and between state
+	// polls; the pause doubles, with jitter, up to Max.
 	Initial time.Duration `toml:"initial"`
-	Max     time.Duration `toml:"max"`
+	// Max caps the pause.
+	Max time.Duration `toml:"max"`
 }
 
 // Unlock configures how Unlock frees a session that outlived its VM.
@@ -132,7 +138,10 @@ func Defaults() Config {
 // prints it.
 type secret struct{ value string }
 
-func (secret) String() string   { return "[redacted]" }
+// String keeps the password out of %s and %v.
+func (secret) String() string { return "[redacted]" }
+
+// GoString keeps the password out of %#v.
 func (secret) GoString() string { return "[redacted]" }
 
 // credentials are resolved guest credentials.

@@ -39,9 +39,11 @@ func Local() Host {
 // NotFoundError lists every place the search looked, in order, so that an
 // operator can see why none of them qualified.
 type NotFoundError struct {
+	// Searched names each place, e.g. "$VBOX_MSI_INSTALL_PATH (unset)".
 	Searched []string
 }
 
+// Error lists the places and says how to fix it.
 func (e *NotFoundError) Error() string {
 	return "VBoxManage not found; looked at " + strings.Join(e.Searched, ", ") +
 		"; set path in the plugin's configuration"

@@ -15,6 +15,7 @@ var ErrNoVersion = errors.New("no version number in VBoxManage --version output"
 
 // Version is VirtualBox's version as `VBoxManage --version` prints it.
 type Version struct {
+	// Major, Minor and Patch are the leading numbers.
 	Major, Minor, Patch int
 	// Raw is the whole printed line, e.g. "6.1.34_Ubuntur150636"; the part
 	// after the numbers (distribution tag, _BETA1, revision) is opaque.

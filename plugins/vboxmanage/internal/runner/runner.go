@@ -29,7 +29,9 @@ import (
 // Default output bounds: VBoxManage's own output is small, but a listing of
 // many VMs or a guest program's output is not.
 const (
+	// DefaultMaxStdout bounds captured stdout.
 	DefaultMaxStdout = 16 << 20
+	// DefaultMaxStderr bounds captured stderr.
 	DefaultMaxStderr = 1 << 20
 )
 
@@ -118,21 +120,28 @@ type Call struct {
 
 // Result is a finished invocation.
 type Result struct {
-	Args     []string
-	Stdout   []byte
-	Stderr   []byte
+	// Args are the arguments it ran with.
+	Args []string
+	// Stdout and Stderr are the captured output, LF line ends unless the
+	// call was Raw.
+	Stdout []byte
+	Stderr []byte
+	// ExitCode is the exit status; -1 for a killed process.
 	ExitCode int
 	// Truncated reports output beyond the bound was dropped.
 	Truncated bool
-	Duration  time.Duration
+	// Duration is how long the process ran.
+	Duration time.Duration
 }
 
 // ExitError is a VBoxManage that ran and failed: non-zero exit, or an
 // "error:" line on stderr.
 type ExitError struct {
+	// Result is what it printed and its exit status.
 	Result *Result
 }
 
+// Error names the command, the exit status and VBoxManage's first message.
 func (e *ExitError) Error() string {
 	d := fault.Classify(string(e.Result.Stdout), string(e.Result.Stderr), e.Result.ExitCode)
 	msg := d.Message
@@ -144,6 +153,7 @@ func (e *ExitError) Error() string {
 
 // TimeoutError is a VBoxManage killed because its deadline passed.
 type TimeoutError struct {
+	// Args are the arguments it ran with.
 	Args []string
 	// After is how long it ran.
 	After time.Duration
@@ -151,6 +161,7 @@ type TimeoutError struct {
 	Result *Result
 }
 
+// Error says which command was killed after how long.
 func (e *TimeoutError) Error() string {
 	return fmt.Sprintf("VBoxManage %s did not finish within %s and was killed", subcommand(e.Args), e.After.Round(time.Millisecond))
 }
@@ -158,14 +169,18 @@ func (e *TimeoutError) Error() string {
 // StartError is a VBoxManage that could not be started at all: missing,
 // not executable, wrong format.
 type StartError struct {
+	// Path is the executable.
 	Path string
-	Err  error
+	// Err is the operating system's reason.
+	Err error
 }
 
+// Error names the executable and the reason.
 func (e *StartError) Error() string {
 	return fmt.Sprintf("cannot run VBoxManage at %s: %v", e.Path, e.Err)
 }
 
+// Unwrap exposes the reason, e.g. fs.ErrNotExist.
 func (e *StartError) Unwrap() error { return e.Err }
 
 // Run executes one call. It returns the result and nil on success; an

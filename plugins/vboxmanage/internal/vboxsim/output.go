@@ -126,8 +126,10 @@ func (o *out) api(e apiError) {
 // blocks forever when hang is set.
 func (o *out) progress(d time.Duration, hang bool) {
 	fmt.Fprint(o.stderr, "0%...")
-	if hang {
-		select {}
+	for hang {
+		// Blocks until killed; a bare select{} could be reported as a
+		// deadlock by the runtime.
+		time.Sleep(time.Hour)
 	}
 	for i := 1; i <= 10; i++ {
 		time.Sleep(d / 10)

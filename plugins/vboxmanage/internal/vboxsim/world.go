@@ -20,9 +20,13 @@ const (
 
 // Session states, as VirtualBox names them.
 const (
-	Unlocked  = "Unlocked"
-	Spawning  = "Spawning"
-	Locked    = "Locked"
+	// Unlocked: nobody holds the machine.
+	Unlocked = "Unlocked"
+	// Spawning: a VM process is being launched for it.
+	Spawning = "Spawning"
+	// Locked: a client holds it.
+	Locked = "Locked"
+	// Unlocking: the holder is going away (a VM process exiting).
 	Unlocking = "Unlocking"
 )
 
@@ -39,8 +43,10 @@ const (
 
 // World is everything the simulated VBoxSVC knows.
 type World struct {
+	// Config is the simulated installation.
 	Config Config `json:"config"`
-	VMs    []*VM  `json:"vms"`
+	// VMs are the registered machines, in registration order.
+	VMs []*VM `json:"vms"`
 }
 
 // Config selects the simulated VirtualBox and how it misbehaves.
@@ -118,16 +124,20 @@ type Faults struct {
 
 // VM is one registered machine.
 type VM struct {
-	Name   string `json:"name"`
-	UUID   string `json:"uuid"`
+	// Name and UUID identify the VM; either addresses it.
+	Name string `json:"name"`
+	UUID string `json:"uuid"`
+	// OSType is the guest OS type id, e.g. "Windows10_64".
 	OSType string `json:"ostype,omitempty"`
 	// State is the VMState value, e.g. "poweroff".
-	State        string    `json:"state"`
+	State string `json:"state"`
+	// StateChanged is when State last changed.
 	StateChanged time.Time `json:"state_changed"`
 	// Snapshots are in creation order; Parent links make the tree.
 	Snapshots []Snap `json:"snapshots,omitempty"`
 	// Current is the current snapshot's UUID.
-	Current string  `json:"current,omitempty"`
+	Current string `json:"current,omitempty"`
+	// Session is the machine's session lock.
 	Session Session `json:"session"`
 	// GuestUsers are the guest's accounts: user name to password.
 	GuestUsers map[string]string `json:"guest_users,omitempty"`
@@ -142,17 +152,22 @@ type VM struct {
 
 // Snap is one snapshot.
 type Snap struct {
-	Name        string `json:"name"`
-	UUID        string `json:"uuid"`
+	// Name and UUID identify the snapshot; names need not be unique.
+	Name string `json:"name"`
+	UUID string `json:"uuid"`
+	// Description is printed only when set.
 	Description string `json:"description,omitempty"`
-	Parent      string `json:"parent,omitempty"`
+	// Parent is the parent snapshot's UUID; empty for the root.
+	Parent string `json:"parent,omitempty"`
 	// Online snapshots were taken while the VM ran and restore to saved.
 	Online bool `json:"online,omitempty"`
 }
 
 // Session is the machine's session lock.
 type Session struct {
+	// State is Unlocked, Spawning, Locked or Unlocking.
 	State string `json:"state"`
+	// Owner is OwnerVM, OwnerClient or OwnerGUI.
 	Owner string `json:"owner,omitempty"`
 	// Name is the session's name ("headless", "GUI/Qt"); empty for a
 	// VBoxManage client.
@@ -404,9 +419,12 @@ func isOff(s string) bool {
 
 // Invocation is one line of argv.log.
 type Invocation struct {
-	PID  int       `json:"pid"`
+	// PID is the invocation's process.
+	PID int `json:"pid"`
+	// Time is when it started.
 	Time time.Time `json:"time"`
-	Args []string  `json:"args"`
+	// Args are its arguments, program name excluded.
+	Args []string `json:"args"`
 }
 
 // Invocations returns every recorded invocation in dir, in order.
