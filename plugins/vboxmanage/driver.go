@@ -44,10 +44,11 @@ type Driver struct {
 	// events to stream.
 	hypervisor.Unimplemented
 
-	cfg   *settings
-	log   hclog.Logger
-	host  locate.Host
-	gates gates
+	cfg      *settings
+	log      hclog.Logger
+	host     locate.Host
+	gates    gates
+	restored restoreMarks
 
 	mu    sync.Mutex
 	probe *probe

@@ -164,9 +164,23 @@ func TestEveryOperation(t *testing.T) {
 			assert.Equal(t, []string{"poweroff", "wait-off", "wait-unlock", "restore clean"}, actions(result))
 			r.waitStatus(t, vmName, offAndUnlocked)
 
-			result, err = d.Cleanup(ctx, vmName, hypervisor.CleanupRequest{})
+			for _, req := range []hypervisor.CleanupRequest{{Restore: true, Snapshot: "clean"}, {Restore: true}, {}} {
+				result, err = d.Cleanup(ctx, vmName, req)
+				require.NoError(t, err)
+				assert.Empty(t, result.Steps, "cleaning a clean VM does nothing (%+v)", req)
+			}
+			require.NoError(t, d.Start(ctx, vmName))
+			require.NoError(t, d.Stop(ctx, vmName, hypervisor.StopPowerOff))
+			r.waitStatus(t, vmName, offAndUnlocked)
+			result, err = d.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
 			require.NoError(t, err)
-			assert.Empty(t, result.Steps, "cleaning a clean VM does nothing")
+			assert.Equal(t, []string{"restore clean"}, actions(result), "a VM that ran since is restored again")
+			mustRunSim(t, r, "startvm", vmName, "--type", "headless")
+			mustRunSim(t, r, "controlvm", vmName, "poweroff")
+			r.waitStatus(t, vmName, offAndUnlocked)
+			result, err = d.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
+			require.NoError(t, err)
+			assert.Equal(t, []string{"restore clean"}, actions(result), "so is one someone else ran")
 
 			// The other VM was never touched by anything but reads.
 			st, err = d.Status(ctx, "other vm")

@@ -28,3 +28,10 @@ func pidAlive(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
+
+// mustRunSim runs VBoxManage outside the driver, as another tool would.
+func mustRunSim(t *testing.T, r *rig, args ...string) {
+	t.Helper()
+	_, stderr, code := r.sim.Run(args...)
+	require.Equal(t, 0, code, "%v: %s", args, stderr)
+}

@@ -33,6 +33,7 @@ func (d *Driver) Start(ctx context.Context, vm string) error {
 	if err != nil {
 		return err
 	}
+	d.restored.forget(vm)
 	return d.retry(ctx, op, vm, 0, func() error {
 		res, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"startvm", ref, "--type", "headless"}, Timeout: d.cfg.Timeouts.Start})
 		if err != nil && res != nil && startedRe.Match(res.Stdout) {
@@ -94,6 +95,7 @@ func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMeth
 // stop sends one stop command, retrying lock refusals.
 func (d *Driver) stop(ctx context.Context, p *probe, vm, ref string, method hypervisor.StopMethod) error {
 	const op = hypervisor.OpStop
+	d.restored.forget(vm)
 	call := runner.Call{Timeout: d.cfg.Timeouts.Command}
 	switch method {
 	case hypervisor.StopACPI:
@@ -237,8 +239,13 @@ func (d *Driver) restore(ctx context.Context, p *probe, op, vm, snapshot string)
 	if snapshot != "" {
 		args = []string{"snapshot", ref, "restore", snapshot}
 	}
+	d.restored.forget(vm)
 	return d.retry(ctx, op, vm, 0, func() error {
+		start := time.Now()
 		_, err := d.run(ctx, p, op, vm, runner.Call{Args: args, Timeout: d.cfg.Timeouts.Restore})
+		if err == nil {
+			d.restored.set(vm, start, time.Now())
+		}
 		return err
 	})
 }
@@ -275,6 +282,9 @@ func (d *Driver) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupR
 	}
 	if err := d.unlock(ctx, p, op, vm, st, rec); err != nil {
 		return rec.result(), err
+	}
+	if req.Restore && len(rec.list) == 0 && d.restored.untouched(vm, req, st) {
+		return rec.result(), nil
 	}
 	if req.Restore {
 		name := req.Snapshot

@@ -3,6 +3,7 @@ package vboxsim
 import (
 	"fmt"
 	"strings"
+	"time"
 )
 
 // showvminfo: `showvminfo <vm> [--machinereadable|-machinereadable|--details]`.
@@ -182,7 +183,7 @@ func (s *sim) machineReadable(vm *VM, console bool) []string {
 	m.str("paravirtprovider", "default")
 	m.str("effparavirtprovider", "kvm")
 	m.str("VMState", vm.State)
-	m.str("VMStateChangeTime", vm.StateChanged.UTC().Format("2006-01-02T15:04:05.000000000"))
+	m.str("VMStateChangeTime", vm.StateChanged.UTC().Truncate(time.Millisecond).Format("2006-01-02T15:04:05.000000000"))
 	if vm.State == "saved" || vm.State == "aborted-saved" {
 		m.raw("VMStateFile", join(dir, "Snapshots", "2024-03-05T10-00-00-000000000Z.sav"))
 	}
@@ -356,7 +357,7 @@ func (s *sim) human(vm *VM) {
 	p("Hardware UUID", "%s", vm.UUID)
 	p("Memory size", "4096MB")
 	p("Number of CPUs", "2")
-	p("State", "%s (since %s)", longName(vm.State), vm.StateChanged.UTC().Format("2006-01-02T15:04:05.000000000"))
+	p("State", "%s (since %s)", longName(vm.State), vm.StateChanged.UTC().Truncate(time.Millisecond).Format("2006-01-02T15:04:05.000000000"))
 	p("Monitor count", "1")
 	p("Storage Controller Name (0)", "SATA Controller")
 	s.o.println("SATA Controller (0, 0): %s (UUID: %s)", join(dir, vm.Name+".vdi"), deriveUUID(vm.UUID, 0xd15c))

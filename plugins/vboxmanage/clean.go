@@ -1,0 +1,61 @@
+package vboxmanage
+
+import (
+	"sync"
+	"time"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+// restoreMarks remember the restores this driver did, so that cleaning a
+// VM that was restored and never touched since is a no-op (§8.2) without
+// VirtualBox saying whether a VM's current state differs from its
+// snapshot.
+type restoreMarks struct {
+	mu sync.Mutex
+	m  map[string]restoreMark
+}
+
+// restoreMark is one finished restore: VirtualBox set the VM's state-change
+// time while the restore ran, between start and end.
+type restoreMark struct {
+	start, end time.Time
+}
+
+func (r *restoreMarks) set(vm string, start, end time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[string]restoreMark{}
+	}
+	r.m[vm] = restoreMark{start: start, end: end}
+}
+
+func (r *restoreMarks) forget(vm string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.m, vm)
+}
+
+// untouched reports whether st proves that nothing happened to vm since
+// this driver restored it to the snapshot req asks for: the VM is off and
+// unlocked, that snapshot is current, and its last state change is the
+// restore itself. Any start, stop or restore by anyone since would have
+// moved the state-change time past the restore's end. A time without
+// sub-second digits was reloaded from the settings file with its
+// precision lost and proves nothing.
+func (r *restoreMarks) untouched(vm string, req hypervisor.CleanupRequest, st hypervisor.Status) bool {
+	r.mu.Lock()
+	m, ok := r.m[vm]
+	r.mu.Unlock()
+	switch {
+	case !ok, !st.Power.IsOff(), st.Lock != hypervisor.LockUnlocked:
+		return false
+	case req.Snapshot != "" && st.CurrentSnapshot != req.Snapshot:
+		return false
+	case st.StateChanged.IsZero() || st.StateChanged.Nanosecond() == 0:
+		return false
+	}
+	changed := st.StateChanged
+	return !changed.Before(m.start.Truncate(time.Millisecond)) && !changed.After(m.end)
+}
