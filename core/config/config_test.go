@@ -4,12 +4,15 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/configfile"
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
 func TestTheShippedConfigLoads(t *testing.T) {
@@ -105,4 +108,48 @@ func TestUnreadableFileIsAnError(t *testing.T) {
 	require.NoError(t, os.Mkdir(filepath.Join(dir, "c.toml"), 0o755))
 	_, err := config.Load(filepath.Join(dir, "c.toml"))
 	assert.Error(t, err)
+}
+
+func TestAConfigWithoutLifecycleSettingsGetsTheDefaults(t *testing.T) {
+	cfg, err := config.Parse("old.toml", []byte("[plugins.fake]\npath = \"x\"\n[vms.a]\nplugin = \"fake\"\n"))
+	require.NoError(t, err)
+	assert.Equal(t, lifecycle.Defaults(), cfg.Settings("a"))
+	assert.Equal(t, lifecycle.Defaults(), cfg.Settings("not-configured"))
+}
+
+func TestLifecycleSettingsLayer(t *testing.T) {
+	cfg, err := config.Parse("c.toml", []byte(`
+[lifecycle]
+acpi_timeout = "20s"
+snapshot = "clean"
+
+[vms.sandbox1]
+stop_ladder = ["poweroff", "emergency"]
+acpi_timeout = "5s"
+restore_on_cleanup = false
+`))
+	require.NoError(t, err)
+	s := cfg.Settings("sandbox1")
+	assert.Equal(t, []hypervisor.StopMethod{hypervisor.StopPowerOff, hypervisor.StopEmergency}, s.StopLadder)
+	assert.Equal(t, 5*time.Second, s.ACPITimeout, "the VM's own value wins")
+	assert.Equal(t, "clean", s.Snapshot, "inherited from [lifecycle]")
+	assert.False(t, s.RestoreOnCleanup)
+	assert.Equal(t, lifecycle.Defaults().PowerOffTimeout, s.PowerOffTimeout, "untouched keys keep the default")
+	other := cfg.Settings("other")
+	assert.Equal(t, 20*time.Second, other.ACPITimeout)
+	assert.Equal(t, lifecycle.Defaults().StopLadder, other.StopLadder)
+}
+
+func TestBadLifecycleSettingsNameTheKey(t *testing.T) {
+	for _, tc := range []struct{ text, want string }{
+		{"[lifecycle]\nstop_ladder = [\"acpi\", \"gentle\"]\n", `c.toml:2: lifecycle.stop_ladder: unknown stop method "gentle"`},
+		{"[vms.a]\nstop_ladder = []\n", "c.toml:2: vms.a.stop_ladder: must name at least one stop method"},
+		{"[vms.a]\npoweroff_timeout = \"0s\"\n", "c.toml:2: vms.a.poweroff_timeout: must be a positive duration"},
+		{"[vms.a]\nstop_ladder = [\"acpi\", \"acpi\"]\n", `c.toml:2: vms.a.stop_ladder: "acpi" appears twice`},
+		{"[vms.a]\nrestore_timout = \"1m\"\n", "c.toml:2: vms.a.restore_timout: unknown key"},
+	} {
+		_, err := config.Parse("c.toml", []byte(tc.text))
+		require.Error(t, err, tc.text)
+		assert.Contains(t, err.Error(), tc.want)
+	}
 }

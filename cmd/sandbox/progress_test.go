@@ -1,0 +1,56 @@
+package main
+
+import (
+	"bytes"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestLiveLineShowsStepElapsedAndStateAndErasesItself(t *testing.T) {
+	var out syncBuffer
+	l := &liveLine{w: &out, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
+	go l.tick()
+	l.update(lifecycle.Progress{VM: "win10", Step: "stop acpi"})
+	l.update(lifecycle.Progress{VM: "win10", Step: "state stopping/locked",
+		State: hypervisor.Status{Power: hypervisor.PowerStopping, Lock: hypervisor.LockLocked}})
+	l.close()
+	s := out.String()
+	frames := strings.Split(s, "\r\033[K")
+	assert.Contains(t, frames[1], "win10: stop acpi")
+	assert.Contains(t, frames[2], "win10: stop acpi", "a state change keeps the step on the line")
+	assert.Contains(t, frames[2], "[stopping/locked]")
+	assert.True(t, strings.HasSuffix(s, "\r\033[K"), "the line is erased before the report")
+}
+
+func TestNoLiveLineOffATerminal(t *testing.T) {
+	var out bytes.Buffer
+	l := newLiveLine(&out)
+	assert.Nil(t, l)
+	l.update(lifecycle.Progress{VM: "x", Step: "y"}) // a nil line ignores updates
+	l.close()
+	assert.Empty(t, out.String())
+}
