@@ -91,7 +91,7 @@ func (p *Plugin) Pid() int {
 // Protocol returns the protocol version negotiated with the plugin,
 // launching it if needed.
 func (p *Plugin) Protocol(ctx context.Context) (int, error) {
-	in, err := p.instance(ctx, hypervisor.OpInfo, "")
+	in, err := p.instance(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -100,7 +100,7 @@ func (p *Plugin) Protocol(ctx context.Context) (int, error) {
 
 // Describe launches the plugin if needed and describes it.
 func (p *Plugin) Describe(ctx context.Context) (Description, error) {
-	in, err := p.instance(ctx, hypervisor.OpInfo, "")
+	in, err := p.instance(ctx)
 	if err != nil {
 		return Description{}, err
 	}
@@ -131,7 +131,7 @@ func (p *Plugin) Kill() {
 
 // instance returns the running plugin process, launching one if none runs
 // or the last one exited.
-func (p *Plugin) instance(ctx context.Context, op, vm string) (*instance, error) {
+func (p *Plugin) instance(ctx context.Context) (*instance, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.inst != nil && !p.inst.client.Exited() {
@@ -143,9 +143,9 @@ func (p *Plugin) instance(ctx context.Context, op, vm string) (*instance, error)
 		p.inst = nil
 	}
 	if p.host.isClosed() {
-		return nil, p.launchError(op, vm, errors.New("the plugin host is shutting down"))
+		return nil, p.launchError(errors.New("the plugin host is shutting down"))
 	}
-	in, err := p.launch(ctx, op, vm)
+	in, err := p.launch(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -153,10 +153,10 @@ func (p *Plugin) instance(ctx context.Context, op, vm string) (*instance, error)
 	return in, nil
 }
 
-func (p *Plugin) launch(ctx context.Context, op, vm string) (*instance, error) {
+func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 	path := p.cfg.resolvedPath(p.host.dir)
 	if fi, err := os.Stat(path); err != nil || fi.IsDir() {
-		return nil, p.launchError(op, vm, fmt.Errorf(
+		return nil, p.launchError(fmt.Errorf(
 			"no plugin executable at %s (plugins.%s.path in %s): build it with `make build` or fix the path",
 			path, p.name, p.host.opts.File))
 	}
@@ -166,7 +166,7 @@ func (p *Plugin) launch(ctx context.Context, op, vm string) (*instance, error) {
 	if runtime.GOOS != "windows" {
 		var err error
 		if pipeR, pipeW, err = os.Pipe(); err != nil {
-			return nil, p.launchError(op, vm, err)
+			return nil, p.launchError(err)
 		}
 		cmd.ExtraFiles = []*os.File{pipeR}
 		cmd.Env = append(cmd.Env, sdk.EnvHostFD+"=3")
@@ -189,7 +189,7 @@ func (p *Plugin) launch(ctx context.Context, op, vm string) (*instance, error) {
 	in := &instance{client: client, hostPipe: pipeW}
 	fail := func(err error) (*instance, error) {
 		in.kill()
-		return nil, p.launchError(op, vm, err)
+		return nil, p.launchError(err)
 	}
 	rpc, err := client.Client()
 	if pipeR != nil {
@@ -266,7 +266,7 @@ func (e *LaunchError) Unwrap() []error {
 	return []error{ErrLaunch, hypervisor.ErrUnavailable, e.Err}
 }
 
-func (p *Plugin) launchError(_, _ string, err error) error {
+func (p *Plugin) launchError(err error) error {
 	return &LaunchError{Plugin: p.name, Err: err}
 }
 
@@ -294,7 +294,7 @@ func (p *Plugin) check(in *instance, err error, op, vm string) error {
 
 // call runs one contract operation on the plugin process.
 func call[T any](ctx context.Context, p *Plugin, op, vm string, f func(sdk.Remote) (T, error)) (T, error) {
-	in, err := p.instance(ctx, op, vm)
+	in, err := p.instance(ctx)
 	if err != nil {
 		var zero T
 		return zero, err
@@ -305,7 +305,7 @@ func call[T any](ctx context.Context, p *Plugin, op, vm string, f func(sdk.Remot
 
 // Info returns the driver's description; it is cached per plugin process.
 func (p *Plugin) Info(ctx context.Context) (hypervisor.Info, error) {
-	in, err := p.instance(ctx, hypervisor.OpInfo, "")
+	in, err := p.instance(ctx)
 	if err != nil {
 		return hypervisor.Info{}, err
 	}
