@@ -2,6 +2,7 @@ package vboxmanage
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"regexp"
 	"time"
@@ -121,8 +122,8 @@ func (d *Driver) stop(ctx context.Context, p *probe, vm, ref string, method hype
 // until it has exited, usually a second or two; if it is still there
 // after unlock.grace, it is killed with emergencystop (VirtualBox 5.1+),
 // after which VBoxSVC releases the session. A session held by another
-// client (a VBoxManage, the GUI) cannot be killed and is waited for until
-// ctx ends.
+// client (a VBoxManage, the GUI) cannot be killed: Unlock answers locked.
+// Without emergencystop (VirtualBox 5.0) it waits until ctx ends.
 func (d *Driver) Unlock(ctx context.Context, vm string) error {
 	const op = hypervisor.OpUnlock
 	p, err := d.ready(ctx, op, vm)
@@ -173,9 +174,13 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 			case code == hypervisor.CodeInvalidState:
 				kill.end("nothing to kill") // the process went away by itself just now
 			case code == hypervisor.CodeLocked:
-				// Held by a client that is not a VM process: wait for it.
+				// Held by a client that is not a VM process (the GUI, another
+				// VBoxManage): nothing the driver may kill. It answers
+				// locked and the caller decides how long to keep trying.
 				kill.end("held by another client")
-				d.log.Info("the session of a stopped VM is held by another client; waiting", "vm", vm, "message", err.Error())
+				wait.end("held by another client")
+				return &hypervisor.Error{Code: hypervisor.CodeLocked, Op: op, VM: vm, Err: err,
+					Message: "the session is held by a client that is not a VM process: " + firstMessage(err)}
 			default:
 				kill.end("failed")
 				wait.end("failed")
@@ -419,4 +424,13 @@ func (s *step) end(outcome string) {
 
 func (r *steps) result() hypervisor.CleanupResult {
 	return hypervisor.CleanupResult{Steps: r.list}
+}
+
+// firstMessage is a contract error's own message, or its text.
+func firstMessage(err error) string {
+	var e *hypervisor.Error
+	if errors.As(err, &e) && e.Message != "" {
+		return e.Message
+	}
+	return err.Error()
 }

@@ -132,6 +132,25 @@ func TestCleanupGetsPastALockTheListingDoesNotShow(t *testing.T) {
 	assert.Equal(t, "locked", res.Steps[0].Outcome)
 }
 
+// A session held by something that is not a VM process (here the GUI with
+// a settings dialog open) cannot be killed: Unlock answers locked.
+func TestUnlockAnswersLockedForAHolderItMayNotKill(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2], withSetting("unlock.grace", `"100ms"`))
+	r.sim.Update(t, func(w *vboxsim.World) {
+		w.Find(vmName).Session = vboxsim.Session{State: vboxsim.Locked, Owner: vboxsim.OwnerGUI, Name: "GUI/Qt"}
+	})
+	ctx := ctxFor(t, 30*time.Second)
+	st, err := r.drv.Status(ctx, vmName)
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.LockLocked, st.Lock)
+	err = r.drv.Unlock(ctx, vmName)
+	require.Error(t, err)
+	assert.True(t, hypervisor.IsLocked(err), "%v", err)
+	assert.Contains(t, err.Error(), "does not have a VM process")
+	assert.Equal(t, vboxsim.OwnerGUI, r.sim.VM(t, vmName).Session.Owner, "the GUI keeps its session")
+}
+
 // VirtualBox 5.0 has no emergencystop: Unlock can only wait, and answers
 // timeout when the caller's deadline passes first.
 func TestUnlockWithoutEmergencyStopWaitsUntilTheDeadline(t *testing.T) {
