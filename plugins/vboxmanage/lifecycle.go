@@ -90,12 +90,11 @@ func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMeth
 	if st.Power.IsOff() {
 		return nil
 	}
-	return d.stop(ctx, p, vm, ref, method)
+	return d.stop(ctx, p, op, vm, ref, method)
 }
 
-// stop sends one stop command, retrying lock refusals.
-func (d *Driver) stop(ctx context.Context, p *probe, vm, ref string, method hypervisor.StopMethod) error {
-	const op = hypervisor.OpStop
+// stop sends one stop command for op, retrying lock refusals.
+func (d *Driver) stop(ctx context.Context, p *probe, op, vm, ref string, method hypervisor.StopMethod) error {
 	d.restored.forget(vm)
 	call := runner.Call{Timeout: d.cfg.Timeouts.Command}
 	switch method {
@@ -306,7 +305,7 @@ func (d *Driver) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupR
 			kill := rec.begin("emergencystop")
 			ref, kerr := d.ref(ctx, p, op, vm)
 			if kerr == nil {
-				kerr = d.stop(ctx, p, vm, ref, hypervisor.StopEmergency)
+				kerr = d.stop(ctx, p, op, vm, ref, hypervisor.StopEmergency)
 			}
 			if kerr != nil {
 				kill.end("failed")
@@ -336,7 +335,7 @@ func (d *Driver) forceOff(ctx context.Context, p *probe, vm string, st hyperviso
 	switch st.Power {
 	case hypervisor.PowerRunning, hypervisor.PowerPaused, hypervisor.PowerStuck:
 		s := rec.begin("poweroff")
-		err := d.stop(ctx, p, vm, ref, hypervisor.StopPowerOff)
+		err := d.stop(ctx, p, op, vm, ref, hypervisor.StopPowerOff)
 		switch hypervisor.CodeOf(err) {
 		case hypervisor.CodeNotFound, hypervisor.CodeUnavailable:
 			s.end("failed")
@@ -360,7 +359,7 @@ func (d *Driver) forceOff(ctx context.Context, p *probe, vm string, st hyperviso
 		return st, hypervisor.NewError(hypervisor.CodeTimeout, op, vm, "the VM is still %s after %s", st.Raw, d.cfg.Cleanup.StopWait)
 	}
 	s := rec.begin("emergencystop")
-	if err := d.stop(ctx, p, vm, ref, hypervisor.StopEmergency); err != nil {
+	if err := d.stop(ctx, p, op, vm, ref, hypervisor.StopEmergency); err != nil {
 		s.end("failed")
 		return st, err
 	}

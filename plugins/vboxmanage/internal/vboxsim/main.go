@@ -82,6 +82,11 @@ func Main(args []string, env Env) int {
 		s.o.println("\x00\x01garbage %q {not a uuid}\n\"unterminated\nVMState=\nSnapshotName-=x\n=\n\"\" {}", time.Now().String())
 		return 0
 	}
+	if len(args) == 1 && needsArgs[cmd] {
+		// A command without its arguments prints its usage and fails.
+		s.usage()
+		return 1
+	}
 	switch cmd {
 	case "":
 		s.usage()
@@ -114,6 +119,11 @@ func Main(args []string, env Env) int {
 		return s.discardstate(args[1:])
 	}
 	return s.o.syntax("Invalid command '%s'", args[0])
+}
+
+var needsArgs = map[string]bool{
+	"list": true, "showvminfo": true, "startvm": true, "controlvm": true, "snapshot": true,
+	"guestcontrol": true, "modifyvm": true, "discardstate": true,
 }
 
 const wrapperWarning = `WARNING: The vboxdrv kernel module is not loaded. Either there is no module

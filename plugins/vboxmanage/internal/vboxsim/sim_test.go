@@ -59,6 +59,20 @@ func TestVersionAndWrapperWarnings(t *testing.T) {
 	assert.Equal(t, "6.1.34", v.String())
 }
 
+func TestUsageAndSyntaxErrors(t *testing.T) {
+	s := world(t, cfg("7.0.14r161095", "linux"))
+	out, _, code := s.Run()
+	assert.Equal(t, 0, code)
+	assert.Contains(t, out, "Usage:")
+	_, _, code = s.Run("controlvm")
+	assert.Equal(t, 1, code, "a command without arguments prints usage and exits 1")
+	_, errOut, code := s.Run("frobnicate")
+	assert.Equal(t, 2, code)
+	assert.Equal(t, "VBoxManage: error: Invalid command 'frobnicate'\n", errOut)
+	_, _, code = s.Run("showvminfo", "win10", "--bogus")
+	assert.Equal(t, 2, code)
+}
+
 func TestWindowsHostPrintsCRLFAndExeName(t *testing.T) {
 	s := world(t, cfg("6.1.38r153438", "windows"))
 	out := mustRun(t, s, "list", "vms")
