@@ -1,0 +1,266 @@
+package conformance
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+var anyGuest = []hypervisor.Capability{hypervisor.CapGuestCopyIn, hypervisor.CapGuestExec, hypervisor.CapGuestCopyOut}
+
+var guestChecks = []*check{
+	{
+		name: "Guest/UnknownVMIsNotFound", clause: "§11.3",
+		summary: "every declared guest operation on a VM that does not exist answers not found",
+		anyCap:  anyGuest,
+		fn:      func(p *probe) { p.notFound(hypervisor.OpCopyIn, hypervisor.OpExec, hypervisor.OpCopyOut) },
+	},
+	{
+		name: "Guest/NotRunningIsInvalidState", clause: "§9.4",
+		summary: "every declared guest operation on a VM that is not running answers invalid state",
+		anyCap:  anyGuest,
+		fn:      checkGuestOff,
+	},
+	{
+		name: "Guest/CopyRoundTrip", clause: "§9.3",
+		summary: "a file copied into the guest and back out is unchanged",
+		caps:    []hypervisor.Capability{hypervisor.CapGuestCopyIn, hypervisor.CapGuestCopyOut},
+		fn:      checkCopyRoundTrip,
+	},
+	{
+		name: "Guest/ExecOutput", clause: "§9.2",
+		summary: "a command that succeeds returns exit code 0 and its stdout",
+		caps:    []hypervisor.Capability{hypervisor.CapGuestCopyIn, hypervisor.CapGuestExec},
+		fn:      checkExecOutput,
+	},
+	{
+		name: "Guest/ExitCodeAndStderr", clause: "§9.2",
+		summary: "a command that fails is a result with its non-zero exit code and stderr, not an error",
+		caps:    []hypervisor.Capability{hypervisor.CapGuestExec},
+		fn:      checkExecFailure,
+	},
+	{
+		name: "Guest/ExecTimeout", clause: "§9.2",
+		summary: "a command still running at its timeout is killed and answers timeout",
+		caps:    []hypervisor.Capability{hypervisor.CapGuestExec},
+		fn:      checkExecTimeout,
+	},
+}
+
+var watchChecks = []*check{
+	{
+		name: "Watch/UnknownVMIsNotFound", clause: "§10.1",
+		summary: "a watch of a VM that does not exist is a not-found error, not an empty stream",
+		caps:    []hypervisor.Capability{hypervisor.CapWatch},
+		fn:      func(p *probe) { p.notFound(hypervisor.OpWatch) },
+	},
+	{
+		name: "Watch/FirstIsCurrentStatus", clause: "§10.1",
+		summary: "a watch first delivers the VM's current status",
+		caps:    []hypervisor.Capability{hypervisor.CapWatch},
+		fn:      checkWatchFirst,
+	},
+	{
+		name: "Watch/FollowsChanges", clause: "§10.1",
+		summary: "a watch delivers the VM reaching running after a start and off after a stop",
+		caps:    []hypervisor.Capability{hypervisor.CapWatch},
+		anyCap:  forceful,
+		fn:      checkWatchFollows,
+	},
+	{
+		name: "Watch/ClosesWhenContextEnds", clause: "§10.1",
+		summary: "the stream closes soon after the caller's context ends",
+		caps:    []hypervisor.Capability{hypervisor.CapWatch},
+		fn:      checkWatchCloses,
+	},
+}
+
+func checkGuestOff(p *probe) {
+	for _, op := range p.declaredOps(hypervisor.OpCopyIn, hypervisor.OpExec, hypervisor.OpCopyOut) {
+		p.code(op.call(p.ctx, p.vm()), hypervisor.CodeInvalidState, "%s on a VM that is off", op.name)
+	}
+}
+
+// guestUp runs the VM and waits for its guest to take guest operations.
+func (p *probe) guestUp() string {
+	p.Helper()
+	vm := p.vm()
+	p.running(vm)
+	p.guestReady(vm)
+	return vm
+}
+
+func checkCopyRoundTrip(p *probe) {
+	vm := p.guestUp()
+	data := bytes.Repeat([]byte("sandbox conformance "+token()+"\n"), 4096)
+	src := p.hostFile(data)
+	guest := p.guestPath("copy")
+	if !p.ok(p.d().CopyIn(p.ctx, vm, src, guest), "CopyIn to %s", guest) {
+		return
+	}
+	dst := filepath.Join(filepath.Dir(src), "out-"+token())
+	if !p.ok(p.d().CopyOut(p.ctx, vm, guest, dst), "CopyOut of %s", guest) {
+		return
+	}
+	got, err := os.ReadFile(dst)
+	if !p.ok(err, "read the copied-out file") {
+		return
+	}
+	if !bytes.Equal(got, data) {
+		p.Errorf("the file came back with %d bytes, went in with %d; contents differ", len(got), len(data))
+	}
+}
+
+func checkExecOutput(p *probe) {
+	vm := p.guestUp()
+	data := []byte("sandbox conformance " + token() + "\n")
+	guest := p.guestPath("exec")
+	if !p.ok(p.d().CopyIn(p.ctx, vm, p.hostFile(data), guest), "CopyIn to %s", guest) {
+		return
+	}
+	req := p.cat(guest)
+	res, err := p.d().Exec(p.ctx, vm, req)
+	if !p.ok(err, "Exec %s %v", req.Path, req.Args) {
+		return
+	}
+	if res.ExitCode != 0 {
+		p.Errorf("Exec %s %v exited %d, stderr %q", req.Path, req.Args, res.ExitCode, res.Stderr)
+	}
+	if !bytes.Equal(bytes.TrimRight(res.Stdout, "\r\n"), bytes.TrimRight(data, "\r\n")) {
+		p.Errorf("Exec %s %v printed %q, want %q", req.Path, req.Args, res.Stdout, data)
+	}
+}
+
+func checkExecFailure(p *probe) {
+	vm := p.guestUp()
+	req := p.cat(p.guestPath("missing"))
+	res, err := p.d().Exec(p.ctx, vm, req)
+	if !p.ok(err, "Exec %s %v of a file that does not exist: a failing command is a result, not an error", req.Path, req.Args) {
+		return
+	}
+	if res.ExitCode == 0 {
+		p.Errorf("Exec %s %v of a file that does not exist exited 0", req.Path, req.Args)
+	}
+	if len(bytes.TrimSpace(res.Stderr)) == 0 {
+		p.Errorf("Exec %s %v exited %d with nothing on stderr", req.Path, req.Args, res.ExitCode)
+	}
+	p.Logf("exit code %d, stderr %q", res.ExitCode, res.Stderr)
+}
+
+// execTimeout is the timeout the exec checks give a command: long enough
+// for a guest to start it, short enough to be cut.
+func (p *probe) execTimeout() time.Duration {
+	return max(4*p.s.timing.Deadline, 200*time.Millisecond)
+}
+
+func checkExecTimeout(p *probe) {
+	vm := p.guestUp()
+	s := p.s.guest.Sleep
+	req := hypervisor.ExecRequest{Path: s[0], Args: s[1:], Timeout: p.execTimeout()}
+	var err error
+	took := timed(func() { _, err = p.d().Exec(p.ctx, vm, req) })
+	p.code(err, hypervisor.CodeTimeout, "Exec %s %v with timeout %s", req.Path, req.Args, req.Timeout)
+	if took > req.Timeout+p.s.timing.Margin {
+		p.Errorf("Exec with timeout %s answered after %s", req.Timeout, took.Round(time.Millisecond))
+	}
+}
+
+// next receives from a watch within d; ok is false if the stream closed
+// or nothing came.
+func next(ch <-chan hypervisor.Status, d time.Duration) (st hypervisor.Status, ok bool, closed bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case st, open := <-ch:
+		return st, open, !open
+	case <-t.C:
+		return st, false, false
+	}
+}
+
+// watch opens a watch that ends with the check.
+func (p *probe) watch(vm string) <-chan hypervisor.Status {
+	p.Helper()
+	ctx, cancel := context.WithCancel(p.ctx)
+	p.Cleanup(cancel)
+	ch, err := p.d().Watch(ctx, vm)
+	if err != nil {
+		p.fatalf("Watch %q: %v", vm, err)
+	}
+	return ch
+}
+
+func checkWatchFirst(p *probe) {
+	vm := p.vm()
+	want := p.status(vm)
+	got, ok, closed := next(p.watch(vm), p.s.timing.Settle)
+	switch {
+	case closed:
+		p.Errorf("the watch closed without delivering the current status")
+	case !ok:
+		p.Errorf("the watch delivered nothing within %s", p.s.timing.Settle)
+	case got.Power != want.Power || got.Lock != want.Lock || got.CurrentSnapshot != want.CurrentSnapshot:
+		p.Errorf("the watch first delivered %s; Status says %s", describe(got), describe(want))
+	}
+}
+
+// awaitOn reads the watch until a status satisfies cond, for at most Settle.
+func (p *probe) awaitOn(ch <-chan hypervisor.Status, what string, cond func(hypervisor.Status) bool) {
+	p.Helper()
+	deadline := time.Now().Add(p.s.timing.Settle)
+	var last hypervisor.Status
+	for {
+		st, ok, closed := next(ch, time.Until(deadline))
+		switch {
+		case closed:
+			p.fatalf("the watch closed before delivering %s; last delivered %s", what, describe(last))
+		case !ok:
+			p.fatalf("the watch delivered no %s within %s; last delivered %s", what, p.s.timing.Settle, describe(last))
+		case cond(st):
+			return
+		}
+		last = st
+	}
+}
+
+func checkWatchFollows(p *probe) {
+	vm := p.vm()
+	ch := p.watch(vm)
+	p.awaitOn(ch, "first status", func(hypervisor.Status) bool { return true })
+	if !p.ok(p.retry(func() error { return p.d().Start(p.ctx, vm) }), "start") {
+		return
+	}
+	p.awaitOn(ch, "running", isRunning)
+	m := p.s.forcefulStop()
+	if !p.ok(p.retry(func() error { return p.d().Stop(p.ctx, vm, m) }), "stop %s", m) {
+		return
+	}
+	p.awaitOn(ch, "off", isOff)
+}
+
+func checkWatchCloses(p *probe) {
+	ctx, cancel := context.WithCancel(p.ctx)
+	defer cancel()
+	ch, err := p.d().Watch(ctx, p.vm())
+	if !p.ok(err, "Watch") {
+		return
+	}
+	if _, ok, _ := next(ch, p.s.timing.Settle); !ok {
+		p.fatalf("the watch delivered nothing within %s", p.s.timing.Settle)
+	}
+	cancel()
+	deadline := time.Now().Add(p.s.timing.Margin)
+	for {
+		_, ok, closed := next(ch, time.Until(deadline))
+		if closed {
+			return
+		}
+		if !ok {
+			p.fatalf("the watch is still open %s after its context ended", p.s.timing.Margin)
+		}
+	}
+}

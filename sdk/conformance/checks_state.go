@@ -1,0 +1,242 @@
+package conformance
+
+import (
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+// forceful are the stop methods that end a VM whatever its guest does.
+var forceful = []hypervisor.Capability{hypervisor.CapStopPowerOff, hypervisor.CapStopEmergency}
+
+// releasers are the capabilities that can release a lingering lock, which
+// the suite needs to clean up after a check that made one.
+var releasers = []hypervisor.Capability{hypervisor.CapUnlock, hypervisor.CapCleanup}
+
+var statusChecks = []*check{
+	{
+		name: "Status/UnknownVMIsNotFound", clause: "§3.1",
+		summary: "Status of a VM that does not exist answers not found",
+		fn:      func(p *probe) { p.notFound(hypervisor.OpStatus) },
+	},
+	{
+		name: "Status/PowerAndRawAreValid", clause: "§3.2",
+		summary: "Power is a normalized state, Lock a lock state, and Raw (the hypervisor's own word) is never empty",
+		fn:      checkStatusValid,
+	},
+	{
+		name: "Status/LockMatchesCapability", clause: "§3.3",
+		summary: "with status.lock the lock is locked or unlocked; without it, unknown",
+		fn:      checkLockMatchesCapability,
+	},
+	{
+		name: "Status/UnmappedStateIsUnknown", clause: "§3.2",
+		summary: "a state the driver cannot map is reported unknown, never off",
+		needs:   []need{needUnmapped},
+		fn:      checkUnmapped,
+	},
+	{
+		name: "Status/AfterStart", clause: "§3.7",
+		summary: "right after Start returns, the VM is starting or running",
+		fn:      checkAfterStart,
+	},
+	{
+		name: "Status/AfterStop", clause: "§3.7",
+		summary: "right after a power-off or emergency stop returns, the VM is off-like or stopping",
+		anyCap:  forceful,
+		fn:      checkAfterStop,
+	},
+	{
+		name: "Status/AfterRestore", clause: "§3.7",
+		summary: "right after Restore returns, the VM is off-like at the requested snapshot",
+		caps:    []hypervisor.Capability{hypervisor.CapRestore},
+		needs:   []need{needSnapshot},
+		fn:      checkAfterRestore,
+	},
+	{
+		name: "Status/OffMeansNoProcess", clause: "§3.2",
+		summary: "once Status reports a stopping VM off-like, no operation refuses it for still having a process",
+		anyCap:  forceful,
+		fn:      checkOffMeansNoProcess,
+	},
+	{
+		name: "Status/ReportsLingeringLock", clause: "§3.3",
+		summary: "a session lock that outlives the VM process is reported locked while it is held",
+		caps:    []hypervisor.Capability{hypervisor.CapLockState},
+		anyCap:  releasers,
+		needs:   []need{needLock},
+		fn:      checkReportsLingeringLock,
+	},
+}
+
+var startChecks = []*check{
+	{
+		name: "Start/UnknownVMIsNotFound", clause: "§11.3",
+		summary: "Start of a VM that does not exist answers not found",
+		fn:      func(p *probe) { p.notFound(hypervisor.OpStart) },
+	},
+	{
+		name: "Start/ReachesRunning", clause: "§4.1",
+		summary: "a started VM reaches running",
+		fn:      func(p *probe) { p.running(p.vm()) },
+	},
+	{
+		name: "Start/RunningIsNoOp", clause: "§4.2",
+		summary: "starting a running VM succeeds and changes nothing",
+		fn:      checkStartRunning,
+	},
+	{
+		name: "Start/LingeringLockIsLocked", clause: "§4.3",
+		summary: "starting a VM that is off but whose session is still held answers locked",
+		anyCap:  releasers,
+		needs:   []need{needLock},
+		fn:      checkStartLocked,
+	},
+}
+
+// validStatus reports what is wrong with st, for §3.2 and §3.3.
+func (p *probe) validStatus(when string, st hypervisor.Status) {
+	p.Helper()
+	if !st.Power.Valid() {
+		p.Errorf("%s: power %q is not a normalized state", when, st.Power)
+	}
+	if st.Raw == "" {
+		p.Errorf("%s: Raw is empty (power %s); it carries the hypervisor's own word", when, st.Power)
+	}
+	if !st.Lock.Valid() {
+		p.Errorf("%s: lock %q is not locked, unlocked or unknown", when, st.Lock)
+	}
+}
+
+func checkStatusValid(p *probe) {
+	vm := p.vm()
+	p.validStatus("off", p.status(vm))
+	if !p.ok(p.retry(func() error { return p.d().Start(p.ctx, vm) }), "start") {
+		return
+	}
+	p.validStatus("right after start", p.status(vm))
+	p.validStatus("running", p.waitFor(vm, "running", isRunning))
+}
+
+func checkLockMatchesCapability(p *probe) {
+	st := p.status(p.vm())
+	if p.has(hypervisor.CapLockState) {
+		if st.Lock != hypervisor.LockLocked && st.Lock != hypervisor.LockUnlocked {
+			p.Errorf("lock is %q; with %s it is locked or unlocked", st.Lock, hypervisor.CapLockState)
+		}
+		return
+	}
+	if st.Lock != hypervisor.LockUnknown {
+		p.Errorf("lock is %q; without %s it is unknown", st.Lock, hypervisor.CapLockState)
+	}
+}
+
+func checkUnmapped(p *probe) {
+	st := p.status(p.s.target.UnmappedVM)
+	if st.Power != hypervisor.PowerUnknown {
+		p.Errorf("VM %q in a state the driver has no word for is reported %q (raw %q), want %q",
+			p.s.target.UnmappedVM, st.Power, st.Raw, hypervisor.PowerUnknown)
+	}
+	if st.Raw == "" {
+		p.Errorf("Raw is empty; it carries the hypervisor's own word for the state")
+	}
+}
+
+func checkAfterStart(p *probe) {
+	vm := p.vm()
+	if !p.ok(p.retry(func() error { return p.d().Start(p.ctx, vm) }), "start") {
+		return
+	}
+	if st := p.status(vm); st.Power != hypervisor.PowerStarting && st.Power != hypervisor.PowerRunning {
+		p.Errorf("right after Start returned, the VM is %s; want starting or running", describe(st))
+	}
+}
+
+func checkAfterStop(p *probe) {
+	vm := p.vm()
+	p.running(vm)
+	m := p.s.forcefulStop()
+	if !p.ok(p.retry(func() error { return p.d().Stop(p.ctx, vm, m) }), "stop %s", m) {
+		return
+	}
+	if st := p.status(vm); !st.Power.IsOff() && st.Power != hypervisor.PowerStopping {
+		p.Errorf("right after Stop(%s) returned, the VM is %s; want off-like or stopping", m, describe(st))
+	}
+}
+
+func checkAfterRestore(p *probe) {
+	vm, snap := p.vm(), p.snapshot()
+	p.running(vm)
+	p.stopped(vm)
+	if !p.ok(p.retry(func() error { return p.d().Restore(p.ctx, vm, snap) }), "restore %q", snap) {
+		return
+	}
+	st := p.status(vm)
+	if !st.Power.IsOff() || st.CurrentSnapshot != snap {
+		p.Errorf("right after Restore(%q) returned, the VM is %s; want off-like at %q", snap, describe(st), snap)
+	}
+}
+
+// checkOffMeansNoProcess acts on the first off-like status after a stop
+// with an operation that the contract makes answer invalid state only for
+// a VM that still has a process. A driver that reports off too early is
+// caught in the act.
+func checkOffMeansNoProcess(p *probe) {
+	vm := p.vm()
+	p.running(vm)
+	m := p.s.forcefulStop()
+	if !p.ok(p.retry(func() error { return p.d().Stop(p.ctx, vm, m) }), "stop %s", m) {
+		return
+	}
+	st := p.waitFor(vm, "off", isOff)
+	var err error
+	var op string
+	switch {
+	case p.has(hypervisor.CapUnlock):
+		op, err = "Unlock", p.d().Unlock(p.ctx, vm)
+	case p.has(hypervisor.CapRestore) && p.snapshot() != "":
+		op, err = "Restore", p.d().Restore(p.ctx, vm, p.snapshot())
+	default:
+		op, err = "Start", p.d().Start(p.ctx, vm)
+	}
+	if err != nil && hypervisor.CodeOf(err) == hypervisor.CodeInvalidState {
+		p.Errorf("Status reported %s, but %s right after answered invalid state, the answer for a VM that still has a process: "+
+			"the VM was not off yet (%v)", describe(st), op, err)
+	}
+}
+
+func checkReportsLingeringLock(p *probe) {
+	vm := p.lingering()
+	st := p.status(vm)
+	if st.Lock == hypervisor.LockLocked {
+		p.Logf("off and locked: %s", describe(st))
+		return
+	}
+	err := p.d().Start(p.ctx, vm)
+	switch {
+	case hypervisor.IsLocked(err):
+		p.Errorf("Status reports %s, but the session is still held: Start answers %v", describe(st), err)
+	case err == nil:
+		p.Skipf("LockVM %q started right after its stop: it has no lingering lock to report", vm)
+	default:
+		p.Errorf("Status reports %s; Start answers %v", describe(st), err)
+	}
+}
+
+func checkStartRunning(p *probe) {
+	vm := p.vm()
+	before := p.running(vm)
+	if !p.ok(p.d().Start(p.ctx, vm), "Start of a running VM") {
+		return
+	}
+	after := p.status(vm)
+	if after.Power != hypervisor.PowerRunning {
+		p.Errorf("after Start of a running VM, it is %s", describe(after))
+	}
+	if !before.StateChanged.IsZero() && !after.StateChanged.Equal(before.StateChanged) {
+		p.Errorf("Start of a running VM changed its state at %s (it had changed last at %s)", after.StateChanged, before.StateChanged)
+	}
+}
+
+func checkStartLocked(p *probe) {
+	vm := p.lingering()
+	p.code(p.d().Start(p.ctx, vm), hypervisor.CodeLocked, "Start of %q, off with its session still held", vm)
+}
