@@ -32,6 +32,10 @@ type Config struct {
 	Timing Timing `toml:"timing"`
 	// vms: the VMs, by name.
 	VMs map[string]VMConfig `toml:"vms"`
+	// violations: rules of the contract to break on purpose, one Violation
+	// each ("early-off", ...), for tests that the conformance suite notices.
+	// Absent or empty: the fake keeps the whole contract.
+	Violations []Violation `toml:"violations"`
 }
 
 // Timing says how long the simulated transitions take. The defaults are
@@ -97,6 +101,11 @@ type VMConfig struct {
 	// stopping (stuck there until an emergency stop) or stuck (guru
 	// meditation). Default off.
 	State string `toml:"state"`
+	// raw_state: instead of state, the simulated hypervisor reports this
+	// word, one no driver has a mapping for (a newer hypervisor's state):
+	// Status says unknown with this raw word (§3.2), and every operation
+	// that needs a known state answers invalid state.
+	RawState string `toml:"raw_state"`
 	// snapshots: the VM's snapshots.
 	Snapshots []string `toml:"snapshots"`
 	// current_snapshot: the snapshot the VM descends from; defaults to the
@@ -246,7 +255,20 @@ func (c *Config) validate() *configError {
 			return err
 		}
 	}
+	for i, v := range c.Violations {
+		if !slices.Contains(Violations, v) {
+			return keyErr(fmt.Sprintf("violations[%d]: unknown violation %q; known: %s", i, v, joinViolations()), "violations")
+		}
+	}
 	return nil
+}
+
+func joinViolations() string {
+	s := make([]string, len(Violations))
+	for i, v := range Violations {
+		s[i] = string(v)
+	}
+	return strings.Join(s, ", ")
 }
 
 func (v VMConfig) validate(name string, base Timing) *configError {
@@ -258,6 +280,16 @@ func (v VMConfig) validate(name string, base Timing) *configError {
 		if _, ok := initialStates[v.State]; !ok {
 			return keyErr(fmt.Sprintf("unknown state %q; use off, saved, aborted, running, paused, stopping or stuck",
 				v.State), key("state")...)
+		}
+	}
+	if v.RawState != "" {
+		if v.State != "" {
+			return keyErr("set state or raw_state, not both", key("raw_state")...)
+		}
+		for _, known := range rawStates {
+			if strings.EqualFold(v.RawState, known) {
+				return keyErr(fmt.Sprintf("%q is a state the driver knows; raw_state is for one it does not", v.RawState), key("raw_state")...)
+			}
 		}
 	}
 	seen := map[string]bool{}
@@ -322,6 +354,9 @@ func (f Faults) validate(key ...string) *configError {
 }
 
 func (v VMConfig) initialPower() hypervisor.PowerState {
+	if v.RawState != "" {
+		return hypervisor.PowerUnknown
+	}
 	if v.State == "" {
 		return hypervisor.PowerOff
 	}

@@ -35,6 +35,9 @@ type Driver struct {
 	// observe the exit instead of dying.
 	exit func(code int)
 
+	// violations are the contract rules this driver breaks on purpose.
+	violations map[Violation]bool
+
 	mu  sync.Mutex
 	vms map[string]*vm
 	// changed is closed and replaced on every change an operation makes,
@@ -100,6 +103,13 @@ func open(c Config, logger hclog.Logger) (*Driver, error) {
 	}
 	if c.Capabilities != nil {
 		d.caps = hypervisor.NewCapabilities(c.Capabilities...)
+	}
+	d.violations = map[Violation]bool{}
+	for _, v := range c.Violations {
+		d.violations[v] = true
+	}
+	if len(c.Violations) > 0 {
+		logger.Warn("this fake breaks the contract on purpose", "violations", c.Violations)
 	}
 	now := time.Now()
 	for name, vc := range c.VMs {

@@ -1,6 +1,7 @@
 package fake
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -25,6 +26,7 @@ func (d *Driver) CopyIn(ctx context.Context, name, hostPath, guestPath string) e
 	if !d.caps.Has(hypervisor.CapGuestCopyIn) {
 		return hypervisor.Unsupported(hypervisor.OpCopyIn, name)
 	}
+	ctx = d.honour(ctx)
 	root, c, err := d.beginGuest(ctx, hypervisor.OpCopyIn, name, func(e *Entry) { e.Path = guestPath })
 	if err != nil {
 		return err
@@ -71,6 +73,7 @@ func (d *Driver) CopyOut(ctx context.Context, name, guestPath, hostPath string) 
 	if !d.caps.Has(hypervisor.CapGuestCopyOut) {
 		return hypervisor.Unsupported(hypervisor.OpCopyOut, name)
 	}
+	ctx = d.honour(ctx)
 	root, c, err := d.beginGuest(ctx, hypervisor.OpCopyOut, name, func(e *Entry) { e.Path = guestPath })
 	if err != nil {
 		return err
@@ -112,6 +115,7 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 	if !d.caps.Has(hypervisor.CapGuestExec) {
 		return hypervisor.ExecResult{}, hypervisor.Unsupported(hypervisor.OpExec, name)
 	}
+	ctx = d.honour(ctx)
 	root, c, err := d.beginGuest(ctx, hypervisor.OpExec, name, func(e *Entry) {
 		e.Command = append([]string{req.Path}, req.Args...)
 	})
@@ -133,6 +137,10 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 				"command still running after %s; killed", req.Timeout)
 		}
 		return hypervisor.ExecResult{}, c.done(err)
+	}
+	if code != 0 && d.breaks(ViolationExecExitError) {
+		return hypervisor.ExecResult{}, c.done(hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpExec, name,
+			"command exited with status %d: %s", code, bytes.TrimSpace(sh.stderr.Bytes())))
 	}
 	return hypervisor.ExecResult{
 		ExitCode: code,

@@ -12,6 +12,7 @@ import (
 // Status reports the VM's state with every transition that has fallen due
 // applied (§3). It takes no lock of the simulated hypervisor (§3.6).
 func (d *Driver) Status(ctx context.Context, name string) (hypervisor.Status, error) {
+	ctx = d.honour(ctx)
 	v, err := d.begin(ctx, hypervisor.OpStatus, name)
 	if err != nil {
 		return hypervisor.Status{}, err
@@ -25,7 +26,7 @@ func (d *Driver) Status(ctx context.Context, name string) (hypervisor.Status, er
 		return hypervisor.Status{}, hypervisor.NewError(hypervisor.CodeUnavailable, hypervisor.OpStatus, name,
 			"The object is not ready (E_ACCESSDENIED)")
 	}
-	st := v.status(now, d.caps.Has(hypervisor.CapLockState))
+	st := d.report(v, now)
 	if err := d.exitDuringLocked(v, nil, hypervisor.OpStatus); err != nil {
 		return hypervisor.Status{}, err
 	}
@@ -36,6 +37,7 @@ func (d *Driver) Status(ctx context.Context, name string) (hypervisor.Status, er
 // (§4.1); it reaches running after the start time. A VM resumed from saved
 // has its guest ready at once; a booted one after guest_ready.
 func (d *Driver) Start(ctx context.Context, name string) error {
+	ctx = d.honour(ctx)
 	v, err := d.begin(ctx, hypervisor.OpStart, name)
 	if err != nil {
 		return err
@@ -57,7 +59,7 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 
 func (d *Driver) startLocked(v *vm, now time.Time) error {
 	switch p := v.st.Power; {
-	case p == hypervisor.PowerPaused || p == hypervisor.PowerStuck:
+	case p == hypervisor.PowerPaused || p == hypervisor.PowerStuck || p == hypervisor.PowerUnknown:
 		return invalidState(hypervisor.OpStart, v.name, p)
 	case p == hypervisor.PowerStopping || p == hypervisor.PowerRestoring:
 		// The VM process or a restore still holds the session; it will let go.
@@ -96,7 +98,7 @@ func (d *Driver) Stop(ctx context.Context, name string, method hypervisor.StopMe
 		return hypervisor.NewError(hypervisor.CodeUnsupported, hypervisor.OpStop, name,
 			"stop method %q not declared", method)
 	}
-	v, err := d.begin(ctx, hypervisor.OpStop, name)
+	v, err := d.begin(d.honour(ctx), hypervisor.OpStop, name)
 	if err != nil {
 		return err
 	}
@@ -105,6 +107,9 @@ func (d *Driver) Stop(ctx context.Context, name string, method hypervisor.StopMe
 	now := time.Now()
 	v.advance(now)
 	if v.st.Power.IsOff() {
+		if d.breaks(ViolationStopOffFails) {
+			return invalidState(hypervisor.OpStop, name, v.st.Power)
+		}
 		return nil
 	}
 	c := d.newCall(hypervisor.OpStop, name)
@@ -169,9 +174,10 @@ func (d *Driver) poweroffFault(v *vm) error {
 // lock that is still tearing down cannot be hurried: Unlock waits for it
 // within ctx. A stale one is released, which takes unlock_after_stop.
 func (d *Driver) Unlock(ctx context.Context, name string) error {
-	if !d.caps.Has(hypervisor.CapUnlock) {
+	if !d.caps.Has(hypervisor.CapUnlock) || d.breaks(ViolationUnsupportedUnlock) {
 		return hypervisor.Unsupported(hypervisor.OpUnlock, name)
 	}
+	ctx = d.honour(ctx)
 	v, err := d.begin(ctx, hypervisor.OpUnlock, name)
 	if err != nil {
 		return err
@@ -225,6 +231,7 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 	if !d.caps.Has(hypervisor.CapRestore) {
 		return hypervisor.Unsupported(hypervisor.OpRestore, name)
 	}
+	ctx = d.honour(ctx)
 	v, err := d.begin(ctx, hypervisor.OpRestore, name)
 	if err != nil {
 		return err
@@ -267,9 +274,12 @@ func (v *vm) resolveSnapshot(op, snapshot string) (string, error) {
 
 // startRestoreLocked checks that a restore may begin and begins it.
 func (d *Driver) startRestoreLocked(op string, v *vm, snapshot string, now time.Time) (*transition, error) {
-	snap, err := v.resolveSnapshot(op, snapshot)
+	snap, err := d.resolveSnapshot(v, op, snapshot)
 	if err != nil {
 		return nil, err
+	}
+	if p := v.st.Power; p == hypervisor.PowerUnknown {
+		return nil, invalidState(op, v.name, p)
 	}
 	if p := v.st.Power; hasProcess(p) {
 		return nil, hypervisor.NewError(hypervisor.CodeInvalidState, op, v.name,
@@ -326,6 +336,7 @@ func (d *Driver) Cleanup(ctx context.Context, name string, req hypervisor.Cleanu
 	if !d.caps.Has(hypervisor.CapCleanup) {
 		return hypervisor.CleanupResult{}, hypervisor.Unsupported(hypervisor.OpCleanup, name)
 	}
+	ctx = d.honour(ctx)
 	v, err := d.begin(ctx, hypervisor.OpCleanup, name)
 	if err != nil {
 		return hypervisor.CleanupResult{}, err
@@ -471,8 +482,8 @@ func (cl *cleanup) restore(ctx context.Context, snapshot string) error {
 	d.mu.Lock()
 	now := time.Now()
 	v.advance(now)
-	snap, err := v.resolveSnapshot(hypervisor.OpCleanup, snapshot)
-	if err != nil || (!v.st.Dirty && v.st.CurrentSnapshot == snap) {
+	snap, err := d.resolveSnapshot(v, hypervisor.OpCleanup, snapshot)
+	if err != nil || (!v.st.Dirty && v.st.CurrentSnapshot == snap && !d.breaks(ViolationCleanupRestoresAgain)) {
 		d.mu.Unlock()
 		return err
 	}

@@ -49,6 +49,9 @@ type vmState struct {
 	Used faultsUsed `json:"faults_used"`
 	// Exited lists the exit_during operations that already fired.
 	Exited []string `json:"exited,omitempty"`
+	// Raw is the hypervisor's word for a state the driver cannot map
+	// (Power unknown).
+	Raw string `json:"raw,omitempty"`
 }
 
 type faultsUsed struct {
@@ -101,6 +104,9 @@ func newVM(name string, c VMConfig, base Timing, now time.Time) *vm {
 	}
 	if p == hypervisor.PowerRunning {
 		v.st.GuestReady = now
+	}
+	if p == hypervisor.PowerUnknown {
+		v.st.Raw = c.RawState
 	}
 	return v
 }
@@ -180,7 +186,7 @@ func (v *vm) status(now time.Time, withLock bool) hypervisor.Status {
 	s := hypervisor.Status{
 		VM:              v.name,
 		Power:           v.st.Power,
-		Raw:             rawStates[v.st.Power],
+		Raw:             v.raw(),
 		Lock:            hypervisor.LockUnknown,
 		CurrentSnapshot: v.st.CurrentSnapshot,
 		StateChanged:    v.st.Changed.Round(0),
@@ -192,6 +198,14 @@ func (v *vm) status(now time.Time, withLock bool) hypervisor.Status {
 		}
 	}
 	return s
+}
+
+// raw is the hypervisor's word for the VM's state.
+func (v *vm) raw() string {
+	if v.st.Power == hypervisor.PowerUnknown && v.st.Raw != "" {
+		return v.st.Raw
+	}
+	return rawStates[v.st.Power]
 }
 
 // guestReady reports whether guest operations work at now.

@@ -33,16 +33,22 @@ func (d *Driver) Watch(ctx context.Context, name string) (<-chan hypervisor.Stat
 
 func (d *Driver) watch(ctx context.Context, v *vm, ch chan<- hypervisor.Status) {
 	defer close(ch)
-	withLock := d.caps.Has(hypervisor.CapLockState)
 	var last hypervisor.Status
 	for first := true; ; first = false {
 		d.mu.Lock()
 		now := time.Now()
 		v.advance(now)
-		st := v.status(now, withLock)
+		st := d.report(v, now)
 		changed := d.changed
 		next := v.nextEvent(now)
 		d.mu.Unlock()
+		if !first && d.breaks(ViolationWatchSilent) {
+			select {
+			case <-ctx.Done():
+			case <-d.closed:
+			}
+			return
+		}
 		if first || !sameStatus(st, last) {
 			select {
 			case ch <- st:

@@ -1,0 +1,267 @@
+package fake_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/plugins/fake"
+	"github.com/sandboxhq/sandbox/sdk/conformance"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
+)
+
+// These tests run the conformance suite against the fake: the reference
+// passes it whole, and each violation the fake can be told to commit makes
+// exactly the checks of the rule it breaks fail, which is how the suite
+// proves it catches what it claims to.
+
+// suiteWorld is the fake's table for a conformance run: fast timings and a
+// VM for every role of the target. extra goes at the top of the table.
+func suiteWorld(extra string) string {
+	return `[plugins.fake.config]
+` + extra + `
+[plugins.fake.config.timing]
+start = "10ms"
+acpi_shutdown = "20ms"
+poweroff = "10ms"
+emergency = "5ms"
+restore = "10ms"
+unlock_after_stop = "20ms"
+guest_ready = "10ms"
+
+[plugins.fake.config.vms.subject]
+snapshots = ["base", "clean"]
+
+# Found running, so the run must start it again at the end.
+[plugins.fake.config.vms.peer]
+state = "running"
+snapshots = ["clean"]
+
+[plugins.fake.config.vms.stale]
+snapshots = ["clean"]
+[plugins.fake.config.vms.stale.faults]
+stale_lock_after_stop = true
+
+[plugins.fake.config.vms.slow]
+snapshots = ["clean"]
+[plugins.fake.config.vms.slow.timing]
+restore = "1500ms"
+
+[plugins.fake.config.vms.odd]
+raw_state = "teleporting"
+`
+}
+
+// suiteTarget is the target for a run against connect.
+func suiteTarget(connect conformance.Connector) conformance.Target {
+	return conformance.Target{
+		Connect:    connect,
+		VM:         "subject",
+		Snapshot:   "clean",
+		PeerVM:     "peer",
+		LockVM:     "stale",
+		DeadlineVM: "slow",
+		UnmappedVM: "odd",
+		Guest:      conformance.Guest{Sleep: []string{"sleep", "3"}},
+		Timing: conformance.Timing{
+			Settle:   3 * time.Second,
+			ACPI:     time.Second,
+			Deadline: 20 * time.Millisecond,
+			Margin:   500 * time.Millisecond,
+		},
+	}
+}
+
+// The reference driver passes every check, served in process over gRPC.
+func TestTheFakePassesTheSuite(t *testing.T) {
+	t.Parallel()
+	conformance.Run(t, suiteTarget(conformance.InProcess("fake", fake.New, suiteWorld(""))))
+}
+
+// outcomes sorts a report's checks by how they ended.
+func outcomes(rep *conformance.Report) map[conformance.Outcome][]string {
+	out := map[conformance.Outcome][]string{}
+	for _, r := range rep.Results {
+		out[r.Outcome] = append(out[r.Outcome], r.Check)
+	}
+	return out
+}
+
+// logFailures shows why checks failed, for a test that did not expect it.
+func logFailures(t *testing.T, rep *conformance.Report) {
+	t.Helper()
+	for _, r := range rep.Results {
+		if r.Outcome == conformance.Fail {
+			t.Logf("%s (%s): %s", r.Check, r.Clause, r.Message)
+		}
+	}
+}
+
+func collect(t *testing.T, target conformance.Target) *conformance.Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := conformance.Collect(ctx, target, conformance.Options{})
+	require.NoError(t, err)
+	return rep
+}
+
+// The plugin binary passes too, launched by the plugin host as the CLI
+// does, through protocol 2 and through the legacy protocol 1, where most
+// checks are skipped for capabilities it cannot declare.
+func TestTheFakePluginPassesTheSuite(t *testing.T) {
+	t.Parallel()
+	bin, err := plugintest.Build(t.TempDir(), "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
+	require.NoError(t, err)
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{{"protocol2", nil}, {"protocol1", []string{"--max-protocol=1"}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			dir := t.TempDir()
+			rep := collect(t, suiteTarget(conformance.Plugin(conformance.PluginBinary{
+				Name:       "fake",
+				Path:       bin,
+				Args:       tc.args,
+				Env:        []string{"GORACE=atexit_sleep_ms=0"},
+				Config:     suiteWorld(fmt.Sprintf("scratch_dir = %q\n", filepath.Join(dir, "guests"))),
+				ConfigFile: filepath.Join(dir, "config.toml"),
+			})))
+			logFailures(t, rep)
+			o := outcomes(rep)
+			assert.Empty(t, o[conformance.Fail])
+			assert.Empty(t, rep.Restore)
+			if tc.args == nil {
+				assert.Equal(t, []string{"Capabilities/UndeclaredAnswerUnsupported"}, o[conformance.Skip])
+				return
+			}
+			assert.Equal(t, 1, rep.Driver.ContractVersion)
+			assert.Contains(t, o[conformance.Pass], "Capabilities/UndeclaredAnswerUnsupported")
+			assert.Contains(t, o[conformance.Skip], "Unlock/ReleasesLingeringLock")
+		})
+	}
+}
+
+// A driver that declares only some capabilities passes what it declares
+// and is skipped, with the reason, for the rest.
+func TestAFakeWithFewCapabilitiesPassesTheSuite(t *testing.T) {
+	t.Parallel()
+	rep := collect(t, suiteTarget(conformance.InProcess("fake", fake.New,
+		suiteWorld(`capabilities = ["list", "stop.poweroff", "snapshot.restore", "unlock", "guest.exec"]`))))
+	logFailures(t, rep)
+	o := outcomes(rep)
+	assert.Empty(t, o[conformance.Fail])
+	assert.Contains(t, o[conformance.Pass], "Capabilities/UndeclaredAnswerUnsupported")
+	assert.Contains(t, o[conformance.Pass], "Unlock/ReleasesLingeringLock")
+	for _, r := range rep.Results {
+		switch r.Check {
+		case "Watch/FirstIsCurrentStatus":
+			assert.Equal(t, conformance.Skip, r.Outcome)
+			assert.Equal(t, "§10.1: the driver does not declare watch", r.Message)
+		case "Guest/CopyRoundTrip":
+			assert.Equal(t, conformance.Skip, r.Outcome)
+		}
+	}
+}
+
+// Each violation makes exactly the checks of the rule it breaks fail. The
+// runs are mostly waiting, so they all run at once.
+func TestEachViolationFailsItsChecks(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		violation fake.Violation
+		extra     string // more of the fake's table
+		fails     []string
+	}{
+		{
+			// The VM process takes its time to go, so that the suite acts
+			// within the lie; every check that acts on a VM as soon as the
+			// driver reports it off catches it.
+			violation: fake.ViolationEarlyOff,
+			extra: "[plugins.fake.config.vms.subject.timing]\npoweroff = \"300ms\"\n" +
+				"[plugins.fake.config.vms.stale.timing]\npoweroff = \"300ms\"\n",
+			fails: []string{"Status/OffMeansNoProcess", "Unlock/ReleasesLingeringLock", "Restore/LingeringLockIsLocked"},
+		},
+		{violation: fake.ViolationForgetLock, fails: []string{"Status/ReportsLingeringLock"}},
+		{violation: fake.ViolationIgnoreDeadlines, fails: []string{"Deadlines/RestoreGivesUp", "Deadlines/CleanupGivesUp"}},
+		{violation: fake.ViolationUnsupportedUnlock, fails: []string{"Capabilities/DeclaredAreSupported",
+			"Unlock/UnknownVMIsNotFound", "Unlock/UnlockedIsNoOp", "Unlock/RunningIsInvalidState", "Unlock/ReleasesLingeringLock"}},
+		{violation: fake.ViolationFailedNotFound, fails: []string{"Restore/UnknownSnapshotIsNotFound", "Cleanup/UnknownSnapshotIsNotFound"}},
+		{violation: fake.ViolationUnknownAsOff, fails: []string{"Status/UnmappedStateIsUnknown"}},
+		{violation: fake.ViolationStopOffFails, fails: []string{"Stop/OffLikeIsNoOp"}},
+		{violation: fake.ViolationExecExitError, fails: []string{"Guest/ExitCodeAndStderr"}},
+		{violation: fake.ViolationCleanupRestoresAgain, fails: []string{"Cleanup/CleanVMIsNoOp"}},
+		{violation: fake.ViolationWatchSilent, fails: []string{"Watch/FollowsChanges"}},
+	}
+	var covered []fake.Violation
+	reports := make([]*conformance.Report, len(cases))
+	errs := make([]error, len(cases))
+	var wg sync.WaitGroup
+	for i, tc := range cases {
+		covered = append(covered, tc.violation)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			world := suiteWorld(fmt.Sprintf("violations = [%q]\n%s", tc.violation, tc.extra))
+			reports[i], errs[i] = conformance.Collect(ctx, suiteTarget(conformance.InProcess("fake", fake.New, world)), conformance.Options{})
+		}()
+	}
+	wg.Wait()
+	assert.ElementsMatch(t, fake.Violations, covered, "every violation is proven caught")
+	for i, tc := range cases {
+		t.Run(string(tc.violation), func(t *testing.T) {
+			require.NoError(t, errs[i])
+			rep := reports[i]
+			o := outcomes(rep)
+			if !assert.ElementsMatch(t, tc.fails, o[conformance.Fail]) {
+				logFailures(t, rep)
+			}
+			assert.Equal(t, []string{"Capabilities/UndeclaredAnswerUnsupported"}, o[conformance.Skip])
+			assert.Empty(t, rep.Restore, "the VMs are put back even after failures")
+			for _, r := range rep.Results {
+				if r.Outcome == conformance.Fail {
+					assert.NotEmpty(t, r.Message, r.Check)
+					assert.Regexp(t, `^§\d+\.\d+$`, r.Clause, r.Check)
+				}
+			}
+		})
+	}
+}
+
+// A run that fails checks still puts the VMs back as it found them: a
+// fresh driver on the same saved world finds each at its power state and
+// snapshot.
+func TestTheSuitePutsTheVMsBackAfterFailures(t *testing.T) {
+	t.Parallel()
+	world := suiteWorld(fmt.Sprintf("violations = [\"early-off\"]\nstate_dir = %q\n", t.TempDir()))
+	rep := collect(t, suiteTarget(conformance.InProcess("fake", fake.New, world)))
+	require.NotZero(t, rep.Count(conformance.Fail))
+	assert.Empty(t, rep.Restore)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	d, closeDriver, err := conformance.InProcess("fake", fake.New, world)(ctx)
+	require.NoError(t, err)
+	defer closeDriver()
+	for vm, want := range map[string]hypervisor.PowerState{
+		"subject": hypervisor.PowerOff, "peer": hypervisor.PowerRunning, "stale": hypervisor.PowerOff, "slow": hypervisor.PowerOff,
+	} {
+		st, err := d.Status(ctx, vm)
+		require.NoError(t, err)
+		assert.Equal(t, want, st.Power, vm)
+		assert.Equal(t, "clean", st.CurrentSnapshot, vm)
+		if want.IsOff() {
+			assert.Equal(t, hypervisor.LockUnlocked, st.Lock, vm)
+		}
+	}
+}
