@@ -85,6 +85,9 @@ func TestConfigMistakesNameTheFileLineAndKey(t *testing.T) {
 		{"an unknown exit operation", "[vms.a.faults]\nexit_during = [\"reboot\"]", 3,
 			"plugins.fake.config.vms.a.faults.exit_during", `"reboot"`},
 		{"a VM name that is a path", "[vms.\"../a\"]\nstate = \"off\"", 2, `plugins.fake.config.vms."../a"`, "path separator"},
+		{"an unknown violation", "violations = [\"early-off\", \"lying\"]", 2, "plugins.fake.config.violations", `unknown violation "lying"`},
+		{"a raw state beside a state", "[vms.a]\nstate = \"off\"\nraw_state = \"x\"", 4, "plugins.fake.config.vms.a.raw_state", "not both"},
+		{"a raw state the driver knows", "[vms.a]\nraw_state = \"PowerOff\"", 3, "plugins.fake.config.vms.a.raw_state", "knows"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -20,6 +20,12 @@
 // until Unlock releases it. Start and Restore of a locked VM answer
 // CodeLocked with VirtualBox's words.
 //
+// The fake is also the conformance suite's proof (sdk/conformance): it
+// passes every check, and with violations = ["early-off", ...] it breaks
+// one rule of the contract each (see Violation), so that a test can show
+// the suite catches exactly that. A VM with raw_state is in a state no
+// driver can map, for the check that such a state is reported unknown.
+//
 // The configuration is the Config type, decoded strictly from the plugin's
 // table of config.toml by New, the plugin's factory.
 package fake
