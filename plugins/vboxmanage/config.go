@@ -13,7 +13,7 @@ import (
 // written out with the defaults of Defaults it reads:
 //
 //	[plugins.vbox.config]
-//	path = ""              # VBoxManage; empty: search (see locate.Find)
+//	path = ""              # VBoxManage; empty: search (see location.Find)
 //	user_home = ""         # VBOX_USER_HOME for every invocation
 //	temp_dir = ""          # where guest password files go; empty: the OS default
 //	max_output = 16777216  # bytes of a guest command's stdout/stderr kept

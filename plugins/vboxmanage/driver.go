@@ -26,7 +26,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/fault"
-	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/locate"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/location"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/parser"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
 	"github.com/sandboxhq/sandbox/sdk"
@@ -46,7 +46,7 @@ type Driver struct {
 
 	cfg      *settings
 	log      hclog.Logger
-	host     locate.Host
+	host     location.Host
 	gates    gates
 	restored restoreMarks
 
@@ -68,10 +68,10 @@ type probe struct {
 // missing VBoxManage is not an error here but CodeUnavailable from every
 // operation, so that the host can report it like any other outage.
 func New(cfg sdk.Config, logger hclog.Logger) (hypervisor.Driver, error) {
-	return newDriver(cfg, logger, locate.Local())
+	return newDriver(cfg, logger, location.Local())
 }
 
-func newDriver(cfg sdk.Config, logger hclog.Logger, host locate.Host) (*Driver, error) {
+func newDriver(cfg sdk.Config, logger hclog.Logger, host location.Host) (*Driver, error) {
 	s, err := load(cfg)
 	if err != nil {
 		return nil, err
@@ -103,7 +103,7 @@ func (d *Driver) ready(ctx context.Context, op, vm string) (*probe, error) {
 	if d.probe != nil {
 		return d.probe, nil
 	}
-	path, err := locate.Find(d.cfg.Path, d.host)
+	path, err := location.Find(d.cfg.Path, d.host)
 	if err != nil {
 		return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable, Op: op, VM: vm, Message: err.Error(), Err: err}
 	}

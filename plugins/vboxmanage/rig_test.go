@@ -3,12 +3,14 @@ package vboxmanage_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -203,4 +205,27 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+func newFromTOML(file, text string) (hypervisor.Driver, error) {
+	return vboxmanage.New(sdk.ConfigFromTOML("vbox", file, []byte(text)), hclog.NewNullLogger())
+}
+
+func newDriverAt(t *testing.T, path string) hypervisor.Driver {
+	t.Helper()
+	d, err := newFromTOML("config.toml", "[plugins.vbox.config]\npath = \""+path+"\"\n")
+	require.NoError(t, err)
+	return d
+}
+
+func pidAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// mustRunSim runs VBoxManage outside the driver, as another tool would.
+func mustRunSim(t *testing.T, r *rig, args ...string) {
+	t.Helper()
+	_, stderr, code := r.sim.Run(args...)
+	require.Equal(t, 0, code, "%v: %s", args, stderr)
 }

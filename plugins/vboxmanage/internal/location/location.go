@@ -1,6 +1,6 @@
-// Package locate finds the VBoxManage executable the way an operator would
+// Package location finds the VBoxManage executable the way an operator would
 // expect on each host OS, and says where it looked when it cannot.
-package locate
+package location
 
 import (
 	"fmt"

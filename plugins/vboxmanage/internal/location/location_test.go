@@ -1,4 +1,4 @@
-package locate
+package location
 
 import (
 	"errors"
