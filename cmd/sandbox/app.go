@@ -91,6 +91,7 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVar(&a.logLevel, "log-level", "warn", "log `LEVEL` on stderr: trace, debug, info, warn, error, off")
 	f.BoolVar(&a.json, "json", false, "print machine-readable JSON on stdout")
 	root.AddCommand(a.pluginsCommand(), a.vmCommand())
+	root.AddCommand(a.conformanceCommand())
 	return root
 }
 
