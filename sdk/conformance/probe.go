@@ -27,7 +27,13 @@ const missingSnapshot = "sandbox-conformance-no-such-snapshot"
 type probe struct {
 	reporter
 	s   *session
+	c   *check
 	ctx context.Context
+}
+
+// Skipf skips the check, citing its clause as every skip does.
+func (p *probe) Skipf(format string, args ...any) {
+	p.reporter.Skipf("%s: %s", p.c.clause, fmt.Sprintf(format, args...))
 }
 
 func (p *probe) d() hypervisor.Driver { return p.s.d }

@@ -140,7 +140,7 @@ func (s *session) exec(r reporter, c *check) {
 	r.Logf("%s: %s", c.clause, c.summary)
 	ctx, cancel := context.WithTimeout(s.ctx, 10*s.timing.Settle)
 	r.Cleanup(cancel)
-	p := &probe{reporter: r, s: s, ctx: ctx}
+	p := &probe{reporter: r, s: s, c: c, ctx: ctx}
 	for _, vm := range s.vmsOf(c) {
 		if err := s.baseline(ctx, vm); err != nil {
 			p.fatalf("cannot bring VM %q to its baseline (off, unlocked, at its snapshot) before the check: %v", vm, err)
