@@ -162,7 +162,7 @@ func TestABadTargetIsAnErrorBeforeAnyCheck(t *testing.T) {
 		{"no connector", func(t Target) Target { t.Connect = nil; return t }, "Target.Connect is nil"},
 		{"no VM", func(t Target) Target { t.VM = ""; return t }, "Target.VM is empty"},
 		{"one VM in two roles", func(t Target) Target { t.PeerVM = "vm"; return t }, `Target.VM and Target.PeerVM are both "vm"`},
-		{"a VM the driver does not have", func(t Target) Target { t.LockVM = "ghost"; return t }, `status of LockVM VM "ghost"`},
+		{"a VM the driver does not have", func(t Target) Target { t.LockVM = "ghost"; return t }, `cannot use VM "ghost" (Target.LockVM)`},
 		{"a driver that cannot be reached", func(t Target) Target {
 			t.Connect = func(context.Context) (hypervisor.Driver, func(), error) { return nil, nil, errors.New("no route") }
 			return t

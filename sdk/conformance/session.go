@@ -87,7 +87,7 @@ func open(ctx context.Context, target Target) (*session, error) {
 		}
 		st, err := drv.Status(octx, vm)
 		if err != nil {
-			return fail(fmt.Errorf("conformance: status of %s VM %q: %w", names[vm], vm, err))
+			return fail(fmt.Errorf("conformance: cannot use VM %q (Target.%s): %w", vm, names[vm], err))
 		}
 		rec := &vmRecord{name: vm, initial: st, snapshot: st.CurrentSnapshot}
 		if vm == target.VM && target.Snapshot != "" {
