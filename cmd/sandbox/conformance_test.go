@@ -109,7 +109,9 @@ func TestConformanceListNeedsNoConfiguration(t *testing.T) {
 
 	r = sandbox(t, "", "--json", "conformance", "--list")
 	require.Equal(t, 0, r.code, r.stderr)
-	var out struct{ Checks []struct{ Name, Clause string } }
+	var out struct {
+		Checks []struct{ Name, Clause string }
+	}
 	require.NoError(t, json.Unmarshal([]byte(r.stdout), &out))
 	assert.NotEmpty(t, out.Checks)
 }
