@@ -21,7 +21,7 @@ build:
 	done
 
 # Every test, with the race detector, then the formatting and vet checks.
-test: build lint
+test: build lint example
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 # The main job on the built-in fake hypervisor, from a fresh fake world.
@@ -49,6 +49,17 @@ proto:
 		--go_out=sdk/internal/pb --go_opt=paths=source_relative \
 		--go-grpc_out=sdk/internal/pb --go-grpc_opt=paths=source_relative \
 		sdk/internal/pb/hypervisor.proto
+
+# The out-of-tree example driver of docs/plugin-authoring.md, so that the
+# tutorial never rots: its own tests (the conformance suite in process), then
+# the suite through the CLI against the built plugin. -mod=mod lets its go.sum
+# follow this module's dependencies through the replace directive.
+.PHONY: example
+example: build
+	cd docs/example-driver && $(GO) vet -mod=mod ./... && $(GO) test -mod=mod -race -count=1 ./...
+	cd docs/example-driver && $(GO) build -mod=mod -o ../../$(BIN)/sandbox-plugin-procvm .
+	$(BIN)/sandbox --config docs/example-driver/config.toml conformance --plugin procvm --peer-vm helper \
+		--guest-dir . --settle 10s --acpi 2s
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

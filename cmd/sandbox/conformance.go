@@ -59,7 +59,7 @@ func (a *app) conformanceCommand() *cobra.Command {
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.plugin, "plugin", "", "the `PLUGIN` to check, as named in the configuration (required)")
-	f.StringVar(&o.vm, "vm", "", "the disposable `VM` the checks drive (default: the first [vms.NAME] of the plugin)")
+	f.StringVar(&o.vm, "vm", "", "the disposable `VM` the checks drive (default: the first [vms.NAME] of the plugin not given another role)")
 	f.StringVar(&o.snapshot, "snapshot", "", "the `SNAPSHOT` of --vm to restore to (default: the one it is at)")
 	f.StringVar(&o.peerVM, "peer-vm", "", "a second disposable `VM`, for operations on two VMs at once")
 	f.StringVar(&o.lockVM, "lock-vm", "", "a `VM` whose session lock outlives its process until Unlock")
@@ -97,11 +97,16 @@ func (a *app) runConformance(o conformanceFlags) error {
 		return usagef("%v", err)
 	}
 	if o.vm == "" {
-		vms := a.vmsOf(o.plugin)
-		if len(vms) == 0 {
-			return usagef("conformance needs --vm VM: no [vms.NAME] table of %s belongs to plugin %q", a.cfg.Path, o.plugin)
+		taken := []string{o.peerVM, o.lockVM, o.deadlineVM, o.oddVM}
+		for _, vm := range a.vmsOf(o.plugin) {
+			if !slices.Contains(taken, vm) {
+				o.vm = vm
+				break
+			}
 		}
-		o.vm = vms[0]
+		if o.vm == "" {
+			return usagef("conformance needs --vm VM: no other [vms.NAME] table of %s belongs to plugin %q", a.cfg.Path, o.plugin)
+		}
 	}
 	target := conformance.Target{
 		Connect:    conformance.Connected(plugin),

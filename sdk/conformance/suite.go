@@ -91,7 +91,7 @@ func (s *session) skipReason(c *check) string {
 		}
 	}
 	if len(c.anyCap) > 0 && !slices.ContainsFunc(c.anyCap, s.caps.Has) {
-		return fmt.Sprintf("the driver declares none of %s", hypervisor.Capabilities(c.anyCap))
+		return fmt.Sprintf("the driver declares none of %s", strings.ReplaceAll(hypervisor.Capabilities(c.anyCap).String(), ",", ", "))
 	}
 	for _, n := range c.needs {
 		missing := false

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/sandboxhq/sandbox/sdk/conformance"
+)
+
+// worldConfig is a configuration file with two VMs that sleep until
+// stopped, their state kept in dir.
+func worldConfig(dir string) string {
+	return fmt.Sprintf(`
+[plugins.procvm.config]
+state_dir = %q
+
+[plugins.procvm.config.vms.worker]
+command = ["sleep", "3600"]
+snapshots = { clean = "snapshots/clean" }
+
+[plugins.procvm.config.vms.helper]
+command = ["sleep", "3600"]
+snapshots = { clean = "snapshots/clean" }
+`, dir)
+}
+
+// The whole conformance suite, run against the driver served in this test
+// process over gRPC, exactly as sandbox would reach the plugin.
+func TestConformance(t *testing.T) {
+	conformance.Run(t, conformance.Target{
+		Connect:  conformance.InProcess("procvm", New, worldConfig(t.TempDir())),
+		VM:       "worker",
+		Snapshot: "clean",
+		PeerVM:   "helper",
+		Guest:    conformance.Guest{Dir: "."}, // guest paths are relative to the VM's directory
+		Timing:   conformance.Timing{Settle: 10 * time.Second, ACPI: 2 * time.Second},
+	})
+}
