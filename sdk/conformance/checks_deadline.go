@@ -104,9 +104,8 @@ func checkAnswerInTime(p *probe) {
 			if err != nil {
 				return err
 			}
-			for range ch {
-			}
-			return ctx.Err()
+			drain(ch, p.s.timing.Deadline+2*p.s.timing.Margin)
+			return hypervisor.FromContext(ctx, hypervisor.OpWatch, vm)
 		})
 	}
 }

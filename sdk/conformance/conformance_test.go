@@ -214,3 +214,17 @@ func TestRecorderEndsAndCleansUpLikeTestingT(t *testing.T) {
 func TestRunAsSubtests(t *testing.T) {
 	Run(t, stubTarget())
 }
+
+// Ending the context ends the run after the check under way, and the VMs
+// are still put back.
+func TestCollectStopsWhenItsContextEnds(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rep, err := Collect(ctx, stubTarget(), Options{
+		Match:    func(name string) bool { return strings.HasPrefix(name, "Start/") },
+		Progress: func(Result) { cancel() },
+	})
+	require.NoError(t, err)
+	assert.Len(t, rep.Results, 1)
+	assert.Empty(t, rep.Restore)
+}

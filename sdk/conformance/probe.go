@@ -230,6 +230,24 @@ func (p *probe) guestReady(vm string) {
 	}
 }
 
+// drain reads ch until it closes, for at most d; it reports whether it
+// closed. A stream that outlives its context is Watch/ClosesWhenContextEnds'
+// business; elsewhere the suite just stops listening.
+func drain(ch <-chan hypervisor.Status, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case _, open := <-ch:
+			if !open {
+				return true
+			}
+		case <-t.C:
+			return false
+		}
+	}
+}
+
 // timed calls f and returns how long it took.
 func timed(f func()) time.Duration {
 	begun := time.Now()
@@ -298,8 +316,7 @@ func (p *probe) vmOps() []opCall {
 			ch, err := d.Watch(ctx, vm)
 			if err == nil {
 				cancel()
-				for range ch {
-				}
+				drain(ch, p.s.timing.Margin)
 			}
 			return err
 		}},

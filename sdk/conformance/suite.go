@@ -212,6 +212,10 @@ func Collect(ctx context.Context, target Target, opts Options) (*Report, error) 
 		begun := time.Now()
 		rec.run(func(r reporter) { s.exec(r, c) })
 		res := rec.result(c, time.Since(begun))
+		if ctx.Err() != nil && res.Outcome == Fail {
+			// Cut short by the caller (Ctrl-C): no verdict on the driver.
+			res.Outcome, res.Message = Skip, "interrupted: "+res.Message
+		}
 		rep.Results = append(rep.Results, res)
 		if opts.Progress != nil {
 			opts.Progress(res)
