@@ -235,7 +235,7 @@ func (s *sim) controlvm(args []string) int {
 		s.o.progress(s.cfg.Timing.PowerOff.D(), hang)
 		err = s.update(func(w *World) error {
 			if vm := w.Find(ref); vm != nil && vm.State == "stopping" {
-				vm.powerDown(time.Now(), w.Config.Timing.Unlock.D())
+				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing))
 			}
 			return nil
 		})
@@ -243,7 +243,7 @@ func (s *sim) controlvm(args []string) int {
 		s.o.progress(s.cfg.Timing.PowerOff.D(), false)
 		err = s.update(func(w *World) error {
 			if vm := w.Find(ref); vm != nil && vm.State == "saving" {
-				vm.powerDown(time.Now(), w.Config.Timing.Unlock.D())
+				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing))
 				vm.State = "saved"
 			}
 			return nil

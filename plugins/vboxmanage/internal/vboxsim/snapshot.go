@@ -150,7 +150,11 @@ func (s *sim) snapshot(args []string) int {
 		s.humanSnapshots(&vm, "", 0)
 		return 0
 	case "restore", "restorecurrent":
-		s.o.progress(s.cfg.Timing.Restore.D(), false)
+		d := s.cfg.Timing.Restore
+		if vm.Restore != nil {
+			d = *vm.Restore
+		}
+		s.o.progress(d.D(), false)
 		return s.status(s.update(func(w *World) error {
 			v := w.Find(ref)
 			if v == nil {

@@ -148,6 +148,11 @@ type VM struct {
 	ACPIAt time.Time `json:"acpi_at,omitzero"`
 	// Inaccessible makes the VM's settings unreadable.
 	Inaccessible bool `json:"inaccessible,omitempty"`
+	// Unlock, when set, replaces Timing.Unlock for this VM: one VM whose
+	// process lingers among well-behaved ones.
+	Unlock *Duration `json:"unlock,omitempty"`
+	// Restore, when set, replaces Timing.Restore for this VM.
+	Restore *Duration `json:"restore,omitempty"`
 }
 
 // Snap is one snapshot.
@@ -338,7 +343,7 @@ func (w *World) advance(now time.Time) {
 	for _, vm := range w.VMs {
 		if !vm.ACPIAt.IsZero() && vm.State == "running" {
 			if done := vm.ACPIAt.Add(t.ACPIShutdown.D()); !now.Before(done) {
-				vm.powerDown(done, t.Unlock.D())
+				vm.powerDown(done, vm.unlockDelay(t))
 			}
 		}
 		s := &vm.Session
@@ -461,4 +466,12 @@ func recordArgv(dir string, pid int, args []string) {
 	}
 	defer f.Close()
 	_, _ = f.Write(append(line, '\n'))
+}
+
+// unlockDelay is how long this VM's process takes to exit after power-off.
+func (vm *VM) unlockDelay(t Timing) time.Duration {
+	if vm.Unlock != nil {
+		return vm.Unlock.D()
+	}
+	return t.Unlock.D()
 }
