@@ -271,6 +271,16 @@ func TestUnavailable(t *testing.T) {
 		_, err = d.Status(ctxFor(t, 5*time.Second), vmName)
 		assert.Equal(t, hypervisor.CodeUnavailable, hypervisor.CodeOf(err))
 	})
+	t.Run("VBoxManage broken", func(t *testing.T) {
+		t.Parallel()
+		broken := filepath.Join(t.TempDir(), "VBoxManage")
+		require.NoError(t, os.WriteFile(broken, []byte("not a program"), 0o644))
+		d := newDriverAt(t, broken)
+		_, err := d.Info(ctxFor(t, 5*time.Second))
+		require.Error(t, err)
+		assert.Equal(t, hypervisor.CodeUnavailable, hypervisor.CodeOf(err))
+		assert.Contains(t, err.Error(), "VBoxManage at "+broken+" does not work")
+	})
 	t.Run("VBoxSVC down", func(t *testing.T) {
 		t.Parallel()
 		r := newRig(t, profiles[1], withFaults(func(f *vboxsim.Faults) { f.ServiceDown = -1 }))

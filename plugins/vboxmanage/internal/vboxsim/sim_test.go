@@ -202,6 +202,19 @@ func TestEmergencyStop(t *testing.T) {
 	assert.Equal(t, "aborted", s.VM(t, "win10").State, "a running VM's killed process leaves it aborted")
 }
 
+func TestOneVMsProcessCanLingerAmongOthers(t *testing.T) {
+	never := vboxsim.Duration(-1)
+	stuck := vboxsim.NewVM("stuck", "00000000-0000-4000-8000-000000000001")
+	stuck.Unlock = &never
+	s := world(t, cfg("7.0.14r161095", "linux"), vboxsim.NewVM("fine", uuid1), stuck)
+	for _, vm := range []string{"fine", "stuck"} {
+		mustRun(t, s, "startvm", vm, "--type", "headless")
+		mustRun(t, s, "controlvm", vm, "poweroff")
+	}
+	assert.Equal(t, vboxsim.Unlocked, s.VM(t, "fine").Session.State)
+	assert.Equal(t, vboxsim.Unlocking, s.VM(t, "stuck").Session.State)
+}
+
 func TestEmergencyStopRefusesANonVMClient(t *testing.T) {
 	c := cfg("7.0.14r161095", "linux")
 	c.Timing.WriteHold = vboxsim.Duration(time.Second)
