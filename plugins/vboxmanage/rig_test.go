@@ -3,14 +3,12 @@ package vboxmanage_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -216,11 +214,6 @@ func newDriverAt(t *testing.T, path string) hypervisor.Driver {
 	d, err := newFromTOML("config.toml", "[plugins.vbox.config]\npath = \""+path+"\"\n")
 	require.NoError(t, err)
 	return d
-}
-
-func pidAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // mustRunSim runs VBoxManage outside the driver, as another tool would.

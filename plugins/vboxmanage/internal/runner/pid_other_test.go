@@ -1,0 +1,15 @@
+//go:build !unix
+
+package runner
+
+import "os"
+
+// pidAlive reports whether process pid still exists.
+func pidAlive(pid int) bool {
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return false
+	}
+	_ = p.Release()
+	return true
+}

@@ -1,0 +1,14 @@
+//go:build unix
+
+package vboxmanage_test
+
+import (
+	"errors"
+	"syscall"
+)
+
+// pidAlive reports whether process pid still exists.
+func pidAlive(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
+}
