@@ -34,6 +34,18 @@ func (a *app) manager() (*lifecycle.Manager, error) {
 	return a.lifecycle, nil
 }
 
+// vmTarget prepares a command on one VM: the manager, a context that ends
+// on Ctrl-C, and the VM resolved to its plugin and settings.
+func (a *app) vmTarget(name, plugin string) (context.Context, *lifecycle.Manager, lifecycle.VM, error) {
+	m, err := a.manager()
+	if err != nil {
+		return nil, nil, lifecycle.VM{}, err
+	}
+	ctx := a.context()
+	vm, err := a.lifecycleVM(ctx, name, plugin)
+	return ctx, m, vm, err
+}
+
 // lifecycleVM resolves a VM name to what the manager needs.
 func (a *app) lifecycleVM(ctx context.Context, name, plugin string) (lifecycle.VM, error) {
 	f, err := a.fleet()
@@ -57,12 +69,7 @@ func (a *app) lifecycleCommand(plugin *string, use, short string,
 		Short: short,
 		Args:  exactArgs("VM"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager()
-			if err != nil {
-				return err
-			}
-			ctx := a.context()
-			vm, err := a.lifecycleVM(ctx, args[0], *plugin)
+			ctx, m, vm, err := a.vmTarget(args[0], *plugin)
 			if err != nil {
 				return err
 			}

@@ -86,12 +86,7 @@ func (a *app) vmStatusCommand(plugin *string) *cobra.Command {
 		Short: "Show a VM's power state, session lock and current snapshot",
 		Args:  exactArgs("VM"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			m, err := a.manager()
-			if err != nil {
-				return err
-			}
-			ctx := a.context()
-			vm, err := a.lifecycleVM(ctx, args[0], *plugin)
+			ctx, m, vm, err := a.vmTarget(args[0], *plugin)
 			if err != nil {
 				return err
 			}
