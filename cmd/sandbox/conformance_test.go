@@ -40,7 +40,7 @@ plugin = "fake"
 `, fakeBin, violations)
 }
 
-var fastSuite = []string{"--settle", "3s", "--acpi", "1s", "--deadline", "20ms", "--margin", "500ms", "--guest-sleep", "sleep 3"}
+var fastSuite = []string{"--settle", "3s", "--acpi", "1s", "--deadline", "20ms", "--margin", "1s", "--guest-sleep", "sleep 3"}
 
 type conformanceJSON struct {
 	Plugin  string
