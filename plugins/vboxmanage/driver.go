@@ -304,7 +304,7 @@ func (d *Driver) retryIf(ctx context.Context, op, vm string, budget time.Duratio
 		if time.Now().Add(wait).After(stop) {
 			return err
 		}
-		d.log.Debug("retrying", "op", op, "vm", vm, "in", wait, "error", err)
+		d.log.Debug("retrying", "op", op, "vm", vm, "in", wait.String(), "error", err)
 		if perr := d.pause(ctx, op, vm, wait); perr != nil {
 			return err
 		}

@@ -168,7 +168,7 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 			_, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"startvm", ref, "--type", "emergencystop"}, Timeout: d.cfg.Timeouts.Command})
 			switch code := hypervisor.CodeOf(err); {
 			case err == nil:
-				d.log.Info("killed the VM process that kept the session of a stopped VM", "vm", vm, "after", time.Since(start).Round(time.Millisecond))
+				d.log.Info("killed the VM process that kept the session of a stopped VM", "vm", vm, "after", time.Since(start).Round(time.Millisecond).String())
 				kill.end("done")
 			case code == hypervisor.CodeInvalidState:
 				kill.end("nothing to kill") // the process went away by itself just now

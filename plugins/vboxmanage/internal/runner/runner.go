@@ -222,7 +222,9 @@ func (r *Runner) Run(ctx context.Context, c Call) (*Result, error) {
 		res.Stdout = crlf(res.Stdout)
 		res.Stderr = crlf(res.Stderr)
 	}
-	log := r.opts.Logger.With("args", subcommand(c.Args), "exit", res.ExitCode, "duration", res.Duration.Round(time.Millisecond))
+	// The duration as text: a plugin logs JSON, where a time.Duration
+	// would arrive in the host's log as a float of nanoseconds.
+	log := r.opts.Logger.With("args", subcommand(c.Args), "exit", res.ExitCode, "duration", res.Duration.Round(time.Millisecond).String())
 
 	if err != nil && runCtx.Err() != nil {
 		if ctx.Err() != nil && !errors.Is(ctx.Err(), context.DeadlineExceeded) {
