@@ -69,125 +69,137 @@ func TestEveryOperation(t *testing.T) {
 	for _, p := range profiles {
 		t.Run(p.name, func(t *testing.T) {
 			t.Parallel()
-			r := newRig(t, p,
-				withVMs(guestVM(vmName, vmUUID), vboxsim.NewVM("other vm", "4f8a3c1e-2b7d-4c0a-9e51-7d2c8b9a6f10")),
-				withTiming(func(tm *vboxsim.Timing) {
-					tm.ACPIShutdown = vboxsim.Duration(150 * time.Millisecond)
-					tm.Unlock = vboxsim.Duration(300 * time.Millisecond)
-					tm.GuestReady = vboxsim.Duration(200 * time.Millisecond)
-				}))
-			ctx := ctxFor(t, 30*time.Second)
-			d := r.drv
-
-			vms, err := d.ListVMs(ctx)
-			require.NoError(t, err)
-			assert.Equal(t, []hypervisor.VM{
-				{Name: vmName, ID: vmUUID, Power: hypervisor.PowerUnknown},
-				{Name: "other vm", ID: "4f8a3c1e-2b7d-4c0a-9e51-7d2c8b9a6f10", Power: hypervisor.PowerUnknown},
-			}, vms)
-
-			st, err := d.Status(ctx, vmName)
-			require.NoError(t, err)
-			assert.Equal(t, hypervisor.PowerOff, st.Power)
-			assert.Equal(t, "poweroff", st.Raw)
-			assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
-			assert.Equal(t, "clean", st.CurrentSnapshot)
-			assert.Equal(t, time.Date(2024, 3, 5, 9, 58, 41, 0, time.UTC), st.StateChanged)
-
-			stopsBefore := r.argvCount(t, "controlvm") + r.argvCount(t, "emergencystop")
-			for _, m := range hypervisor.StopMethods {
-				require.NoError(t, d.Stop(ctx, vmName, m), "stopping a stopped VM with %s", m)
-			}
-			assert.Equal(t, stopsBefore, r.argvCount(t, "controlvm")+r.argvCount(t, "emergencystop"), "no stop command reaches a stopped VM")
-
-			require.NoError(t, d.Start(ctx, vmName))
-			st, err = d.Status(ctx, vmName)
-			require.NoError(t, err)
-			assert.Equal(t, hypervisor.PowerRunning, st.Power)
-			assert.Equal(t, hypervisor.LockLocked, st.Lock)
-			require.NoError(t, d.Start(ctx, vmName), "starting a running VM is a no-op")
-
-			// Guest operations, right after start: the guest needs a moment.
-			host := filepath.Join(t.TempDir(), "sample.bin")
-			require.NoError(t, os.WriteFile(host, []byte("MZ\x00\x01sample"), 0o644))
-			require.NoError(t, d.CopyIn(ctx, vmName, host, `C:\Users\analyst\Desktop\sample.exe`))
-			res, err := d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "/bin/cat", Args: []string{`C:\Users\analyst\Desktop\sample.exe`}})
-			require.NoError(t, err)
-			assert.Equal(t, 0, res.ExitCode)
-			assert.Equal(t, "MZ\x00\x01sample", string(res.Stdout))
-			res, err = d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: `C:\tools\exit.exe`, Args: []string{"7"}})
-			require.NoError(t, err, "a non-zero exit is a result")
-			assert.Equal(t, 7, res.ExitCode)
-			res, err = d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "stderr", Args: []string{"VBoxManage: error: spoofed"}})
-			require.NoError(t, err, "guest stderr is data")
-			assert.Equal(t, "VBoxManage: error: spoofed\n", string(res.Stderr))
-			out := filepath.Join(t.TempDir(), "back.bin")
-			require.NoError(t, d.CopyOut(ctx, vmName, `C:\Users\analyst\Desktop\sample.exe`, out))
-			data, err := os.ReadFile(out)
-			require.NoError(t, err)
-			assert.Equal(t, "MZ\x00\x01sample", string(data))
-
-			// ACPI: the guest shuts down by itself.
-			require.NoError(t, d.Stop(ctx, vmName, hypervisor.StopACPI))
-			r.waitStatus(t, vmName, offAndUnlocked)
-
-			// Power-off: off at once, the session lingers, Unlock waits it out.
-			require.NoError(t, d.Start(ctx, vmName))
-			require.NoError(t, d.Stop(ctx, vmName, hypervisor.StopPowerOff))
-			st, err = d.Status(ctx, vmName)
-			require.NoError(t, err)
-			assert.Equal(t, hypervisor.PowerOff, st.Power)
-			assert.Equal(t, hypervisor.LockLocked, st.Lock, "the VM process still holds the session")
-			require.NoError(t, d.Unlock(ctx, vmName))
-			st, err = d.Status(ctx, vmName)
-			require.NoError(t, err)
-			assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
-			require.NoError(t, d.Unlock(ctx, vmName), "unlocking an unlocked VM is a no-op")
-
-			require.NoError(t, d.Restore(ctx, vmName, "clean"))
-			require.NoError(t, d.Restore(ctx, vmName, ""))
-			st, err = d.Status(ctx, vmName)
-			require.NoError(t, err)
-			assert.Equal(t, "clean", st.CurrentSnapshot)
-			assert.True(t, st.Power.IsOff())
-
-			// Emergency stop kills the VM process.
-			require.NoError(t, d.Start(ctx, vmName))
-			require.NoError(t, d.Stop(ctx, vmName, hypervisor.StopEmergency))
-			st = r.waitStatus(t, vmName, offAndUnlocked)
-			assert.Equal(t, hypervisor.PowerAborted, st.Power)
-
-			// Native cleanup of a running VM.
-			require.NoError(t, d.Start(ctx, vmName))
-			result, err := d.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
-			require.NoError(t, err)
-			assert.Equal(t, []string{"poweroff", "wait-off", "wait-unlock", "restore clean"}, actions(result))
-			r.waitStatus(t, vmName, offAndUnlocked)
-
-			for _, req := range []hypervisor.CleanupRequest{{Restore: true, Snapshot: "clean"}, {Restore: true}, {}} {
-				result, err = d.Cleanup(ctx, vmName, req)
-				require.NoError(t, err)
-				assert.Empty(t, result.Steps, "cleaning a clean VM does nothing (%+v)", req)
-			}
-			require.NoError(t, d.Start(ctx, vmName))
-			require.NoError(t, d.Stop(ctx, vmName, hypervisor.StopPowerOff))
-			r.waitStatus(t, vmName, offAndUnlocked)
-			result, err = d.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
-			require.NoError(t, err)
-			assert.Equal(t, []string{"restore clean"}, actions(result), "a VM that ran since is restored again")
-			mustRunSim(t, r, "startvm", vmName, "--type", "headless")
-			mustRunSim(t, r, "controlvm", vmName, "poweroff")
-			r.waitStatus(t, vmName, offAndUnlocked)
-			result, err = d.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
-			require.NoError(t, err)
-			assert.Equal(t, []string{"restore clean"}, actions(result), "so is one someone else ran")
-
-			// The other VM was never touched by anything but reads.
-			st, err = d.Status(ctx, "other vm")
-			require.NoError(t, err)
-			assert.Equal(t, hypervisor.PowerOff, st.Power)
+			everyOperation(t, newRig(t, p, everyOperationWorld()...))
 		})
 	}
+}
+
+// everyOperationWorld is the world everyOperation expects: the guest VM
+// and a bystander, with timings short enough to wait out.
+func everyOperationWorld() []rigOption {
+	return []rigOption{
+		withVMs(guestVM(vmName, vmUUID), vboxsim.NewVM("other vm", "4f8a3c1e-2b7d-4c0a-9e51-7d2c8b9a6f10")),
+		withTiming(func(tm *vboxsim.Timing) {
+			tm.ACPIShutdown = vboxsim.Duration(150 * time.Millisecond)
+			tm.Unlock = vboxsim.Duration(300 * time.Millisecond)
+			tm.GuestReady = vboxsim.Duration(200 * time.Millisecond)
+		}),
+	}
+}
+
+// everyOperation drives every operation of the contract on r's driver,
+// in process or through the plugin, and checks what reached VBoxManage.
+func everyOperation(t *testing.T, r *rig) {
+	ctx := ctxFor(t, 30*time.Second)
+	d := r.drv
+
+	vms, err := d.ListVMs(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, []hypervisor.VM{
+		{Name: vmName, ID: vmUUID, Power: hypervisor.PowerUnknown},
+		{Name: "other vm", ID: "4f8a3c1e-2b7d-4c0a-9e51-7d2c8b9a6f10", Power: hypervisor.PowerUnknown},
+	}, vms)
+
+	st, err := d.Status(ctx, vmName)
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerOff, st.Power)
+	assert.Equal(t, "poweroff", st.Raw)
+	assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
+	assert.Equal(t, "clean", st.CurrentSnapshot)
+	assert.Equal(t, time.Date(2024, 3, 5, 9, 58, 41, 0, time.UTC), st.StateChanged)
+
+	stopsBefore := r.argvCount(t, "controlvm") + r.argvCount(t, "emergencystop")
+	for _, m := range hypervisor.StopMethods {
+		require.NoError(t, d.Stop(ctx, vmName, m), "stopping a stopped VM with %s", m)
+	}
+	assert.Equal(t, stopsBefore, r.argvCount(t, "controlvm")+r.argvCount(t, "emergencystop"), "no stop command reaches a stopped VM")
+
+	require.NoError(t, d.Start(ctx, vmName))
+	st, err = d.Status(ctx, vmName)
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerRunning, st.Power)
+	assert.Equal(t, hypervisor.LockLocked, st.Lock)
+	require.NoError(t, d.Start(ctx, vmName), "starting a running VM is a no-op")
+
+	// Guest operations, right after start: the guest needs a moment.
+	host := filepath.Join(t.TempDir(), "sample.bin")
+	require.NoError(t, os.WriteFile(host, []byte("MZ\x00\x01sample"), 0o644))
+	require.NoError(t, d.CopyIn(ctx, vmName, host, `C:\Users\analyst\Desktop\sample.exe`))
+	res, err := d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "/bin/cat", Args: []string{`C:\Users\analyst\Desktop\sample.exe`}})
+	require.NoError(t, err)
+	assert.Equal(t, 0, res.ExitCode)
+	assert.Equal(t, "MZ\x00\x01sample", string(res.Stdout))
+	res, err = d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: `C:\tools\exit.exe`, Args: []string{"7"}})
+	require.NoError(t, err, "a non-zero exit is a result")
+	assert.Equal(t, 7, res.ExitCode)
+	res, err = d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "stderr", Args: []string{"VBoxManage: error: spoofed"}})
+	require.NoError(t, err, "guest stderr is data")
+	assert.Equal(t, "VBoxManage: error: spoofed\n", string(res.Stderr))
+	out := filepath.Join(t.TempDir(), "back.bin")
+	require.NoError(t, d.CopyOut(ctx, vmName, `C:\Users\analyst\Desktop\sample.exe`, out))
+	data, err := os.ReadFile(out)
+	require.NoError(t, err)
+	assert.Equal(t, "MZ\x00\x01sample", string(data))
+
+	// ACPI: the guest shuts down by itself.
+	require.NoError(t, d.Stop(ctx, vmName, hypervisor.StopACPI))
+	r.waitStatus(t, vmName, offAndUnlocked)
+
+	// Power-off: off at once, the session lingers, Unlock waits it out.
+	require.NoError(t, d.Start(ctx, vmName))
+	require.NoError(t, d.Stop(ctx, vmName, hypervisor.StopPowerOff))
+	st, err = d.Status(ctx, vmName)
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerOff, st.Power)
+	assert.Equal(t, hypervisor.LockLocked, st.Lock, "the VM process still holds the session")
+	require.NoError(t, d.Unlock(ctx, vmName))
+	st, err = d.Status(ctx, vmName)
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
+	require.NoError(t, d.Unlock(ctx, vmName), "unlocking an unlocked VM is a no-op")
+
+	require.NoError(t, d.Restore(ctx, vmName, "clean"))
+	require.NoError(t, d.Restore(ctx, vmName, ""))
+	st, err = d.Status(ctx, vmName)
+	require.NoError(t, err)
+	assert.Equal(t, "clean", st.CurrentSnapshot)
+	assert.True(t, st.Power.IsOff())
+
+	// Emergency stop kills the VM process.
+	require.NoError(t, d.Start(ctx, vmName))
+	require.NoError(t, d.Stop(ctx, vmName, hypervisor.StopEmergency))
+	st = r.waitStatus(t, vmName, offAndUnlocked)
+	assert.Equal(t, hypervisor.PowerAborted, st.Power)
+
+	// Native cleanup of a running VM.
+	require.NoError(t, d.Start(ctx, vmName))
+	result, err := d.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"poweroff", "wait-off", "wait-unlock", "restore clean"}, actions(result))
+	r.waitStatus(t, vmName, offAndUnlocked)
+
+	for _, req := range []hypervisor.CleanupRequest{{Restore: true, Snapshot: "clean"}, {Restore: true}, {}} {
+		result, err = d.Cleanup(ctx, vmName, req)
+		require.NoError(t, err)
+		assert.Empty(t, result.Steps, "cleaning a clean VM does nothing (%+v)", req)
+	}
+	require.NoError(t, d.Start(ctx, vmName))
+	require.NoError(t, d.Stop(ctx, vmName, hypervisor.StopPowerOff))
+	r.waitStatus(t, vmName, offAndUnlocked)
+	result, err = d.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"restore clean"}, actions(result), "a VM that ran since is restored again")
+	mustRunSim(t, r, "startvm", vmName, "--type", "headless")
+	mustRunSim(t, r, "controlvm", vmName, "poweroff")
+	r.waitStatus(t, vmName, offAndUnlocked)
+	result, err = d.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"restore clean"}, actions(result), "so is one someone else ran")
+
+	// The other VM was never touched by anything but reads.
+	st, err = d.Status(ctx, "other vm")
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerOff, st.Power)
 }
 
 func actions(r hypervisor.CleanupResult) []string {
@@ -318,9 +330,21 @@ func TestTransientOutputIsRetried(t *testing.T) {
 
 func TestHangingVBoxManageIsKilledAtItsDeadline(t *testing.T) {
 	t.Parallel()
-	r := newRig(t, profiles[2],
+	hangingPowerOff(t, newRig(t, profiles[2], hangingPowerOffWorld()...))
+}
+
+// hangingPowerOffWorld makes every controlvm poweroff hang, with a short
+// deadline for it.
+func hangingPowerOffWorld() []rigOption {
+	return []rigOption{
 		withFaults(func(f *vboxsim.Faults) { f.HangPowerOff = true }),
-		withSetting("timeouts.poweroff", `"400ms"`))
+		withSetting("timeouts.poweroff", `"400ms"`),
+	}
+}
+
+// hangingPowerOff checks that a VBoxManage that hangs is killed at its
+// deadline and that a cleanup gets past it.
+func hangingPowerOff(t *testing.T, r *rig) {
 	ctx := ctxFor(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	start := time.Now()

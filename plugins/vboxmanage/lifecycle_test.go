@@ -66,10 +66,10 @@ func lifecycleInvocations(t *testing.T, linger time.Duration, task func(context.
 	ctx := ctxFor(t, 30*time.Second)
 	_, err := r.drv.Info(ctx) // the one-time version probe is not part of a task
 	require.NoError(t, err)
-	before := r.drv.Invocations()
+	before := r.native.Invocations()
 	logged := len(r.sim.Invocations(t))
 	require.NoError(t, task(ctx, r))
-	n := r.drv.Invocations() - before
+	n := r.native.Invocations() - before
 	require.Equal(t, int(n), len(r.sim.Invocations(t))-logged, "the driver's count matches the simulator's argv log")
 	return n
 }
@@ -112,14 +112,14 @@ func BenchmarkTaskLifecycle(b *testing.B) {
 			ctx := context.Background()
 			_, err := r.drv.Info(ctx)
 			require.NoError(b, err)
-			before := r.drv.Invocations()
+			before := r.native.Invocations()
 			b.ResetTimer()
 			for range b.N {
 				if err := c.task(ctx, r); err != nil {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(r.drv.Invocations()-before)/float64(b.N), "invocations/op")
+			b.ReportMetric(float64(r.native.Invocations()-before)/float64(b.N), "invocations/op")
 		})
 	}
 }

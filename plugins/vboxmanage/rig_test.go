@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
@@ -25,6 +26,7 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	simtest.Cleanup()
+	programs.remove()
 	os.Exit(code)
 }
 
@@ -50,39 +52,67 @@ const (
 	userName = "analyst"
 )
 
-// rig is a driver wired to a simulated VBoxManage.
+// rig is a driver wired to a simulated VBoxManage: the driver in this
+// process (newRig), or the plugin binary launched by the plugin host as
+// the CLI launches it (newPluginRig). Tests that hold for both drive drv.
 type rig struct {
-	sim  *simtest.Sim
-	drv  *vboxmanage.Driver
+	sim *simtest.Sim
+	// drv is the driver under test.
+	drv hypervisor.Driver
+	// native is the driver when it runs in this process; nil through the
+	// plugin, whose invocations are counted from the simulator's argv log.
+	native *vboxmanage.Driver
+	// plugin is the host's handle on the plugin process; nil in process.
+	plugin *host.Plugin
+	// logs is everything the driver logged, and through the plugin
+	// everything the host logged too, at trace level.
 	logs *syncBuffer
-	tmp  string
+	// tmp is the driver's temp_dir, where guest password files go.
+	tmp string
+	// file and config are the configuration file and its text.
+	file, config string
 }
 
-// rigOption adjusts the simulated world or the driver's configuration,
-// given as dotted keys with TOML values.
-type rigOption func(*vboxsim.World, map[string]string)
+// rigSetup is what the options of a rig adjust.
+type rigSetup struct {
+	world *vboxsim.World
+	// settings are the driver's keys, dotted, with TOML values.
+	settings map[string]string
+	// env is the plugin's environment allow-list ([plugins.vbox] env).
+	env []string
+}
+
+// rigOption adjusts the simulated world, the driver's configuration or
+// the plugin's environment.
+type rigOption func(*rigSetup)
 
 func withTiming(fn func(*vboxsim.Timing)) rigOption {
-	return func(w *vboxsim.World, _ map[string]string) { fn(&w.Config.Timing) }
+	return func(s *rigSetup) { fn(&s.world.Config.Timing) }
 }
 
 func withFaults(fn func(*vboxsim.Faults)) rigOption {
-	return func(w *vboxsim.World, _ map[string]string) { fn(&w.Config.Faults) }
+	return func(s *rigSetup) { fn(&s.world.Config.Faults) }
 }
 
 func withVMs(vms ...*vboxsim.VM) rigOption {
-	return func(w *vboxsim.World, _ map[string]string) { w.VMs = vms }
+	return func(s *rigSetup) { s.world.VMs = vms }
 }
 
 // withSetting sets one key of the driver's table; an empty value removes it.
 func withSetting(key, value string) rigOption {
-	return func(_ *vboxsim.World, c map[string]string) {
+	return func(s *rigSetup) {
 		if value == "" {
-			delete(c, key)
+			delete(s.settings, key)
 			return
 		}
-		c[key] = value
+		s.settings[key] = value
 	}
+}
+
+// withPluginEnv adds entries to the plugin's environment allow-list, as
+// the env key of [plugins.vbox] does; it matters only through the plugin.
+func withPluginEnv(env ...string) rigOption {
+	return func(s *rigSetup) { s.env = append(s.env, env...) }
 }
 
 func guestVM(name, uuid string) *vboxsim.VM {
@@ -91,51 +121,62 @@ func guestVM(name, uuid string) *vboxsim.VM {
 	return vm
 }
 
-func newRig(t testing.TB, p profile, opts ...rigOption) *rig {
+// prepare sets up a simulated installation for profile p and writes the
+// driver's configuration file; the constructors then connect a driver.
+func prepare(t testing.TB, p profile, opts ...rigOption) (*rig, []string) {
 	t.Helper()
-	w := &vboxsim.World{
-		Config: vboxsim.Config{Version: p.version, Host: p.host},
-		VMs:    []*vboxsim.VM{guestVM(vmName, vmUUID)},
+	setup := &rigSetup{
+		world: &vboxsim.World{
+			Config: vboxsim.Config{Version: p.version, Host: p.host},
+			VMs:    []*vboxsim.VM{guestVM(vmName, vmUUID)},
+		},
+		settings: map[string]string{
+			"temp_dir":            `"tmp"`,
+			"retry.locked":        `"5s"`,
+			"retry.initial":       `"20ms"`,
+			"retry.max":           `"200ms"`,
+			"unlock.grace":        `"1s"`,
+			"cleanup.stop_wait":   `"1s"`,
+			"guest.username":      fmt.Sprintf("%q", userName),
+			"guest.password_file": `"guest-password"`,
+			"guest.ready_wait":    `"5s"`,
+		},
 	}
 	dir := t.TempDir()
 	tmp := filepath.Join(dir, "tmp")
 	require.NoError(t, os.Mkdir(tmp, 0o700))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "guest-password"), []byte(guestPW+"\n"), 0o600))
-	settings := map[string]string{
-		"temp_dir":            `"tmp"`,
-		"retry.locked":        `"5s"`,
-		"retry.initial":       `"20ms"`,
-		"retry.max":           `"200ms"`,
-		"unlock.grace":        `"1s"`,
-		"cleanup.stop_wait":   `"1s"`,
-		"guest.username":      fmt.Sprintf("%q", userName),
-		"guest.password_file": `"guest-password"`,
-		"guest.ready_wait":    `"5s"`,
-	}
 	for _, o := range opts {
-		o(w, settings)
+		o(setup)
 	}
-	sim := simtest.New(t, w.Config, w.VMs...)
-	settings["path"] = fmt.Sprintf("%q", sim.Bin)
-	settings["user_home"] = fmt.Sprintf("%q", sim.Home)
-	keys := make([]string, 0, len(settings))
-	for k := range settings {
+	sim := simtest.New(t, setup.world.Config, setup.world.VMs...)
+	setup.settings["path"] = fmt.Sprintf("%q", sim.Bin)
+	setup.settings["user_home"] = fmt.Sprintf("%q", sim.Home)
+	keys := make([]string, 0, len(setup.settings))
+	for k := range setup.settings {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
 	var b strings.Builder
 	b.WriteString("[plugins.vbox.config]\n")
 	for _, k := range keys {
-		fmt.Fprintf(&b, "%s = %s\n", k, settings[k])
+		fmt.Fprintf(&b, "%s = %s\n", k, setup.settings[k])
 	}
-	toml := b.String()
-	file := filepath.Join(dir, "config.toml")
-	require.NoError(t, os.WriteFile(file, []byte(toml), 0o600))
-	logs := &syncBuffer{}
-	logger := hclog.New(&hclog.LoggerOptions{Name: "vbox", Level: hclog.Trace, Output: logs})
-	drv, err := vboxmanage.New(sdk.ConfigFromTOML("vbox", file, []byte(toml)), logger)
+	r := &rig{sim: sim, logs: &syncBuffer{}, tmp: tmp, file: filepath.Join(dir, "config.toml"), config: b.String()}
+	require.NoError(t, os.WriteFile(r.file, []byte(r.config), 0o600))
+	return r, setup.env
+}
+
+// newRig connects the driver in this process.
+func newRig(t testing.TB, p profile, opts ...rigOption) *rig {
+	t.Helper()
+	r, _ := prepare(t, p, opts...)
+	logger := hclog.New(&hclog.LoggerOptions{Name: "vbox", Level: hclog.Trace, Output: r.logs})
+	drv, err := vboxmanage.New(sdk.ConfigFromTOML("vbox", r.file, []byte(r.config)), logger)
 	require.NoError(t, err)
-	return &rig{sim: sim, drv: drv.(*vboxmanage.Driver), logs: logs, tmp: tmp}
+	r.native = drv.(*vboxmanage.Driver)
+	r.drv = r.native
+	return r
 }
 
 func ctxFor(t testing.TB, d time.Duration) context.Context {
