@@ -136,26 +136,6 @@ func TestPluginEveryOperation(t *testing.T) {
 	}
 }
 
-// managedVM is vm as core/lifecycle addresses it in production: through
-// the plugin, with the default settings but the snapshot to return to.
-func managedVM(r *rig, name string, adjust ...func(*lifecycle.Settings)) lifecycle.VM {
-	s := lifecycle.Defaults()
-	s.Snapshot = "clean"
-	for _, f := range adjust {
-		f(&s)
-	}
-	return lifecycle.VM{Name: name, Plugin: "vbox", Driver: r.drv, Settings: s}
-}
-
-// stepNames lists a report's steps with their outcomes.
-func stepNames(rep *lifecycle.Report) []string {
-	var out []string
-	for _, s := range rep.Steps {
-		out = append(out, s.Name+": "+s.Outcome)
-	}
-	return out
-}
-
 // noErrorSurfaced checks that nothing an operator sees says anything went
 // wrong: the report, the quarantine and every line the core, the host and
 // the plugin logged at warning level or above.
