@@ -10,7 +10,8 @@
 // bounded time, so that the lock a powering-off VM process leaves behind
 // for a few seconds never reaches the operator. The driver serializes its
 // own calls per VM so that it never collides with itself, and Status
-// reads the session state from showvminfo's SessionName line.
+// reads the state and the session from `list --long vms`, which takes no
+// session lock, where showvminfo would lock a stopped VM.
 package vboxmanage
 
 import (

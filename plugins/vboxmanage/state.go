@@ -50,9 +50,11 @@ func powerState(raw string) hypervisor.PowerState {
 //
 // The lock: a VM in any state but off-like has a process (or an offline
 // operation) holding its session. An off-like VM is locked while its block
-// has a "Session name:" line: VBoxManage prints the session's name only
-// while a named session (the VM process still exiting, a GUI) holds the
-// machine, by the same rule that prints showvminfo's SessionName. A
+// has a "Session name:" line. This is not an inference: VBoxManageInfo.cpp
+// prints the human format's "Session name:" under exactly the condition
+// that prints the machine-readable SessionName (the session state is not
+// Unlocked and the session has a name), so the line is there while a named
+// session (the VM process still exiting, a GUI) holds the machine. A
 // session held by another VBoxManage has no name and cannot be seen; the
 // operation that meets it answers locked and is retried.
 func statusFrom(vm string, e parser.LongEntry, lockState bool) hypervisor.Status {

@@ -19,8 +19,11 @@ type LongEntry struct {
 	// Since is the time in the State line's "(since ...)"; zero if absent.
 	Since time.Time
 	// HasSession reports a "Session name:" line ("Session type:" before
-	// 5.0), printed while a named session holds the machine.
-	HasSession  bool
+	// 5.0), which VBoxManage prints under the same condition as
+	// showvminfo's SessionName: while a session with a name holds the
+	// machine or is being unlocked.
+	HasSession bool
+	// SessionName is that line's value, e.g. "headless".
 	SessionName string
 	// Snapshots is the snapshot tree; Current is set from the "*" mark.
 	Snapshots Snapshots

@@ -322,11 +322,13 @@ func (s *sim) snapshotLines(m *mr, vm *VM) {
 }
 
 // human prints the human format (showvminfo without --machinereadable,
-// and each block of list --long vms). Only the lines a driver reads are
-// certain (State, the snapshot tree; FACTS §1.3, §4.3); the rest
-// reproduces the format's shape: labels padded to a column that differs by
-// version, a column-0 "Name:" line for shared folders after the VM's own,
-// and "Session name:" printed by the same rule as SessionName.
+// and each block of list --long vms). The lines a driver reads are
+// VirtualBox's: State and the snapshot tree (FACTS §1.3, §4.3), and
+// "Session name:", which VBoxManageInfo.cpp prints under the same
+// condition as SessionName (session not Unlocked, name not empty). The
+// rest reproduces the format's shape: labels padded to a column that
+// differs by version, a column-0 "Name:" line for shared folders after the
+// VM's own.
 func (s *sim) human(vm *VM) {
 	width := 17
 	if s.o.ver.major >= 7 {

@@ -117,8 +117,9 @@ type Faults struct {
 	// Warnings prints the Linux wrapper's vboxdrv warning on stdout before
 	// every command's output.
 	Warnings bool `json:"warnings,omitempty"`
-	// HideSessionName leaves "Session name:" out of the human format, for
-	// a VirtualBox whose listing does not show who holds a machine.
+	// HideSessionName leaves "Session name:" out of the human format, so
+	// that tests show the driver getting past a held session the listing
+	// does not reveal, as with a nameless one (another VBoxManage's).
 	HideSessionName bool `json:"hide_session_name,omitempty"`
 }
 
