@@ -231,3 +231,62 @@ func TestConfigTOMLBlockRunsTheCLI(t *testing.T) {
 	assert.Equal(t, vmUUID, list.VMs[0].ID)
 	assert.Equal(t, "ubuntu-22-clamav", list.VMs[1].Name)
 }
+
+// docsWorld returns the simulated world docs/vboxmanage.md shows: its
+// first JSON block.
+func docsWorld(t *testing.T) []byte {
+	t.Helper()
+	data, err := os.ReadFile("../../docs/vboxmanage.md")
+	require.NoError(t, err)
+	_, rest, ok := strings.Cut(string(data), "\n```json\n")
+	require.True(t, ok, "docs/vboxmanage.md has a JSON block")
+	world, _, ok := strings.Cut(rest, "\n```\n")
+	require.True(t, ok)
+	return []byte(world)
+}
+
+// The recipe of docs/vboxmanage.md for running the driver against the
+// simulator works as it says: its world, with config.toml's block pointed
+// at it, lets `sandbox vm cleanup` power the VM off, wait out its
+// lingering session and restore it.
+func TestDocsSimulatorRecipeRuns(t *testing.T) {
+	t.Parallel()
+	home := filepath.Join(t.TempDir(), "home")
+	require.NoError(t, os.Mkdir(home, 0o755))
+	require.NoError(t, os.WriteFile(filepath.Join(home, "state.json"), docsWorld(t), 0o644))
+	w, err := vboxsim.Load(home)
+	require.NoError(t, err, "the documented world loads")
+	require.Len(t, w.VMs, 1)
+
+	block, _ := configBlock(t)
+	text := setKeys(t, block, map[string]string{
+		"plugins.vbox.path":             programs.path(t, pluginPkg),
+		"plugins.vbox.config.path":      simtest.Build(t),
+		"plugins.vbox.config.user_home": home,
+	})
+	file := filepath.Join(t.TempDir(), "config.toml")
+	require.NoError(t, os.WriteFile(file, []byte("state_dir = \"state\"\n\n"+text), 0o600))
+	cmd := exec.Command(programs.path(t, cliPkg), "--config", file, "--json", "vm", "cleanup", w.VMs[0].Name)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	require.NoError(t, cmd.Run(), stderr.String())
+	var rep struct {
+		Path  string
+		Steps []struct{ Name, Outcome string }
+		Final struct {
+			Power, Lock     string
+			CurrentSnapshot string `json:"current_snapshot"`
+		}
+	}
+	require.NoError(t, json.Unmarshal(stdout.Bytes(), &rep), stdout.String())
+	assert.Equal(t, "native", rep.Path)
+	var steps []string
+	for _, s := range rep.Steps {
+		steps = append(steps, s.Name+": "+s.Outcome)
+	}
+	assert.Equal(t, []string{"driver: poweroff: done", "driver: wait-off: done", "driver: wait-unlock: done",
+		"driver: restore current: done", "native cleanup: done", "verify: ok"}, steps)
+	assert.Equal(t, "off", rep.Final.Power)
+	assert.Equal(t, "unlocked", rep.Final.Lock)
+	assert.Equal(t, "clean", rep.Final.CurrentSnapshot)
+}
