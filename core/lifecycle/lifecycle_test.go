@@ -287,6 +287,18 @@ snapshots = ["clean"]
 		assert.True(t, r.Final.Power.IsOff())
 		assert.Equal(t, hypervisor.LockUnlocked, r.Final.Lock)
 	})
+	t.Run("ensure stopped of a clean VM asks the driver nothing", func(t *testing.T) {
+		w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "off"
+snapshots = ["clean"]
+`)
+		r, err := w.manager.EnsureStopped(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		require.NoError(t, err)
+		assert.Equal(t, []string{"stop: already off"}, stepNames(r))
+		assert.Empty(t, w.sent(), "not even a native cleanup")
+		assert.Equal(t, 1, r.StatusCalls)
+	})
 	t.Run("ensure stopped, legacy power-off and wait", func(t *testing.T) {
 		w := fakeWorld(t, timing+vms, "--max-protocol=1")
 		r, err := w.manager.EnsureStopped(ctxFor(t, 30*time.Second), w.vm("vm1"))

@@ -206,6 +206,12 @@ func (o *op) stopAndRelease(ctx context.Context) error {
 
 // cleanup is the complete cleanup without the quarantine bookkeeping.
 func (o *op) cleanup(ctx context.Context, restore bool) error {
+	if !restore && o.caps.Has(hypervisor.CapLockState) && isOffAndUnlocked(o.last) {
+		// Nothing to do, and the state just read proves it: asking the
+		// driver would only cost it another look.
+		o.addStep(Step{Name: "stop", Outcome: "already off", Detail: "off and unlocked; nothing sent"})
+		return nil
+	}
 	if o.caps.Has(hypervisor.CapCleanup) {
 		err := o.native(ctx, restore)
 		if err == nil || ctx.Err() != nil || hypervisor.IsNotFound(err) {
@@ -245,11 +251,12 @@ func (o *op) native(ctx context.Context, restore bool) error {
 		o.addStep(step)
 		return err
 	}
-	if _, err := o.status(ctx); err != nil {
+	st, err := o.status(ctx)
+	if err != nil {
 		return err
 	}
 	o.addStep(step)
-	return o.verify(ctx, restore, req.Snapshot)
+	return o.check(ctx, time.Now(), st, restore, req.Snapshot)
 }
 
 // restore restores snapshot (empty: the current one), retrying while the
@@ -283,24 +290,23 @@ func (o *op) restore(ctx context.Context, snapshot string) error {
 	return o.verify(rctx, true, snapshot)
 }
 
-// verify checks by status that the VM is off, unlocked when the driver can
-// tell, and on the wanted snapshot.
+// verify checks by status that the VM is off, on the wanted snapshot and,
+// when the driver can tell, unlocked.
 func (o *op) verify(ctx context.Context, restored bool, snapshot string) error {
 	begun := time.Now()
 	st, err := o.status(ctx)
 	if err != nil {
 		return err
 	}
+	return o.check(ctx, begun, st, restored, snapshot)
+}
+
+// check is verify on a state already read.
+func (o *op) check(ctx context.Context, begun time.Time, st hypervisor.Status, restored bool, snapshot string) error {
 	var problem string
 	switch {
 	case !isOff(st):
 		problem = fmt.Sprintf("the VM is %s, not off", st.Power)
-	case o.caps.Has(hypervisor.CapLockState) && !isUnlocked(st):
-		// A session still held right after a restore goes by itself; wait
-		// for it like after a stop.
-		if err := o.release(ctx); err != nil {
-			return err
-		}
 	case restored && snapshot != "" && st.CurrentSnapshot != snapshot:
 		problem = fmt.Sprintf("the current snapshot is %q, not %q", st.CurrentSnapshot, snapshot)
 	}
@@ -311,5 +317,10 @@ func (o *op) verify(ctx context.Context, restored bool, snapshot string) error {
 		return hypervisor.NewError(hypervisor.CodeFailed, "verify", o.vm.Name, "%s after the driver reported success", problem)
 	}
 	o.addStep(step)
+	if o.caps.Has(hypervisor.CapLockState) && !isUnlocked(st) {
+		// A session still held right after a restore goes by itself; wait
+		// for it like after a stop.
+		return o.release(ctx)
+	}
 	return nil
 }
