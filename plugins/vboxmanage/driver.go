@@ -171,17 +171,31 @@ func (d *Driver) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
 	if err != nil {
 		return nil, err
 	}
-	entries, err := d.list(ctx, p, hypervisor.OpList, "", "vms")
+	// The long listing costs the same one invocation as `list vms`, takes no
+	// lock either, and carries each VM's state.
+	var entries []parser.LongEntry
+	err = d.retry(ctx, hypervisor.OpList, "", 0, func() error {
+		res, err := d.run(ctx, p, hypervisor.OpList, "", runner.Call{Args: []string{"list", "--long", "vms"}, Timeout: d.cfg.Timeouts.Command})
+		if err != nil {
+			return err
+		}
+		entries = parser.ParseLongList(res.Stdout)
+		if len(entries) == 0 && hasContent(res.Stdout) {
+			return hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpList, "",
+				"VBoxManage printed no VM details: %s", excerpt(res.Stdout))
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
 	vms := make([]hypervisor.VM, 0, len(entries))
 	for _, e := range entries {
-		if e.Name == parser.Inaccessible {
+		if e.Inaccessible {
 			d.log.Debug("skipping inaccessible VM", "uuid", e.UUID)
 			continue
 		}
-		vms = append(vms, hypervisor.VM{Name: e.Name, ID: e.UUID, Power: hypervisor.PowerUnknown})
+		vms = append(vms, hypervisor.VM{Name: e.Name, ID: e.UUID, Power: statusFrom(e.Name, e, false).Power})
 	}
 	return vms, nil
 }

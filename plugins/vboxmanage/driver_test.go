@@ -96,9 +96,9 @@ func everyOperation(t *testing.T, r *rig) {
 	vms, err := d.ListVMs(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, []hypervisor.VM{
-		{Name: vmName, ID: vmUUID, Power: hypervisor.PowerUnknown},
-		{Name: "other vm", ID: "4f8a3c1e-2b7d-4c0a-9e51-7d2c8b9a6f10", Power: hypervisor.PowerUnknown},
-	}, vms)
+		{Name: vmName, ID: vmUUID, Power: hypervisor.PowerOff},
+		{Name: "other vm", ID: "4f8a3c1e-2b7d-4c0a-9e51-7d2c8b9a6f10", Power: hypervisor.PowerOff},
+	}, vms, "the listing carries each VM's state")
 
 	st, err := d.Status(ctx, vmName)
 	require.NoError(t, err)
