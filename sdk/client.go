@@ -81,7 +81,7 @@ func (c *clientV2) Restore(ctx context.Context, vm, snapshot string) error {
 func (c *clientV2) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupRequest) (hypervisor.CleanupResult, error) {
 	p, err := c.c.Cleanup(ctx, &pb.CleanupRequest{Vm: vm, Restore: req.Restore, Snapshot: req.Snapshot})
 	if err != nil {
-		return hypervisor.CleanupResult{}, fromStatus(ctx, err, hypervisor.OpCleanup, vm)
+		return cleanupStepsOf(err), fromStatus(ctx, err, hypervisor.OpCleanup, vm)
 	}
 	return cleanupFromPB(p), nil
 }

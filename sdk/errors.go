@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk/internal/pb"
@@ -29,7 +30,7 @@ var codeToGRPC = map[hypervisor.Code]codes.Code{
 // toStatus turns a driver error into a gRPC status that carries the full
 // classification as an ErrorDetail. The gRPC code is chosen to make sense to
 // a client that ignores the detail.
-func toStatus(err error, op, vm string) error {
+func toStatus(err error, op, vm string, extra ...protoadapt.MessageV1) error {
 	if err == nil {
 		return nil
 	}
@@ -48,7 +49,7 @@ func toStatus(err error, op, vm string) error {
 		}
 	}
 	st := status.New(codeToGRPC[hypervisor.Code(d.Code)], d.Message)
-	if withDetail, derr := st.WithDetails(d); derr == nil {
+	if withDetail, derr := st.WithDetails(append([]protoadapt.MessageV1{d}, extra...)...); derr == nil {
 		st = withDetail
 	}
 	return st.Err()
@@ -87,4 +88,19 @@ func fromStatus(ctx context.Context, err error, op, vm string) error {
 		return &hypervisor.Error{Code: hypervisor.CodeUnavailable, Op: op, VM: vm, Message: st.Message(), Err: ErrTransport}
 	}
 	return &hypervisor.Error{Code: hypervisor.CodeFailed, Op: op, VM: vm, Message: st.Message()}
+}
+
+// cleanupStepsOf returns the steps a failed native cleanup took, which the
+// server sends along with the error.
+func cleanupStepsOf(err error) hypervisor.CleanupResult {
+	st, ok := status.FromError(err)
+	if !ok {
+		return hypervisor.CleanupResult{}
+	}
+	for _, d := range st.Details() {
+		if r, ok := d.(*pb.CleanupResult); ok {
+			return cleanupFromPB(r)
+		}
+	}
+	return hypervisor.CleanupResult{}
 }

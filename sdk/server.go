@@ -121,7 +121,8 @@ func (s *serverV2) Cleanup(ctx context.Context, req *pb.CleanupRequest) (*pb.Cle
 	}
 	res, err := d.Cleanup(ctx, req.GetVm(), hypervisor.CleanupRequest{Restore: req.GetRestore(), Snapshot: req.GetSnapshot()})
 	if err != nil {
-		return nil, toStatus(err, hypervisor.OpCleanup, req.GetVm())
+		// What the driver did before it failed is what the operator needs.
+		return nil, toStatus(err, hypervisor.OpCleanup, req.GetVm(), cleanupToPB(res))
 	}
 	return cleanupToPB(res), nil
 }

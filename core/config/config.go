@@ -88,9 +88,15 @@ func Parse(path string, data []byte) (*Config, error) {
 	if key, err := f.Lifecycle.Validate(); err != nil {
 		return nil, doc.Errorf([]string{"lifecycle", key}, "%v", err)
 	}
+	if key, err := lifecycle.Defaults().Apply(f.Lifecycle).Validate(); err != nil {
+		return nil, doc.Errorf([]string{"lifecycle", key}, "%v", err)
+	}
 	for _, name := range sortedKeys(f.VMs) {
 		vm := f.VMs[name]
 		if key, err := vm.Validate(); err != nil {
+			return nil, doc.Errorf([]string{"vms", name, key}, "%v", err)
+		}
+		if key, err := lifecycle.Defaults().Apply(f.Lifecycle).Apply(vm.Overrides).Validate(); err != nil {
 			return nil, doc.Errorf([]string{"vms", name, key}, "%v", err)
 		}
 		if vm.Plugin != "" {

@@ -48,8 +48,9 @@ type Driver interface {
 	// once the request was accepted (§5). It does not promise that the VM is
 	// off on return: the caller confirms by state (§5.3). Stopping a VM that
 	// is already off-like returns nil and sends nothing to the hypervisor
-	// that could disturb it (§5.2). A method without its capability answers
-	// CodeUnsupported (§5.4).
+	// that could disturb it (§5.2), except StopEmergency on an off-like VM
+	// whose session is still held: that kills the VM process still holding
+	// it. A method without its capability answers CodeUnsupported (§5.4).
 	Stop(ctx context.Context, vm string, method StopMethod) error
 
 	// Unlock releases a session lock that outlived the VM process, waiting

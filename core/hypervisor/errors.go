@@ -133,7 +133,8 @@ func (e *Error) Error() string {
 	if e.Message != "" {
 		b.WriteString(": ")
 		b.WriteString(e.Message)
-	} else if e.Err != nil {
+	}
+	if e.Err != nil && !strings.Contains(e.Message, e.Err.Error()) {
 		b.WriteString(": ")
 		b.WriteString(e.Err.Error())
 	}
@@ -158,8 +159,10 @@ func CodeOf(err error) Code {
 	if errors.As(err, &e) {
 		return e.Code
 	}
-	for c, s := range sentinels {
-		if c != CodeFailed && errors.Is(err, s) {
+	// In a fixed order, so that an error wrapping two sentinels always
+	// gets the same code.
+	for _, c := range []Code{CodeNotFound, CodeLocked, CodeInvalidState, CodeUnsupported, CodeTimeout, CodeUnavailable} {
+		if errors.Is(err, sentinels[c]) {
 			return c
 		}
 	}

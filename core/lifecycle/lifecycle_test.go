@@ -1,6 +1,7 @@
 package lifecycle_test
 
 import (
+	"context"
 	"errors"
 	"sync"
 	"testing"
@@ -434,4 +435,179 @@ snapshots = ["clean"]
 		"wait for release", "restore clean (current)", "cleanup done", "took=", "vm=vm1", "plugin=fake"} {
 		assert.Contains(t, log, want)
 	}
+}
+
+// failingLeases cannot take any lease, like a lease file the user may not
+// open.
+type failingLeases struct{}
+
+func (failingLeases) Acquire(context.Context, string) (func(), error) {
+	return nil, errors.New("open leases/fake%2Fvm1.lock: permission denied")
+}
+
+// heldLeases holds every lease until the test ends.
+type heldLeases struct{}
+
+func (heldLeases) Acquire(ctx context.Context, _ string) (func(), error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+func TestALeaseThatCannotBeTakenStopsTheOperation(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+	m := lifecycle.New(lifecycle.Options{Leases: failingLeases{}})
+	r, err := m.Cleanup(ctxFor(t, 10*time.Second), w.vm("vm1"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "could not take the VM's lease")
+	assert.Contains(t, err.Error(), "permission denied")
+	assert.False(t, r.Quarantined, "nothing was done to the VM")
+	assert.Empty(t, w.sent(), "no command without the lease")
+	_, err = m.Start(ctxFor(t, 10*time.Second), w.vm("vm1"))
+	assert.Error(t, err, "not even a start runs without the lease")
+}
+
+func TestCleanupTimeoutCoversTheWaitForAnotherOperation(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+snapshots = ["clean"]
+`)
+	m := lifecycle.New(lifecycle.Options{Leases: heldLeases{}})
+	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.CleanupTimeout = 300 * time.Millisecond })
+	begun := time.Now()
+	r, err := m.Cleanup(context.Background(), vm)
+	assert.Less(t, time.Since(begun), time.Second)
+	assert.ErrorIs(t, err, hypervisor.ErrTimeout)
+	assert.Contains(t, err.Error(), "another operation on this VM")
+	assert.False(t, r.Quarantined, "a VM someone else is working on is not quarantined for it")
+	assert.NoError(t, m.CheckUsable(context.Background(), vm))
+}
+
+func TestCleanupOfAnUnknownVMQuarantinesNothing(t *testing.T) {
+	w := fakeWorld(t, timing)
+	vm := w.vm("no-such-vm")
+	r, err := w.manager.Cleanup(ctxFor(t, 10*time.Second), vm)
+	assert.ErrorIs(t, err, hypervisor.ErrNotFound)
+	assert.False(t, r.Quarantined)
+	assert.NoError(t, w.manager.CheckUsable(context.Background(), vm))
+}
+
+func TestUnlockByEmergencyStopWhenTheDriverCannotUnlock(t *testing.T) {
+	w := fakeWorld(t, `capabilities = ["stop.poweroff", "stop.emergency", "snapshot.restore", "status.lock", "watch"]
+[plugins.fake.config.timing]
+poweroff = "50ms"
+emergency = "20ms"
+unlock_after_stop = "1h"
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.ReleaseTimeout = 200 * time.Millisecond })
+	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off", "wait for release: deadline passed",
+		"unlock by emergency stop: unlocked"}, stepNames(r))
+	assert.Equal(t, hypervisor.LockUnlocked, r.Final.Lock)
+	assert.Equal(t, []string{"stop poweroff", "stop emergency"}, w.sent(), "the emergency stop killed the lingering VM process")
+}
+
+func TestWaitingLongerForReleaseWhenTheDriverCanNeitherUnlockNorKill(t *testing.T) {
+	w := fakeWorld(t, `capabilities = ["stop.poweroff", "snapshot.restore", "status.lock", "watch"]
+[plugins.fake.config.timing]
+poweroff = "50ms"
+unlock_after_stop = "600ms"
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+		s.ReleaseTimeout = 200 * time.Millisecond
+		s.UnlockTimeout = 5 * time.Second
+	})
+	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.Equal(t, "wait longer for release: unlocked", stepNames(r)[3])
+	assert.Contains(t, r.Fallbacks[len(r.Fallbacks)-1], "neither unlock nor stop.emergency")
+
+	vm.Settings.UnlockTimeout = 300 * time.Millisecond
+	w2 := fakeWorld(t, `capabilities = ["stop.poweroff", "snapshot.restore", "status.lock", "watch"]
+[plugins.fake.config.timing]
+poweroff = "50ms"
+unlock_after_stop = "1h"
+[plugins.fake.config.vms.vm1]
+state = "running"
+`)
+	vm.Driver = w2.plugin
+	_, err = w2.manager.Stop(ctxFor(t, 30*time.Second), vm)
+	var stuck *lifecycle.StuckError
+	require.ErrorAs(t, err, &stuck)
+	assert.Equal(t, "unlocked", stuck.Want)
+	assert.Contains(t, err.Error(), "wait longer for release")
+	assert.ErrorIs(t, err, hypervisor.ErrTimeout)
+}
+
+func TestLegacySettleFollowsOnlyAStop(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "off"
+snapshots = ["clean"]
+`, "--max-protocol=1")
+	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"stop: already off", "restore clean (current): done", "verify: ok"}, stepNames(r),
+		"no stop, no settle delay")
+	r, err = w.manager.EnsureStopped(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	require.NoError(t, err)
+	assert.Less(t, r.Duration, time.Second)
+}
+
+func TestStatusFailuresGiveUpAfterStatusTimeout(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+[plugins.fake.config.vms.vm1.faults]
+status_failures = 1000000
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.StatusTimeout = 300 * time.Millisecond })
+	begun := time.Now()
+	r, err := w.manager.Cleanup(context.Background(), vm)
+	assert.Less(t, time.Since(begun), 2*time.Second, "a hypervisor that never answers does not hang the cleanup")
+	assert.ErrorIs(t, err, hypervisor.ErrUnavailable)
+	assert.False(t, r.Quarantined, "nothing was done to the VM")
+}
+
+func TestNativeCleanupCanBeTurnedOff(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+		s.NativeCleanup = false
+		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff}
+	})
+	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.Equal(t, lifecycle.PathComposed, r.Path)
+	assert.Equal(t, "stop poweroff: off", stepNames(r)[0], "the VM's own ladder, not the driver's choice")
+}
+
+func TestAFailedNativeCleanupReportsTheDriversSteps(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm1.faults]
+restore_failures = 1
+`)
+	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	require.NoError(t, err, "the composed cleanup finished what the native one could not")
+	names := stepNames(r)
+	assert.Equal(t, []string{"driver: poweroff: done", "driver: wait-unlock: done", "driver: restore clean: failed",
+		"native cleanup: failed"}, names[:4], "what the driver did before it failed crossed the wire")
+	assert.Equal(t, "off/unlocked", r.Steps[3].State, "the state the driver left, read afresh")
+	assert.Contains(t, r.Fallbacks[0], "native cleanup failed")
 }

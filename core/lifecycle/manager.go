@@ -157,6 +157,15 @@ type op struct {
 	started  time.Time
 	last     hypervisor.Status
 	haveLast bool
+	// begun is set once the lease is held and the VM's state is known: only
+	// from then on can the operation have changed the VM.
+	begun bool
+	// stopSent is set once a stop reached the driver; the legacy settle
+	// delay follows only a stop.
+	stopSent bool
+	// lastStatusErr is the last failed status read while waiting, for the
+	// step that gives up to name.
+	lastStatusErr error
 }
 
 // begin takes the VM's lease, learns the driver's capabilities and the
@@ -175,7 +184,11 @@ func (m *Manager) begin(ctx context.Context, name string, vm VM, options []Optio
 	o.progress("waiting for other operations on this VM")
 	release, err := m.leases.Acquire(ctx, vm.Key())
 	if err != nil {
-		return o, func() {}, hypervisor.FromContext(ctx, name, vm.Name)
+		if cerr := hypervisor.FromContext(ctx, name, vm.Name); cerr != nil {
+			return o, func() {}, &hypervisor.Error{Code: hypervisor.CodeOf(cerr), Op: name, VM: vm.Name,
+				Message: "gave up waiting for another operation on this VM to finish", Err: cerr}
+		}
+		return o, func() {}, fmt.Errorf("%s %q: could not take the VM's lease: %w", name, vm.Name, err)
 	}
 	o.started = time.Now()
 	o.report.Started = o.started
@@ -196,6 +209,7 @@ func (m *Manager) begin(ctx context.Context, name string, vm VM, options []Optio
 		return o, func() {}, err
 	}
 	o.report.Initial = &st
+	o.begun = true
 	o.log.Info("state found", "power", st.Power, "raw", st.Raw, "lock", st.Lock, "snapshot", st.CurrentSnapshot)
 	return o, release, nil
 }

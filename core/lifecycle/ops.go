@@ -32,8 +32,10 @@ func (m *Manager) Unlock(ctx context.Context, vm VM, opts ...Option) (*Report, e
 			"the VM is %s; stop it first (sandbox vm stop %s)", o.last.Power, vm.Name))
 	}
 	if !o.caps.Has(hypervisor.CapLockState) {
-		o.settle(ctx)
-		return o.finish(ctx, ctx.Err())
+		o.addStep(Step{Name: "unlock", Outcome: "skipped",
+			Detail: "the driver cannot report session locks; there is nothing to check or release"})
+		o.report.fallback("the driver cannot report session locks (no " + string(hypervisor.CapLockState) + ")")
+		return o.finish(ctx, nil)
 	}
 	if isUnlocked(o.last) {
 		o.addStep(Step{Name: "unlock", Outcome: "already unlocked"})
@@ -93,12 +95,14 @@ func (m *Manager) Start(ctx context.Context, vm VM, opts ...Option) (*Report, er
 // restore otherwise (or when the native cleanup fails). A failure
 // quarantines the VM; a success lifts any quarantine.
 func (m *Manager) Cleanup(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
-	o, release, err := m.begin(ctx, "cleanup", vm, opts)
+	// The deadline covers the wait for the lease and the first status read
+	// too: a cleanup never takes longer than cleanup_timeout.
+	cctx, cancel := context.WithTimeout(ctx, vm.Settings.CleanupTimeout)
+	defer cancel()
+	o, release, err := m.begin(cctx, "cleanup", vm, opts)
 	defer release()
 	if err == nil {
-		cctx, cancel := context.WithTimeout(ctx, vm.Settings.CleanupTimeout)
 		err = o.cleanup(cctx, o.restoreWanted())
-		cancel()
 	}
 	return o.quarantineOnFailure(ctx, err)
 }
@@ -111,12 +115,12 @@ func (m *Manager) EnsureStopped(ctx context.Context, vm VM, opts ...Option) (*Re
 	if err := m.CheckUsable(ctx, vm); err != nil {
 		return &Report{Operation: "ensure-stopped", VM: vm.Name, Plugin: vm.Plugin, Steps: []Step{}, Error: err.Error()}, err
 	}
-	o, release, err := m.begin(ctx, "ensure-stopped", vm, opts)
+	cctx, cancel := context.WithTimeout(ctx, vm.Settings.CleanupTimeout)
+	defer cancel()
+	o, release, err := m.begin(cctx, "ensure-stopped", vm, opts)
 	defer release()
 	if err == nil {
-		cctx, cancel := context.WithTimeout(ctx, vm.Settings.CleanupTimeout)
 		err = o.cleanup(cctx, false)
-		cancel()
 	}
 	return o.quarantineOnFailure(ctx, err)
 }
@@ -150,8 +154,14 @@ func (m *Manager) Quarantined(ctx context.Context, vm VM) (QuarantineEntry, bool
 	return m.quarantine.Get(ctx, vm.Key())
 }
 
+// quarantineOnFailure quarantines the VM when a cleanup that got hold of it
+// failed. A failure before that (the lease not taken, the VM not found, a
+// Ctrl-C while waiting) says nothing about the VM and leaves it alone.
 func (o *op) quarantineOnFailure(ctx context.Context, err error) (*Report, error) {
 	key := o.vm.Key()
+	if err != nil && (!o.begun || hypervisor.IsNotFound(err)) {
+		return o.finish(ctx, err)
+	}
 	if err != nil {
 		// Record the quarantine even if ctx ended: the VM is in an unknown
 		// state either way.
@@ -212,7 +222,7 @@ func (o *op) cleanup(ctx context.Context, restore bool) error {
 		o.addStep(Step{Name: "stop", Outcome: "already off", Detail: "off and unlocked; nothing sent"})
 		return nil
 	}
-	if o.caps.Has(hypervisor.CapCleanup) {
+	if o.caps.Has(hypervisor.CapCleanup) && o.settings().NativeCleanup {
 		err := o.native(ctx, restore)
 		if err == nil || ctx.Err() != nil || hypervisor.IsNotFound(err) {
 			return err
@@ -222,9 +232,6 @@ func (o *op) cleanup(ctx context.Context, restore bool) error {
 			o.report.Path = PathLegacy
 		}
 		o.fallback("the driver's native cleanup failed (%v); composing it from stop, unlock and restore", err)
-		if _, serr := o.status(ctx); serr != nil {
-			return serr
-		}
 	}
 	if err := o.stopAndRelease(ctx); err != nil {
 		return err
@@ -248,6 +255,14 @@ func (o *op) native(ctx context.Context, restore bool) error {
 	step := Step{Name: "native cleanup", Duration: time.Since(begun), Outcome: "done"}
 	if err != nil {
 		step.Outcome, step.Detail = "failed", err.Error()
+		if ctx.Err() == nil {
+			// The state the driver left is where the composed cleanup
+			// takes over, and what the step should show.
+			if _, serr := o.status(ctx); serr != nil {
+				o.addStep(step)
+				return serr
+			}
+		}
 		o.addStep(step)
 		return err
 	}

@@ -31,8 +31,19 @@ type Settings struct {
 	RestoreTimeout time.Duration
 	// StartTimeout bounds a start, retries included.
 	StartTimeout time.Duration
-	// CleanupTimeout bounds a whole complete cleanup.
+	// CleanupTimeout bounds a whole complete cleanup, the wait for another
+	// operation on the VM included.
 	CleanupTimeout time.Duration
+	// StatusTimeout is how long a status read may keep failing transiently
+	// (a plugin being relaunched, a hypervisor service starting) before the
+	// operation gives up.
+	StatusTimeout time.Duration
+	// NativeCleanup lets Cleanup and EnsureStopped use the driver's own
+	// cleanup when it declares one. The driver then decides how to stop
+	// (the stop ladder and the rung, release, unlock and restore deadlines
+	// do not apply); set it false to have the core compose the cleanup
+	// with the VM's own settings.
+	NativeCleanup bool
 	// Snapshot is the snapshot restores and cleanups return to; empty
 	// means the VM's current snapshot.
 	Snapshot string
@@ -58,6 +69,8 @@ func Defaults() Settings {
 		RestoreTimeout:   60 * time.Second,
 		StartTimeout:     60 * time.Second,
 		CleanupTimeout:   3 * time.Minute,
+		StatusTimeout:    30 * time.Second,
+		NativeCleanup:    true,
 		RestoreOnCleanup: true,
 		PollInterval:     20 * time.Millisecond,
 		PollMaxInterval:  250 * time.Millisecond,
@@ -91,6 +104,8 @@ type Overrides struct {
 	RestoreTimeout   *time.Duration `toml:"restore_timeout"`
 	StartTimeout     *time.Duration `toml:"start_timeout"`
 	CleanupTimeout   *time.Duration `toml:"cleanup_timeout"`
+	StatusTimeout    *time.Duration `toml:"status_timeout"`
+	NativeCleanup    *bool          `toml:"native_cleanup"`
 	Snapshot         *string        `toml:"snapshot"`
 	RestoreOnCleanup *bool          `toml:"restore_on_cleanup"`
 	PollInterval     *time.Duration `toml:"poll_interval"`
@@ -119,6 +134,7 @@ func (s Settings) Apply(o Overrides) Settings {
 	set(&s.RestoreTimeout, o.RestoreTimeout)
 	set(&s.StartTimeout, o.StartTimeout)
 	set(&s.CleanupTimeout, o.CleanupTimeout)
+	set(&s.StatusTimeout, o.StatusTimeout)
 	set(&s.PollInterval, o.PollInterval)
 	set(&s.PollMaxInterval, o.PollMaxInterval)
 	if o.Snapshot != nil {
@@ -127,7 +143,20 @@ func (s Settings) Apply(o Overrides) Settings {
 	if o.RestoreOnCleanup != nil {
 		s.RestoreOnCleanup = *o.RestoreOnCleanup
 	}
+	if o.NativeCleanup != nil {
+		s.NativeCleanup = *o.NativeCleanup
+	}
 	return s
+}
+
+// Validate checks what no single key can: settings that contradict each
+// other once the layers are merged. It returns the key to blame.
+func (s Settings) Validate() (key string, err error) {
+	if s.PollInterval > s.PollMaxInterval {
+		return "poll_interval", fmt.Errorf("%s is longer than poll_max_interval (%s); polling never waits longer than the ceiling",
+			s.PollInterval, s.PollMaxInterval)
+	}
+	return "", nil
 }
 
 // Validate returns the key (as written in config.toml) of the first bad
@@ -153,7 +182,7 @@ func (o Overrides) Validate() (key string, err error) {
 		{"acpi_timeout", o.ACPITimeout}, {"poweroff_timeout", o.PowerOffTimeout},
 		{"emergency_timeout", o.EmergencyTimeout}, {"release_timeout", o.ReleaseTimeout},
 		{"unlock_timeout", o.UnlockTimeout}, {"restore_timeout", o.RestoreTimeout},
-		{"start_timeout", o.StartTimeout}, {"cleanup_timeout", o.CleanupTimeout},
+		{"start_timeout", o.StartTimeout}, {"cleanup_timeout", o.CleanupTimeout}, {"status_timeout", o.StatusTimeout},
 		{"poll_interval", o.PollInterval}, {"poll_max_interval", o.PollMaxInterval},
 	} {
 		if d.v != nil && *d.v <= 0 {

@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -34,10 +35,13 @@ func (o *op) stopLadder(ctx context.Context, methods []hypervisor.StopMethod) (h
 		if !o.caps.Has(m.Capability()) {
 			o.fallback("the driver has no %s; rung %q skipped", m.Capability(), m)
 			o.addStep(Step{Name: name, Outcome: "skipped", Detail: "driver lacks " + string(m.Capability())})
+			tried = append(tried, fmt.Sprintf("%s (skipped: the driver lacks %s)", m, m.Capability()))
 			continue
 		}
 		if m == hypervisor.StopACPI && st.Power != hypervisor.PowerRunning {
-			o.addStep(Step{Name: name, Outcome: "skipped", Detail: fmt.Sprintf("a %s guest cannot answer the power button", st.Power)})
+			why := fmt.Sprintf("a %s guest cannot answer the power button", st.Power)
+			o.addStep(Step{Name: name, Outcome: "skipped", Detail: why})
+			tried = append(tried, fmt.Sprintf("%s (skipped: %s)", m, why))
 			continue
 		}
 		deadline := o.settings().RungTimeout(m)
@@ -45,12 +49,17 @@ func (o *op) stopLadder(ctx context.Context, methods []hypervisor.StopMethod) (h
 		rctx, cancel := context.WithTimeout(ctx, deadline)
 		begun := time.Now()
 		step := Step{Name: name, Deadline: deadline}
+		o.stopSent = true
 		// A VM on its way to running (or restoring, saving) refuses stops
 		// until it gets there; retry within the rung rather than escalate.
 		attempts, err := retry(rctx, o.stopRetryable(rctx), func() error { return o.vm.Driver.Stop(rctx, o.vm.Name, m) })
 		step.Attempts = attempts
-		if err == nil {
+		stopFailed := err != nil
+		if !stopFailed {
 			st, err = o.waitFor(rctx, isOff)
+			if err != nil && o.lastStatusErr != nil {
+				step.Detail = "status: " + o.lastStatusErr.Error()
+			}
 		} else {
 			last = err
 			step.Detail = err.Error()
@@ -71,8 +80,8 @@ func (o *op) stopLadder(ctx context.Context, methods []hypervisor.StopMethod) (h
 			step.Outcome = "interrupted"
 			o.addStep(step)
 			return st, o.stuck("off", tried, last, hypervisor.CodeTimeout)
-		case step.Detail != "":
-			code = hypervisor.CodeOf(err)
+		case stopFailed:
+			code = hypervisor.CodeOf(last)
 			step.Outcome = "failed"
 			if code == hypervisor.CodeInvalidState || code == hypervisor.CodeLocked {
 				step.Outcome = "refused"
@@ -122,12 +131,15 @@ func (o *op) stuck(want string, tried []string, last error, code hypervisor.Code
 // release makes sure the session is free once the VM is off. A driver that
 // reports the lock is waited on, and actively unlocked if the session does
 // not go by itself; a driver that cannot report it gets the legacy fixed
-// settle delay.
+// settle delay, after a stop only.
 func (o *op) release(ctx context.Context) error {
 	s := o.settings()
 	if !o.caps.Has(hypervisor.CapLockState) {
+		if !o.stopSent {
+			return nil
+		}
 		o.settle(ctx)
-		return ctx.Err()
+		return hypervisor.FromContext(ctx, o.report.Operation, o.vm.Name)
 	}
 	if o.haveLast && isOffAndUnlocked(o.last) {
 		return nil
@@ -143,17 +155,19 @@ func (o *op) release(ctx context.Context) error {
 		o.addStep(step)
 		return nil
 	}
+	if hypervisor.IsNotFound(err) {
+		step.Outcome, step.Detail = "failed", err.Error()
+		o.addStep(step)
+		return err
+	}
 	if ctx.Err() != nil {
 		step.Outcome = "interrupted"
 		o.addStep(step)
-		return o.stuck("unlocked", []string{"waiting for release"}, nil, hypervisor.CodeTimeout)
+		return o.stuck("unlocked", []string{"waiting for release"}, o.lastStatusErr, hypervisor.CodeTimeout)
 	}
 	step.Outcome = "deadline passed"
 	o.addStep(step)
-	if hypervisor.IsNotFound(err) {
-		return err
-	}
-	return o.unlock(ctx, []string{"waiting for release"})
+	return o.unlock(ctx, []string{fmt.Sprintf("waiting %s for release", s.ReleaseTimeout)})
 }
 
 // settle is the legacy wait: a driver that cannot report its lock gets a
@@ -185,8 +199,11 @@ func (o *op) settle(ctx context.Context) {
 }
 
 // unlock actively frees a session that the hypervisor did not release by
-// itself: the driver's unlock when it has one, else an emergency stop, else
-// power-off retries while waiting for the release.
+// itself: with the driver's unlock when it has one, else with an emergency
+// stop, which kills a VM process still holding the session of an off VM
+// (§5.2). A driver with neither gets more time to release it by itself: a
+// power-off of an off VM sends nothing (§5.2), so there is nothing else to
+// try.
 func (o *op) unlock(ctx context.Context, tried []string) error {
 	s := o.settings()
 	uctx, cancel := context.WithTimeout(ctx, s.UnlockTimeout)
@@ -203,10 +220,10 @@ func (o *op) unlock(ctx context.Context, tried []string) error {
 		o.fallback("the driver has no %s; freeing the session with an emergency stop", hypervisor.CapUnlock)
 		act = func() error { return o.vm.Driver.Stop(uctx, o.vm.Name, hypervisor.StopEmergency) }
 	default:
-		name = "unlock by power-off retries"
-		o.fallback("the driver has neither %s nor %s; retrying power-off until the session is released",
-			hypervisor.CapUnlock, hypervisor.CapStopEmergency)
-		act = func() error { return o.vm.Driver.Stop(uctx, o.vm.Name, hypervisor.StopPowerOff) }
+		name = "wait longer for release"
+		o.fallback("the driver has neither %s nor %s; giving the hypervisor %s more to release the session",
+			hypervisor.CapUnlock, hypervisor.CapStopEmergency, s.UnlockTimeout)
+		act = func() error { return nil }
 	}
 	o.progress(name)
 	var last error
@@ -229,16 +246,19 @@ func (o *op) unlock(ctx context.Context, tried []string) error {
 		o.addStep(step)
 		return nil
 	}
-	if err != errStillLocked {
+	// Keep the driver's own words; "still locked" and a status read cut
+	// short by the deadline say less.
+	if last == nil && !errors.Is(err, errStillLocked) && uctx.Err() == nil {
 		last = err
 	}
 	step.Outcome = "failed"
+	step.Detail = fmt.Sprintf("still locked after %s", time.Since(begun).Round(time.Millisecond))
 	if last != nil {
-		step.Detail = last.Error()
+		step.Detail += ": " + last.Error()
 	}
 	o.addStep(step)
 	code := hypervisor.CodeTimeout
-	if last != nil && ctx.Err() == nil && !isLocked(last) && uctx.Err() == nil {
+	if last != nil && uctx.Err() == nil && !isLocked(last) {
 		code = hypervisor.CodeOf(last)
 	}
 	return o.stuck("unlocked", append(tried, name), last, code)

@@ -16,9 +16,12 @@ func transient(err error) bool {
 	return c == hypervisor.CodeLocked || c == hypervisor.CodeUnavailable
 }
 
-// status reads the VM's state, retrying transient failures within ctx.
+// status reads the VM's state, retrying transient failures within ctx and
+// for no longer than the VM's status_timeout.
 func (o *op) status(ctx context.Context) (hypervisor.Status, error) {
 	var st hypervisor.Status
+	ctx, cancel := context.WithTimeout(ctx, o.settings().StatusTimeout)
+	defer cancel()
 	_, err := retry(ctx, transient, func() error {
 		o.report.StatusCalls++
 		var err error
@@ -50,15 +53,17 @@ func retry(ctx context.Context, retryable func(error) bool, f func() error) (int
 			timer.Stop()
 		}
 	}()
+	lastTry := false
 	for attempts := 1; ; attempts++ {
 		err := f()
-		if err == nil || !retryable(err) || ctx.Err() != nil {
+		if err == nil || !retryable(err) || ctx.Err() != nil || lastTry {
 			return attempts, err
 		}
 		wait := b.NextBackOff()
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
 			// One last try just before the deadline beats giving up early.
 			wait = max(time.Until(deadline)-10*time.Millisecond, 0)
+			lastTry = true
 		}
 		if timer == nil {
 			timer = time.NewTimer(wait)
@@ -145,6 +150,7 @@ func (o *op) poll(ctx context.Context, cond func(hypervisor.Status) bool) (hyper
 		st, err := o.vm.Driver.Status(ctx, o.vm.Name)
 		switch {
 		case err == nil:
+			o.lastStatusErr = nil
 			o.seen(st)
 			if cond(st) {
 				return st, nil
@@ -153,6 +159,10 @@ func (o *op) poll(ctx context.Context, cond func(hypervisor.Status) bool) (hyper
 			return o.last, err
 		case ctx.Err() != nil:
 			return o.last, ctx.Err()
+		default:
+			// Keep polling: the plugin may be relaunching, the hypervisor
+			// busy. The step that gives up says why, from this.
+			o.lastStatusErr = err
 		}
 		if timer == nil {
 			timer = time.NewTimer(b.NextBackOff())

@@ -110,6 +110,9 @@ func (d *Driver) Stop(ctx context.Context, name string, method hypervisor.StopMe
 		if d.breaks(ViolationStopOffFails) {
 			return invalidState(hypervisor.OpStop, name, v.st.Power)
 		}
+		if method == hypervisor.StopEmergency && v.locked(now) {
+			return d.killLingeringLocked(v, now)
+		}
 		return nil
 	}
 	c := d.newCall(hypervisor.OpStop, name)
@@ -158,6 +161,24 @@ func (d *Driver) stopLocked(v *vm, method hypervisor.StopMethod, now time.Time) 
 	}
 	d.commitLocked()
 	return nil
+}
+
+// killLingeringLocked is an emergency stop of an off VM whose session is
+// still held (§5.2): a VM process still on its way out is killed and its
+// session goes with it; a session that no VM process holds (a stale lock,
+// or the lock_held_after_stop fault's torn-down session) cannot be killed.
+func (d *Driver) killLingeringLocked(v *vm, now time.Time) error {
+	c := d.newCall(hypervisor.OpStop, v.name)
+	c.e.Method = hypervisor.StopEmergency
+	if v.st.StaleLock || v.faults.LockHeldAfterStop > 0 {
+		return c.done(hypervisor.NewError(hypervisor.CodeLocked, hypervisor.OpStop, v.name,
+			"The machine '%s' does not have a VM process", v.name))
+	}
+	if until := now.Add(v.timing.Emergency); until.Before(v.st.LockedUntil) {
+		v.st.LockedUntil = until
+	}
+	d.commitLocked()
+	return c.done(nil)
 }
 
 func (d *Driver) poweroffFault(v *vm) error {

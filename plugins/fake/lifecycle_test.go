@@ -1,6 +1,7 @@
 package fake
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -156,13 +157,41 @@ func TestStopOfAnOffLikeVMSendsNothing(t *testing.T) {
 		for _, m := range hypervisor.StopMethods {
 			t.Run(state+"/"+string(m), func(t *testing.T) {
 				t.Parallel()
-				d := newFake(t, "[vms.a]\nlocked = true\nstate = \""+state+"\"\n[vms.a.faults]\npoweroff_failures = 5")
+				// A stale lock makes the exception of §5.2 visible: only an
+				// emergency stop acts on an off VM, and only on a held session.
+				locked := m != hypervisor.StopEmergency
+				d := newFake(t, fmt.Sprintf("[vms.a]\nlocked = %t\nstate = %q\n[vms.a.faults]\npoweroff_failures = 5", locked, state))
 				before := status(t, d, "a")
 				require.NoError(t, d.Stop(testCtx(t), "a", m))
 				assert.Equal(t, before, status(t, d, "a"))
 				assert.Empty(t, d.Journal())
 			})
 		}
+	}
+}
+
+func TestEmergencyStopOfAnOffVMKillsTheProcessStillHoldingItsSession(t *testing.T) {
+	t.Parallel()
+	d := newFake(t, "[timing]\nunlock_after_stop = \"1h\"\nemergency = \"10ms\"\n[vms.a]\nstate = \"running\"")
+	require.NoError(t, d.Stop(testCtx(t), "a", hypervisor.StopPowerOff))
+	waitFor(t, d, "a", hypervisor.PowerOff, hypervisor.LockLocked)
+	require.NoError(t, d.Stop(testCtx(t), "a", hypervisor.StopEmergency))
+	waitFor(t, d, "a", hypervisor.PowerOff, hypervisor.LockUnlocked)
+}
+
+func TestEmergencyStopCannotFreeASessionNoVMProcessHolds(t *testing.T) {
+	t.Parallel()
+	for _, table := range []string{
+		"[vms.a]\nlocked = true",
+		"[vms.a]\nstate = \"running\"\n[vms.a.faults]\nlock_held_after_stop = \"1h\"",
+	} {
+		d := newFake(t, table)
+		if status(t, d, "a").Power == hypervisor.PowerRunning {
+			require.NoError(t, d.Stop(testCtx(t), "a", hypervisor.StopPowerOff))
+			waitFor(t, d, "a", hypervisor.PowerOff, hypervisor.LockLocked)
+		}
+		requireCode(t, d.Stop(testCtx(t), "a", hypervisor.StopEmergency), hypervisor.CodeLocked, hypervisor.OpStop, "a")
+		assert.Equal(t, hypervisor.LockLocked, status(t, d, "a").Lock)
 	}
 }
 
