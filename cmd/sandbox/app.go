@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -62,6 +63,7 @@ type app struct {
 	state     *statedir.Dir
 	lifecycle *lifecycle.Manager
 
+	ctx         context.Context
 	stopSignals func()
 }
 
@@ -96,8 +98,16 @@ func (a *app) rootCommand() *cobra.Command {
 }
 
 // context returns a context that ends on Ctrl-C or SIGTERM. A second
-// signal kills the plugins and exits at once.
+// signal exits at once: the plugins get a second to be killed, and any that
+// is left notices its host is gone through its watchdog pipe and exits by
+// itself.
 func (a *app) context() context.Context {
+	a.once.Lock()
+	if a.ctx != nil {
+		defer a.once.Unlock()
+		return a.ctx
+	}
+	a.once.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
@@ -108,21 +118,35 @@ func (a *app) context() context.Context {
 		case <-done:
 			return
 		}
-		fmt.Fprintln(a.errOut, "sandbox: interrupted; stopping (press Ctrl-C again to kill the plugins now)")
+		fmt.Fprintln(a.errOut, "sandbox: interrupted; stopping (press Ctrl-C again to quit at once)")
 		cancel()
 		select {
 		case <-sigs:
 		case <-done:
 			return
 		}
-		a.close()
+		closed := make(chan struct{})
+		go func() {
+			a.close()
+			close(closed)
+		}()
+		select {
+		case <-closed:
+		case <-time.After(time.Second):
+		}
 		os.Exit(130)
 	}()
-	a.stopSignals = func() {
-		signal.Stop(sigs)
-		close(done)
-		cancel()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			signal.Stop(sigs)
+			close(done)
+			cancel()
+		})
 	}
+	a.once.Lock()
+	a.ctx, a.stopSignals = ctx, stop
+	a.once.Unlock()
 	return ctx
 }
 
@@ -150,14 +174,14 @@ func (a *app) load() error {
 
 // close kills every plugin the command launched.
 func (a *app) close() {
-	if a.stopSignals != nil {
-		a.stopSignals()
-	}
 	a.once.Lock()
-	h := a.host
+	h, stop := a.host, a.stopSignals
 	a.once.Unlock()
+	if stop != nil {
+		stop()
+	}
 	if h != nil {
-		h.Close()
+		h.Close() // safe to call twice: from main and from a second signal
 	}
 }
 

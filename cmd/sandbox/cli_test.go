@@ -188,3 +188,12 @@ func TestMissingConfigFile(t *testing.T) {
 	assert.Equal(t, 1, cmd.ProcessState.ExitCode())
 	assert.True(t, strings.Contains(string(out), "absent.toml does not exist"), string(out))
 }
+
+func TestVMListWarnsAboutAConfiguredVMNoPluginHas(t *testing.T) {
+	conf := fakeConfig("") + "\n[vms.win10-64-defendr]\nstop_ladder = [\"poweroff\"]\n"
+	r := sandbox(t, conf, "vm", "list")
+	require.Equal(t, 0, r.code, r.stderr)
+	assert.Regexp(t, `config.toml:\d+: vms.win10-64-defendr: names a VM no plugin lists`, r.stderr)
+	r = sandbox(t, fakeConfig(""), "vm", "list")
+	assert.Empty(t, r.stderr, "no warning when every configured VM exists")
+}

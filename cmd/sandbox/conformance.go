@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"os"
@@ -123,6 +124,11 @@ func (a *app) runConformance(o conformanceFlags) error {
 		},
 		Timing: o.timing,
 	}
+	release, err := a.leaseVMs(o.plugin, o.vm, o.peerVM, o.lockVM, o.deadlineVM, o.oddVM)
+	if err != nil {
+		return err
+	}
+	defer release()
 	progress := a.progress()
 	begun := time.Now()
 	rep, err := conformance.Collect(a.context(), target, conformance.Options{Match: match, Progress: progress})
@@ -210,4 +216,37 @@ func (a *app) listChecks() error {
 		}
 		_ = tw.Flush()
 	})
+}
+
+// leaseVMs takes the state directory's lease on every VM the suite will
+// drive, so that it never works on a VM another sandbox process is using
+// (an engine's task, an operator's cleanup). It waits a few seconds for a
+// busy VM, then says which one is in use.
+func (a *app) leaseVMs(plugin string, vms ...string) (func(), error) {
+	if _, err := a.manager(); err != nil {
+		return nil, err
+	}
+	var releases []func()
+	releaseAll := func() {
+		for _, r := range releases {
+			r()
+		}
+	}
+	seen := map[string]bool{}
+	for _, vm := range vms {
+		if vm == "" || seen[vm] {
+			continue
+		}
+		seen[vm] = true
+		ctx, cancel := context.WithTimeout(a.context(), 5*time.Second)
+		r, err := a.state.Leases().Acquire(ctx, plugin+"/"+vm)
+		cancel()
+		if err != nil {
+			releaseAll()
+			return nil, fmt.Errorf("VM %q is in use by another sandbox operation (lease in %s): wait for it to finish or pick another VM: %w",
+				vm, a.state.Path(), err)
+		}
+		releases = append(releases, r)
+	}
+	return releaseAll, nil
 }

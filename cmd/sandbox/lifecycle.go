@@ -61,13 +61,22 @@ func (a *app) lifecycleVM(ctx context.Context, name, plugin string) (lifecycle.V
 
 // lifecycleCommand builds one `sandbox vm VERB VM` command around a manager
 // operation, with live progress on a terminal and the report at the end.
-func (a *app) lifecycleCommand(plugin *string, use, short string,
+// validate, when not nil, checks the command's flags before any plugin is
+// launched, so that a bad flag is a usage error (exit 2) with or without
+// --json.
+func (a *app) lifecycleCommand(plugin *string, use, short string, validate func() error,
 	run func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error),
 ) *cobra.Command {
 	return &cobra.Command{
 		Use:   use + " VM",
 		Short: short,
 		Args:  exactArgs("VM"),
+		PreRunE: func(*cobra.Command, []string) error {
+			if validate == nil {
+				return nil
+			}
+			return validate()
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, m, vm, err := a.vmTarget(args[0], *plugin)
 			if err != nil {
@@ -95,11 +104,14 @@ func (a *app) lifecycleCommand(plugin *string, use, short string,
 func (a *app) lifecycleCommands(plugin *string) []*cobra.Command {
 	var method string
 	stop := a.lifecycleCommand(plugin, "stop", "Stop a VM through its stop ladder (or one --method) and wait for its session to be released",
+		func() error {
+			if method != "" && !hypervisor.StopMethod(method).Valid() {
+				return usagef("--method %q: want acpi, poweroff or emergency", method)
+			}
+			return nil
+		},
 		func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
 			if method != "" {
-				if !hypervisor.StopMethod(method).Valid() {
-					return nil, usagef("--method %q: want acpi, poweroff or emergency", method)
-				}
 				opts = append(opts, lifecycle.WithMethod(hypervisor.StopMethod(method)))
 			}
 			return m.Stop(ctx, vm, opts...)
@@ -107,7 +119,7 @@ func (a *app) lifecycleCommands(plugin *string) []*cobra.Command {
 	stop.Flags().StringVar(&method, "method", "", "use only this stop `METHOD` (acpi, poweroff, emergency) instead of the VM's ladder")
 
 	var restoreSnapshot string
-	restore := a.lifecycleCommand(plugin, "restore", "Stop a VM cleanly, then restore its snapshot and verify it",
+	restore := a.lifecycleCommand(plugin, "restore", "Stop a VM cleanly, then restore its snapshot and verify it", nil,
 		func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
 			if restoreSnapshot != "" {
 				opts = append(opts, lifecycle.WithSnapshot(restoreSnapshot))
@@ -119,14 +131,17 @@ func (a *app) lifecycleCommands(plugin *string) []*cobra.Command {
 	var cleanupSnapshot string
 	var noRestore bool
 	cleanup := a.lifecycleCommand(plugin, "cleanup", "Leave a VM off, unlocked and restored; lifts its quarantine on success",
+		func() error {
+			if noRestore && cleanupSnapshot != "" {
+				return usagef("--snapshot and --no-restore contradict each other")
+			}
+			return nil
+		},
 		func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
 			if cleanupSnapshot != "" {
 				opts = append(opts, lifecycle.WithSnapshot(cleanupSnapshot))
 			}
 			if noRestore {
-				if cleanupSnapshot != "" {
-					return nil, usagef("--snapshot and --no-restore contradict each other")
-				}
 				opts = append(opts, lifecycle.WithRestore(false))
 			}
 			return m.Cleanup(ctx, vm, opts...)
@@ -135,12 +150,12 @@ func (a *app) lifecycleCommands(plugin *string) []*cobra.Command {
 	cleanup.Flags().BoolVar(&noRestore, "no-restore", false, "leave the VM off and unlocked without restoring it")
 
 	return []*cobra.Command{
-		a.lifecycleCommand(plugin, "start", "Start a VM headless, retrying while its session is still held",
+		a.lifecycleCommand(plugin, "start", "Start a VM headless, retrying while its session is still held", nil,
 			func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
 				return m.Start(ctx, vm, opts...)
 			}),
 		stop,
-		a.lifecycleCommand(plugin, "unlock", "Free the session lock of a stopped VM: wait for its release, then unlock actively",
+		a.lifecycleCommand(plugin, "unlock", "Free the session lock of a stopped VM: wait for its release, then unlock actively", nil,
 			func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
 				return m.Unlock(ctx, vm, opts...)
 			}),

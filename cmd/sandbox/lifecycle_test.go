@@ -110,6 +110,9 @@ func TestVMStopStartRestoreUnlockThroughTheCLI(t *testing.T) {
 
 	r = sandboxIn(t, dir, conf, "vm", "stop", "--method", "gently", "win10-64-defender")
 	assert.Equal(t, 2, r.code, "a bad flag value is a usage error")
+	r = sandboxIn(t, dir, conf, "--json", "vm", "stop", "--method", "gently", "win10-64-defender")
+	assert.Equal(t, 2, r.code, "with --json too")
+	assert.Contains(t, r.stderr, `--method "gently"`)
 	r = sandboxIn(t, dir, conf, "vm", "cleanup", "--no-restore", "--snapshot", "clean", "win10-64-defender")
 	assert.Equal(t, 2, r.code)
 }

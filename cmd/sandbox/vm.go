@@ -3,11 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/sandboxhq/sandbox/core/configfile"
 	"github.com/sandboxhq/sandbox/core/fleet"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
@@ -45,7 +48,8 @@ func (a *app) vmListCommand() *cobra.Command {
 			if entries == nil {
 				entries = []fleet.Entry{}
 			}
-			err = a.emit(map[string]any{"vms": entries, "errors": msgs}, func(w io.Writer) {
+			warnings := a.unlistedVMs(entries, errs)
+			err = a.emit(map[string]any{"vms": entries, "errors": msgs, "warnings": warnings}, func(w io.Writer) {
 				tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 				if len(entries) > 0 || len(msgs) == 0 {
 					fmt.Fprintln(tw, "PLUGIN\tVM\tPOWER\tID")
@@ -58,7 +62,7 @@ func (a *app) vmListCommand() *cobra.Command {
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", e.Plugin, e.Name, power, orDash(e.ID))
 				}
 				_ = tw.Flush()
-				for _, m := range msgs {
+				for _, m := range append(msgs, warnings...) {
 					fmt.Fprintf(a.errOut, "sandbox: %s\n", m)
 				}
 			})
@@ -128,4 +132,26 @@ func printStatus(w io.Writer, s vmStatus) {
 		fmt.Fprintf(tw, "Quarantined:\tno\n")
 	}
 	_ = tw.Flush()
+}
+
+// unlistedVMs warns about [vms.NAME] tables that name no listed VM: a typo
+// there would silently leave the real VM on the default settings. Plugins
+// that failed to answer are not held against the configuration.
+func (a *app) unlistedVMs(entries []fleet.Entry, errs []error) []string {
+	if len(errs) > 0 {
+		return []string{}
+	}
+	listed := map[string]bool{}
+	for _, e := range entries {
+		listed[e.Name] = true
+	}
+	doc := configfile.Document{File: a.cfg.Path, Data: a.cfg.Data}
+	warnings := []string{}
+	for _, name := range slices.Sorted(maps.Keys(a.cfg.VMs)) {
+		if !listed[name] {
+			warnings = append(warnings, doc.Errorf([]string{"vms", name},
+				"names a VM no plugin lists, so its settings apply to nothing; check the name against this list").Error())
+		}
+	}
+	return warnings
 }

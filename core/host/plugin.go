@@ -219,6 +219,9 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		Table:  []string{"plugins", p.name, "config"},
 		Data:   p.host.opts.Data,
 	})
+	if err != nil && ctx.Err() != nil {
+		return fail(fmt.Errorf("interrupted while the plugin was being configured: %w", ctx.Err()))
+	}
 	if err != nil {
 		var he *hypervisor.Error
 		if errors.As(err, &he) && he.Message != "" {
