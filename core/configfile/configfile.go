@@ -11,9 +11,11 @@ package configfile
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 )
@@ -105,6 +107,9 @@ func (d Document) Decode(v any, opts ...Option) error {
 	if err := md.PrimitiveDecode(prim, v); err != nil {
 		return d.wrap(err)
 	}
+	if err := d.checkDurations(md, reflect.TypeOf(v), o.at); err != nil {
+		return err
+	}
 	for _, key := range md.Undecoded() {
 		if !hasPrefix(key, o.at) || len(key) == len(o.at) || ignored(key, o.ignore) {
 			continue
@@ -168,4 +173,76 @@ func ignored(key toml.Key, patterns []string) bool {
 		}
 	}
 	return false
+}
+
+var durationType = reflect.TypeOf(time.Duration(0))
+
+// checkDurations rejects bare numbers for durations. The toml package reads
+// `timeout = 10` into a time.Duration as 10 nanoseconds, which no one ever
+// means; a duration must be written with its unit, as a string.
+func (d Document) checkDurations(md toml.MetaData, root reflect.Type, at []string) error {
+	for _, key := range md.Keys() {
+		if !hasPrefix(key, at) || len(key) == len(at) || md.Type(key...) != "Integer" {
+			continue
+		}
+		if t, ok := fieldType(root, key[len(at):]); ok && t == durationType {
+			return &Error{File: d.File, Line: d.Line(key), Key: key.String(),
+				Msg: `a duration needs a unit: write it as a string such as "15s" or "250ms" ` +
+					"(a bare number would be read as nanoseconds)"}
+		}
+	}
+	return nil
+}
+
+// fieldType is the Go type a TOML key decodes into below t, following
+// struct fields by their toml tag (or name), embedded structs, map values,
+// slice elements and pointers.
+func fieldType(t reflect.Type, path []string) (reflect.Type, bool) {
+	for _, k := range path {
+		for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice || t.Kind() == reflect.Array {
+			t = t.Elem()
+		}
+		switch t.Kind() {
+		case reflect.Map:
+			t = t.Elem()
+		case reflect.Struct:
+			f, ok := structField(t, k)
+			if !ok {
+				return nil, false
+			}
+			t = f
+		default:
+			return nil, false
+		}
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	return t, true
+}
+
+func structField(t reflect.Type, key string) (reflect.Type, bool) {
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if name == "-" {
+			continue
+		}
+		if f.Anonymous && name == "" {
+			ft := f.Type
+			if ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Struct {
+				if inner, ok := structField(ft, key); ok {
+					return inner, true
+				}
+			}
+			continue
+		}
+		if name == key || (name == "" && strings.EqualFold(f.Name, key)) {
+			return f.Type, true
+		}
+	}
+	return nil, false
 }

@@ -117,3 +117,35 @@ func TestMissingTableDecodesEmpty(t *testing.T) {
 	require.NoError(t, d.Decode(&c, configfile.At("plugins", "other", "config")))
 	assert.Zero(t, c.Tick)
 }
+
+func TestABareNumberIsNotADuration(t *testing.T) {
+	type inner struct {
+		Wait *time.Duration `toml:"wait"`
+		N    int           `toml:"n"`
+	}
+	type embedded struct {
+		Grace time.Duration `toml:"grace"`
+	}
+	var c struct {
+		Timeout time.Duration    `toml:"timeout"`
+		Count   int              `toml:"count"`
+		VMs     map[string]inner `toml:"vms"`
+		embedded
+	}
+	for _, tc := range []struct{ text, key string }{
+		{"timeout = 10\n", "timeout"},
+		{"[vms.a]\nn = 3\nwait = 250\n", "vms.a.wait"},
+		{"grace = 5\n", "grace"},
+	} {
+		d := configfile.Document{File: "c.toml", Data: []byte(tc.text)}
+		err := d.Decode(&c)
+		var ce *configfile.Error
+		require.ErrorAs(t, err, &ce, tc.text)
+		assert.Equal(t, tc.key, ce.Key)
+		assert.Contains(t, ce.Msg, `a duration needs a unit`)
+		assert.Positive(t, ce.Line)
+	}
+	d := configfile.Document{File: "c.toml", Data: []byte("timeout = \"10s\"\ncount = 3\n[vms.a]\nn = 1\n")}
+	require.NoError(t, d.Decode(&c), "numbers where numbers belong, strings for durations")
+	assert.Equal(t, 10*time.Second, c.Timeout)
+}
