@@ -102,8 +102,9 @@ func (o *serveOptions) fromEnvironment(args []string, getenv func(string) string
 // watchHost calls gone once the host process has died. The host passes the
 // read end of a pipe whose write end only it holds; the kernel closes that
 // end when the host dies, however it dies, so the read returns at once. A
-// host that passes no pipe (Windows, a foreign host) is watched by polling
-// the parent process id instead.
+// host that passes no pipe (a foreign host, or Windows, where the host
+// passes no extra files) is watched through the parent process instead
+// (watchParent, per operating system).
 func watchHost(gone func()) {
 	if v := os.Getenv(EnvHostFD); v != "" {
 		if fd, err := strconv.Atoi(v); err == nil {
@@ -116,17 +117,7 @@ func watchHost(gone func()) {
 			}
 		}
 	}
-	parent := os.Getppid()
-	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for range t.C {
-			if os.Getppid() != parent {
-				gone()
-				return
-			}
-		}
-	}()
+	watchParent(gone)
 }
 
 func closeWithin(slot *driverSlot, d time.Duration) {
