@@ -611,3 +611,15 @@ restore_failures = 1
 	assert.Equal(t, "off/unlocked", r.Steps[3].State, "the state the driver left, read afresh")
 	assert.Contains(t, r.Fallbacks[0], "native cleanup failed")
 }
+
+func TestAStopThatCannotRunSaysWhy(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "paused"
+`)
+	_, err := w.manager.Stop(ctxFor(t, 10*time.Second), w.vm("vm1"), lifecycle.WithMethod(hypervisor.StopACPI))
+	require.Error(t, err)
+	assert.ErrorIs(t, err, hypervisor.ErrInvalidState)
+	assert.Contains(t, err.Error(), "acpi (skipped: a paused guest cannot answer the power button)")
+	assert.Empty(t, w.sent())
+}

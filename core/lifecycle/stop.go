@@ -42,6 +42,9 @@ func (o *op) stopLadder(ctx context.Context, methods []hypervisor.StopMethod) (h
 			why := fmt.Sprintf("a %s guest cannot answer the power button", st.Power)
 			o.addStep(Step{Name: name, Outcome: "skipped", Detail: why})
 			tried = append(tried, fmt.Sprintf("%s (skipped: %s)", m, why))
+			if code == hypervisor.CodeUnsupported {
+				code = hypervisor.CodeInvalidState // the VM's state, not the driver, stood in the way
+			}
 			continue
 		}
 		deadline := o.settings().RungTimeout(m)
