@@ -113,7 +113,9 @@ type Unlock struct {
 // Cleanup configures the driver's native cleanup.
 type Cleanup struct {
 	// StopWait is how long cleanup waits for a powered-off VM to reach an
-	// off state before it kills the VM process.
+	// off state before it kills the VM process. A VM found starting gets
+	// at most ten seconds of it to run, since it cannot be powered off
+	// before.
 	StopWait time.Duration `toml:"stop_wait"`
 }
 
@@ -181,6 +183,8 @@ type settings struct {
 	Config
 	guest   *credentials
 	vmGuest map[string]*credentials
+	// startingGrace is the constant of that name; tests shorten it.
+	startingGrace time.Duration
 }
 
 // load decodes and validates the plugin's table.
@@ -215,7 +219,7 @@ func load(cfg sdk.Config) (*settings, error) {
 	if c.MaxOutput <= 0 {
 		return nil, cfg.Errorf([]string{"max_output"}, "must be a positive number of bytes")
 	}
-	s := &settings{Config: c, vmGuest: map[string]*credentials{}}
+	s := &settings{Config: c, vmGuest: map[string]*credentials{}, startingGrace: startingGrace}
 	var err error
 	if s.guest, err = resolveGuest(cfg, []string{"guest"}, c.Guest, c.Guest.ReadyWait); err != nil {
 		return nil, err

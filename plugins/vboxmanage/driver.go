@@ -39,23 +39,42 @@ const Name = "vboxmanage"
 // Version is the driver's own version.
 const Version = "0.1.0"
 
-// Driver implements hypervisor.Driver with VBoxManage. Create it with New.
+// Driver implements hypervisor.Driver with VBoxManage. Create it with New;
+// Close ends it.
 type Driver struct {
 	// Unimplemented answers Watch: VBoxManage offers no state-change
 	// events to stream.
 	hypervisor.Unimplemented
 
-	cfg      *settings
-	log      hclog.Logger
-	host     location.Host
-	gates    gates
-	restored restoreMarks
+	cfg       *settings
+	log       hclog.Logger
+	host      location.Host
+	gates     gates
+	restored  restoreMarks
+	passwords passwordFiles
 
-	mu    sync.Mutex
-	probe *probe
+	// root is the context every invocation derives from; Close cancels it,
+	// so that the runner kills whatever VBoxManage is still running.
+	root   context.Context
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	probe   *probe
+	probing *probing
+	// active counts operations and probes in flight; drained is closed
+	// when it reaches zero after Close began.
+	active  int
+	drained chan struct{}
+	closing bool
+	closed  chan struct{}
 }
 
 var _ hypervisor.Driver = (*Driver)(nil)
+
+// closeWait is how long Close waits for the operations it canceled to
+// return. The SDK gives Close about 50 ms when the host dies; killing a
+// VBoxManage and reaping it takes a few.
+const closeWait = 40 * time.Millisecond
 
 // probe is what the driver learned about the installed VirtualBox; it is
 // kept once VBoxManage answered.
@@ -63,6 +82,19 @@ type probe struct {
 	run     *runner.Runner
 	version parser.Version
 	caps    hypervisor.Capabilities
+}
+
+// probing is one probe of VBoxManage in flight, shared by every call that
+// needs its answer meanwhile. Each caller waits for it within its own
+// deadline; the probe is canceled when the last of them gives up, so that
+// no VBoxManage runs on behalf of nobody.
+type probing struct {
+	done    chan struct{}
+	cancel  context.CancelFunc
+	waiters int
+	// p or err is the answer, set before done is closed.
+	p   *probe
+	err *hypervisor.Error
 }
 
 // New is the plugin's sdk.Factory. It validates the configuration; a
@@ -80,7 +112,8 @@ func newDriver(cfg sdk.Config, logger hclog.Logger, host location.Host) (*Driver
 	if logger == nil {
 		logger = hclog.NewNullLogger()
 	}
-	return &Driver{cfg: s, log: logger, host: host}, nil
+	root, cancel := context.WithCancel(context.Background())
+	return &Driver{cfg: s, log: logger, host: host, root: root, cancel: cancel}, nil
 }
 
 // Invocations returns how many VBoxManage processes the driver has
@@ -96,17 +129,70 @@ func (d *Driver) Invocations() uint64 {
 }
 
 // ready returns the probe, finding VBoxManage and reading its version on
-// first use. A failure is not kept: installing VirtualBox or starting its
-// service fixes the next call without restarting the plugin.
+// first use. Calls that arrive while a probe runs wait for that one, each
+// within its own deadline. A failure is not kept: installing VirtualBox or
+// starting its service fixes the next call without restarting the plugin.
 func (d *Driver) ready(ctx context.Context, op, vm string) (*probe, error) {
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.probe != nil {
-		return d.probe, nil
+		p := d.probe
+		d.mu.Unlock()
+		return p, nil
 	}
+	f := d.probing
+	if f == nil {
+		pctx, cancel := context.WithCancel(d.root)
+		f = &probing{done: make(chan struct{}), cancel: cancel}
+		d.probing = f
+		d.active++
+		go d.runProbe(pctx, f)
+	}
+	f.waiters++
+	d.mu.Unlock()
+
+	select {
+	case <-f.done:
+		if f.p != nil {
+			return f.p, nil
+		}
+		e := *f.err
+		e.Op, e.VM = op, vm
+		return nil, &e
+	case <-ctx.Done():
+		d.mu.Lock()
+		f.waiters--
+		if f.waiters == 0 && d.probing == f {
+			d.probing = nil
+			f.cancel()
+		}
+		d.mu.Unlock()
+		return nil, hypervisor.FromContext(ctx, op, vm)
+	}
+}
+
+// runProbe runs one probe and hands its answer to whoever waits for it.
+func (d *Driver) runProbe(ctx context.Context, f *probing) {
+	defer d.leave()
+	defer f.cancel()
+	p, err := d.probeVBoxManage(ctx)
+	d.mu.Lock()
+	if p != nil {
+		d.probe = p
+	}
+	if d.probing == f {
+		d.probing = nil
+	}
+	f.p, f.err = p, err
+	d.mu.Unlock()
+	close(f.done)
+}
+
+// probeVBoxManage finds VBoxManage and reads its version. Its errors name
+// no operation; each waiting caller adds its own.
+func (d *Driver) probeVBoxManage(ctx context.Context) (*probe, *hypervisor.Error) {
 	path, err := location.Find(d.cfg.Path, d.host)
 	if err != nil {
-		return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable, Op: op, VM: vm, Message: err.Error(), Err: err}
+		return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable, Message: err.Error(), Err: err}
 	}
 	var env []string
 	if d.cfg.UserHome != "" {
@@ -118,9 +204,9 @@ func (d *Driver) ready(ctx context.Context, op, vm string) (*probe, error) {
 		res, err := r.Run(ctx, runner.Call{Args: []string{"--version"}, Timeout: d.cfg.Timeouts.Command})
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, hypervisor.FromContext(ctx, op, vm)
+				return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable, Message: "the probe of VBoxManage was canceled", Err: err}
 			}
-			e := d.failure(op, vm, err)
+			e := d.failure("", "", err)
 			e.Code = hypervisor.CodeUnavailable
 			e.Message = fmt.Sprintf("VBoxManage at %s does not work: %s", path, e.Message)
 			return nil, e
@@ -128,27 +214,110 @@ func (d *Driver) ready(ctx context.Context, op, vm string) (*probe, error) {
 		v, perr := parser.ParseVersion(res.Stdout)
 		if perr == nil {
 			caps := capabilitiesFor(v, d.cfg.hasGuestCredentials())
-			d.probe = &probe{run: r, version: v, caps: caps}
 			d.log.Info("found VirtualBox", "path", path, "version", v.Raw, "capabilities", caps.String())
 			if v.Major < 5 {
 				d.log.Warn("VirtualBox before 5.0 is supported only for status, start, stop and restore", "version", v.Raw)
 			}
-			return d.probe, nil
+			return &probe{run: r, version: v, caps: caps}, nil
 		}
 		// VBoxManage has been seen to print an empty line on Windows;
 		// asking again helps.
 		if attempt == 3 {
-			return nil, hypervisor.NewError(hypervisor.CodeUnavailable, op, vm,
-				"VBoxManage at %s printed no version (%q)", path, firstLine(string(res.Stdout)))
+			return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable,
+				Message: fmt.Sprintf("VBoxManage at %s printed no version (%q)", path, firstLine(string(res.Stdout)))}
 		}
-		if err := d.pause(ctx, op, vm, b.next()); err != nil {
-			return nil, err
+		if err := d.pause(ctx, "", "", b.next()); err != nil {
+			return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable, Message: "the probe of VBoxManage was canceled", Err: err}
 		}
 	}
 }
 
+// begin admits one operation. The context it returns ends with the
+// caller's or when the driver closes; end, deferred with the operation's
+// error, reports an operation cut short by Close as the driver shutting
+// down rather than as whatever the killed VBoxManage left behind.
+func (d *Driver) begin(ctx context.Context, op, vm string) (context.Context, func(*error), error) {
+	d.mu.Lock()
+	if d.closing {
+		d.mu.Unlock()
+		return nil, nil, shuttingDown(op, vm)
+	}
+	d.active++
+	d.mu.Unlock()
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(d.root, cancel)
+	return ctx, func(errp *error) {
+		stop()
+		cancel()
+		if *errp != nil && d.root.Err() != nil {
+			*errp = shuttingDown(op, vm)
+		}
+		d.leave()
+	}, nil
+}
+
+// leave ends what begin or a probe counted.
+func (d *Driver) leave() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.active--
+	if d.active == 0 && d.drained != nil {
+		close(d.drained)
+		d.drained = nil
+	}
+}
+
+func shuttingDown(op, vm string) error {
+	return hypervisor.NewError(hypervisor.CodeUnavailable, op, vm, "the driver is shutting down")
+}
+
+// Close ends the driver: operations in flight are canceled, which kills
+// the VBoxManage processes they run, and every later operation answers
+// unavailable. The plugin's server calls it when the host goes away, with
+// little time to spare, so it waits only briefly for the canceled
+// operations and then removes any guest password file still on disk
+// itself. It is safe to call more than once and concurrently with
+// operations.
+func (d *Driver) Close() error {
+	d.mu.Lock()
+	if d.closing {
+		closed := d.closed
+		d.mu.Unlock()
+		<-closed
+		return nil
+	}
+	d.closing = true
+	d.closed = make(chan struct{})
+	var drained chan struct{}
+	if d.active > 0 {
+		d.drained = make(chan struct{})
+		drained = d.drained
+	}
+	d.mu.Unlock()
+
+	d.cancel()
+	if drained != nil {
+		t := time.NewTimer(closeWait)
+		// Nothing is logged here: when the host has died, a line written
+		// to its log pipe could be the plugin's last act.
+		select {
+		case <-drained:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	d.passwords.sweep()
+	close(d.closed)
+	return nil
+}
+
 // Info reports the driver and the VirtualBox it found (§1).
-func (d *Driver) Info(ctx context.Context) (hypervisor.Info, error) {
+func (d *Driver) Info(ctx context.Context) (_ hypervisor.Info, err error) {
+	ctx, end, err := d.begin(ctx, hypervisor.OpInfo, "")
+	if err != nil {
+		return hypervisor.Info{}, err
+	}
+	defer end(&err)
 	p, err := d.ready(ctx, hypervisor.OpInfo, "")
 	if err != nil {
 		return hypervisor.Info{}, err
@@ -166,7 +335,12 @@ func (d *Driver) Info(ctx context.Context) (hypervisor.Info, error) {
 // lock (§2). VMs whose settings VirtualBox cannot read are left out: no
 // operation could address them. Power stays unknown: the listing does not
 // say, and asking would lock stopped VMs.
-func (d *Driver) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
+func (d *Driver) ListVMs(ctx context.Context) (_ []hypervisor.VM, err error) {
+	ctx, end, err := d.begin(ctx, hypervisor.OpList, "")
+	if err != nil {
+		return nil, err
+	}
+	defer end(&err)
 	p, err := d.ready(ctx, hypervisor.OpList, "")
 	if err != nil {
 		return nil, err

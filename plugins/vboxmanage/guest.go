@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
@@ -35,13 +36,65 @@ const (
 type guestSession struct {
 	ref   string
 	cred  *credentials
-	pwRm  func()
+	close func()
 	flags []string
+}
+
+// passwordFiles are the guest password files on disk. Close removes the
+// ones whose operations did not get to remove them, and no new one is
+// created after that.
+type passwordFiles struct {
+	mu     sync.Mutex
+	closed bool
+	m      map[string]struct{}
+}
+
+// errClosing refuses a password file to an operation racing Close.
+var errClosing = errors.New("the driver is shutting down")
+
+// create makes a new file in dir that only the plugin's user can read.
+// Creating and registering it under one lock means that Close's sweep
+// either sees it or refuses it.
+func (f *passwordFiles) create(dir string) (*os.File, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return nil, errClosing
+	}
+	file, err := os.CreateTemp(dir, "sandbox-vbox-pw-")
+	if err != nil {
+		return nil, err
+	}
+	if f.m == nil {
+		f.m = map[string]struct{}{}
+	}
+	f.m[file.Name()] = struct{}{}
+	return file, nil
+}
+
+// remove deletes one file.
+func (f *passwordFiles) remove(name string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_ = os.Remove(name)
+	delete(f.m, name)
+}
+
+// sweep deletes every file left and refuses new ones.
+func (f *passwordFiles) sweep() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for name := range f.m {
+		_ = os.Remove(name)
+	}
+	f.m = nil
 }
 
 // openGuest prepares a guest operation. The password goes into a file
 // only the plugin's user can read, never on a command line (where `ps`
-// shows it) and never into a log; the file is removed by close.
+// shows it) and never into a log; the file is removed by close, or by
+// Close if the plugin is stopped first.
 func (d *Driver) openGuest(ctx context.Context, p *probe, op, vm string) (*guestSession, error) {
 	ref, err := d.ref(ctx, p, op, vm)
 	if err != nil {
@@ -51,11 +104,15 @@ func (d *Driver) openGuest(ctx context.Context, p *probe, op, vm string) (*guest
 	if err != nil {
 		return nil, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "%s", err.Error())
 	}
-	f, err := os.CreateTemp(d.cfg.TempDir, "sandbox-vbox-pw-")
+	f, err := d.passwords.create(d.cfg.TempDir)
+	if errors.Is(err, errClosing) {
+		return nil, shuttingDown(op, vm)
+	}
 	if err != nil {
 		return nil, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "cannot write the guest password file: %v", err)
 	}
-	rm := func() { _ = os.Remove(f.Name()) }
+	name := f.Name()
+	rm := func() { d.passwords.remove(name) }
 	if err := f.Chmod(0o600); err != nil && !errors.Is(err, errors.ErrUnsupported) {
 		f.Close()
 		rm()
@@ -69,14 +126,12 @@ func (d *Driver) openGuest(ctx context.Context, p *probe, op, vm string) (*guest
 		rm()
 		return nil, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "cannot write the guest password file: %v", werr)
 	}
-	flags := []string{"--username", cred.username, "--passwordfile", f.Name()}
+	flags := []string{"--username", cred.username, "--passwordfile", name}
 	if cred.domain != "" {
 		flags = append(flags, "--domain", cred.domain)
 	}
-	return &guestSession{ref: ref, cred: cred, pwRm: rm, flags: flags}, nil
+	return &guestSession{ref: ref, cred: cred, close: rm, flags: flags}, nil
 }
-
-func (g *guestSession) close() { g.pwRm() }
 
 // notReady reports the guest execution service's "not ready (yet)", which
 // it answers while the guest boots.
@@ -100,8 +155,13 @@ func (d *Driver) guestCall(ctx context.Context, p *probe, op, vm string, g *gues
 
 // CopyIn copies a host file into the running guest with `guestcontrol
 // copyto` (§9.1).
-func (d *Driver) CopyIn(ctx context.Context, vm, hostPath, guestPath string) error {
+func (d *Driver) CopyIn(ctx context.Context, vm, hostPath, guestPath string) (err error) {
 	const op = hypervisor.OpCopyIn
+	ctx, end, err := d.begin(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	defer end(&err)
 	abs, err := filepath.Abs(hostPath)
 	if err != nil {
 		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host path %q: %v", hostPath, err)
@@ -114,8 +174,13 @@ func (d *Driver) CopyIn(ctx context.Context, vm, hostPath, guestPath string) err
 
 // CopyOut copies a guest file to the host with `guestcontrol copyfrom`
 // (§9.3).
-func (d *Driver) CopyOut(ctx context.Context, vm, guestPath, hostPath string) error {
+func (d *Driver) CopyOut(ctx context.Context, vm, guestPath, hostPath string) (err error) {
 	const op = hypervisor.OpCopyOut
+	ctx, end, err := d.begin(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	defer end(&err)
 	abs, err := filepath.Abs(hostPath)
 	if err != nil {
 		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host path %q: %v", hostPath, err)
@@ -165,8 +230,13 @@ func (d *Driver) copy(ctx context.Context, op, vm string, capability hypervisor.
 // stream. req.Timeout goes to the guest as --timeout; VBoxManage itself
 // gets timeouts.command on top of it to set up and tear down the guest
 // session before it is killed.
-func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (hypervisor.ExecResult, error) {
+func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (_ hypervisor.ExecResult, err error) {
 	const op = hypervisor.OpExec
+	ctx, end, err := d.begin(ctx, op, vm)
+	if err != nil {
+		return hypervisor.ExecResult{}, err
+	}
+	defer end(&err)
 	if req.Path == "" || strings.HasPrefix(req.Path, "-") {
 		return hypervisor.ExecResult{}, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "program path %q must be a path", req.Path)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
@@ -19,8 +20,13 @@ var startedRe = regexp.MustCompile(`(?m)^VM ".*" has been successfully started\.
 // session is held is retried for retry.locked: right after a power-off the
 // exiting VM process holds it for a while. If the VM turns out to be
 // running already, Start succeeds without doing anything (§4.2).
-func (d *Driver) Start(ctx context.Context, vm string) error {
+func (d *Driver) Start(ctx context.Context, vm string) (err error) {
 	const op = hypervisor.OpStart
+	ctx, end, err := d.begin(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	defer end(&err)
 	p, err := d.ready(ctx, op, vm)
 	if err != nil {
 		return err
@@ -61,10 +67,18 @@ func (d *Driver) Start(ctx context.Context, vm string) error {
 // Stop asks VirtualBox to stop the VM (§5): acpipowerbutton, controlvm
 // poweroff (which waits until the VM is powered off, not until its
 // process has exited) or startvm --type emergencystop (which kills the VM
-// process). A VM that is already off gets no command at all (§5.2); the
-// state is read with the lock-free listing Status uses.
-func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMethod) error {
+// process). The state is read first with the lock-free listing Status
+// uses. A VM that is already off gets no command at all (§5.2), with one
+// exception: an emergency stop of an off VM whose listing still shows a
+// session kills the VM process that holds it, which is how a caller frees
+// a VM whose exiting process will not go away.
+func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMethod) (err error) {
 	const op = hypervisor.OpStop
+	ctx, end, err := d.begin(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	defer end(&err)
 	p, err := d.ready(ctx, op, vm)
 	if err != nil {
 		return err
@@ -88,9 +102,35 @@ func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMeth
 		return err
 	}
 	if st.Power.IsOff() {
-		return nil
+		if method != hypervisor.StopEmergency || st.Lock != hypervisor.LockLocked {
+			return nil
+		}
+		_, err := d.kill(ctx, p, op, vm, ref)
+		return err
 	}
 	return d.stop(ctx, p, op, vm, ref, method)
+}
+
+// kill runs emergencystop on an off VM whose session is held, and reports
+// whether it killed a VM process. "Not locked by a session" means the
+// process went away by itself meanwhile: the session is free, which is
+// what the caller wants. "Does not have a VM process" means a client that
+// is not a VM process (the GUI, another VBoxManage) holds the session; the
+// driver may not kill it, and answers locked with VirtualBox's words
+// without retrying, since such a holder lets go when its user decides.
+func (d *Driver) kill(ctx context.Context, p *probe, op, vm, ref string) (bool, error) {
+	_, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"startvm", ref, "--type", "emergencystop"}, Timeout: d.cfg.Timeouts.Command})
+	switch code := hypervisor.CodeOf(err); {
+	case err == nil:
+		d.log.Info("killed the VM process that kept the session of a stopped VM", "vm", vm)
+		return true, nil
+	case code == hypervisor.CodeInvalidState && strings.Contains(firstMessage(err), "is not locked by a session"):
+		return false, nil
+	case code == hypervisor.CodeLocked && strings.Contains(firstMessage(err), "does not have a VM process"):
+		return false, &hypervisor.Error{Code: hypervisor.CodeLocked, Op: op, VM: vm, Err: err,
+			Message: "the session is held by a client that is not a VM process: " + firstMessage(err)}
+	}
+	return false, err
 }
 
 // stop sends one stop command for op, retrying lock refusals.
@@ -123,8 +163,13 @@ func (d *Driver) stop(ctx context.Context, p *probe, op, vm, ref string, method 
 // after which VBoxSVC releases the session. A session held by another
 // client (a VBoxManage, the GUI) cannot be killed: Unlock answers locked.
 // Without emergencystop (VirtualBox 5.0) it waits until ctx ends.
-func (d *Driver) Unlock(ctx context.Context, vm string) error {
+func (d *Driver) Unlock(ctx context.Context, vm string) (err error) {
 	const op = hypervisor.OpUnlock
+	ctx, end, err := d.begin(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	defer end(&err)
 	p, err := d.ready(ctx, op, vm)
 	if err != nil {
 		return err
@@ -165,21 +210,18 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 		if canKill && !time.Now().Before(killAt) {
 			canKill = false
 			kill := rec.begin("emergencystop")
-			_, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"startvm", ref, "--type", "emergencystop"}, Timeout: d.cfg.Timeouts.Command})
-			switch code := hypervisor.CodeOf(err); {
-			case err == nil:
-				d.log.Info("killed the VM process that kept the session of a stopped VM", "vm", vm, "after", time.Since(start).Round(time.Millisecond).String())
+			killed, err := d.kill(ctx, p, op, vm, ref)
+			switch {
+			case err == nil && killed:
 				kill.end("done")
-			case code == hypervisor.CodeInvalidState:
+			case err == nil:
 				kill.end("nothing to kill") // the process went away by itself just now
-			case code == hypervisor.CodeLocked:
-				// Held by a client that is not a VM process (the GUI, another
-				// VBoxManage): nothing the driver may kill. It answers
-				// locked and the caller decides how long to keep trying.
+			case hypervisor.IsLocked(err):
+				// Nothing the driver may kill; the caller decides how long
+				// to keep trying.
 				kill.end("held by another client")
 				wait.end("held by another client")
-				return &hypervisor.Error{Code: hypervisor.CodeLocked, Op: op, VM: vm, Err: err,
-					Message: "the session is held by a client that is not a VM process: " + firstMessage(err)}
+				return err
 			default:
 				kill.end("failed")
 				wait.end("failed")
@@ -217,8 +259,13 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 // A refusal because the session is still held is retried for
 // retry.locked, so that a restore right after a power-off waits out the
 // exiting VM process instead of failing.
-func (d *Driver) Restore(ctx context.Context, vm, snapshot string) error {
+func (d *Driver) Restore(ctx context.Context, vm, snapshot string) (err error) {
 	const op = hypervisor.OpRestore
+	ctx, end, err := d.begin(ctx, op, vm)
+	if err != nil {
+		return err
+	}
+	defer end(&err)
 	p, err := d.ready(ctx, op, vm)
 	if err != nil {
 		return err
@@ -256,13 +303,19 @@ func (d *Driver) restore(ctx context.Context, p *probe, op, vm, snapshot string)
 
 // Cleanup leaves the VM off, unlocked and, if asked, restored (§8), in as
 // few invocations as the VM's state allows: a clean VM costs one status
-// read. A VM with a process is powered off; one that does not reach an
-// off state within cleanup.stop_wait (a hung power-off, a VM stuck in
-// stopping) has its process killed. The session is then waited for as
-// Unlock does, and the snapshot restored with lock retries.
-func (d *Driver) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupRequest) (hypervisor.CleanupResult, error) {
+// read. A VM with a process is powered off, a starting one once it runs
+// (see forceOff); one that does not reach an off state within
+// cleanup.stop_wait (a hung power-off, a VM stuck in stopping) has its
+// process killed. The session is then waited for as Unlock does, and the
+// snapshot restored with lock retries.
+func (d *Driver) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupRequest) (_ hypervisor.CleanupResult, err error) {
 	const op = hypervisor.OpCleanup
 	rec := &steps{}
+	ctx, end, err := d.begin(ctx, op, vm)
+	if err != nil {
+		return rec.result(), err
+	}
+	defer end(&err)
 	p, err := d.ready(ctx, op, vm)
 	if err != nil {
 		return rec.result(), err
@@ -305,7 +358,7 @@ func (d *Driver) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupR
 			kill := rec.begin("emergencystop")
 			ref, kerr := d.ref(ctx, p, op, vm)
 			if kerr == nil {
-				kerr = d.stop(ctx, p, op, vm, ref, hypervisor.StopEmergency)
+				_, kerr = d.kill(ctx, p, op, vm, ref)
 			}
 			if kerr != nil {
 				kill.end("failed")
@@ -324,36 +377,71 @@ func (d *Driver) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupR
 	return rec.result(), nil
 }
 
-// forceOff powers the VM off, escalating to emergencystop, and returns the
-// off status it reached.
+// startingGrace bounds how long cleanup waits for a VM it finds starting
+// to reach running (at most cleanup.stop_wait). VirtualBox refuses a
+// power-off while a VM starts, and a start normally takes a few seconds;
+// one that takes much longer is stuck, and its process is killed instead.
+const startingGrace = 10 * time.Second
+
+// forceOff brings a VM with a process to an off state and returns the off
+// status it reached. A VM that accepts a power-off gets one; a starting VM
+// is first given startingGrace to come up, since power-off is refused
+// until it runs; one in any other transition is watched, and powered off
+// as soon as it runs again. Whatever is not off by cleanup.stop_wait (a
+// hung power-off, a VM stuck stopping or starting) has its process killed.
 func (d *Driver) forceOff(ctx context.Context, p *probe, vm string, st hypervisor.Status, rec *steps) (hypervisor.Status, error) {
 	const op = hypervisor.OpCleanup
 	ref, err := d.ref(ctx, p, op, vm)
 	if err != nil {
 		return st, err
 	}
-	switch st.Power {
-	case hypervisor.PowerRunning, hypervisor.PowerPaused, hypervisor.PowerStuck:
-		s := rec.begin("poweroff")
-		err := d.stop(ctx, p, op, vm, ref, hypervisor.StopPowerOff)
-		switch hypervisor.CodeOf(err) {
-		case hypervisor.CodeNotFound, hypervisor.CodeUnavailable:
-			s.end("failed")
-			return st, err
+	stopBy := time.Now().Add(d.cfg.Cleanup.StopWait)
+	poweredOff := false
+	// Every pass waits for a change; the deadline also ends a VM that
+	// keeps changing its mind.
+	for pass := 0; !st.Power.IsOff() && (pass == 0 || time.Now().Before(stopBy)); pass++ {
+		var reached bool
+		switch {
+		case st.Power == hypervisor.PowerStarting:
+			until := stopBy
+			if t := time.Now().Add(d.cfg.startingGrace); t.Before(until) {
+				until = t
+			}
+			st, reached, err = d.waitState(ctx, p, vm, rec, "wait-running", until, func(st hypervisor.Status) bool {
+				return st.Power != hypervisor.PowerStarting
+			})
+		case acceptsPowerOff(st.Power) && !poweredOff:
+			poweredOff = true
+			s := rec.begin("poweroff")
+			err := d.stop(ctx, p, op, vm, ref, hypervisor.StopPowerOff)
+			switch hypervisor.CodeOf(err) {
+			case hypervisor.CodeNotFound, hypervisor.CodeUnavailable:
+				s.end("failed")
+				return st, err
+			}
+			if err != nil {
+				// A power-off that hung or met a state change is not the
+				// end: the wait below and emergencystop take over.
+				s.end("failed: " + err.Error())
+				if ctx.Err() != nil {
+					return st, hypervisor.FromContext(ctx, op, vm)
+				}
+			} else {
+				s.end("done")
+			}
+			st, reached, err = d.waitOff(ctx, p, vm, rec, stopBy, poweredOff)
+		default:
+			st, reached, err = d.waitOff(ctx, p, vm, rec, stopBy, poweredOff)
 		}
 		if err != nil {
-			// A power-off that hung or met a state change is not the end:
-			// the wait below and emergencystop take over.
-			s.end("failed: " + err.Error())
-			if ctx.Err() != nil {
-				return st, hypervisor.FromContext(ctx, op, vm)
-			}
-		} else {
-			s.end("done")
+			return st, err
+		}
+		if !reached {
+			break
 		}
 	}
-	if st, err = d.waitOff(ctx, p, vm, rec); err != nil || st.Power.IsOff() {
-		return st, err
+	if st.Power.IsOff() {
+		return st, nil
 	}
 	if !p.caps.Has(hypervisor.CapStopEmergency) {
 		return st, hypervisor.NewError(hypervisor.CodeTimeout, op, vm, "the VM is still %s after %s", st.Raw, d.cfg.Cleanup.StopWait)
@@ -364,37 +452,63 @@ func (d *Driver) forceOff(ctx context.Context, p *probe, vm string, st hyperviso
 		return st, err
 	}
 	s.end("done")
-	if st, err = d.waitOff(ctx, p, vm, rec); err != nil || st.Power.IsOff() {
+	st, _, err = d.waitState(ctx, p, vm, rec, "wait-off", time.Now().Add(d.cfg.Cleanup.StopWait), func(st hypervisor.Status) bool {
+		return st.Power.IsOff()
+	})
+	if err != nil || st.Power.IsOff() {
 		return st, err
 	}
 	return st, hypervisor.NewError(hypervisor.CodeTimeout, op, vm, "the VM is still %s after its process was killed", st.Raw)
 }
 
-// waitOff polls until the VM is off or cleanup.stop_wait passes, and
-// returns the last status.
-func (d *Driver) waitOff(ctx context.Context, p *probe, vm string, rec *steps) (hypervisor.Status, error) {
+// waitOff waits for an off state until stopBy, and also stops waiting when
+// the VM reaches a state that needs another action: starting, or able to
+// take the power-off it has not been sent yet (a restore or live snapshot
+// that ended running).
+func (d *Driver) waitOff(ctx context.Context, p *probe, vm string, rec *steps, stopBy time.Time, poweredOff bool) (hypervisor.Status, bool, error) {
+	return d.waitState(ctx, p, vm, rec, "wait-off", stopBy, func(st hypervisor.Status) bool {
+		return st.Power.IsOff() || st.Power == hypervisor.PowerStarting || (acceptsPowerOff(st.Power) && !poweredOff)
+	})
+}
+
+// acceptsPowerOff reports the states in which controlvm poweroff is
+// accepted (FACTS §3.2).
+func acceptsPowerOff(p hypervisor.PowerState) bool {
+	switch p {
+	case hypervisor.PowerRunning, hypervisor.PowerPaused, hypervisor.PowerStuck:
+		return true
+	}
+	return false
+}
+
+// waitState polls the VM's status, recorded as action, until done says so
+// (reached) or until passes, and returns the last status.
+func (d *Driver) waitState(ctx context.Context, p *probe, vm string, rec *steps, action string, until time.Time, done func(hypervisor.Status) bool) (st hypervisor.Status, reached bool, err error) {
 	const op = hypervisor.OpCleanup
-	s := rec.begin("wait-off")
-	stop := time.Now().Add(d.cfg.Cleanup.StopWait)
+	s := rec.begin(action)
 	b := d.backoff()
 	for {
-		st, err := d.status(ctx, p, op, vm)
+		st, err = d.status(ctx, p, op, vm)
 		if err != nil {
 			s.end("failed")
-			return st, err
+			return st, false, err
 		}
-		if st.Power.IsOff() {
-			s.end("done")
-			return st, nil
+		if done(st) {
+			if st.Power.IsOff() || (action == "wait-running" && st.Power == hypervisor.PowerRunning) {
+				s.end("done")
+			} else {
+				s.end("now " + st.Raw)
+			}
+			return st, true, nil
 		}
 		wait := b.next()
-		if time.Now().Add(wait).After(stop) {
+		if time.Now().Add(wait).After(until) {
 			s.end("still " + st.Raw)
-			return st, nil
+			return st, false, nil
 		}
 		if err := d.pause(ctx, op, vm, wait); err != nil {
 			s.end("timed out")
-			return st, err
+			return st, false, err
 		}
 	}
 }

@@ -24,6 +24,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if file := os.Getenv(envHostConfig); file != "" {
+		os.Exit(actAsHost(file, os.Getenv(envHostPlugin)))
+	}
 	code := m.Run()
 	simtest.Cleanup()
 	programs.remove()

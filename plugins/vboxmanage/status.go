@@ -23,7 +23,12 @@ import (
 // does, and report it restoring. One unreadable listing is retried, as
 // are "The object is not ready" while a VM changes state and the refusals
 // of a VBoxSVC that is still starting.
-func (d *Driver) Status(ctx context.Context, vm string) (hypervisor.Status, error) {
+func (d *Driver) Status(ctx context.Context, vm string) (_ hypervisor.Status, err error) {
+	ctx, end, err := d.begin(ctx, hypervisor.OpStatus, vm)
+	if err != nil {
+		return hypervisor.Status{}, err
+	}
+	defer end(&err)
 	p, err := d.ready(ctx, hypervisor.OpStatus, vm)
 	if err != nil {
 		return hypervisor.Status{}, err

@@ -9,5 +9,6 @@ import (
 )
 
 func main() {
+	survivePipeToDeadHost()
 	sdk.Serve(vboxmanage.New)
 }

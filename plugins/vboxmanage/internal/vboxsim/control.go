@@ -121,6 +121,9 @@ func (s *sim) emergencyStop(ref string) int {
 			code = s.o.notFound("startvm", ref)
 			return nil
 		}
+		if w.Config.Faults.ExitBeforeKill && vm.Session.Owner == OwnerVM && !hasProcess(vm.State) {
+			vm.Session = Session{State: Unlocked}
+		}
 		switch ss := vm.Session; {
 		case ss.State == Unlocked:
 			code = s.o.launchError("The machine '"+vm.Name+"' is not locked by a session", invalidObjState)

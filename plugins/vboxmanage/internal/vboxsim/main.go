@@ -37,13 +37,19 @@ func Main(args []string, env Env) int {
 	if len(args) > 0 {
 		cmd = strings.ToLower(args[0])
 	}
-	serviceDown, emptyVersion := false, false
+	serviceDown, emptyVersion, hangVersion := false, false, false
 	err := Update(env.Home, func(w *World) error {
 		s.cfg = w.Config
 		f := &w.Config.Faults
 		switch cmd {
 		case "--version", "-v", "-version":
-			if f.EmptyVersion > 0 {
+			if f.HangVersion != 0 {
+				hangVersion = true
+				if f.HangVersion > 0 {
+					f.HangVersion--
+				}
+			}
+			if f.EmptyVersion > 0 && !hangVersion {
 				f.EmptyVersion--
 				emptyVersion = true
 			}
@@ -95,6 +101,10 @@ func Main(args []string, env Env) int {
 		s.usage()
 		return 0
 	case "--version", "-v", "-version":
+		if hangVersion {
+			time.Sleep(24 * time.Hour) // until killed, like a hung VBoxSVC call
+			return 1
+		}
 		if emptyVersion {
 			s.o.println("")
 			return 0

@@ -398,3 +398,82 @@ func TestArgvLog(t *testing.T) {
 	require.Len(t, inv, 2)
 	assert.Equal(t, []string{"showvminfo", "win10", "--machinereadable"}, inv[1].Args)
 }
+
+// A hung VBoxManage --version runs until it is killed; the next call
+// answers when the fault is used up.
+func TestHangingVersion(t *testing.T) {
+	c := cfg("7.0.14r161095", "linux")
+	c.Faults.HangVersion = 1
+	s := world(t, c)
+	cmd := exec.Command(s.Bin, "--version")
+	cmd.Env = append(os.Environ(), "VBOX_USER_HOME="+s.Home)
+	require.NoError(t, cmd.Start())
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		t.Fatalf("--version returned (%v) instead of hanging", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	require.NoError(t, cmd.Process.Kill())
+	<-exited
+	assert.Equal(t, "7.0.14r161095\n", mustRun(t, s, "--version"))
+}
+
+// A VM left starting comes up after the configured start time, unless its
+// process is stuck; either way power-off is refused while it starts and
+// emergencystop kills it.
+func TestStartingVM(t *testing.T) {
+	c := cfg("7.0.14r161095", "linux")
+	c.Timing.Start = vboxsim.Duration(300 * time.Millisecond)
+	vm := vboxsim.NewVM("win10", uuid1)
+	vm.Boot("starting")
+	s := world(t, c, vm)
+	assert.Equal(t, "starting", s.VM(t, "win10").State)
+	_, errOut, code := s.Run("controlvm", "win10", "poweroff")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "Invalid machine state: Starting")
+	require.Eventually(t, func() bool { return s.VM(t, "win10").State == "running" }, 3*time.Second, 20*time.Millisecond)
+
+	s.Update(t, func(w *vboxsim.World) {
+		w.Config.Faults.HangStarting = true
+		w.Find("win10").Boot("starting")
+	})
+	time.Sleep(500 * time.Millisecond) // longer than the start time: nothing may happen
+	assert.Equal(t, "starting", s.VM(t, "win10").State)
+	mustRun(t, s, "startvm", "win10", "--type", "emergencystop")
+	assert.Equal(t, "aborted", s.VM(t, "win10").State)
+}
+
+// emergencystop kills only a VM process: the exiting process of a
+// powered-off VM, but never the GUI's session.
+func TestEmergencyStopOfAStoppedVMsSession(t *testing.T) {
+	c := cfg("6.1.38r153438", "windows")
+	c.Timing.Unlock = vboxsim.Duration(-1)
+	s := world(t, c)
+	mustRun(t, s, "startvm", "win10", "--type", "headless")
+	mustRun(t, s, "controlvm", "win10", "poweroff")
+	vm := s.VM(t, "win10")
+	require.Equal(t, vboxsim.Unlocking, vm.Session.State)
+	require.Equal(t, vboxsim.OwnerVM, vm.Session.Owner)
+	mustRun(t, s, "startvm", "win10", "--type", "emergencystop")
+	vm = s.VM(t, "win10")
+	assert.Equal(t, vboxsim.Unlocked, vm.Session.State)
+	assert.Equal(t, "poweroff", vm.State)
+
+	mustRun(t, s, "startvm", "win10", "--type", "headless")
+	mustRun(t, s, "controlvm", "win10", "poweroff")
+	s.Update(t, func(w *vboxsim.World) { w.Config.Faults.ExitBeforeKill = true })
+	_, errOut, code := s.Run("startvm", "win10", "--type", "emergencystop")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "VBoxManage.exe: error: The machine 'win10' is not locked by a session")
+	assert.Equal(t, vboxsim.Unlocked, s.VM(t, "win10").Session.State, "the process exited by itself")
+
+	s.Update(t, func(w *vboxsim.World) {
+		w.Find("win10").Session = vboxsim.Session{State: vboxsim.Locked, Owner: vboxsim.OwnerGUI, Name: "GUI/Qt"}
+	})
+	_, errOut, code = s.Run("startvm", "win10", "--type", "emergencystop")
+	assert.Equal(t, 1, code)
+	assert.Contains(t, errOut, "VBoxManage.exe: error: The machine 'win10' does not have a VM process")
+	assert.Equal(t, vboxsim.OwnerGUI, s.VM(t, "win10").Session.Owner)
+}

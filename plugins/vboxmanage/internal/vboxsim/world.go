@@ -64,7 +64,8 @@ type Config struct {
 
 // Timing is how long simulated operations take. Zero means instant.
 type Timing struct {
-	// Start is how long startvm takes to bring the VM to running.
+	// Start is how long startvm takes to bring the VM to running, and how
+	// long a VM found in starting (a fixture) takes to get there.
 	Start Duration `json:"start"`
 	// ACPIShutdown is how long a guest takes to power off after the ACPI
 	// power button.
@@ -98,6 +99,16 @@ type Faults struct {
 	// HangPowerOff makes controlvm poweroff hang after "0%..." with the
 	// VM stuck in stopping, until the process is killed.
 	HangPowerOff bool `json:"hang_poweroff,omitempty"`
+	// HangStarting keeps a VM in starting until its process is killed, as
+	// a VM process stuck while powering up does.
+	HangStarting bool `json:"hang_starting,omitempty"`
+	// ExitBeforeKill makes the exiting VM process of a stopped VM finish
+	// exiting just as an emergencystop comes for it, which then finds
+	// nothing to kill: the race between reading a session and killing it.
+	ExitBeforeKill bool `json:"exit_before_kill,omitempty"`
+	// HangVersion makes the next N --version calls hang until the process
+	// is killed; negative: all of them.
+	HangVersion int `json:"hang_version,omitempty"`
 	// AccessDenied makes the next N showvminfo or list --long calls fail
 	// half-way with E_ACCESSDENIED "The object is not ready", as during a
 	// transition.
@@ -342,6 +353,11 @@ func withLock(dir string, fn func() error) error {
 func (w *World) advance(now time.Time) {
 	t := w.Config.Timing
 	for _, vm := range w.VMs {
+		if vm.State == "starting" && vm.Session.Owner == OwnerVM && !w.Config.Faults.HangStarting {
+			if up := vm.StateChanged.Add(t.Start.D()); !now.Before(up) {
+				vm.State, vm.StateChanged, vm.StartedAt = "running", up, up
+			}
+		}
 		if !vm.ACPIAt.IsZero() && vm.State == "running" {
 			if done := vm.ACPIAt.Add(t.ACPIShutdown.D()); !now.Before(done) {
 				vm.powerDown(done, vm.unlockDelay(t))
