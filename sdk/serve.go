@@ -45,6 +45,7 @@ func Serve(factory Factory, opts ...ServeOption) {
 		JSONFormat: true,
 	})
 	slot := &driverSlot{factory: factory, logger: logger}
+	surviveDeadHostPipe()
 	watchHost(func() {
 		closeWithin(slot, 50*time.Millisecond)
 		os.Exit(0)

@@ -9,6 +9,5 @@ import (
 )
 
 func main() {
-	survivePipeToDeadHost()
 	sdk.Serve(vboxmanage.New)
 }
