@@ -121,7 +121,7 @@ func TestMissingTableDecodesEmpty(t *testing.T) {
 func TestABareNumberIsNotADuration(t *testing.T) {
 	type inner struct {
 		Wait *time.Duration `toml:"wait"`
-		N    int           `toml:"n"`
+		N    int            `toml:"n"`
 	}
 	type embedded struct {
 		Grace time.Duration `toml:"grace"`
