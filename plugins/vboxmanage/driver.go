@@ -256,6 +256,38 @@ func (d *Driver) begin(ctx context.Context, op, vm string) (context.Context, fun
 	}, nil
 }
 
+// enter starts operation op on vm the way every VM operation starts: it
+// is counted (so Close can drain it), the VirtualBox version is known, the
+// capability need (if any) is declared, and the VM's gate is held,
+// exclusively or shared. The caller defers done(&err).
+func (d *Driver) enter(ctx context.Context, op, vm string, need hypervisor.Capability, exclusive bool) (
+	_ context.Context, _ *probe, done func(*error), err error) {
+	ctx, end, err := d.begin(ctx, op, vm)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	p, err := d.ready(ctx, op, vm)
+	if err == nil && need != "" && !p.caps.Has(need) {
+		e := hypervisor.Unsupported(op, vm)
+		if op == hypervisor.OpStop {
+			e.Message = fmt.Sprintf("stop method needs %s", need)
+		}
+		err = e
+	}
+	var release func()
+	if err == nil {
+		release, err = d.lock(ctx, op, vm, exclusive)
+	}
+	if err != nil {
+		end(&err)
+		return nil, nil, nil, err
+	}
+	return ctx, p, func(errp *error) {
+		release()
+		end(errp)
+	}, nil
+}
+
 // leave ends what begin or a probe counted.
 func (d *Driver) leave() {
 	d.mu.Lock()

@@ -157,11 +157,6 @@ func (d *Driver) guestCall(ctx context.Context, p *probe, op, vm string, g *gues
 // copyto` (§9.1).
 func (d *Driver) CopyIn(ctx context.Context, vm, hostPath, guestPath string) (err error) {
 	const op = hypervisor.OpCopyIn
-	ctx, end, err := d.begin(ctx, op, vm)
-	if err != nil {
-		return err
-	}
-	defer end(&err)
 	abs, err := filepath.Abs(hostPath)
 	if err != nil {
 		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host path %q: %v", hostPath, err)
@@ -176,11 +171,6 @@ func (d *Driver) CopyIn(ctx context.Context, vm, hostPath, guestPath string) (er
 // (§9.3).
 func (d *Driver) CopyOut(ctx context.Context, vm, guestPath, hostPath string) (err error) {
 	const op = hypervisor.OpCopyOut
-	ctx, end, err := d.begin(ctx, op, vm)
-	if err != nil {
-		return err
-	}
-	defer end(&err)
 	abs, err := filepath.Abs(hostPath)
 	if err != nil {
 		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host path %q: %v", hostPath, err)
@@ -194,22 +184,15 @@ func (d *Driver) CopyOut(ctx context.Context, vm, guestPath, hostPath string) (e
 // copy runs copyto/copyfrom in its two-argument form, which every
 // supported version accepts. Host paths are absolute, so neither path can
 // be read as an option unless the guest path itself starts with "-".
-func (d *Driver) copy(ctx context.Context, op, vm string, capability hypervisor.Capability, sub, from, to, guestPath string) error {
+func (d *Driver) copy(ctx context.Context, op, vm string, capability hypervisor.Capability, sub, from, to, guestPath string) (err error) {
 	if strings.HasPrefix(guestPath, "-") || guestPath == "" {
 		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "guest path %q must be absolute", guestPath)
 	}
-	p, err := d.ready(ctx, op, vm)
+	ctx, p, done, err := d.enter(ctx, op, vm, capability, false)
 	if err != nil {
 		return err
 	}
-	if !p.caps.Has(capability) {
-		return hypervisor.Unsupported(op, vm)
-	}
-	release, err := d.lock(ctx, op, vm, false)
-	if err != nil {
-		return err
-	}
-	defer release()
+	defer done(&err)
 	g, err := d.openGuest(ctx, p, op, vm)
 	if err != nil {
 		return err
@@ -232,26 +215,14 @@ func (d *Driver) copy(ctx context.Context, op, vm string, capability hypervisor.
 // session before it is killed.
 func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (_ hypervisor.ExecResult, err error) {
 	const op = hypervisor.OpExec
-	ctx, end, err := d.begin(ctx, op, vm)
-	if err != nil {
-		return hypervisor.ExecResult{}, err
-	}
-	defer end(&err)
 	if req.Path == "" || strings.HasPrefix(req.Path, "-") {
 		return hypervisor.ExecResult{}, hypervisor.NewError(hypervisor.CodeFailed, op, vm, "program path %q must be a path", req.Path)
 	}
-	p, err := d.ready(ctx, op, vm)
+	ctx, p, done, err := d.enter(ctx, op, vm, hypervisor.CapGuestExec, false)
 	if err != nil {
 		return hypervisor.ExecResult{}, err
 	}
-	if !p.caps.Has(hypervisor.CapGuestExec) {
-		return hypervisor.ExecResult{}, hypervisor.Unsupported(op, vm)
-	}
-	release, err := d.lock(ctx, op, vm, false)
-	if err != nil {
-		return hypervisor.ExecResult{}, err
-	}
-	defer release()
+	defer done(&err)
 	g, err := d.openGuest(ctx, p, op, vm)
 	if err != nil {
 		return hypervisor.ExecResult{}, err

@@ -22,20 +22,11 @@ var startedRe = regexp.MustCompile(`(?m)^VM ".*" has been successfully started\.
 // running already, Start succeeds without doing anything (§4.2).
 func (d *Driver) Start(ctx context.Context, vm string) (err error) {
 	const op = hypervisor.OpStart
-	ctx, end, err := d.begin(ctx, op, vm)
+	ctx, p, done, err := d.enter(ctx, op, vm, "", true)
 	if err != nil {
 		return err
 	}
-	defer end(&err)
-	p, err := d.ready(ctx, op, vm)
-	if err != nil {
-		return err
-	}
-	release, err := d.lock(ctx, op, vm, true)
-	if err != nil {
-		return err
-	}
-	defer release()
+	defer done(&err)
 	ref, err := d.ref(ctx, p, op, vm)
 	if err != nil {
 		return err
@@ -74,25 +65,16 @@ func (d *Driver) Start(ctx context.Context, vm string) (err error) {
 // a VM whose exiting process will not go away.
 func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMethod) (err error) {
 	const op = hypervisor.OpStop
-	ctx, end, err := d.begin(ctx, op, vm)
-	if err != nil {
-		return err
-	}
-	defer end(&err)
-	p, err := d.ready(ctx, op, vm)
-	if err != nil {
-		return err
-	}
-	if !method.Valid() || !p.caps.Has(method.Capability()) {
+	if !method.Valid() {
 		e := hypervisor.Unsupported(op, vm)
-		e.Message = fmt.Sprintf("stop method %q", method)
+		e.Message = fmt.Sprintf("unknown stop method %q", method)
 		return e
 	}
-	release, err := d.lock(ctx, op, vm, true)
+	ctx, p, done, err := d.enter(ctx, op, vm, method.Capability(), true)
 	if err != nil {
 		return err
 	}
-	defer release()
+	defer done(&err)
 	ref, err := d.ref(ctx, p, op, vm)
 	if err != nil {
 		return err
@@ -165,23 +147,11 @@ func (d *Driver) stop(ctx context.Context, p *probe, op, vm, ref string, method 
 // Without emergencystop (VirtualBox 5.0) it waits until ctx ends.
 func (d *Driver) Unlock(ctx context.Context, vm string) (err error) {
 	const op = hypervisor.OpUnlock
-	ctx, end, err := d.begin(ctx, op, vm)
+	ctx, p, done, err := d.enter(ctx, op, vm, hypervisor.CapUnlock, true)
 	if err != nil {
 		return err
 	}
-	defer end(&err)
-	p, err := d.ready(ctx, op, vm)
-	if err != nil {
-		return err
-	}
-	if !p.caps.Has(hypervisor.CapUnlock) {
-		return hypervisor.Unsupported(op, vm)
-	}
-	release, err := d.lock(ctx, op, vm, true)
-	if err != nil {
-		return err
-	}
-	defer release()
+	defer done(&err)
 	st, err := d.status(ctx, p, op, vm)
 	if err != nil {
 		return err
@@ -261,23 +231,11 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 // exiting VM process instead of failing.
 func (d *Driver) Restore(ctx context.Context, vm, snapshot string) (err error) {
 	const op = hypervisor.OpRestore
-	ctx, end, err := d.begin(ctx, op, vm)
+	ctx, p, done, err := d.enter(ctx, op, vm, hypervisor.CapRestore, true)
 	if err != nil {
 		return err
 	}
-	defer end(&err)
-	p, err := d.ready(ctx, op, vm)
-	if err != nil {
-		return err
-	}
-	if !p.caps.Has(hypervisor.CapRestore) {
-		return hypervisor.Unsupported(op, vm)
-	}
-	release, err := d.lock(ctx, op, vm, true)
-	if err != nil {
-		return err
-	}
-	defer release()
+	defer done(&err)
 	return d.restore(ctx, p, op, vm, snapshot)
 }
 
@@ -311,23 +269,11 @@ func (d *Driver) restore(ctx context.Context, p *probe, op, vm, snapshot string)
 func (d *Driver) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupRequest) (_ hypervisor.CleanupResult, err error) {
 	const op = hypervisor.OpCleanup
 	rec := &steps{}
-	ctx, end, err := d.begin(ctx, op, vm)
+	ctx, p, done, err := d.enter(ctx, op, vm, hypervisor.CapCleanup, true)
 	if err != nil {
 		return rec.result(), err
 	}
-	defer end(&err)
-	p, err := d.ready(ctx, op, vm)
-	if err != nil {
-		return rec.result(), err
-	}
-	if !p.caps.Has(hypervisor.CapCleanup) {
-		return rec.result(), hypervisor.Unsupported(op, vm)
-	}
-	release, err := d.lock(ctx, op, vm, true)
-	if err != nil {
-		return rec.result(), err
-	}
-	defer release()
+	defer done(&err)
 	st, err := d.status(ctx, p, op, vm)
 	if err != nil {
 		return rec.result(), err
