@@ -100,7 +100,9 @@ func (o *op) stopLadder(ctx context.Context, methods []hypervisor.StopMethod) (h
 }
 
 // stopRetryable accepts a locked session, and a refusal from a VM in a
-// transient state that ends by itself, as reasons to try the stop again.
+// transient state that ends by itself, as reasons to try the stop again;
+// so is a refusal that the VM has since left behind (it was starting when
+// asked and is running now).
 func (o *op) stopRetryable(ctx context.Context) func(error) bool {
 	return func(err error) bool {
 		if isLocked(err) {
@@ -109,6 +111,7 @@ func (o *op) stopRetryable(ctx context.Context) func(error) bool {
 		if hypervisor.CodeOf(err) != hypervisor.CodeInvalidState {
 			return false
 		}
+		before := o.last.Power
 		st, serr := o.status(ctx)
 		if serr != nil {
 			return false
@@ -117,7 +120,7 @@ func (o *op) stopRetryable(ctx context.Context) func(error) bool {
 		case hypervisor.PowerStarting, hypervisor.PowerRestoring, hypervisor.PowerSaving, hypervisor.PowerSnapshotting:
 			return true
 		}
-		return false
+		return st.Power != before && !st.Power.IsOff()
 	}
 }
 
