@@ -89,6 +89,8 @@ func New(opts Options) *Manager {
 type Option func(*callOptions)
 
 type callOptions struct {
+	// held: the caller holds the VM's lease (a Lease's operations).
+	held     bool
 	progress func(Progress)
 	method   hypervisor.StopMethod
 	snapshot *string
@@ -181,14 +183,13 @@ func (m *Manager) begin(ctx context.Context, name string, vm VM, options []Optio
 	for _, opt := range options {
 		opt(&o.opts)
 	}
-	o.progress("waiting for other operations on this VM")
-	release, err := m.leases.Acquire(ctx, vm.Key())
-	if err != nil {
-		if cerr := hypervisor.FromContext(ctx, name, vm.Name); cerr != nil {
-			return o, func() {}, &hypervisor.Error{Code: hypervisor.CodeOf(cerr), Op: name, VM: vm.Name,
-				Message: "gave up waiting for another operation on this VM to finish", Err: cerr}
+	release := func() {}
+	if !o.opts.held {
+		o.progress("waiting for other operations on this VM")
+		var err error
+		if release, err = m.acquire(ctx, name, vm); err != nil {
+			return o, func() {}, err
 		}
-		return o, func() {}, fmt.Errorf("%s %q: could not take the VM's lease: %w", name, vm.Name, err)
 	}
 	o.started = time.Now()
 	o.report.Started = o.started
@@ -212,6 +213,19 @@ func (m *Manager) begin(ctx context.Context, name string, vm VM, options []Optio
 	o.begun = true
 	o.log.Info("state found", "power", st.Power, "raw", st.Raw, "lock", st.Lock, "snapshot", st.CurrentSnapshot)
 	return o, release, nil
+}
+
+// acquire takes the VM's lease for operation name, waiting within ctx.
+func (m *Manager) acquire(ctx context.Context, name string, vm VM) (func(), error) {
+	release, err := m.leases.Acquire(ctx, vm.Key())
+	if err != nil {
+		if cerr := hypervisor.FromContext(ctx, name, vm.Name); cerr != nil {
+			return nil, &hypervisor.Error{Code: hypervisor.CodeOf(cerr), Op: name, VM: vm.Name,
+				Message: "gave up waiting for another operation on this VM to finish", Err: cerr}
+		}
+		return nil, fmt.Errorf("%s %q: could not take the VM's lease: %w", name, vm.Name, err)
+	}
+	return release, nil
 }
 
 // finish records the outcome and the final state and logs the total.
