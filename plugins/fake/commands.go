@@ -35,8 +35,9 @@ var eicar = []byte(`X5O!P%@AP[4\PZX54(P^)7CC)7}$` + `EICAR-STANDARD-ANTIVIRUS-TE
 //	exit [N]             exit status N
 //	true, false          exit status 0, 1
 //	sha256sum FILE...    "<hex>  FILE" a line
-//	scan FILE            "infected" (status 1) if FILE holds the EICAR test
-//	                     string, else "clean" (status 0)
+//	scan [-o LOG] FILE   "infected" (status 1) if FILE holds the EICAR test
+//	                     string, else "clean" (status 0); with -o the same
+//	                     line, after FILE's name, is also written to LOG
 //
 // The program is found by its base name, Unix or Windows style, with or
 // without ".exe". Anything else exits 127 with "not found" on stderr, as a
@@ -207,8 +208,12 @@ func (sh *shell) sha256sum(args []string) int {
 }
 
 func (sh *shell) scan(args []string) int {
+	var log string
+	if len(args) == 3 && args[0] == "-o" {
+		log, args = args[1], args[2:]
+	}
 	if len(args) != 1 {
-		sh.errorf("usage: scan FILE\n")
+		sh.errorf("usage: scan [-o LOG] FILE\n")
 		return 2
 	}
 	data, err := sh.root.ReadFile(guestRel(args[0]))
@@ -216,12 +221,25 @@ func (sh *shell) scan(args []string) int {
 		sh.errorf("scan: %s: %s\n", args[0], describe(err))
 		return 2
 	}
+	verdict, code := "clean", 0
 	if bytes.Contains(data, eicar) {
-		sh.printf("infected\n")
-		return 1
+		verdict, code = "infected", 1
 	}
-	sh.printf("clean\n")
-	return 0
+	sh.printf("%s\n", verdict)
+	if log != "" {
+		rel := guestRel(log)
+		if dir := path.Dir(rel); dir != "." {
+			err = sh.root.MkdirAll(dir, 0o755)
+		}
+		if err == nil {
+			err = sh.root.WriteFile(rel, fmt.Appendf(nil, "%s: %s\n", args[0], verdict), 0o644)
+		}
+		if err != nil {
+			sh.errorf("scan: %s: %s\n", log, describe(err))
+			return 2
+		}
+	}
+	return code
 }
 
 // describe words a file error as a guest's tools would.

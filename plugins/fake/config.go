@@ -151,6 +151,11 @@ type Faults struct {
 	StartFailures int `toml:"start_failures"`
 	// status_failures: the first N status calls answer CodeUnavailable.
 	StatusFailures int `toml:"status_failures"`
+	// copy_in_failures, copy_out_failures: the first N copies into (out
+	// of) a ready guest fail, as a guest whose disk is full or whose file
+	// is locked by a scanner.
+	CopyInFailures  int `toml:"copy_in_failures"`
+	CopyOutFailures int `toml:"copy_out_failures"`
 	// slow: every call on this VM first waits this long, within its context.
 	Slow time.Duration `toml:"slow"`
 	// exit_during: the plugin process exits with status 3 while serving
@@ -327,6 +332,7 @@ func (f Faults) validate(key ...string) *configError {
 	}{
 		{"poweroff_failures", f.PowerOffFailures}, {"restore_failures", f.RestoreFailures},
 		{"start_failures", f.StartFailures}, {"status_failures", f.StatusFailures},
+		{"copy_in_failures", f.CopyInFailures}, {"copy_out_failures", f.CopyOutFailures},
 	} {
 		if n.n < 0 {
 			return keyErr("must not be negative", at(n.name)...)

@@ -3,6 +3,7 @@ package fake
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -32,6 +33,10 @@ func (d *Driver) CopyIn(ctx context.Context, name, hostPath, guestPath string) e
 		return err
 	}
 	defer root.Close()
+	if err := d.copyFault(name, func(u *faultsUsed, f Faults) (*int, int) { return &u.CopyIn, f.CopyInFailures }); err != nil {
+		return c.done(hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpCopyIn, name,
+			"Copying %q to the guest failed: %v", guestPath, err))
+	}
 	return c.done(copyIn(ctx, root, name, hostPath, guestPath))
 }
 
@@ -79,7 +84,27 @@ func (d *Driver) CopyOut(ctx context.Context, name, guestPath, hostPath string) 
 		return err
 	}
 	defer root.Close()
+	if err := d.copyFault(name, func(u *faultsUsed, f Faults) (*int, int) { return &u.CopyOut, f.CopyOutFailures }); err != nil {
+		return c.done(hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpCopyOut, name,
+			"Copying %q from the guest failed: %v", guestPath, err))
+	}
 	return c.done(copyOut(ctx, root, name, guestPath, hostPath))
+}
+
+// errGuestIO is what a scripted copy fault says went wrong.
+var errGuestIO = errors.New("VERR_SHARING_VIOLATION: the file is in use by another process")
+
+// copyFault uses one failure of a counted copy fault, if any is left.
+func (d *Driver) copyFault(name string, which func(*faultsUsed, Faults) (*int, int)) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v := d.vms[name]
+	used, n := which(&v.st.Used, v.faults)
+	if !useFault(used, n) {
+		return nil
+	}
+	d.commitLocked()
+	return errGuestIO
 }
 
 func copyOut(ctx context.Context, root *os.Root, name, guestPath, hostPath string) error {

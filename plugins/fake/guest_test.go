@@ -248,3 +248,36 @@ func TestGuestRel(t *testing.T) {
 		assert.Equal(t, want, guestRel(in), in)
 	}
 }
+
+func TestScanWritesItsLogForCollection(t *testing.T) {
+	t.Parallel()
+	d := guestWith(t, map[string][]byte{`C:\sandbox\eicar.com`: append([]byte("x"), eicar...)})
+	res := exec(t, d, `C:\Tools\scan.exe`, "-o", `C:\logs\scan.log`, `C:\sandbox\eicar.com`)
+	assert.Equal(t, 1, res.ExitCode)
+	out := filepath.Join(t.TempDir(), "scan.log")
+	require.NoError(t, d.CopyOut(testCtx(t), "a", "/logs/scan.log", out))
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	assert.Equal(t, "C:\\sandbox\\eicar.com: infected\n", string(got))
+}
+
+func TestCopyFaultsFailTheFirstCopies(t *testing.T) {
+	t.Parallel()
+	d := newFake(t, `
+[vms.a]
+state = "running"
+snapshots = ["clean"]
+[vms.a.faults]
+copy_in_failures = 1
+copy_out_failures = 2
+`)
+	src := filepath.Join(t.TempDir(), "src")
+	require.NoError(t, os.WriteFile(src, []byte("x"), 0o644))
+	ctx := testCtx(t)
+	requireCode(t, d.CopyIn(ctx, "a", src, "/f"), hypervisor.CodeFailed, hypervisor.OpCopyIn, "a")
+	require.NoError(t, d.CopyIn(ctx, "a", src, "/f"), "only the first copy in fails")
+	out := filepath.Join(t.TempDir(), "out")
+	requireCode(t, d.CopyOut(ctx, "a", "/f", out), hypervisor.CodeFailed, hypervisor.OpCopyOut, "a")
+	requireCode(t, d.CopyOut(ctx, "a", "/f", out), hypervisor.CodeFailed, hypervisor.OpCopyOut, "a")
+	require.NoError(t, d.CopyOut(ctx, "a", "/f", out))
+}

@@ -59,6 +59,8 @@ type faultsUsed struct {
 	Restore  int `json:"restore,omitempty"`
 	Start    int `json:"start,omitempty"`
 	Status   int `json:"status,omitempty"`
+	CopyIn   int `json:"copy_in,omitempty"`
+	CopyOut  int `json:"copy_out,omitempty"`
 }
 
 // The kinds of transition, which decide what reaching the target means.
