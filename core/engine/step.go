@@ -1,0 +1,60 @@
+package engine
+
+import "time"
+
+// Step is where a task is: one state of its step machine. A task moves
+// forward through them; every failure or cancellation after the VM was
+// taken passes through cleaning before the end.
+type Step string
+
+// The steps, in the order a task that succeeds goes through them.
+const (
+	// StepQueued: the task waits for a free VM of its profile.
+	StepQueued Step = "queued"
+	// StepPreparing: the VM is held (leased); it is checked not to be
+	// quarantined and brought off and unlocked.
+	StepPreparing Step = "preparing"
+	// StepRestoring: the VM returns to its clean snapshot.
+	StepRestoring Step = "restoring"
+	// StepStarting: the VM waits for a start slot (max_starting), then
+	// starts.
+	StepStarting Step = "starting"
+	// StepWaitingGuest: the guest is asked until it is ready.
+	StepWaitingGuest Step = "waiting-guest"
+	// StepCopying: the sample is copied into the guest.
+	StepCopying Step = "copying"
+	// StepAnalyzing: the analysis command runs.
+	StepAnalyzing Step = "analyzing"
+	// StepCollecting: the declared artifacts are copied out.
+	StepCollecting Step = "collecting"
+	// StepCleaning: the VM is stopped, unlocked and restored (complete
+	// cleanup), whatever happened before.
+	StepCleaning Step = "cleaning"
+	// StepDone: the task ended and every step succeeded.
+	StepDone Step = "done"
+	// StepFailed: the task ended and a step failed (FailedStep says which).
+	StepFailed Step = "failed"
+	// StepCancelled: the run was interrupted; the task either never got a
+	// VM or was stopped and its VM cleaned.
+	StepCancelled Step = "cancelled"
+)
+
+// Final reports whether s ends a task.
+func (s Step) Final() bool { return s == StepDone || s == StepFailed || s == StepCancelled }
+
+// Event is one transition of one task, as it happens: what a live view
+// shows and what tests and metrics count.
+type Event struct {
+	// Sample is the sample's file name and SHA256 its digest.
+	Sample string
+	SHA256 string
+	// Profile names the task's analysis.
+	Profile string
+	// VM is the VM the task runs on; empty while queued.
+	VM string
+	// Step is the step entered, At when.
+	Step Step
+	At   time.Time
+	// Detail says more where there is more to say (why a step failed).
+	Detail string
+}
