@@ -11,8 +11,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/sandboxhq/sandbox/core/configfile"
+	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
@@ -34,7 +36,15 @@ type Config struct {
 	StateDir string
 	// Lifecycle is the [lifecycle] table: settings for every VM.
 	Lifecycle lifecycle.Overrides
+	// Profiles are the [profiles.NAME] tables: the analyses, by name.
+	Profiles map[string]engine.Profile
+	// Engine is the [engine] table, with out_dir made absolute against
+	// the file's directory.
+	Engine engine.Settings
 }
+
+// ProfileNames returns the profiles' names in order.
+func (c *Config) ProfileNames() []string { return sortedKeys(c.Profiles) }
 
 // VM is one [vms.NAME] table: a VM sandbox manages and how. Besides the
 // plugin it takes every [lifecycle] key, for this VM only.
@@ -47,10 +57,12 @@ type VM struct {
 
 // file is the document's shape.
 type file struct {
-	StateDir  string                       `toml:"state_dir"`
-	Plugins   map[string]host.PluginConfig `toml:"plugins"`
-	Lifecycle lifecycle.Overrides          `toml:"lifecycle"`
-	VMs       map[string]VM                `toml:"vms"`
+	StateDir  string                          `toml:"state_dir"`
+	Plugins   map[string]host.PluginConfig    `toml:"plugins"`
+	Lifecycle lifecycle.Overrides             `toml:"lifecycle"`
+	VMs       map[string]VM                   `toml:"vms"`
+	Profiles  map[string]engine.ProfileConfig `toml:"profiles"`
+	Engine    engine.Settings                 `toml:"engine"`
 }
 
 // Settings returns the lifecycle settings of the named VM: the defaults,
@@ -106,6 +118,30 @@ func Parse(path string, data []byte) (*Config, error) {
 			}
 		}
 	}
+	profiles := map[string]engine.Profile{}
+	for _, name := range sortedKeys(f.Profiles) {
+		p, key, err := f.Profiles[name].Resolve(name)
+		if err != nil {
+			at := []string{"profiles", name}
+			if key != "" {
+				at = append(at, strings.Split(key, ".")...)
+			}
+			return nil, doc.Errorf(at, "%v", err)
+		}
+		profiles[name] = p
+	}
+	if key, err := f.Engine.Validate(); err != nil {
+		return nil, doc.Errorf([]string{"engine", key}, "%v", err)
+	}
+	if f.Engine.OutDir == "" {
+		f.Engine.OutDir = "results"
+	}
+	if !filepath.IsAbs(f.Engine.OutDir) {
+		f.Engine.OutDir = filepath.Join(filepath.Dir(path), f.Engine.OutDir)
+	}
+	if f.Engine.MaxStarting == 0 {
+		f.Engine.MaxStarting = engine.DefaultMaxStarting
+	}
 	if f.Plugins == nil {
 		f.Plugins = map[string]host.PluginConfig{}
 	}
@@ -118,7 +154,8 @@ func Parse(path string, data []byte) (*Config, error) {
 	} else if !filepath.IsAbs(stateDir) {
 		stateDir = filepath.Join(filepath.Dir(path), stateDir)
 	}
-	return &Config{Path: path, Data: data, Plugins: f.Plugins, VMs: f.VMs, StateDir: stateDir, Lifecycle: f.Lifecycle}, nil
+	return &Config{Path: path, Data: data, Plugins: f.Plugins, VMs: f.VMs, StateDir: stateDir, Lifecycle: f.Lifecycle,
+		Profiles: profiles, Engine: f.Engine}, nil
 }
 
 // defaultStateDir is $XDG_STATE_HOME/sandbox, else ~/.local/state/sandbox,

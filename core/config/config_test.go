@@ -153,3 +153,55 @@ func TestBadLifecycleSettingsNameTheKey(t *testing.T) {
 		assert.Contains(t, err.Error(), tc.want)
 	}
 }
+
+func TestProfilesLoad(t *testing.T) {
+	cfg, err := config.Parse("conf/sandbox.toml", []byte(`
+[engine]
+max_starting = 3
+
+[profiles.clamav]
+vms = ["ubuntu-a", "ubuntu-b"]
+sample_path = "/tmp/{sha256}"
+command = ["clamscan", "--no-summary", "{sample}"]
+timeout = "2m"
+artifacts = ["/var/log/clamav/scan.log"]
+[profiles.clamav.verdict]
+malicious_exit_codes = [1]
+`))
+	require.NoError(t, err)
+	p := cfg.Profiles["clamav"]
+	assert.Equal(t, []string{"ubuntu-a", "ubuntu-b"}, p.VMs)
+	assert.Equal(t, 2*time.Minute, p.Timeout)
+	assert.Equal(t, []string{"clamav"}, cfg.ProfileNames())
+	assert.Equal(t, 3, cfg.Engine.MaxStarting)
+	assert.Equal(t, filepath.Join("conf", "results"), cfg.Engine.OutDir, "out_dir is relative to the file")
+}
+
+func TestBadProfilesNameFileLineAndKey(t *testing.T) {
+	const base = "[profiles.p]\nvms = [\"a\"]\nsample_path = \"/tmp/{name}\"\ncommand = [\"scan\", \"{sample}\"]\n"
+	for _, tc := range []struct {
+		name, text string
+		line       int
+		key, msg   string
+	}{
+		{"a misspelt key", base + "timout = \"1m\"\n[profiles.p.verdict]\nmalicious_exit_codes = [1]\n",
+			5, "profiles.p.timout", "unknown key"},
+		{"no verdict rule", base, 1, "profiles.p.verdict", "malicious_exit_codes"},
+		{"a bad pattern", base + "[profiles.p.verdict]\nmalicious_pattern = \"(\"\n",
+			6, "profiles.p.verdict.malicious_pattern", "not a regular expression"},
+		{"a bare number for a timeout", base + "timeout = 30\n[profiles.p.verdict]\nmalicious_exit_codes = [1]\n",
+			5, "profiles.p.timeout", "needs a unit"},
+		{"an unknown placeholder", "[profiles.p]\nvms = [\"a\"]\nsample_path = \"/tmp/{file}\"\ncommand = [\"x\"]\n" +
+			"[profiles.p.verdict]\nmalicious_exit_codes = [1]\n", 3, "profiles.p.sample_path", "unknown placeholder {file}"},
+		{"a negative max_starting", "[engine]\nmax_starting = -1\n", 2, "engine.max_starting", "negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := config.Parse("conf/sandbox.toml", []byte(tc.text))
+			var ce *configfile.Error
+			require.ErrorAs(t, err, &ce)
+			assert.Equal(t, tc.line, ce.Line, "error: %v", err)
+			assert.Equal(t, tc.key, ce.Key)
+			assert.Contains(t, ce.Msg, tc.msg)
+		})
+	}
+}
