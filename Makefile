@@ -24,14 +24,19 @@ build:
 test: build lint example
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-# The main job on the built-in fake hypervisor, from a fresh fake world.
+# The main job on the built-in fake hypervisor, from a fresh fake world: a
+# clean file and the EICAR anti-virus test file through both fake VMs. The
+# EICAR file is written here, from two halves, so that no scanner flags this
+# repository.
+DEMO := $(BIN)/demo
 demo: build
-	@rm -rf $(BIN)/fake-world
-	$(BIN)/sandbox plugins
-	@echo
+	@rm -rf $(BIN)/fake-world $(DEMO)
+	@mkdir -p $(DEMO)
+	@printf 'an ordinary text file\n' > $(DEMO)/notes.txt
+	@printf '%s%s' 'X5O!P%@AP[4\PZX54(P^)7CC)7}$$' 'EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$$H+H*' > $(DEMO)/eicar.com
 	$(BIN)/sandbox vm list
 	@echo
-	$(BIN)/sandbox vm cleanup win10-64-defender
+	$(BIN)/sandbox run --out $(DEMO)/results $(DEMO)/notes.txt $(DEMO)/eicar.com
 	@echo
 	$(BIN)/sandbox vm list
 

@@ -65,6 +65,8 @@ type app struct {
 
 	ctx         context.Context
 	stopSignals func()
+	// signal is the first Ctrl-C or SIGTERM received, if any.
+	signal os.Signal
 }
 
 func newApp(out, errOut io.Writer) *app {
@@ -92,7 +94,7 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVar(&a.configPath, "config", config.DefaultPath, "configuration `FILE`")
 	f.StringVar(&a.logLevel, "log-level", "warn", "log `LEVEL` on stderr: trace, debug, info, warn, error, off")
 	f.BoolVar(&a.json, "json", false, "print machine-readable JSON on stdout")
-	root.AddCommand(a.pluginsCommand(), a.vmCommand())
+	root.AddCommand(a.pluginsCommand(), a.vmCommand(), a.runCommand())
 	root.AddCommand(a.conformanceCommand())
 	return root
 }
@@ -113,11 +115,15 @@ func (a *app) context() context.Context {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	done := make(chan struct{})
 	go func() {
+		var sig os.Signal
 		select {
-		case <-sigs:
+		case sig = <-sigs:
 		case <-done:
 			return
 		}
+		a.once.Lock()
+		a.signal = sig
+		a.once.Unlock()
 		fmt.Fprintln(a.errOut, "sandbox: interrupted; stopping (press Ctrl-C again to quit at once)")
 		cancel()
 		select {
@@ -225,6 +231,28 @@ func exactArgs(names ...string) cobra.PositionalArgs {
 		return nil
 	}
 }
+
+// interruptedStatus is the exit status of a command cut short by a signal:
+// 128 plus the signal's number, as a shell reports it (130 for Ctrl-C,
+// 143 for SIGTERM); 0 when no signal came.
+func (a *app) interruptedStatus() int {
+	a.once.Lock()
+	defer a.once.Unlock()
+	switch a.signal {
+	case nil:
+		return 0
+	case syscall.SIGTERM:
+		return 143
+	default:
+		return 130
+	}
+}
+
+// exitStatus is returned by a command that already said everything and
+// only needs the process to exit with this status.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 // errorText renders an error for a JSON field; empty for nil.
 func errorText(err error) string {

@@ -2,7 +2,8 @@
 // and VMs, shows their state and runs the lifecycle operations that leave a
 // VM off, unlocked and clean.
 //
-// Exit status: 0 on success, 1 when an operation failed, 2 on a usage error.
+// Exit status: 0 on success, 1 when an operation failed, 2 on a usage error,
+// 130 (Ctrl-C) or 143 (SIGTERM) when `sandbox run` was interrupted.
 package main
 
 import (
@@ -24,6 +25,10 @@ func run(args []string) int {
 	err := root.Execute()
 	if err == nil {
 		return 0
+	}
+	var status exitStatus
+	if errors.As(err, &status) {
+		return int(status)
 	}
 	var ue *usageError
 	if errors.As(err, &ue) || isCobraUsageError(err) {

@@ -4,11 +4,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/mattn/go-isatty"
 
+	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
@@ -86,4 +89,97 @@ func (l *liveLine) close() {
 	close(l.stop)
 	<-l.done
 	fmt.Fprint(l.w, "\r\033[K")
+}
+
+// liveTable shows a run as it goes: one line per VM with its task's
+// current step, sample and time in the step, redrawn in place on a
+// terminal. Off a terminal it shows nothing.
+type liveTable struct {
+	w     io.Writer
+	mu    sync.Mutex
+	vms   []string
+	rows  map[string]engine.Event
+	drawn int
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+// newLiveTable returns nil when w is not a terminal.
+func newLiveTable(w io.Writer, pools []engine.Pool) *liveTable {
+	f, ok := w.(*os.File)
+	if !ok || !(isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())) {
+		return nil
+	}
+	l := &liveTable{w: w, rows: map[string]engine.Event{}, stop: make(chan struct{}), done: make(chan struct{})}
+	for _, p := range pools {
+		for _, vm := range p.VMs {
+			if !slices.Contains(l.vms, vm.Name) {
+				l.vms = append(l.vms, vm.Name)
+			}
+		}
+	}
+	go l.tick()
+	return l
+}
+
+// update is the engine's OnEvent callback.
+func (l *liveTable) update(e engine.Event) {
+	if l == nil || e.VM == "" {
+		return
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.rows[e.VM] = e
+	l.render()
+}
+
+func (l *liveTable) tick() {
+	defer close(l.done)
+	t := time.NewTicker(250 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+			l.mu.Lock()
+			l.render()
+			l.mu.Unlock()
+		case <-l.stop:
+			return
+		}
+	}
+}
+
+func (l *liveTable) render() {
+	var b strings.Builder
+	if l.drawn > 0 {
+		fmt.Fprintf(&b, "\033[%dA", l.drawn)
+	}
+	width := 0
+	for _, vm := range l.vms {
+		width = max(width, len(vm))
+	}
+	for _, vm := range l.vms {
+		e, ok := l.rows[vm]
+		line := fmt.Sprintf("%-*s  idle", width, vm)
+		if ok {
+			line = fmt.Sprintf("%-*s  %-13s %s  %s  %s", width, vm, e.Step, time.Since(e.At).Round(100*time.Millisecond), e.Profile, e.Sample)
+		}
+		fmt.Fprintf(&b, "\r\033[K%s\n", line)
+	}
+	l.drawn = len(l.vms)
+	fmt.Fprint(l.w, b.String())
+}
+
+// close erases the table.
+func (l *liveTable) close() {
+	if l == nil {
+		return
+	}
+	close(l.stop)
+	<-l.done
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.drawn > 0 {
+		fmt.Fprintf(l.w, "\033[%dA\r\033[J", l.drawn)
+	}
 }
