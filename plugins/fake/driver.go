@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/gofrs/flock"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
@@ -38,8 +39,11 @@ type Driver struct {
 	// violations are the contract rules this driver breaks on purpose.
 	violations map[Violation]bool
 
-	mu  sync.Mutex
-	vms map[string]*vm
+	// mu guards the world; lock and unlock take it together with the
+	// world file's lock when the world is shared through state_dir.
+	mu     sync.Mutex
+	shared *sharedWorld
+	vms    map[string]*vm
 	// changed is closed and replaced on every change an operation makes,
 	// waking whoever waits for a state (Watch, Unlock, Restore, Cleanup).
 	changed chan struct{}
@@ -128,6 +132,7 @@ func open(c Config, logger hclog.Logger) (*Driver, error) {
 				v.restoreState(st)
 			}
 		}
+		d.shared = &sharedWorld{lock: flock.New(filepath.Join(d.stateDir, worldLock))}
 		if d.scratch == "" {
 			d.scratch = filepath.Join(d.stateDir, "guests")
 		}
@@ -149,9 +154,9 @@ func open(c Config, logger hclog.Logger) (*Driver, error) {
 	} else {
 		d.journal = &journal{}
 	}
-	d.mu.Lock()
+	d.lock()
 	d.saveLocked()
-	d.mu.Unlock()
+	d.unlock()
 	return d, nil
 }
 
@@ -198,8 +203,8 @@ func (d *Driver) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
 	if err := hypervisor.FromContext(ctx, hypervisor.OpList, ""); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.lock()
+	defer d.unlock()
 	now := time.Now()
 	out := make([]hypervisor.VM, 0, len(d.vms))
 	for _, v := range d.vms {
@@ -222,13 +227,13 @@ func (d *Driver) begin(ctx context.Context, op, name string) (*vm, error) {
 	if err := hypervisor.FromContext(ctx, op, name); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
+	d.lock()
 	v, ok := d.vms[name]
 	var slow time.Duration
 	if ok {
 		slow = v.faults.Slow
 	}
-	d.mu.Unlock()
+	d.unlock()
 	if !ok {
 		return nil, hypervisor.NewError(hypervisor.CodeNotFound, op, name,
 			"Could not find a registered machine named '%s'", name)
@@ -279,17 +284,18 @@ func (d *Driver) exitDuringLocked(v *vm, c *call, ops ...string) error {
 // d.mu held and the VM advanced to now; an error from it ends the wait.
 func (d *Driver) waitFor(ctx context.Context, op string, v *vm, cond func(now time.Time) (bool, error)) error {
 	for {
-		d.mu.Lock()
+		d.lock()
 		now := time.Now()
 		v.advance(now)
 		done, err := cond(now)
 		changed := d.changed
 		next := v.nextEvent(now)
-		d.mu.Unlock()
+		d.unlock()
 		if err != nil || done {
 			return err
 		}
 		timer, due := timerAt(now, next)
+		poll, others := d.pollShared()
 		select {
 		case <-ctx.Done():
 			err = hypervisor.FromContext(ctx, op, v.name)
@@ -297,10 +303,9 @@ func (d *Driver) waitFor(ctx context.Context, op string, v *vm, cond func(now ti
 			err = hypervisor.NewError(hypervisor.CodeUnavailable, op, v.name, "driver closed")
 		case <-changed:
 		case <-due:
+		case <-others:
 		}
-		if timer != nil {
-			timer.Stop()
-		}
+		stopTimers(timer, poll)
 		if err != nil {
 			return err
 		}
@@ -315,6 +320,14 @@ func timerAt(now, next time.Time) (*time.Timer, <-chan time.Time) {
 	}
 	t := time.NewTimer(next.Sub(now))
 	return t, t.C
+}
+
+func stopTimers(timers ...*time.Timer) {
+	for _, t := range timers {
+		if t != nil {
+			t.Stop()
+		}
+	}
 }
 
 // sleep waits d or until ctx ends, for the simulated duration of work the

@@ -96,8 +96,8 @@ var errGuestIO = errors.New("VERR_SHARING_VIOLATION: the file is in use by anoth
 
 // copyFault uses one failure of a counted copy fault, if any is left.
 func (d *Driver) copyFault(name string, which func(*faultsUsed, Faults) (*int, int)) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.lock()
+	defer d.unlock()
 	v := d.vms[name]
 	used, n := which(&v.st.Used, v.faults)
 	if !useFault(used, n) {
@@ -183,7 +183,7 @@ func (d *Driver) beginGuest(ctx context.Context, op, name string, describe func(
 	}
 	c := d.newCall(op, name)
 	describe(&c.e)
-	d.mu.Lock()
+	d.lock()
 	now := time.Now()
 	v.advance(now)
 	switch {
@@ -195,10 +195,10 @@ func (d *Driver) beginGuest(ctx context.Context, op, name string, describe func(
 	}
 	disk := v.st.Disk
 	if xerr := d.exitDuringLocked(v, c, op); xerr != nil {
-		d.mu.Unlock()
+		d.unlock()
 		return nil, nil, xerr
 	}
-	d.mu.Unlock()
+	d.unlock()
 	if err != nil {
 		return nil, nil, c.done(err)
 	}

@@ -17,8 +17,8 @@ func (d *Driver) Status(ctx context.Context, name string) (hypervisor.Status, er
 	if err != nil {
 		return hypervisor.Status{}, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.lock()
+	defer d.unlock()
 	now := time.Now()
 	v.advance(now)
 	if useFault(&v.st.Used.Status, v.faults.StatusFailures) {
@@ -42,8 +42,8 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.lock()
+	defer d.unlock()
 	now := time.Now()
 	v.advance(now)
 	if p := v.st.Power; p == hypervisor.PowerRunning || p == hypervisor.PowerStarting {
@@ -102,8 +102,8 @@ func (d *Driver) Stop(ctx context.Context, name string, method hypervisor.StopMe
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.lock()
+	defer d.unlock()
 	now := time.Now()
 	v.advance(now)
 	if v.st.Power.IsOff() {
@@ -203,21 +203,21 @@ func (d *Driver) Unlock(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	d.mu.Lock()
+	d.lock()
 	now := time.Now()
 	v.advance(now)
 	if p := v.st.Power; !p.IsOff() {
-		d.mu.Unlock()
+		d.unlock()
 		return invalidState(hypervisor.OpUnlock, name, p) // §6.1
 	}
 	if !v.locked(now) {
-		d.mu.Unlock()
+		d.unlock()
 		return nil // §6.2
 	}
 	c := d.newCall(hypervisor.OpUnlock, name)
 	d.releaseLocked(v, now)
 	xerr := d.exitDuringLocked(v, c, hypervisor.OpUnlock)
-	d.mu.Unlock()
+	d.unlock()
 	if xerr != nil {
 		return xerr
 	}
@@ -259,7 +259,7 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 	}
 	c := d.newCall(hypervisor.OpRestore, name)
 	c.e.Snapshot = snapshot
-	d.mu.Lock()
+	d.lock()
 	now := time.Now()
 	v.advance(now)
 	t, err := d.startRestoreLocked(hypervisor.OpRestore, v, snapshot, now)
@@ -267,7 +267,7 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 		c.e.Snapshot = t.Snapshot
 	}
 	xerr := d.exitDuringLocked(v, c, hypervisor.OpRestore)
-	d.mu.Unlock()
+	d.unlock()
 	if xerr != nil {
 		return xerr
 	}
@@ -332,17 +332,17 @@ func (d *Driver) startRestoreLocked(op string, v *vm, snapshot string, now time.
 // abandons the restore so that no work goes on for a caller who left.
 func (d *Driver) waitRestored(ctx context.Context, op string, v *vm, t *transition) error {
 	err := d.waitFor(ctx, op, v, func(time.Time) (bool, error) {
-		return v.st.Pending != t, nil
+		return !v.st.Pending.is(t), nil
 	})
 	if err != nil {
-		d.mu.Lock()
-		if v.st.Pending == t {
+		d.lock()
+		if v.st.Pending.is(t) {
 			v.st.Pending = nil
 			v.st.Power = t.From
 			v.st.Changed = t.FromChanged
 			d.commitLocked()
 		}
-		d.mu.Unlock()
+		d.unlock()
 	}
 	return err
 }
@@ -395,17 +395,17 @@ func (cl *cleanup) run(ctx context.Context, req hypervisor.CleanupRequest) error
 	d, v := cl.d, cl.v
 	triedPowerOff := false
 	for {
-		d.mu.Lock()
+		d.lock()
 		now := time.Now()
 		v.advance(now)
 		p := v.st.Power
 		var err error
 		switch {
 		case p.IsOff():
-			d.mu.Unlock()
+			d.unlock()
 			return cl.unlockAndRestore(ctx, req)
 		case p == hypervisor.PowerRestoring:
-			d.mu.Unlock()
+			d.unlock()
 			cl.act("wait-restore")
 			err = d.waitFor(ctx, hypervisor.OpCleanup, v, func(time.Time) (bool, error) {
 				return v.st.Power != hypervisor.PowerRestoring, nil
@@ -415,20 +415,20 @@ func (cl *cleanup) run(ctx context.Context, req hypervisor.CleanupRequest) error
 			if serr := cl.sendLocked(hypervisor.StopPowerOff, now); serr != nil {
 				d.logger.Debug("cleanup: power-off failed, escalating", "vm", v.name, "error", serr)
 			}
-			d.mu.Unlock()
+			d.unlock()
 		case v.st.Pending != nil && v.st.Pending.To.IsOff():
 			// The VM is on its way off (our power-off, or someone's stop).
 			if len(cl.actions) == 0 {
 				cl.act("wait-stop")
 			}
-			d.mu.Unlock()
+			d.unlock()
 			err = d.waitFor(ctx, hypervisor.OpCleanup, v, func(time.Time) (bool, error) {
 				return v.st.Power.IsOff() || v.st.Pending == nil, nil
 			})
 		default:
 			// Starting, hanging in stopping, or a power-off that did not take.
 			serr := cl.sendLocked(hypervisor.StopEmergency, now)
-			d.mu.Unlock()
+			d.unlock()
 			if serr != nil {
 				return serr
 			}
@@ -463,8 +463,8 @@ func (cl *cleanup) unlockAndRestore(ctx context.Context, req hypervisor.CleanupR
 		}
 	}
 	// Nothing sent fired the exit_during fault; it fires before the answer.
-	cl.d.mu.Lock()
-	defer cl.d.mu.Unlock()
+	cl.d.lock()
+	defer cl.d.unlock()
 	cl.exitLocked()
 	return cl.exited
 }
@@ -472,12 +472,12 @@ func (cl *cleanup) unlockAndRestore(ctx context.Context, req hypervisor.CleanupR
 // unlock releases a stale session or waits for a lingering one to go.
 func (cl *cleanup) unlock(ctx context.Context) error {
 	d, v := cl.d, cl.v
-	d.mu.Lock()
+	d.lock()
 	now := time.Now()
 	v.advance(now)
 	switch {
 	case !v.locked(now):
-		d.mu.Unlock()
+		d.unlock()
 		return nil
 	case v.st.StaleLock:
 		cl.act("unlock")
@@ -489,7 +489,7 @@ func (cl *cleanup) unlock(ctx context.Context) error {
 	default:
 		cl.act("wait-unlock")
 	}
-	d.mu.Unlock()
+	d.unlock()
 	if cl.exited != nil {
 		return nil
 	}
@@ -500,12 +500,12 @@ func (cl *cleanup) unlock(ctx context.Context) error {
 // restored to it (§8.2).
 func (cl *cleanup) restore(ctx context.Context, snapshot string) error {
 	d, v := cl.d, cl.v
-	d.mu.Lock()
+	d.lock()
 	now := time.Now()
 	v.advance(now)
 	snap, err := d.resolveSnapshot(v, hypervisor.OpCleanup, snapshot)
 	if err != nil || (!v.st.Dirty && v.st.CurrentSnapshot == snap && !d.breaks(ViolationCleanupRestoresAgain)) {
-		d.mu.Unlock()
+		d.unlock()
 		return err
 	}
 	cl.act("restore " + snap)
@@ -513,11 +513,11 @@ func (cl *cleanup) restore(ctx context.Context, snapshot string) error {
 	c.e.Snapshot, c.e.Via = snap, hypervisor.OpCleanup
 	t, err := d.startRestoreLocked(hypervisor.OpCleanup, v, snap, now)
 	if err != nil {
-		d.mu.Unlock()
+		d.unlock()
 		return c.done(err)
 	}
 	cl.exitLocked()
-	d.mu.Unlock()
+	d.unlock()
 	if cl.exited != nil {
 		return nil
 	}

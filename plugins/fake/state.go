@@ -7,6 +7,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
+
+	"github.com/gofrs/flock"
 )
 
 // worldFile is the file in state_dir that holds the world.
@@ -53,6 +56,83 @@ func (v *vm) restoreState(st vmState) {
 	v.st = st
 }
 
+// A world in state_dir is shared by every plugin process that opens it,
+// as a real hypervisor's VMs are shared by every client of its service:
+// two sandbox processes each launch their own fake, and both must see one
+// world. Every operation holds the world file's lock (worldLock, flock)
+// besides the driver's mutex, reloads the world if another process saved
+// it since, and saves what it changed before letting go.
+
+// worldLock is the file in state_dir whose lock guards world.json.
+const worldLock = "world.lock"
+
+// sharedPoll is how often a wait for a state looks at the world again
+// when another process may be the one changing it.
+const sharedPoll = 25 * time.Millisecond
+
+// sharedWorld is the cross-process side of a world kept in state_dir.
+type sharedWorld struct {
+	lock *flock.Flock
+	// seen is world.json as this process last read or wrote it.
+	seen os.FileInfo
+}
+
+// lock takes the world: the driver's mutex and, for a world in state_dir,
+// its file lock, with the world brought up to date from the file.
+func (d *Driver) lock() {
+	d.mu.Lock()
+	if d.shared == nil {
+		return
+	}
+	if err := d.shared.lock.Lock(); err != nil {
+		d.logger.Error("cannot lock the world; going on without", "dir", d.stateDir, "error", err)
+		return
+	}
+	d.reloadLocked()
+}
+
+// unlock lets go of what lock took.
+func (d *Driver) unlock() {
+	if d.shared != nil {
+		_ = d.shared.lock.Unlock()
+	}
+	d.mu.Unlock()
+}
+
+// reloadLocked takes over the world another process saved since this one
+// last looked, waking waiters if anything changed.
+func (d *Driver) reloadLocked() {
+	path := filepath.Join(d.stateDir, worldFile)
+	fi, err := os.Stat(path)
+	if err != nil || (d.shared.seen != nil && os.SameFile(fi, d.shared.seen) &&
+		fi.ModTime().Equal(d.shared.seen.ModTime()) && fi.Size() == d.shared.seen.Size()) {
+		return
+	}
+	saved, err := loadWorld(d.stateDir)
+	if err != nil {
+		d.logger.Error("cannot reload the world", "dir", d.stateDir, "error", err)
+		return
+	}
+	d.shared.seen = fi
+	for name, st := range saved {
+		if v, ok := d.vms[name]; ok {
+			v.restoreState(st)
+		}
+	}
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+// pollShared returns a channel that fires when a waiter should look at a
+// shared world again, or nil (never) for a world of this process alone.
+func (d *Driver) pollShared() (*time.Timer, <-chan time.Time) {
+	if d.shared == nil {
+		return nil, nil
+	}
+	t := time.NewTimer(sharedPoll)
+	return t, t.C
+}
+
 // saveLocked writes the world to state_dir, if there is one, through a
 // temporary file so that a process killed mid-write leaves the previous
 // world intact. A failure is logged: the simulated VMs carry on in memory.
@@ -65,11 +145,18 @@ func (d *Driver) saveLocked() {
 		w.VMs[name] = v.st
 	}
 	data, err := json.MarshalIndent(w, "", "  ")
+	path := filepath.Join(d.stateDir, worldFile)
 	if err == nil {
-		err = writeFileAtomic(filepath.Join(d.stateDir, worldFile), data)
+		err = writeFileAtomic(path, data)
 	}
 	if err != nil {
 		d.logger.Error("cannot save the world", "dir", d.stateDir, "error", err)
+		return
+	}
+	if d.shared != nil {
+		if fi, err := os.Stat(path); err == nil {
+			d.shared.seen = fi
+		}
 	}
 }
 

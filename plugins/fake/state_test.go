@@ -158,3 +158,35 @@ func TestExitDuringCleanupFiresAtItsFirstCommand(t *testing.T) {
 	assert.Equal(t, "exit", d.Journal()[1].Outcome)
 	waitFor(t, d, "a", hypervisor.PowerOff, hypervisor.LockUnlocked)
 }
+
+func TestTwoDriversOnOneStateDirShareTheWorld(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	const table = `
+	state_dir = "state"
+	[timing]
+	start = "50ms"
+	unlock_after_stop = "50ms"
+	[vms.a]
+	snapshots = ["clean"]
+	[vms.b]
+	state = "running"
+	snapshots = ["clean"]
+	[vms.b.faults]
+	stale_lock_after_stop = true
+	`
+	one := openFake(t, dir, table)
+	two := openFake(t, dir, table)
+
+	require.NoError(t, one.Start(testCtx(t), "a"))
+	assert.Equal(t, hypervisor.PowerStarting, status(t, two, "a").Power, "a start by one is seen by the other")
+	require.NoError(t, two.Start(testCtx(t), "a"), "starting a VM the other started is a no-op (§4.2)")
+	waitFor(t, two, "a", hypervisor.PowerRunning, hypervisor.LockLocked)
+
+	// A wait in one process ends on a change made by the other.
+	require.NoError(t, one.Stop(testCtx(t), "b", hypervisor.StopPowerOff))
+	waitFor(t, two, "b", hypervisor.PowerOff, hypervisor.LockLocked)
+	requireCode(t, two.Restore(testCtx(t), "b", ""), hypervisor.CodeLocked, hypervisor.OpRestore, "b")
+	require.NoError(t, one.Unlock(testCtx(t), "b"))
+	require.NoError(t, two.Restore(testCtx(t), "b", ""), "the unlock by one freed the VM for the other")
+}

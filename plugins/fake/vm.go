@@ -83,6 +83,12 @@ type transition struct {
 	FromChanged time.Time             `json:"from_changed,omitzero"`
 }
 
+// is reports whether t is the transition o, compared by value: a world
+// reloaded from state_dir (another process saved it) holds a copy.
+func (t *transition) is(o *transition) bool {
+	return t != nil && o != nil && t.Kind == o.Kind && t.Due.Equal(o.Due) && t.Snapshot == o.Snapshot && t.To == o.To
+}
+
 func newVM(name string, c VMConfig, base Timing, now time.Time) *vm {
 	v := &vm{
 		name:      name,

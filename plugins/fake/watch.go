@@ -20,9 +20,9 @@ func (d *Driver) Watch(ctx context.Context, name string) (<-chan hypervisor.Stat
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
+	d.lock()
 	xerr := d.exitDuringLocked(v, nil, hypervisor.OpWatch)
-	d.mu.Unlock()
+	d.unlock()
 	if xerr != nil {
 		return nil, xerr
 	}
@@ -35,13 +35,13 @@ func (d *Driver) watch(ctx context.Context, v *vm, ch chan<- hypervisor.Status) 
 	defer close(ch)
 	var last hypervisor.Status
 	for first := true; ; first = false {
-		d.mu.Lock()
+		d.lock()
 		now := time.Now()
 		v.advance(now)
 		st := d.report(v, now)
 		changed := d.changed
 		next := v.nextEvent(now)
-		d.mu.Unlock()
+		d.unlock()
 		if !first && d.breaks(ViolationWatchSilent) {
 			select {
 			case <-ctx.Done():
@@ -60,15 +60,15 @@ func (d *Driver) watch(ctx context.Context, v *vm, ch chan<- hypervisor.Status) 
 			}
 		}
 		timer, due := timerAt(now, next)
+		poll, others := d.pollShared()
 		select {
 		case <-ctx.Done():
 		case <-d.closed:
 		case <-changed:
 		case <-due:
+		case <-others:
 		}
-		if timer != nil {
-			timer.Stop()
-		}
+		stopTimers(timer, poll)
 		if ctx.Err() != nil || d.isClosed() {
 			return
 		}
