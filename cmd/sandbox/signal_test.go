@@ -3,6 +3,7 @@
 package main_test
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"os"
@@ -93,6 +94,85 @@ slow = "1m"
 			assert.Contains(t, stderr.String(), "interrupted")
 			for _, pid := range plugins {
 				assert.True(t, processGone(pid), "plugin %d outlived the CLI", pid)
+			}
+		})
+	}
+}
+
+// TestAnInterruptedRunCleansItsVMs interrupts `sandbox run` while every VM
+// analyses: the VMs in use are cleaned before the command exits with 128
+// plus the signal, and the summary says what happened.
+func TestAnInterruptedRunCleansItsVMs(t *testing.T) {
+	for _, tc := range []struct {
+		sig  syscall.Signal
+		code int
+	}{{syscall.SIGINT, 130}, {syscall.SIGTERM, 143}} {
+		t.Run(tc.sig.String(), func(t *testing.T) {
+			dir := t.TempDir()
+			conf := runConfig(`[profiles.slow]
+vms = ["win-a", "linux-a"]
+sample_path = "/tmp/{name}"
+command = ["sleep", "60"]
+[profiles.slow.verdict]
+malicious_exit_codes = [1]
+`)
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte("state_dir = \"state\"\n"+conf), 0o644))
+			samples := t.TempDir()
+			cmd := exec.Command(sandboxBin, "--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
+				"run", "--profile", "slow", textFile(t, samples, "a.txt", "a"), textFile(t, samples, "b.txt", "b"),
+				textFile(t, samples, "c.txt", "c"))
+			var stdout bytes.Buffer
+			cmd.Stdout = &stdout
+			stderrPipe, err := cmd.StderrPipe()
+			require.NoError(t, err)
+			require.NoError(t, cmd.Start())
+			t.Cleanup(func() { _ = cmd.Process.Kill() })
+
+			// Wait, by the engine's log, until both VMs analyse.
+			var stderr bytes.Buffer
+			analysing, read := make(chan struct{}), make(chan struct{})
+			go func() {
+				defer close(read)
+				sc := bufio.NewScanner(stderrPipe)
+				n := 0
+				for sc.Scan() {
+					stderr.WriteString(sc.Text() + "\n")
+					if strings.Contains(sc.Text(), "sandbox.engine: analyzing") {
+						if n++; n == 2 {
+							close(analysing)
+						}
+					}
+				}
+			}()
+			select {
+			case <-analysing:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the VMs never got to analyse")
+			}
+			plugins := children(t, cmd.Process.Pid)
+			require.NoError(t, cmd.Process.Signal(tc.sig))
+			done := make(chan error, 1)
+			go func() {
+				<-read // Wait closes the pipe: read it all first
+				done <- cmd.Wait()
+			}()
+			select {
+			case <-done:
+			case <-time.After(30 * time.Second):
+				t.Fatal("the CLI did not stop on " + tc.sig.String())
+			}
+			assert.Equal(t, tc.code, cmd.ProcessState.ExitCode(), stderr.String())
+			assert.Regexp(t, `(?m)^a\.txt\s+slow\s+\S+\s+error\s+cancelled at analyzing`, stdout.String())
+			assert.Regexp(t, `(?m)^c\.txt\s+slow\s+-\s+error\s+cancelled at queued`, stdout.String())
+			assert.Contains(t, stdout.String(), "The run was interrupted; the VMs it was using were cleaned.")
+			for _, pid := range plugins {
+				assert.True(t, processGone(pid), "plugin %d outlived the CLI", pid)
+			}
+			for _, vm := range []string{"win-a", "linux-a"} {
+				st := sandboxIn(t, dir, conf, "--json", "vm", "status", vm)
+				require.Equal(t, 0, st.code, st.stderr)
+				assert.Contains(t, st.stdout, `"power": "off"`, vm)
+				assert.Contains(t, st.stdout, `"lock": "unlocked"`, vm)
 			}
 		})
 	}
