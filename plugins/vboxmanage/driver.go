@@ -27,6 +27,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/fault"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/fresh"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/location"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/parser"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
@@ -52,6 +53,8 @@ type Driver struct {
 	gates     gates
 	restored  restoreMarks
 	passwords passwordFiles
+	// listing shares `list --long vms` among concurrent status reads.
+	listing fresh.Reader[*runner.Result]
 
 	// root is the context every invocation derives from; Close cancels it,
 	// so that the runner kills whatever VBoxManage is still running.

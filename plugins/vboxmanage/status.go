@@ -51,7 +51,7 @@ func (d *Driver) status(ctx context.Context, p *probe, op, vm string) (hyperviso
 		}
 		return false
 	}, func() error {
-		res, err := d.run(ctx, p, op, vm, runner.Call{Args: []string{"list", "--long", "vms"}, Timeout: d.cfg.Timeouts.Command})
+		res, err := d.listLong(ctx, p, op, vm)
 		if err != nil {
 			return err
 		}
@@ -70,6 +70,30 @@ func (d *Driver) status(ctx context.Context, p *probe, op, vm string) (hyperviso
 		return hypervisor.Status{}, err
 	}
 	return statusFrom(vm, entry, p.caps.Has(hypervisor.CapLockState)), nil
+}
+
+// listLong lists every VM's details. Concurrent status reads (the VMs of
+// a busy host, each polled while it stops or restores) share listings:
+// a read joins the next listing to start after it asked, never one
+// already under way, so what it gets is never older than its own call
+// (no staleness at all), and N reads at once cost at most two VBoxManage
+// invocations, not N.
+func (d *Driver) listLong(ctx context.Context, p *probe, op, vm string) (*runner.Result, error) {
+	res, err := d.listing.Read(ctx, func(ctx context.Context) (*runner.Result, error) {
+		// A listing run for others outlives its first reader's
+		// cancellation, never the driver's: Close still kills it.
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(d.root, cancel)()
+		return p.run.Run(ctx, runner.Call{Args: []string{"list", "--long", "vms"}, Timeout: d.cfg.Timeouts.Command})
+	})
+	if err != nil {
+		if ctx.Err() != nil && res == nil {
+			return nil, hypervisor.FromContext(ctx, op, vm)
+		}
+		return res, d.failure(op, vm, err)
+	}
+	return res, nil
 }
 
 // hasContent reports output that should have parsed: anything but blank

@@ -1,6 +1,7 @@
 package vboxsim
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
@@ -216,6 +217,8 @@ func (s *sim) guestRun(root string, o guestOpts) int {
 			}
 			_, _ = stdout.Write(data)
 		}
+	case "scan":
+		rc = scan(root, args, stdout, stderr)
 	case "sleep":
 		secs := 0.0
 		if len(args) > 0 {
@@ -239,6 +242,45 @@ func (s *sim) guestRun(root string, o guestOpts) int {
 	default:
 		return rc + 32
 	}
+}
+
+// eicar is the EICAR anti-virus test file's content, split so that no
+// scanner flags this source file.
+var eicar = []byte(`X5O!P%@AP[4\PZX54(P^)7CC)7}$` + `EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`)
+
+// scan is the simulated guest's scanner, `scan [-o LOG] FILE`: exit 1 and
+// "infected" when FILE holds the EICAR test string, else 0 and "clean";
+// with -o the verdict also goes to the guest file LOG.
+func scan(root string, args []string, stdout, stderr io.Writer) int {
+	var log string
+	if len(args) == 3 && args[0] == "-o" {
+		log, args = args[1], args[2:]
+	}
+	if len(args) != 1 {
+		fmt.Fprintln(stderr, "usage: scan [-o LOG] FILE")
+		return 2
+	}
+	data, err := os.ReadFile(guestFile(root, args[0]))
+	if err != nil {
+		fmt.Fprintf(stderr, "scan: %s: No such file or directory\n", args[0])
+		return 2
+	}
+	verdict, rc := "clean", 0
+	if bytes.Contains(data, eicar) {
+		verdict, rc = "infected", 1
+	}
+	fmt.Fprintln(stdout, verdict)
+	if log != "" {
+		p := guestFile(root, log)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err == nil {
+			err = os.WriteFile(p, fmt.Appendf(nil, "%s: %s\n", args[0], verdict), 0o644)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "scan: %s: %v\n", log, err)
+			return 2
+		}
+	}
+	return rc
 }
 
 func (s *sim) copyTo(root string, o guestOpts) int {

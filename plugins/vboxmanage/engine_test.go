@@ -1,0 +1,119 @@
+package vboxmanage_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/engine"
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+)
+
+// engineVMs are n guest VMs named scan-1..scan-n, off on their clean
+// snapshot.
+func engineVMs(n int) []*vboxsim.VM {
+	vms := make([]*vboxsim.VM, n)
+	for i := range vms {
+		vms[i] = guestVM(fmt.Sprintf("scan-%d", i+1), fmt.Sprintf("93a38cd7-ef00-47aa-9868-%012x", i+1))
+	}
+	return vms
+}
+
+// scanPool is the simulated guest's scanner as an analysis profile, run on
+// the first n VMs.
+func scanPool(t *testing.T, r *rig, n int) engine.Pool {
+	t.Helper()
+	var names []string
+	var vms []lifecycle.VM
+	for i := range n {
+		name := fmt.Sprintf("scan-%d", i+1)
+		names = append(names, name)
+		vms = append(vms, managedVM(r, name))
+	}
+	p, key, err := engine.ProfileConfig{
+		VMs:        names,
+		SamplePath: `C:\sandbox\{name}`,
+		Command:    []string{`C:\Tools\scan.exe`, "-o", `C:\sandbox\scan.log`, "{sample}"},
+		Artifacts:  []string{`C:\sandbox\scan.log`},
+		Verdict:    engine.VerdictConfig{MaliciousExitCodes: []int{1}},
+	}.Resolve("scan")
+	require.NoError(t, err, key)
+	return engine.Pool{Profile: p, VMs: vms}
+}
+
+func writeSamples(t *testing.T, n int) []engine.Sample {
+	t.Helper()
+	dir := t.TempDir()
+	var out []engine.Sample
+	for i := range n {
+		data := fmt.Appendf(nil, "sample %d\n", i)
+		if i%3 == 0 {
+			data = append(data, []byte(`X5O!P%@AP[4\PZX54(P^)7CC)7}$`+`EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*`)...)
+		}
+		p := filepath.Join(dir, fmt.Sprintf("s%02d.bin", i))
+		require.NoError(t, os.WriteFile(p, data, 0o644))
+		s, err := engine.OpenSample(p)
+		require.NoError(t, err)
+		out = append(out, s)
+	}
+	return out
+}
+
+// TestEngineTenSamplesOnThreeVMs runs the engine's ten-sample run through
+// the plugin binary against the simulated VBoxManage: every verdict right,
+// never two tasks on one VM at once, every VM off, unlocked and restored.
+func TestEngineTenSamplesOnThreeVMs(t *testing.T) {
+	t.Parallel()
+	r := newPluginRig(t, profiles[2], withVMs(engineVMs(3)...), withTiming(func(tm *vboxsim.Timing) {
+		tm.GuestReady = vboxsim.Duration(200 * time.Millisecond)
+	}))
+	samples := writeSamples(t, 10)
+	m := lifecycle.New(lifecycle.Options{})
+	e := engine.New(engine.Options{Lifecycle: m, MaxStarting: 3})
+	sum, err := e.Run(ctxFor(t, 3*time.Minute), engine.Job{Samples: samples, Pools: []engine.Pool{scanPool(t, r, 3)}, OutDir: t.TempDir()})
+	require.NoError(t, err)
+	require.Zero(t, sum.Failed())
+	used := map[string][][2]time.Time{}
+	for i, rep := range sum.Reports {
+		want := engine.VerdictClean
+		if i%3 == 0 {
+			want = engine.VerdictMalicious
+		}
+		assert.Equal(t, want, rep.Verdict, rep.Sample.Name)
+		res := rep.Results[0]
+		require.Len(t, res.Artifacts, 1)
+		assert.Empty(t, res.Artifacts[0].Error)
+		var from time.Time
+		for _, tr := range res.Transitions {
+			if tr.Step == engine.StepPreparing {
+				from = tr.At
+			}
+			if tr.Step.Final() {
+				used[res.VM] = append(used[res.VM], [2]time.Time{from, tr.At})
+			}
+		}
+	}
+	assert.Len(t, used, 3, "every VM worked")
+	for vm, ivs := range used {
+		slices.SortFunc(ivs, func(a, b [2]time.Time) int { return a[0].Compare(b[0]) })
+		for i := 1; i < len(ivs); i++ {
+			assert.False(t, ivs[i][0].Before(ivs[i-1][1]), "%s ran two tasks at once", vm)
+		}
+	}
+	for i := range 3 {
+		st, err := r.drv.Status(context.Background(), fmt.Sprintf("scan-%d", i+1))
+		require.NoError(t, err)
+		assert.Equal(t, hypervisor.PowerOff, st.Power)
+		assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
+		assert.Equal(t, "clean", st.CurrentSnapshot)
+	}
+}
