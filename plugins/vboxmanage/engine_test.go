@@ -30,7 +30,7 @@ func engineVMs(n int) []*vboxsim.VM {
 
 // scanPool is the simulated guest's scanner as an analysis profile, run on
 // the first n VMs.
-func scanPool(t *testing.T, r *rig, n int) engine.Pool {
+func scanPool(t testing.TB, r *rig, n int) engine.Pool {
 	t.Helper()
 	var names []string
 	var vms []lifecycle.VM
@@ -50,7 +50,7 @@ func scanPool(t *testing.T, r *rig, n int) engine.Pool {
 	return engine.Pool{Profile: p, VMs: vms}
 }
 
-func writeSamples(t *testing.T, n int) []engine.Sample {
+func writeSamples(t testing.TB, n int) []engine.Sample {
 	t.Helper()
 	dir := t.TempDir()
 	var out []engine.Sample
@@ -116,4 +116,36 @@ func TestEngineTenSamplesOnThreeVMs(t *testing.T) {
 		assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
 		assert.Equal(t, "clean", st.CurrentSnapshot)
 	}
+}
+
+// BenchmarkEngineInvocations reports the VBoxManage invocations per
+// (sample, VM) task through the engine, with 30 registered VMs of which 8
+// work at once, besides the guest operations (guestcontrol). The goal is
+// at most 10.
+func BenchmarkEngineInvocations(b *testing.B) {
+	const registered, inUse, tasks = 30, 8, 16
+	r := newPluginRig(b, profiles[2], withVMs(engineVMs(registered)...), withTiming(func(tm *vboxsim.Timing) {
+		tm.GuestReady = vboxsim.Duration(200 * time.Millisecond)
+	}))
+	var perTask, guestPerTask float64
+	for b.Loop() {
+		samples := writeSamples(b, tasks)
+		before := len(r.sim.Invocations(b))
+		m := lifecycle.New(lifecycle.Options{})
+		e := engine.New(engine.Options{Lifecycle: m, MaxStarting: inUse})
+		sum, err := e.Run(ctxFor(b, 5*time.Minute), engine.Job{Samples: samples, Pools: []engine.Pool{scanPool(b, r, inUse)}, OutDir: b.TempDir()})
+		require.NoError(b, err)
+		require.Zero(b, sum.Failed())
+		invs := r.sim.Invocations(b)[before:]
+		guest := 0
+		for _, inv := range invs {
+			if len(inv.Args) > 0 && inv.Args[0] == "guestcontrol" {
+				guest++
+			}
+		}
+		perTask = float64(len(invs)-guest) / tasks
+		guestPerTask = float64(guest) / tasks
+	}
+	b.ReportMetric(perTask, "vboxmanage/task")
+	b.ReportMetric(guestPerTask, "guestcontrol/task")
 }
