@@ -333,7 +333,7 @@ func countOf(list []string, x string) int {
 
 func ptr[T any](v T) *T { return &v }
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
+func ctxFor(t testing.TB, d time.Duration) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx

@@ -38,7 +38,7 @@ guest_ready = "30ms"
 
 // rig is one test's fake hypervisor, lifecycle manager and engine.
 type rig struct {
-	t          *testing.T
+	t          testing.TB
 	driver     *sdk.InProcess
 	journal    string
 	quarantine *lifecycle.MemoryQuarantine
@@ -53,9 +53,15 @@ type rig struct {
 // journal added) with n VMs named vm1..vmN unless the table declares VMs.
 func newRig(t *testing.T, table string) *rig {
 	t.Helper()
+	return newRigWith(t, fastTiming, table)
+}
+
+// newRigWith is newRig with other fake timings.
+func newRigWith(t testing.TB, timing, table string) *rig {
+	t.Helper()
 	dir := t.TempDir()
 	journal := filepath.Join(dir, "journal.jsonl")
-	text := fmt.Sprintf("[plugins.fake.config]\njournal = %q\n%s", journal, prefixTables(fastTiming+table))
+	text := fmt.Sprintf("[plugins.fake.config]\njournal = %q\n%s", journal, prefixTables(timing+table))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(text)), nil)
@@ -113,7 +119,7 @@ func (r *rig) vm(name string, adjust ...func(*lifecycle.Settings)) lifecycle.VM 
 
 // scanProfile is the fake guest's scanner: exit 1 on EICAR, with its log
 // as an artifact.
-func scanProfile(t *testing.T, name string, vms []string, edit ...func(*engine.ProfileConfig)) engine.Profile {
+func scanProfile(t testing.TB, name string, vms []string, edit ...func(*engine.ProfileConfig)) engine.Profile {
 	t.Helper()
 	c := engine.ProfileConfig{
 		VMs:        vms,
@@ -153,7 +159,7 @@ func eicarBytes() []byte {
 }
 
 // sample writes a sample file and opens it.
-func sample(t *testing.T, name string, data []byte) engine.Sample {
+func sample(t testing.TB, name string, data []byte) engine.Sample {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), name)
 	require.NoError(t, os.WriteFile(p, data, 0o644))
@@ -162,7 +168,7 @@ func sample(t *testing.T, name string, data []byte) engine.Sample {
 	return s
 }
 
-func cleanSamples(t *testing.T, n int) []engine.Sample {
+func cleanSamples(t testing.TB, n int) []engine.Sample {
 	out := make([]engine.Sample, n)
 	for i := range out {
 		out[i] = sample(t, fmt.Sprintf("s%02d.txt", i), fmt.Appendf(nil, "harmless %d\n", i))

@@ -8,8 +8,6 @@ import (
 	"path"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
-
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
@@ -227,18 +225,16 @@ func (e *Engine) waitGuest(ctx context.Context, t *task, vm lifecycle.VM, guestS
 	p := t.pool.Profile
 	wctx, cancel := context.WithTimeout(ctx, p.ReadyTimeout)
 	defer cancel()
-	b := &backoff.ExponentialBackOff{InitialInterval: 100 * time.Millisecond, RandomizationFactor: 0.2,
-		Multiplier: 1.6, MaxInterval: 2 * time.Second}
-	b.Reset()
+	begun := time.Now()
 	timer := time.NewTimer(0)
 	defer timer.Stop()
 	<-timer.C
 	for attempts := 1; ; attempts++ {
-		begun := time.Now().UTC()
+		asked := time.Now().UTC()
 		err := e.probe(wctx, vm, p, t.sample.sample.Path, guestSample)
 		if err == nil {
 			if p.ReadyCommand == nil {
-				e.eventAt(t, StepCopying, begun, "the guest accepted the sample")
+				e.eventAt(t, StepCopying, asked, "the guest accepted the sample")
 			}
 			return p.ReadyCommand == nil, nil
 		}
@@ -248,7 +244,7 @@ func (e *Engine) waitGuest(ctx context.Context, t *task, vm lifecycle.VM, guestS
 		if !notReady(err) {
 			return false, err
 		}
-		timer.Reset(b.NextBackOff())
+		timer.Reset(readyPoll(time.Since(begun)))
 		select {
 		case <-timer.C:
 		case <-wctx.Done():
@@ -259,6 +255,14 @@ func (e *Engine) waitGuest(ctx context.Context, t *task, vm lifecycle.VM, guestS
 				"the guest was not ready within ready_timeout (%s, %d attempts); it last answered: %v", p.ReadyTimeout, attempts, err)
 		}
 	}
+}
+
+// readyPoll is the wait before asking a guest again, elapsed into the
+// wait: an eighth of it, between 20ms and 1s. Every moment a ready guest
+// waits is the task's, so the overshoot stays within an eighth of the
+// boot time, while a guest that boots for minutes is asked once a second.
+func readyPoll(elapsed time.Duration) time.Duration {
+	return min(max(elapsed/8, 20*time.Millisecond), time.Second)
 }
 
 // errProbe is a ready_command that ran and did not exit 0: ask again.
