@@ -66,7 +66,7 @@ func eicarFile(t *testing.T, dir string) string {
 	return p
 }
 
-func textFile(t *testing.T, dir, name, text string) string {
+func textFile(t testing.TB, dir, name, text string) string {
 	t.Helper()
 	p := filepath.Join(dir, name)
 	require.NoError(t, os.WriteFile(p, []byte(text), 0o644))
