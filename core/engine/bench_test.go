@@ -88,7 +88,7 @@ func logSteps(b *testing.B, sum *engine.Summary) {
 	for _, st := range []engine.Step{engine.StepPreparing, engine.StepRestoring, engine.StepStarting, engine.StepWaitingGuest,
 		engine.StepCopying, engine.StepAnalyzing, engine.StepCollecting, engine.StepCleaning} {
 		if d, ok := total[st]; ok {
-			parts = append(parts, fmt.Sprintf("%s %s", st, (d / time.Duration(n)).Round(time.Millisecond)))
+			parts = append(parts, fmt.Sprintf("%s %s", st, (d/time.Duration(n)).Round(time.Millisecond)))
 		}
 	}
 	b.Logf("mean per task: %s", strings.Join(parts, ", "))
