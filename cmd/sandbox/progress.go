@@ -20,12 +20,44 @@ import (
 // state seen. Off a terminal it shows nothing, so that scripts and logs
 // get only the final report.
 type liveLine struct {
+	repaint
 	w     io.Writer
-	mu    sync.Mutex
 	last  lifecycle.Progress
 	start time.Time
-	stop  chan struct{}
-	done  chan struct{}
+}
+
+// repaint redraws a live display on a timer, so that elapsed times move
+// between updates; render runs with mu held.
+type repaint struct {
+	mu   sync.Mutex
+	stop chan struct{}
+	done chan struct{}
+}
+
+func (r *repaint) begin(period time.Duration, render func()) {
+	r.stop, r.done = make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(r.done)
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				r.mu.Lock()
+				render()
+				r.mu.Unlock()
+			case <-r.stop:
+				return
+			}
+		}
+	}()
+}
+
+// end stops the timer and returns with mu held, for a last word.
+func (r *repaint) end() {
+	close(r.stop)
+	<-r.done
+	r.mu.Lock()
 }
 
 // newLiveLine returns nil when w is not a terminal.
@@ -34,8 +66,8 @@ func newLiveLine(w io.Writer) *liveLine {
 	if !ok || !(isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())) {
 		return nil
 	}
-	l := &liveLine{w: w, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
-	go l.tick()
+	l := &liveLine{w: w, start: time.Now()}
+	l.begin(200*time.Millisecond, l.render)
 	return l
 }
 
@@ -56,23 +88,6 @@ func (l *liveLine) update(p lifecycle.Progress) {
 	l.render()
 }
 
-// tick keeps the elapsed time moving between updates.
-func (l *liveLine) tick() {
-	defer close(l.done)
-	t := time.NewTicker(200 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			l.mu.Lock()
-			l.render()
-			l.mu.Unlock()
-		case <-l.stop:
-			return
-		}
-	}
-}
-
 func (l *liveLine) render() {
 	state := ""
 	if l.last.State.Power != "" {
@@ -86,8 +101,8 @@ func (l *liveLine) close() {
 	if l == nil {
 		return
 	}
-	close(l.stop)
-	<-l.done
+	l.end()
+	defer l.mu.Unlock()
 	fmt.Fprint(l.w, "\r\033[K")
 }
 
@@ -95,13 +110,11 @@ func (l *liveLine) close() {
 // current step, sample and time in the step, redrawn in place on a
 // terminal. Off a terminal it shows nothing.
 type liveTable struct {
+	repaint
 	w     io.Writer
-	mu    sync.Mutex
 	vms   []string
 	rows  map[string]engine.Event
 	drawn int
-	stop  chan struct{}
-	done  chan struct{}
 }
 
 // newLiveTable returns nil when w is not a terminal.
@@ -110,7 +123,7 @@ func newLiveTable(w io.Writer, pools []engine.Pool) *liveTable {
 	if !ok || !(isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())) {
 		return nil
 	}
-	l := &liveTable{w: w, rows: map[string]engine.Event{}, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &liveTable{w: w, rows: map[string]engine.Event{}}
 	for _, p := range pools {
 		for _, vm := range p.VMs {
 			if !slices.Contains(l.vms, vm.Name) {
@@ -118,7 +131,7 @@ func newLiveTable(w io.Writer, pools []engine.Pool) *liveTable {
 			}
 		}
 	}
-	go l.tick()
+	l.begin(250*time.Millisecond, l.render)
 	return l
 }
 
@@ -131,22 +144,6 @@ func (l *liveTable) update(e engine.Event) {
 	defer l.mu.Unlock()
 	l.rows[e.VM] = e
 	l.render()
-}
-
-func (l *liveTable) tick() {
-	defer close(l.done)
-	t := time.NewTicker(250 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-			l.mu.Lock()
-			l.render()
-			l.mu.Unlock()
-		case <-l.stop:
-			return
-		}
-	}
 }
 
 func (l *liveTable) render() {
@@ -175,9 +172,7 @@ func (l *liveTable) close() {
 	if l == nil {
 		return
 	}
-	close(l.stop)
-	<-l.done
-	l.mu.Lock()
+	l.end()
 	defer l.mu.Unlock()
 	if l.drawn > 0 {
 		fmt.Fprintf(l.w, "\033[%dA\r\033[J", l.drawn)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 
+	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
@@ -32,8 +33,8 @@ func (s *syncBuffer) String() string {
 
 func TestLiveLineShowsStepElapsedAndStateAndErasesItself(t *testing.T) {
 	var out syncBuffer
-	l := &liveLine{w: &out, start: time.Now(), stop: make(chan struct{}), done: make(chan struct{})}
-	go l.tick()
+	l := &liveLine{w: &out, start: time.Now()}
+	l.begin(time.Hour, l.render)
 	l.update(lifecycle.Progress{VM: "win10", Step: "stop acpi"})
 	l.update(lifecycle.Progress{VM: "win10", Step: "state stopping/locked",
 		State: hypervisor.Status{Power: hypervisor.PowerStopping, Lock: hypervisor.LockLocked}})
@@ -53,4 +54,18 @@ func TestNoLiveLineOffATerminal(t *testing.T) {
 	l.update(lifecycle.Progress{VM: "x", Step: "y"}) // a nil line ignores updates
 	l.close()
 	assert.Empty(t, out.String())
+}
+
+func TestLiveTableShowsEachVMsStepAndErasesItself(t *testing.T) {
+	var out syncBuffer
+	l := &liveTable{w: &out, vms: []string{"win10", "ubuntu"}, rows: map[string]engine.Event{}}
+	l.begin(time.Hour, l.render)
+	l.update(engine.Event{VM: "win10", Step: engine.StepAnalyzing, Profile: "defender", Sample: "a.exe", At: time.Now()})
+	l.update(engine.Event{Step: engine.StepQueued, Profile: "clamav", Sample: "a.exe"}) // no VM yet: not shown
+	l.close()
+	s := out.String()
+	assert.Regexp(t, `win10\s+analyzing\s+\S+\s+defender\s+a\.exe`, s)
+	assert.Regexp(t, `ubuntu\s+idle`, s)
+	assert.NotContains(t, s, "clamav")
+	assert.True(t, strings.HasSuffix(s, "\033[2A\r\033[J"), "the two lines are erased before the summary")
 }
