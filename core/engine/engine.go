@@ -380,6 +380,8 @@ type sampleRun struct {
 	mu     sync.Mutex
 	// err is the first failure to write the report.
 	err error
+	// single marks the one task of Analyze, whose caller writes reports.
+	single bool
 }
 
 func (e *Engine) newSampleRun(outDir string, s Sample, profiles int) (*sampleRun, error) {
@@ -402,7 +404,7 @@ func (e *Engine) newSampleRun(outDir string, s Sample, profiles int) (*sampleRun
 func (e *Engine) complete(sr *sampleRun) error {
 	sr.mu.Lock()
 	defer sr.mu.Unlock()
-	if sr.root == nil {
+	if sr.root == nil || sr.single {
 		return nil
 	}
 	for _, r := range sr.report.Results {
@@ -419,4 +421,33 @@ func (e *Engine) complete(sr *sampleRun) error {
 		return fmt.Errorf("report of %s: %w", sr.sample.Path, err)
 	}
 	return nil
+}
+
+// Analyze runs one task, the sample with the profile, on the VM the lease
+// holds, and writes its artifacts under outDir/SHA256/PROFILE/. It is the
+// unit of work of a service whose queue hands out tasks one at a time; it
+// writes no report.json, whose results the caller gathers.
+//
+// It returns the task's result and, when the VM must leave service, why
+// (it is quarantined, or could not be made ready). A result still in
+// StepQueued never reached the VM and may run on another.
+func (e *Engine) Analyze(ctx context.Context, lease *lifecycle.Lease, s Sample, p Profile, outDir string) (*Result, string, error) {
+	outDir, err := filepath.Abs(outDir)
+	if err != nil {
+		return nil, "", fmt.Errorf("output directory: %w", err)
+	}
+	if err := e.Check(ctx, []Pool{{Profile: p, VMs: []lifecycle.VM{lease.VM()}}}); err != nil {
+		return nil, "", err
+	}
+	sr, err := e.newSampleRun(outDir, s, 1)
+	if err != nil {
+		return nil, "", err
+	}
+	defer sr.root.Close()
+	sr.single = true
+	t := &task{sample: sr, pool: &Pool{Profile: p, VMs: []lifecycle.VM{lease.VM()}},
+		res: &Result{Profile: p.Name, Transitions: []Transition{}}}
+	e.event(t, StepQueued, "")
+	unusable := e.runTask(ctx, lease, t)
+	return t.res, unusable, nil
 }

@@ -338,3 +338,30 @@ func ctxFor(t testing.TB, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+func TestAnalyzeRunsOneTaskOnALeasedVM(t *testing.T) {
+	r := newRig(t, vmTable("vm1", "vm2"))
+	ctx := ctxFor(t, time.Minute)
+	e := r.engine(0)
+	prof := scanProfile(t, "scan", []string{"vm1", "vm2"})
+	lease, err := r.manager.Lease(ctx, r.vm("vm1"))
+	require.NoError(t, err)
+	res, unusable, err := e.Analyze(ctx, lease, sample(t, "e.com", eicarBytes()), prof, r.out)
+	lease.Release()
+	require.NoError(t, err)
+	assert.Empty(t, unusable)
+	assert.Equal(t, engine.StepDone, res.State, res.Error)
+	assert.Equal(t, engine.VerdictMalicious, res.Verdict)
+	assert.Equal(t, successSteps, steps(res))
+	r.requireClean("vm1")
+
+	require.NoError(t, r.quarantine.Mark(ctx, "fake/vm2", "broken"))
+	lease, err = r.manager.Lease(ctx, r.vm("vm2"))
+	require.NoError(t, err)
+	res, unusable, err = e.Analyze(ctx, lease, sample(t, "s.txt", []byte("x")), prof, r.out)
+	lease.Release()
+	require.NoError(t, err)
+	assert.Contains(t, unusable, "broken")
+	assert.Equal(t, engine.StepQueued, res.State, "the task never reached the quarantined VM")
+	assert.Empty(t, r.sent("vm2"))
+}
