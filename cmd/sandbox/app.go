@@ -94,7 +94,7 @@ func (a *app) rootCommand() *cobra.Command {
 	f.StringVar(&a.configPath, "config", config.DefaultPath, "configuration `FILE`")
 	f.StringVar(&a.logLevel, "log-level", "warn", "log `LEVEL` on stderr: trace, debug, info, warn, error, off")
 	f.BoolVar(&a.json, "json", false, "print machine-readable JSON on stdout")
-	root.AddCommand(a.pluginsCommand(), a.vmCommand(), a.runCommand())
+	root.AddCommand(a.pluginsCommand(), a.vmCommand(), a.runCommand(), a.serveCommand())
 	root.AddCommand(a.conformanceCommand())
 	return root
 }

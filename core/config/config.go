@@ -13,10 +13,12 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sandboxhq/sandbox/core/api"
 	"github.com/sandboxhq/sandbox/core/configfile"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/core/queue"
 )
 
 // DefaultPath is where the CLI looks without --config.
@@ -41,6 +43,10 @@ type Config struct {
 	// Engine is the [engine] table, with out_dir made absolute against
 	// the file's directory.
 	Engine engine.Settings
+	// Server and Queue are the [server] and [queue] tables of `sandbox
+	// serve`.
+	Server api.Settings
+	Queue  queue.Settings
 }
 
 // ProfileNames returns the profiles' names in order.
@@ -63,6 +69,8 @@ type file struct {
 	VMs       map[string]VM                   `toml:"vms"`
 	Profiles  map[string]engine.ProfileConfig `toml:"profiles"`
 	Engine    engine.Settings                 `toml:"engine"`
+	Server    api.Settings                    `toml:"server"`
+	Queue     queue.Settings                  `toml:"queue"`
 }
 
 // Settings returns the lifecycle settings of the named VM: the defaults,
@@ -133,6 +141,12 @@ func Parse(path string, data []byte) (*Config, error) {
 	if key, err := f.Engine.Validate(); err != nil {
 		return nil, doc.Errorf([]string{"engine", key}, "%v", err)
 	}
+	if key, err := f.Server.Validate(); err != nil {
+		return nil, doc.Errorf([]string{"server", key}, "%v", err)
+	}
+	if key, err := f.Queue.Validate(); err != nil {
+		return nil, doc.Errorf([]string{"queue", key}, "%v", err)
+	}
 	if f.Engine.OutDir == "" {
 		f.Engine.OutDir = "results"
 	}
@@ -155,7 +169,7 @@ func Parse(path string, data []byte) (*Config, error) {
 		stateDir = filepath.Join(filepath.Dir(path), stateDir)
 	}
 	return &Config{Path: path, Data: data, Plugins: f.Plugins, VMs: f.VMs, StateDir: stateDir, Lifecycle: f.Lifecycle,
-		Profiles: profiles, Engine: f.Engine}, nil
+		Profiles: profiles, Engine: f.Engine, Server: f.Server, Queue: f.Queue}, nil
 }
 
 // defaultStateDir is $XDG_STATE_HOME/sandbox, else ~/.local/state/sandbox,

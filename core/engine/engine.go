@@ -412,9 +412,9 @@ func (e *Engine) complete(sr *sampleRun) error {
 			return nil
 		}
 	}
-	sr.report.Verdict = overall(sr.report.Results)
+	sr.report.Verdict = Overall(sr.report.Results)
 	sr.report.Finished = time.Now().UTC()
-	err := sr.report.write(sr.root)
+	err := sr.report.Write(sr.root)
 	sr.root.Close()
 	sr.root = nil
 	if err != nil {

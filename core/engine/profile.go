@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
 // Verdict is what an analysis concluded about a sample.
@@ -293,4 +295,19 @@ func (s Settings) Validate() (string, error) {
 		return "max_starting", fmt.Errorf("must not be negative (0 means the default, %d)", DefaultMaxStarting)
 	}
 	return "", nil
+}
+
+// Bound is the longest a task of this profile can take on a VM with the
+// given lifecycle settings, every step run to its deadline: what a queue
+// waits before it may think the task's host dead.
+func (p Profile) Bound(s lifecycle.Settings) time.Duration {
+	stop := s.ReleaseTimeout + s.UnlockTimeout + s.SettleDelay
+	for _, m := range s.StopLadder {
+		stop += s.RungTimeout(m)
+	}
+	copies := time.Duration(1+len(p.Artifacts)) * p.CopyTimeout
+	return s.CleanupTimeout + // preparing
+		stop + s.RestoreTimeout + // restoring
+		s.StartTimeout + p.ReadyTimeout + copies + p.Timeout + execGrace +
+		s.CleanupTimeout // cleaning
 }

@@ -147,8 +147,9 @@ type Artifact struct {
 	Error string `json:"error,omitempty"`
 }
 
-// overall computes Report.Verdict.
-func overall(results []*Result) Verdict {
+// Overall sums results up into a sample's verdict: malicious if any result
+// is, else error if any result is not clean, else clean.
+func Overall(results []*Result) Verdict {
 	v := VerdictClean
 	for _, r := range results {
 		switch {
@@ -161,8 +162,9 @@ func overall(results []*Result) Verdict {
 	return v
 }
 
-// write saves the report as dir/report.json, replacing an older one whole.
-func (r *Report) write(root *os.Root) error {
+// Write saves the report as report.json in the directory root is opened
+// on, replacing an older one whole.
+func (r *Report) Write(root *os.Root) error {
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err

@@ -1,0 +1,203 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/gofrs/flock"
+	"github.com/spf13/cobra"
+
+	"github.com/sandboxhq/sandbox/core/api"
+	"github.com/sandboxhq/sandbox/core/fleet"
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/core/queue"
+)
+
+// serveFlags are `sandbox serve`'s options.
+type serveFlags struct {
+	listen   string
+	database string
+	host     string
+}
+
+func (a *app) serveCommand() *cobra.Command {
+	var f serveFlags
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the analysis service: an HTTP API, a durable queue, metrics and a status page",
+		Long: "serve accepts samples over HTTP and analyses them on this host's VMs, task after task, with a\n" +
+			"queue that survives restarts: an SQLite file in the state directory, or a PostgreSQL database\n" +
+			"(--database) that several hosts share, each working the tasks of the VMs it has.\n\n" +
+			"Every /v1 call needs the bearer token of [server] token or " + api.TokenEnv + ".\n" +
+			"Ctrl-C or SIGTERM stops it: running analyses are interrupted, their VMs cleaned, and their\n" +
+			"tasks go back to the queue for the next start (or another host). See docs/server.md.",
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, _ []string) error { return a.serve(f) },
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.listen, "listen", "", "serve on `ADDR` (default: [server] listen, else "+api.DefaultListen+")")
+	fl.StringVar(&f.database, "database", "", "share the queue in this PostgreSQL `URL` (default: [queue] database, else SQLite in the state directory)")
+	fl.StringVar(&f.host, "host", "", "this host's `NAME` among those sharing the queue (default: [queue] host, else the machine's name)")
+	return cmd
+}
+
+func (a *app) serve(f serveFlags) error {
+	if err := a.load(); err != nil {
+		return err
+	}
+	s := a.cfg.Server
+	if f.listen != "" {
+		s.Listen = f.listen
+	}
+	if s.Listen == "" {
+		s.Listen = api.DefaultListen
+	}
+	token := s.Token
+	if env := os.Getenv(api.TokenEnv); env != "" {
+		token = env
+	}
+	qs := a.cfg.Queue
+	if f.database != "" {
+		qs.Database = f.database
+		if _, err := qs.Validate(); err != nil {
+			return usagef("--database: %v", err)
+		}
+	}
+	if f.host != "" {
+		qs.Host = f.host
+	}
+	if qs.Host == "" {
+		h, err := os.Hostname()
+		if err != nil {
+			return fmt.Errorf("this host needs a name: set [queue] host or --host (%v)", err)
+		}
+		qs.Host = h
+	}
+	if len(a.cfg.Profiles) == 0 {
+		return fmt.Errorf("%s has no [profiles.NAME] table: declare the analyses the service runs (see docs/engine.md)", a.cfg.Path)
+	}
+	m, err := a.manager()
+	if err != nil {
+		return err
+	}
+	// One service per state directory: its leases and the jobs this host
+	// name was running are its own.
+	lock := flock.New(filepath.Join(a.cfg.StateDir, "serve.lock"))
+	if ok, err := lock.TryLock(); err != nil || !ok {
+		return fmt.Errorf("another sandbox serve already uses the state directory %s; give each its own state_dir (and host name)", a.cfg.StateDir)
+	}
+	defer lock.Unlock()
+
+	ctx := a.context()
+	vms, err := a.hostVMs(ctx)
+	if err != nil {
+		return err
+	}
+	metrics := api.NewMetrics()
+	rescue := queue.DefaultRescueAfter
+	if qs.RescueAfter != nil {
+		rescue = *qs.RescueAfter
+	}
+	q, err := queue.Open(ctx, queue.Options{
+		Database: qs.Database, StateDir: a.cfg.StateDir, Host: qs.Host, Lifecycle: m,
+		MaxStarting: a.cfg.Engine.MaxStarting, Profiles: a.cfg.Profiles, VMs: vms, OutDir: a.cfg.Engine.OutDir,
+		RescueAfter: rescue, MaxAttempts: qs.MaxAttempts, Logger: a.log.Named("queue"),
+		OnEvent: metrics.Observe, OnResult: metrics.Result,
+	})
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	started := make(chan struct{})
+	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, Token: token, MaxSampleSize: s.MaxSampleSize,
+		Metrics: metrics, Logger: a.log.Named("api")}, func() bool {
+		select {
+		case <-started:
+			return true
+		default:
+			return false
+		}
+	})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", s.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w (set [server] listen or --listen)", s.Listen, err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	served := make(chan error, 1)
+	go func() { served <- hs.Serve(ln) }()
+	if err := q.Start(ctx); err != nil {
+		hs.Close()
+		return fmt.Errorf("start the queue: %w", err)
+	}
+	close(started)
+	where := "SQLite in " + a.cfg.StateDir
+	if qs.Database != "" {
+		where = "PostgreSQL"
+	}
+	fmt.Fprintf(a.errOut, "sandbox serve: listening on http://%s as host %s, queue in %s, VMs: %s\n",
+		ln.Addr(), qs.Host, where, strings.Join(slices.Sorted(maps.Keys(vms)), ", "))
+
+	select {
+	case <-ctx.Done():
+	case err := <-served:
+		return fmt.Errorf("the HTTP server stopped: %w", err)
+	}
+	fmt.Fprintln(a.errOut, "sandbox serve: stopping; cleaning the VMs in use, their tasks go back to the queue")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = hs.Shutdown(sctx)
+	cancel()
+	var bound time.Duration
+	for _, vm := range vms {
+		bound = max(bound, vm.Settings.CleanupTimeout)
+	}
+	qctx, cancel := context.WithTimeout(context.Background(), bound+30*time.Second)
+	defer cancel()
+	if err := q.Stop(qctx); err != nil {
+		return fmt.Errorf("stop the queue: %w", err)
+	}
+	return nil
+}
+
+// hostVMs resolves the profiles' VMs that this host's plugins have; the
+// others belong to other hosts sharing the queue.
+func (a *app) hostVMs(ctx context.Context) (map[string]lifecycle.VM, error) {
+	fl, err := a.fleet()
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]lifecycle.VM{}
+	for _, name := range a.cfg.ProfileNames() {
+		for _, vm := range a.cfg.Profiles[name].VMs {
+			if _, done := out[vm]; done {
+				continue
+			}
+			plugin, d, err := fl.Resolve(ctx, vm, "")
+			if err == nil {
+				// A single plugin is taken for every VM's owner: ask it.
+				_, err = d.Status(ctx, vm)
+			}
+			if errors.Is(err, fleet.ErrNoSuchVM) || errors.Is(err, hypervisor.ErrNotFound) {
+				a.log.Info("VM not on this host", "vm", vm, "profile", name)
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("profile %s: %w", name, err)
+			}
+			out[vm] = lifecycle.VM{Name: vm, Plugin: plugin, Driver: d, Settings: a.cfg.Settings(vm)}
+		}
+	}
+	return out, nil
+}

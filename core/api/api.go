@@ -1,0 +1,213 @@
+// Package api is the HTTP front door of `sandbox serve`: a small JSON API
+// under /v1 (submit samples, follow and cancel tasks, list and clean VMs),
+// Prometheus metrics, health checks and a status page. Handlers only parse
+// requests and render answers; the queue and the lifecycle manager do the
+// work. Every /v1 call needs the bearer token; errors are one JSON shape
+// with a stable code.
+package api
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/core/queue"
+)
+
+// Settings is the [server] table of config.toml.
+type Settings struct {
+	// Listen is the address of the API, the page and the metrics.
+	// Default 127.0.0.1:8080: only this machine, until told otherwise.
+	Listen string `toml:"listen"`
+	// Token is the bearer token every /v1 call must carry; the
+	// SANDBOX_API_TOKEN environment variable takes precedence.
+	Token string `toml:"token"`
+	// MaxSampleSize bounds an upload, in bytes. Default 64 MiB.
+	MaxSampleSize int64 `toml:"max_sample_size"`
+}
+
+// Defaults of Settings.
+const (
+	DefaultListen        = "127.0.0.1:8080"
+	DefaultMaxSampleSize = 64 << 20
+	// TokenEnv is the environment variable that holds the API token.
+	TokenEnv = "SANDBOX_API_TOKEN"
+)
+
+// Validate returns the key of the first bad setting and what is wrong.
+func (s Settings) Validate() (string, error) {
+	if s.MaxSampleSize < 0 {
+		return "max_sample_size", fmt.Errorf("must not be negative")
+	}
+	if s.Token != "" && len(s.Token) < 16 {
+		return "token", fmt.Errorf("too short to be secret: use 16 characters or more (e.g. openssl rand -hex 16)")
+	}
+	return "", nil
+}
+
+// Options configures a Server.
+type Options struct {
+	Queue     *queue.Queue
+	Lifecycle *lifecycle.Manager
+	// Token is the bearer token; required.
+	Token string
+	// MaxSampleSize bounds an upload; 0 means DefaultMaxSampleSize.
+	MaxSampleSize int64
+	// Metrics are the server's own collectors (NewMetrics); the queue
+	// feeds them its events and results.
+	Metrics *Metrics
+	Logger  hclog.Logger
+}
+
+// Server serves the API, the page and the metrics.
+type Server struct {
+	opts Options
+	log  hclog.Logger
+	mux  *http.ServeMux
+	// ready is set once the queue works.
+	ready func() bool
+}
+
+// New returns a Server. ready reports whether the queue has started.
+func New(opts Options, ready func() bool) (*Server, error) {
+	if opts.Token == "" {
+		return nil, fmt.Errorf("no API token: set [server] token in config.toml or %s (e.g. openssl rand -hex 16)", TokenEnv)
+	}
+	if opts.MaxSampleSize <= 0 {
+		opts.MaxSampleSize = DefaultMaxSampleSize
+	}
+	if opts.Logger == nil {
+		opts.Logger = hclog.NewNullLogger()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = NewMetrics()
+	}
+	s := &Server{opts: opts, log: opts.Logger, mux: http.NewServeMux(), ready: ready}
+	opts.Metrics.registry.MustRegister(&stateCollector{s: s})
+	s.routes()
+	return s, nil
+}
+
+// Handler returns the server's handler.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+func (s *Server) routes() {
+	v1 := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
+		s.mux.Handle(pattern, s.auth(h))
+	}
+	v1("POST /v1/tasks", s.submit)
+	v1("GET /v1/tasks", s.listTasks)
+	v1("GET /v1/tasks/{id}", s.getTask)
+	v1("POST /v1/tasks/{id}/cancel", s.cancelTask)
+	v1("GET /v1/vms", s.listVMs)
+	v1("POST /v1/vms/{name}/cleanup", s.cleanupVM)
+	v1("GET /v1/profiles", s.listProfiles)
+	s.mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path+"; see docs/api.md")
+	})
+	s.mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Metrics.registry, promhttp.HandlerOpts{}))
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	s.mux.HandleFunc("GET /readyz", s.readyz)
+	s.mux.HandleFunc("GET /{$}", s.page)
+}
+
+// apiError is an error with an HTTP status and a stable code.
+type apiError struct {
+	status int
+	code   string
+	msg    string
+}
+
+func (e *apiError) Error() string { return e.msg }
+
+func errorf(status int, code, format string, args ...any) error {
+	return &apiError{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// errorBody is the one shape of every error answer.
+type errorBody struct {
+	Error struct {
+		Code    string `json:"code"`
+		Message string `json:"message"`
+	} `json:"error"`
+}
+
+func writeError(w http.ResponseWriter, status int, code, msg string) {
+	var b errorBody
+	b.Error.Code, b.Error.Message = code, msg
+	writeJSON(w, status, b)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+// auth checks the bearer token, then runs h and renders its error.
+func (s *Server) auth(h func(http.ResponseWriter, *http.Request) error) http.Handler {
+	want := []byte(s.opts.Token)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sandbox"`)
+			writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+			return
+		}
+		err := h(w, r)
+		if err == nil {
+			return
+		}
+		var ae *apiError
+		var ie *queue.InputError
+		switch {
+		case errors.As(err, &ae):
+			writeError(w, ae.status, ae.code, ae.msg)
+		case errors.As(err, &ie):
+			status := http.StatusBadRequest
+			switch ie.Code {
+			case "not_found":
+				status = http.StatusNotFound
+			case "already_finished":
+				status = http.StatusConflict
+			}
+			writeError(w, status, ie.Code, ie.Msg)
+		case errors.Is(err, context.Canceled):
+			writeError(w, http.StatusServiceUnavailable, "unavailable", "the service is stopping")
+		default:
+			s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+			writeError(w, http.StatusInternalServerError, "internal", err.Error())
+		}
+	})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if !s.ready() {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "starting")
+		return
+	}
+	if err := s.opts.Queue.Ping(ctx); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		fmt.Fprintln(w, "database:", err)
+		return
+	}
+	fmt.Fprintln(w, "ready")
+}
