@@ -350,9 +350,11 @@ func (q *Queue) repair(ctx context.Context) error {
 	return nil
 }
 
-// Start begins working the jobs of this host's VMs.
+// Start begins working the jobs of this host's VMs, until Stop: ctx bounds
+// the start only, so that the caller's cancellation (a signal) leads to the
+// orderly Stop rather than to River's own hard stop.
 func (q *Queue) Start(ctx context.Context) error {
-	return q.client.Start(ctx)
+	return q.client.Start(context.WithoutCancel(ctx))
 }
 
 // Stop ends the work: running analyses are interrupted, their VMs cleaned

@@ -82,7 +82,7 @@ func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) error {
 		vm, err := q.pool.take(ctx, candidates)
 		if err != nil {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return q.interrupted(ctx, t, nil, args.Profile)
 			}
 			return q.giveUp(ctx, job, t, err)
 		}
@@ -103,20 +103,38 @@ func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) error {
 		}
 		res = r
 	}
-	if ctx.Err() != nil && !errors.Is(context.Cause(ctx), river.ErrJobCancelledRemotely) {
-		// This host is stopping: the VM was cleaned; the job goes back to
-		// the queue and runs again from the start.
-		return ctx.Err()
+	if ctx.Err() != nil {
+		return q.interrupted(ctx, t, res, args.Profile)
 	}
-	if res.State == engine.StepCancelled {
-		res.Error = "cancelled through the API; " + res.Error
-	}
-	ctx = context.WithoutCancel(ctx)
 	if err := q.record(ctx, t.ID, res); err != nil {
 		return err
 	}
 	_, err = q.finishTask(ctx, t.ID)
 	return err
+}
+
+// interrupted ends a job whose context ended before or during its
+// analysis (whose VM, if it had one, has been cleaned). Cancelled through
+// the API, the analysis is recorded cancelled; when this host is stopping,
+// the job goes back to the queue and runs again from the start.
+func (q *Queue) interrupted(ctx context.Context, t *Task, res *engine.Result, profile string) error {
+	if !errors.Is(context.Cause(ctx), river.ErrJobCancelledRemotely) {
+		return ctx.Err()
+	}
+	if res == nil {
+		res = &engine.Result{Profile: profile, State: engine.StepCancelled, Verdict: engine.VerdictError,
+			FailedStep: engine.StepQueued, Transitions: []engine.Transition{{Step: engine.StepCancelled, At: time.Now().UTC()}}}
+	}
+	res.State = engine.StepCancelled
+	res.Error = strings.TrimSuffix("cancelled through the API; "+res.Error, "; ")
+	ctx = context.WithoutCancel(ctx)
+	if err := q.record(ctx, t.ID, res); err != nil {
+		return err
+	}
+	if _, err := q.finishTask(ctx, t.ID); err != nil {
+		return err
+	}
+	return river.JobCancel(errors.New("cancelled through the API"))
 }
 
 // record saves an analysis's result and tells the observer.
