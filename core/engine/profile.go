@@ -308,6 +308,6 @@ func (p Profile) Bound(s lifecycle.Settings) time.Duration {
 	copies := time.Duration(1+len(p.Artifacts)) * p.CopyTimeout
 	return s.CleanupTimeout + // preparing
 		stop + s.RestoreTimeout + // restoring
-		s.StartTimeout + p.ReadyTimeout + copies + p.Timeout + execGrace +
+		s.StartTimeout + p.ReadyTimeout + copies + p.Timeout + execGrace(p.Timeout) +
 		s.CleanupTimeout // cleaning
 }

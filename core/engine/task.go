@@ -13,8 +13,11 @@ import (
 )
 
 // execGrace is how long past a command's own timeout the engine waits for
-// the driver to kill it and answer, before giving up on the call.
-const execGrace = 30 * time.Second
+// the driver to kill it and answer, before giving up on the call: a
+// quarter of the timeout plus 5 s, at most 30 s.
+func execGrace(timeout time.Duration) time.Duration {
+	return min(5*time.Second+timeout/4, 30*time.Second)
+}
 
 // readyAttempt bounds one readiness probe, so that a guest that hangs on
 // one command is asked again.
@@ -193,7 +196,7 @@ func (e *Engine) analyze(ctx context.Context, lease *lifecycle.Lease, t *task) (
 	for i, a := range p.Command[1:] {
 		args[i] = expand(a, vars)
 	}
-	ectx, cancel := context.WithTimeout(ctx, p.Timeout+execGrace)
+	ectx, cancel := context.WithTimeout(ctx, p.Timeout+execGrace(p.Timeout))
 	res, err := vm.Driver.Exec(ectx, vm.Name, hypervisor.ExecRequest{Path: expand(p.Command[0], vars), Args: args, Timeout: p.Timeout})
 	cancel()
 	if err != nil {

@@ -1,0 +1,151 @@
+package queue_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/engine"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/core/queue"
+	"github.com/sandboxhq/sandbox/core/queue/pgtest"
+	"github.com/sandboxhq/sandbox/plugins/fake"
+	"github.com/sandboxhq/sandbox/sdk"
+)
+
+// host is one hypervisor host: its fake hypervisor with its VMs, and its
+// queue on the shared (or its own) database.
+type host struct {
+	name   string
+	driver *sdk.InProcess
+	vms    map[string]lifecycle.VM
+	dir    string
+}
+
+func newHost(t *testing.T, name string, vms ...string) *host {
+	t.Helper()
+	dir := t.TempDir()
+	var b strings.Builder
+	b.WriteString("[plugins.fake.config]\nstate_dir = \"world\"\n[plugins.fake.config.timing]\nstart = \"20ms\"\nguest_ready = \"30ms\"\n" +
+		"restore = \"20ms\"\npoweroff = \"20ms\"\nunlock_after_stop = \"20ms\"\n")
+	for _, vm := range vms {
+		fmt.Fprintf(&b, "[plugins.fake.config.vms.%s]\nsnapshots = [\"clean\"]\n", vm)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(b.String())), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	s := lifecycle.Defaults()
+	s.Snapshot = "clean"
+	h := &host{name: name, driver: d, vms: map[string]lifecycle.VM{}, dir: dir}
+	for _, vm := range vms {
+		h.vms[vm] = lifecycle.VM{Name: vm, Plugin: "fake", Driver: d, Settings: s}
+	}
+	return h
+}
+
+func scanProfile(t *testing.T, vms ...string) map[string]engine.Profile {
+	t.Helper()
+	p, key, err := engine.ProfileConfig{VMs: vms, SamplePath: "/s/{sha256}", Command: []string{"sleep", "0.3"},
+		Verdict: engine.VerdictConfig{MaliciousExitCodes: []int{1}}}.Resolve("scan")
+	require.NoError(t, err, key)
+	return map[string]engine.Profile{"scan": p}
+}
+
+// open opens the host's queue on database ("" for its own SQLite file).
+func (h *host) open(t *testing.T, database string, profiles map[string]engine.Profile) *queue.Queue {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	q, err := queue.Open(ctx, queue.Options{Database: database, StateDir: h.dir, Host: h.name,
+		Lifecycle: lifecycle.New(lifecycle.Options{}), Profiles: profiles, VMs: h.vms, OutDir: filepath.Join(h.dir, "results")})
+	require.NoError(t, err)
+	return q
+}
+
+func start(t *testing.T, q *queue.Queue) {
+	t.Helper()
+	require.NoError(t, q.Start(context.Background()))
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		assert.NoError(t, q.Stop(ctx))
+		q.Close()
+	})
+}
+
+// waitAll waits until every task has ended.
+func waitAll(t *testing.T, q *queue.Queue, ids []string) []*queue.Task {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		var out []*queue.Task
+		for _, id := range ids {
+			task, err := q.Task(context.Background(), id)
+			require.NoError(t, err)
+			if task.Final() {
+				out = append(out, task)
+			}
+		}
+		if len(out) == len(ids) {
+			return out
+		}
+		require.True(t, time.Now().Before(deadline), "%d of %d tasks ended", len(out), len(ids))
+		time.Sleep(50 * time.Millisecond) // polling the database as a client would
+	}
+}
+
+func submit(t *testing.T, q *queue.Queue, n int) []string {
+	t.Helper()
+	var ids []string
+	for i := range n {
+		task, err := q.Submit(context.Background(), fmt.Sprintf("s%d.txt", i), fmt.Appendf(nil, "sample %d", i), queue.Request{})
+		require.NoError(t, err)
+		ids = append(ids, task.ID)
+	}
+	return ids
+}
+
+func TestTasksSpreadOverHostsSharingPostgreSQL(t *testing.T) {
+	db := pgtest.Database(t)
+	a := newHost(t, "host-a", "a1", "a2")
+	b := newHost(t, "host-b", "b1", "b2")
+	profiles := scanProfile(t, "a1", "a2", "b1", "b2")
+	qa := a.open(t, db, profiles)
+	qb := b.open(t, db, profiles)
+	start(t, qa)
+	start(t, qb)
+	ids := submit(t, qa, 12)
+	hosts := map[string]int{}
+	for _, task := range waitAll(t, qb, ids) {
+		assert.Equal(t, queue.StateDone, task.State)
+		require.Len(t, task.Results, 1)
+		hosts[task.Results[0].Host]++
+		vm := task.Results[0].VM
+		assert.True(t, strings.HasPrefix(vm, strings.TrimPrefix(task.Results[0].Host, "host-")), "%s ran on %s", task.Results[0].Host, vm)
+	}
+	assert.Len(t, hosts, 2, "both hosts worked: %v", hosts)
+}
+
+func TestAcceptedTasksOutliveTheProcess(t *testing.T) {
+	h := newHost(t, "solo", "vm1")
+	profiles := scanProfile(t, "vm1")
+	q := h.open(t, "", profiles)
+	ids := submit(t, q, 3)
+	q.Close() // accepted, never worked
+
+	q = h.open(t, "", profiles)
+	start(t, q)
+	for _, task := range waitAll(t, q, ids) {
+		assert.Equal(t, queue.StateDone, task.State)
+		assert.Equal(t, engine.VerdictClean, task.Verdict)
+		require.NotNil(t, task.Report)
+	}
+}
