@@ -187,7 +187,7 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 				t.Stop()
 			case <-t.C:
 			}
-			delay = min(2*delay, 100*time.Millisecond)
+			delay = min(2*delay, 25*time.Millisecond)
 		}
 		if rctx.Err() != nil {
 			d.killGuest(a, name, pid)

@@ -168,7 +168,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, resume string) error {
 			t.Stop()
 		case <-t.C:
 		}
-		delay = min(2*delay, 50*time.Millisecond)
+		delay = min(2*delay, 10*time.Millisecond)
 	}
 }
 

@@ -50,7 +50,9 @@ built() { [ -f "stamp.$1" ] && [ "$(cat "stamp.$1")" = "$2" ]; }
 
 # 1. The kernel and its modules, keyed on the package's name and version:
 #    the ABI number in the name moves with Debian's security updates.
-kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/{print $2; exit}')
+# (No consumer below stops reading early: under pipefail a writer killed by
+# SIGPIPE would fail the script.)
+kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && !found {print $2; found=1}')
 [ -n "$kpkg" ] || die "apt-cache does not know linux-image-amd64's kernel: run apt-get update"
 kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/{print $2}')
 modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console evdev button"
@@ -64,7 +66,7 @@ if ! built kernel "$kkey"; then
 		'./lib/modules/*/kernel/drivers/input/evdev.ko' './lib/modules/*/kernel/drivers/acpi/button.ko'
 	cp kdeb/boot/vmlinuz-* vmlinuz
 	for m in $modules; do
-		f=$(find kdeb/lib/modules -name "$m.ko" | head -1)
+		f=$(find kdeb/lib/modules -name "$m.ko" -print -quit)
 		[ -n "$f" ] || die "$kpkg has no module $m.ko"
 		cp "$f" mods/
 	done
@@ -75,7 +77,7 @@ fi
 # 2. The initramfs, keyed on the kernel, the guest's own files and the
 #    versions of what is copied in.
 qga_version=$(/usr/sbin/qemu-ga --version)
-busybox_version=$(/bin/busybox | head -1)
+busybox_version=$(/bin/busybox | sed -n 1p)
 sources=$(cd "$here" && find build.sh rootfs -type f | sort | xargs sha256sum)
 ikey=$(stamp "$kkey" "$qga_version" "$busybox_version" "$sources")
 if ! built initramfs "$ikey"; then
@@ -100,7 +102,7 @@ fi
 
 # 3. The disk with the two running snapshots, keyed on the initramfs and
 #    the QEMU that takes them: a snapshot loads only into the same machine.
-qemu_version=$("$qemu" -version | head -1)
+qemu_version=$("$qemu" -version | sed -n 1p)
 dkey=$(stamp "$ikey" "$qemu_version")
 
 # snapshot NAME ACPI: boot the guest on disk.qcow2.tmp with sandbox.acpi=ACPI,
