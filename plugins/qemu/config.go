@@ -1,7 +1,6 @@
 package qemu
 
 import (
-	"fmt"
 	"maps"
 	"path/filepath"
 	"slices"
@@ -283,10 +282,4 @@ func checkVM(cfg sdk.Config, c Config, name string, vc VMConfig) (*vm, error) {
 		}
 	}
 	return v, nil
-}
-
-// check reports a configuration problem of one VM that only shows once
-// its files are looked at, for messages.
-func (v *vm) describe() string {
-	return fmt.Sprintf("VM %s (disk %s)", v.name, v.Disk)
 }

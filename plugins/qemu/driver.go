@@ -28,7 +28,6 @@ import (
 	"maps"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -386,5 +385,3 @@ func removeStale(v *vm) {
 		_ = os.Remove(v.path(f))
 	}
 }
-
-var _ = filepath.Join
