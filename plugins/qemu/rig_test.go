@@ -31,17 +31,28 @@ const (
 	cliPkg    = "github.com/sandboxhq/sandbox/cmd/sandbox"
 )
 
-// needQEMU skips t when QEMU and its tools are not installed.
+// needQEMU skips t when QEMU and its tools are not installed, or fails
+// it where SANDBOX_QEMU_TESTS=required says they must run (.ci/run).
 func needQEMU(t testing.TB) {
 	t.Helper()
+	missing := ""
 	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "qemu-io"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("QEMU test skipped: %s is not installed (apt-get install --no-install-recommends qemu-system-x86 qemu-utils qemu-guest-agent busybox-static cpio; .ci/run does)", tool)
+			missing = tool
 		}
 	}
 	if _, err := os.Stat("/usr/sbin/qemu-ga"); err != nil {
-		t.Skip("QEMU test skipped: qemu-ga is not installed (apt-get install --no-install-recommends qemu-guest-agent)")
+		missing = "/usr/sbin/qemu-ga"
 	}
+	if missing == "" {
+		return
+	}
+	msg := fmt.Sprintf("QEMU test skipped: %s is not installed "+
+		"(apt-get install --no-install-recommends qemu-system-x86 qemu-utils qemu-guest-agent busybox-static cpio; .ci/run does)", missing)
+	if os.Getenv("SANDBOX_QEMU_TESTS") == "required" {
+		t.Fatal(strings.Replace(msg, "skipped", "cannot run, and SANDBOX_QEMU_TESTS=required", 1))
+	}
+	t.Skip(msg)
 }
 
 // guest is the test guest's build directory, built (or found up to date)
