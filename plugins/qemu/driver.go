@@ -171,6 +171,11 @@ type record struct {
 	// Clean says the VM has not run since; its next start resumes the
 	// snapshot if it holds a running guest.
 	Clean bool `json:"clean"`
+	// PID is the QEMU process whose launch completed (it answered on its
+	// monitor): the same process without a monitor is exiting, where one
+	// not recorded yet is still being set up, perhaps by another plugin
+	// process.
+	PID int `json:"pid,omitempty"`
 }
 
 // loadRecord reads v's record. A VM the driver never restored is at its
@@ -279,10 +284,9 @@ func (d *Driver) observe(ctx context.Context, v *vm) (hypervisor.Status, process
 		st.Power = powerOf(p.run)
 	case errors.Is(p.monitor, qmp.ErrBusy):
 		st.Power, st.Raw = hypervisor.PowerUnknown, "monitor held by another client"
-	case stopping:
-		st.Power, st.Raw = hypervisor.PowerStopping, "exiting"
+	case stopping || rec.PID == pid:
+		st.Power, st.Raw = hypervisor.PowerStopping, "exiting (monitor closed)"
 	default:
-		// A process without a monitor yet is being set up.
 		st.Power, st.Raw = hypervisor.PowerStarting, "no monitor yet"
 	}
 	if stopping && !st.Power.IsOff() {

@@ -99,10 +99,11 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeouts.Start)
 	defer cancel()
 	begun := time.Now()
-	if err := d.launch(ctx, v, resume); err != nil {
+	pid, err := d.launch(ctx, v, resume)
+	if err != nil {
 		return err
 	}
-	rec.Clean = false
+	rec.Clean, rec.PID = false, pid
 	if err := saveRecord(v, rec); err != nil {
 		d.log.Warn("cannot record that the VM ran", "vm", name, "error", err)
 	}
@@ -110,17 +111,17 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 	return nil
 }
 
-// launch runs QEMU for v and waits until it answers on its monitor. A
-// QEMU that exits first fails the start with its own words; one still
-// setting up when ctx ends is killed.
-func (d *Driver) launch(ctx context.Context, v *vm, resume string) error {
+// launch runs QEMU for v and waits until it answers on its monitor; it
+// returns the process id. A QEMU that exits first fails the start with its
+// own words; one still setting up when ctx ends is killed.
+func (d *Driver) launch(ctx context.Context, v *vm, resume string) (int, error) {
 	if err := os.MkdirAll(v.dir, 0o755); err != nil {
-		return hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpStart, v.name, "%v", err)
+		return 0, hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpStart, v.name, "%v", err)
 	}
 	removeStale(v)
 	logf, err := os.Create(v.path(fileLog))
 	if err != nil {
-		return hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpStart, v.name, "%v", err)
+		return 0, hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpStart, v.name, "%v", err)
 	}
 	cmd := exec.Command(d.cfg.QEMU, d.commandLine(v, resume)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
@@ -129,7 +130,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, resume string) error {
 	err = cmd.Start()
 	logf.Close()
 	if err != nil {
-		return hypervisor.NewError(hypervisor.CodeUnavailable, hypervisor.OpStart, v.name, "cannot run %s: %v", d.cfg.QEMU, err)
+		return 0, hypervisor.NewError(hypervisor.CodeUnavailable, hypervisor.OpStart, v.name, "cannot run %s: %v", d.cfg.QEMU, err)
 	}
 	d.log.Debug("QEMU launched", "vm", v.name, "pid", cmd.Process.Pid, "args", cmd.Args)
 	exited := make(chan error, 1)
@@ -141,18 +142,18 @@ func (d *Driver) launch(ctx context.Context, v *vm, resume string) error {
 			_, err = m.QueryStatus(ctx)
 			m.Close()
 			if err == nil {
-				return nil
+				return cmd.Process.Pid, nil
 			}
 		}
 		select {
 		case werr := <-exited:
-			return d.launchFailed(v, werr)
+			return 0, d.launchFailed(v, werr)
 		default:
 		}
 		if ctx.Err() != nil {
 			_ = kill(cmd.Process.Pid)
 			<-exited
-			return &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpStart, VM: v.name,
+			return 0, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpStart, VM: v.name,
 				Message: "QEMU did not answer on its monitor in time; killed it", Err: ctx.Err()}
 		}
 		if !errors.Is(err, qmp.ErrNoSocket) {
@@ -163,7 +164,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, resume string) error {
 		select {
 		case werr := <-exited:
 			t.Stop()
-			return d.launchFailed(v, werr)
+			return 0, d.launchFailed(v, werr)
 		case <-ctx.Done():
 			t.Stop()
 		case <-t.C:
