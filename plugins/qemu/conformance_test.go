@@ -3,6 +3,10 @@ package qemu_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -108,4 +112,35 @@ func tail(s string, n int) string {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// `sandbox conformance --plugin qemu`, as an operator runs it, passes on
+// the same VMs.
+func TestConformanceThroughTheCLI(t *testing.T) {
+	t.Parallel()
+	r := suiteRig(t)
+	d := r.driver(t)
+	require.NoError(t, d.Start(ctxFor(t, time.Minute), "odd"))
+	var b strings.Builder
+	fmt.Fprintf(&b, "state_dir = %q\n[plugins.qemu]\npath = %q\n%s", filepath.Join(r.dir, "cli-state"), programs.path(t, pluginPkg), r.config)
+	for _, v := range r.vms {
+		fmt.Fprintf(&b, "[vms.%s]\nplugin = \"qemu\"\n", v.name)
+	}
+	file := filepath.Join(r.dir, "cli.toml")
+	require.NoError(t, os.WriteFile(file, []byte(b.String()), 0o644))
+	var rep struct {
+		Results []conformance.Result `json:"results"`
+		Summary map[string]int       `json:"summary"`
+	}
+	out := cli(t, file, "conformance", "--plugin", "qemu", "--vm", "subject", "--snapshot", "ready", "--peer-vm", "peer",
+		"--lock-vm", "lock", "--deadline-vm", "slow", "--unmapped-vm", "odd", "--settle", "1m", "--acpi", "5s", "--guest-sleep", "sleep 30")
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	for _, res := range rep.Results {
+		if res.Outcome != conformance.Pass {
+			t.Logf("%s %s: %s", res.Outcome, res.Check, res.Message)
+		}
+	}
+	assert.Equal(t, 0, rep.Summary["fail"], "no check fails")
+	assert.Equal(t, 1, rep.Summary["skip"], "only Capabilities/UndeclaredAnswerUnsupported is skipped")
+	assert.Greater(t, rep.Summary["pass"], 50)
 }
