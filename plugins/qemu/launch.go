@@ -169,7 +169,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, resume string) (int, error) 
 			t.Stop()
 		case <-t.C:
 		}
-		delay = min(2*delay, 10*time.Millisecond)
+		delay = min(2*delay, 4*time.Millisecond)
 	}
 }
 
