@@ -260,10 +260,13 @@ func (d *Driver) observe(ctx context.Context, v *vm) (hypervisor.Status, process
 	stopping := pid != 0 && d.stopping[v.name] == pid
 	d.mu.Unlock()
 	if pid == 0 {
-		if held, err := diskLocked(v.Disk); err != nil || held {
+		held, err := diskLocked(v.Disk)
+		if held || (err != nil && !errors.Is(err, os.ErrNotExist)) {
 			st.Lock = hypervisor.LockLocked
 		}
 		switch {
+		case errors.Is(err, os.ErrNotExist):
+			st.Power, st.Raw = hypervisor.PowerOff, "no process; the disk "+v.Disk+" does not exist"
 		case restoring:
 			st.Power, st.Raw = hypervisor.PowerRestoring, "reverting the disk (qemu-img snapshot -a)"
 		case stale:

@@ -84,6 +84,9 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 	case p.pid != 0 && st.Power.IsOff():
 		return hypervisor.NewError(hypervisor.CodeLocked, hypervisor.OpStart, name,
 			"the guest is off but its QEMU process %d still holds the VM (on_poweroff = \"preserve\"): unlock the VM first", p.pid)
+	case p.pid != 0 && st.Power == hypervisor.PowerStopping:
+		// Transient: the old process is on its way out (§11.1).
+		return hypervisor.NewError(hypervisor.CodeLocked, hypervisor.OpStart, name, "QEMU process %d is still exiting", p.pid)
 	case p.pid != 0 && st.Power == hypervisor.PowerUnknown && errors.Is(p.monitor, qmp.ErrBusy):
 		return hypervisor.NewError(hypervisor.CodeLocked, hypervisor.OpStart, name,
 			"QEMU process %d runs the VM and another client holds its QMP socket", p.pid)

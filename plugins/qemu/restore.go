@@ -26,6 +26,8 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 	case p.pid != 0 && st.Power.IsOff():
 		return hypervisor.NewError(hypervisor.CodeLocked, hypervisor.OpRestore, name,
 			"the guest is off but its QEMU process %d still holds the VM (on_poweroff = \"preserve\"): unlock the VM first", p.pid)
+	case p.pid != 0 && st.Power == hypervisor.PowerStopping:
+		return hypervisor.NewError(hypervisor.CodeLocked, hypervisor.OpRestore, name, "QEMU process %d is still exiting", p.pid)
 	case p.pid != 0:
 		return hypervisor.NewError(hypervisor.CodeInvalidState, hypervisor.OpRestore, name,
 			"QEMU process %d has the VM %s; stop it first", p.pid, st.Raw)

@@ -265,13 +265,17 @@ func (d *Driver) Cleanup(ctx context.Context, name string, req hypervisor.Cleanu
 		begun := time.Now()
 		d.markStopping(v, p.pid)
 		action := "quit"
-		if m, err := d.monitor(ctx, hypervisor.OpCleanup, v); err == nil {
+		m, err := d.monitor(ctx, hypervisor.OpCleanup, v)
+		switch {
+		case err == nil:
 			_ = m.Execute(ctx, "quit", nil, nil)
 			m.Close()
-		} else if ctx.Err() != nil {
+		case ctx.Err() != nil:
 			return res, step(action, begun, hypervisor.FromContext(ctx, hypervisor.OpCleanup, name))
 		}
-		if !d.waitGone(ctx, v, d.cfg.Timeouts.Stop) {
+		// A monitor held by another client cannot be told to quit: kill
+		// at once rather than wait for an exit that will not come.
+		if err != nil || !d.waitGone(ctx, v, d.cfg.Timeouts.Stop) {
 			if err := hypervisor.FromContext(ctx, hypervisor.OpCleanup, name); err != nil {
 				return res, step(action, begun, err)
 			}

@@ -59,6 +59,11 @@ func (a *Agent) sync(ctx context.Context) error {
 	req := request{Execute: "guest-sync-delimited", Arguments: map[string]int64{"id": id}}
 	for {
 		if err := a.c.send(ctx, []byte{0xff}, req); err != nil {
+			// The socket's deadline is ctx's and may fire a moment
+			// before ctx reports it.
+			if ctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) {
+				return fmt.Errorf("%s: %w (%w)", a.c.path, ErrNoAgent, ctx.Err())
+			}
 			return err
 		}
 		try, cancel := context.WithTimeout(ctx, syncTry)
@@ -67,12 +72,20 @@ func (a *Agent) sync(ctx context.Context) error {
 		switch {
 		case ok:
 			return nil
-		case ctx.Err() != nil:
+		case ctx.Err() != nil, errors.Is(err, context.DeadlineExceeded) && time.Until(deadlineOf(ctx)) <= 0:
 			return fmt.Errorf("%s: %w (%w)", a.c.path, ErrNoAgent, ctx.Err())
 		case err != nil && !errors.Is(err, context.DeadlineExceeded):
 			return err
 		}
 	}
+}
+
+// deadlineOf is ctx's deadline, or the far future.
+func deadlineOf(ctx context.Context) time.Time {
+	if d, ok := ctx.Deadline(); ok {
+		return d
+	}
+	return time.Now().Add(time.Hour)
 }
 
 // awaitSync reads until the reply carrying id.
