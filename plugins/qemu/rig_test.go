@@ -80,37 +80,20 @@ func guestDir(t testing.TB) string {
 }
 
 // programs are the executables the tests run, built once per process.
-var programs builds
+var programs binaries
 
-type builds struct {
-	mu    sync.Mutex
-	dir   string
-	paths map[string]string
-}
+type binaries struct{ plugintest.Cache }
 
-func (b *builds) path(t testing.TB, pkg string) string {
+func (b *binaries) path(t testing.TB, pkg string) string {
 	t.Helper()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if p, ok := b.paths[pkg]; ok {
-		return p
-	}
-	if b.dir == "" {
-		dir, err := os.MkdirTemp("", "qemu-e2e-")
-		require.NoError(t, err)
-		b.dir, b.paths = dir, map[string]string{}
-	}
-	p, err := plugintest.Build(b.dir, pkg)
+	p, err := b.Path(pkg)
 	require.NoError(t, err)
-	b.paths[pkg] = p
 	return p
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if programs.dir != "" {
-		_ = os.RemoveAll(programs.dir)
-	}
+	_ = programs.Close()
 	os.Exit(code)
 }
 
