@@ -8,7 +8,7 @@ PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 BENCHTIME ?= 2s
 
-.PHONY: all build test demo bench proto lint clean
+.PHONY: all build test demo bench proto lint clean qemu-guest
 
 all: build
 
@@ -22,7 +22,14 @@ build:
 
 # Every test, with the race detector, then the formatting and vet checks.
 test: build lint example
+	@command -v qemu-system-x86_64 >/dev/null || echo "make test: QEMU is not installed: the QEMU driver's tests will be SKIPPED" \
+		"(apt-get install --no-install-recommends qemu-system-x86 qemu-utils qemu-guest-agent busybox-static cpio)"
 	$(GO) test -race -count=1 -timeout 15m ./...
+
+# The QEMU driver's test guest (docs/qemu.md), built from Debian's packages
+# into plugins/qemu/guest/cache; a second run reuses what is up to date.
+qemu-guest:
+	plugins/qemu/guest/build.sh
 
 # The main job on the built-in fake hypervisor, from a fresh fake world: a
 # clean file and the EICAR anti-virus test file through both fake VMs. The

@@ -1,0 +1,146 @@
+package qemu_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/sdk/conformance"
+)
+
+// syncBuffer collects the host's and the plugin's log from many goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// suiteRig has a VM of the test guest for every role of the conformance
+// target:
+//   - subject and peer: the guest at its snapshot ready;
+//   - lock: the same guest with on_poweroff = "preserve", whose QEMU
+//     process outlives every power-off and holds the VM until Unlock or
+//     Cleanup ends it: the lingering lock;
+//   - slow: the slow-restore disk, whose revert walks 65536 clusters;
+//   - odd: a QEMU waiting for an incoming migration, a run state the
+//     contract has no word for.
+func suiteRig(t *testing.T) *rig {
+	return newRig(t,
+		guestVM("subject", "ready"),
+		guestVM("peer", "ready"),
+		guestVM("lock", "ready", `on_poweroff = "preserve"`),
+		vmSpec{name: "slow", disk: "slow.qcow2", snapshot: "data"},
+		vmSpec{name: "odd", extra: []string{`args = ["-incoming", "defer"]`}},
+	)
+}
+
+// TestConformance runs the whole suite through the plugin binary on real
+// QEMU VMs. Every check passes. The one skip is the check of undeclared
+// capabilities: the driver declares them all. The target has a VM for
+// every situation the suite asks for.
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	r := suiteRig(t)
+	logs := &syncBuffer{}
+	// The odd VM is put in its state beforehand: the suite only reads it.
+	d := r.driver(t)
+	require.NoError(t, d.Start(ctxFor(t, time.Minute), "odd"))
+	target := conformance.Target{
+		Connect:    r.connector(t, logs),
+		VM:         "subject",
+		Snapshot:   "ready",
+		PeerVM:     "peer",
+		LockVM:     "lock",
+		DeadlineVM: "slow",
+		UnmappedVM: "odd",
+		Guest:      conformance.Guest{Sleep: []string{"sleep", "30"}},
+		Timing:     conformance.Timing{Settle: time.Minute, ACPI: 5 * time.Second},
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	rep, err := conformance.Collect(ctx, target, conformance.Options{})
+	require.NoError(t, err)
+	for _, res := range rep.Results {
+		t.Run(res.Check, func(t *testing.T) {
+			switch res.Outcome {
+			case conformance.Skip:
+				if res.Check != "Capabilities/UndeclaredAnswerUnsupported" {
+					t.Errorf("skipped: %s", res.Message)
+				}
+				t.Skip(res.Message)
+			case conformance.Fail:
+				for _, l := range res.Log {
+					t.Log(l)
+				}
+				t.Errorf("%s: %s", res.Clause, res.Message)
+			}
+		})
+	}
+	assert.Empty(t, rep.Restore, "the suite put the VMs back")
+	t.Logf("driver %s %s on %s: %d passed, %d skipped, %d failed", rep.Driver.Name, rep.Driver.Version,
+		rep.Driver.Hypervisor, rep.Count(conformance.Pass), rep.Count(conformance.Skip), rep.Count(conformance.Fail))
+	if t.Failed() {
+		t.Logf("log of the host and the plugin:\n%s", tail(logs.String(), 200))
+	}
+}
+
+// tail is the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+// `sandbox conformance --plugin qemu`, as an operator runs it, passes on
+// the same VMs.
+func TestConformanceThroughTheCLI(t *testing.T) {
+	t.Parallel()
+	r := suiteRig(t)
+	d := r.driver(t)
+	require.NoError(t, d.Start(ctxFor(t, time.Minute), "odd"))
+	var b strings.Builder
+	fmt.Fprintf(&b, "state_dir = %q\n[plugins.qemu]\npath = %q\n%s", filepath.Join(r.dir, "cli-state"), programs.path(t, pluginPkg), r.config)
+	for _, v := range r.vms {
+		fmt.Fprintf(&b, "[vms.%s]\nplugin = \"qemu\"\n", v.name)
+	}
+	file := filepath.Join(r.dir, "cli.toml")
+	require.NoError(t, os.WriteFile(file, []byte(b.String()), 0o644))
+	var rep struct {
+		Results []conformance.Result `json:"results"`
+		Summary map[string]int       `json:"summary"`
+	}
+	out := cli(t, file, "conformance", "--plugin", "qemu", "--vm", "subject", "--snapshot", "ready", "--peer-vm", "peer",
+		"--lock-vm", "lock", "--deadline-vm", "slow", "--unmapped-vm", "odd", "--settle", "1m", "--acpi", "5s", "--guest-sleep", "sleep 30")
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	for _, res := range rep.Results {
+		if res.Outcome != conformance.Pass {
+			t.Logf("%s %s: %s", res.Outcome, res.Check, res.Message)
+		}
+	}
+	assert.Equal(t, 0, rep.Summary["fail"], "no check fails")
+	assert.Equal(t, 1, rep.Summary["skip"], "only Capabilities/UndeclaredAnswerUnsupported is skipped")
+	assert.Greater(t, rep.Summary["pass"], 50)
+}

@@ -1,0 +1,142 @@
+package qemu_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+// Faults injected for real: another client on the VM's monitor socket,
+// another process holding its disk, a deadline cutting a start short, the
+// plugin process gone while its VM runs.
+
+// QEMU serves one QMP client at a time. While a test holds the socket,
+// the driver's operations that need the monitor answer locked after
+// timeouts.monitor instead of hanging, Status says so, and an emergency
+// stop, which needs no monitor, still ends the VM.
+func TestMonitorHeldByAnotherClientLocksTheVM(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, guestVM("vm1", "ready"))
+	d := r.driver(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	require.NoError(t, d.Start(ctx, "vm1"))
+
+	c, err := net.Dial("unix", r.vmFile("vm1", "qmp.sock"))
+	require.NoError(t, err)
+	defer c.Close()
+	buf := make([]byte, 4096)
+	_, err = c.Read(buf) // the greeting: this client now holds the monitor
+	require.NoError(t, err)
+
+	begun := time.Now()
+	err = d.Stop(ctx, "vm1", hypervisor.StopPowerOff)
+	assert.ErrorIs(t, err, hypervisor.ErrLocked)
+	assert.Contains(t, err.Error(), "another client holds the VM's QMP socket")
+	assert.Less(t, time.Since(begun), 10*time.Second)
+	st, err := d.Status(ctx, "vm1")
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerUnknown, st.Power, "%+v", st)
+	assert.Equal(t, hypervisor.LockLocked, st.Lock)
+	assert.ErrorIs(t, d.Start(ctx, "vm1"), hypervisor.ErrLocked)
+
+	require.NoError(t, d.Stop(ctx, "vm1", hypervisor.StopEmergency))
+	st, err = d.Status(ctx, "vm1")
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerAborted, st.Power, "%+v", st)
+	assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
+	_, err = os.Stat(r.vmFile("vm1", "qemu.pid"))
+	assert.NoError(t, err, "a killed QEMU leaves its pid file, unlocked")
+	require.NoError(t, d.Restore(ctx, "vm1", ""))
+	st, err = d.Status(ctx, "vm1")
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerSaved, st.Power, "restored: %+v", st)
+}
+
+// Another process with the VM's disk open (qemu-io here; qemu-nbd or a
+// QEMU started by hand alike) holds QEMU's image locks: the VM is off but
+// locked, and nothing that would write the disk goes ahead. An emergency
+// stop does not kill a process that is not a VM; once the holder lets go
+// the VM is usable again.
+func TestDiskHeldByAnotherProcessLocksTheVM(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, guestVM("vm1", "ready"))
+	d := r.driver(t)
+	ctx := ctxFor(t, 2*time.Minute)
+	holder := exec.Command("qemu-io", "-f", "qcow2", r.dir+"/vm1.qcow2")
+	stdin, err := holder.StdinPipe()
+	require.NoError(t, err)
+	require.NoError(t, holder.Start())
+	t.Cleanup(func() { _ = holder.Process.Kill(); _ = holder.Wait() })
+
+	st := waitFor(t, d, "vm1", 10*time.Second, "locked", func(st hypervisor.Status) bool { return st.Lock == hypervisor.LockLocked })
+	assert.True(t, st.Power.IsOff(), "%+v", st)
+	err = d.Start(ctx, "vm1")
+	require.ErrorIs(t, err, hypervisor.ErrLocked)
+	assert.Contains(t, err.Error(), "qemu-io", "the message names the holder")
+	assert.ErrorIs(t, d.Restore(ctx, "vm1", "ready"), hypervisor.ErrLocked)
+	assert.ErrorIs(t, d.Stop(ctx, "vm1", hypervisor.StopEmergency), hypervisor.ErrLocked)
+	short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	defer cancel()
+	err = d.Unlock(short, "vm1")
+	assert.True(t, hypervisor.IsLocked(err) || hypervisor.CodeOf(err) == hypervisor.CodeTimeout, "%v", err)
+
+	_, _ = stdin.Write([]byte("quit\n"))
+	require.NoError(t, holder.Wait())
+	waitFor(t, d, "vm1", 10*time.Second, "unlocked", func(st hypervisor.Status) bool { return st.Lock == hypervisor.LockUnlocked })
+	require.NoError(t, d.Start(ctx, "vm1"))
+	require.NoError(t, d.Stop(ctx, "vm1", hypervisor.StopPowerOff))
+}
+
+// A start cut short by its deadline answers timeout and leaves no QEMU
+// process behind (§12.1).
+func TestStartDeadlineLeavesNoProcess(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, guestVM("vm1", "ready"))
+	d := r.driver(t)
+	short, cancel := context.WithTimeout(context.Background(), 30*time.Millisecond)
+	defer cancel()
+	err := d.Start(short, "vm1")
+	require.Error(t, err)
+	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
+	st := waitFor(t, d, "vm1", 5*time.Second, "without a process", func(st hypervisor.Status) bool {
+		return st.Power.IsOff() && st.Lock == hypervisor.LockUnlocked
+	})
+	t.Logf("after the cut start: %+v", st)
+	out, _ := exec.Command("pgrep", "-f", r.vmFile("vm1", "qmp.sock")).Output()
+	assert.Empty(t, strings.TrimSpace(string(out)), "no QEMU of the VM runs")
+}
+
+// VMs belong to the operator, not to the plugin process: a VM started by
+// one plugin process keeps running when that process is killed, and the
+// next one finds it running and stops it.
+func TestVMOutlivesThePlugin(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, guestVM("vm1", "ready"))
+	first, closeFirst, err := r.connector(t, io.Discard)(context.Background())
+	require.NoError(t, err)
+	ctx := ctxFor(t, 2*time.Minute)
+	require.NoError(t, first.Start(ctx, "vm1"))
+	closeFirst() // kills the plugin process
+
+	d := r.driver(t)
+	st, err := d.Status(ctx, "vm1")
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerRunning, st.Power, "%+v", st)
+	res, err := d.Exec(ctx, "vm1", hypervisor.ExecRequest{Path: "cat", Args: []string{"/proc/uptime"}})
+	require.NoError(t, err)
+	assert.NotEmpty(t, res.Stdout)
+	require.NoError(t, d.Stop(ctx, "vm1", hypervisor.StopPowerOff))
+	st, err = d.Status(ctx, "vm1")
+	require.NoError(t, err)
+	assert.Equal(t, hypervisor.PowerOff, st.Power)
+}

@@ -1,0 +1,184 @@
+package qmp_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/plugins/qemu/internal/qmp"
+)
+
+// A QEMU socket played by the test: handle gets each accepted connection.
+func serve(t *testing.T, handle func(c net.Conn)) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "qmp")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	path := filepath.Join(dir, "s")
+	l, err := net.Listen("unix", path)
+	require.NoError(t, err)
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); handle(c) }()
+		}
+	}()
+	return path
+}
+
+const greeting = `{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian"}, "capabilities": ["oob"]}}` + "\r\n"
+
+// A monitor reads the greeting, negotiates, skips events and replies to
+// earlier commands, and keeps events for WaitEvent.
+func TestMonitorSkipsEventsAndForeignReplies(t *testing.T) {
+	path := serve(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		c.Write([]byte(greeting))
+		for {
+			line, err := r.ReadBytes('\n')
+			if err != nil {
+				return
+			}
+			var req struct {
+				Execute string
+				ID      string
+			}
+			require.NoError(t, json.Unmarshal(line, &req))
+			switch req.Execute {
+			case "qmp_capabilities":
+				c.Write([]byte(`{"return": {}, "id": "` + req.ID + `"}` + "\r\n"))
+			case "query-status":
+				c.Write([]byte(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}` + "\r\n"))
+				c.Write([]byte(`{"return": {"status": "running"}, "id": "someone-else"}` + "\r\n"))
+				c.Write([]byte(`{"return": {"status": "paused", "singlestep": false, "running": false}, "id": "` + req.ID + `"}` + "\r\n"))
+			case "system_powerdown":
+				c.Write([]byte(`{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "POWERDOWN"}` + "\r\n"))
+				c.Write([]byte(`{"return": {}, "id": "` + req.ID + `"}` + "\r\n"))
+			case "human-monitor-command":
+				c.Write([]byte(`{"return": "Error: Snapshot 'nosuch' does not exist in one or more devices\r\n", "id": "` + req.ID + `"}` + "\r\n"))
+			default:
+				c.Write([]byte(`{"error": {"class": "CommandNotFound", "desc": "The command ` + req.Execute + ` has not been found"}, "id": "` + req.ID + `"}` + "\r\n"))
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	m, err := qmp.DialMonitor(ctx, path)
+	require.NoError(t, err)
+	defer m.Close()
+	st, err := m.QueryStatus(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, qmp.Status{Status: "paused"}, st)
+	require.NoError(t, m.Execute(ctx, "system_powerdown", nil, nil))
+	ev, err := m.WaitEvent(ctx, "POWERDOWN")
+	require.NoError(t, err)
+	assert.Equal(t, "POWERDOWN", ev.Name)
+
+	err = m.Execute(ctx, "no-such-cmd", nil, nil)
+	var qe *qmp.Error
+	require.ErrorAs(t, err, &qe)
+	assert.Equal(t, "CommandNotFound", qe.Class)
+
+	out, err := m.HumanCommand(ctx, "loadvm nosuch")
+	require.ErrorAs(t, err, &qe, "HMP's error text in a successful reply is an error")
+	assert.Equal(t, "Snapshot 'nosuch' does not exist in one or more devices", qe.Desc)
+	assert.Contains(t, out, "Error:")
+}
+
+// QEMU queues a second client silently: it gets no greeting. That is
+// ErrBusy at the caller's deadline, not a hang.
+func TestMonitorHeldByAnotherClientIsBusy(t *testing.T) {
+	path := serve(t, func(c net.Conn) { time.Sleep(5 * time.Second) })
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	begun := time.Now()
+	_, err := qmp.DialMonitor(ctx, path)
+	assert.ErrorIs(t, err, qmp.ErrBusy)
+	assert.Less(t, time.Since(begun), 2*time.Second)
+}
+
+func TestMonitorWithoutSocket(t *testing.T) {
+	_, err := qmp.DialMonitor(context.Background(), filepath.Join(t.TempDir(), "gone.sock"))
+	assert.ErrorIs(t, err, qmp.ErrNoSocket)
+}
+
+// The agent's handshake: everything before the reply carrying the sync id
+// (replies meant for an earlier client, the error for the 0xFF byte) is
+// read past; a command's reply then is its own.
+func TestAgentSyncReadsPastStaleReplies(t *testing.T) {
+	path := serve(t, func(c net.Conn) {
+		c.Write([]byte(`{"return": {"pid": 41}}` + "\n")) // left over from an earlier client
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadBytes('\n')
+			if err != nil {
+				return
+			}
+			line = bytes.TrimPrefix(line, []byte{0xff})
+			var req struct {
+				Execute   string
+				Arguments map[string]json.RawMessage
+			}
+			require.NoError(t, json.Unmarshal(line, &req))
+			switch req.Execute {
+			case "guest-sync-delimited":
+				id := req.Arguments["id"]
+				c.Write([]byte(`{"error": {"class": "GenericError", "desc": "JSON parse error, stray '\uFFFD'"}}` + "\n"))
+				c.Write(append(append([]byte{0xff}, `{"return": `+string(id)+`}`...), '\n'))
+			case "guest-exec":
+				c.Write([]byte(`{"return": {"pid": 110}}` + "\n"))
+			case "guest-exec-status":
+				c.Write([]byte(`{"return": {"exitcode": 3, "err-data": "ZXJyCg==", "out-data": "b3V0Cg==", "exited": true}}` + "\n"))
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	a, err := qmp.DialAgent(ctx, path)
+	require.NoError(t, err)
+	defer a.Close()
+	pid, err := a.Exec(ctx, "/bin/sh", []string{"-c", "exit 3"})
+	require.NoError(t, err)
+	assert.Equal(t, 110, pid)
+	st, err := a.ExecStatus(ctx, pid)
+	require.NoError(t, err)
+	assert.True(t, st.Exited)
+	assert.Equal(t, 3, *st.ExitCode)
+	assert.Equal(t, "b3V0Cg==", st.OutData)
+}
+
+// An agent that never answers (not started yet) is ErrNoAgent at the
+// deadline, after resending the sync on the same connection.
+func TestAgentNotAnswering(t *testing.T) {
+	got := make(chan int, 1)
+	path := serve(t, func(c net.Conn) {
+		n := 0
+		r := bufio.NewReader(c)
+		for {
+			if _, err := r.ReadBytes('\n'); err != nil {
+				got <- n
+				return
+			}
+			n++
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
+	defer cancel()
+	_, err := qmp.DialAgent(ctx, path)
+	assert.True(t, errors.Is(err, qmp.ErrNoAgent), "%v", err)
+	assert.GreaterOrEqual(t, <-got, 2, "the sync was resent")
+}
