@@ -40,11 +40,12 @@ th { background: #f4f4f4; }
 <p class="muted">Tasks: {{range $i, $s := .States}}{{if $i}}, {{end}}{{index $.Counts $s}} {{$s}}{{end}}. This page refreshes every 2 seconds.</p>
 <h2>VMs</h2>
 <table id="vms">
-<tr><th>VM</th><th>Plugin</th><th>Power</th><th>Step</th><th>Sample</th><th>Profile</th><th>In step for</th><th>Note</th></tr>
+<tr><th>VM</th><th>Plugin</th><th>Power</th><th>Step</th><th>Sample</th><th>Profile</th><th>For</th><th>Note</th></tr>
 {{range .VMs}}<tr>
 <td>{{.Name}}</td><td>{{.Plugin}}</td>
 <td>{{if .Status}}{{.Status.Power}}/{{.Status.Lock}}{{else}}<span class="error">{{.StatusError}}</span>{{end}}</td>
-{{if .Step}}<td>{{if .Step.Step.Final}}idle{{else}}{{.Step.Step}}{{end}}</td><td>{{.Step.Sample}}</td><td>{{.Step.Profile}}</td><td>{{since .Step.At}}</td>
+{{if and .Step (not .Step.Step.Final)}}<td>{{.Step.Step}}</td><td>{{.Step.Sample}}</td><td>{{.Step.Profile}}</td><td>{{since .Step.At}}</td>
+{{else if .Step}}<td>idle</td><td class="muted">last: {{.Step.Sample}}</td><td class="muted">{{.Step.Profile}}</td><td>{{since .Step.At}}</td>
 {{else}}<td>idle</td><td></td><td></td><td></td>{{end}}
 <td>{{if .Quarantine}}<span class="quarantined">quarantined: {{.Quarantine.Reason}}</span>{{else if .OutOfService}}<span class="quarantined">out of service: {{.OutOfService}}</span>{{end}}</td>
 </tr>
