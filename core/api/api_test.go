@@ -53,7 +53,7 @@ snapshots = ["clean"]
 snapshots = ["clean"]
 `
 
-func profiles(t *testing.T, slow bool) map[string]engine.Profile {
+func profiles(t testing.TB, slow bool) map[string]engine.Profile {
 	t.Helper()
 	out := map[string]engine.Profile{}
 	for name, c := range map[string]engine.ProfileConfig{
@@ -77,6 +77,14 @@ func profiles(t *testing.T, slow bool) map[string]engine.Profile {
 // newService starts a service with the profiles defender and clamav, and
 // with slow (a 60 s analysis on the Linux VM) if asked.
 func newService(t *testing.T, slow ...bool) *service {
+	t.Helper()
+	s := newServiceTB(t, slow...)
+	s.t = t
+	return s
+}
+
+// newServiceTB is newService for benchmarks too.
+func newServiceTB(t testing.TB, slow ...bool) *service {
 	t.Helper()
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -108,7 +116,7 @@ func newService(t *testing.T, slow ...bool) *service {
 		assert.NoError(t, q.Stop(sctx))
 		q.Close()
 	})
-	return &service{t: t, url: hs.URL, driver: d, queue: q, qr: qr}
+	return &service{url: hs.URL, driver: d, queue: q, qr: qr}
 }
 
 // call makes an API request and decodes the JSON answer into out.
@@ -134,7 +142,7 @@ func (s *service) call(method, path, tok string, body io.Reader, contentType str
 }
 
 // form builds a multipart submission.
-func form(t *testing.T, name string, data []byte, fields ...string) (io.Reader, string) {
+func form(t testing.TB, name string, data []byte, fields ...string) (io.Reader, string) {
 	t.Helper()
 	var b bytes.Buffer
 	w := multipart.NewWriter(&b)

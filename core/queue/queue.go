@@ -152,7 +152,14 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 	river.AddWorker(workers, &worker{q: q})
 	queues := map[string]river.QueueConfig{}
 	for name, n := range q.queues {
-		queues[name] = river.QueueConfig{MaxWorkers: n}
+		// A profile's queue is looked at often, so that a task starts soon
+		// after a VM is free; a VM's own queue (tasks pinned to it, rare)
+		// seldom, so that hundreds of VMs do not poll the database.
+		poll := 50 * time.Millisecond
+		if strings.HasPrefix(name, "vm-") {
+			poll = 2 * time.Second
+		}
+		queues[name] = river.QueueConfig{MaxWorkers: n, FetchPollInterval: poll}
 	}
 	cfg := &river.Config{
 		ID:                   opts.Host,
@@ -162,7 +169,7 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 		RescueStuckJobsAfter: opts.RescueAfter,
 		MaxAttempts:          opts.MaxAttempts,
 		FetchCooldown:        10 * time.Millisecond,
-		FetchPollInterval:    200 * time.Millisecond,
+		FetchPollInterval:    2 * time.Second,
 		Logger: slog.New(slog.NewTextHandler(opts.Logger.Named("river").StandardWriter(&hclog.StandardLoggerOptions{InferLevels: true}),
 			&slog.HandlerOptions{Level: slog.LevelWarn})),
 	}

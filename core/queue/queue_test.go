@@ -28,7 +28,7 @@ type host struct {
 	dir    string
 }
 
-func newHost(t *testing.T, name string, vms ...string) *host {
+func newHost(t testing.TB, name string, vms ...string) *host {
 	t.Helper()
 	dir := t.TempDir()
 	var b strings.Builder
@@ -51,16 +51,22 @@ func newHost(t *testing.T, name string, vms ...string) *host {
 	return h
 }
 
-func scanProfile(t *testing.T, vms ...string) map[string]engine.Profile {
+func scanProfile(t testing.TB, vms ...string) map[string]engine.Profile {
 	t.Helper()
-	p, key, err := engine.ProfileConfig{VMs: vms, SamplePath: "/s/{sha256}", Command: []string{"sleep", "0.3"},
+	return sleepProfile(t, "0.3", vms...)
+}
+
+// sleepProfile is an analysis that takes secs seconds on the VMs.
+func sleepProfile(t testing.TB, secs string, vms ...string) map[string]engine.Profile {
+	t.Helper()
+	p, key, err := engine.ProfileConfig{VMs: vms, SamplePath: "/s/{sha256}", Command: []string{"sleep", secs},
 		Verdict: engine.VerdictConfig{MaliciousExitCodes: []int{1}}}.Resolve("scan")
 	require.NoError(t, err, key)
 	return map[string]engine.Profile{"scan": p}
 }
 
 // open opens the host's queue on database ("" for its own SQLite file).
-func (h *host) open(t *testing.T, database string, profiles map[string]engine.Profile) *queue.Queue {
+func (h *host) open(t testing.TB, database string, profiles map[string]engine.Profile) *queue.Queue {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
