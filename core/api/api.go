@@ -100,17 +100,24 @@ func New(opts Options, ready func() bool) (*Server, error) {
 // Handler returns the server's handler.
 func (s *Server) Handler() http.Handler { return s.mux }
 
+// v1Routes are the API's endpoints; docs/openapi.yaml describes each (a
+// test holds them together).
+func (s *Server) v1Routes() map[string]func(http.ResponseWriter, *http.Request) error {
+	return map[string]func(http.ResponseWriter, *http.Request) error{
+		"POST /v1/tasks":              s.submit,
+		"GET /v1/tasks":               s.listTasks,
+		"GET /v1/tasks/{id}":          s.getTask,
+		"POST /v1/tasks/{id}/cancel":  s.cancelTask,
+		"GET /v1/vms":                 s.listVMs,
+		"POST /v1/vms/{name}/cleanup": s.cleanupVM,
+		"GET /v1/profiles":            s.listProfiles,
+	}
+}
+
 func (s *Server) routes() {
-	v1 := func(pattern string, h func(http.ResponseWriter, *http.Request) error) {
+	for pattern, h := range s.v1Routes() {
 		s.mux.Handle(pattern, s.auth(h))
 	}
-	v1("POST /v1/tasks", s.submit)
-	v1("GET /v1/tasks", s.listTasks)
-	v1("GET /v1/tasks/{id}", s.getTask)
-	v1("POST /v1/tasks/{id}/cancel", s.cancelTask)
-	v1("GET /v1/vms", s.listVMs)
-	v1("POST /v1/vms/{name}/cleanup", s.cleanupVM)
-	v1("GET /v1/profiles", s.listProfiles)
 	s.mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not_found", "no such endpoint: "+r.Method+" "+r.URL.Path+"; see docs/api.md")
 	})
