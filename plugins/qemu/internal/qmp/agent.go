@@ -52,12 +52,17 @@ func (a *Agent) Close() error { return a.c.Close() }
 // sync performs the guest-sync-delimited handshake. The 0xFF byte sent
 // first makes the agent drop any half-received request; its reply is
 // prefixed with 0xFF, which marks where the stale data ends.
+//
+// Every attempt has an id of its own, and only the reply to the last one
+// sent ends the handshake: the agent answers in order, so everything an
+// earlier attempt provoked (its reply, the parse error for its 0xFF) has
+// been read past by then, and cannot be taken for the next command's reply.
 func (a *Agent) sync(ctx context.Context) error {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	id := int64(binary.LittleEndian.Uint64(b[:]) >> 2) // 62 bits: exact in JSON
-	req := request{Execute: "guest-sync-delimited", Arguments: map[string]int64{"id": id}}
 	for {
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		id := int64(binary.LittleEndian.Uint64(b[:]) >> 2) // 62 bits: exact in JSON
+		req := request{Execute: "guest-sync-delimited", Arguments: map[string]int64{"id": id}}
 		if err := a.c.send(ctx, []byte{0xff}, req); err != nil {
 			// The socket's deadline is ctx's and may fire a moment
 			// before ctx reports it.

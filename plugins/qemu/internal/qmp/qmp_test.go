@@ -182,3 +182,44 @@ func TestAgentNotAnswering(t *testing.T) {
 	assert.True(t, errors.Is(err, qmp.ErrNoAgent), "%v", err)
 	assert.GreaterOrEqual(t, <-got, 2, "the sync was resent")
 }
+
+// A slow agent answers a resent handshake twice: the reply to the first
+// attempt, then the parse error and the reply of the second. Only the
+// last attempt's reply ends the handshake, so the next command does not
+// read the second attempt's parse error as its own reply.
+func TestAgentSyncResentReadsPastEveryEarlierAttempt(t *testing.T) {
+	path := serve(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		syncs := 0
+		for {
+			line, err := r.ReadBytes('\n')
+			if err != nil {
+				return
+			}
+			line = bytes.TrimPrefix(line, []byte{0xff})
+			var req struct {
+				Execute   string
+				Arguments map[string]json.RawMessage
+			}
+			require.NoError(t, json.Unmarshal(line, &req))
+			switch req.Execute {
+			case "guest-sync-delimited":
+				if syncs++; syncs == 1 {
+					time.Sleep(700 * time.Millisecond) // slower than one attempt: the client resends
+				}
+				c.Write([]byte(`{"error": {"class": "GenericError", "desc": "JSON parse error, stray '\uFFFD'"}}` + "\n"))
+				c.Write(append(append([]byte{0xff}, `{"return": `+string(req.Arguments["id"])+`}`...), '\n'))
+			case "guest-exec":
+				c.Write([]byte(`{"return": {"pid": 7}}` + "\n"))
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	a, err := qmp.DialAgent(ctx, path)
+	require.NoError(t, err)
+	defer a.Close()
+	pid, err := a.Exec(ctx, "/bin/true", nil)
+	require.NoError(t, err, "the command read its own reply")
+	assert.Equal(t, 7, pid)
+}
