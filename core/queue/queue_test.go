@@ -145,6 +145,9 @@ func TestAcceptedTasksOutliveTheProcess(t *testing.T) {
 	profiles := scanProfile(t, "vm1")
 	q := h.open(t, "", profiles)
 	ids := submit(t, q, 3)
+	depth, err := q.Depth(context.Background())
+	require.NoError(t, err)
+	assert.Equal(t, map[string]int{"scan": 3}, depth)
 	q.Close() // accepted, never worked
 
 	q = h.open(t, "", profiles)
@@ -154,4 +157,7 @@ func TestAcceptedTasksOutliveTheProcess(t *testing.T) {
 		assert.Equal(t, engine.VerdictClean, task.Verdict)
 		require.NotNil(t, task.Report)
 	}
+	depth, err = q.Depth(context.Background())
+	require.NoError(t, err)
+	assert.Zero(t, depth["scan"])
 }

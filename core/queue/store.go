@@ -371,47 +371,47 @@ func (s *store) finish(ctx context.Context, id string) (*Task, bool, error) {
 	return t, true, nil
 }
 
-// unfinishedJobs lists the (task, profile) analyses without a result of
-// unfinished tasks, per profile: the queue's depth.
+// depth counts, per profile, the analyses of unfinished tasks that have no
+// result yet: the queue's depth.
 func (s *store) depth(ctx context.Context) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, s.rebind(`SELECT id, profiles FROM sandbox_task WHERE finished_ns = 0`))
+	rows, err := s.db.QueryContext(ctx, `SELECT id, profiles FROM sandbox_task WHERE finished_ns = 0`)
 	if err != nil {
 		return nil, err
 	}
-	type pending struct {
-		id       string
-		profiles []string
-	}
-	var all []pending
+	out := map[string]int{}
 	for rows.Next() {
-		var p pending
-		var profiles string
-		if err := rows.Scan(&p.id, &profiles); err != nil {
+		var id, profiles string
+		var list []string
+		if err := rows.Scan(&id, &profiles); err != nil {
 			rows.Close()
 			return nil, err
 		}
-		if err := json.Unmarshal([]byte(profiles), &p.profiles); err != nil {
+		if err := json.Unmarshal([]byte(profiles), &list); err != nil {
 			rows.Close()
-			return nil, err
+			return nil, fmt.Errorf("task %s: profiles: %w", id, err)
 		}
-		all = append(all, p)
+		for _, p := range list {
+			out[p]++
+		}
 	}
 	rows.Close()
-	out := map[string]int{}
-	for _, p := range all {
-		res, err := s.results(ctx, p.id)
-		if err != nil {
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	// Less those that already ended.
+	rows, err = s.db.QueryContext(ctx, `SELECT r.profile, COUNT(*) FROM sandbox_result r
+		JOIN sandbox_task t ON t.id = r.task_id WHERE t.finished_ns = 0 GROUP BY r.profile`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var p string
+		var n int
+		if err := rows.Scan(&p, &n); err != nil {
 			return nil, err
 		}
-		for _, prof := range p.profiles {
-			done := false
-			for _, r := range res {
-				done = done || r.Profile == prof
-			}
-			if !done {
-				out[prof]++
-			}
-		}
+		out[p] -= n
 	}
-	return out, nil
+	return out, rows.Err()
 }
