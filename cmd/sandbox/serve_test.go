@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"mime/multipart"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -299,4 +300,38 @@ func TestTwoHostsShareAPostgreSQLQueueAndSurviveOneDying(t *testing.T) {
 	}
 	assert.Greater(t, hosts["host-b"], 4, "host B ran its share and took over host A's: %v", hosts)
 	assert.Equal(t, 0, b.stop(syscall.SIGTERM, time.Minute))
+}
+
+func TestServeMistakes(t *testing.T) {
+	conf := serveConfig("solo", []string{"vm1"}, []string{"vm1"}, "1", "")
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer busy.Close()
+	for _, c := range []struct {
+		name   string
+		config string
+		token  string
+		args   []string
+		code   int
+		msg    string
+	}{
+		{"no token", conf, "", nil, 1, "no API token: set [server] token in config.toml or SANDBOX_API_TOKEN"},
+		{"a short token in the file", conf + "[server]\ntoken = \"abc\"\n", "", nil, 1, "server.token: too short"},
+		{"not a PostgreSQL URL", conf, apiToken, []string{"--database", "mysql://x"}, 2, "--database: want a postgres:// URL"},
+		{"PostgreSQL not there", conf, apiToken, []string{"--database", "postgres://u:pw-zq81@127.0.0.1:1/db"}, 1, "is PostgreSQL running"},
+		{"the port taken", conf, apiToken, []string{"--listen", busy.Addr().String()}, 1, "listen on " + busy.Addr().String()},
+		{"no profile", fmt.Sprintf("state_dir = \"state\"\n[plugins.fake]\npath = %q\n", fakeBin), apiToken, nil, 1, "has no [profiles.NAME] table"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(c.config), 0o644))
+			cmd := exec.Command(sandboxBin, append([]string{"--config", filepath.Join(dir, "config.toml"), "serve"}, c.args...)...)
+			cmd.Env = append(os.Environ(), "SANDBOX_API_TOKEN="+c.token)
+			out, err := cmd.CombinedOutput()
+			require.Error(t, err, string(out))
+			assert.Equal(t, c.code, cmd.ProcessState.ExitCode(), string(out))
+			assert.Contains(t, string(out), c.msg)
+			assert.NotContains(t, string(out), "pw-zq81", "a database password is never printed")
+		})
+	}
 }
