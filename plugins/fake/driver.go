@@ -342,3 +342,29 @@ func sleep(ctx context.Context, d time.Duration) error {
 		return nil
 	}
 }
+
+// Inject makes a VM misbehave from now on, on top of its configured
+// faults, as a hypervisor that starts failing in the middle of a task: a
+// counted fault fails that many more calls. With state_dir the faults are
+// part of the world, so every plugin process sharing it obeys them; a test
+// opens a driver of its own on the world to inject them into the plugin
+// under test. Violations of the fault table's rules are refused.
+func (d *Driver) Inject(name string, f Faults) error {
+	if err := f.validate("faults"); err != nil {
+		return err
+	}
+	d.lock()
+	defer d.unlock()
+	v, ok := d.vms[name]
+	if !ok {
+		return hypervisor.NewError(hypervisor.CodeNotFound, "inject", name, "Could not find a registered machine named '%s'", name)
+	}
+	sum := f
+	if v.st.Injected != nil {
+		sum = v.st.Injected.plus(f)
+	}
+	v.st.Injected = &sum
+	v.refreshFaults()
+	d.commitLocked()
+	return nil
+}

@@ -54,6 +54,7 @@ func (v *vm) restoreState(st vmState) {
 		st.Pending.Snapshot = st.CurrentSnapshot
 	}
 	v.st = st
+	v.refreshFaults()
 }
 
 // A world in state_dir is shared by every plugin process that opens it,

@@ -190,3 +190,28 @@ func TestTwoDriversOnOneStateDirShareTheWorld(t *testing.T) {
 	require.NoError(t, one.Unlock(testCtx(t), "b"))
 	require.NoError(t, two.Restore(testCtx(t), "b", ""), "the unlock by one freed the VM for the other")
 }
+
+func TestFaultsInjectedIntoASharedWorldReachEveryDriver(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	const table = `
+	state_dir = "state"
+	[timing]
+	restore = "0s"
+	[vms.a]
+	snapshots = ["clean"]
+	`
+	plugin := openFake(t, dir, table)
+	require.NoError(t, plugin.Restore(testCtx(t), "a", "clean"))
+
+	control := openFake(t, dir, table) // the test's own view of the world
+	require.NoError(t, control.Inject("a", Faults{RestoreFailures: 1, CopyInFailures: 2}))
+	requireCode(t, plugin.Restore(testCtx(t), "a", "clean"), hypervisor.CodeFailed, hypervisor.OpRestore, "a")
+	require.NoError(t, plugin.Restore(testCtx(t), "a", "clean"), "one injected failure, used up")
+
+	require.NoError(t, control.Inject("a", Faults{RestoreFailures: 1}))
+	requireCode(t, plugin.Restore(testCtx(t), "a", "clean"), hypervisor.CodeFailed, hypervisor.OpRestore, "a")
+
+	assert.Error(t, control.Inject("a", Faults{StartFailures: -1}), "an invalid fault is refused")
+	requireCode(t, control.Inject("nope", Faults{}), hypervisor.CodeNotFound, "inject", "nope")
+}

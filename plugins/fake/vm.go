@@ -17,8 +17,11 @@ type vm struct {
 	snapshots []string
 	online    map[string]bool
 	timing    Timing
-	faults    Faults
-	st        vmState
+	// configured are the faults of the configuration; faults adds those
+	// injected since (vmState.Injected) and is what operations obey.
+	configured Faults
+	faults     Faults
+	st         vmState
 }
 
 // vmState is what the simulated hypervisor knows about a VM, and all that
@@ -52,6 +55,9 @@ type vmState struct {
 	// Raw is the hypervisor's word for a state the driver cannot map
 	// (Power unknown).
 	Raw string `json:"raw,omitempty"`
+	// Injected are faults added while the world runs (Driver.Inject), on
+	// top of the configured ones.
+	Injected *Faults `json:"injected,omitempty"`
 }
 
 type faultsUsed struct {
@@ -91,12 +97,13 @@ func (t *transition) is(o *transition) bool {
 
 func newVM(name string, c VMConfig, base Timing, now time.Time) *vm {
 	v := &vm{
-		name:      name,
-		id:        vmID(name),
-		snapshots: c.Snapshots,
-		online:    map[string]bool{},
-		timing:    c.Timing.resolve(base),
-		faults:    c.Faults,
+		name:       name,
+		id:         vmID(name),
+		snapshots:  c.Snapshots,
+		online:     map[string]bool{},
+		timing:     c.Timing.resolve(base),
+		configured: c.Faults,
+		faults:     c.Faults,
 	}
 	for _, s := range c.OnlineSnapshots {
 		v.online[s] = true
@@ -260,4 +267,34 @@ var enumStates = map[hypervisor.PowerState]string{
 	hypervisor.PowerStopping:  "Stopping",
 	hypervisor.PowerRestoring: "RestoringSnapshot",
 	hypervisor.PowerStuck:     "Stuck",
+}
+
+// plus returns f with the faults of o added: flags set, counts added (each
+// counted fault fails that many more calls), durations and lists merged.
+func (f Faults) plus(o Faults) Faults {
+	f.ACPIIgnored = f.ACPIIgnored || o.ACPIIgnored
+	f.StuckInStopping = f.StuckInStopping || o.StuckInStopping
+	f.StaleLockAfterStop = f.StaleLockAfterStop || o.StaleLockAfterStop
+	f.PowerOffFailures += o.PowerOffFailures
+	if o.PowerOffError != "" {
+		f.PowerOffError = o.PowerOffError
+	}
+	f.RestoreFailures += o.RestoreFailures
+	f.StartFailures += o.StartFailures
+	f.StatusFailures += o.StatusFailures
+	f.CopyInFailures += o.CopyInFailures
+	f.CopyOutFailures += o.CopyOutFailures
+	f.LockHeldAfterStop = max(f.LockHeldAfterStop, o.LockHeldAfterStop)
+	f.Slow = max(f.Slow, o.Slow)
+	f.ExitDuring = append(slices.Clone(f.ExitDuring), o.ExitDuring...)
+	return f
+}
+
+// refreshFaults recomputes the faults the VM obeys after its state changed
+// hands (an injection, a reload).
+func (v *vm) refreshFaults() {
+	v.faults = v.configured
+	if v.st.Injected != nil {
+		v.faults = v.faults.plus(*v.st.Injected)
+	}
 }
