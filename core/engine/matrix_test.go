@@ -1,0 +1,304 @@
+//go:build unix
+
+package engine_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/sandboxhq/sandbox/core/engine"
+	"github.com/sandboxhq/sandbox/core/host"
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/plugins/fake"
+	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
+)
+
+// The fault matrix: every fault the fake hypervisor can inject, and a
+// plugin killed with SIGKILL, and the run cancelled, each put at the start
+// of every step of a task, one cell each. In every cell the task ends, its
+// report names the step that failed, and the VM ends off, unlocked and on
+// its clean snapshot, or quarantined with a reason; no plugin process
+// outlives its host; and once every cell has run, no goroutine is left.
+
+var builds plugintest.Cache
+
+// matrixSteps are the steps a fault is put at, in the order of a task.
+var matrixSteps = []engine.Step{
+	engine.StepPreparing, engine.StepRestoring, engine.StepStarting, engine.StepWaitingGuest,
+	engine.StepCopying, engine.StepAnalyzing, engine.StepCollecting, engine.StepCleaning,
+}
+
+// matrixFaults are the fake's faults, as injected while the task runs.
+var matrixFaults = map[string]fake.Faults{
+	"acpi_ignored":                {ACPIIgnored: true},
+	"stuck_in_stopping":           {StuckInStopping: true},
+	"poweroff_failures":           {PowerOffFailures: 2},
+	"poweroff_error=locked":       {PowerOffFailures: 2, PowerOffError: "locked"},
+	"poweroff_error=invalid":      {PowerOffFailures: 2, PowerOffError: "invalid_state"},
+	"lock_held_after_stop":        {LockHeldAfterStop: 700 * time.Millisecond},
+	"stale_lock_after_stop":       {StaleLockAfterStop: true},
+	"restore_failures":            {RestoreFailures: 1},
+	"restore_failures (repeated)": {RestoreFailures: 10},
+	"start_failures":              {StartFailures: 1},
+	"status_failures":             {StatusFailures: 2},
+	"slow":                        {Slow: 150 * time.Millisecond},
+	"copy_in_failures":            {CopyInFailures: 1},
+	"copy_out_failures":           {CopyOutFailures: 1},
+}
+
+// cellOutcome is what a cell found.
+type cellOutcome struct {
+	fault, step string
+	ok          bool
+	why         string
+}
+
+func TestFaultMatrix(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the fault matrix runs a task per cell; -short skips it")
+	}
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	bin, err := builds.Path("github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
+	require.NoError(t, err)
+	t.Cleanup(func() { builds.Close() })
+
+	var mu sync.Mutex
+	var outcomes []cellOutcome
+	record := func(o cellOutcome) {
+		mu.Lock()
+		defer mu.Unlock()
+		outcomes = append(outcomes, o)
+	}
+	columns := []string{"plugin SIGKILLed", "run cancelled"}
+	for f := range matrixFaults {
+		columns = append(columns, f)
+	}
+	t.Run("cells", func(t *testing.T) {
+		for _, fault := range columns {
+			for _, step := range matrixSteps {
+				t.Run(fault+"@"+string(step), func(t *testing.T) {
+					t.Parallel()
+					o := runCell(t, bin, fault, step)
+					record(o)
+					if !o.ok {
+						t.Error(o.why)
+					}
+				})
+			}
+		}
+	})
+	printMatrix(t, outcomes, columns)
+}
+
+// runCell runs one task on one VM of a fresh fake world, in a plugin
+// process, with the fault put at the start of step.
+func runCell(t *testing.T, bin, fault string, step engine.Step) cellOutcome {
+	o := cellOutcome{fault: fault, step: string(step)}
+	fail := func(format string, args ...any) cellOutcome {
+		o.why = fmt.Sprintf(format, args...)
+		return o
+	}
+	dir := t.TempDir()
+	world := `[plugins.fake.config]
+state_dir = "world"
+[plugins.fake.config.timing]
+start = "30ms"
+acpi_shutdown = "50ms"
+poweroff = "30ms"
+emergency = "10ms"
+restore = "30ms"
+unlock_after_stop = "50ms"
+guest_ready = "50ms"
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`
+	path := filepath.Join(dir, "config.toml")
+	require.NoError(t, os.WriteFile(path, []byte(world), 0o644))
+	h := host.New(host.Options{Plugins: map[string]host.PluginConfig{"fake": {Path: bin}}, File: path, Data: []byte(world),
+		Logger: hclog.NewNullLogger()})
+	defer h.Close()
+	plugin, err := h.Plugin("fake")
+	require.NoError(t, err)
+	// The test's own view of the world, to inject faults into the plugin's.
+	drv, err := fake.New(sdk.ConfigFromTOML("fake", path, []byte(world)), nil)
+	require.NoError(t, err)
+	control := drv.(*fake.Driver)
+	defer control.Close()
+
+	s := lifecycle.Defaults()
+	s.Snapshot = "clean"
+	s.ACPITimeout, s.PowerOffTimeout, s.EmergencyTimeout = 400*time.Millisecond, 400*time.Millisecond, 2*time.Second
+	s.ReleaseTimeout, s.UnlockTimeout = time.Second, 2*time.Second
+	s.RestoreTimeout, s.StartTimeout, s.CleanupTimeout, s.StatusTimeout = 3*time.Second, 3*time.Second, 15*time.Second, 3*time.Second
+	vm := lifecycle.VM{Name: "vm1", Plugin: "fake", Driver: plugin, Settings: s}
+	quarantine := lifecycle.NewMemoryQuarantine()
+	m := lifecycle.New(lifecycle.Options{Quarantine: quarantine})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var pids []int
+	var once sync.Once
+	e := engine.New(engine.Options{Lifecycle: m, OnEvent: func(ev engine.Event) {
+		if ev.Step != step {
+			return
+		}
+		once.Do(func() {
+			switch fault {
+			case "plugin SIGKILLed":
+				if pid := plugin.Pid(); pid > 0 {
+					pids = append(pids, pid)
+					_ = syscall.Kill(pid, syscall.SIGKILL)
+				}
+			case "run cancelled":
+				cancel()
+			default:
+				if err := control.Inject("vm1", matrixFaults[fault]); err != nil {
+					t.Errorf("inject %s: %v", fault, err)
+				}
+			}
+		})
+	}})
+	prof, key, err := engine.ProfileConfig{VMs: []string{"vm1"}, SamplePath: "/s/{name}",
+		Command: []string{"scan", "-o", "/s/log", "{sample}"}, ReadyCommand: []string{"true"},
+		ReadyTimeout: ptr(2 * time.Second), CopyTimeout: ptr(2 * time.Second), Timeout: ptr(5 * time.Second),
+		Artifacts: []string{"/s/log"}, Verdict: engine.VerdictConfig{MaliciousExitCodes: []int{1}}}.Resolve("scan")
+	require.NoError(t, err, key)
+	sample := sample(t, "s.txt", []byte("x"))
+	sum, err := e.Run(ctx, engine.Job{Samples: []engine.Sample{sample}, Pools: []engine.Pool{{Profile: prof, VMs: []lifecycle.VM{vm}}},
+		OutDir: filepath.Join(dir, "out")})
+	if err != nil {
+		return fail("the run failed as a whole: %v", err)
+	}
+	res := sum.Reports[0].Results[0]
+	if !res.State.Final() {
+		return fail("the task did not end: %s", res.State)
+	}
+	if res.State != engine.StepDone && res.FailedStep == "" {
+		return fail("the task %s without naming the step", res.State)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "out", sample.SHA256, engine.ReportFile)); err != nil {
+		return fail("no report: %v", err)
+	}
+
+	// Where is the VM? Read through the control view, with the injected
+	// faults out of the way (a status fault must not hide the state).
+	if pid := plugin.Pid(); pid > 0 {
+		pids = append(pids, pid)
+	}
+	h.Close()
+	for _, pid := range pids {
+		if !gone(pid) {
+			return fail("plugin process %d outlived its host", pid)
+		}
+	}
+	entry, quarantined, err := quarantine.Get(context.Background(), vm.Key())
+	require.NoError(t, err)
+	st, err := readState(control)
+	if err != nil {
+		return fail("status: %v", err)
+	}
+	clean := st.Power.IsOff() && st.Lock == hypervisor.LockUnlocked && st.CurrentSnapshot == "clean"
+	switch {
+	case quarantined && entry.Reason == "":
+		return fail("quarantined without a reason")
+	case quarantined:
+		o.ok, o.why = true, "quarantined: "+entry.Reason
+	case clean:
+		o.ok, o.why = true, string(res.State)
+	default:
+		return fail("the VM is %s/%s on %q, and not quarantined (task %s at %s: %s)", st.Power, st.Lock,
+			st.CurrentSnapshot, res.State, res.FailedStep, res.Error)
+	}
+	return o
+}
+
+// readState reads the VM's state the way an operator would after the run,
+// once the transitions under way have settled.
+func readState(d *fake.Driver) (hypervisor.Status, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var st hypervisor.Status
+	var err error
+	for ctx.Err() == nil {
+		st, err = d.Status(ctx, "vm1")
+		if err == nil && (st.Power.IsOff() || st.Power == hypervisor.PowerRunning) && st.Lock != "" {
+			return st, nil
+		}
+		time.Sleep(20 * time.Millisecond) // a status fault answers unavailable a few times
+	}
+	return st, err
+}
+
+// gone reports whether pid has exited (or is a zombie nobody reaped).
+func gone(pid int) bool {
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if syscall.Kill(pid, 0) != nil {
+			return true
+		}
+		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return true
+		}
+		if i := strings.LastIndexByte(string(data), ')'); i >= 0 && strings.HasPrefix(strings.TrimSpace(string(data[i+1:])), "Z") {
+			return true
+		}
+		time.Sleep(20 * time.Millisecond) // the process is being killed by its host
+	}
+	return false
+}
+
+// printMatrix prints the cells: a row per fault, a column per step.
+func printMatrix(t *testing.T, outcomes []cellOutcome, columns []string) {
+	byCell := map[string]cellOutcome{}
+	passed := 0
+	for _, o := range outcomes {
+		byCell[o.fault+"@"+o.step] = o
+		if o.ok {
+			passed++
+		}
+	}
+	sort.Strings(columns)
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n%-28s", "fault \\ step")
+	for _, s := range matrixSteps {
+		fmt.Fprintf(&b, " %-13s", s)
+	}
+	b.WriteString("\n")
+	for _, f := range columns {
+		fmt.Fprintf(&b, "%-28s", f)
+		for _, s := range matrixSteps {
+			mark := "-"
+			if o, ok := byCell[f+"@"+string(s)]; ok {
+				mark = "FAIL"
+				if o.ok {
+					mark = "ok"
+					if strings.HasPrefix(o.why, "quarantined") {
+						mark = "ok (quar.)"
+					}
+				}
+			}
+			fmt.Fprintf(&b, " %-13s", mark)
+		}
+		b.WriteString("\n")
+	}
+	fmt.Fprintf(&b, "fault matrix: %d of %d cells passed", passed, len(columns)*len(matrixSteps))
+	t.Log(b.String())
+	assert.Equal(t, len(columns)*len(matrixSteps), passed)
+}
