@@ -133,13 +133,7 @@ func NewLocalLeases() Leases {
 }
 
 func (l *localLeases) Acquire(ctx context.Context, key string) (func(), error) {
-	l.mu.Lock()
-	ch, ok := l.keys[key]
-	if !ok {
-		ch = make(chan struct{}, 1)
-		l.keys[key] = ch
-	}
-	l.mu.Unlock()
+	ch := l.slot(key)
 	select {
 	case ch <- struct{}{}:
 		return func() { <-ch }, nil

@@ -1,8 +1,16 @@
 // Package statedir keeps what sandbox must remember across processes in a
-// directory: the quarantine, and a lock file per VM so that two sandbox
+// directory: the quarantine, and a lease file per VM so that two sandbox
 // processes never operate on one VM at once. Everything is guarded by file
 // locks (flock on Unix, LockFileEx on Windows), which the kernel releases
 // when a process dies, so a crashed process never leaves a VM leased.
+//
+// The directory says which VMs are in use and why some are out of service,
+// and every sandbox process trusts what it finds there, so it must be
+// private: it is created mode 0700 and refused when another user owns it
+// or others can write to it. Every file in it is opened through an
+// os.Root, and lease and lock files are checked to be the very file at
+// their path after they are opened, so a symlink planted in it is never
+// followed.
 package statedir
 
 import (
@@ -10,12 +18,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/url"
+	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
 	"time"
 
-	"github.com/gofrs/flock"
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
@@ -23,50 +34,244 @@ import (
 // lockRetry is how often a lock held by another process is tried again.
 const lockRetry = 10 * time.Millisecond
 
+// leasesDir is the subdirectory of the lease files.
+const leasesDir = "leases"
+
 // Dir is a state directory.
 type Dir struct {
 	path  string
 	local lifecycle.Leases
+	log   hclog.Logger
+
+	mu   sync.Mutex
+	root *os.Root
 }
 
-// Open creates the directory if needed (mode 0700: it says which VMs are
-// in use and why some are not) and returns it.
-func Open(path string) (*Dir, error) {
-	if err := os.MkdirAll(filepath.Join(path, "leases"), 0o700); err != nil {
-		return nil, fmt.Errorf("state directory %s: %w (set state_dir in config.toml to a writable place)", path, err)
+// Option adjusts Open.
+type Option func(*Dir)
+
+// WithLogger makes the directory log what it cannot return as an error: a
+// lease that another process took after someone deleted the first
+// holder's lease file.
+func WithLogger(l hclog.Logger) Option {
+	return func(d *Dir) { d.log = l }
+}
+
+// Open creates the directory if needed (mode 0700: it says which VMs are in
+// use and why some are not) and returns it. A directory that another user
+// owns, or that its group or others can write to, is refused: whoever can
+// write there can take VMs out of service or block every operation.
+func Open(path string, opts ...Option) (*Dir, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("state directory %s: %w", path, err)
 	}
-	return &Dir{path: path, local: lifecycle.NewLocalLeases()}, nil
+	d := &Dir{path: abs, local: lifecycle.NewLocalLeases(), log: hclog.NewNullLogger()}
+	for _, o := range opts {
+		o(d)
+	}
+	if _, err := d.current(); err != nil {
+		return nil, err
+	}
+	return d, nil
 }
 
 // Path returns the directory's path.
 func (d *Dir) Path() string { return d.path }
 
-// Leases serializes operations per VM across every process sharing the
-// directory, and within this process.
-func (d *Dir) Leases() lifecycle.Leases { return leases{d} }
-
-type leases struct{ d *Dir }
-
-func (l leases) Acquire(ctx context.Context, key string) (func(), error) {
-	// Goroutines of this process queue on the in-process lease first, so
-	// they are served in turn instead of polling the file lock together.
-	releaseLocal, err := l.d.local.Acquire(ctx, key)
+// current returns the open directory. If the directory at the path is no
+// longer the one opened (someone deleted or replaced it), it is opened
+// again, created and checked as in Open.
+func (d *Dir) current() (*os.Root, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.root != nil {
+		at, err := os.Stat(d.path)
+		open, oerr := d.root.Stat(".")
+		if err == nil && oerr == nil && os.SameFile(at, open) {
+			return d.root, nil
+		}
+		_ = d.root.Close()
+		d.root = nil
+	}
+	root, err := d.open()
 	if err != nil {
 		return nil, err
 	}
-	f := flock.New(filepath.Join(l.d.path, "leases", url.PathEscape(key)+".lock"))
-	ok, err := f.TryLockContext(ctx, lockRetry)
-	if err != nil || !ok {
-		releaseLocal()
-		if err == nil {
-			err = ctx.Err()
-		}
-		return nil, fmt.Errorf("lease on %s: %w", key, err)
+	d.root = root
+	return root, nil
+}
+
+// open creates, checks and opens the directory and its leases directory.
+func (d *Dir) open() (*os.Root, error) {
+	if err := os.MkdirAll(d.path, 0o700); err != nil {
+		return nil, fmt.Errorf("state directory %s: %w (set state_dir in config.toml to a writable place)", d.path, err)
 	}
-	return func() {
-		_ = f.Unlock()
-		releaseLocal()
-	}, nil
+	if err := checkPrivate(d.path, d.path); err != nil {
+		return nil, err
+	}
+	root, err := os.OpenRoot(d.path)
+	if err != nil {
+		return nil, fmt.Errorf("state directory %s: %w", d.path, err)
+	}
+	// The directory checked is the one opened: a swap between the check and
+	// the open would show as another file.
+	at, err := os.Stat(d.path)
+	open, oerr := root.Stat(".")
+	if err != nil || oerr != nil || !os.SameFile(at, open) {
+		_ = root.Close()
+		return nil, fmt.Errorf("state directory %s changed while it was being opened; try again", d.path)
+	}
+	if err := root.Mkdir(leasesDir, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		_ = root.Close()
+		return nil, fmt.Errorf("state directory %s: %w", d.path, err)
+	}
+	fi, err := root.Lstat(leasesDir)
+	if err == nil && !fi.IsDir() {
+		err = fmt.Errorf("%s is not a directory; remove it", filepath.Join(d.path, leasesDir))
+	}
+	if err == nil {
+		err = checkInfo(d.path, filepath.Join(d.path, leasesDir), fi)
+	}
+	if err != nil {
+		_ = root.Close()
+		return nil, err
+	}
+	return root, nil
+}
+
+// checkPrivate refuses a directory another user owns or others can write.
+func checkPrivate(stateDir, path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("state directory %s: %w", stateDir, err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state directory %s is not a directory; set state_dir in config.toml to a directory", stateDir)
+	}
+	return checkInfo(stateDir, path, fi)
+}
+
+// checkInfo is checkPrivate on a file's information.
+func checkInfo(stateDir, path string, fi fs.FileInfo) error {
+	if err := checkOwner(path, fi); err != nil {
+		return fmt.Errorf("state directory %s: %w: another user could plant leases or a quarantine in it, or block every operation; "+
+			"remove it or set state_dir in config.toml to a directory of your own", stateDir, err)
+	}
+	// Windows reports every writable file as mode 0666; its ACLs decide.
+	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("state directory %s: %s is writable by its group or by others (mode %s): "+
+			"run `chmod 700 %s`, or set state_dir in config.toml to a private directory", stateDir, path, fi.Mode().Perm(), path)
+	}
+	return nil
+}
+
+// openLocked opens name in the directory for reading and writing, creating
+// it (mode 0600) if needed, and locks it: exclusively or shared, waiting
+// within ctx when wait is set. It returns the file only once it holds the
+// lock on the very file at name: a file replaced or deleted meanwhile (a
+// lease released by its holder, a directory removed) is opened again, and
+// a symlink is refused.
+func (d *Dir) openLocked(ctx context.Context, name string, exclusive, wait bool) (*os.File, error) {
+	for {
+		root, err := d.current()
+		if err != nil {
+			return nil, err
+		}
+		// os.Root would follow a symlink that stays inside the directory;
+		// look first, and check the file opened is the one looked at.
+		if err := d.noSymlink(root, name); err != nil {
+			return nil, err
+		}
+		f, err := root.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o600)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // the directory went away since current(); open it again
+			}
+			return nil, d.fileError(name, err)
+		}
+		if err := lockWithin(ctx, f, exclusive, wait); err != nil {
+			f.Close()
+			return nil, err
+		}
+		same, err := d.isAt(root, name, f)
+		if err != nil {
+			unlock(f)
+			f.Close()
+			return nil, err
+		}
+		if same {
+			return f, nil
+		}
+		unlock(f)
+		f.Close()
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+	}
+}
+
+// noSymlink refuses a symlink at name.
+func (d *Dir) noSymlink(root *os.Root, name string) error {
+	fi, err := root.Lstat(name)
+	if err == nil && fi.Mode()&fs.ModeSymlink != 0 {
+		return fmt.Errorf("%s is a symlink; sandbox never follows one in its state directory: remove it",
+			filepath.Join(d.path, name))
+	}
+	return nil
+}
+
+// isAt reports whether f is the file at name. A symlink at name is an
+// error: nothing in the directory is opened through one.
+func (d *Dir) isAt(root *os.Root, name string, f *os.File) (bool, error) {
+	at, err := root.Lstat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, d.fileError(name, err)
+	}
+	if at.Mode()&fs.ModeSymlink != 0 {
+		return false, fmt.Errorf("%s is a symlink; sandbox never follows one in its state directory: remove it",
+			filepath.Join(d.path, name))
+	}
+	open, err := f.Stat()
+	if err != nil {
+		return false, d.fileError(name, err)
+	}
+	return os.SameFile(at, open), nil
+}
+
+func (d *Dir) fileError(name string, err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return fmt.Errorf("state directory: %s: %w", filepath.Join(d.path, name), err)
+}
+
+// lockWithin takes f's lock, trying again every lockRetry until ctx ends
+// when wait is set.
+func lockWithin(ctx context.Context, f *os.File, exclusive, wait bool) error {
+	var t *time.Ticker
+	for {
+		err := tryLock(f, exclusive)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errWouldBlock) || !wait {
+			return err
+		}
+		if t == nil {
+			t = time.NewTicker(lockRetry)
+			defer t.Stop()
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 }
 
 // Quarantine is the quarantine shared by every process using the
@@ -75,18 +280,24 @@ func (d *Dir) Quarantine() lifecycle.Quarantine { return quarantine{d} }
 
 type quarantine struct{ d *Dir }
 
-func (q quarantine) file() string { return filepath.Join(q.d.path, "quarantine.json") }
+const quarantineFile = "quarantine.json"
 
 // update runs f on the quarantine under the directory's lock and saves
 // what f leaves, atomically.
 func (q quarantine) update(ctx context.Context, f func(map[string]lifecycle.QuarantineEntry) bool) error {
-	lock := flock.New(filepath.Join(q.d.path, "quarantine.lock"))
-	ok, err := lock.TryLockContext(ctx, lockRetry)
-	if err != nil || !ok {
-		return fmt.Errorf("lock the quarantine: %w", errors.Join(err, ctx.Err()))
+	lock, err := q.d.openLocked(ctx, "quarantine.lock", true, true)
+	if err != nil {
+		return fmt.Errorf("lock the quarantine: %w", err)
 	}
-	defer lock.Unlock()
-	entries, err := q.read()
+	defer func() {
+		unlock(lock)
+		lock.Close()
+	}()
+	root, err := q.d.current()
+	if err != nil {
+		return err
+	}
+	entries, err := q.read(root)
 	if err != nil {
 		return err
 	}
@@ -97,32 +308,37 @@ func (q quarantine) update(ctx context.Context, f func(map[string]lifecycle.Quar
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(q.d.path, "quarantine-*.json")
+	tmp := fmt.Sprintf("quarantine-%d-%d.json", os.Getpid(), time.Now().UnixNano())
+	w, err := root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return err
+		return q.d.fileError(quarantineFile, err)
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return err
+	defer func() { _ = root.Remove(tmp) }()
+	if _, err := w.Write(append(data, '\n')); err != nil {
+		w.Close()
+		return q.d.fileError(quarantineFile, err)
 	}
-	if err := tmp.Close(); err != nil {
-		return err
+	if err := w.Close(); err != nil {
+		return q.d.fileError(quarantineFile, err)
 	}
-	return os.Rename(tmp.Name(), q.file())
+	if err := root.Rename(tmp, quarantineFile); err != nil {
+		return q.d.fileError(quarantineFile, err)
+	}
+	return nil
 }
 
-func (q quarantine) read() (map[string]lifecycle.QuarantineEntry, error) {
+func (q quarantine) read(root *os.Root) (map[string]lifecycle.QuarantineEntry, error) {
 	entries := map[string]lifecycle.QuarantineEntry{}
-	data, err := os.ReadFile(q.file())
+	data, err := root.ReadFile(quarantineFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return entries, nil
 	}
 	if err != nil {
-		return nil, err
+		return nil, q.d.fileError(quarantineFile, err)
 	}
 	if err := json.Unmarshal(data, &entries); err != nil {
-		return nil, fmt.Errorf("%s is damaged (%v); fix or delete it: every VM in it is back in service once it is gone", q.file(), err)
+		return nil, fmt.Errorf("%s is damaged (%v); fix or delete it: every VM in it is back in service once it is gone",
+			filepath.Join(q.d.path, quarantineFile), err)
 	}
 	return entries, nil
 }
@@ -154,7 +370,7 @@ func (q quarantine) Clear(ctx context.Context, key string) error {
 // Get implements lifecycle.Quarantine. Reads take no lock: the file is
 // replaced atomically, so a reader sees the old or the new version whole.
 func (q quarantine) Get(_ context.Context, key string) (lifecycle.QuarantineEntry, bool, error) {
-	entries, err := q.read()
+	entries, err := q.d.List()
 	if err != nil {
 		return lifecycle.QuarantineEntry{}, false, err
 	}
@@ -164,5 +380,28 @@ func (q quarantine) Get(_ context.Context, key string) (lifecycle.QuarantineEntr
 
 // List returns every quarantined VM by key.
 func (d *Dir) List() (map[string]lifecycle.QuarantineEntry, error) {
-	return quarantine{d}.read()
+	root, err := d.current()
+	if err != nil {
+		return nil, err
+	}
+	return quarantine{d}.read(root)
+}
+
+// commandLine is this process's command line as a lease records it.
+func commandLine() string {
+	args := make([]string, len(os.Args))
+	for i, a := range os.Args {
+		if i == 0 {
+			a = filepath.Base(a)
+		}
+		if a == "" || strings.ContainsAny(a, " \t\n\"'") {
+			a = fmt.Sprintf("%q", a)
+		}
+		args[i] = a
+	}
+	s := strings.Join(args, " ")
+	if len(s) > 200 {
+		s = s[:200] + "..."
+	}
+	return s
 }

@@ -19,7 +19,10 @@ import (
 
 // Launched with envHolder set, the test binary takes a lease and holds it
 // until killed: a real other process holding a real lock.
-const envHolder = "STATEDIR_TEST_HOLD"
+const (
+	envHolder    = "STATEDIR_TEST_HOLD"
+	envHolderKey = "STATEDIR_TEST_HOLD_KEY"
+)
 
 func TestMain(m *testing.M) {
 	if dir := os.Getenv(envHolder); dir != "" {
@@ -27,7 +30,11 @@ func TestMain(m *testing.M) {
 		if err != nil {
 			panic(err)
 		}
-		if _, err := d.Leases().Acquire(context.Background(), "fake/vm1"); err != nil {
+		key := os.Getenv(envHolderKey)
+		if key == "" {
+			key = "fake/vm1"
+		}
+		if _, err := d.Leases().Acquire(context.Background(), key); err != nil {
 			panic(err)
 		}
 		fmt.Println("held")
@@ -36,12 +43,14 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func TestLeaseHeldByAnotherProcessBlocksUntilThatProcessDies(t *testing.T) {
-	dir := t.TempDir()
+// holdIn starts another process that takes key's lease in dir and holds it
+// until the test ends or kills it.
+func holdIn(t *testing.T, dir, key string) *exec.Cmd {
+	t.Helper()
 	exe, err := os.Executable()
 	require.NoError(t, err)
 	holder := exec.Command(exe)
-	holder.Env = append(os.Environ(), envHolder+"="+dir)
+	holder.Env = append(os.Environ(), envHolder+"="+dir, envHolderKey+"="+key)
 	out, err := holder.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, holder.Start())
@@ -49,6 +58,12 @@ func TestLeaseHeldByAnotherProcessBlocksUntilThatProcessDies(t *testing.T) {
 	line, err := bufio.NewReader(out).ReadString('\n')
 	require.NoError(t, err)
 	require.Equal(t, "held\n", line)
+	return holder
+}
+
+func TestLeaseHeldByAnotherProcessBlocksUntilThatProcessDies(t *testing.T) {
+	dir := t.TempDir()
+	holder := holdIn(t, dir, "fake/vm1")
 
 	d, err := statedir.Open(dir)
 	require.NoError(t, err)
