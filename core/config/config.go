@@ -9,8 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/sandboxhq/sandbox/core/api"
@@ -172,16 +174,29 @@ func Parse(path string, data []byte) (*Config, error) {
 		Profiles: profiles, Engine: f.Engine, Server: f.Server, Queue: f.Queue}, nil
 }
 
-// defaultStateDir is $XDG_STATE_HOME/sandbox, else ~/.local/state/sandbox,
-// else a directory under the system's temporary directory.
+// defaultStateDir is $XDG_STATE_HOME/sandbox, else ~/.local/state/sandbox
+// with the home directory from $HOME or, without it, from the user
+// database. Only when neither knows a home is it a directory under the
+// system's temporary directory, named for the user (statedir.Open refuses
+// it if another user made it first).
 func defaultStateDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
 		return filepath.Join(d, "sandbox")
 	}
-	if home, err := os.UserHomeDir(); err == nil {
+	home, err := os.UserHomeDir()
+	if err != nil || home == "" {
+		if u, uerr := user.Current(); uerr == nil {
+			home = u.HomeDir
+		}
+	}
+	if home != "" {
 		return filepath.Join(home, ".local", "state", "sandbox")
 	}
-	return filepath.Join(os.TempDir(), "sandbox-state")
+	who := strconv.Itoa(os.Geteuid())
+	if u, err := user.Current(); err == nil {
+		who = u.Uid
+	}
+	return filepath.Join(os.TempDir(), "sandbox-state-"+who)
 }
 
 func sortedKeys[V any](m map[string]V) []string {

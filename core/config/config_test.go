@@ -3,6 +3,7 @@ package config_test
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -204,4 +205,27 @@ func TestBadProfilesNameFileLineAndKey(t *testing.T) {
 			assert.Contains(t, ce.Msg, tc.msg)
 		})
 	}
+}
+
+// The default state directory is the user's own: without HOME it comes
+// from the user database, never a fixed path every user shares.
+func TestTheDefaultStateDirIsTheUsersOwnEvenWithoutHOME(t *testing.T) {
+	t.Setenv("XDG_STATE_HOME", "")
+	t.Setenv("HOME", "")
+	cfg, err := config.Parse("config.toml", nil)
+	require.NoError(t, err)
+	assert.NotEqual(t, filepath.Join(os.TempDir(), "sandbox-state"), cfg.StateDir, "a path every user shares")
+	if !strings.HasPrefix(cfg.StateDir, os.TempDir()) {
+		assert.True(t, strings.HasSuffix(cfg.StateDir, filepath.Join(".local", "state", "sandbox")), cfg.StateDir)
+	}
+
+	t.Setenv("XDG_STATE_HOME", "relative/dir")
+	cfg, err = config.Parse("config.toml", nil)
+	require.NoError(t, err)
+	assert.True(t, filepath.IsAbs(cfg.StateDir), "a relative XDG_STATE_HOME is ignored, as its specification says: %s", cfg.StateDir)
+
+	t.Setenv("XDG_STATE_HOME", "/var/lib/x")
+	cfg, err = config.Parse("config.toml", nil)
+	require.NoError(t, err)
+	assert.Equal(t, filepath.Join("/var/lib/x", "sandbox"), cfg.StateDir)
 }
