@@ -43,25 +43,28 @@ func fakeBinary(b *testing.B) string {
 
 const benchConfig = "[plugins.fake.config.vms.vm1]\nstate = \"off\"\n"
 
-func benchHost(b *testing.B) *host.Host {
+// benchHost is a host of the real fake, with or without AutoMTLS.
+func benchHost(b *testing.B, mtls bool) *host.Host {
 	return host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"fake": {Path: fakeBinary(b)}},
+		Plugins: map[string]host.PluginConfig{"fake": {Path: fakeBinary(b), AutoMTLS: &mtls}},
 		File:    filepath.Join(b.TempDir(), "config.toml"),
 		Data:    []byte(benchConfig),
 		Logger:  hclog.NewNullLogger(),
 	})
 }
 
-// bareClient launches the fake with go-plugin alone and returns a client
-// for the gRPC health service go-plugin registers in every plugin: a round
-// trip to an empty handler, the cost floor of any plugin call.
-func bareClient(b *testing.B) (grpc_health_v1.HealthClient, func()) {
+// bareClient launches the fake with go-plugin alone (with AutoMTLS or
+// without) and returns a client for the gRPC health service go-plugin
+// registers in every plugin: a round trip to an empty handler, the cost
+// floor of any plugin call.
+func bareClient(b *testing.B, mtls bool) (grpc_health_v1.HealthClient, func()) {
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.ClientPluginSets(),
 		Cmd:              exec.Command(fakeBinary(b)),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           hclog.NewNullLogger(),
+		AutoMTLS:         mtls,
 	})
 	rpc, err := client.Client()
 	if err != nil {
@@ -72,17 +75,17 @@ func bareClient(b *testing.B) (grpc_health_v1.HealthClient, func()) {
 }
 
 // BenchmarkStatusVsBareRoundTrip interleaves a status call through the
-// host and the fake driver with a bare go-plugin round trip, so that both
-// see the same machine load; status/bare is the ratio the issue bounds at
-// 1.25.
+// host and the fake driver with a bare go-plugin round trip over the same
+// transport (AutoMTLS, the host's default), so that both see the same
+// machine load; status/bare is the ratio the issue bounds at 1.25.
 func BenchmarkStatusVsBareRoundTrip(b *testing.B) {
-	h := benchHost(b)
+	h := benchHost(b, true)
 	defer h.Close()
 	p, err := h.Plugin("fake")
 	if err != nil {
 		b.Fatal(err)
 	}
-	health, kill := bareClient(b)
+	health, kill := bareClient(b, true)
 	defer kill()
 	ctx := context.Background()
 	req := &grpc_health_v1.HealthCheckRequest{Service: "plugin"}
@@ -114,26 +117,33 @@ func BenchmarkStatusVsBareRoundTrip(b *testing.B) {
 }
 
 // BenchmarkLaunchToFirstCall measures a cold plugin host's first status
-// call (launch, handshake, configuration, the call) against go-plugin's own
-// launch to its first round trip, in the same run.
+// call (launch, handshake, configuration, the call) with AutoMTLS (the
+// default) and without it, against go-plugin's own launch to its first
+// round trip without TLS, interleaved in the same run: mtls/plain is what
+// AutoMTLS costs a launch (docs/operations.md quotes it).
 func BenchmarkLaunchToFirstCall(b *testing.B) {
 	ctx := context.Background()
 	req := &grpc_health_v1.HealthCheckRequest{Service: "plugin"}
-	var ours, bare time.Duration
-	for i := 0; i < b.N; i++ {
-		h := benchHost(b)
+	var mtls, plain, bare time.Duration
+	launch := func(withMTLS bool) time.Duration {
+		h := benchHost(b, withMTLS)
 		p, _ := h.Plugin("fake")
 		t0 := time.Now()
 		if _, err := p.Status(ctx, "vm1"); err != nil {
 			b.Fatal(err)
 		}
-		ours += time.Since(t0)
+		took := time.Since(t0)
 		b.StopTimer()
 		h.Close()
 		b.StartTimer()
+		return took
+	}
+	for i := 0; i < b.N; i++ {
+		mtls += launch(true)
+		plain += launch(false)
 
-		t0 = time.Now()
-		health, kill := bareClient(b)
+		t0 := time.Now()
+		health, kill := bareClient(b, false)
 		if _, err := health.Check(ctx, req); err != nil {
 			b.Fatal(err)
 		}
@@ -142,7 +152,46 @@ func BenchmarkLaunchToFirstCall(b *testing.B) {
 		kill()
 		b.StartTimer()
 	}
-	b.ReportMetric(float64(ours.Microseconds())/1000/float64(b.N), "launch-ms")
-	b.ReportMetric(float64(bare.Microseconds())/1000/float64(b.N), "bare-launch-ms")
-	b.ReportMetric(float64(ours)/float64(bare), "launch/bare")
+	n := float64(b.N)
+	b.ReportMetric(float64(mtls.Microseconds())/1000/n, "launch-ms")
+	b.ReportMetric(float64(plain.Microseconds())/1000/n, "launch-nomtls-ms")
+	b.ReportMetric(float64(bare.Microseconds())/1000/n, "bare-launch-ms")
+	b.ReportMetric(float64(mtls)/float64(plain), "mtls/plain")
+	b.ReportMetric(float64(plain)/float64(bare), "launch/bare")
+}
+
+// BenchmarkStatusMTLSVsPlain interleaves status calls through two hosts of
+// the fake, one with AutoMTLS and one without: mtls/plain is what the
+// encryption costs each call.
+func BenchmarkStatusMTLSVsPlain(b *testing.B) {
+	ctx := context.Background()
+	var plugins [2]*host.Plugin
+	for i, withMTLS := range []bool{true, false} {
+		h := benchHost(b, withMTLS)
+		defer h.Close()
+		p, err := h.Plugin("fake")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for range 200 { // launch and warm
+			if _, err := p.Status(ctx, "vm1"); err != nil {
+				b.Fatal(err)
+			}
+		}
+		plugins[i] = p
+	}
+	var took [2]time.Duration
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for j, p := range plugins {
+			t0 := time.Now()
+			if _, err := p.Status(ctx, "vm1"); err != nil {
+				b.Fatal(err)
+			}
+			took[j] += time.Since(t0)
+		}
+	}
+	b.ReportMetric(float64(took[0].Nanoseconds())/float64(b.N), "mtls-ns/call")
+	b.ReportMetric(float64(took[1].Nanoseconds())/float64(b.N), "plain-ns/call")
+	b.ReportMetric(float64(took[0])/float64(took[1]), "mtls/plain")
 }

@@ -27,6 +27,10 @@ type PluginConfig struct {
 	// StartTimeout bounds the launch: process start, handshake and
 	// configuration. Default 10s.
 	StartTimeout time.Duration `toml:"start_timeout"`
+	// AutoMTLS makes the host and the plugin authenticate each other with
+	// certificates made for each launch, so that nothing else that can
+	// reach the plugin's socket can use it. Default on.
+	AutoMTLS *bool `toml:"auto_mtls"`
 }
 
 // DefaultStartTimeout is PluginConfig.StartTimeout's default.
@@ -94,6 +98,8 @@ func (c PluginConfig) environment(lookup func(string) (string, bool)) []string {
 	}
 	return env
 }
+
+func (c PluginConfig) autoMTLS() bool { return c.AutoMTLS == nil || *c.AutoMTLS }
 
 func (c PluginConfig) startTimeout() time.Duration {
 	if c.StartTimeout == 0 {

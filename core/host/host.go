@@ -11,6 +11,7 @@
 package host
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"slices"
@@ -40,6 +41,9 @@ type Host struct {
 	opts Options
 	dir  string
 	log  hclog.Logger
+	// ctx ends when Close begins, ending launches under way.
+	ctx    context.Context
+	cancel context.CancelFunc
 
 	mu      sync.Mutex
 	plugins map[string]*Plugin
@@ -58,7 +62,8 @@ func New(opts Options) *Host {
 			dir = filepath.Dir(abs)
 		}
 	}
-	return &Host{opts: opts, dir: dir, log: log, plugins: map[string]*Plugin{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Host{opts: opts, dir: dir, log: log, ctx: ctx, cancel: cancel, plugins: map[string]*Plugin{}}
 }
 
 // Names returns the configured plugin names, sorted.
@@ -98,6 +103,7 @@ func (h *Host) Plugin(name string) (*Plugin, error) {
 // Close kills every plugin process and refuses further launches. It is safe
 // to call more than once and from a signal handler's goroutine.
 func (h *Host) Close() {
+	h.cancel()
 	h.mu.Lock()
 	h.closed = true
 	plugins := make([]*Plugin, 0, len(h.plugins))

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -189,6 +191,16 @@ func (s *scripted) Restore(ctx context.Context, vm, snapshot string) error {
 func (s *scripted) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (hypervisor.ExecResult, error) {
 	if err := s.fail(hypervisor.OpExec, vm); err != nil {
 		return hypervisor.ExecResult{}, err
+	}
+	if req.Path == "spawn" {
+		// A process of the plugin's own, as a driver starts its
+		// hypervisor's tools; it runs until killed.
+		cmd := exec.Command("sleep", "1000")
+		if err := cmd.Start(); err != nil {
+			return hypervisor.ExecResult{}, err
+		}
+		go func() { _ = cmd.Wait() }()
+		return hypervisor.ExecResult{Stdout: []byte(strconv.Itoa(cmd.Process.Pid))}, nil
 	}
 	return hypervisor.ExecResult{ExitCode: len(req.Args), Stdout: []byte(strings.Join(req.Args, " ")),
 		Stderr: []byte(req.Timeout.String())}, nil

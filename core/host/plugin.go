@@ -2,7 +2,6 @@ package host
 
 import (
 	"context"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -11,8 +10,11 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"github.com/hashicorp/go-plugin/runner"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
@@ -45,6 +47,7 @@ var _ hypervisor.Driver = (*Plugin)(nil)
 // instance is one running plugin process.
 type instance struct {
 	client   *plugin.Client
+	proc     *process
 	remote   sdk.Remote
 	hostPipe *os.File // write end of the watchdog pipe; closing it tells the plugin to exit
 	pid      int
@@ -53,8 +56,27 @@ type instance struct {
 	info   *hypervisor.Info
 }
 
+// killWait bounds how long a kill waits for go-plugin to let the plugin go
+// (it gives a plugin two seconds to exit by itself) before the host kills
+// the plugin's whole process group regardless.
+const killWait = 3 * time.Second
+
+// kill stops the plugin (gracefully first: its driver's Close ends what it
+// started), then kills whatever of its process group is left.
 func (in *instance) kill() {
-	in.client.Kill()
+	done := make(chan struct{})
+	go func() {
+		in.client.Kill()
+		close(done)
+	}()
+	t := time.NewTimer(killWait)
+	select {
+	case <-done:
+	case <-t.C:
+		in.proc.abort()
+	}
+	t.Stop()
+	in.proc.sweep()
 	if in.hostPipe != nil {
 		_ = in.hostPipe.Close()
 	}
@@ -153,55 +175,124 @@ func (p *Plugin) instance(ctx context.Context) (*instance, error) {
 	return in, nil
 }
 
+// launch starts the plugin process, negotiates the protocol and
+// configures the plugin, all within start_timeout. Canceling ctx or closing
+// the host ends the launch at once; a launch that fails or is given up
+// kills the plugin with every process it started, whatever those do with
+// its pipes.
 func (p *Plugin) launch(ctx context.Context) (*instance, error) {
+	timeout := p.cfg.startTimeout()
+	lctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	stop := context.AfterFunc(p.host.ctx, cancel)
+	defer stop()
+
 	path := p.cfg.resolvedPath(p.host.dir)
-	if fi, err := os.Stat(path); err != nil || fi.IsDir() {
-		return nil, p.launchError(fmt.Errorf(
-			"no plugin executable at %s (plugins.%s.path in %s): build it with `make build` or fix the path",
-			path, p.name, p.host.opts.File))
+	if err := p.checkExecutable(path); err != nil {
+		return nil, p.launchError(err)
 	}
-	cmd := exec.Command(path, p.cfg.Args...)
-	cmd.Env = append(p.cfg.environment(os.LookupEnv), sdk.EnvLogLevel+"="+p.host.log.GetLevel().String())
+	env := append(p.cfg.environment(os.LookupEnv), sdk.EnvLogLevel+"="+p.host.log.GetLevel().String())
 	var pipeR, pipeW *os.File
 	if runtime.GOOS != "windows" {
 		var err error
 		if pipeR, pipeW, err = os.Pipe(); err != nil {
 			return nil, p.launchError(err)
 		}
-		cmd.ExtraFiles = []*os.File{pipeR}
-		cmd.Env = append(cmd.Env, sdk.EnvHostFD+"=3")
+		env = append(env, sdk.EnvHostFD+"=3")
 	}
-	var secure *plugin.SecureConfig
+	var checksum []byte
 	if p.cfg.SHA256 != "" {
-		sum, _ := hex.DecodeString(p.cfg.SHA256) // validated when the config was loaded
-		secure = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
+		checksum, _ = hex.DecodeString(p.cfg.SHA256) // validated when the config was loaded
+	}
+	var procMu sync.Mutex
+	var proc *process
+	current := func() *process {
+		procMu.Lock()
+		defer procMu.Unlock()
+		return proc
 	}
 	client := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  sdk.Handshake,
 		VersionedPlugins: sdk.ClientPluginSets(),
-		Cmd:              cmd,
-		SecureConfig:     secure,
+		// go-plugin makes a directory of its own (mode 0700) for the
+		// plugin's socket and tells the plugin so only when it runs the
+		// process through a RunnerFunc.
+		RunnerFunc: func(_ hclog.Logger, spec *exec.Cmd, _ string) (runner.Runner, error) {
+			pr, err := newProcess(path, p.cfg.Args, append(append([]string{}, env...), spec.Env...), checksum, pipeR)
+			if err != nil {
+				return nil, err
+			}
+			procMu.Lock()
+			defer procMu.Unlock()
+			if lctx.Err() != nil {
+				return nil, errAborted
+			}
+			proc = pr
+			return pr, nil
+		},
+		UnixSocketConfig: &plugin.UnixSocketConfig{},
+		AutoMTLS:         p.cfg.autoMTLS(),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		Logger:           p.host.log.Named(p.name),
+		Logger:           pluginLog{Logger: p.host.log.Named(p.name), proc: current},
 		SkipHostEnv:      true,
-		StartTimeout:     p.cfg.startTimeout(),
+		StartTimeout:     timeout,
 	})
-	in := &instance{client: client, hostPipe: pipeW}
+	closePipes := func() {
+		if pipeR != nil {
+			_ = pipeR.Close() // the child has its copy; ours would keep the pipe open forever
+		}
+	}
+
+	type started struct {
+		rpc plugin.ClientProtocol
+		err error
+	}
+	handshake := make(chan started, 1)
+	go func() {
+		rpc, err := client.Client()
+		handshake <- started{rpc, err}
+	}()
+	var hs started
+	select {
+	case hs = <-handshake:
+	case <-lctx.Done():
+		procMu.Lock()
+		pr := proc
+		proc = nil // RunnerFunc refuses from now on (lctx is done)
+		procMu.Unlock()
+		if pr != nil {
+			pr.abort()
+		}
+		// With the process group dead its pipes close, go-plugin notices
+		// and lets the client go; a process that escaped the group is
+		// not waited for.
+		go func() {
+			<-handshake
+			client.Kill()
+		}()
+		closePipes()
+		if pipeW != nil {
+			_ = pipeW.Close()
+		}
+		return nil, p.launchError(p.giveUpReason(ctx, timeout))
+	}
+	closePipes()
+	in := &instance{client: client, proc: current(), hostPipe: pipeW}
+	if in.proc == nil {
+		in.proc = &process{} // go-plugin failed before it ran anything
+	}
 	fail := func(err error) (*instance, error) {
 		in.kill()
 		return nil, p.launchError(err)
 	}
-	rpc, err := client.Client()
-	if pipeR != nil {
-		_ = pipeR.Close() // the child has its copy; ours would keep the pipe open forever
+	if hs.err != nil {
+		if lctx.Err() != nil {
+			return fail(p.giveUpReason(ctx, timeout))
+		}
+		return fail(p.explainStartError(hs.err, path))
 	}
-	if err != nil {
-		return fail(explainStartError(err, path, p))
-	}
-	if rc := client.ReattachConfig(); rc != nil {
-		in.pid = rc.Pid
-	}
-	raw, err := rpc.Dispense(sdk.PluginName)
+	in.pid = in.proc.Pid()
+	raw, err := hs.rpc.Dispense(sdk.PluginName)
 	if err != nil {
 		return fail(err)
 	}
@@ -210,17 +301,15 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		return fail(fmt.Errorf("plugin served %T, not a hypervisor driver", raw))
 	}
 	in.remote = remote
-	cctx, cancel := context.WithTimeout(ctx, p.cfg.startTimeout())
-	defer cancel()
-	err = remote.Configure(cctx, sdk.Config{
+	err = remote.Configure(lctx, sdk.Config{
 		Plugin: p.name,
 		File:   p.host.opts.File,
 		Dir:    p.host.dir,
 		Table:  []string{"plugins", p.name, "config"},
 		Data:   p.host.opts.Data,
 	})
-	if err != nil && ctx.Err() != nil {
-		return fail(fmt.Errorf("interrupted while the plugin was being configured: %w", ctx.Err()))
+	if err != nil && lctx.Err() != nil {
+		return fail(fmt.Errorf("while the plugin was being configured: %w", p.giveUpReason(ctx, timeout)))
 	}
 	if err != nil {
 		var he *hypervisor.Error
@@ -229,25 +318,71 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		}
 		return fail(fmt.Errorf("it rejected its configuration: %w", err))
 	}
-	p.host.log.Debug("plugin launched", "plugin", p.name, "pid", in.pid, "protocol", remote.Protocol())
+	p.host.log.Debug("plugin launched", "plugin", p.name, "pid", in.pid, "protocol", remote.Protocol(),
+		"auto_mtls", p.cfg.autoMTLS())
 	return in, nil
+}
+
+// giveUpReason says why a launch was cut short: the caller gave up (Ctrl-C),
+// the host is shutting down, or start_timeout passed.
+func (p *Plugin) giveUpReason(ctx context.Context, timeout time.Duration) error {
+	switch {
+	case ctx.Err() != nil:
+		return fmt.Errorf("interrupted while the plugin was starting: %w", ctx.Err())
+	case p.host.ctx.Err() != nil:
+		return errors.New("the plugin host is shutting down")
+	}
+	return fmt.Errorf("%s did not complete the plugin handshake within start_timeout (%s): it is not a sandbox plugin, "+
+		"or it hangs at start; check plugins.%s.path in %s, or raise plugins.%s.start_timeout",
+		p.cfg.resolvedPath(p.host.dir), timeout, p.name, p.host.opts.File, p.name)
+}
+
+// checkExecutable tells a missing or non-executable plugin apart before
+// anything is started, naming the setting to fix.
+func (p *Plugin) checkExecutable(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil || fi.IsDir() {
+		return fmt.Errorf("no plugin executable at %s (plugins.%s.path in %s): build it with `make build` or fix the path",
+			path, p.name, p.host.opts.File)
+	}
+	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o111 == 0 {
+		return fmt.Errorf("%s is not executable (plugins.%s.path in %s): run `chmod +x %s`, or point path at the plugin executable",
+			path, p.name, p.host.opts.File, path)
+	}
+	return nil
 }
 
 // explainStartError rewords go-plugin's start failures into what the
 // operator should do.
-func explainStartError(err error, path string, p *Plugin) error {
+func (p *Plugin) explainStartError(err error, path string) error {
 	msg := err.Error()
+	setting := fmt.Sprintf("plugins.%s.path in %s", p.name, p.host.opts.File)
 	switch {
 	case errors.Is(err, plugin.ErrChecksumsDoNotMatch):
 		return fmt.Errorf("%s does not match plugins.%s.sha256 in %s: the file changed since the checksum was written; "+
 			"rebuild or update the checksum (sha256sum %s)", path, p.name, p.host.opts.File, path)
+	case errors.Is(err, os.ErrPermission):
+		return fmt.Errorf("cannot run %s (%s): %v", path, setting, err)
 	case strings.Contains(msg, "Incompatible API version") || strings.Contains(msg, "incompatible API version"):
 		return fmt.Errorf("%s speaks no protocol version this sandbox knows (it offers 1 and 2): %s; "+
-			"use a plugin built for this sandbox", path, msg)
-	case strings.Contains(msg, "Unrecognized remote plugin message") || strings.Contains(msg, "plugin exited before we could connect"):
-		return fmt.Errorf("%s did not start as a sandbox plugin (%s); is it a plugin built with the sandbox SDK?", path, msg)
+			"use a plugin built for this sandbox", path, firstLine(msg))
+	case strings.Contains(msg, "Unrecognized remote plugin message:"):
+		_, said, _ := strings.Cut(msg, "Unrecognized remote plugin message:")
+		said = firstLine(strings.TrimSpace(said))
+		if said == "" || strings.HasPrefix(said, "Failed to read any lines") {
+			return fmt.Errorf("%s exited without the plugin handshake; is %s a plugin built with the sandbox SDK?", path, setting)
+		}
+		return fmt.Errorf("%s printed %q instead of the plugin handshake; is %s a plugin built with the sandbox SDK?",
+			path, said, setting)
+	case strings.Contains(msg, "plugin exited before we could connect"):
+		return fmt.Errorf("%s exited before the plugin handshake; is %s a plugin built with the sandbox SDK?", path, setting)
 	}
 	return err
+}
+
+func firstLine(s string) string {
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
 
 // LaunchError is why a plugin could not be started. It matches ErrLaunch

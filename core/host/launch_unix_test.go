@@ -1,0 +1,222 @@
+//go:build unix
+
+package host_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/sandboxhq/sandbox/core/host"
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+// sleeperPlugin writes a script that is no plugin: it starts a child that
+// sleeps, writes the child's pid to a file and waits for it, holding the
+// plugin's stdout and stderr the whole time, as a broken plugin or a
+// wrapper script would.
+func sleeperPlugin(t *testing.T) (path, pidFile string) {
+	t.Helper()
+	dir := t.TempDir()
+	pidFile = filepath.Join(dir, "child.pid")
+	path = filepath.Join(dir, "sleeper.sh")
+	script := "#!/bin/sh\nsleep 1000 &\necho $! > " + pidFile + "\nwait\n"
+	require.NoError(t, os.WriteFile(path, []byte(script), 0o755))
+	return path, pidFile
+}
+
+// childPid waits for the sleeper's child to be running and returns its pid.
+func childPid(t *testing.T, pidFile string) int {
+	t.Helper()
+	var pid int
+	require.Eventually(t, func() bool {
+		data, err := os.ReadFile(pidFile)
+		if err != nil {
+			return false
+		}
+		pid, err = strconv.Atoi(strings.TrimSpace(string(data)))
+		return err == nil && pid > 0
+	}, 10*time.Second, 5*time.Millisecond, "the sleeper started its child")
+	return pid
+}
+
+// gone waits up to d for pid to end.
+func gone(pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for alive(pid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(5 * time.Millisecond) // a foreign process: nothing to wait on
+	}
+	return true
+}
+
+func TestALaunchThatNeverHandshakesEndsAtStartTimeoutWithItsChildren(t *testing.T) {
+	path, pidFile := sleeperPlugin(t)
+	h := newHost(t, map[string]host.PluginConfig{"s": {Path: path, StartTimeout: time.Second}}, "")
+	start := time.Now()
+	_, err := plug(t, h, "s").Status(context.Background(), "vm1")
+	took := time.Since(start)
+	require.Error(t, err)
+	assert.ErrorIs(t, err, host.ErrLaunch)
+	assert.Contains(t, err.Error(), "start_timeout")
+	assert.Less(t, took, 4*time.Second, "bounded by start_timeout (1s), not by what the plugin's child does")
+	child := childPid(t, pidFile)
+	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived the failed launch", child)
+}
+
+func TestCancelingALaunchEndsItAtOnceWithItsChildren(t *testing.T) {
+	path, pidFile := sleeperPlugin(t)
+	h := newHost(t, map[string]host.PluginConfig{"s": {Path: path, StartTimeout: time.Minute}}, "")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := plug(t, h, "s").Status(ctx, "vm1")
+		done <- err
+	}()
+	child := childPid(t, pidFile)
+	canceled := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		assert.ErrorIs(t, err, host.ErrLaunch)
+		assert.Contains(t, err.Error(), "interrupted")
+	case <-time.After(3 * time.Second):
+		t.Fatal("the launch went on after its context ended")
+	}
+	t.Logf("launch ended %v after the cancel", time.Since(canceled).Round(time.Millisecond))
+	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived the canceled launch", child)
+}
+
+func TestClosingTheHostEndsALaunchUnderWay(t *testing.T) {
+	path, pidFile := sleeperPlugin(t)
+	h := newHost(t, map[string]host.PluginConfig{"s": {Path: path, StartTimeout: time.Minute}}, "")
+	done := make(chan error, 1)
+	go func() {
+		_, err := plug(t, h, "s").Status(context.Background(), "vm1")
+		done <- err
+	}()
+	child := childPid(t, pidFile)
+	closed := make(chan struct{})
+	go func() {
+		h.Close()
+		close(closed)
+	}()
+	for _, ch := range []<-chan struct{}{closed, waitErr(done)} {
+		select {
+		case <-ch:
+		case <-time.After(3 * time.Second):
+			t.Fatal("Close did not end the launch under way")
+		}
+	}
+	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived Close", child)
+}
+
+func waitErr(ch <-chan error) <-chan struct{} {
+	out := make(chan struct{})
+	go func() {
+		<-ch
+		close(out)
+	}()
+	return out
+}
+
+// A plugin and everything it starts die with it: killing it kills the
+// processes it ran, so nothing it started is left working on a VM.
+func TestKillingAPluginKillsWhatItStarted(t *testing.T) {
+	cfg := scriptedPlugin(t)
+	h := newHost(t, map[string]host.PluginConfig{"s": cfg}, "")
+	p := plug(t, h, "s")
+	res, err := p.Exec(context.Background(), "vm1", hypervisor.ExecRequest{Path: "spawn"})
+	require.NoError(t, err)
+	child, err := strconv.Atoi(string(res.Stdout))
+	require.NoError(t, err)
+	require.True(t, alive(child))
+	p.Kill()
+	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived the plugin", child)
+}
+
+// socketOf returns the plugin's Unix socket, found through the directory
+// the host gave it.
+func socketOf(t *testing.T, pid int) (dir, socket string) {
+	t.Helper()
+	environ, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/environ")
+	if err != nil {
+		t.Skip("no /proc on this host")
+	}
+	for _, kv := range strings.Split(string(environ), "\x00") {
+		if v, ok := strings.CutPrefix(kv, "PLUGIN_UNIX_SOCKET_DIR="); ok {
+			dir = v
+		}
+	}
+	require.NotEmpty(t, dir, "the plugin was not given a socket directory of its own")
+	entries, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	require.Len(t, entries, 1)
+	return dir, filepath.Join(dir, entries[0].Name())
+}
+
+// healthWithoutCertificate asks the plugin's gRPC health service over its
+// socket with no client certificate, as a stranger would.
+func healthWithoutCertificate(socket string) error {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err = grpc_health_v1.NewHealthClient(conn).Check(ctx, &grpc_health_v1.HealthCheckRequest{Service: "plugin"})
+	return err
+}
+
+// Under umask 000 a socket is created world-writable; it must still be out
+// of other users' reach, and useless without the host's certificate.
+func TestThePluginSocketIsPrivateAndNeedsTheHostsCertificate(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	p := plug(t, h, "s")
+	_, err := p.Status(context.Background(), "vm1")
+	require.NoError(t, err)
+	dir, socket := socketOf(t, p.Pid())
+	fi, err := os.Stat(dir)
+	require.NoError(t, err)
+	assert.Equal(t, os.FileMode(0o700), fi.Mode().Perm(), "the socket's directory is private")
+	assert.Equal(t, uint32(os.Geteuid()), fi.Sys().(*syscall.Stat_t).Uid)
+	assert.Error(t, healthWithoutCertificate(socket), "a client without the host's certificate was served")
+	_, err = p.Status(context.Background(), "vm1")
+	assert.NoError(t, err, "the host itself still gets through")
+
+	p.Kill()
+	_, err = os.Stat(dir)
+	assert.ErrorIs(t, err, os.ErrNotExist, "the socket directory goes with the plugin")
+}
+
+func TestAutoMTLSCanBeTurnedOff(t *testing.T) {
+	cfg := scriptedPlugin(t)
+	off := false
+	cfg.AutoMTLS = &off
+	h := newHost(t, map[string]host.PluginConfig{"s": cfg}, "")
+	p := plug(t, h, "s")
+	_, err := p.Status(context.Background(), "vm1")
+	require.NoError(t, err)
+	_, socket := socketOf(t, p.Pid())
+	assert.NoError(t, healthWithoutCertificate(socket), "without auto_mtls any client of the user gets through")
+}
