@@ -284,6 +284,21 @@ func (s *settings) credentialsFor(vm string) (*credentials, error) {
 	return nil, fmt.Errorf("no guest credentials configured for this VM; set guest.username and guest.password_file in the plugin's configuration")
 }
 
+// passwordEnvs names every variable a guest password comes from: none of
+// them may reach VBoxManage, which reads the password from a file.
+func (s *settings) passwordEnvs() []string {
+	var names []string
+	if s.Guest.PasswordEnv != "" {
+		names = append(names, s.Guest.PasswordEnv)
+	}
+	for _, vm := range s.VMs {
+		if vm.Guest != nil && vm.Guest.PasswordEnv != "" {
+			names = append(names, vm.Guest.PasswordEnv)
+		}
+	}
+	return names
+}
+
 // hasGuestCredentials reports whether guest operations can log on to any VM.
 func (s *settings) hasGuestCredentials() bool {
 	return s.guest != nil || len(s.vmGuest) > 0

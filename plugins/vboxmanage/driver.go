@@ -201,7 +201,7 @@ func (d *Driver) probeVBoxManage(ctx context.Context) (*probe, *hypervisor.Error
 	if d.cfg.UserHome != "" {
 		env = append(env, "VBOX_USER_HOME="+d.cfg.UserHome)
 	}
-	r := runner.New(runner.Options{Path: path, Env: env, Logger: d.log.Named("vboxmanage")})
+	r := runner.New(runner.Options{Path: path, Env: env, Drop: d.cfg.passwordEnvs(), Logger: d.log.Named("vboxmanage")})
 	b := d.backoff()
 	for attempt := 1; ; attempt++ {
 		res, err := r.Run(ctx, runner.Call{Args: []string{"--version"}, Timeout: d.cfg.Timeouts.Command})

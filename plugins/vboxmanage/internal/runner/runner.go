@@ -1,6 +1,10 @@
 // Package runner executes VBoxManage: one process per call, never through a
 // shell, with a deadline that kills it, bounded output and a count of every
-// invocation.
+// invocation. Each VBoxManage gets the environment it needs and nothing
+// else of the plugin's (never the guest password's variable), and dies
+// with the plugin however the plugin dies (Pdeathsig on Linux, a job
+// object on Windows, the host killing the plugin's process group
+// elsewhere).
 //
 // Arguments are passed as a list, so a VM named `a "b"; rm -rf /` is one
 // argument and nothing else. Output is captured up to a bound, with CRLF
@@ -43,10 +47,14 @@ const waitDelay = 2 * time.Second
 type Options struct {
 	// Path is the VBoxManage executable.
 	Path string
-	// Env is added to the plugin's environment for every call (for
-	// example VBOX_USER_HOME). LC_ALL=C is always set so that messages
-	// are the English texts classification matches.
+	// Env is added to the environment of every call (for example
+	// VBOX_USER_HOME). Of the plugin's own environment VBoxManage gets
+	// only what it needs (allowedEnv); LC_ALL=C is always set so that
+	// messages are the English texts classification matches.
 	Env []string
+	// Drop names variables that must never reach VBoxManage, whatever the
+	// allow-list says: the guest password's.
+	Drop []string
 	// MaxStdout and MaxStderr bound captured output; zero means the
 	// defaults.
 	MaxStdout, MaxStderr int
@@ -59,6 +67,7 @@ type Runner struct {
 	opts  Options
 	env   []string
 	calls atomic.Uint64
+	kin   kin
 }
 
 // New returns a Runner.
@@ -72,28 +81,65 @@ func New(o Options) *Runner {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
 	}
-	return &Runner{opts: o, env: environ(os.Environ(), o.Env)}
+	return &Runner{opts: o, env: environ(os.Environ(), o.Env, o.Drop)}
 }
 
-// environ returns base with extra and then LC_ALL=C applied, each
-// replacing an earlier entry of the same name: no setting may switch
-// VBoxManage to messages that classification cannot read.
-func environ(base, extra []string) []string {
+// environ returns what of base VBoxManage needs (allowed), with extra and
+// then LC_ALL=C applied, each replacing an earlier entry of the same name
+// (no setting may switch VBoxManage to messages that classification
+// cannot read), and without any variable named in drop.
+func environ(base, extra, drop []string) []string {
 	set := append(append([]string{}, extra...), "LC_ALL=C")
-	drop := map[string]bool{}
+	skip := map[string]bool{}
+	for _, name := range drop {
+		skip[envKey(name)] = true
+	}
+	replaced := map[string]bool{}
 	for _, kv := range set {
 		if k, _, ok := strings.Cut(kv, "="); ok {
-			drop[envKey(k)] = true
+			replaced[envKey(k)] = true
 		}
 	}
 	out := make([]string, 0, len(base)+len(set))
 	for _, kv := range base {
-		if k, _, ok := strings.Cut(kv, "="); ok && drop[envKey(k)] {
+		k, _, ok := strings.Cut(kv, "=")
+		if !ok || replaced[envKey(k)] || skip[envKey(k)] || !allowed(k) {
 			continue
 		}
 		out = append(out, kv)
 	}
-	return append(out, set...)
+	for _, kv := range set {
+		if k, _, ok := strings.Cut(kv, "="); ok && skip[envKey(k)] {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+// allowed reports whether VBoxManage gets the plugin's variable name:
+// VirtualBox's own (VBOX_*), and what any program needs to find its
+// libraries, its user and a temporary directory on each host OS.
+func allowed(name string) bool {
+	k := envKey(name)
+	if strings.HasPrefix(strings.ToUpper(k), "VBOX_") {
+		return true
+	}
+	for _, a := range allowedEnv {
+		if envKey(a) == k {
+			return true
+		}
+	}
+	return false
+}
+
+// allowedEnv lists the variables, besides VBOX_*, that VBoxManage gets.
+var allowedEnv = []string{
+	"PATH", "HOME", "USER", "LOGNAME", "TMPDIR",
+	// Windows: COM and the VirtualBox installation need these.
+	"SYSTEMROOT", "SYSTEMDRIVE", "WINDIR", "COMSPEC", "PATHEXT", "TEMP", "TMP", "USERPROFILE", "USERNAME",
+	"USERDOMAIN", "HOMEDRIVE", "HOMEPATH", "APPDATA", "LOCALAPPDATA", "PROGRAMDATA", "PROGRAMFILES",
+	"PROGRAMFILES(X86)", "PROGRAMW6432", "COMMONPROGRAMFILES", "COMMONPROGRAMFILES(X86)",
 }
 
 // Path returns the executable the runner starts.
@@ -206,10 +252,15 @@ func (r *Runner) Run(ctx context.Context, c Call) (*Result, error) {
 	cmd.Env = r.env
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.WaitDelay = waitDelay
+	dieWithParent(cmd)
 
 	r.calls.Add(1)
 	start := time.Now()
-	err := cmd.Run()
+	err := cmd.Start()
+	if err == nil {
+		r.kin.adopt(cmd.Process)
+		err = cmd.Wait()
+	}
 	res := &Result{
 		Args:      c.Args,
 		Stdout:    stdout.buf.Bytes(),

@@ -42,6 +42,17 @@ func helper(args []string) {
 		fmt.Printf("%d\n", os.Getpid())
 		fmt.Fprint(os.Stderr, "0%...")
 		time.Sleep(time.Hour)
+	case "environ":
+		_ = json.NewEncoder(os.Stdout).Encode(os.Environ())
+	case "hangpid":
+		// Write the pid where the test looks, then hang until killed.
+		_ = os.WriteFile(args[1], []byte(fmt.Sprint(os.Getpid())), 0o600)
+		time.Sleep(time.Hour)
+	case "parent":
+		// A plugin: a runner of its own running a VBoxManage that hangs.
+		exe, _ := os.Executable()
+		r := New(Options{Path: exe, Env: []string{"RUNNER_HELPER=1", "GORACE=atexit_sleep_ms=0"}})
+		_, _ = r.Run(context.Background(), Call{Args: []string{"hangpid", args[1]}})
 	case "flood":
 		chunk := bytes.Repeat([]byte("x"), 1<<16)
 		for range 64 {
@@ -155,4 +166,32 @@ func TestMissingExecutableIsStartError(t *testing.T) {
 	require.True(t, errors.As(err, &se), "%v", err)
 	assert.True(t, strings.Contains(err.Error(), "/nonexistent/VBoxManage"))
 	assert.Contains(t, logs.String(), "did not start")
+}
+
+// VBoxManage gets the environment it needs and nothing else of the
+// plugin's: no guest password variable, no secret the plugin was given.
+func TestChildrenGetOnlyTheEnvironmentTheyNeed(t *testing.T) {
+	t.Setenv("SANDBOX_GUEST_PW", "s3cret")
+	t.Setenv("SOME_TOKEN", "leak")
+	t.Setenv("VBOX_USER_HOME", "/home/ci/vbox")
+	t.Setenv("PATH", "/usr/bin:/bin")
+	r := newRunner(t, Options{Env: []string{"VBOX_INSTALL_PATH=/opt/vbox"}, Drop: []string{"SANDBOX_GUEST_PW"}})
+	res, err := r.Run(context.Background(), Call{Args: []string{"environ"}})
+	require.NoError(t, err)
+	var env []string
+	require.NoError(t, json.Unmarshal(res.Stdout, &env))
+	assert.Contains(t, env, "PATH=/usr/bin:/bin")
+	assert.Contains(t, env, "VBOX_USER_HOME=/home/ci/vbox", "VirtualBox's own variables pass")
+	assert.Contains(t, env, "VBOX_INSTALL_PATH=/opt/vbox", "configured ones too")
+	assert.Contains(t, env, "LC_ALL=C")
+	for _, kv := range env {
+		assert.NotContains(t, kv, "s3cret")
+		assert.False(t, strings.HasPrefix(kv, "SOME_TOKEN="), "%s reached VBoxManage", kv)
+	}
+
+	t.Setenv("VBOX_GUEST_PASSWORD", "s3cret")
+	r = newRunner(t, Options{Drop: []string{"VBOX_GUEST_PASSWORD"}})
+	res, err = r.Run(context.Background(), Call{Args: []string{"environ"}})
+	require.NoError(t, err)
+	assert.NotContains(t, string(res.Stdout), "s3cret", "a password variable is dropped even when its name looks like VirtualBox's")
 }
