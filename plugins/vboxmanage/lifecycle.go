@@ -359,7 +359,11 @@ func (d *Driver) forceOff(ctx context.Context, p *probe, vm string, st hyperviso
 		case acceptsPowerOff(st.Power) && !poweredOff:
 			poweredOff = true
 			s := rec.begin("poweroff")
-			err := d.stop(ctx, p, op, vm, ref, hypervisor.StopPowerOff)
+			// The power-off is bounded by the stop deadline too: a hung one
+			// must not hold the cleanup past cleanup.stop_wait.
+			pctx, cancel := context.WithDeadline(ctx, stopBy)
+			err := d.stop(pctx, p, op, vm, ref, hypervisor.StopPowerOff)
+			cancel()
 			switch hypervisor.CodeOf(err) {
 			case hypervisor.CodeNotFound, hypervisor.CodeUnavailable:
 				s.end("failed")

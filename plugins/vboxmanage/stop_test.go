@@ -144,3 +144,27 @@ func TestCleanupOfAStartingVM(t *testing.T) {
 		assert.Less(t, time.Since(begun), 4*time.Second)
 	})
 }
+
+// A hung power-off in a cleanup is cut at cleanup.stop_wait, as documented,
+// not at timeouts.poweroff: the VM process is then killed and the cleanup
+// goes on.
+func TestCleanupCutsAHungPowerOffAtStopWait(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2],
+		withFaults(func(f *vboxsim.Faults) { f.HangPowerOff = true }),
+		withSetting("timeouts.poweroff", `"30s"`),
+		withSetting("cleanup.stop_wait", `"1s"`))
+	ctx := ctxFor(t, time.Minute)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	start := time.Now()
+	res, err := r.drv.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true})
+	took := time.Since(start)
+	require.NoError(t, err)
+	assert.Less(t, took, 10*time.Second, "the hung power-off ran to timeouts.poweroff (30s), past cleanup.stop_wait (1s)")
+	var names []string
+	for _, s := range res.Steps {
+		names = append(names, s.Action)
+	}
+	assert.Contains(t, names, "emergencystop")
+	r.waitStatus(t, vmName, offAndUnlocked)
+}
