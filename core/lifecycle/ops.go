@@ -293,15 +293,9 @@ func (o *op) restore(ctx context.Context, snapshot string) error {
 	o.progress(name)
 	rctx, cancel := context.WithTimeout(ctx, s.RestoreTimeout)
 	defer cancel()
-	begun := time.Now()
-	attempts, err := retry(rctx, isLocked, func() error { return o.vm.Driver.Restore(rctx, o.vm.Name, snapshot) })
-	step := Step{Name: name, Deadline: s.RestoreTimeout, Duration: time.Since(begun), Attempts: attempts, Outcome: "done"}
-	if err != nil {
-		step.Outcome, step.Detail = "failed", err.Error()
-		o.addStep(step)
+	if err := o.restoreUntilFree(rctx, name, snapshot); err != nil {
 		return err
 	}
-	o.addStep(step)
 	return o.verify(rctx, true, snapshot)
 }
 

@@ -59,3 +59,34 @@ func (r *restoreMarks) untouched(vm string, req hypervisor.CleanupRequest, st hy
 	changed := st.StateChanged
 	return !changed.Before(m.start.Truncate(time.Millisecond)) && !changed.After(m.end)
 }
+
+// refusals remembers the VMs whose last operation VirtualBox refused
+// because their session was held. The listing Status reads cannot show a
+// session whose holder has no name (FACTS §1.2, item 7), so a VM it calls
+// unlocked may still be held; a refusal is the evidence that it is, and
+// lets Unlock and an emergency stop act on a VM the listing calls free.
+type refusals struct {
+	mu sync.Mutex
+	m  map[string]bool
+}
+
+// note records how an operation on vm ended: refused as locked, or not.
+func (r *refusals) note(vm string, err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if hypervisor.IsLocked(err) {
+		if r.m == nil {
+			r.m = map[string]bool{}
+		}
+		r.m[vm] = true
+		return
+	}
+	delete(r.m, vm)
+}
+
+// held reports whether the last operation on vm was refused as locked.
+func (r *refusals) held(vm string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.m[vm]
+}

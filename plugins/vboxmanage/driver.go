@@ -52,6 +52,7 @@ type Driver struct {
 	host      location.Host
 	gates     gates
 	restored  restoreMarks
+	refused   refusals
 	passwords passwordFiles
 	// listing shares `list --long vms` among concurrent status reads.
 	listing fresh.Reader[*runner.Result]
@@ -286,6 +287,9 @@ func (d *Driver) enter(ctx context.Context, op, vm string, need hypervisor.Capab
 		return nil, nil, nil, err
 	}
 	return ctx, p, func(errp *error) {
+		if exclusive {
+			d.refused.note(vm, *errp)
+		}
 		release()
 		end(errp)
 	}, nil

@@ -84,7 +84,10 @@ func (d *Driver) Stop(ctx context.Context, vm string, method hypervisor.StopMeth
 		return err
 	}
 	if st.Power.IsOff() {
-		if method != hypervisor.StopEmergency || st.Lock != hypervisor.LockLocked {
+		// A session the listing cannot show counts as held once VirtualBox
+		// refused the VM's last operation because of it.
+		held := st.Lock == hypervisor.LockLocked || d.refused.held(vm)
+		if method != hypervisor.StopEmergency || !held {
 			return nil
 		}
 		_, err := d.kill(ctx, p, op, vm, ref)
@@ -164,8 +167,15 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 	if !st.Power.IsOff() {
 		return hypervisor.NewError(hypervisor.CodeInvalidState, op, vm, "the VM is %s; only a stopped VM's session can be released", st.Raw)
 	}
+	hidden := false
 	if st.Lock != hypervisor.LockLocked {
-		return nil
+		if !d.refused.held(vm) {
+			return nil
+		}
+		// The listing shows no session, yet VirtualBox refused the VM's
+		// last operation as locked: its holder has no name. Waiting for
+		// the listing to change would wait for nothing; kill at once.
+		hidden = true
 	}
 	ref, err := d.ref(ctx, p, op, vm)
 	if err != nil {
@@ -174,6 +184,9 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 	start := time.Now()
 	wait := rec.begin("wait-unlock")
 	killAt := start.Add(d.cfg.Unlock.Grace)
+	if hidden {
+		killAt = start
+	}
 	canKill := p.caps.Has(hypervisor.CapStopEmergency)
 	b := d.backoff()
 	for {
