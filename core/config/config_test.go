@@ -148,6 +148,9 @@ func TestBadLifecycleSettingsNameTheKey(t *testing.T) {
 		{"[vms.a]\npoweroff_timeout = \"0s\"\n", "c.toml:2: vms.a.poweroff_timeout: must be a positive duration"},
 		{"[vms.a]\nstop_ladder = [\"acpi\", \"acpi\"]\n", `c.toml:2: vms.a.stop_ladder: "acpi" appears twice`},
 		{"[vms.a]\nrestore_timout = \"1m\"\n", "c.toml:2: vms.a.restore_timout: unknown key"},
+		// Polling every nanosecond would be a busy loop against the hypervisor.
+		{"[lifecycle]\npoll_interval = \"1ns\"\n", "c.toml:2: lifecycle.poll_interval: must be at least 1ms"},
+		{"[vms.a]\npoll_max_interval = \"500us\"\n", "c.toml:2: vms.a.poll_max_interval: must be at least 1ms"},
 	} {
 		_, err := config.Parse("c.toml", []byte(tc.text))
 		require.Error(t, err, tc.text)

@@ -75,3 +75,24 @@ func (e *QuarantineError) Error() string {
 
 // Unwrap makes errors.Is(err, ErrQuarantined) true.
 func (e *QuarantineError) Unwrap() error { return ErrQuarantined }
+
+// QuarantineFailedError is a failed cleanup whose VM could not be
+// quarantined (a damaged quarantine file, a read-only state directory):
+// the VM is dirty and nothing keeps it out of service, so the operator
+// must step in.
+type QuarantineFailedError struct {
+	// VM is the VM's name.
+	VM string
+	// Err is the cleanup's failure.
+	Err error
+	// Quarantine is why the quarantine could not be recorded.
+	Quarantine error
+}
+
+func (e *QuarantineFailedError) Error() string {
+	return fmt.Sprintf("%v; and VM %q could not be quarantined (%v): keep it out of service yourself until "+
+		"`sandbox vm cleanup %s` succeeds", e.Err, e.VM, e.Quarantine, e.VM)
+}
+
+// Unwrap exposes the cleanup's failure and the quarantine's.
+func (e *QuarantineFailedError) Unwrap() []error { return []error{e.Err, e.Quarantine} }

@@ -623,3 +623,61 @@ state = "paused"
 	assert.Contains(t, err.Error(), "acpi (skipped: a paused guest cannot answer the power button)")
 	assert.Empty(t, w.sent())
 }
+
+// A snapshot that does not exist (a typo in config.toml) fails the cleanup
+// after the VM was already powered off: the VM is dirty and must leave
+// service, though the error is "not found" as for a VM that does not exist.
+func TestACleanupToASnapshotThatDoesNotExistQuarantines(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+	ctx := ctxFor(t, 30*time.Second)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.Snapshot = "cleen" })
+	r, err := w.manager.Cleanup(ctx, vm)
+	require.Error(t, err)
+	assert.True(t, hypervisor.IsNotFound(err), "%v", err)
+	assert.True(t, r.Quarantined, "a VM left dirty by a failed cleanup is quarantined")
+	assert.ErrorIs(t, w.manager.CheckUsable(ctx, vm), lifecycle.ErrQuarantined)
+}
+
+// brokenQuarantine cannot be read (a damaged file) or written (a read-only
+// state directory).
+type brokenQuarantine struct{ read, write error }
+
+func (q brokenQuarantine) Mark(context.Context, string, string) error { return q.write }
+func (q brokenQuarantine) Clear(context.Context, string) error        { return q.write }
+func (q brokenQuarantine) Get(context.Context, string) (lifecycle.QuarantineEntry, bool, error) {
+	return lifecycle.QuarantineEntry{}, false, q.read
+}
+
+// A quarantine that cannot be read or recorded is an error the operator
+// sees: never a cleanup that looks fine while the VM's standing is unknown.
+func TestAQuarantineThatCannotBeReadOrRecordedFailsTheCleanup(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm2]
+state = "running"
+snapshots = ["clean"]
+[plugins.fake.config.vms.vm2.faults]
+restore_failures = 9
+`)
+	ctx := ctxFor(t, 30*time.Second)
+	damaged := errors.New("state/quarantine.json is damaged (unexpected end of JSON input); fix or delete it")
+	m := lifecycle.New(lifecycle.Options{Quarantine: brokenQuarantine{read: damaged}})
+	r, err := m.Cleanup(ctx, w.vm("vm1"))
+	require.Error(t, err, "the cleanup itself succeeded, but whether the VM may be used is unknown")
+	assert.Contains(t, err.Error(), "quarantine.json is damaged")
+	assert.Contains(t, r.Error, "quarantine.json is damaged")
+
+	readOnly := errors.New("open state/quarantine-1.json: read-only file system")
+	m = lifecycle.New(lifecycle.Options{Quarantine: brokenQuarantine{write: readOnly}})
+	r, err = m.Cleanup(ctx, w.vm("vm2"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "restore", "the cleanup's own failure comes first")
+	assert.Contains(t, err.Error(), "could not be quarantined")
+	assert.Contains(t, err.Error(), "read-only file system")
+	assert.False(t, r.Quarantined)
+}

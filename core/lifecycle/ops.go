@@ -2,6 +2,7 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -130,8 +131,16 @@ func (m *Manager) EnsureStopped(ctx context.Context, vm VM, opts ...Option) (*Re
 // outcome. It quarantines the VM instead, and the report says why.
 func (m *Manager) CleanupAfter(ctx context.Context, vm VM, taskErr error, opts ...Option) (*Report, error) {
 	report, err := m.Cleanup(ctx, vm, opts...)
-	if err != nil {
+	var qf *QuarantineFailedError
+	switch {
+	case errors.As(err, &qf):
+		m.log.Error("cleanup after task failed and the VM could not be quarantined; keep it out of service",
+			"vm", vm.Name, "plugin", vm.Plugin, "error", err, "task_error", taskErr)
+	case err != nil && report != nil && report.Quarantined:
 		m.log.Warn("cleanup after task failed; VM quarantined, task outcome kept",
+			"vm", vm.Name, "plugin", vm.Plugin, "error", err, "task_error", taskErr)
+	case err != nil:
+		m.log.Error("cleanup after task failed; task outcome kept",
 			"vm", vm.Name, "plugin", vm.Plugin, "error", err, "task_error", taskErr)
 	}
 	return report, taskErr
@@ -159,7 +168,7 @@ func (m *Manager) Quarantined(ctx context.Context, vm VM) (QuarantineEntry, bool
 // Ctrl-C while waiting) says nothing about the VM and leaves it alone.
 func (o *op) quarantineOnFailure(ctx context.Context, err error) (*Report, error) {
 	key := o.vm.Key()
-	if err != nil && (!o.begun || hypervisor.IsNotFound(err)) {
+	if err != nil && (!o.begun || o.vmGone(ctx, err)) {
 		return o.finish(ctx, err)
 	}
 	if err != nil {
@@ -167,20 +176,37 @@ func (o *op) quarantineOnFailure(ctx context.Context, err error) (*Report, error
 		// state either way.
 		qctx := context.WithoutCancel(ctx)
 		if qerr := o.m.quarantine.Mark(qctx, key, err.Error()); qerr != nil {
-			o.log.Error("could not record the quarantine", "error", qerr)
-		} else {
-			o.report.Quarantined = true
-			o.log.Warn("VM quarantined: it will not be used until a cleanup succeeds", "reason", err)
+			return o.finish(ctx, &QuarantineFailedError{VM: o.vm.Name, Err: err, Quarantine: qerr})
 		}
+		o.report.Quarantined = true
+		o.log.Warn("VM quarantined: it will not be used until a cleanup succeeds", "reason", err)
 		return o.finish(ctx, err)
 	}
-	if _, was, _ := o.m.quarantine.Get(ctx, key); was {
+	_, was, qerr := o.m.quarantine.Get(ctx, key)
+	if qerr != nil {
+		return o.finish(ctx, fmt.Errorf("cleanup succeeded but the quarantine could not be read, so whether %q may be used is unknown: %w",
+			o.vm.Name, qerr))
+	}
+	if was {
 		if qerr := o.m.quarantine.Clear(ctx, key); qerr != nil {
 			return o.finish(ctx, fmt.Errorf("cleanup succeeded but the quarantine could not be lifted: %w", qerr))
 		}
 		o.log.Info("VM back in service: quarantine lifted")
 	}
 	return o.finish(ctx, nil)
+}
+
+// vmGone tells a VM that no longer exists from one whose snapshot does
+// not: both answer "not found", but only the first leaves nothing to
+// quarantine.
+func (o *op) vmGone(ctx context.Context, err error) bool {
+	if !hypervisor.IsNotFound(err) {
+		return false
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), o.settings().StatusTimeout)
+	defer cancel()
+	_, serr := o.vm.Driver.Status(sctx, o.vm.Name)
+	return hypervisor.IsNotFound(serr)
 }
 
 func (o *op) snapshot() string {

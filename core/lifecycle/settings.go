@@ -77,6 +77,10 @@ func Defaults() Settings {
 	}
 }
 
+// MinPollInterval is the shortest wait between two status polls that
+// poll_interval and poll_max_interval accept.
+const MinPollInterval = time.Millisecond
+
 // RungTimeout returns the deadline of the stop rung that uses m.
 func (s Settings) RungTimeout(m hypervisor.StopMethod) time.Duration {
 	switch m {
@@ -187,6 +191,14 @@ func (o Overrides) Validate() (key string, err error) {
 	} {
 		if d.v != nil && *d.v <= 0 {
 			return d.key, fmt.Errorf("must be a positive duration such as \"15s\"")
+		}
+	}
+	for _, d := range []struct {
+		key string
+		v   *time.Duration
+	}{{"poll_interval", o.PollInterval}, {"poll_max_interval", o.PollMaxInterval}} {
+		if d.v != nil && *d.v < MinPollInterval {
+			return d.key, fmt.Errorf("must be at least %s: polling more often only keeps the hypervisor busy", MinPollInterval)
 		}
 	}
 	if o.SettleDelay != nil && *o.SettleDelay < 0 {

@@ -213,6 +213,9 @@ func load(cfg sdk.Config) (*settings, error) {
 			return nil, cfg.Errorf(strings.Split(key, "."), "must not be negative")
 		}
 	}
+	if c.Retry.Initial < time.Millisecond {
+		return nil, cfg.Errorf([]string{"retry", "initial"}, "must be at least 1ms: polling more often only keeps VirtualBox busy")
+	}
 	if c.Retry.Max < c.Retry.Initial {
 		return nil, cfg.Errorf([]string{"retry", "max"}, "must not be shorter than retry.initial (%s)", c.Retry.Initial)
 	}

@@ -377,6 +377,7 @@ func TestConfigErrorsNameTheLine(t *testing.T) {
 		"password in two ways": "[plugins.vbox.config.guest]\nusername = \"a\"\npassword_file = \"p\"\npassword_env = \"P\"\n",
 		"no password":          "[plugins.vbox.config.guest]\nusername = \"a\"\n",
 		"unreadable password":  "[plugins.vbox.config.guest]\nusername = \"a\"\npassword_file = \"missing\"\n",
+		"busy polling":         "[plugins.vbox.config.retry]\ninitial = \"1ns\"\n",
 	}
 	want := map[string]string{
 		"unknown key":          "config.toml:3: plugins.vbox.config.timeout: unknown key",
@@ -384,6 +385,7 @@ func TestConfigErrorsNameTheLine(t *testing.T) {
 		"password in two ways": "config.toml:4: plugins.vbox.config.guest.password_env: set either",
 		"no password":          "plugins.vbox.config.guest.password_file: is required with username",
 		"unreadable password":  "config.toml:3: plugins.vbox.config.guest.password_file: cannot read the password",
+		"busy polling":         "config.toml:2: plugins.vbox.config.retry.initial: must be at least 1ms",
 	}
 	for name, text := range cases {
 		t.Run(name, func(t *testing.T) {
