@@ -43,8 +43,8 @@ type Step struct {
 
 // Report is what an operation did, for the operator and for --json.
 type Report struct {
-	// Operation is "stop", "unlock", "restore", "cleanup", "ensure-stopped"
-	// or "start".
+	// Operation is "stop", "unlock", "restore", "cleanup", "ensure-stopped",
+	// "start" or "reconcile".
 	Operation string `json:"operation"`
 	// VM and Plugin name the VM.
 	VM     string `json:"vm"`
@@ -68,6 +68,12 @@ type Report struct {
 	Duration time.Duration `json:"duration_ns"`
 	// Quarantined is set when this operation's failure quarantined the VM.
 	Quarantined bool `json:"quarantined,omitempty"`
+	// Reconciled is set when a reconciliation found the VM left behind by
+	// an earlier run and cleaned it.
+	Reconciled bool `json:"reconciled,omitempty"`
+	// LeftBy is the holder that died holding the VM's lease, when a
+	// reconciliation found one.
+	LeftBy *LeaseHolder `json:"left_by,omitempty"`
 	// Error is the failure, if any.
 	Error string `json:"error,omitempty"`
 }

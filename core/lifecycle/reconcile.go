@@ -1,0 +1,116 @@
+package lifecycle
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+)
+
+// Reconcile checks a VM for what an earlier run that crashed may have left
+// behind, before the VM is used. A VM whose lease someone holds is in use,
+// not left behind: Reconcile neither waits for it nor touches it, and
+// answers a *LeaseHeldError (errors.Is ErrLeaseHeld). A quarantined VM is
+// refused with a *QuarantineError. Otherwise, with the lease held, a VM
+// left running, paused, saved, aborted, locked or on another snapshot than
+// its own, or one whose last lease holder died holding it, is cleaned
+// (restored unless restore_on_cleanup is off) and the report says so
+// (Reconciled, and LeftBy for the dead holder). A VM that is off, unlocked
+// and on its snapshot gets nothing. A failure quarantines the VM, as a
+// cleanup's does.
+func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
+	refuse := func(err error) (*Report, error) {
+		return &Report{Operation: "reconcile", VM: vm.Name, Plugin: vm.Plugin, Steps: []Step{}, Error: err.Error()}, err
+	}
+	if err := m.CheckUsable(ctx, vm); err != nil {
+		return refuse(err)
+	}
+	var co callOptions
+	for _, opt := range opts {
+		opt(&co)
+	}
+	var left *LeaseHolder
+	if !co.held {
+		release, l, err := m.tryAcquire(ctx, vm)
+		if err != nil {
+			return refuse(err)
+		}
+		defer release()
+		left = l
+		opts = append(opts[:len(opts):len(opts)], func(o *callOptions) { o.held = true })
+	}
+	cctx, cancel := context.WithTimeout(ctx, vm.Settings.CleanupTimeout)
+	defer cancel()
+	o, release, err := m.begin(cctx, "reconcile", vm, opts)
+	defer release()
+	if err == nil {
+		o.report.LeftBy = left
+		found, detail := o.leftBehind(left)
+		if found == "" {
+			o.addStep(Step{Name: "check", Outcome: "clean", Detail: "off, unlocked and on its snapshot; nothing to do"})
+			return o.finish(ctx, nil)
+		}
+		o.addStep(Step{Name: "check", Outcome: "left " + found, Detail: detail})
+		o.log.Warn("VM left behind by an earlier run; cleaning it", "found", found, "detail", detail)
+		o.report.Reconciled = true
+		err = o.cleanup(cctx, o.restoreWanted())
+		if err != nil {
+			o.report.Reconciled = false
+		}
+	}
+	return o.quarantineOnFailure(ctx, err)
+}
+
+// Reconcile is Manager.Reconcile under the lease: the caller holds the VM,
+// so nobody else can be using it.
+func (l *Lease) Reconcile(ctx context.Context, opts ...Option) (*Report, error) {
+	return l.m.Reconcile(ctx, l.vm, l.with(opts)...)
+}
+
+// tryAcquire takes the VM's lease without waiting when the leases can tell
+// a held lease from a free one, and returns the record of a holder that
+// died holding it. Leases that cannot are waited on.
+func (m *Manager) tryAcquire(ctx context.Context, vm VM) (func(), *LeaseHolder, error) {
+	tl, ok := m.leases.(TryLeases)
+	if !ok {
+		release, err := m.acquire(ctx, "reconcile", vm)
+		return release, nil, err
+	}
+	release, left, err := tl.TryAcquire(vm.Key())
+	var held *LeaseHeldError
+	switch {
+	case errors.As(err, &held):
+		return nil, nil, err
+	case err != nil:
+		return nil, nil, fmt.Errorf("reconcile %q: could not take the VM's lease: %w", vm.Name, err)
+	}
+	return release, left, nil
+}
+
+// leftBehind says what about the VM's state (found by begin) an earlier
+// run left behind, with a detail for the report; "" for a clean VM.
+func (o *op) leftBehind(left *LeaseHolder) (found, detail string) {
+	st := o.last
+	where := fmt.Sprintf("power %s (hypervisor says %q), session %s, snapshot %q", st.Power, st.Raw, st.Lock, st.CurrentSnapshot)
+	if left != nil {
+		where = fmt.Sprintf("its lease was held by %s, which died holding it; %s", left, where)
+	}
+	want := o.snapshot()
+	switch {
+	case st.Power != hypervisor.PowerOff:
+		found = string(st.Power)
+	case st.Lock == hypervisor.LockLocked:
+		found = "locked"
+	case o.restoreWanted() && want != "" && st.CurrentSnapshot != want:
+		found = fmt.Sprintf("on snapshot %q, not %q", st.CurrentSnapshot, want)
+	case left != nil:
+		found = "by a run that died"
+	default:
+		return "", ""
+	}
+	if found == string(hypervisor.PowerStuck) || found == string(hypervisor.PowerUnknown) {
+		found = "in state " + found
+	}
+	return found, where
+}
