@@ -681,3 +681,30 @@ restore_failures = 9
 	assert.Contains(t, err.Error(), "read-only file system")
 	assert.False(t, r.Quarantined)
 }
+
+// An operation cut short (Ctrl-C) reports the state the VM is in when it
+// gives up, read afresh, not the last one its waiting happened to see.
+func TestAnInterruptedOperationReportsTheStateItLeft(t *testing.T) {
+	w := fakeWorld(t, `capabilities = ["stop.poweroff", "snapshot.restore", "status.lock"]
+[plugins.fake.config.timing]
+poweroff = "100ms"
+unlock_after_stop = "0s"
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+		s.PollInterval, s.PollMaxInterval = 10*time.Second, 10*time.Second // one poll, then a long wait
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var once sync.Once
+	r, err := w.manager.Stop(ctx, vm, lifecycle.WithProgress(func(p lifecycle.Progress) {
+		if p.State.Power == hypervisor.PowerStopping {
+			once.Do(func() { time.AfterFunc(500*time.Millisecond, cancel) })
+		}
+	}))
+	require.Error(t, err)
+	require.NotNil(t, r.Final)
+	assert.Equal(t, hypervisor.PowerOff, r.Final.Power, "the power-off finished while the stop waited; the report must say so")
+}

@@ -224,6 +224,7 @@ func (m *Manager) acquire(ctx context.Context, name string, vm VM) (func(), erro
 
 // finish records the outcome and the final state and logs the total.
 func (o *op) finish(ctx context.Context, err error) (*Report, error) {
+	o.refreshIfInterrupted(ctx)
 	if o.haveLast {
 		final := o.last
 		o.report.Final = &final

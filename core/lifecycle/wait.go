@@ -189,3 +189,23 @@ func delay(ctx context.Context, d time.Duration) error {
 		return ctx.Err()
 	}
 }
+
+// interruptedRead bounds the status read that ends an interrupted
+// operation.
+const interruptedRead = 2 * time.Second
+
+// refreshIfInterrupted reads the VM's state once more when the caller gave
+// up on the operation (Ctrl-C): waiting stopped at once, but the VM went
+// on, and the report's final state should be where it is now, not the last
+// state the waiting saw.
+func (o *op) refreshIfInterrupted(ctx context.Context) {
+	if ctx.Err() == nil || !o.begun {
+		return
+	}
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), interruptedRead)
+	defer cancel()
+	o.report.StatusCalls++
+	if st, err := o.vm.Driver.Status(sctx, o.vm.Name); err == nil {
+		o.seen(st)
+	}
+}
