@@ -8,10 +8,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/spf13/cobra"
@@ -253,6 +255,25 @@ func (a *app) interruptedStatus() int {
 type exitStatus int
 
 func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+// noSubcommand is the Args of a command that only groups others: an
+// argument there is a subcommand that does not exist.
+func noSubcommand(cmd *cobra.Command, args []string) error {
+	if len(args) > 0 {
+		return usagef("unknown command %q for %q", args[0], cmd.CommandPath())
+	}
+	return nil
+}
+
+// cell makes s safe for one cell of a table: a control character (a tab,
+// a newline in a VM's name) would break the columns, so such a string is
+// shown quoted, with Go's escapes.
+func cell(s string) string {
+	if strings.IndexFunc(s, unicode.IsControl) < 0 {
+		return s
+	}
+	return strconv.Quote(s)
+}
 
 // errorText renders an error for a JSON field; empty for nil.
 func errorText(err error) string {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk/conformance"
 )
@@ -82,6 +83,14 @@ func (a *app) runConformance(o conformanceFlags) error {
 	if o.plugin == "" {
 		return usagef("conformance needs --plugin NAME (or --list)")
 	}
+	for _, d := range []struct {
+		flag string
+		v    time.Duration
+	}{{"--settle", o.timing.Settle}, {"--acpi", o.timing.ACPI}, {"--deadline", o.timing.Deadline}, {"--margin", o.timing.Margin}} {
+		if d.v < 0 {
+			return usagef("%s %s: must not be negative (0 keeps the default)", d.flag, d.v)
+		}
+	}
 	var match func(string) bool
 	if o.run != "" {
 		re, err := regexp.Compile(o.run)
@@ -98,16 +107,11 @@ func (a *app) runConformance(o conformanceFlags) error {
 		return usagef("%v", err)
 	}
 	if o.vm == "" {
-		taken := []string{o.peerVM, o.lockVM, o.deadlineVM, o.oddVM}
-		for _, vm := range a.vmsOf(o.plugin) {
-			if !slices.Contains(taken, vm) {
-				o.vm = vm
-				break
-			}
+		vm, err := a.pickConformanceVM(plugin, o)
+		if err != nil {
+			return err
 		}
-		if o.vm == "" {
-			return usagef("conformance needs --vm VM: no other [vms.NAME] table of %s belongs to plugin %q", a.cfg.Path, o.plugin)
-		}
+		o.vm = vm
 	}
 	target := conformance.Target{
 		Connect:    conformance.Connected(plugin),
@@ -151,6 +155,42 @@ func (a *app) runConformance(o conformanceFlags) error {
 		return errReported
 	}
 	return nil
+}
+
+// pickConformanceVM chooses the VM the suite drives when --vm is not
+// given: the first of the plugin's configured VMs not given another role
+// whose state the driver can name. A VM it cannot read, or in a state the
+// driver has no word for, would only make every check wait for a state it
+// never reaches; it is passed over, and the operator told why.
+func (a *app) pickConformanceVM(plugin *host.Plugin, o conformanceFlags) (string, error) {
+	taken := []string{o.peerVM, o.lockVM, o.deadlineVM, o.oddVM}
+	var passed []string
+	for _, vm := range a.vmsOf(o.plugin) {
+		if slices.Contains(taken, vm) {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(a.context(), 30*time.Second)
+		st, err := plugin.Status(ctx, vm)
+		cancel()
+		switch {
+		case a.context().Err() != nil:
+			return "", a.context().Err()
+		case err != nil:
+			passed = append(passed, fmt.Sprintf("%s (%v)", vm, err))
+			continue
+		case st.Power == hypervisor.PowerUnknown:
+			passed = append(passed, fmt.Sprintf("%s (in state %q, which the driver has no word for)", vm, st.Raw))
+			continue
+		}
+		for _, p := range passed {
+			fmt.Fprintf(a.errOut, "sandbox: conformance: passing over VM %s; using %s\n", p, vm)
+		}
+		return vm, nil
+	}
+	if len(passed) > 0 {
+		return "", usagef("conformance needs --vm VM: no configured VM of plugin %q can be used: %s", o.plugin, strings.Join(passed, "; "))
+	}
+	return "", usagef("conformance needs --vm VM: no other [vms.NAME] table of %s belongs to plugin %q", a.cfg.Path, o.plugin)
 }
 
 // vmsOf lists, sorted, the configured VMs that belong to plugin: those

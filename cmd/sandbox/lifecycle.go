@@ -52,6 +52,15 @@ func (a *app) lifecycleVM(ctx context.Context, name, plugin string) (lifecycle.V
 	if err != nil {
 		return lifecycle.VM{}, err
 	}
+	if len(a.cfg.Plugins) == 0 {
+		return lifecycle.VM{}, fmt.Errorf("%s declares no plugin, so no VM can be found: add a [plugins.NAME] table "+
+			"(see docs/configuration.md)", a.cfg.Path)
+	}
+	if plugin != "" {
+		if _, err := a.host.Plugin(plugin); err != nil {
+			return lifecycle.VM{}, usagef("--plugin: %v", err)
+		}
+	}
 	pname, d, err := f.Resolve(ctx, name, plugin)
 	if err != nil {
 		return lifecycle.VM{}, err
@@ -170,7 +179,7 @@ func printReport(w io.Writer, r *lifecycle.Report) {
 		outcome = "FAILED"
 	}
 	fmt.Fprintf(w, "%s %s (plugin %s): %s in %s, path %s, %d status calls\n",
-		r.Operation, r.VM, r.Plugin, outcome, r.Duration.Round(time.Millisecond), r.Path, r.StatusCalls)
+		r.Operation, cell(r.VM), cell(r.Plugin), outcome, r.Duration.Round(time.Millisecond), r.Path, r.StatusCalls)
 	if len(r.Steps) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "STEP\tOUTCOME\tTOOK\tDEADLINE\tSTATE\tDETAIL")
@@ -193,6 +202,12 @@ func printReport(w io.Writer, r *lifecycle.Report) {
 	}
 	for _, f := range r.Fallbacks {
 		fmt.Fprintf(w, "Fallback: %s\n", f)
+	}
+	if r.Reconciled {
+		fmt.Fprintf(w, "The VM was left behind by an earlier run (%s) and has been cleaned.\n", r.Steps[0].Outcome)
+	}
+	if r.LeftBy != nil {
+		fmt.Fprintf(w, "Its lease was held by %s, which died holding it.\n", r.LeftBy)
 	}
 	if r.Quarantined {
 		fmt.Fprintf(w, "The VM is now QUARANTINED: it will not be used for tasks until `sandbox vm cleanup %s` succeeds.\n", r.VM)

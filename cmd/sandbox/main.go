@@ -3,10 +3,11 @@
 // VM off, unlocked and clean.
 //
 // Exit status: 0 on success, 1 when an operation failed, 2 on a usage error,
-// 130 (Ctrl-C) or 143 (SIGTERM) when `sandbox run` was interrupted.
+// 130 (Ctrl-C) or 143 (SIGTERM) when a command was interrupted.
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -24,7 +25,9 @@ func run(args []string) int {
 	root.SetArgs(args)
 	err := root.Execute()
 	if err == nil {
-		return 0
+		// A command that finished though Ctrl-C or SIGTERM came still
+		// reports the signal, as a shell would.
+		return a.interruptedStatus()
 	}
 	var status exitStatus
 	if errors.As(err, &status) {
@@ -35,8 +38,13 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "sandbox: %v\nRun 'sandbox --help' for usage.\n", err)
 		return 2
 	}
-	if !errors.Is(err, errReported) {
+	if !errors.Is(err, errReported) && !errors.Is(err, context.Canceled) {
 		fmt.Fprintf(os.Stderr, "sandbox: %v\n", err)
+	}
+	// A command that failed because Ctrl-C or SIGTERM cut it short says so
+	// in its status, as a shell would.
+	if status := a.interruptedStatus(); status != 0 {
+		return status
 	}
 	return 1
 }

@@ -95,7 +95,8 @@ slow = "1m"
 			case <-time.After(5 * time.Second):
 				t.Fatal("the CLI did not stop on " + sig.String())
 			}
-			assert.Equal(t, 1, cmd.ProcessState.ExitCode(), stderr.String())
+			want := map[syscall.Signal]int{syscall.SIGINT: 130, syscall.SIGTERM: 143}[sig]
+			assert.Equal(t, want, cmd.ProcessState.ExitCode(), "128 plus the signal, as a shell reports it: %s", stderr.String())
 			assert.Contains(t, stderr.String(), "interrupted")
 			for _, pid := range plugins {
 				assert.True(t, processGone(pid), "plugin %d outlived the CLI", pid)

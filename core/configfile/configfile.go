@@ -9,6 +9,7 @@
 package configfile
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"reflect"
@@ -127,13 +128,24 @@ func (d Document) Errorf(key []string, format string, args ...any) *Error {
 	return &Error{File: d.File, Line: d.Line(key), Key: toml.Key(key).String(), Msg: fmt.Sprintf(format, args...)}
 }
 
+// lineAt is the line of a parse error's offending byte. The toml package
+// counts a newline as the start of the next line, so an error found at
+// the end of a line (an unclosed table header) would be reported one line
+// late.
+func (d Document) lineAt(p toml.Position) int {
+	if p.Start <= 0 || p.Start > len(d.Data) {
+		return p.Line
+	}
+	return bytes.Count(d.Data[:p.Start], []byte("\n")) + 1
+}
+
 var lineRe = regexp.MustCompile(`^toml: line (\d+)(?: \(last key "((?:[^"\\]|\\.)*)"\))?: (.*)$`)
 
 // wrap turns the toml package's errors into *Error.
 func (d Document) wrap(err error) error {
 	var pe toml.ParseError
 	if errors.As(err, &pe) {
-		return &Error{File: d.File, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
+		return &Error{File: d.File, Line: d.lineAt(pe.Position), Key: pe.LastKey, Msg: pe.Message}
 	}
 	if m := lineRe.FindStringSubmatch(err.Error()); m != nil {
 		line, _ := strconv.Atoi(m[1])

@@ -100,6 +100,17 @@ func TestSyntaxErrorNamesLine(t *testing.T) {
 	assert.Contains(t, err.Error(), "config.toml:2:")
 }
 
+// An error found at the end of a line (the newline itself) is on that
+// line, not the next.
+func TestSyntaxErrorAtTheEndOfALineNamesThatLine(t *testing.T) {
+	d := configfile.Document{File: "c.toml", Data: []byte("a = 1\n[plugins.fake\npath = \"x\"\n")}
+	var v map[string]any
+	err := d.Decode(&v)
+	var ce *configfile.Error
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, 2, ce.Line, "%v", err)
+}
+
 func TestIgnoredKeysAreSomeoneElses(t *testing.T) {
 	d := configfile.Document{File: "config.toml", Data: []byte(doc)}
 	var c struct {

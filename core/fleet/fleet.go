@@ -149,6 +149,9 @@ func (f *Fleet) Resolve(ctx context.Context, vm, plugin string) (string, hypervi
 	case 1:
 		return owners[0], f.drivers[owners[0]], nil
 	case 0:
+		if len(f.names) == 0 {
+			return "", nil, fmt.Errorf("VM %q: %w: no plugin is configured; add a [plugins.NAME] table", vm, ErrNoSuchVM)
+		}
 		err := fmt.Errorf("VM %q: %w (searched %s); check the name with `sandbox vm list`", vm, ErrNoSuchVM, strings.Join(f.names, ", "))
 		return "", nil, errors.Join(append([]error{err}, errs...)...)
 	}

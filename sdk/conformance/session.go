@@ -98,12 +98,23 @@ func open(ctx context.Context, target Target) (*session, error) {
 	return s, nil
 }
 
+// interruptedPutBack bounds putting the VMs back after the caller ended
+// the run.
+const interruptedPutBack = 10 * time.Second
+
 // finish returns every VM the run touched to the power state and snapshot
 // it was found in, then closes the connection. It reports what it could
 // not put back.
 func (s *session) finish() error {
 	defer s.close()
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), 4*s.timing.Settle)
+	bound := 4 * s.timing.Settle
+	if s.ctx.Err() != nil {
+		// The caller gave up (Ctrl-C, SIGTERM): put back what can be put
+		// back quickly, and do not keep it waiting for a VM that will not
+		// settle.
+		bound = min(bound, interruptedPutBack)
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(s.ctx), bound)
 	defer cancel()
 	var errs []error
 	for _, vm := range []string{s.target.VM, s.target.PeerVM, s.target.LockVM, s.target.DeadlineVM} {
