@@ -3,6 +3,7 @@ package vboxmanage
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"time"
 
@@ -264,8 +265,16 @@ func resolveGuest(cfg sdk.Config, key []string, g Guest, wait time.Duration) (*c
 		if err != nil {
 			return nil, cfg.Errorf(at("password_file"), "cannot read the password: %v", err)
 		}
+		if fi, err := os.Stat(path); err == nil && runtime.GOOS != "windows" && fi.Mode().Perm()&0o006 != 0 {
+			return nil, cfg.Errorf(at("password_file"), "%s can be read or changed by other users (mode %s): run `chmod 600 %s`",
+				path, fi.Mode().Perm(), path)
+		}
 		line, _, _ := strings.Cut(string(data), "\n")
-		cr.password = secret{strings.TrimSuffix(line, "\r")}
+		line = strings.TrimSuffix(line, "\r")
+		if line == "" {
+			return nil, cfg.Errorf(at("password_file"), "%s holds no password: its first line is empty", path)
+		}
+		cr.password = secret{line}
 		return cr, nil
 	}
 	v, ok := os.LookupEnv(g.PasswordEnv)

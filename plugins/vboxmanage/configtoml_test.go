@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -289,4 +290,33 @@ func TestDocsSimulatorRecipeRuns(t *testing.T) {
 	assert.Equal(t, "off", rep.Final.Power)
 	assert.Equal(t, "unlocked", rep.Final.Lock)
 	assert.Equal(t, "clean", rep.Final.CurrentSnapshot)
+}
+
+// A guest password file that anyone may read, or that holds no password,
+// is a configuration mistake, not something to find out at the first
+// guest command.
+func TestAPasswordFileOthersCanReadOrThatIsEmptyIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	conf := "[plugins.vbox.config.guest]\nusername = \"analyst\"\npassword_file = \"pw\"\n"
+	file := filepath.Join(dir, "config.toml")
+	pw := filepath.Join(dir, "pw")
+
+	require.NoError(t, os.WriteFile(pw, []byte("\n"), 0o600))
+	_, err := newFromTOML(file, conf)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "config.toml:3: plugins.vbox.config.guest.password_file:")
+	assert.Contains(t, err.Error(), "empty")
+
+	if runtime.GOOS != "windows" {
+		require.NoError(t, os.WriteFile(pw, []byte("s3cret\n"), 0o644))
+		require.NoError(t, os.Chmod(pw, 0o644))
+		_, err = newFromTOML(file, conf)
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "by other users")
+		assert.Contains(t, err.Error(), "chmod 600")
+	}
+
+	require.NoError(t, os.Chmod(pw, 0o600))
+	_, err = newFromTOML(file, conf)
+	assert.NoError(t, err)
 }
