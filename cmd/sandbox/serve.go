@@ -8,12 +8,10 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
-	"github.com/gofrs/flock"
 	"github.com/spf13/cobra"
 
 	"github.com/sandboxhq/sandbox/core/api"
@@ -92,11 +90,11 @@ func (a *app) serve(f serveFlags) error {
 	}
 	// One service per state directory: its leases and the jobs this host
 	// name was running are its own.
-	lock := flock.New(filepath.Join(a.cfg.StateDir, "serve.lock"))
-	if ok, err := lock.TryLock(); err != nil || !ok {
-		return fmt.Errorf("another sandbox serve already uses the state directory %s; give each its own state_dir (and host name)", a.cfg.StateDir)
+	unlock, err := a.state.TryLock("serve.lock")
+	if err != nil {
+		return fmt.Errorf("another sandbox serve already uses the state directory %s; give each its own state_dir (and host name): %w", a.cfg.StateDir, err)
 	}
-	defer lock.Unlock()
+	defer unlock()
 
 	ctx := a.context()
 	vms, err := a.hostVMs(ctx)

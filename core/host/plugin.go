@@ -77,6 +77,7 @@ func (in *instance) kill() {
 	}
 	t.Stop()
 	in.proc.sweep()
+	in.proc.waitExit()
 	if in.hostPipe != nil {
 		_ = in.hostPipe.Close()
 	}
@@ -279,7 +280,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 	closePipes()
 	in := &instance{client: client, proc: current(), hostPipe: pipeW}
 	if in.proc == nil {
-		in.proc = &process{} // go-plugin failed before it ran anything
+		in.proc = &process{exited: make(chan struct{})} // go-plugin failed before it ran anything
 	}
 	fail := func(err error) (*instance, error) {
 		in.kill()

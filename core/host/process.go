@@ -40,6 +40,9 @@ type process struct {
 	closeAfterStart []*os.File
 	stdout, stderr  *os.File
 
+	// exited is closed once the process has exited and been reaped.
+	exited chan struct{}
+
 	mu      sync.Mutex
 	aborted bool
 	started bool
@@ -71,7 +74,7 @@ func newProcess(path string, args, env []string, checksum []byte, extra *os.File
 	}
 	ownGroup(cmd)
 	return &process{cmd: cmd, path: path, checksum: checksum, stdout: outR, stderr: errR,
-		closeAfterStart: []*os.File{outW, errW}}, nil
+		closeAfterStart: []*os.File{outW, errW}, exited: make(chan struct{})}, nil
 }
 
 // Start checks the executable's checksum, when one is configured, and
@@ -106,16 +109,42 @@ func (p *process) Start(context.Context) error {
 }
 
 // abort gives up the launch: a process not yet started never starts, one
-// started is killed with everything it started.
+// started is killed with everything it started, and waited for.
 func (p *process) abort() {
 	p.mu.Lock()
 	p.aborted = true
 	p.mu.Unlock()
 	_ = p.Kill(context.Background())
+	p.waitExit()
 }
 
-// Wait waits for the process to exit.
-func (p *process) Wait(context.Context) error { return p.cmd.Wait() }
+// reapWait bounds how long the host waits for a plugin it killed to be
+// gone, so that a command that returns leaves no plugin behind.
+const reapWait = 2 * time.Second
+
+// waitExit waits up to reapWait for a started process to have exited.
+func (p *process) waitExit() {
+	p.mu.Lock()
+	started := p.started
+	p.mu.Unlock()
+	if !started {
+		return
+	}
+	t := time.NewTimer(reapWait)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+	case <-t.C:
+	}
+}
+
+// Wait waits for the process to exit. go-plugin calls it once its output
+// has been read to the end.
+func (p *process) Wait(context.Context) error {
+	err := p.cmd.Wait()
+	close(p.exited)
+	return err
+}
 
 // Kill kills the process and everything it started, then closes its output
 // pipes once what it wrote last has had drainWait to be read.

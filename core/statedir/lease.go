@@ -303,7 +303,7 @@ func (d *Dir) Lease(key string) (*LeaseInfo, error) {
 	}
 	info := &LeaseInfo{LeaseHolder: *rec}
 	switch err := tryLock(f, false); {
-	case errors.Is(err, errWouldBlock):
+	case errors.Is(err, ErrLocked):
 		info.Live = true
 	case err == nil:
 		unlock(f)

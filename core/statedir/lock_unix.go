@@ -12,8 +12,8 @@ import (
 	"syscall"
 )
 
-// errWouldBlock is a lock another process holds.
-var errWouldBlock = errors.New("locked by another process")
+// ErrLocked is matched by the error for a lock another process holds.
+var ErrLocked = errors.New("locked by another process")
 
 // tryLock takes f's flock without waiting.
 func tryLock(f *os.File, exclusive bool) error {
@@ -29,7 +29,7 @@ func tryLock(f *os.File, exclusive bool) error {
 		case errors.Is(err, syscall.EINTR):
 			continue
 		case errors.Is(err, syscall.EWOULDBLOCK):
-			return errWouldBlock
+			return ErrLocked
 		}
 		return fmt.Errorf("lock %s: %w", f.Name(), err)
 	}

@@ -9,8 +9,8 @@ import (
 	"golang.org/x/sys/windows"
 )
 
-// errWouldBlock is a lock another process holds.
-var errWouldBlock = errors.New("locked by another process")
+// ErrLocked is matched by the error for a lock another process holds.
+var ErrLocked = errors.New("locked by another process")
 
 // tryLock takes a lock on f's first byte without waiting.
 func tryLock(f *os.File, exclusive bool) error {
@@ -21,7 +21,7 @@ func tryLock(f *os.File, exclusive bool) error {
 	ol := new(windows.Overlapped)
 	err := windows.LockFileEx(windows.Handle(f.Fd()), flags, 0, 1, 0, ol)
 	if errors.Is(err, windows.ERROR_LOCK_VIOLATION) || errors.Is(err, windows.ERROR_IO_PENDING) {
-		return errWouldBlock
+		return ErrLocked
 	}
 	if err != nil {
 		return fmt.Errorf("lock %s: %w", f.Name(), err)

@@ -259,7 +259,7 @@ func lockWithin(ctx context.Context, f *os.File, exclusive, wait bool) error {
 		if err == nil {
 			return nil
 		}
-		if !errors.Is(err, errWouldBlock) || !wait {
+		if !errors.Is(err, ErrLocked) || !wait {
 			return err
 		}
 		if t == nil {
@@ -272,6 +272,22 @@ func lockWithin(ctx context.Context, f *os.File, exclusive, wait bool) error {
 			return ctx.Err()
 		}
 	}
+}
+
+// TryLock takes the lock file name in the directory (created mode 0600,
+// never through a symlink) without waiting, for a process that must be the
+// only one of its kind using the directory. It fails with ErrLocked when
+// another process holds it. The lock lasts until release or the process's
+// death.
+func (d *Dir) TryLock(name string) (release func(), err error) {
+	f, err := d.openLocked(context.Background(), name, true, false)
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		unlock(f)
+		f.Close()
+	}, nil
 }
 
 // Quarantine is the quarantine shared by every process using the

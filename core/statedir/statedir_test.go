@@ -177,3 +177,19 @@ func TestUnwritableStateDirIsAClearError(t *testing.T) {
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "state_dir")
 }
+
+func TestTryLockIsHeldByOneHandleAtATime(t *testing.T) {
+	dir := t.TempDir()
+	a, err := statedir.Open(dir)
+	require.NoError(t, err)
+	b, err := statedir.Open(dir)
+	require.NoError(t, err)
+	release, err := a.TryLock("serve.lock")
+	require.NoError(t, err)
+	_, err = b.TryLock("serve.lock")
+	assert.ErrorIs(t, err, statedir.ErrLocked)
+	release()
+	release, err = b.TryLock("serve.lock")
+	require.NoError(t, err, "free once released")
+	release()
+}
