@@ -17,11 +17,18 @@ import (
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
-// guardInterval is how often a holder checks that its lease file is still
-// at its path, and puts it back when someone deleted it (or the whole
-// directory), so that a command started after the deletion waits for the
-// holder instead of running beside it.
-const guardInterval = 10 * time.Millisecond
+// guardInterval is how often the directory's guard checks that the lease
+// files of the leases this process holds are still at their paths, and
+// puts back one that someone deleted (alone or with the whole directory),
+// so that a command started after the deletion waits for the holder
+// instead of running beside it. Between two changes of the leases
+// directory a check costs three stat calls, whatever the number of leases
+// held; guardFullEvery bounds how long a change that a coarse directory
+// time hides goes unnoticed.
+const (
+	guardInterval  = 10 * time.Millisecond
+	guardFullEvery = time.Second
+)
 
 // maxRecord bounds what is read of a lease file.
 const maxRecord = 4096
@@ -111,18 +118,18 @@ type held struct {
 	key  string
 	name string
 	rec  lifecycle.LeaseHolder
-	stop chan struct{}
-	done chan struct{}
 
-	mu sync.Mutex
+	mu       sync.Mutex
+	released bool
+	lost     bool
 	// files are the lease file locked at acquisition and any the guard put
 	// back after a deletion; the last is the one at the path.
 	files []*os.File
 }
 
 // take locks key's lease file (waiting within ctx when wait is set),
-// records this process as its holder and starts the guard. It also
-// returns the record a holder that died left in the file.
+// records this process as its holder and puts the lease in the guard's
+// care. It also returns the record a holder that died left in the file.
 func (d *Dir) take(ctx context.Context, key string, wait bool) (*held, *lifecycle.LeaseHolder, error) {
 	name := leasePath(key)
 	f, err := d.openLocked(ctx, name, true, wait)
@@ -133,8 +140,6 @@ func (d *Dir) take(ctx context.Context, key string, wait bool) (*held, *lifecycl
 	h := &held{
 		d: d, key: key, name: name,
 		rec:   lifecycle.LeaseHolder{Key: key, PID: os.Getpid(), Command: commandLine(), Since: time.Now().UTC()},
-		stop:  make(chan struct{}),
-		done:  make(chan struct{}),
 		files: []*os.File{f},
 	}
 	if err := writeRecord(f, h.rec); err != nil {
@@ -142,56 +147,112 @@ func (d *Dir) take(ctx context.Context, key string, wait bool) (*held, *lifecycl
 		f.Close()
 		return nil, nil, d.fileError(name, err)
 	}
-	go h.guard()
+	d.guard.add(d, h)
 	return h, left, nil
 }
 
-// guard keeps the lease file at its path while the lease is held: if it
-// is deleted, alone or with the whole directory, it is put back, locked and
-// recorded again before another process can take it there.
-func (h *held) guard() {
-	defer close(h.done)
+// guard watches the leases this process holds in one directory, with one
+// goroutine while there is any.
+type guard struct {
+	mu   sync.Mutex
+	held map[*held]struct{}
+	stop chan struct{}
+	done chan struct{}
+}
+
+func (g *guard) add(d *Dir, h *held) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.held == nil {
+		g.held = map[*held]struct{}{}
+	}
+	g.held[h] = struct{}{}
+	if g.stop == nil {
+		g.stop, g.done = make(chan struct{}), make(chan struct{})
+		go g.run(d, g.stop, g.done)
+	}
+}
+
+// remove forgets h; the last lease removed ends the goroutine.
+func (g *guard) remove(h *held) {
+	g.mu.Lock()
+	delete(g.held, h)
+	var stop, done chan struct{}
+	if len(g.held) == 0 && g.stop != nil {
+		stop, done = g.stop, g.done
+		g.stop, g.done = nil, nil
+	}
+	g.mu.Unlock()
+	if stop != nil {
+		close(stop)
+		<-done
+	}
+}
+
+func (g *guard) leases() []*held {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]*held, 0, len(g.held))
+	for h := range g.held {
+		out = append(out, h)
+	}
+	return out
+}
+
+func (g *guard) run(d *Dir, stop, done chan struct{}) {
+	defer close(done)
 	t := time.NewTicker(guardInterval)
 	defer t.Stop()
-	lost := false
+	var last fs.FileInfo
+	var lastFull time.Time
 	for {
 		select {
-		case <-h.stop:
+		case <-stop:
 			return
 		case <-t.C:
 		}
-		if lost {
-			continue
-		}
-		root, err := h.d.current()
+		root, err := d.current() // opens the directory again if it was deleted
 		if err != nil {
 			continue // not there (yet); try again at the next tick
 		}
-		h.mu.Lock()
-		last := h.files[len(h.files)-1]
-		h.mu.Unlock()
-		if same, err := h.d.isAt(root, h.name, last); err != nil || same {
-			continue
+		fi, err := root.Stat(leasesDir)
+		if err == nil && last != nil && os.SameFile(fi, last) && fi.ModTime().Equal(last.ModTime()) &&
+			time.Since(lastFull) < guardFullEvery {
+			continue // no file came or went
 		}
-		f, err := h.putBack(root)
-		if errors.Is(err, fs.ErrExist) {
-			lost = true
-			other := "another process"
-			if info, ierr := h.d.Lease(h.key); ierr == nil && info != nil {
-				other = info.LeaseHolder.String()
-			}
-			h.d.log.Error("the lease file of a VM in use was deleted and another process took the VM; "+
-				"two operations may now run on it at once", "vm", h.key, "other", other)
-			continue
+		last, lastFull = fi, time.Now()
+		for _, h := range g.leases() {
+			h.keep(root)
 		}
-		if err != nil {
-			continue
-		}
-		h.mu.Lock()
-		h.files = append(h.files, f)
-		h.mu.Unlock()
-		h.d.log.Warn("the lease file of a VM in use was deleted; put it back", "vm", h.key)
 	}
+}
+
+// keep puts h's lease file back if it is no longer at its path.
+func (h *held) keep(root *os.Root) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.released || h.lost {
+		return
+	}
+	if same, err := h.d.isAt(root, h.name, h.files[len(h.files)-1]); err != nil || same {
+		return
+	}
+	f, err := h.putBack(root)
+	if errors.Is(err, fs.ErrExist) {
+		h.lost = true
+		other := "another process"
+		if info, ierr := h.d.Lease(h.key); ierr == nil && info != nil {
+			other = info.LeaseHolder.String()
+		}
+		h.d.log.Error("the lease file of a VM in use was deleted and another process took the VM; "+
+			"two operations may now run on it at once", "vm", h.key, "other", other)
+		return
+	}
+	if err != nil {
+		return
+	}
+	h.files = append(h.files, f)
+	h.d.log.Warn("the lease file of a VM in use was deleted; put it back", "vm", h.key)
 }
 
 // putBack makes a new lease file, locked and recorded before it appears
@@ -224,8 +285,10 @@ func (h *held) putBack(root *os.Root) (*os.File, error) {
 // release removes the lease file and unlocks it. A waiter that had opened
 // the file sees it is no longer at the path and opens the new one.
 func (h *held) release() {
-	close(h.stop)
-	<-h.done
+	h.mu.Lock()
+	h.released = true
+	h.mu.Unlock()
+	h.d.guard.remove(h)
 	root, rerr := h.d.current()
 	h.mu.Lock()
 	defer h.mu.Unlock()

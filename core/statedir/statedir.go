@@ -45,6 +45,8 @@ type Dir struct {
 
 	mu   sync.Mutex
 	root *os.Root
+
+	guard guard
 }
 
 // Option adjusts Open.
