@@ -7,8 +7,12 @@ TOOLS     := $(CURDIR)/.tools
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 BENCHTIME ?= 2s
+# Each fuzz target runs this long in `make fuzz`, and FUZZTIME_TEST in
+# `make test`, where it only has to keep the targets honest.
+FUZZTIME      ?= 1m
+FUZZTIME_TEST ?= 3s
 
-.PHONY: all build test demo bench proto lint clean qemu-guest
+.PHONY: all build test demo bench proto lint clean qemu-guest fuzz
 
 all: build
 
@@ -20,11 +24,24 @@ build:
 		$(GO) build -o $(BIN)/$$p $$(ls -d ./plugins/*/cmd/$$p) || exit 1; \
 	done
 
-# Every test, with the race detector, then the formatting and vet checks.
+# Every test, with the race detector, then the formatting and vet checks,
+# and a short run of every fuzz target.
 test: build lint example
 	@command -v qemu-system-x86_64 >/dev/null || echo "make test: QEMU is not installed: the QEMU driver's tests will be SKIPPED" \
 		"(apt-get install --no-install-recommends qemu-system-x86 qemu-utils qemu-guest-agent busybox-static cpio)"
 	$(GO) test -race -count=1 -timeout 15m ./...
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST)
+
+# Every fuzz target (func FuzzX in a _test.go file) for FUZZTIME, one after
+# the other; a failing input lands in the package's testdata/fuzz.
+fuzz:
+	@grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' core plugins sdk cmd | \
+	while IFS=: read -r file fn; do \
+		target=$${fn#func }; pkg=./$$(dirname "$$file"); \
+		echo "$(GO) test -run '^$$' -fuzz '^$$target\$$' -fuzztime $(FUZZTIME) $$pkg"; \
+		$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg >/dev/null || \
+			{ $(GO) test -run "^$$target\$$" $$pkg; exit 1; }; \
+	done
 
 # The QEMU driver's test guest (docs/qemu.md), built from Debian's packages
 # into plugins/qemu/guest/cache; a second run reuses what is up to date.
