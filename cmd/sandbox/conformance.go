@@ -151,6 +151,9 @@ func (a *app) runConformance(o conformanceFlags) error {
 	if err := a.emit(out, func(w io.Writer) { printConformance(w, out) }); err != nil {
 		return err
 	}
+	if a.interruptedStatus() != 0 {
+		return context.Canceled // the run was cut short: say so in the exit status
+	}
 	if rep.Failed() {
 		return errReported
 	}

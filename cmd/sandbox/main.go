@@ -25,9 +25,7 @@ func run(args []string) int {
 	root.SetArgs(args)
 	err := root.Execute()
 	if err == nil {
-		// A command that finished though Ctrl-C or SIGTERM came still
-		// reports the signal, as a shell would.
-		return a.interruptedStatus()
+		return 0 // a service stopped by SIGTERM, as it should be, exits 0
 	}
 	var status exitStatus
 	if errors.As(err, &status) {
