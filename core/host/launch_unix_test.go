@@ -6,6 +6,7 @@ import (
 	"context"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -207,6 +208,38 @@ func TestThePluginSocketIsPrivateAndNeedsTheHostsCertificate(t *testing.T) {
 	p.Kill()
 	_, err = os.Stat(dir)
 	assert.ErrorIs(t, err, os.ErrNotExist, "the socket directory goes with the plugin")
+}
+
+// Another local user cannot even connect to the socket of a plugin
+// launched under umask 000.
+func TestAnotherUserCannotReachThePluginSocket(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to act as another user")
+	}
+	old := syscall.Umask(0)
+	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	p := plug(t, h, "s")
+	_, err := p.Status(context.Background(), "vm1")
+	syscall.Umask(old)
+	require.NoError(t, err)
+	_, socket := socketOf(t, p.Pid())
+
+	// A copy of this test binary that user nobody may run.
+	dir, err := os.MkdirTemp("", "host-test-other-user-")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	require.NoError(t, os.Chmod(dir, 0o755))
+	data, err := os.ReadFile(self(t))
+	require.NoError(t, err)
+	exe := filepath.Join(dir, "host.test")
+	require.NoError(t, os.WriteFile(exe, data, 0o755))
+	cmd := exec.Command(exe)
+	cmd.Env = []string{envRole + "=dial", envSocket + "=" + socket, "GORACE=atexit_sleep_ms=0"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	assert.Contains(t, string(out), "refused:", "user nobody reached the plugin's socket")
+	assert.Contains(t, string(out), "permission denied")
 }
 
 func TestAutoMTLSCanBeTurnedOff(t *testing.T) {

@@ -3,6 +3,7 @@ package host_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"strconv"
@@ -25,6 +26,9 @@ import (
 // test here crosses a real process boundary.
 const envRole = "SANDBOX_HOST_TEST_ROLE"
 
+// envSocket is the socket the "dial" role tries.
+const envSocket = "SANDBOX_HOST_TEST_SOCKET"
+
 func TestMain(m *testing.M) {
 	switch os.Getenv(envRole) {
 	case "plugin":
@@ -40,6 +44,16 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	case "host":
 		runHost()
+		os.Exit(0)
+	case "dial":
+		// Another local user trying the plugin's socket.
+		conn, err := net.Dial("unix", os.Getenv(envSocket))
+		if err != nil {
+			fmt.Println("refused:", err)
+			os.Exit(0)
+		}
+		conn.Close()
+		fmt.Println("connected")
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
