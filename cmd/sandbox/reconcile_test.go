@@ -114,6 +114,9 @@ func TestVMListShowsLeasesAndQuarantineAndReconcileCleansWhatACrashLeft(t *testi
 	assert.Regexp(t, fmt.Sprintf(`(?m)^fake\s+busy\s+running\s+\S+\s+pid %d \(sandbox .*vm cleanup busy\) since `, holder.Process.Pid), r.stdout)
 	assert.Regexp(t, `(?m)^fake\s+broken\s+off\s+\S+\s+-\s+since \S+ \S+: `, r.stdout)
 
+	r = sandboxIn(t, dir, plain, "vm", "status", "busy")
+	assert.Regexp(t, fmt.Sprintf(`(?m)^Lease:\s+pid %d \(`, holder.Process.Pid), r.stdout, "vm status names the holder too")
+
 	// A reconciliation leaves a VM in use alone.
 	r = sandboxIn(t, dir, plain, "--json", "vm", "reconcile", "busy")
 	assert.Equal(t, 0, r.code, r.stderr)

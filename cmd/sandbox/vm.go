@@ -152,6 +152,7 @@ type vmStatus struct {
 	Plugin string `json:"plugin"`
 	hypervisor.Status
 	Quarantine *lifecycle.QuarantineEntry `json:"quarantine,omitempty"`
+	Lease      *statedir.LeaseInfo        `json:"lease,omitempty"`
 }
 
 func (a *app) vmStatusCommand(plugin *string) *cobra.Command {
@@ -176,6 +177,9 @@ func (a *app) vmStatusCommand(plugin *string) *cobra.Command {
 			if quarantined {
 				out.Quarantine = &q
 			}
+			if out.Lease, err = a.state.Lease(vm.Key()); err != nil {
+				return err
+			}
 			return a.emit(out, func(w io.Writer) { printStatus(w, out) })
 		},
 	}
@@ -195,6 +199,7 @@ func printStatus(w io.Writer, s vmStatus) {
 		fmt.Fprintf(tw, "State changed:\t%s (%s ago)\n", st.StateChanged.Format(time.RFC3339),
 			time.Since(st.StateChanged).Round(time.Second))
 	}
+	fmt.Fprintf(tw, "Lease:\t%s\n", leaseCell(s.Lease))
 	if s.Quarantine != nil {
 		fmt.Fprintf(tw, "Quarantined:\tsince %s: %s\n", s.Quarantine.Since.Format(time.RFC3339), s.Quarantine.Reason)
 		fmt.Fprintf(tw, "\t(run `sandbox vm cleanup %s` once the cause is fixed)\n", st.VM)
