@@ -93,7 +93,8 @@ func (d *Dir) current() (*os.Root, error) {
 		if err == nil && oerr == nil && os.SameFile(at, open) {
 			return d.root, nil
 		}
-		_ = d.root.Close()
+		// Not closed here: another goroutine may be using it; the
+		// garbage collector closes it once nobody does.
 		d.root = nil
 	}
 	root, err := d.open()
