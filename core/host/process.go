@@ -142,6 +142,9 @@ func (p *process) waitExit() {
 // has been read to the end.
 func (p *process) Wait(context.Context) error {
 	err := p.cmd.Wait()
+	// Read to the end by now: the host's ends of the pipes go too.
+	p.stdout.Close()
+	p.stderr.Close()
 	close(p.exited)
 	return err
 }
