@@ -11,9 +11,11 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -52,6 +54,24 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.linux]
 snapshots = ["clean"]
 `
+
+// syncLog is a log sink safe for concurrent writers.
+type syncLog struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncLog) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncLog) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
 
 func profiles(t testing.TB, slow bool) map[string]engine.Profile {
 	t.Helper()
@@ -101,8 +121,15 @@ func newServiceTB(t testing.TB, slow ...bool) *service {
 		vms[n] = lifecycle.VM{Name: n, Plugin: "fake", Driver: d, Settings: settings}
 	}
 	metrics := api.NewMetrics()
+	logs := &syncLog{}
+	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: logs})
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("the service's log:\n%s", logs.String())
+		}
+	})
 	q, err := queue.Open(ctx, queue.Options{StateDir: dir, Host: "test-host", Lifecycle: m, Profiles: profiles(t, len(slow) > 0 && slow[0]), VMs: vms,
-		OutDir: filepath.Join(dir, "results"), OnEvent: metrics.Observe, OnResult: metrics.Result})
+		OutDir: filepath.Join(dir, "results"), OnEvent: metrics.Observe, OnResult: metrics.Result, Logger: logger})
 	require.NoError(t, err)
 	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, Token: token, MaxSampleSize: 1 << 20, Metrics: metrics},
 		func() bool { return true })
@@ -308,6 +335,7 @@ func TestCancelATask(t *testing.T) {
 	queued := s.submit("b.txt", []byte("b"), "vm", "linux", "profile", "clamav")
 	var got taskJSON
 	require.Equal(t, http.StatusOK, s.call("POST", "/v1/tasks/"+queued.ID+"/cancel", token, nil, "", &got))
+	t.Logf("cancel answered %s with %d results", got.State, len(got.Results))
 	got = s.wait(queued.ID)
 	assert.Equal(t, "cancelled", got.State)
 	require.Len(t, got.Results, 1)

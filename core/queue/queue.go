@@ -115,6 +115,10 @@ type Queue struct {
 
 	mu    sync.Mutex
 	steps map[string]engine.Event
+	// working holds the cancel function of each job this host runs, by job
+	// id, so that a cancellation through this host's API takes effect at
+	// once rather than when River's notice arrives.
+	working map[int64]context.CancelCauseFunc
 }
 
 // analysisArgs is one job: one task's analysis with one profile.
@@ -141,7 +145,8 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	q := &Queue{opts: opts, log: opts.Logger, steps: map[string]engine.Event{}, pool: newVMPool(opts.VMs)}
+	q := &Queue{opts: opts, log: opts.Logger, steps: map[string]engine.Event{}, pool: newVMPool(opts.VMs),
+		working: map[int64]context.CancelCauseFunc{}}
 	q.engine = engine.New(engine.Options{Lifecycle: opts.Lifecycle, Logger: opts.Logger.Named("engine"),
 		MaxStarting: opts.MaxStarting, OnEvent: q.observe})
 	var err error

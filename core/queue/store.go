@@ -45,6 +45,7 @@ func schema(dialect string) []string {
 			state TEXT NOT NULL,
 			verdict TEXT NOT NULL DEFAULT '',
 			jobs TEXT NOT NULL DEFAULT '',
+			cancel_requested ` + integer + ` NOT NULL DEFAULT 0,
 			created_ns ` + integer + ` NOT NULL,
 			finished_ns ` + integer + ` NOT NULL DEFAULT 0,
 			report TEXT NOT NULL DEFAULT '')`,
@@ -177,6 +178,20 @@ func (s *store) setJobs(ctx context.Context, id string, jobs []int64) error {
 	data, _ := json.Marshal(jobs)
 	_, err := s.exec(ctx, `UPDATE sandbox_task SET jobs = ? WHERE id = ?`, string(data), id)
 	return err
+}
+
+// requestCancel records that a task is to be cancelled, for the workers
+// that start its jobs from now on.
+func (s *store) requestCancel(ctx context.Context, id string) error {
+	_, err := s.exec(ctx, `UPDATE sandbox_task SET cancel_requested = 1 WHERE id = ?`, id)
+	return err
+}
+
+// cancelRequested reports whether a task is to be cancelled.
+func (s *store) cancelRequested(ctx context.Context, id string) (bool, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, s.rebind(`SELECT cancel_requested FROM sandbox_task WHERE id = ?`), id).Scan(&n)
+	return n != 0, err
 }
 
 // markRunning moves a queued task to running.

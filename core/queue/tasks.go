@@ -168,8 +168,22 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 	if t.Final() {
 		return t, inputErrorf("already_finished", "task %s already ended (%s)", id, t.State)
 	}
+	// The flag is for the jobs that start from now on (a worker reads it
+	// once it has registered), the cancel functions for those under way on
+	// this host, and River's notice for those under way elsewhere.
+	if err := q.store.requestCancel(ctx, id); err != nil {
+		return nil, err
+	}
 	for i, jid := range t.jobs {
+		q.mu.Lock()
+		if cancel, ok := q.working[jid]; ok {
+			cancel(river.ErrJobCancelledRemotely)
+		}
+		q.mu.Unlock()
 		row, err := q.client.JobCancel(ctx, jid)
+		if row != nil {
+			q.log.Debug("job cancel", "task", id, "job", jid, "state", row.State)
+		}
 		if err != nil {
 			if errors.Is(err, rivertype.ErrNotFound) {
 				continue

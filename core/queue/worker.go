@@ -45,9 +45,38 @@ func (w *worker) Timeout(job *river.Job[analysisArgs]) time.Duration {
 // River tries it again later, maybe on another host) only when no VM of
 // this host could take it, or when this host is stopping, in which case
 // the VM has been cleaned and the job goes back to the queue.
-func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) error {
+func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) (err error) {
 	q := w.q
 	args := job.Args
+	q.log.Debug("job started", "job", job.ID, "task", args.Task, "profile", args.Profile, "attempt", job.Attempt)
+
+	// A cancellation through the API ends the job wherever it is: Cancel
+	// sets the task's flag, then cancels the jobs registered here (and
+	// River tells the other hosts'); a job reads the flag once registered,
+	// so one of the two sees the other. Whatever a cancelled job was doing
+	// when it ended, its analysis is recorded cancelled.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	q.mu.Lock()
+	q.working[job.ID] = cancel
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		delete(q.working, job.ID)
+		q.mu.Unlock()
+	}()
+	var res *engine.Result
+	defer func() {
+		if ctx.Err() != nil {
+			err = q.interrupted(ctx, args.Task, res, args.Profile)
+		}
+	}()
+	if cancelled, err := q.store.cancelRequested(ctx, args.Task); err == nil && cancelled {
+		q.log.Debug("job cancelled before it began", "job", job.ID, "task", args.Task)
+		cancel(river.ErrJobCancelledRemotely)
+		return nil
+	}
+
 	t, err := q.store.task(ctx, args.Task)
 	if errors.Is(err, errNoTask) {
 		return river.JobCancel(fmt.Errorf("task %s no longer exists", args.Task))
@@ -77,12 +106,11 @@ func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) error {
 		return err
 	}
 
-	var res *engine.Result
 	for res == nil || res.State == engine.StepQueued {
 		vm, err := q.pool.take(ctx, candidates)
 		if err != nil {
 			if ctx.Err() != nil {
-				return q.interrupted(ctx, t, nil, args.Profile)
+				return ctx.Err()
 			}
 			return q.giveUp(ctx, job, t, err)
 		}
@@ -104,7 +132,7 @@ func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) error {
 		res = r
 	}
 	if ctx.Err() != nil {
-		return q.interrupted(ctx, t, res, args.Profile)
+		return ctx.Err()
 	}
 	if err := q.record(ctx, t.ID, res); err != nil {
 		return err
@@ -113,25 +141,25 @@ func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) error {
 	return err
 }
 
-// interrupted ends a job whose context ended before or during its
-// analysis (whose VM, if it had one, has been cleaned). Cancelled through
-// the API, the analysis is recorded cancelled; when this host is stopping,
-// the job goes back to the queue and runs again from the start.
-func (q *Queue) interrupted(ctx context.Context, t *Task, res *engine.Result, profile string) error {
+// interrupted ends a job whose context ended (whose VM, if it had one, has
+// been cleaned). Cancelled through the API, the analysis is recorded
+// cancelled, whatever it had reached; when this host is stopping, the job
+// goes back to the queue and runs again from the start.
+func (q *Queue) interrupted(ctx context.Context, task string, res *engine.Result, profile string) error {
 	if !errors.Is(context.Cause(ctx), river.ErrJobCancelledRemotely) {
 		return ctx.Err()
 	}
-	if res == nil {
+	if res == nil || res.State == engine.StepQueued {
 		res = &engine.Result{Profile: profile, State: engine.StepCancelled, Verdict: engine.VerdictError,
 			FailedStep: engine.StepQueued, Transitions: []engine.Transition{{Step: engine.StepCancelled, At: time.Now().UTC()}}}
 	}
 	res.State = engine.StepCancelled
 	res.Error = strings.TrimSuffix("cancelled through the API; "+res.Error, "; ")
 	ctx = context.WithoutCancel(ctx)
-	if err := q.record(ctx, t.ID, res); err != nil {
+	if err := q.record(ctx, task, res); err != nil {
 		return err
 	}
-	if _, err := q.finishTask(ctx, t.ID); err != nil {
+	if _, err := q.finishTask(ctx, task); err != nil {
 		return err
 	}
 	return river.JobCancel(errors.New("cancelled through the API"))
