@@ -140,8 +140,12 @@ func checkRestoreNamed(p *probe) {
 	}
 }
 
+// checkRestoreTwice restores a VM that ran, then again: the second restore,
+// of a VM already clean at the snapshot, must leave it as the first did.
 func checkRestoreTwice(p *probe) {
 	vm, snap := p.vm(), p.snapshot()
+	p.running(vm)
+	p.stopped(vm)
 	var after [2]hypervisor.Status
 	for i := range after {
 		if !p.ok(p.retry(func() error { return p.d().Restore(p.ctx, vm, snap) }), "Restore(%q), time %d", snap, i+1) {
@@ -314,10 +318,14 @@ func (p *probe) marked(vm string, m guestMark) bool {
 	if p.has(hypervisor.CapGuestExec) {
 		req := p.cat(m.guest)
 		res, err := p.d().Exec(p.ctx, vm, req)
-		if err != nil {
-			p.fatalf("Exec %s %v: %v", req.Path, req.Args, err)
+		switch {
+		case err == nil:
+			return res.ExitCode == 0
+		case hypervisor.CodeOf(err) == hypervisor.CodeFailed:
+			return false // a driver that answers a failing command with an error is §9.2b's business
 		}
-		return res.ExitCode == 0 && bytes.Equal(bytes.TrimRight(res.Stdout, "\r\n"), bytes.TrimRight(m.data, "\r\n"))
+		p.fatalf("Exec %s %v: %v", req.Path, req.Args, err)
+		return false
 	}
 	dst := filepath.Join(p.hostDir(), "marker")
 	if err := p.d().CopyOut(p.ctx, vm, m.guest, dst); err != nil {

@@ -26,6 +26,8 @@ type session struct {
 
 	mu  sync.Mutex
 	vms map[string]*vmRecord
+	// fullRestore is how long a whole restore of a VM took, measured once.
+	fullRestore map[string]time.Duration
 }
 
 // vmRecord is what the suite remembers of a VM it may change, to bring it
@@ -71,6 +73,8 @@ func open(ctx context.Context, target Target) (*session, error) {
 		ctx:    ctx,
 		close:  closeFn,
 		vms:    map[string]*vmRecord{},
+
+		fullRestore: map[string]time.Duration{},
 	}
 	s.d = &tracked{Driver: drv, s: s}
 	s.raw = drv
