@@ -44,15 +44,6 @@ var deadlineChecks = []*check{
 
 var concurrencyChecks = []*check{
 	{
-		name: "Concurrency/TwoVMs", clause: "§13.1a",
-		summary: "two VMs started, stopped and restored at the same time all succeed, and restores of the two overlap instead of waiting for each other",
-		anyCap:  forceful,
-		needs:   []need{needPeer},
-		on:      []role{roleVM, rolePeer},
-		alone:   true,
-		fn:      checkTwoVMs,
-	},
-	{
 		name: "Concurrency/SameVMAtOnce", clause: "§13.1b", also: []string{"§5.5"},
 		summary: "two starts, then two stops, of one VM at the same time leave it consistent",
 		anyCap:  forceful,
@@ -63,6 +54,15 @@ var concurrencyChecks = []*check{
 		summary: "Status (and ListVMs) answer while the VM is started, stopped and restored, and never make those operations answer locked",
 		anyCap:  forceful,
 		fn:      checkReadsDuring,
+	},
+	{
+		name: "Concurrency/TwoVMs", clause: "§13.1a",
+		summary: "two VMs started, stopped and restored at the same time all succeed, and restores of the two overlap instead of waiting for each other",
+		anyCap:  forceful,
+		needs:   []need{needPeer},
+		on:      []role{roleVM, rolePeer},
+		alone:   true,
+		fn:      checkTwoVMs,
 	},
 }
 
@@ -340,23 +340,31 @@ func (p *probe) overlap(vms []string) {
 	}
 	const enough = 200 * time.Millisecond
 	n := max(1, min(20, int(enough/max(one, time.Millisecond))+1))
-	alone := make([]time.Duration, len(vms))
-	for i, vm := range vms {
-		alone[i] = timed(func() { err = restores(vm, n) })
-		if !p.ok(err, "%d restores of %s", n, vm) {
+	// A busy machine can make two overlapping operations look serial, never
+	// the reverse: one measurement that overlaps is enough.
+	for attempt := 1; ; attempt++ {
+		alone := make([]time.Duration, len(vms))
+		for i, vm := range vms {
+			alone[i] = timed(func() { err = restores(vm, n) })
+			if !p.ok(err, "%d restores of %s", n, vm) {
+				return
+			}
+		}
+		both := timed(func() { err = together(vms, func(vm string) error { return restores(vm, n) }) })
+		if !p.ok(err, "%d restores of each VM at once", n) {
 			return
 		}
-	}
-	both := timed(func() { err = together(vms, func(vm string) error { return restores(vm, n) }) })
-	if !p.ok(err, "%d restores of each VM at once", n) {
-		return
-	}
-	longer, shorter := max(alone[0], alone[1]), min(alone[0], alone[1])
-	p.Logf("%d restores: %s alone took %s, %s alone %s, both at once %s", n, vms[0], alone[0].Round(time.Millisecond),
-		vms[1], alone[1].Round(time.Millisecond), both.Round(time.Millisecond))
-	if both > longer+shorter*3/4 {
-		p.Errorf("restores of %s and %s at once took %s, about the sum of their times alone (%s and %s): one waited for the other",
-			vms[0], vms[1], both.Round(time.Millisecond), alone[0].Round(time.Millisecond), alone[1].Round(time.Millisecond))
+		longer, shorter := max(alone[0], alone[1]), min(alone[0], alone[1])
+		p.Logf("%d restores: %s alone took %s, %s alone %s, both at once %s", n, vms[0], alone[0].Round(time.Millisecond),
+			vms[1], alone[1].Round(time.Millisecond), both.Round(time.Millisecond))
+		if both <= longer+shorter*3/4 {
+			return
+		}
+		if attempt == 2 {
+			p.Errorf("restores of %s and %s at once took %s, about the sum of their times alone (%s and %s), twice: one waited for the other",
+				vms[0], vms[1], both.Round(time.Millisecond), alone[0].Round(time.Millisecond), alone[1].Round(time.Millisecond))
+			return
+		}
 	}
 }
 

@@ -268,19 +268,22 @@ func (s *session) clean(ctx context.Context, vm, snapshot string, restore bool) 
 
 // kill stops a VM that has a process by the quickest means, an emergency
 // stop, when the driver declares one: the VM is disposable and about to be
-// restored, so its guest loses nothing the suite needs. A VM that is not
-// off a margin later is left to the rest of clean.
-func (s *session) kill(ctx context.Context, vm string) {
+// restored, so its guest loses nothing the suite needs. It reports whether
+// the VM is off-like a margin later; one that is not is left to the
+// caller's other means.
+func (s *session) kill(ctx context.Context, vm string) bool {
 	if !s.caps.Has(hypervisor.CapStopEmergency) {
-		return
+		return false
 	}
 	st, err := s.d.Status(ctx, vm)
 	if err != nil || st.Power.IsOff() || !isSettled(st) || st.Power == hypervisor.PowerUnknown {
-		return
+		return err == nil && st.Power.IsOff()
 	}
-	if s.retryLocked(ctx, func() error { return s.d.Stop(ctx, vm, hypervisor.StopEmergency) }) == nil {
-		_, _ = s.waitFor(ctx, vm, s.timing.Margin, "off", isOff)
+	if s.retryLocked(ctx, func() error { return s.d.Stop(ctx, vm, hypervisor.StopEmergency) }) != nil {
+		return false
 	}
+	_, err = s.waitFor(ctx, vm, s.timing.Margin, "off", isOff)
+	return err == nil
 }
 
 func (s *session) verifyClean(ctx context.Context, vm, snapshot string, restore bool) error {

@@ -106,8 +106,10 @@ func (c *check) rules() []string { return append([]string{c.clause}, c.also...) 
 
 // registry is every check, grouped, in run order.
 func registry() []*check {
+	// The concurrency checks come last, and among them the one that runs
+	// alone, so that no check waits for it.
 	return slices.Concat(identityChecks, statusChecks, startChecks, stopChecks, unlockChecks,
-		restoreChecks, cleanupChecks, guestChecks, watchChecks, deadlineChecks, concurrencyChecks, errorChecks)
+		restoreChecks, cleanupChecks, guestChecks, watchChecks, deadlineChecks, errorChecks, concurrencyChecks)
 }
 
 // group is the part of a check's name before the slash.
