@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -149,6 +151,58 @@ func TestTheFakePluginPassesTheSuite(t *testing.T) {
 			assert.Contains(t, o[conformance.Skip], "Unlock/ReleasesLingeringLock")
 		})
 	}
+}
+
+// Through a plugin the host's side of a watch always closes on time: the
+// SDK ends the stream with its context. A driver that leaves its own
+// channel open still fails the §10.1c check, on the count the SDK reports
+// with its answers, and the plugin says so in the host's log.
+func TestAPluginThatLeavesItsWatchOpenFailsTheWatchCheck(t *testing.T) {
+	t.Parallel()
+	bin, err := plugintest.Build(t.TempDir(), "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
+	require.NoError(t, err)
+	dir := t.TempDir()
+	logs := &lockedBuffer{}
+	target := suiteTarget(conformance.Plugin(conformance.PluginBinary{
+		Name:       "fake",
+		Path:       bin,
+		Env:        []string{"GORACE=atexit_sleep_ms=0"},
+		Config:     suiteWorld(fmt.Sprintf("violations = [\"watch-never-closes\"]\nscratch_dir = %q\n", filepath.Join(dir, "guests"))),
+		ConfigFile: filepath.Join(dir, "config.toml"),
+		Logger:     hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Warn}),
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(name string) bool {
+		return strings.HasPrefix(name, "Watch/")
+	}})
+	require.NoError(t, err)
+	o := outcomes(rep)
+	assert.Equal(t, []string{"Watch/ClosesWhenContextEnds"}, o[conformance.Fail])
+	for _, r := range rep.Results {
+		if r.Check == "Watch/ClosesWhenContextEnds" {
+			assert.Regexp(t, `left \d+ watch channel\(s\) open after their context ended`, r.Message)
+		}
+	}
+	assert.Contains(t, logs.String(), "the driver left a watch channel open after the watch's context ended")
+}
+
+// lockedBuffer is a log destination safe for the host's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // A driver that declares only some capabilities passes what it declares
