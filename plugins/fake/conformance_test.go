@@ -34,7 +34,9 @@ start = "10ms"
 acpi_shutdown = "20ms"
 poweroff = "10ms"
 emergency = "5ms"
-restore = "10ms"
+# Restores that wait rather than compute, so that Concurrency/TwoVMs can
+# tell two at once from one after the other on a busy machine.
+restore = "100ms"
 unlock_after_stop = "20ms"
 guest_ready = "10ms"
 

@@ -45,6 +45,12 @@ const shortList = 8
 const slowExit = "[plugins.fake.config.vms.subject.timing]\npoweroff = \"300ms\"\n" +
 	"[plugins.fake.config.vms.stale.timing]\npoweroff = \"300ms\"\n"
 
+// slowly makes one timing of one VM long enough that the moment a lying
+// driver's lie lasts is seen however loaded the machine is.
+func slowly(vm, key string) string {
+	return fmt.Sprintf("[plugins.fake.config.vms.%s.timing]\n%s = \"400ms\"\n", vm, key)
+}
+
 // notFound are the checks of §11.3, one per operation.
 var notFound = []string{"Status/UnknownVMIsNotFound", "Start/UnknownVMIsNotFound", "Stop/UnknownVMIsNotFound",
 	"Unlock/UnknownVMIsNotFound", "Restore/UnknownVMIsNotFound", "Cleanup/UnknownVMIsNotFound",
@@ -62,7 +68,7 @@ var violationCases = []violationCase{
 	{violation: fake.ViolationListDropsLast, rule: "§2.1a", fails: []string{"List/IncludesTheVMs"}},
 	{violation: fake.ViolationListUnstable, rule: "§2.1b", fails: []string{"List/StableOrder"}},
 	{violation: fake.ViolationListLocks, rule: "§2.2", fails: []string{"Concurrency/ReadsDuringOperations"}},
-	{violation: fake.ViolationEmptyRaw, rule: "§3.2a", fails: []string{"Status/PowerAndRawAreValid"}},
+	{violation: fake.ViolationEmptyRaw, rule: "§3.2a", extra: slowly("subject", "start"), fails: []string{"Status/PowerAndRawAreValid"}},
 	{violation: fake.ViolationUnknownAsOff, rule: "§3.2b", fails: []string{"Status/UnmappedStateIsUnknown"}},
 	{violation: fake.ViolationEarlyOff, rule: "§3.2c", extra: slowExit,
 		fails: []string{"Status/OffMeansNoProcess", "Stop/EmergencyOnLingeringLock", "Unlock/ReleasesLingeringLock", "Restore/LingeringLockIsLocked"}},
@@ -71,23 +77,23 @@ var violationCases = []violationCase{
 	{violation: fake.ViolationForgetLock, rule: "§3.3b", fails: []string{"Status/ReportsLingeringLock"}},
 	{violation: fake.ViolationStateChangedFrozen, rule: "§3.5", fails: []string{"Start/ReachesRunning"}},
 	{violation: fake.ViolationStatusLocks, rule: "§3.6", fails: []string{"Concurrency/ReadsDuringOperations"}},
-	{violation: fake.ViolationLateStart, rule: "§4.1", fails: []string{"Start/ReachesRunning"}},
+	{violation: fake.ViolationLateStart, rule: "§4.1", extra: slowly("subject", "start"), fails: []string{"Start/ReachesRunning"}},
 	{violation: fake.ViolationRestartRunning, rule: "§4.2", fails: []string{"Start/RunningIsNoOp"}},
 	{violation: fake.ViolationStartStealsLock, rule: "§4.3", fails: []string{"Start/LingeringLockIsLocked"}},
-	{violation: fake.ViolationLateStop, rule: "§5.1a", fails: []string{"Stop/PowerOff"}},
+	{violation: fake.ViolationLateStop, rule: "§5.1a", extra: slowly("subject", "poweroff"), fails: []string{"Stop/PowerOff"}},
 	{violation: fake.ViolationACPIRefused, rule: "§5.1b", fails: []string{"Stop/ACPI", "Stop/Ladder"}},
 	{violation: fake.ViolationEmergencyNoop, rule: "§5.1b", fails: []string{"Stop/Emergency"}},
 	{violation: fake.ViolationStopOffFails, rule: "§5.2a", fails: []string{"Stop/OffLikeIsNoOp"}},
 	{violation: fake.ViolationEmergencyLingeringNoop, rule: "§5.2b", fails: []string{"Stop/EmergencyOnLingeringLock"}},
-	{violation: fake.ViolationStopStoppingFailed, rule: "§5.5", fails: []string{"Stop/Ladder", "Concurrency/SameVMAtOnce"}},
+	{violation: fake.ViolationStopStoppingFailed, rule: "§5.5", extra: slowly("subject", "acpi_shutdown"), fails: []string{"Stop/Ladder", "Concurrency/SameVMAtOnce"}},
 	{violation: fake.ViolationUnlockRunningOK, rule: "§6.1", fails: []string{"Unlock/RunningIsInvalidState"}},
 	{violation: fake.ViolationUnlockUnlockedFails, rule: "§6.2", fails: []string{"Unlock/UnlockedIsNoOp"}},
-	{violation: fake.ViolationUnlockReturnsEarly, rule: "§6.3", fails: []string{"Unlock/ReleasesLingeringLock"}},
+	{violation: fake.ViolationUnlockReturnsEarly, rule: "§6.3", extra: slowly("stale", "unlock_after_stop"), fails: []string{"Unlock/ReleasesLingeringLock"}},
 	{violation: fake.ViolationEmptyRestoresFirst, rule: "§7.1a", fails: []string{"Restore/CurrentSnapshot"}},
 	{violation: fake.ViolationFailedNotFound, rule: "§7.1b", fails: []string{"Restore/UnknownSnapshotIsNotFound", "Cleanup/UnknownSnapshotIsNotFound"}},
 	{violation: fake.ViolationRestoreRunningLocked, rule: "§7.2a", fails: []string{"Restore/RunningIsInvalidState"}},
 	{violation: fake.ViolationRestoreIgnoresLock, rule: "§7.2b", fails: []string{"Restore/LingeringLockIsLocked"}},
-	{violation: fake.ViolationLateRestore, rule: "§7.3", fails: []string{"Restore/NamedSnapshot"},
+	{violation: fake.ViolationLateRestore, rule: "§7.3", extra: slowly("subject", "restore"), fails: []string{"Restore/NamedSnapshot"},
 		skips: append(slices.Clone(everyRunSkips), "Deadlines/RestoreGivesUp", "Deadlines/CleanupGivesUp")},
 	{violation: fake.ViolationRestoreCurrentOnly, rule: "§7.3", fails: []string{"Restore/OtherSnapshot"}},
 	{violation: fake.ViolationRestoreKeepsDisk, rule: "§7.3", fails: []string{"Restore/OtherSnapshot"}},

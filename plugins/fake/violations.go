@@ -326,7 +326,7 @@ func (d *Driver) holdSession(v Violation, names ...string) {
 	for _, name := range names {
 		d.readers(name).Add(1)
 	}
-	time.Sleep(20 * time.Millisecond) // the simulated read that holds the session
+	time.Sleep(100 * time.Millisecond) // the simulated read that holds the session
 	for _, name := range names {
 		d.readers(name).Add(-1)
 	}
