@@ -29,12 +29,12 @@ snapshots = { clean = "snapshots/clean" }
 // process over gRPC, exactly as sandbox would reach the plugin.
 func TestConformance(t *testing.T) {
 	conformance.Run(t, conformance.Target{
-		Connect:  conformance.InProcess("procvm", New, worldConfig(t.TempDir())),
+		Connect:       conformance.InProcess("procvm", New, worldConfig(t.TempDir())),
 		VM:            "worker",
 		Snapshot:      "clean",
 		OtherSnapshot: "patched", // a restore of it must really go there
 		PeerVM:        "helper",
-		Guest:    conformance.Guest{Dir: "."}, // guest paths are relative to the VM's directory
-		Timing:   conformance.Timing{Settle: 10 * time.Second, ACPI: 2 * time.Second},
+		Guest:         conformance.Guest{Dir: "."}, // guest paths are relative to the VM's directory
+		Timing:        conformance.Timing{Settle: 10 * time.Second, ACPI: 2 * time.Second},
 	})
 }
