@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -223,7 +224,10 @@ func (a *app) progress() func(conformance.Result) {
 	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
 		return nil
 	}
+	var mu sync.Mutex // checks on different VMs end at the same time
 	return func(r conformance.Result) {
+		mu.Lock()
+		defer mu.Unlock()
 		fmt.Fprintf(f, "conformance: %-4s %s (%s)\n", r.Outcome, r.Check, r.Duration.Round(time.Millisecond))
 	}
 }

@@ -169,7 +169,7 @@ const (
 	// not found for a VM that does not exist (§11.3).
 	ViolationMissingVMFailed Violation = "missing-vm-failed"
 	// ViolationDeafCalls: a call whose deadline is less than a second away
-	// first spends 1.5 s without watching it, as a driver whose hypervisor
+	// first spends 3 s without watching it, as a driver whose hypervisor
 	// commands ignore their context; its answer comes that late (§12.1a).
 	ViolationDeafCalls Violation = "deaf-calls"
 	// ViolationIgnoreDeadlines: operations run to their end whatever their
@@ -267,11 +267,11 @@ func (d *Driver) honour(ctx context.Context) context.Context {
 	return ctx
 }
 
-// deaf spends 1.5 s without watching ctx when the driver breaks
-// deaf-calls and ctx's deadline is less than a second away.
+// deaf spends 3 s without watching ctx when the driver breaks deaf-calls
+// and ctx's deadline is less than a second away.
 func (d *Driver) deaf(ctx context.Context) {
 	if deadline, ok := ctx.Deadline(); ok && d.breaks(ViolationDeafCalls) && time.Until(deadline) < time.Second {
-		time.Sleep(1500 * time.Millisecond) // the simulated command that does not watch its context
+		time.Sleep(3 * time.Second) // the simulated command that does not watch its context
 	}
 }
 

@@ -422,6 +422,16 @@ func unjoin(err error) []error {
 	return []error{err}
 }
 
+// pause waits d, or until ctx ends.
+func pause(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
 // checkReadsDuring keeps reading the VM's status, from two goroutines so
 // that one reads while the other's answer travels, and the listing from a
 // third, while the VM is started, stopped and restored.
@@ -445,12 +455,20 @@ func checkReadsDuring(p *probe) {
 			if err != nil {
 				return
 			}
+			// A breath between reads, so that three readers do not take the
+			// CPU from the operations they read beside.
+			pause(ctx, 2*time.Millisecond)
 		}
 	}
 	status := func() error { _, err := p.d().Status(ctx, vm); return err }
+	// The second status reader starts half a read after the first, so that
+	// the two are not between reads at the same moments.
+	half := timed(func() { _ = status() }) / 2
 	wg.Add(2)
 	go read(status)
+	pause(ctx, half)
 	go read(status)
+	pause(ctx, half)
 	if p.has(hypervisor.CapList) {
 		wg.Add(1)
 		go read(func() error { _, err := p.d().ListVMs(ctx); return err })
