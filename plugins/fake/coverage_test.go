@@ -75,6 +75,7 @@ var violationCases = []violationCase{
 	{violation: fake.ViolationLockUnknown, rule: "§3.3a", fails: []string{"Capabilities/DeclaredAreSupported", "Status/LockMatchesCapability",
 		"Unlock/UnlockedIsNoOp", "Unlock/ReleasesLingeringLock"}},
 	{violation: fake.ViolationForgetLock, rule: "§3.3b", fails: []string{"Status/ReportsLingeringLock"}},
+	{violation: fake.ViolationStaleSnapshotName, rule: "§3.4", fails: []string{"Restore/OtherSnapshot"}},
 	{violation: fake.ViolationStateChangedFrozen, rule: "§3.5", fails: []string{"Start/ReachesRunning"}},
 	{violation: fake.ViolationStatusLocks, rule: "§3.6", fails: []string{"Concurrency/ReadsDuringOperations"}},
 	{violation: fake.ViolationLateStart, rule: "§4.1", extra: slowly("subject", "start"), fails: []string{"Start/ReachesRunning"}},
@@ -122,10 +123,10 @@ var violationCases = []violationCase{
 }
 
 // TestClauseCoverage holds the contract, the suite and the fake's
-// violation modes together: every rule of docs/contract.md has a check,
-// every check a violation mode that breaks one of its rules and that it
-// catches (with at most a short list of others), and docs/conformance.md
-// shows it all.
+// violation modes together: every rule of docs/contract.md has a check and
+// a violation mode that breaks it, every check a violation mode that
+// breaks one of its rules and that it catches (with at most a short list of
+// others), and docs/conformance.md shows it all.
 func TestClauseCoverage(t *testing.T) {
 	contract, err := os.ReadFile(contractDoc)
 	require.NoError(t, err)
@@ -143,6 +144,8 @@ func TestClauseCoverage(t *testing.T) {
 	}
 	for _, r := range rules {
 		assert.NotEmpty(t, checksOf[r], "rule %s has no check", r)
+		assert.True(t, slices.ContainsFunc(violationCases, func(vc violationCase) bool { return vc.rule == r }),
+			"rule %s has no violation mode that breaks it", r)
 	}
 
 	var modes []fake.Violation

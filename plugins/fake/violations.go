@@ -58,6 +58,9 @@ const (
 	// ViolationForgetLock: Status and Watch report a VM unlocked as soon as
 	// its process is gone, while its session is still held (§3.3b).
 	ViolationForgetLock Violation = "forget-lock"
+	// ViolationStaleSnapshotName: CurrentSnapshot names the VM's newest
+	// snapshot whichever it was restored to (§3.4).
+	ViolationStaleSnapshotName Violation = "stale-snapshot-name"
 	// ViolationStateChangedFrozen: StateChanged is one fixed time whatever
 	// the VM does (§3.5).
 	ViolationStateChangedFrozen Violation = "state-changed-frozen"
@@ -193,7 +196,7 @@ var Violations = []Violation{
 	ViolationInfoUnstable, ViolationUndeclaredWatch, ViolationUndeclaredExec, ViolationUnsupportedUnlock,
 	ViolationListDropsLast, ViolationListUnstable, ViolationListLocks,
 	ViolationEmptyRaw, ViolationUnknownAsOff, ViolationEarlyOff, ViolationLockUnknown, ViolationForgetLock,
-	ViolationStateChangedFrozen, ViolationStatusLocks,
+	ViolationStaleSnapshotName, ViolationStateChangedFrozen, ViolationStatusLocks,
 	ViolationLateStart, ViolationRestartRunning, ViolationStartStealsLock,
 	ViolationLateStop, ViolationACPIRefused, ViolationEmergencyNoop, ViolationStopOffFails,
 	ViolationEmergencyLingeringNoop, ViolationStopStoppingFailed,
@@ -244,6 +247,9 @@ func (d *Driver) report(v *vm, now time.Time) hypervisor.Status {
 	}
 	if d.breaks(ViolationLockUnknown) && st.Lock == hypervisor.LockUnlocked {
 		st.Lock = hypervisor.LockUnknown
+	}
+	if d.breaks(ViolationStaleSnapshotName) && len(v.snapshots) > 0 {
+		st.CurrentSnapshot = v.snapshots[len(v.snapshots)-1]
 	}
 	if d.breaks(ViolationStateChangedFrozen) {
 		st.StateChanged = frozenTime
