@@ -18,24 +18,35 @@ type Remote interface {
 	Configure(ctx context.Context, cfg Config) error
 	// Protocol is the negotiated protocol version, 1 or 2.
 	Protocol() int
+	// Diagnostics is what the SDK in the plugin reported, with its latest
+	// answer, about its driver breaking the contract where the wire hides
+	// it (see Diagnostics).
+	Diagnostics() Diagnostics
 }
 
 // clientV2 speaks protocol version 2.
 type clientV2 struct {
-	c pb.HypervisorV2Client
+	c    pb.HypervisorV2Client
+	diag diagStore
 }
 
 var _ Remote = (*clientV2)(nil)
 
 func (c *clientV2) Protocol() int { return 2 }
 
+func (c *clientV2) Diagnostics() Diagnostics { return c.diag.get() }
+
 func (c *clientV2) Configure(ctx context.Context, cfg Config) error {
-	_, err := c.c.Configure(ctx, configToPB(cfg))
+	o, seen := c.diag.header()
+	_, err := c.c.Configure(ctx, configToPB(cfg), o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpConfigure, "")
 }
 
 func (c *clientV2) Info(ctx context.Context) (hypervisor.Info, error) {
-	p, err := c.c.Info(ctx, &pb.Empty{})
+	o, seen := c.diag.header()
+	p, err := c.c.Info(ctx, &pb.Empty{}, o)
+	seen()
 	if err != nil {
 		return hypervisor.Info{}, fromStatus(ctx, err, hypervisor.OpInfo, "")
 	}
@@ -43,7 +54,9 @@ func (c *clientV2) Info(ctx context.Context) (hypervisor.Info, error) {
 }
 
 func (c *clientV2) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
-	p, err := c.c.ListVMs(ctx, &pb.Empty{})
+	o, seen := c.diag.header()
+	p, err := c.c.ListVMs(ctx, &pb.Empty{}, o)
+	seen()
 	if err != nil {
 		return nil, fromStatus(ctx, err, hypervisor.OpList, "")
 	}
@@ -51,7 +64,9 @@ func (c *clientV2) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
 }
 
 func (c *clientV2) Status(ctx context.Context, vm string) (hypervisor.Status, error) {
-	p, err := c.c.Status(ctx, &pb.VMRequest{Vm: vm})
+	o, seen := c.diag.header()
+	p, err := c.c.Status(ctx, &pb.VMRequest{Vm: vm}, o)
+	seen()
 	if err != nil {
 		return hypervisor.Status{}, fromStatus(ctx, err, hypervisor.OpStatus, vm)
 	}
@@ -59,27 +74,37 @@ func (c *clientV2) Status(ctx context.Context, vm string) (hypervisor.Status, er
 }
 
 func (c *clientV2) Start(ctx context.Context, vm string) error {
-	_, err := c.c.Start(ctx, &pb.VMRequest{Vm: vm})
+	o, seen := c.diag.header()
+	_, err := c.c.Start(ctx, &pb.VMRequest{Vm: vm}, o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpStart, vm)
 }
 
 func (c *clientV2) Stop(ctx context.Context, vm string, m hypervisor.StopMethod) error {
-	_, err := c.c.Stop(ctx, &pb.StopRequest{Vm: vm, Method: string(m)})
+	o, seen := c.diag.header()
+	_, err := c.c.Stop(ctx, &pb.StopRequest{Vm: vm, Method: string(m)}, o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpStop, vm)
 }
 
 func (c *clientV2) Unlock(ctx context.Context, vm string) error {
-	_, err := c.c.Unlock(ctx, &pb.VMRequest{Vm: vm})
+	o, seen := c.diag.header()
+	_, err := c.c.Unlock(ctx, &pb.VMRequest{Vm: vm}, o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpUnlock, vm)
 }
 
 func (c *clientV2) Restore(ctx context.Context, vm, snapshot string) error {
-	_, err := c.c.Restore(ctx, &pb.RestoreRequest{Vm: vm, Snapshot: snapshot})
+	o, seen := c.diag.header()
+	_, err := c.c.Restore(ctx, &pb.RestoreRequest{Vm: vm, Snapshot: snapshot}, o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpRestore, vm)
 }
 
 func (c *clientV2) Cleanup(ctx context.Context, vm string, req hypervisor.CleanupRequest) (hypervisor.CleanupResult, error) {
-	p, err := c.c.Cleanup(ctx, &pb.CleanupRequest{Vm: vm, Restore: req.Restore, Snapshot: req.Snapshot})
+	o, seen := c.diag.header()
+	p, err := c.c.Cleanup(ctx, &pb.CleanupRequest{Vm: vm, Restore: req.Restore, Snapshot: req.Snapshot}, o)
+	seen()
 	if err != nil {
 		return cleanupStepsOf(err), fromStatus(ctx, err, hypervisor.OpCleanup, vm)
 	}
@@ -87,12 +112,16 @@ func (c *clientV2) Cleanup(ctx context.Context, vm string, req hypervisor.Cleanu
 }
 
 func (c *clientV2) CopyIn(ctx context.Context, vm, hostPath, guestPath string) error {
-	_, err := c.c.CopyIn(ctx, &pb.CopyRequest{Vm: vm, HostPath: hostPath, GuestPath: guestPath})
+	o, seen := c.diag.header()
+	_, err := c.c.CopyIn(ctx, &pb.CopyRequest{Vm: vm, HostPath: hostPath, GuestPath: guestPath}, o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpCopyIn, vm)
 }
 
 func (c *clientV2) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (hypervisor.ExecResult, error) {
-	p, err := c.c.Exec(ctx, execToPB(vm, req))
+	o, seen := c.diag.header()
+	p, err := c.c.Exec(ctx, execToPB(vm, req), o)
+	seen()
 	if err != nil {
 		return hypervisor.ExecResult{}, fromStatus(ctx, err, hypervisor.OpExec, vm)
 	}
@@ -100,7 +129,9 @@ func (c *clientV2) Exec(ctx context.Context, vm string, req hypervisor.ExecReque
 }
 
 func (c *clientV2) CopyOut(ctx context.Context, vm, guestPath, hostPath string) error {
-	_, err := c.c.CopyOut(ctx, &pb.CopyRequest{Vm: vm, HostPath: hostPath, GuestPath: guestPath})
+	o, seen := c.diag.header()
+	_, err := c.c.CopyOut(ctx, &pb.CopyRequest{Vm: vm, HostPath: hostPath, GuestPath: guestPath}, o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpCopyOut, vm)
 }
 
@@ -115,6 +146,9 @@ func (c *clientV2) Watch(ctx context.Context, vm string) (<-chan hypervisor.Stat
 		return nil, fromStatus(ctx, err, hypervisor.OpWatch, vm)
 	}
 	first, err := stream.Recv()
+	if md, herr := stream.Header(); herr == nil {
+		c.diag.note(md)
+	}
 	if err != nil {
 		cancel()
 		return nil, fromStatus(ctx, err, hypervisor.OpWatch, vm)
@@ -144,7 +178,8 @@ func (c *clientV2) Watch(ctx context.Context, vm string) (<-chan hypervisor.Stat
 // capability set, which a v1 plugin has no way to declare itself (§1.3).
 type clientV1 struct {
 	hypervisor.Unimplemented
-	c pb.HypervisorV1Client
+	c    pb.HypervisorV1Client
+	diag diagStore
 
 	mu     sync.Mutex
 	plugin string
@@ -154,11 +189,15 @@ var _ Remote = (*clientV1)(nil)
 
 func (c *clientV1) Protocol() int { return 1 }
 
+func (c *clientV1) Diagnostics() Diagnostics { return c.diag.get() }
+
 func (c *clientV1) Configure(ctx context.Context, cfg Config) error {
 	c.mu.Lock()
 	c.plugin = cfg.Plugin
 	c.mu.Unlock()
-	_, err := c.c.Configure(ctx, configToPB(cfg))
+	o, seen := c.diag.header()
+	_, err := c.c.Configure(ctx, configToPB(cfg), o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpConfigure, "")
 }
 
@@ -173,7 +212,9 @@ func (c *clientV1) Info(context.Context) (hypervisor.Info, error) {
 }
 
 func (c *clientV1) Status(ctx context.Context, vm string) (hypervisor.Status, error) {
-	p, err := c.c.Status(ctx, &pb.VMRequest{Vm: vm})
+	o, seen := c.diag.header()
+	p, err := c.c.Status(ctx, &pb.VMRequest{Vm: vm}, o)
+	seen()
 	if err != nil {
 		return hypervisor.Status{}, fromStatus(ctx, err, hypervisor.OpStatus, vm)
 	}
@@ -185,7 +226,9 @@ func (c *clientV1) Status(ctx context.Context, vm string) (hypervisor.Status, er
 }
 
 func (c *clientV1) Start(ctx context.Context, vm string) error {
-	_, err := c.c.Start(ctx, &pb.VMRequest{Vm: vm})
+	o, seen := c.diag.header()
+	_, err := c.c.Start(ctx, &pb.VMRequest{Vm: vm}, o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpStart, vm)
 }
 
@@ -194,11 +237,15 @@ func (c *clientV1) Stop(ctx context.Context, vm string, m hypervisor.StopMethod)
 		return hypervisor.NewError(hypervisor.CodeUnsupported, hypervisor.OpStop, vm,
 			"protocol version 1 only knows power-off, not %q", m)
 	}
-	_, err := c.c.PowerOff(ctx, &pb.VMRequest{Vm: vm})
+	o, seen := c.diag.header()
+	_, err := c.c.PowerOff(ctx, &pb.VMRequest{Vm: vm}, o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpStop, vm)
 }
 
 func (c *clientV1) Restore(ctx context.Context, vm, snapshot string) error {
-	_, err := c.c.Restore(ctx, &pb.RestoreRequest{Vm: vm, Snapshot: snapshot})
+	o, seen := c.diag.header()
+	_, err := c.c.Restore(ctx, &pb.RestoreRequest{Vm: vm, Snapshot: snapshot}, o)
+	seen()
 	return fromStatus(ctx, err, hypervisor.OpRestore, vm)
 }

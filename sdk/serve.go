@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
@@ -44,7 +45,7 @@ func Serve(factory Factory, opts ...ServeOption) {
 		Output:     os.Stderr,
 		JSONFormat: true,
 	})
-	slot := &driverSlot{factory: factory, logger: logger}
+	slot := newSlot(factory, logger)
 	surviveDeadHostPipe()
 	watchHost(func() {
 		closeWithin(slot, 50*time.Millisecond)
@@ -53,8 +54,10 @@ func Serve(factory Factory, opts ...ServeOption) {
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: serverPluginSets(slot, o.maxProtocol),
-		GRPCServer:       plugin.DefaultGRPCServer,
-		Logger:           logger,
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			return plugin.DefaultGRPCServer(append(opts, slot.diag.serverOptions()...))
+		},
+		Logger: logger,
 	})
 	closeWithin(slot, time.Second)
 }

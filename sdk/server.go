@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -16,9 +17,21 @@ import (
 type driverSlot struct {
 	factory Factory
 	logger  hclog.Logger
+	diag    diagnostics
 
 	mu     sync.Mutex
 	driver hypervisor.Driver
+}
+
+func newSlot(factory Factory, logger hclog.Logger) *driverSlot {
+	return &driverSlot{factory: factory, logger: logger, diag: diagnostics{logger: logger}}
+}
+
+// served is the driver the factory built, nil before Configure.
+func (s *driverSlot) served() hypervisor.Driver {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.driver
 }
 
 func (s *driverSlot) configure(req *pb.ConfigureRequest) error {
@@ -162,17 +175,51 @@ func (s *serverV2) Watch(req *pb.VMRequest, stream pb.HypervisorV2_WatchServer) 
 	if err != nil {
 		return err
 	}
-	ctx := stream.Context()
+	// The driver's watch ends with the stream, or when sending fails.
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
 	ch, err := d.Watch(ctx, req.GetVm())
 	if err != nil {
 		return toStatus(err, hypervisor.OpWatch, req.GetVm())
 	}
-	for st := range ch {
-		if err := stream.Send(statusToPB(st)); err != nil {
-			return err
+	for {
+		select {
+		case st, open := <-ch:
+			if !open {
+				return nil
+			}
+			if err := stream.Send(statusToPB(st)); err != nil {
+				cancel()
+				s.slot.awaitClose(ch, req.GetVm())
+				return err
+			}
+		case <-ctx.Done():
+			// The stream ends with its context whatever the driver does: the
+			// host has already closed its side.
+			s.slot.awaitClose(ch, req.GetVm())
+			return ctx.Err()
 		}
 	}
-	return nil
+}
+
+// awaitClose gives a driver whose watch's context ended WatchCloseGrace to
+// close its channel, reading (and dropping) what it still sends, then
+// abandons the channel: a driver that never closes it pins neither this
+// goroutine nor what it sends.
+func (s *driverSlot) awaitClose(ch <-chan hypervisor.Status, vm string) {
+	t := time.NewTimer(WatchCloseGrace)
+	defer t.Stop()
+	for {
+		select {
+		case _, open := <-ch:
+			if !open {
+				return
+			}
+		case <-t.C:
+			s.diag.unclosedWatch(vm)
+			return
+		}
+	}
 }
 
 // serverV1 serves protocol version 1, the legacy contract, from the same

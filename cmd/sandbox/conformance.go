@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -21,7 +22,7 @@ import (
 // conformanceFlags are the command line of `sandbox conformance`, mapped
 // one to one onto a conformance.Target.
 type conformanceFlags struct {
-	plugin, vm, snapshot              string
+	plugin, vm, snapshot, other       string
 	peerVM, lockVM, deadlineVM, oddVM string
 	run                               string
 	list                              bool
@@ -36,8 +37,10 @@ type conformanceReport struct {
 	Driver  hypervisor.Info      `json:"driver"`
 	Results []conformance.Result `json:"results"`
 	Summary map[string]int       `json:"summary"`
-	Restore string               `json:"restore,omitempty"`
-	Elapsed time.Duration        `json:"elapsed_ns"`
+	// Unchecked are the rules left unchecked for want of a fixture.
+	Unchecked []conformance.Unchecked `json:"unchecked,omitempty"`
+	Restore   string                  `json:"restore,omitempty"`
+	Elapsed   time.Duration           `json:"elapsed_ns"`
 }
 
 func (a *app) conformanceCommand() *cobra.Command {
@@ -63,6 +66,7 @@ func (a *app) conformanceCommand() *cobra.Command {
 	f.StringVar(&o.plugin, "plugin", "", "the `PLUGIN` to check, as named in the configuration (required)")
 	f.StringVar(&o.vm, "vm", "", "the disposable `VM` the checks drive (default: the first [vms.NAME] of the plugin not given another role)")
 	f.StringVar(&o.snapshot, "snapshot", "", "the `SNAPSHOT` of --vm to restore to (default: the one it is at)")
+	f.StringVar(&o.other, "other-snapshot", "", "a second `SNAPSHOT` of --vm, for telling a restore of it from one of the current snapshot")
 	f.StringVar(&o.peerVM, "peer-vm", "", "a second disposable `VM`, for operations on two VMs at once")
 	f.StringVar(&o.lockVM, "lock-vm", "", "a `VM` whose session lock outlives its process until Unlock")
 	f.StringVar(&o.deadlineVM, "deadline-vm", "", "a `VM` whose restore takes longer than --margin")
@@ -114,13 +118,14 @@ func (a *app) runConformance(o conformanceFlags) error {
 		o.vm = vm
 	}
 	target := conformance.Target{
-		Connect:    conformance.Connected(plugin),
-		VM:         o.vm,
-		Snapshot:   o.snapshot,
-		PeerVM:     o.peerVM,
-		LockVM:     o.lockVM,
-		DeadlineVM: o.deadlineVM,
-		UnmappedVM: o.oddVM,
+		Connect:       conformance.Connected(plugin),
+		VM:            o.vm,
+		Snapshot:      o.snapshot,
+		OtherSnapshot: o.other,
+		PeerVM:        o.peerVM,
+		LockVM:        o.lockVM,
+		DeadlineVM:    o.deadlineVM,
+		UnmappedVM:    o.oddVM,
 		Guest: conformance.Guest{
 			Dir:   o.guestDir,
 			Cat:   strings.Fields(o.guestCat),
@@ -140,7 +145,7 @@ func (a *app) runConformance(o conformanceFlags) error {
 		return err
 	}
 	out := conformanceReport{
-		Plugin: o.plugin, VM: o.vm, Driver: rep.Driver, Results: rep.Results, Restore: rep.Restore,
+		Plugin: o.plugin, VM: o.vm, Driver: rep.Driver, Results: rep.Results, Restore: rep.Restore, Unchecked: rep.Unchecked,
 		Elapsed: time.Since(begun),
 		Summary: map[string]int{
 			string(conformance.Pass): rep.Count(conformance.Pass),
@@ -219,7 +224,10 @@ func (a *app) progress() func(conformance.Result) {
 	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
 		return nil
 	}
+	var mu sync.Mutex // checks on different VMs end at the same time
 	return func(r conformance.Result) {
+		mu.Lock()
+		defer mu.Unlock()
 		fmt.Fprintf(f, "conformance: %-4s %s (%s)\n", r.Outcome, r.Check, r.Duration.Round(time.Millisecond))
 	}
 }
@@ -243,6 +251,14 @@ func printConformance(w io.Writer, r conformanceReport) {
 		orDash(r.Driver.Name), r.Driver.Version, r.Driver.ContractVersion, r.VM,
 		r.Summary[string(conformance.Pass)], r.Summary[string(conformance.Fail)], r.Summary[string(conformance.Skip)],
 		r.Elapsed.Round(100*time.Millisecond))
+	if len(r.Unchecked) > 0 {
+		fmt.Fprintf(w, "\n%d rules of the contract stayed unchecked for want of a fixture:\n", len(r.Unchecked))
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		for _, u := range r.Unchecked {
+			fmt.Fprintf(tw, "  %s\t%s\tgive %s\n", u.Rule, strings.Join(u.Checks, ", "), strings.Join(u.How, "; "))
+		}
+		_ = tw.Flush()
+	}
 	if r.Restore != "" {
 		fmt.Fprintf(w, "Could not put the VMs back as they were: %s\n", r.Restore)
 	}

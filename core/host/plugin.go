@@ -121,6 +121,20 @@ func (p *Plugin) Protocol(ctx context.Context) (int, error) {
 	return in.remote.Protocol(), nil
 }
 
+// Diagnostics is what the SDK inside the running plugin process reported
+// about its driver breaking the contract where the wire hides it
+// (sdk.Diagnostics): zero when no process runs, and from zero again after a
+// relaunch.
+func (p *Plugin) Diagnostics() sdk.Diagnostics {
+	p.mu.Lock()
+	in := p.inst
+	p.mu.Unlock()
+	if in == nil || in.remote == nil {
+		return sdk.Diagnostics{}
+	}
+	return in.remote.Diagnostics()
+}
+
 // Describe launches the plugin if needed and describes it.
 func (p *Plugin) Describe(ctx context.Context) (Description, error) {
 	in, err := p.instance(ctx)

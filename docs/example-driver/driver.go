@@ -41,20 +41,25 @@ var capabilities = hypervisor.NewCapabilities(
 )
 
 // Driver drives VMs that are local processes. It is safe for concurrent
-// use: mu guards every VM's files, so that a start and a restore of the
-// same VM cannot interleave.
+// use: each VM's lock guards its files, so that a start and a restore of
+// the same VM cannot interleave, while operations on different VMs run in
+// parallel (§13.1a).
 type Driver struct {
 	hypervisor.Unimplemented
 
-	log hclog.Logger
-	dir string
-	vms map[string]VMConfig
+	log   hclog.Logger
+	dir   string
+	vms   map[string]VMConfig
+	locks map[string]*vmLock // one per VM, made in New and never changed
+}
 
-	mu sync.Mutex
-	// killed is the process each VM was sent SIGKILL to. The kernel takes
-	// a moment to act on it, during which /proc still says running; the
-	// contract wants stopping right after Stop returns (§3.7).
-	killed map[string]int
+// vmLock is a VM's lock and what it guards besides the VM's files.
+type vmLock struct {
+	sync.Mutex
+	// killed is the process the VM was sent SIGKILL to. The kernel takes a
+	// moment to act on it, during which /proc still says running; the
+	// contract wants stopping right after a power-off returns (§5.1a).
+	killed int
 }
 
 // New is the plugin's factory: sdk.Serve calls it with the driver's table
@@ -67,7 +72,7 @@ func New(cfg sdk.Config, log hclog.Logger) (hypervisor.Driver, error) {
 	if key, msg := c.check(); key != nil {
 		return nil, cfg.Errorf(key, "%s", msg)
 	}
-	d := &Driver{log: log, dir: cfg.Path(c.StateDir), vms: map[string]VMConfig{}, killed: map[string]int{}}
+	d := &Driver{log: log, dir: cfg.Path(c.StateDir), vms: map[string]VMConfig{}, locks: map[string]*vmLock{}}
 	for name, vm := range c.VMs {
 		resolved := map[string]string{}
 		for snap, dir := range vm.Snapshots {
@@ -78,6 +83,7 @@ func New(cfg sdk.Config, log hclog.Logger) (hypervisor.Driver, error) {
 		}
 		vm.Snapshots = resolved
 		d.vms[name] = vm
+		d.locks[name] = &vmLock{}
 	}
 	for _, name := range slices.Sorted(maps.Keys(d.vms)) {
 		if err := d.create(name); err != nil {
@@ -140,11 +146,11 @@ func (d *Driver) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
 	if err := hypervisor.FromContext(ctx, hypervisor.OpList, ""); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	var out []hypervisor.VM
 	for _, name := range slices.Sorted(maps.Keys(d.vms)) {
+		d.locks[name].Lock()
 		out = append(out, hypervisor.VM{Name: name, Power: d.statusLocked(name).Power})
+		d.locks[name].Unlock()
 	}
 	return out, nil
 }
@@ -154,8 +160,8 @@ func (d *Driver) Status(ctx context.Context, name string) (hypervisor.Status, er
 	if err := d.begin(ctx, hypervisor.OpStatus, name); err != nil {
 		return hypervisor.Status{}, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.locks[name].Lock()
+	defer d.locks[name].Unlock()
 	return d.statusLocked(name), nil
 }
 
@@ -163,7 +169,7 @@ func (d *Driver) statusLocked(name string) hypervisor.Status {
 	st := hypervisor.Status{VM: name, Lock: hypervisor.LockUnknown, CurrentSnapshot: d.readFile(name, "snapshot")}
 	pid := d.pid(name)
 	if pid == 0 {
-		delete(d.killed, name)
+		d.locks[name].killed = 0
 		st.Power, st.Raw = hypervisor.PowerOff, "no process"
 		return st
 	}
@@ -171,11 +177,11 @@ func (d *Driver) statusLocked(name string) hypervisor.Status {
 	if gone {
 		// It exited while no driver was there to see it.
 		os.Remove(d.path(name, "pid"))
-		delete(d.killed, name)
+		d.locks[name].killed = 0
 		st.Power, st.Raw = hypervisor.PowerOff, "exited"
 		return st
 	}
-	if d.killed[name] == pid {
+	if d.locks[name].killed == pid {
 		power, raw = hypervisor.PowerStopping, raw+", killed"
 	}
 	st.Power, st.Raw = power, raw
@@ -206,8 +212,8 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 	if err := d.begin(ctx, hypervisor.OpStart, name); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.locks[name].Lock()
+	defer d.locks[name].Unlock()
 	switch st := d.statusLocked(name); st.Power {
 	case hypervisor.PowerRunning:
 		return nil // §4.2: already running, nothing to do
@@ -240,11 +246,11 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 // forgets it.
 func (d *Driver) reap(name string, cmd *exec.Cmd) {
 	err := cmd.Wait()
-	d.mu.Lock()
+	d.locks[name].Lock()
 	if d.pid(name) == cmd.Process.Pid {
 		os.Remove(d.path(name, "pid"))
 	}
-	d.mu.Unlock()
+	d.locks[name].Unlock()
 	d.log.Info("VM process exited", "vm", name, "pid", cmd.Process.Pid, "status", fmt.Sprint(err))
 }
 
@@ -262,8 +268,8 @@ func (d *Driver) Stop(ctx context.Context, name string, method hypervisor.StopMe
 	if err := d.begin(ctx, hypervisor.OpStop, name); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.locks[name].Lock()
+	defer d.locks[name].Unlock()
 	st := d.statusLocked(name)
 	switch {
 	case st.Power.IsOff():
@@ -282,7 +288,7 @@ func (d *Driver) Stop(ctx context.Context, name string, method hypervisor.StopMe
 		return hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpStop, name, "signal %s to process %d: %v", sig, pid, err)
 	}
 	if sig == syscall.SIGKILL {
-		d.killed[name] = pid
+		d.locks[name].killed = pid
 	}
 	d.log.Info("VM signalled", "vm", name, "pid", pid, "signal", sig.String())
 	return nil
@@ -294,8 +300,8 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 	if err := d.begin(ctx, hypervisor.OpRestore, name); err != nil {
 		return err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	d.locks[name].Lock()
+	defer d.locks[name].Unlock()
 	switch st := d.statusLocked(name); {
 	case st.Power == hypervisor.PowerStopping:
 		return hypervisor.NewError(hypervisor.CodeLocked, hypervisor.OpRestore, name, "the process is still exiting")

@@ -17,7 +17,7 @@ state_dir = %q
 
 [plugins.procvm.config.vms.worker]
 command = ["sleep", "3600"]
-snapshots = { clean = "snapshots/clean" }
+snapshots = { clean = "snapshots/clean", patched = "snapshots/patched" }
 
 [plugins.procvm.config.vms.helper]
 command = ["sleep", "3600"]
@@ -29,11 +29,12 @@ snapshots = { clean = "snapshots/clean" }
 // process over gRPC, exactly as sandbox would reach the plugin.
 func TestConformance(t *testing.T) {
 	conformance.Run(t, conformance.Target{
-		Connect:  conformance.InProcess("procvm", New, worldConfig(t.TempDir())),
-		VM:       "worker",
-		Snapshot: "clean",
-		PeerVM:   "helper",
-		Guest:    conformance.Guest{Dir: "."}, // guest paths are relative to the VM's directory
-		Timing:   conformance.Timing{Settle: 10 * time.Second, ACPI: 2 * time.Second},
+		Connect:       conformance.InProcess("procvm", New, worldConfig(t.TempDir())),
+		VM:            "worker",
+		Snapshot:      "clean",
+		OtherSnapshot: "patched", // a restore of it must really go there
+		PeerVM:        "helper",
+		Guest:         conformance.Guest{Dir: "."}, // guest paths are relative to the VM's directory
+		Timing:        conformance.Timing{Settle: 10 * time.Second, ACPI: 2 * time.Second},
 	})
 }

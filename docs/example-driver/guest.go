@@ -22,9 +22,9 @@ func (d *Driver) guest(ctx context.Context, op, name string) (*os.Root, error) {
 	if err := d.begin(ctx, op, name); err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
+	d.locks[name].Lock()
 	st := d.statusLocked(name)
-	d.mu.Unlock()
+	d.locks[name].Unlock()
 	if st.Power != hypervisor.PowerRunning {
 		return nil, hypervisor.NewError(hypervisor.CodeInvalidState, op, name, "the VM is not running (%s)", st.Raw)
 	}

@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -32,7 +34,9 @@ start = "10ms"
 acpi_shutdown = "20ms"
 poweroff = "10ms"
 emergency = "5ms"
-restore = "10ms"
+# Restores that wait rather than compute, so that Concurrency/TwoVMs can
+# tell two at once from one after the other on a busy machine.
+restore = "100ms"
 unlock_after_stop = "20ms"
 guest_ready = "10ms"
 
@@ -52,7 +56,7 @@ stale_lock_after_stop = true
 [plugins.fake.config.vms.slow]
 snapshots = ["clean"]
 [plugins.fake.config.vms.slow.timing]
-restore = "2s"
+restore = "2500ms"
 
 [plugins.fake.config.vms.odd]
 raw_state = "teleporting"
@@ -62,19 +66,20 @@ raw_state = "teleporting"
 // suiteTarget is the target for a run against connect.
 func suiteTarget(connect conformance.Connector) conformance.Target {
 	return conformance.Target{
-		Connect:    connect,
-		VM:         "subject",
-		Snapshot:   "clean",
-		PeerVM:     "peer",
-		LockVM:     "stale",
-		DeadlineVM: "slow",
-		UnmappedVM: "odd",
-		Guest:      conformance.Guest{Sleep: []string{"sleep", "3"}},
+		Connect:       connect,
+		VM:            "subject",
+		Snapshot:      "clean",
+		OtherSnapshot: "base",
+		PeerVM:        "peer",
+		LockVM:        "stale",
+		DeadlineVM:    "slow",
+		UnmappedVM:    "odd",
+		Guest:         conformance.Guest{Sleep: []string{"sleep", "5"}},
 		Timing: conformance.Timing{
-			Settle:   3 * time.Second,
+			Settle:   10 * time.Second, // a bound, reached only on a loaded machine
 			ACPI:     time.Second,
-			Deadline: 20 * time.Millisecond,
-			Margin:   time.Second,
+			Deadline: 100 * time.Millisecond,
+			Margin:   2 * time.Second, // the race detector on a busy machine
 		},
 	}
 }
@@ -140,7 +145,7 @@ func TestTheFakePluginPassesTheSuite(t *testing.T) {
 			assert.Empty(t, o[conformance.Fail])
 			assert.Empty(t, rep.Restore)
 			if tc.args == nil {
-				assert.Equal(t, []string{"Capabilities/UndeclaredAnswerUnsupported"}, o[conformance.Skip])
+				assert.Equal(t, everyRunSkips, o[conformance.Skip])
 				return
 			}
 			assert.Equal(t, 1, rep.Driver.ContractVersion)
@@ -148,6 +153,58 @@ func TestTheFakePluginPassesTheSuite(t *testing.T) {
 			assert.Contains(t, o[conformance.Skip], "Unlock/ReleasesLingeringLock")
 		})
 	}
+}
+
+// Through a plugin the host's side of a watch always closes on time: the
+// SDK ends the stream with its context. A driver that leaves its own
+// channel open still fails the §10.1c check, on the count the SDK reports
+// with its answers, and the plugin says so in the host's log.
+func TestAPluginThatLeavesItsWatchOpenFailsTheWatchCheck(t *testing.T) {
+	t.Parallel()
+	bin, err := plugintest.Build(t.TempDir(), "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
+	require.NoError(t, err)
+	dir := t.TempDir()
+	logs := &lockedBuffer{}
+	target := suiteTarget(conformance.Plugin(conformance.PluginBinary{
+		Name:       "fake",
+		Path:       bin,
+		Env:        []string{"GORACE=atexit_sleep_ms=0"},
+		Config:     suiteWorld(fmt.Sprintf("violations = [\"watch-never-closes\"]\nscratch_dir = %q\n", filepath.Join(dir, "guests"))),
+		ConfigFile: filepath.Join(dir, "config.toml"),
+		Logger:     hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Warn}),
+	}))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(name string) bool {
+		return strings.HasPrefix(name, "Watch/")
+	}})
+	require.NoError(t, err)
+	o := outcomes(rep)
+	assert.Equal(t, []string{"Watch/ClosesWhenContextEnds"}, o[conformance.Fail])
+	for _, r := range rep.Results {
+		if r.Check == "Watch/ClosesWhenContextEnds" {
+			assert.Regexp(t, `left \d+ watch channel\(s\) open after their context ended`, r.Message)
+		}
+	}
+	assert.Contains(t, logs.String(), "the driver left a watch channel open after the watch's context ended")
+}
+
+// lockedBuffer is a log destination safe for the host's goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 // A driver that declares only some capabilities passes what it declares
@@ -165,75 +222,56 @@ func TestAFakeWithFewCapabilitiesPassesTheSuite(t *testing.T) {
 		switch r.Check {
 		case "Watch/FirstIsCurrentStatus":
 			assert.Equal(t, conformance.Skip, r.Outcome)
-			assert.Equal(t, "§10.1: the driver does not declare watch", r.Message)
+			assert.Equal(t, "§10.1a: the driver does not declare watch", r.Message)
 		case "Guest/CopyRoundTrip":
 			assert.Equal(t, conformance.Skip, r.Outcome)
 		}
 	}
 }
 
-// slowExit makes the VM processes take their time to go, so that the
-// suite acts within an early-off lie however loaded the machine is: every
-// check that acts on a VM as soon as the driver reports it off catches it.
-const slowExit = "[plugins.fake.config.vms.subject.timing]\npoweroff = \"300ms\"\n" +
-	"[plugins.fake.config.vms.stale.timing]\npoweroff = \"300ms\"\n"
+// everyRunSkips are the checks a run on the fake with every capability
+// skips: they need a capability left out.
+var everyRunSkips = []string{"Capabilities/UndeclaredAnswerUnsupported", "Capabilities/UndeclaredGuestOnRunningVM"}
 
-// Each violation makes exactly the checks of the rule it breaks fail. The
-// runs are mostly waiting, so they all run at once.
+// Each violation makes exactly the checks of violationCases fail. The runs
+// are mostly waiting, so many run at once.
 func TestEachViolationFailsItsChecks(t *testing.T) {
 	t.Parallel()
-	cases := []struct {
-		violation fake.Violation
-		extra     string // more of the fake's table
-		fails     []string
-	}{
-		{
-			violation: fake.ViolationEarlyOff,
-			extra:     slowExit,
-			fails:     []string{"Status/OffMeansNoProcess", "Unlock/ReleasesLingeringLock", "Restore/LingeringLockIsLocked"},
-		},
-		{violation: fake.ViolationForgetLock, fails: []string{"Status/ReportsLingeringLock"}},
-		{violation: fake.ViolationIgnoreDeadlines, fails: []string{"Deadlines/RestoreGivesUp", "Deadlines/CleanupGivesUp"}},
-		{violation: fake.ViolationUnsupportedUnlock, fails: []string{"Capabilities/DeclaredAreSupported",
-			"Unlock/UnknownVMIsNotFound", "Unlock/UnlockedIsNoOp", "Unlock/RunningIsInvalidState", "Unlock/ReleasesLingeringLock"}},
-		{violation: fake.ViolationFailedNotFound, fails: []string{"Restore/UnknownSnapshotIsNotFound", "Cleanup/UnknownSnapshotIsNotFound"}},
-		{violation: fake.ViolationUnknownAsOff, fails: []string{"Status/UnmappedStateIsUnknown"}},
-		{violation: fake.ViolationStopOffFails, fails: []string{"Stop/OffLikeIsNoOp"}},
-		{violation: fake.ViolationExecExitError, fails: []string{"Guest/ExitCodeAndStderr"}},
-		{violation: fake.ViolationCleanupRestoresAgain, fails: []string{"Cleanup/CleanVMIsNoOp"}},
-		{violation: fake.ViolationWatchSilent, fails: []string{"Watch/FollowsChanges"}},
-	}
-	var covered []fake.Violation
-	reports := make([]*conformance.Report, len(cases))
-	errs := make([]error, len(cases))
+	reports := make([]*conformance.Report, len(violationCases))
+	errs := make([]error, len(violationCases))
 	var wg sync.WaitGroup
-	for i, tc := range cases {
-		covered = append(covered, tc.violation)
+	slots := make(chan struct{}, 12)
+	for i, vc := range violationCases {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			slots <- struct{}{}
+			defer func() { <-slots }()
+			ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 			defer cancel()
-			world := suiteWorld(fmt.Sprintf("violations = [%q]\n%s", tc.violation, tc.extra))
+			world := suiteWorld(fmt.Sprintf("violations = [%q]\n%s", vc.violation, vc.extra))
 			reports[i], errs[i] = conformance.Collect(ctx, suiteTarget(conformance.InProcess("fake", fake.New, world)), conformance.Options{})
 		}()
 	}
 	wg.Wait()
-	assert.ElementsMatch(t, fake.Violations, covered, "every violation is proven caught")
-	for i, tc := range cases {
-		t.Run(string(tc.violation), func(t *testing.T) {
+	for i, vc := range violationCases {
+		t.Run(string(vc.violation), func(t *testing.T) {
 			require.NoError(t, errs[i])
 			rep := reports[i]
 			o := outcomes(rep)
-			if !assert.ElementsMatch(t, tc.fails, o[conformance.Fail]) {
+			if !assert.ElementsMatch(t, vc.fails, o[conformance.Fail]) {
 				logFailures(t, rep)
 			}
-			assert.Equal(t, []string{"Capabilities/UndeclaredAnswerUnsupported"}, o[conformance.Skip])
+			skips := vc.skips
+			if skips == nil {
+				skips = everyRunSkips
+			}
+			assert.ElementsMatch(t, skips, o[conformance.Skip])
 			assert.Empty(t, rep.Restore, "the VMs are put back even after failures")
 			for _, r := range rep.Results {
 				if r.Outcome == conformance.Fail {
 					assert.NotEmpty(t, r.Message, r.Check)
-					assert.Regexp(t, `^§\d+\.\d+$`, r.Clause, r.Check)
+					assert.Regexp(t, `^§\d+\.\d+[a-z]?$`, r.Clause, r.Check)
 				}
 			}
 		})

@@ -38,6 +38,7 @@ type Driver struct {
 
 	// violations are the contract rules this driver breaks on purpose.
 	violations map[Violation]bool
+	viol       violationState
 
 	// mu guards the world; lock and unlock take it together with the
 	// world file's lock when the world is shared through state_dir.
@@ -185,13 +186,13 @@ func (d *Driver) Info(ctx context.Context) (hypervisor.Info, error) {
 	if err := hypervisor.FromContext(ctx, hypervisor.OpInfo, ""); err != nil {
 		return hypervisor.Info{}, err
 	}
-	return hypervisor.Info{
+	return d.infoOf(hypervisor.Info{
 		Name:            "fake",
 		Version:         Version,
 		ContractVersion: hypervisor.ContractVersion,
 		Hypervisor:      "sandbox fake hypervisor " + Version,
 		Capabilities:    slices.Clone(d.caps),
-	}, nil
+	}), nil
 }
 
 // ListVMs lists the world's VMs by name. Like VirtualBox's "list vms" it
@@ -204,15 +205,18 @@ func (d *Driver) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
 		return nil, err
 	}
 	d.lock()
-	defer d.unlock()
 	now := time.Now()
 	out := make([]hypervisor.VM, 0, len(d.vms))
+	names := make([]string, 0, len(d.vms))
 	for _, v := range d.vms {
 		v.advance(now)
 		out = append(out, hypervisor.VM{Name: v.name, ID: v.id, Power: v.st.Power})
+		names = append(names, v.name)
 	}
+	d.unlock()
+	d.holdSession(ViolationListLocks, names...)
 	slices.SortFunc(out, func(a, b hypervisor.VM) int { return cmp.Compare(a.Name, b.Name) })
-	return out, nil
+	return d.listed(out), nil
 }
 
 // Journal returns what this driver has journaled so far, for in-process
@@ -224,6 +228,7 @@ func (d *Driver) Journal() []Entry {
 // begin is how every VM operation starts: the context must be live, the VM
 // must exist, and a slow VM makes the caller wait first.
 func (d *Driver) begin(ctx context.Context, op, name string) (*vm, error) {
+	d.deaf(ctx)
 	if err := hypervisor.FromContext(ctx, op, name); err != nil {
 		return nil, err
 	}
@@ -235,8 +240,7 @@ func (d *Driver) begin(ctx context.Context, op, name string) (*vm, error) {
 	}
 	d.unlock()
 	if !ok {
-		return nil, hypervisor.NewError(hypervisor.CodeNotFound, op, name,
-			"Could not find a registered machine named '%s'", name)
+		return nil, d.missingVM(op, name)
 	}
 	if slow > 0 {
 		if err := sleep(ctx, slow); err != nil {

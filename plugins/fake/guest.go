@@ -37,7 +37,11 @@ func (d *Driver) CopyIn(ctx context.Context, name, hostPath, guestPath string) e
 		return c.done(hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpCopyIn, name,
 			"Copying %q to the guest failed: %v", guestPath, err))
 	}
-	return c.done(copyIn(ctx, root, name, hostPath, guestPath))
+	err = copyIn(ctx, root, name, hostPath, guestPath)
+	if err == nil {
+		err = d.truncated(ViolationCopyInTruncates, truncateGuest(root, guestPath))
+	}
+	return c.done(err)
 }
 
 func copyIn(ctx context.Context, root *os.Root, name, hostPath, guestPath string) error {
@@ -88,7 +92,11 @@ func (d *Driver) CopyOut(ctx context.Context, name, guestPath, hostPath string) 
 		return c.done(hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpCopyOut, name,
 			"Copying %q from the guest failed: %v", guestPath, err))
 	}
-	return c.done(copyOut(ctx, root, name, guestPath, hostPath))
+	err = copyOut(ctx, root, name, guestPath, hostPath)
+	if err == nil {
+		err = d.truncated(ViolationCopyOutTruncates, truncateFile(hostPath))
+	}
+	return c.done(err)
 }
 
 // errGuestIO is what a scripted copy fault says went wrong.
@@ -137,7 +145,7 @@ func copyOut(ctx context.Context, root *os.Root, name, guestPath, hostPath strin
 // commands.go). A command still running at req.Timeout is killed and
 // answers CodeTimeout, as does one whose ctx ends.
 func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecRequest) (hypervisor.ExecResult, error) {
-	if !d.caps.Has(hypervisor.CapGuestExec) {
+	if !d.caps.Has(hypervisor.CapGuestExec) || d.execHidden(ctx, name) {
 		return hypervisor.ExecResult{}, hypervisor.Unsupported(hypervisor.OpExec, name)
 	}
 	ctx = d.honour(ctx)
@@ -149,7 +157,7 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 	}
 	defer root.Close()
 	runCtx := ctx
-	if req.Timeout > 0 {
+	if req.Timeout > 0 && !d.breaks(ViolationExecTimeoutIgnored) {
 		var cancel context.CancelFunc
 		runCtx, cancel = context.WithTimeout(ctx, req.Timeout)
 		defer cancel()
@@ -167,11 +175,15 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		return hypervisor.ExecResult{}, c.done(hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpExec, name,
 			"command exited with status %d: %s", code, bytes.TrimSpace(sh.stderr.Bytes())))
 	}
-	return hypervisor.ExecResult{
+	res := hypervisor.ExecResult{
 		ExitCode: code,
 		Stdout:   sh.stdout.Bytes(),
 		Stderr:   sh.stderr.Bytes(),
-	}, c.done(nil)
+	}
+	if d.breaks(ViolationExecNoStdout) {
+		res.Stdout = nil
+	}
+	return res, c.done(nil)
 }
 
 // beginGuest starts a guest operation: the VM must be running with its
@@ -188,7 +200,7 @@ func (d *Driver) beginGuest(ctx context.Context, op, name string, describe func(
 	v.advance(now)
 	switch {
 	case v.st.Power != hypervisor.PowerRunning:
-		err = hypervisor.NewError(hypervisor.CodeInvalidState, op, name, "Machine '%s' is not currently running.", name)
+		err = d.guestOff(op, name)
 	case !v.guestReady(now):
 		err = hypervisor.NewError(hypervisor.CodeInvalidState, op, name,
 			"The guest execution service is not ready (yet).")

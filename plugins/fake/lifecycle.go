@@ -17,6 +17,7 @@ func (d *Driver) Status(ctx context.Context, name string) (hypervisor.Status, er
 	if err != nil {
 		return hypervisor.Status{}, err
 	}
+	d.holdSession(ViolationStatusLocks, name)
 	d.lock()
 	defer d.unlock()
 	now := time.Now()
@@ -47,7 +48,7 @@ func (d *Driver) Start(ctx context.Context, name string) error {
 	now := time.Now()
 	v.advance(now)
 	if p := v.st.Power; p == hypervisor.PowerRunning || p == hypervisor.PowerStarting {
-		return nil // §4.2: nothing to send, nothing changes
+		return d.startAgain(v, now) // §4.2: nothing to send, nothing changes
 	}
 	c := d.newCall(hypervisor.OpStart, name)
 	err = d.startLocked(v, now)
@@ -70,6 +71,10 @@ func (d *Driver) startLocked(v *vm, now time.Time) error {
 		return hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpStart, v.name,
 			"The virtual machine '%s' has terminated unexpectedly during startup with exit code 1 (0x1)", v.name)
 	}
+	if err := d.heldByRead(hypervisor.OpStart, v.name); err != nil {
+		return err
+	}
+	d.stealLock(v)
 	if v.locked(now) {
 		return lockedBySession(hypervisor.OpStart, v.name) // §4.3
 	}
@@ -106,8 +111,14 @@ func (d *Driver) Stop(ctx context.Context, name string, method hypervisor.StopMe
 	defer d.unlock()
 	now := time.Now()
 	v.advance(now)
+	if err, broken := d.stopBroken(v, method, now); broken {
+		return err
+	}
+	if err := d.heldByRead(hypervisor.OpStop, name); err != nil && !v.st.Power.IsOff() {
+		return err
+	}
 	if v.st.Power.IsOff() {
-		if d.breaks(ViolationStopOffFails) {
+		if d.breaks(ViolationStopOffFails) && !v.locked(now) {
 			return invalidState(hypervisor.OpStop, name, v.st.Power)
 		}
 		if method == hypervisor.StopEmergency && v.locked(now) {
@@ -206,6 +217,10 @@ func (d *Driver) Unlock(ctx context.Context, name string) error {
 	d.lock()
 	now := time.Now()
 	v.advance(now)
+	if err, broken := d.unlockBroken(v, now); broken {
+		d.unlock()
+		return err
+	}
 	if p := v.st.Power; !p.IsOff() {
 		d.unlock()
 		return invalidState(hypervisor.OpUnlock, name, p) // §6.1
@@ -220,6 +235,9 @@ func (d *Driver) Unlock(ctx context.Context, name string) error {
 	d.unlock()
 	if xerr != nil {
 		return xerr
+	}
+	if d.breaks(ViolationUnlockReturnsEarly) {
+		return c.done(nil)
 	}
 	return c.done(d.waitUnlocked(ctx, hypervisor.OpUnlock, v))
 }
@@ -252,6 +270,7 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 	if !d.caps.Has(hypervisor.CapRestore) {
 		return hypervisor.Unsupported(hypervisor.OpRestore, name)
 	}
+	defer d.serialize()()
 	ctx = d.honour(ctx)
 	v, err := d.begin(ctx, hypervisor.OpRestore, name)
 	if err != nil {
@@ -273,6 +292,9 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 	}
 	if err != nil {
 		return c.done(err)
+	}
+	if d.breaks(ViolationLateRestore) {
+		return c.done(nil)
 	}
 	return c.done(d.waitRestored(ctx, hypervisor.OpRestore, v, t))
 }
@@ -302,6 +324,9 @@ func (d *Driver) startRestoreLocked(op string, v *vm, snapshot string, now time.
 	if p := v.st.Power; p == hypervisor.PowerUnknown {
 		return nil, invalidState(op, v.name, p)
 	}
+	if err, broken := d.restoreBroken(op, v, now); broken {
+		return nil, err
+	}
 	if p := v.st.Power; hasProcess(p) {
 		return nil, hypervisor.NewError(hypervisor.CodeInvalidState, op, v.name,
 			"Cannot delete the current state of the running machine (machine state: %s)", enumStates[p])
@@ -317,6 +342,7 @@ func (d *Driver) startRestoreLocked(op string, v *vm, snapshot string, now time.
 	if v.online[snap] {
 		to = hypervisor.PowerSaved
 	}
+	to = d.restoredTo(v, snap, to)
 	t := &transition{
 		Kind: kindRestore, To: to, Due: now.Add(v.timing.Restore), Snapshot: snap,
 		From: v.st.Power, FromChanged: v.st.Changed,
@@ -334,16 +360,14 @@ func (d *Driver) waitRestored(ctx context.Context, op string, v *vm, t *transiti
 	err := d.waitFor(ctx, op, v, func(time.Time) (bool, error) {
 		return !v.st.Pending.is(t), nil
 	})
-	if err != nil {
-		d.lock()
-		if v.st.Pending.is(t) {
-			v.st.Pending = nil
-			v.st.Power = t.From
-			v.st.Changed = t.FromChanged
-			d.commitLocked()
-		}
-		d.unlock()
+	d.lock()
+	switch {
+	case err == nil:
+		d.restoredLocked(v)
+	case v.st.Pending.is(t):
+		d.abandonLocked(v, t)
 	}
+	d.unlock()
 	return err
 }
 
@@ -476,7 +500,7 @@ func (cl *cleanup) unlock(ctx context.Context) error {
 	now := time.Now()
 	v.advance(now)
 	switch {
-	case !v.locked(now):
+	case !v.locked(now) || d.skipsUnlock():
 		d.unlock()
 		return nil
 	case v.st.StaleLock:

@@ -18,7 +18,7 @@ func (d *Driver) Watch(ctx context.Context, name string) (<-chan hypervisor.Stat
 	}
 	v, err := d.begin(ctx, hypervisor.OpWatch, name)
 	if err != nil {
-		return nil, err
+		return d.watchFailed(err)
 	}
 	d.lock()
 	xerr := d.exitDuringLocked(v, nil, hypervisor.OpWatch)
@@ -32,7 +32,7 @@ func (d *Driver) Watch(ctx context.Context, name string) (<-chan hypervisor.Stat
 }
 
 func (d *Driver) watch(ctx context.Context, v *vm, ch chan<- hypervisor.Status) {
-	defer close(ch)
+	defer d.closeWatch(ch)
 	var last hypervisor.Status
 	for first := true; ; first = false {
 		d.lock()
@@ -50,8 +50,12 @@ func (d *Driver) watch(ctx context.Context, v *vm, ch chan<- hypervisor.Status) 
 			return
 		}
 		if first || !sameStatus(st, last) {
+			sent := st
+			if first {
+				sent = d.firstWatched(st)
+			}
 			select {
-			case ch <- st:
+			case ch <- sent:
 				last = st
 			case <-ctx.Done():
 				return

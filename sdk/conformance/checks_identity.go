@@ -12,28 +12,36 @@ var identityChecks = []*check{
 	{
 		name: "Info/Identity", clause: "§1.1",
 		summary: "Info names the driver, its version and contract version, and answers the same every time",
+		free:    true,
 		fn:      checkIdentity,
 	},
 	{
-		name: "Capabilities/UndeclaredAnswerUnsupported", clause: "§1.2",
+		name: "Capabilities/UndeclaredAnswerUnsupported", clause: "§1.2a",
 		summary: "every operation behind a capability the driver does not declare answers unsupported",
 		fn:      checkUndeclared,
 	},
 	{
-		name: "Capabilities/DeclaredAreSupported", clause: "§1.2",
+		name: "Capabilities/UndeclaredGuestOnRunningVM", clause: "§1.2a",
+		summary: "every guest operation the driver does not declare answers unsupported on a running guest too",
+		fn:      checkUndeclaredGuest,
+	},
+	{
+		name: "Capabilities/DeclaredAreSupported", clause: "§1.2b",
 		summary: "no operation behind a declared capability answers unsupported",
 		fn:      checkDeclared,
 	},
 	{
-		name: "List/IncludesTheVMs", clause: "§2.1",
+		name: "List/IncludesTheVMs", clause: "§2.1a",
 		summary: "ListVMs lists the target's VMs, each name once, with valid power states",
 		caps:    []hypervisor.Capability{hypervisor.CapList},
+		free:    true,
 		fn:      checkListIncludes,
 	},
 	{
-		name: "List/StableOrder", clause: "§2.1",
+		name: "List/StableOrder", clause: "§2.1b",
 		summary: "two listings give the VMs in the same order",
 		caps:    []hypervisor.Capability{hypervisor.CapList},
+		free:    true,
 		fn:      checkListStable,
 	},
 }
@@ -42,6 +50,7 @@ var errorChecks = []*check{
 	{
 		name: "Errors/CarryOperationAndVM", clause: "§11.2",
 		summary: "an error names its operation and VM and carries the driver's own message",
+		free:    true,
 		fn:      checkErrorDetail,
 	},
 }
@@ -104,6 +113,32 @@ func checkUndeclared(p *probe) {
 		p.code(op.call(p.ctx, p.vm()), hypervisor.CodeUnsupported, "%s without %s", op.name, op.cap)
 	}
 	p.Logf("undeclared: %s", hypervisor.Capabilities(missing))
+}
+
+// guestOps are the guest operations' names in vmOps.
+var guestOps = []string{hypervisor.OpCopyIn, hypervisor.OpExec, hypervisor.OpCopyOut}
+
+// checkUndeclaredGuest tries the guest operations the driver leaves out
+// where a driver that has them after all would run them: on a running
+// guest, ready for the declared ones.
+func checkUndeclaredGuest(p *probe) {
+	var undeclared []opCall
+	for _, op := range p.vmOps() {
+		if slices.Contains(guestOps, op.name) && !p.has(op.cap) {
+			undeclared = append(undeclared, op)
+		}
+	}
+	if len(undeclared) == 0 {
+		p.Skipf("the driver declares every guest operation")
+	}
+	vm := p.vm()
+	p.running(vm)
+	if slices.ContainsFunc(anyGuest, p.has) {
+		p.guestReady(vm)
+	}
+	for _, op := range undeclared {
+		p.code(op.call(p.ctx, vm), hypervisor.CodeUnsupported, "%s on a running guest without %s", op.name, op.cap)
+	}
 }
 
 func checkDeclared(p *probe) {

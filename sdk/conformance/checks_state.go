@@ -1,6 +1,8 @@
 package conformance
 
 import (
+	"time"
+
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
 
@@ -13,56 +15,42 @@ var releasers = []hypervisor.Capability{hypervisor.CapUnlock, hypervisor.CapClea
 
 var statusChecks = []*check{
 	{
-		name: "Status/UnknownVMIsNotFound", clause: "§3.1",
+		name: "Status/UnknownVMIsNotFound", clause: "§11.3",
 		summary: "Status of a VM that does not exist answers not found",
+		free:    true,
 		fn:      func(p *probe) { p.notFound(hypervisor.OpStatus) },
 	},
 	{
-		name: "Status/PowerAndRawAreValid", clause: "§3.2",
+		name: "Status/PowerAndRawAreValid", clause: "§3.2a",
 		summary: "Power is a normalized state, Lock a lock state, and Raw (the hypervisor's own word) is never empty",
 		fn:      checkStatusValid,
 	},
 	{
-		name: "Status/LockMatchesCapability", clause: "§3.3",
+		name: "Status/LockMatchesCapability", clause: "§3.3a",
 		summary: "with status.lock the lock is locked or unlocked; without it, unknown",
+		free:    true,
 		fn:      checkLockMatchesCapability,
 	},
 	{
-		name: "Status/UnmappedStateIsUnknown", clause: "§3.2",
+		name: "Status/UnmappedStateIsUnknown", clause: "§3.2b",
 		summary: "a state the driver cannot map is reported unknown, never off",
 		needs:   []need{needUnmapped},
+		free:    true,
 		fn:      checkUnmapped,
 	},
 	{
-		name: "Status/AfterStart", clause: "§3.7",
-		summary: "right after Start returns, the VM is starting or running",
-		fn:      checkAfterStart,
-	},
-	{
-		name: "Status/AfterStop", clause: "§3.7",
-		summary: "right after a power-off or emergency stop returns, the VM is off-like or stopping",
-		anyCap:  forceful,
-		fn:      checkAfterStop,
-	},
-	{
-		name: "Status/AfterRestore", clause: "§3.7",
-		summary: "right after Restore returns, the VM is off-like at the requested snapshot",
-		caps:    []hypervisor.Capability{hypervisor.CapRestore},
-		needs:   []need{needSnapshot},
-		fn:      checkAfterRestore,
-	},
-	{
-		name: "Status/OffMeansNoProcess", clause: "§3.2",
+		name: "Status/OffMeansNoProcess", clause: "§3.2c",
 		summary: "once Status reports a stopping VM off-like, no operation refuses it for still having a process",
 		anyCap:  forceful,
 		fn:      checkOffMeansNoProcess,
 	},
 	{
-		name: "Status/ReportsLingeringLock", clause: "§3.3",
+		name: "Status/ReportsLingeringLock", clause: "§3.3b",
 		summary: "a session lock that outlives the VM process is reported locked while it is held",
 		caps:    []hypervisor.Capability{hypervisor.CapLockState},
 		anyCap:  releasers,
 		needs:   []need{needLock},
+		on:      []role{roleLock},
 		fn:      checkReportsLingeringLock,
 	},
 }
@@ -71,12 +59,13 @@ var startChecks = []*check{
 	{
 		name: "Start/UnknownVMIsNotFound", clause: "§11.3",
 		summary: "Start of a VM that does not exist answers not found",
+		free:    true,
 		fn:      func(p *probe) { p.notFound(hypervisor.OpStart) },
 	},
 	{
-		name: "Start/ReachesRunning", clause: "§4.1",
-		summary: "a started VM reaches running",
-		fn:      func(p *probe) { p.running(p.vm()) },
+		name: "Start/ReachesRunning", clause: "§4.1", also: []string{"§3.5"},
+		summary: "right after Start returns the VM is starting or running, its state-change time moved, and it reaches running",
+		fn:      checkStartReachesRunning,
 	},
 	{
 		name: "Start/RunningIsNoOp", clause: "§4.2",
@@ -88,6 +77,7 @@ var startChecks = []*check{
 		summary: "starting a VM that is off but whose session is still held answers locked",
 		anyCap:  releasers,
 		needs:   []need{needLock},
+		on:      []role{roleLock},
 		fn:      checkStartLocked,
 	},
 }
@@ -140,39 +130,24 @@ func checkUnmapped(p *probe) {
 	}
 }
 
-func checkAfterStart(p *probe) {
+// checkStartReachesRunning starts a VM at its baseline: Status must say
+// starting or running as soon as Start returned, with a state-change time
+// later than before, and the VM must get to running.
+func checkStartReachesRunning(p *probe) {
 	vm := p.vm()
+	before := p.status(vm)
 	if !p.ok(p.retry(func() error { return p.d().Start(p.ctx, vm) }), "start") {
 		return
 	}
-	if st := p.status(vm); st.Power != hypervisor.PowerStarting && st.Power != hypervisor.PowerRunning {
+	st := p.status(vm)
+	if st.Power != hypervisor.PowerStarting && st.Power != hypervisor.PowerRunning {
 		p.Errorf("right after Start returned, the VM is %s; want starting or running", describe(st))
 	}
-}
-
-func checkAfterStop(p *probe) {
-	vm := p.vm()
-	p.running(vm)
-	m := p.s.forcefulStop()
-	if !p.ok(p.retry(func() error { return p.d().Stop(p.ctx, vm, m) }), "stop %s", m) {
-		return
+	if !before.StateChanged.IsZero() && !st.StateChanged.IsZero() && !st.StateChanged.After(before.StateChanged) {
+		p.Errorf("the VM went from %s to %s, yet its state-change time stayed %s (§3.5)",
+			before.Power, st.Power, st.StateChanged.Format(time.RFC3339Nano))
 	}
-	if st := p.status(vm); !st.Power.IsOff() && st.Power != hypervisor.PowerStopping {
-		p.Errorf("right after Stop(%s) returned, the VM is %s; want off-like or stopping", m, describe(st))
-	}
-}
-
-func checkAfterRestore(p *probe) {
-	vm, snap := p.vm(), p.snapshot()
-	p.running(vm)
-	p.stopped(vm)
-	if !p.ok(p.retry(func() error { return p.d().Restore(p.ctx, vm, snap) }), "restore %q", snap) {
-		return
-	}
-	st := p.status(vm)
-	if !st.Power.IsOff() || st.CurrentSnapshot != snap {
-		p.Errorf("right after Restore(%q) returned, the VM is %s; want off-like at %q", snap, describe(st), snap)
-	}
+	p.waitFor(vm, "running", isRunning)
 }
 
 // checkOffMeansNoProcess acts on the first off-like status after a stop

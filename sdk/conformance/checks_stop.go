@@ -13,35 +13,45 @@ var stopChecks = []*check{
 		name: "Stop/UnknownVMIsNotFound", clause: "§11.3",
 		summary: "Stop of a VM that does not exist answers not found, by every declared method",
 		anyCap:  anyStop,
+		free:    true,
 		fn:      func(p *probe) { p.notFound(hypervisor.OpStop) },
 	},
 	{
-		name: "Stop/OffLikeIsNoOp", clause: "§5.2",
+		name: "Stop/OffLikeIsNoOp", clause: "§5.2a",
 		summary: "stopping an off-like VM, by every declared method, succeeds and changes nothing",
 		anyCap:  anyStop,
 		fn:      checkStopOff,
 	},
 	{
-		name: "Stop/ACPI", clause: "§5.1",
+		name: "Stop/ACPI", clause: "§5.1b",
 		summary: "the power button is accepted on a running VM, which shuts down unless its guest ignores it",
 		caps:    []hypervisor.Capability{hypervisor.CapStopACPI},
 		fn:      checkStopACPI,
 	},
 	{
-		name: "Stop/PowerOff", clause: "§5.1",
-		summary: "a power-off is accepted on a running VM, which then gets off-like",
+		name: "Stop/PowerOff", clause: "§5.1a", also: []string{"§5.1b"},
+		summary: "right after a power-off of a running VM returns, the VM is off-like or stopping, and it gets off-like",
 		caps:    []hypervisor.Capability{hypervisor.CapStopPowerOff},
 		fn:      func(p *probe) { p.stopBy(hypervisor.StopPowerOff) },
 	},
 	{
-		name: "Stop/Emergency", clause: "§5.1",
+		name: "Stop/Emergency", clause: "§5.1b",
 		summary: "an emergency stop is accepted on a running VM, which then gets off-like",
 		caps:    []hypervisor.Capability{hypervisor.CapStopEmergency},
 		fn:      func(p *probe) { p.stopBy(hypervisor.StopEmergency) },
 	},
 	{
-		name: "Stop/Ladder", clause: "§5.3",
-		summary: "climbing the declared stop methods gentlest first, confirming by state, ends with the VM off-like and unlocked",
+		name: "Stop/EmergencyOnLingeringLock", clause: "§5.2b",
+		summary: "an emergency stop of a VM that is off but whose session is still held releases it, or answers locked when no VM process holds it",
+		caps:    []hypervisor.Capability{hypervisor.CapStopEmergency},
+		anyCap:  releasers,
+		needs:   []need{needLock},
+		on:      []role{roleLock},
+		fn:      checkEmergencyLingering,
+	},
+	{
+		name: "Stop/Ladder", clause: "§5.5",
+		summary: "the declared stop methods sent in turn, gentlest first, each while the VM is still on its way off, answer success, invalid state or locked, and the VM ends off-like and unlocked",
 		anyCap:  anyStop,
 		fn:      checkLadder,
 	},
@@ -52,6 +62,7 @@ var unlockChecks = []*check{
 		name: "Unlock/UnknownVMIsNotFound", clause: "§11.3",
 		summary: "Unlock of a VM that does not exist answers not found",
 		caps:    []hypervisor.Capability{hypervisor.CapUnlock},
+		free:    true,
 		fn:      func(p *probe) { p.notFound(hypervisor.OpUnlock) },
 	},
 	{
@@ -71,6 +82,7 @@ var unlockChecks = []*check{
 		summary: "Unlock releases a session lock that outlived the VM process; Status then says unlocked and the VM starts",
 		caps:    []hypervisor.Capability{hypervisor.CapUnlock},
 		needs:   []need{needLock},
+		on:      []role{roleLock},
 		fn:      checkUnlockLingering,
 	},
 }
@@ -114,45 +126,61 @@ func (p *probe) stopBy(m hypervisor.StopMethod) {
 	if !p.ok(p.retry(func() error { return p.d().Stop(p.ctx, vm, m) }), "Stop(%s) of a running VM", m) {
 		return
 	}
+	if m == hypervisor.StopPowerOff {
+		if st := p.status(vm); !st.Power.IsOff() && st.Power != hypervisor.PowerStopping {
+			p.Errorf("right after Stop(%s) returned, the VM is %s; want off-like or stopping (§5.1a)", m, describe(st))
+		}
+	}
 	st := p.waitFor(vm, "off", isOff)
 	p.Logf("off: %s", describe(st))
 }
 
-// checkLadder does what the core does to stop a VM: each declared method in
-// turn, gentlest first, each given its time to take effect by state. A rung
-// may be refused because the VM is already on its way off (§5.5); the next
-// rung then takes over.
+// checkEmergencyLingering sends an emergency stop to LockVM, off with its
+// session held: the driver must release the session (a VM process held
+// it) or answer locked (another client does), never claim success and
+// leave it held.
+func checkEmergencyLingering(p *probe) {
+	vm := p.lingering()
+	err := p.d().Stop(p.ctx, vm, hypervisor.StopEmergency)
+	switch {
+	case hypervisor.IsLocked(err):
+		p.Logf("answered locked: no VM process holds the session (%v)", err)
+		return
+	case err != nil:
+		p.fatalf("Stop(emergency) of %q, off with its session still held, answered %v; want success or locked", vm, err)
+	}
+	if p.has(hypervisor.CapLockState) {
+		if st, werr := p.s.waitFor(p.ctx, vm, p.s.timing.Settle, "unlocked", isUnlocked); werr != nil {
+			p.Errorf("Stop(emergency) of %q succeeded, yet the session is still held: %s", vm, describe(st))
+		}
+		return
+	}
+	if err := p.d().Start(p.ctx, vm); hypervisor.IsLocked(err) {
+		p.Errorf("Stop(emergency) of %q succeeded, yet Start answers %v", vm, err)
+	}
+}
+
+// checkLadder climbs the declared stop methods, gentlest first, without
+// giving any time to take effect: each rung after the first reaches a VM
+// already on its way off, which a driver may refuse only with invalid
+// state or locked (§5.5). The VM must end off-like and unlocked.
 func checkLadder(p *probe) {
 	vm := p.vm()
 	p.running(vm)
-	methods := p.s.stopMethods()
-	var st hypervisor.Status
-	for i, m := range methods {
-		last := i == len(methods)-1
+	for _, m := range p.s.stopMethods() {
 		err := p.retry(func() error { return p.d().Stop(p.ctx, vm, m) })
-		if err != nil {
-			st = p.status(vm)
-			code := hypervisor.CodeOf(err)
-			refused := code == hypervisor.CodeInvalidState || code == hypervisor.CodeLocked
-			if !refused || (!st.Power.IsOff() && st.Power != hypervisor.PowerStopping) {
-				p.fatalf("rung %s, VM %s: %v", m, describe(st), err)
-			}
-			p.Logf("rung %s refused while the VM is %s (§5.5): %v", m, st.Power, err)
+		if err == nil {
+			continue
 		}
-		bound := p.s.timing.Settle
-		if m == hypervisor.StopACPI && !last {
-			bound = p.s.timing.ACPI
+		st := p.status(vm)
+		code := hypervisor.CodeOf(err)
+		if code != hypervisor.CodeInvalidState && code != hypervisor.CodeLocked {
+			p.fatalf("rung %s, VM %s: answered %s, want success, invalid state or locked: %v", m, describe(st), code, err)
 		}
-		var werr error
-		st, werr = p.s.waitFor(p.ctx, vm, bound, "off", isOff)
-		if werr == nil {
-			p.Logf("off after rung %s: %s", m, describe(st))
-			break
-		}
-		if last {
-			p.fatalf("the VM is not off after the last rung (%s): %v", m, werr)
-		}
+		p.Logf("rung %s refused while the VM is %s: %v", m, st.Power, err)
 	}
+	st := p.waitFor(vm, "off", isOff)
+	p.Logf("off: %s", describe(st))
 	p.unlockedAfterStop(vm)
 }
 

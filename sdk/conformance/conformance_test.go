@@ -100,23 +100,44 @@ func TestAMinimalDriverPassesOrIsSkippedWithAReason(t *testing.T) {
 	assert.Equal(t, Pass, byName["Capabilities/UndeclaredAnswerUnsupported"].Outcome)
 	assert.Equal(t, Pass, byName["Stop/PowerOff"].Outcome)
 	assert.Equal(t, "§7.3: the driver does not declare snapshot.restore", byName["Restore/NamedSnapshot"].Message)
-	assert.Equal(t, "§13.1: needs Target.PeerVM, a second disposable VM", byName["Concurrency/TwoVMs"].Message)
-	assert.Equal(t, "§3.2: needs Target.UnmappedVM, a VM in a state the driver has no word for", byName["Status/UnmappedStateIsUnknown"].Message)
+	assert.Equal(t, "§13.1a: needs a second disposable VM (Target.PeerVM, --peer-vm)", byName["Concurrency/TwoVMs"].Message)
+	assert.Equal(t, "§3.2b: needs a VM in a state the driver has no word for (Target.UnmappedVM, --unmapped-vm)",
+		byName["Status/UnmappedStateIsUnknown"].Message)
 	assert.False(t, rep.Failed())
+
+	// The rules left unchecked for want of a fixture, not those the driver
+	// has no capability for.
+	var unchecked []string
+	for _, u := range rep.Unchecked {
+		unchecked = append(unchecked, u.Rule)
+	}
+	assert.Equal(t, []string{"§3.2b", "§13.1a"}, unchecked)
+	assert.Equal(t, []string{"UnmappedVM"}, rep.Unchecked[0].Fixtures)
+	assert.Equal(t, []string{"Status/UnmappedStateIsUnknown"}, rep.Unchecked[0].Checks)
+	assert.Contains(t, rep.Unchecked[1].How[0], "--peer-vm")
 }
 
 func TestCollectRunsTheMatchingChecksAndReportsEach(t *testing.T) {
+	var mu sync.Mutex
 	var seen []string
 	rep, err := Collect(context.Background(), stubTarget(), Options{
-		Match:    func(name string) bool { return strings.HasPrefix(name, "Start/") },
-		Progress: func(r Result) { seen = append(seen, r.Check) },
+		Match: func(name string) bool { return strings.HasPrefix(name, "Start/") },
+		Progress: func(r Result) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen = append(seen, r.Check)
+		},
 	})
 	require.NoError(t, err)
-	assert.Equal(t, []string{"Start/UnknownVMIsNotFound", "Start/ReachesRunning", "Start/RunningIsNoOp", "Start/LingeringLockIsLocked"}, seen)
+	want := []string{"Start/UnknownVMIsNotFound", "Start/ReachesRunning", "Start/RunningIsNoOp", "Start/LingeringLockIsLocked"}
+	assert.ElementsMatch(t, want, seen, "each reported as it ends")
 	require.Len(t, rep.Results, 4)
+	for i, r := range rep.Results {
+		assert.Equal(t, want[i], r.Check, "the report is in suite order")
+	}
 	assert.Equal(t, "§4.1", rep.Results[1].Clause)
 	assert.Equal(t, Pass, rep.Results[1].Outcome)
-	assert.Contains(t, rep.Results[1].Log, "§4.1: a started VM reaches running")
+	assert.Contains(t, rep.Results[1].Log[0], "§4.1: right after Start returns")
 	assert.Equal(t, Skip, rep.Results[3].Outcome)
 }
 
@@ -137,7 +158,7 @@ func TestCollectReportsAFailureWithItsClause(t *testing.T) {
 	}
 	require.Len(t, failed, 1)
 	assert.Equal(t, "Status/PowerAndRawAreValid", failed[0].Check)
-	assert.Equal(t, "§3.2", failed[0].Clause)
+	assert.Equal(t, "§3.2a", failed[0].Clause)
 	assert.Contains(t, failed[0].Message, "Raw is empty")
 	assert.True(t, rep.Failed())
 }
@@ -225,6 +246,57 @@ func TestCollectStopsWhenItsContextEnds(t *testing.T) {
 		Progress: func(Result) { cancel() },
 	})
 	require.NoError(t, err)
-	assert.Len(t, rep.Results, 1)
+	assert.Less(t, len(rep.Results), 4, "the checks not begun when the context ended are left out")
 	assert.Empty(t, rep.Restore)
+}
+
+// The scheduler runs checks on different VMs at once, keeps each VM's
+// checks in suite order, and runs a check marked alone with nothing beside
+// it.
+func TestScheduleOverlapsVMsAndKeepsEachVMsOrder(t *testing.T) {
+	type span struct{ begun, ended time.Time }
+	checks := []*check{
+		{name: "G/A", on: []role{roleVM}},
+		{name: "G/B", on: []role{rolePeer}},
+		{name: "G/C", on: []role{roleVM}},
+		{name: "G/D", free: true},
+		{name: "G/E", alone: true},
+		{name: "G/F", on: []role{rolePeer}},
+	}
+	vmsOf := func(c *check) []string {
+		switch {
+		case c.free || c.alone:
+			return nil
+		case c.on[0] == roleVM:
+			return []string{"vm"}
+		}
+		return []string{"peer"}
+	}
+	var mu sync.Mutex
+	spans := map[string]span{}
+	schedule(checks, vmsOf, func(c *check) bool {
+		begun := time.Now()
+		time.Sleep(30 * time.Millisecond) // stands in for a check's work
+		mu.Lock()
+		spans[c.short()] = span{begun, time.Now()}
+		mu.Unlock()
+		return true
+	})
+	require.Len(t, spans, len(checks))
+	overlap := func(a, b string) bool {
+		return spans[a].begun.Before(spans[b].ended) && spans[b].begun.Before(spans[a].ended)
+	}
+	assert.True(t, overlap("A", "B"), "checks on different VMs run at once")
+	assert.True(t, overlap("A", "D"), "a check on no VM runs beside any")
+	assert.False(t, spans["C"].begun.Before(spans["A"].ended), "a VM's checks keep their order")
+	for _, before := range []string{"A", "B", "C", "D"} {
+		assert.False(t, spans["E"].begun.Before(spans[before].ended), "E runs alone, after %s", before)
+	}
+	assert.False(t, spans["F"].begun.Before(spans["E"].ended), "F waits for E, which runs alone")
+}
+
+func TestTestFlagPatternsSplitAsGoTestDoes(t *testing.T) {
+	assert.Equal(t, []string{"TestConformance", "Restore", "Twice$"}, splitPattern("TestConformance/Restore/Twice$"))
+	assert.Equal(t, []string{"Test", "(Stop/A|Start)"}, splitPattern("Test/(Stop/A|Start)"), "a slash inside parentheses does not split")
+	assert.Equal(t, []string{"A", "[/]", "B"}, splitPattern("A/[/]/B"))
 }

@@ -24,6 +24,7 @@ const (
 func TestChecksAreWellFormed(t *testing.T) {
 	contract, err := os.ReadFile(contractDoc)
 	require.NoError(t, err)
+	rules, _ := Rules(string(contract))
 	name := regexp.MustCompile(`^[A-Z][A-Za-z]+/[A-Z][A-Za-z0-9]+$`)
 	seen := map[string]bool{}
 	groups := map[string]bool{}
@@ -38,15 +39,34 @@ func TestChecksAreWellFormed(t *testing.T) {
 		}
 		assert.NotEmpty(t, c.summary, c.name)
 		assert.NotNil(t, c.fn, c.name)
-		numbered := regexp.MustCompile(`\*\*` + regexp.QuoteMeta(c.clause) + `[* ]`)
-		assert.True(t, numbered.Match(contract), "%s cites %s, which docs/contract.md does not number", c.name, c.clause)
+		for _, r := range c.rules() {
+			assert.Contains(t, rules, r, "%s cites %s, which docs/contract.md does not mark as a rule", c.name, r)
+		}
+	}
+}
+
+// Every MUST of the contract is a marked rule, so that the suite can cite
+// it, and each mark is used once.
+func TestTheContractMarksEveryRule(t *testing.T) {
+	contract, err := os.ReadFile(contractDoc)
+	require.NoError(t, err)
+	rules, unmarked := Rules(string(contract))
+	assert.Empty(t, unmarked, "lines of docs/contract.md that say MUST outside a marked rule")
+	assert.Len(t, rules, 49)
+	seen := map[string]bool{}
+	for i, r := range rules {
+		assert.False(t, seen[r], "%s marked twice", r)
+		seen[r] = true
+		if i > 0 {
+			assert.Negative(t, compareRules(rules[i-1], r), "%s after %s", r, rules[i-1])
+		}
 	}
 }
 
 // checksTable renders the registry as docs/conformance.md lists it.
 func checksTable() string {
 	var b strings.Builder
-	b.WriteString("| check | clause | runs when | what it checks |\n|---|---|---|---|\n")
+	b.WriteString("| check | rules | runs when | what it checks |\n|---|---|---|---|\n")
 	for _, c := range Checks() {
 		var when []string
 		for _, cp := range c.Capabilities {
@@ -65,7 +85,7 @@ func checksTable() string {
 		if len(when) == 0 {
 			when = []string{"always"}
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", c.Name, c.Clause, strings.Join(when, "; "), c.Summary)
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s |\n", c.Name, strings.Join(c.Rules, ", "), strings.Join(when, "; "), c.Summary)
 	}
 	return b.String()
 }

@@ -24,7 +24,8 @@ const (
 type Result struct {
 	// Check is the check's stable name, e.g. "Restore/UnknownSnapshotIsNotFound".
 	Check string `json:"check"`
-	// Clause is the clause of docs/contract.md it enforces, e.g. "§7.1".
+	// Clause is the rule of docs/contract.md it enforces first, e.g.
+	// "§7.1b".
 	Clause string `json:"clause"`
 	// Outcome is pass, fail or skip.
 	Outcome Outcome `json:"outcome"`
@@ -42,9 +43,27 @@ type Report struct {
 	Driver hypervisor.Info `json:"driver"`
 	// Results has one entry per check that matched, in suite order.
 	Results []Result `json:"results"`
+	// Unchecked lists the rules no check verified because the target did
+	// not provide a fixture their checks need, and how to provide it.
+	Unchecked []Unchecked `json:"unchecked,omitempty"`
 	// Restore is why the run could not return a VM to the state it found
 	// it in; empty when it could.
 	Restore string `json:"restore,omitempty"`
+}
+
+// Unchecked is a rule of the contract that stayed unchecked for want of a
+// fixture: a VM or snapshot in a situation the suite cannot produce
+// through the contract itself.
+type Unchecked struct {
+	// Rule is the rule's mark in docs/contract.md, e.g. "§3.3b".
+	Rule string `json:"rule"`
+	// Checks are the checks that would have verified it.
+	Checks []string `json:"checks"`
+	// Fixtures are the Target fields that would have let them run.
+	Fixtures []string `json:"fixtures"`
+	// How says, per fixture, the flag of `sandbox conformance` that gives
+	// it and what it must be.
+	How []string `json:"how"`
 }
 
 // Count returns how many checks ended with o.

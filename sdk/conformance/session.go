@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk"
 )
 
 // session is one run of the suite against one driver.
@@ -19,11 +20,14 @@ type session struct {
 	info   hypervisor.Info
 	caps   hypervisor.Capabilities
 	d      hypervisor.Driver // the driver, through tracked
+	raw    hypervisor.Driver // the driver as Connect gave it
 	ctx    context.Context
 	close  func()
 
 	mu  sync.Mutex
 	vms map[string]*vmRecord
+	// fullRestore is how long a whole restore of a VM took, measured once.
+	fullRestore map[string]time.Duration
 }
 
 // vmRecord is what the suite remembers of a VM it may change, to bring it
@@ -69,8 +73,11 @@ func open(ctx context.Context, target Target) (*session, error) {
 		ctx:    ctx,
 		close:  closeFn,
 		vms:    map[string]*vmRecord{},
+
+		fullRestore: map[string]time.Duration{},
 	}
 	s.d = &tracked{Driver: drv, s: s}
+	s.raw = drv
 	fail := func(err error) (*session, error) {
 		closeFn()
 		return nil, err
@@ -95,12 +102,35 @@ func open(ctx context.Context, target Target) (*session, error) {
 		}
 		s.vms[vm] = rec
 	}
+	if target.OtherSnapshot != "" && target.OtherSnapshot == s.vms[target.VM].snapshot {
+		return fail(fmt.Errorf("conformance: Target.OtherSnapshot is %q, the snapshot the checks restore VM %q to: name a different one",
+			target.OtherSnapshot, target.VM))
+	}
 	return s, nil
 }
 
 // interruptedPutBack bounds putting the VMs back after the caller ended
 // the run.
 const interruptedPutBack = 10 * time.Second
+
+// served is the driver itself when the suite reaches it in process
+// (InProcess), without the wire between; nil otherwise.
+func (s *session) served() hypervisor.Driver {
+	if d, ok := s.raw.(interface{ Served() hypervisor.Driver }); ok {
+		return d.Served()
+	}
+	return nil
+}
+
+// diagnostics reads what the SDK in the plugin reported about its driver
+// (sdk.Diagnostics), or is nil when the driver is not reached through the
+// SDK.
+func (s *session) diagnostics() func() sdk.Diagnostics {
+	if d, ok := s.raw.(interface{ Diagnostics() sdk.Diagnostics }); ok {
+		return d.Diagnostics
+	}
+	return nil
+}
 
 // finish returns every VM the run touched to the power state and snapshot
 // it was found in, then closes the connection. It reports what it could
@@ -209,6 +239,7 @@ func (s *session) baseline(ctx context.Context, vm string) error {
 // suite from cleaning up.
 func (s *session) clean(ctx context.Context, vm, snapshot string, restore bool) error {
 	restore = restore && snapshot != "" && s.caps.Has(hypervisor.CapRestore)
+	s.kill(ctx, vm)
 	if s.caps.Has(hypervisor.CapCleanup) {
 		err := s.retryLocked(ctx, func() error {
 			_, err := s.d.Cleanup(ctx, vm, hypervisor.CleanupRequest{Restore: restore, Snapshot: snapshot})
@@ -233,6 +264,26 @@ func (s *session) clean(ctx context.Context, vm, snapshot string, restore bool) 
 		}
 	}
 	return s.verifyClean(ctx, vm, snapshot, restore)
+}
+
+// kill stops a VM that has a process by the quickest means, an emergency
+// stop, when the driver declares one: the VM is disposable and about to be
+// restored, so its guest loses nothing the suite needs. It reports whether
+// the VM is off-like a margin later; one that is not is left to the
+// caller's other means.
+func (s *session) kill(ctx context.Context, vm string) bool {
+	if !s.caps.Has(hypervisor.CapStopEmergency) {
+		return false
+	}
+	st, err := s.d.Status(ctx, vm)
+	if err != nil || st.Power.IsOff() || !isSettled(st) || st.Power == hypervisor.PowerUnknown {
+		return err == nil && st.Power.IsOff()
+	}
+	if s.retryLocked(ctx, func() error { return s.d.Stop(ctx, vm, hypervisor.StopEmergency) }) != nil {
+		return false
+	}
+	_, err = s.waitFor(ctx, vm, s.timing.Margin, "off", isOff)
+	return err == nil
 }
 
 func (s *session) verifyClean(ctx context.Context, vm, snapshot string, restore bool) error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,40 +14,69 @@ import (
 
 // check is one entry of the registry.
 type check struct {
-	name    string // "Group/Name", stable: users select checks by it
-	clause  string // the clause of docs/contract.md it enforces
-	summary string // what the driver must do, in one sentence
+	name    string   // "Group/Name", stable: users select checks by it
+	clause  string   // the rule of docs/contract.md it enforces first ("§3.2b")
+	also    []string // further rules it verifies
+	summary string   // what the driver must do, in one sentence
 	caps    []hypervisor.Capability
 	anyCap  []hypervisor.Capability
 	needs   []need
-	fn      func(p *probe)
+	// on lists the VMs the check may change, which get their baseline
+	// first and which no other check uses meanwhile; nil means Target.VM.
+	on []role
+	// free: the check changes no VM of the target (it reads, or uses a VM
+	// that does not exist), so it needs no baseline and runs beside any
+	// other.
+	free bool
+	// alone: the check times the driver, so it runs with no other check
+	// beside it.
+	alone bool
+	fn    func(p *probe)
 }
+
+// role is a VM of the target, by the field that names it.
+type role int
+
+const (
+	roleVM role = iota
+	rolePeer
+	roleLock
+	roleDeadline
+)
 
 // need is a VM (or snapshot) of the target a check cannot do without.
 type need int
 
 const (
 	needSnapshot need = iota
+	needOther
 	needPeer
 	needLock
 	needDeadline
 	needUnmapped
 )
 
-var needs = map[need]struct{ field, why string }{
-	needSnapshot: {"Snapshot", "a snapshot of Target.VM to restore to (the VM is at none)"},
-	needPeer:     {"PeerVM", "Target.PeerVM, a second disposable VM"},
-	needLock:     {"LockVM", "Target.LockVM, a VM whose session lock outlives its process until Unlock"},
-	needDeadline: {"DeadlineVM", "Target.DeadlineVM, a VM whose restore takes longer than Timing.Margin"},
-	needUnmapped: {"UnmappedVM", "Target.UnmappedVM, a VM in a state the driver has no word for"},
+// A fixture is what a need asks of the target: the Target field and
+// `sandbox conformance` flag that provide it, and what it must be.
+type fixture struct{ field, flag, what string }
+
+var needs = map[need]fixture{
+	needSnapshot: {"Snapshot", "--snapshot", "a snapshot of Target.VM to restore to (the VM is at none)"},
+	needOther:    {"OtherSnapshot", "--other-snapshot", "a second snapshot of Target.VM, other than Target.Snapshot"},
+	needPeer:     {"PeerVM", "--peer-vm", "a second disposable VM"},
+	needLock:     {"LockVM", "--lock-vm", "a VM whose session lock outlives its process until Unlock"},
+	needDeadline: {"DeadlineVM", "--deadline-vm", "a VM whose restore takes longer than Timing.Margin"},
+	needUnmapped: {"UnmappedVM", "--unmapped-vm", "a VM in a state the driver has no word for"},
 }
 
 // CheckInfo describes one check, for listings and documentation.
 type CheckInfo struct {
 	// Name is the check's stable name, e.g. "Restore/UnknownSnapshotIsNotFound".
 	Name string `json:"name"`
-	// Clause is the clause of docs/contract.md it enforces.
+	// Clause is the rule of docs/contract.md it enforces first, e.g. "§7.1b".
 	Clause string `json:"clause"`
+	// Rules are every rule it verifies, Clause first.
+	Rules []string `json:"rules"`
 	// Summary says what the driver must do.
 	Summary string `json:"summary"`
 	// Capabilities must all be declared, or the check is skipped.
@@ -61,7 +91,7 @@ type CheckInfo struct {
 func Checks() []CheckInfo {
 	out := make([]CheckInfo, 0, len(registry()))
 	for _, c := range registry() {
-		info := CheckInfo{Name: c.name, Clause: c.clause, Summary: c.summary,
+		info := CheckInfo{Name: c.name, Clause: c.clause, Rules: c.rules(), Summary: c.summary,
 			Capabilities: c.caps, AnyCapability: c.anyCap}
 		for _, n := range c.needs {
 			info.Needs = append(info.Needs, needs[n].field)
@@ -71,10 +101,15 @@ func Checks() []CheckInfo {
 	return out
 }
 
+// rules is every rule c verifies, its clause first.
+func (c *check) rules() []string { return append([]string{c.clause}, c.also...) }
+
 // registry is every check, grouped, in run order.
 func registry() []*check {
+	// The concurrency checks come last, and among them the one that runs
+	// alone, so that no check waits for it.
 	return slices.Concat(identityChecks, statusChecks, startChecks, stopChecks, unlockChecks,
-		restoreChecks, cleanupChecks, guestChecks, watchChecks, deadlineChecks, concurrencyChecks, errorChecks)
+		restoreChecks, cleanupChecks, guestChecks, watchChecks, deadlineChecks, errorChecks, concurrencyChecks)
 }
 
 // group is the part of a check's name before the slash.
@@ -93,11 +128,21 @@ func (s *session) skipReason(c *check) string {
 	if len(c.anyCap) > 0 && !slices.ContainsFunc(c.anyCap, s.caps.Has) {
 		return fmt.Sprintf("the driver declares none of %s", strings.ReplaceAll(hypervisor.Capabilities(c.anyCap).String(), ",", ", "))
 	}
+	if n, ok := s.missing(c); ok {
+		return "needs " + needs[n].what + " (Target." + needs[n].field + ", " + needs[n].flag + ")"
+	}
+	return ""
+}
+
+// missing is the first fixture c needs that the target does not provide.
+func (s *session) missing(c *check) (need, bool) {
 	for _, n := range c.needs {
 		missing := false
 		switch n {
 		case needSnapshot:
 			missing = s.vms[s.target.VM].snapshot == ""
+		case needOther:
+			missing = s.target.OtherSnapshot == ""
 		case needPeer:
 			missing = s.target.PeerVM == ""
 		case needLock:
@@ -108,23 +153,27 @@ func (s *session) skipReason(c *check) string {
 			missing = s.target.UnmappedVM == ""
 		}
 		if missing {
-			return "needs " + needs[n].why
+			return n, true
 		}
 	}
-	return ""
+	return 0, false
 }
 
 // vmsOf lists the VMs c may change, which get their baseline first.
 func (s *session) vmsOf(c *check) []string {
-	vms := []string{s.target.VM}
-	for _, n := range c.needs {
-		switch n {
-		case needPeer:
-			vms = append(vms, s.target.PeerVM)
-		case needLock:
-			vms = append(vms, s.target.LockVM)
-		case needDeadline:
-			vms = append(vms, s.target.DeadlineVM)
+	if c.free {
+		return nil
+	}
+	roles := c.on
+	if roles == nil {
+		roles = []role{roleVM}
+	}
+	var vms []string
+	for _, r := range roles {
+		vm := map[role]string{roleVM: s.target.VM, rolePeer: s.target.PeerVM,
+			roleLock: s.target.LockVM, roleDeadline: s.target.DeadlineVM}[r]
+		if vm != "" {
+			vms = append(vms, vm)
 		}
 	}
 	return vms
@@ -149,36 +198,89 @@ func (s *session) exec(r reporter, c *check) {
 	c.fn(p)
 }
 
-// Run runs every check as a subtest of t, grouped by capability
-// ("Restore/UnknownSnapshotIsNotFound"), so that -run selects them. The VMs
-// are put back as they were found when t ends, also when a check failed.
+// Run runs the checks that go test's -run and -skip select as subtests of
+// t, grouped by capability ("Restore/UnknownSnapshotIsNotFound"). Checks on
+// different VMs run at the same time where the contract allows (see
+// Collect); each subtest reports its check's outcome, log and duration in
+// suite order. The VMs are put back as they were found when t ends, also
+// when a check failed.
 func Run(t *testing.T, target Target) {
 	t.Helper()
 	s, err := open(context.Background(), target)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Logf("driver %s %s, contract version %d, capabilities: %s", s.info.Name, s.info.Version,
+		s.info.ContractVersion, s.caps)
+	var checks []*check
+	for _, c := range registry() {
+		if selectedByTestFlags(t.Name() + "/" + c.name) {
+			checks = append(checks, c)
+		}
+	}
+	results := make(map[*check]chan Result, len(checks))
+	for _, c := range checks {
+		results[c] = make(chan Result, 1)
+	}
+	var mu sync.Mutex
+	replayed := map[*check]bool{}
+	go s.runAll(checks, func(c *check, res Result) { results[c] <- res })
 	t.Cleanup(func() {
+		// A check has ended once its result was replayed; one that was not
+		// (t stopped early) is waited for, unless the run left it out.
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range checks {
+			if !replayed[c] {
+				select {
+				case <-results[c]:
+				case <-s.ctx.Done():
+				}
+			}
+		}
 		if err := s.finish(); err != nil {
 			t.Errorf("conformance: could not put the VMs back as they were: %v", err)
 		}
 	})
-	t.Logf("driver %s %s, contract version %d, capabilities: %s", s.info.Name, s.info.Version,
-		s.info.ContractVersion, s.caps)
-	checks := registry()
-	for i := 0; i < len(checks); {
-		g := checks[i].group()
+	all := registry()
+	for i := 0; i < len(all); {
+		g := all[i].group()
 		j := i
-		for j < len(checks) && checks[j].group() == g {
+		for j < len(all) && all[j].group() == g {
 			j++
 		}
-		group := checks[i:j]
+		group := all[i:j]
 		t.Run(g, func(t *testing.T) {
 			for _, c := range group {
-				t.Run(c.short(), func(t *testing.T) { s.exec(t, c) })
+				t.Run(c.short(), func(t *testing.T) {
+					ch := results[c]
+					if ch == nil {
+						t.Skip("not selected") // -run and -skip disagree with this check's full name
+					}
+					res := <-ch
+					mu.Lock()
+					replayed[c] = true
+					mu.Unlock()
+					replay(t, res)
+				})
 			}
 		})
 		i = j
+	}
+}
+
+// replay reports a collected result through t.
+func replay(t *testing.T, res Result) {
+	t.Helper()
+	for _, l := range res.Log {
+		t.Log(l)
+	}
+	t.Logf("took %s", res.Duration.Round(time.Millisecond))
+	switch res.Outcome {
+	case Skip:
+		t.Skip(res.Message)
+	case Fail:
+		t.Error(res.Message)
 	}
 }
 
@@ -186,7 +288,8 @@ func Run(t *testing.T, target Target) {
 type Options struct {
 	// Match selects checks by name; nil runs them all.
 	Match func(check string) bool
-	// Progress, if set, is called with each result as it comes.
+	// Progress, if set, is called with each result as it comes, from the
+	// goroutine that ran the check.
 	Progress func(Result)
 }
 
@@ -195,34 +298,138 @@ type Options struct {
 // without failing itself. An error means the run could not begin (no
 // driver, no such VM); the checks' own failures are in the report. Ending
 // ctx ends the run; the VMs are put back all the same.
+//
+// Checks run in suite order on each VM, and checks on different VMs (or on
+// none) at the same time, since operations on different VMs must not wait
+// for each other (§13.1a); the few that time the driver run alone.
 func Collect(ctx context.Context, target Target, opts Options) (*Report, error) {
 	s, err := open(ctx, target)
 	if err != nil {
 		return nil, err
 	}
-	rep := &Report{Driver: s.info, Results: []Result{}}
+	var checks []*check
 	for _, c := range registry() {
-		if opts.Match != nil && !opts.Match(c.name) {
-			continue
+		if opts.Match == nil || opts.Match(c.name) {
+			checks = append(checks, c)
 		}
-		if ctx.Err() != nil {
-			break
-		}
-		rec := &recorder{}
-		begun := time.Now()
-		rec.run(func(r reporter) { s.exec(r, c) })
-		res := rec.result(c, time.Since(begun))
-		if ctx.Err() != nil && res.Outcome == Fail {
-			// Cut short by the caller (Ctrl-C): no verdict on the driver.
-			res.Outcome, res.Message = Skip, "interrupted: "+res.Message
-		}
-		rep.Results = append(rep.Results, res)
+	}
+	byCheck := map[*check]Result{}
+	var mu sync.Mutex
+	s.runAll(checks, func(c *check, res Result) {
+		mu.Lock()
+		byCheck[c] = res
+		mu.Unlock()
 		if opts.Progress != nil {
 			opts.Progress(res)
 		}
+	})
+	rep := &Report{Driver: s.info, Results: []Result{}}
+	for _, c := range checks {
+		if res, ok := byCheck[c]; ok {
+			rep.Results = append(rep.Results, res)
+		}
 	}
+	rep.Unchecked = s.unchecked(checks, byCheck)
 	if err := s.finish(); err != nil {
 		rep.Restore = err.Error()
 	}
 	return rep, nil
+}
+
+// runOne runs c and returns its result.
+func (s *session) runOne(c *check) Result {
+	rec := &recorder{}
+	begun := time.Now()
+	rec.run(func(r reporter) { s.exec(r, c) })
+	res := rec.result(c, time.Since(begun))
+	if s.ctx.Err() != nil && res.Outcome == Fail {
+		// Cut short by the caller (Ctrl-C): no verdict on the driver.
+		res.Outcome, res.Message = Skip, "interrupted: "+res.Message
+	}
+	return res
+}
+
+// runAll runs checks through the scheduler and hands each result to done
+// as it comes. Once the session's context ends, the checks not begun are
+// left out.
+func (s *session) runAll(checks []*check, done func(*check, Result)) {
+	schedule(checks, s.vmsOf, func(c *check) bool {
+		if s.ctx.Err() != nil {
+			return false
+		}
+		done(c, s.runOne(c))
+		return true
+	})
+}
+
+// unchecked lists the rules that no check verified because every check of
+// theirs that ran was skipped for want of a fixture, with what to provide.
+func (s *session) unchecked(checks []*check, results map[*check]Result) []Unchecked {
+	verified := map[string]bool{}
+	wanting := map[string][]*check{}
+	for _, c := range checks {
+		res, ok := results[c]
+		if !ok {
+			continue
+		}
+		for _, r := range c.rules() {
+			switch {
+			case res.Outcome != Skip:
+				verified[r] = true
+			case s.skipReason(c) != "" && s.capsAllow(c):
+				wanting[r] = append(wanting[r], c)
+			}
+		}
+	}
+	var out []Unchecked
+	for _, c := range checks {
+		for _, r := range c.rules() {
+			if verified[r] || len(wanting[r]) == 0 || slices.ContainsFunc(out, func(u Unchecked) bool { return u.Rule == r }) {
+				continue
+			}
+			u := Unchecked{Rule: r}
+			for _, w := range wanting[r] {
+				u.Checks = append(u.Checks, w.name)
+				if n, ok := s.missing(w); ok && !slices.Contains(u.Fixtures, needs[n].field) {
+					u.Fixtures = append(u.Fixtures, needs[n].field)
+					u.How = append(u.How, fmt.Sprintf("%s (%s): %s", needs[n].flag, "Target."+needs[n].field, needs[n].what))
+				}
+			}
+			out = append(out, u)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b Unchecked) int { return compareRules(a.Rule, b.Rule) })
+	return out
+}
+
+// capsAllow reports whether the driver declares what c needs: a check
+// skipped for a capability is not missing a fixture.
+func (s *session) capsAllow(c *check) bool {
+	for _, cp := range c.caps {
+		if !s.caps.Has(cp) {
+			return false
+		}
+	}
+	return len(c.anyCap) == 0 || slices.ContainsFunc(c.anyCap, s.caps.Has)
+}
+
+// compareRules orders rule marks as the contract does: §2.1b before
+// §10.1a.
+func compareRules(a, b string) int {
+	key := func(r string) (int, int, string) {
+		var major, minor int
+		var letter string
+		r = strings.TrimPrefix(r, "§")
+		fmt.Sscanf(r, "%d.%d%s", &major, &minor, &letter)
+		return major, minor, letter
+	}
+	am, an, al := key(a)
+	bm, bn, bl := key(b)
+	if am != bm {
+		return am - bm
+	}
+	if an != bn {
+		return an - bn
+	}
+	return strings.Compare(al, bl)
 }

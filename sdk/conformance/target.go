@@ -28,6 +28,11 @@ type Target struct {
 	// VM is at when the run begins; a VM without any skips the snapshot
 	// checks.
 	Snapshot string
+	// OtherSnapshot is a second snapshot of VM, other than Snapshot, for
+	// telling a restore of the named snapshot from one of the current one
+	// (§7.3). Guest operations, where the driver has them, must work in the
+	// VM at both.
+	OtherSnapshot string
 	// PeerVM is a second disposable VM, for operations on two VMs at once
 	// (§13). It is restored to the snapshot it is at when the run begins.
 	PeerVM string

@@ -10,10 +10,11 @@
 #                           guest running and its agent answering:
 #                             ready              the guest honours the power button
 #                             ready-ignore-acpi  the guest ignores it
-#   slow.qcow2              the conformance suite's slow-restore disk: 32 MiB
+#   slow.qcow2              the conformance suite's slow-restore disk: 192 MiB
 #                           written in 512-byte clusters before its disk-only
 #                           snapshot "data", so that reverting it walks
-#                           65536 clusters (about half a second)
+#                           393216 clusters (about two seconds, well over
+#                           the suite's one-second margin)
 #   manifest                what it was built from
 #
 # Needs, from Debian: qemu-system-x86 qemu-utils qemu-guest-agent
@@ -157,12 +158,13 @@ if ! built disk "$dkey" || [ ! -s disk.qcow2 ]; then
 	echo "$dkey" > stamp.disk
 fi
 
-# 4. The slow-restore disk, keyed on the QEMU that writes it.
-skey=$(stamp slow "$qemu_version")
+# 4. The slow-restore disk, keyed on the QEMU that writes it and its size.
+slow_size=192M
+skey=$(stamp slow "$qemu_version" "$slow_size")
 if ! built slow "$skey" || [ ! -s slow.qcow2 ]; then
 	rm -f slow.qcow2 slow.qcow2.tmp
-	qemu-img create -q -f qcow2 -o cluster_size=512 slow.qcow2.tmp 64M
-	qemu-io -f qcow2 -c "write -P 0x5a 0 32M" slow.qcow2.tmp >/dev/null
+	qemu-img create -q -f qcow2 -o cluster_size=512 slow.qcow2.tmp 256M
+	qemu-io -f qcow2 -c "write -P 0x5a 0 $slow_size" slow.qcow2.tmp >/dev/null
 	qemu-img snapshot -c data slow.qcow2.tmp
 	mv slow.qcow2.tmp slow.qcow2
 	echo "$skey" > stamp.slow

@@ -3,6 +3,8 @@ package vboxsim
 import (
 	"crypto/rand"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 )
@@ -155,7 +157,7 @@ func (s *sim) snapshot(args []string) int {
 			d = *vm.Restore
 		}
 		s.o.progress(d.D(), false)
-		return s.status(s.update(func(w *World) error {
+		err := s.update(func(w *World) error {
 			v := w.Find(ref)
 			if v == nil {
 				return nil
@@ -166,7 +168,13 @@ func (s *sim) snapshot(args []string) int {
 				v.State = "saved"
 			}
 			return nil
-		}))
+		})
+		if err == nil {
+			// The snapshot's disk holds none of the files the last run put
+			// into the guest.
+			err = os.RemoveAll(filepath.Join(s.env.Home, guestDir, vm.UUID))
+		}
+		return s.status(err)
 	case "take":
 		s.o.progress(s.cfg.Timing.Restore.D(), false)
 		err := s.update(func(w *World) error {

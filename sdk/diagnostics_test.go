@@ -1,0 +1,167 @@
+package sdk_test
+
+import (
+	"bytes"
+	"context"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
+
+	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk"
+)
+
+// unclosing is a driver with the bug §10.1 forbids: its watch stops
+// sending when the watch's context ends but never closes the channel. Until
+// then it sends a status every few milliseconds, so the SDK also has
+// something to drain.
+type unclosing struct {
+	hypervisor.Unimplemented
+}
+
+func (unclosing) Info(context.Context) (hypervisor.Info, error) {
+	return hypervisor.Info{Name: "unclosing", ContractVersion: 2, Capabilities: hypervisor.NewCapabilities(hypervisor.CapWatch)}, nil
+}
+
+func (unclosing) Status(ctx context.Context, vm string) (hypervisor.Status, error) {
+	if vm == "deaf" {
+		// A hypervisor call that does not watch its context (§12.1).
+		time.Sleep(300 * time.Millisecond)
+	}
+	return hypervisor.Status{VM: vm, Power: hypervisor.PowerOff, Raw: "off", Lock: hypervisor.LockUnknown}, nil
+}
+
+func (unclosing) Start(context.Context, string) error { return nil }
+
+func (unclosing) Stop(context.Context, string, hypervisor.StopMethod) error { return nil }
+
+func (unclosing) Watch(ctx context.Context, vm string) (<-chan hypervisor.Status, error) {
+	ch := make(chan hypervisor.Status)
+	go func() {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return // forgets close(ch)
+			case <-tick.C:
+				select {
+				case ch <- hypervisor.Status{VM: vm, Power: hypervisor.PowerOff, Raw: "off"}:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// syncBuffer is a log destination safe for the server's goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A driver that never closes its watch channels leaves nothing behind in
+// the plugin after its watches were cancelled: the SDK ends each stream
+// with its context, gives up on the channel after WatchCloseGrace, counts
+// every such watch where the host can read it, and tells the driver's
+// author once.
+func TestAWatchEndsWithItsContextWhateverTheDriverDoes(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	logs := &syncBuffer{}
+	logger := hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Warn})
+	p, err := sdk.ServeInProcess(context.Background(), func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
+		return unclosing{}, nil
+	}, sdk.ConfigFromTOML("unclosing", "/etc/sandbox/config.toml", nil), logger)
+	require.NoError(t, err)
+
+	const watches = 20
+	for i := range watches {
+		ctx, cancel := context.WithCancel(context.Background())
+		ch, err := p.Watch(ctx, "a")
+		require.NoError(t, err, "watch %d", i)
+		<-ch
+		cancel()
+		closed := make(chan struct{})
+		go func() {
+			for range ch {
+			}
+			close(closed)
+		}()
+		select {
+		case <-closed:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("watch %d: the host's channel is still open 5s after its context ended", i)
+		}
+	}
+
+	// Every abandoned channel is counted, and the count reaches the host with
+	// its next answer.
+	deadline := time.Now().Add(graceBound())
+	for p.Diagnostics().UnclosedWatches < watches && time.Now().Before(deadline) {
+		_, err := p.Status(context.Background(), "a")
+		require.NoError(t, err)
+		time.Sleep(20 * time.Millisecond)
+	}
+	assert.Equal(t, watches, p.Diagnostics().UnclosedWatches)
+	assert.Equal(t, 1, strings.Count(logs.String(), "left a watch channel open"), "one warning per driver:\n%s", logs)
+	assert.Contains(t, logs.String(), "§10.1")
+	require.NoError(t, p.Close())
+}
+
+// graceBound is how long the test waits for the SDK to give up
+// on every channel: the grace, and a margin for a loaded machine.
+func graceBound() time.Duration { return sdk.WatchCloseGrace + 10*time.Second }
+
+// An answer given long after the caller's deadline never reaches the
+// caller, which got its timeout from the wire; the SDK reports how late it
+// came, while the driver is still at it and once it answered.
+func TestLateAnswersAreReported(t *testing.T) {
+	t.Parallel()
+	p, err := sdk.ServeInProcess(context.Background(), func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
+		return unclosing{}, nil
+	}, sdk.ConfigFromTOML("unclosing", "/etc/sandbox/config.toml", nil), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	begun := time.Now()
+	_, err = p.Status(ctx, "deaf")
+	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
+	assert.Less(t, time.Since(begun), 250*time.Millisecond, "the caller gets its answer at its deadline")
+
+	// While the driver is still at it: late by how long it has run so far.
+	time.Sleep(100 * time.Millisecond)
+	_, err = p.Status(context.Background(), "a")
+	require.NoError(t, err)
+	assert.Greater(t, p.Diagnostics().LateFor(hypervisor.OpStatus, "deaf"), 50*time.Millisecond)
+
+	// Once it answered: late by how long it took past the deadline.
+	time.Sleep(300 * time.Millisecond)
+	_, err = p.Status(context.Background(), "a")
+	require.NoError(t, err)
+	d := p.Diagnostics()
+	assert.Greater(t, d.LateFor(hypervisor.OpStatus, "deaf"), 200*time.Millisecond)
+	assert.Zero(t, d.LateFor("", "a"), "calls answered in time are not listed: %v", d.Late)
+	assert.Zero(t, d.UnclosedWatches)
+}
