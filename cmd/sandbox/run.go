@@ -221,6 +221,22 @@ func printRun(w io.Writer, sum *engine.Summary, out string) {
 	for _, p := range problems {
 		fmt.Fprintf(w, "  %s\n", p)
 	}
+	for _, rep := range sum.Reports {
+		for _, r := range rep.Results {
+			if r.Prepare == nil || !r.Prepare.Reconciled {
+				continue
+			}
+			by := "an earlier run"
+			if r.Prepare.LeftBy != nil {
+				by = r.Prepare.LeftBy.String() + ", which died holding it"
+			}
+			found := ""
+			if st := r.Prepare.Initial; st != nil {
+				found = fmt.Sprintf(" %s/%s on %q", st.Power, st.Lock, st.CurrentSnapshot)
+			}
+			fmt.Fprintf(w, "VM %s was left%s by %s; it was cleaned before %s ran on it.\n", r.VM, found, by, rep.Sample.Name)
+		}
+	}
 	for _, vm := range slices.Sorted(maps.Keys(sum.Unusable)) {
 		fmt.Fprintf(w, "VM %s was left out of the run: %s\n", vm, sum.Unusable[vm])
 		if strings.Contains(sum.Unusable[vm], "quarantined") {

@@ -5,18 +5,22 @@ package main_test
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/engine"
 )
 
 // children returns the pids whose parent is pid, from /proc.
@@ -182,4 +186,67 @@ malicious_exit_codes = [1]
 			}
 		})
 	}
+}
+
+// TestARunKilledMidTaskIsReconciledByTheNext kills `sandbox run` with
+// SIGKILL while its VM analyses: the VM stays running and its lease names a
+// dead holder. The next run finds that through reconciliation, cleans the
+// VM before its own sample touches it, says so, and ends with the VM clean.
+func TestARunKilledMidTaskIsReconciledByTheNext(t *testing.T) {
+	dir := t.TempDir()
+	conf := runConfig(`[profiles.slow]
+vms = ["linux-a"]
+sample_path = "/tmp/{name}"
+command = ["sleep", "60"]
+[profiles.slow.verdict]
+malicious_exit_codes = [1]
+`)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte("state_dir = \"state\"\n"+conf), 0o644))
+	samples := t.TempDir()
+	cmd := exec.Command(sandboxBin, "--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
+		"run", "--profile", "slow", textFile(t, samples, "a.txt", "a"))
+	stderrPipe, err := cmd.StderrPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	analysing := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderrPipe)
+		once := sync.Once{}
+		for sc.Scan() {
+			if strings.Contains(sc.Text(), "sandbox.engine: analyzing") {
+				once.Do(func() { close(analysing) })
+			}
+		}
+	}()
+	select {
+	case <-analysing:
+	case <-time.After(30 * time.Second):
+		t.Fatal("the VM never got to analyse")
+	}
+	killedPid := cmd.Process.Pid
+	require.NoError(t, cmd.Process.Kill())
+	_ = cmd.Wait()
+
+	st := sandboxRaw(t, dir, "--json", "vm", "status", "linux-a")
+	require.Equal(t, 0, st.code, st.stderr)
+	require.Contains(t, st.stdout, `"power": "running"`, "the killed run left its VM running")
+
+	r := sandboxRaw(t, dir, "--json", "run", "--profile", "clamav", textFile(t, samples, "b.txt", "b"))
+	require.Equal(t, 0, r.code, r.stderr)
+	var out runJSON
+	require.NoError(t, json.Unmarshal([]byte(r.stdout), &out))
+	res := out.Reports[0].Results[0]
+	require.NotNil(t, res.Prepare)
+	assert.True(t, res.Prepare.Reconciled, "the next run reconciled the VM")
+	require.NotNil(t, res.Prepare.LeftBy, "and knew who left it")
+	assert.Equal(t, killedPid, res.Prepare.LeftBy.PID)
+	assert.Equal(t, engine.StepDone, res.State)
+
+	text := sandboxRaw(t, dir, "run", "--profile", "clamav", textFile(t, samples, "c.txt", "c"))
+	require.Equal(t, 0, text.code, text.stderr)
+	assert.NotContains(t, text.stdout, "was left", "a clean VM is not reconciled again")
+	st = sandboxRaw(t, dir, "--json", "vm", "status", "linux-a")
+	assert.Contains(t, st.stdout, `"power": "off"`)
+	assert.Contains(t, st.stdout, `"lock": "unlocked"`)
 }

@@ -87,9 +87,15 @@ func (e *Engine) runTask(ctx context.Context, lease *lifecycle.Lease, t *task) (
 	vm := lease.VM()
 	r := t.res
 	r.VM, r.Plugin = vm.Name, vm.Plugin
+	// Whatever an earlier run that crashed left (the VM running, paused,
+	// saved, locked, off its snapshot, its lease holder dead) is cleaned
+	// before the sample comes near the VM; the report says so.
 	e.event(t, StepPreparing, "")
-	prep, err := lease.EnsureStopped(ctx)
+	prep, err := lease.Reconcile(ctx)
 	r.Prepare = prep
+	if err == nil && prep.Reconciled {
+		e.log.Warn("VM left behind by an earlier run; cleaned before the task", "vm", vm.Name, "sample", t.sample.sample.Name)
+	}
 	failed := StepPreparing
 	if err != nil && ctx.Err() == nil {
 		// The sample never reached this VM: another VM of the profile may

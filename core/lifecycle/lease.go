@@ -2,6 +2,8 @@ package lifecycle
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"sync"
 )
 
@@ -16,11 +18,24 @@ type Lease struct {
 	vm   VM
 	free func()
 	once sync.Once
+	// left is the holder that died holding the VM's lease before this one
+	// took it, if the leases can tell.
+	left *LeaseHolder
 }
 
 // Lease waits within ctx until no other operation holds vm, then holds it
-// until Release.
+// until Release. When the leases keep a record of their holders, a holder
+// that died holding the VM is remembered for Reconcile to report.
 func (m *Manager) Lease(ctx context.Context, vm VM) (*Lease, error) {
+	if tl, ok := m.leases.(TryLeases); ok {
+		release, left, err := tl.TryAcquire(vm.Key())
+		if err == nil {
+			return &Lease{m: m, vm: vm, free: release, left: left}, nil
+		}
+		if !errors.Is(err, ErrLeaseHeld) {
+			return nil, fmt.Errorf("lease %q: could not take the VM's lease: %w", vm.Name, err)
+		}
+	}
 	release, err := m.acquire(ctx, "lease", vm)
 	if err != nil {
 		return nil, err

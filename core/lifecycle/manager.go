@@ -90,7 +90,9 @@ type Option func(*callOptions)
 
 type callOptions struct {
 	// held: the caller holds the VM's lease (a Lease's operations).
-	held     bool
+	held bool
+	// left: the holder that died holding the lease the caller took.
+	left     *LeaseHolder
 	progress func(Progress)
 	method   hypervisor.StopMethod
 	snapshot *string

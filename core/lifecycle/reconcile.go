@@ -30,7 +30,7 @@ func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report
 	for _, opt := range opts {
 		opt(&co)
 	}
-	var left *LeaseHolder
+	left := co.left
 	if !co.held {
 		release, l, err := m.tryAcquire(ctx, vm)
 		if err != nil {
@@ -65,7 +65,8 @@ func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report
 // Reconcile is Manager.Reconcile under the lease: the caller holds the VM,
 // so nobody else can be using it.
 func (l *Lease) Reconcile(ctx context.Context, opts ...Option) (*Report, error) {
-	return l.m.Reconcile(ctx, l.vm, l.with(opts)...)
+	left := l.left
+	return l.m.Reconcile(ctx, l.vm, append(l.with(opts), func(o *callOptions) { o.left = left })...)
 }
 
 // tryAcquire takes the VM's lease without waiting when the leases can tell
