@@ -117,7 +117,7 @@ func (a *app) serve(f serveFlags) error {
 	}
 	defer q.Close()
 	started := make(chan struct{})
-	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, Token: token, MaxSampleSize: s.MaxSampleSize,
+	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, State: a.state, Token: token, MaxSampleSize: s.MaxSampleSize,
 		Metrics: metrics, Logger: a.log.Named("api")}, func() bool {
 		select {
 		case <-started:

@@ -21,6 +21,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
+	"github.com/sandboxhq/sandbox/core/statedir"
 )
 
 // Settings is the [server] table of config.toml.
@@ -58,6 +59,8 @@ func (s Settings) Validate() (string, error) {
 type Options struct {
 	Queue     *queue.Queue
 	Lifecycle *lifecycle.Manager
+	// State, when set, lets GET /v1/vms show who holds each VM's lease.
+	State *statedir.Dir
 	// Token is the bearer token; required.
 	Token string
 	// MaxSampleSize bounds an upload; 0 means DefaultMaxSampleSize.
@@ -104,13 +107,14 @@ func (s *Server) Handler() http.Handler { return s.mux }
 // test holds them together).
 func (s *Server) v1Routes() map[string]func(http.ResponseWriter, *http.Request) error {
 	return map[string]func(http.ResponseWriter, *http.Request) error{
-		"POST /v1/tasks":              s.submit,
-		"GET /v1/tasks":               s.listTasks,
-		"GET /v1/tasks/{id}":          s.getTask,
-		"POST /v1/tasks/{id}/cancel":  s.cancelTask,
-		"GET /v1/vms":                 s.listVMs,
-		"POST /v1/vms/{name}/cleanup": s.cleanupVM,
-		"GET /v1/profiles":            s.listProfiles,
+		"POST /v1/tasks":                s.submit,
+		"GET /v1/tasks":                 s.listTasks,
+		"GET /v1/tasks/{id}":            s.getTask,
+		"POST /v1/tasks/{id}/cancel":    s.cancelTask,
+		"GET /v1/vms":                   s.listVMs,
+		"POST /v1/vms/{name}/cleanup":   s.cleanupVM,
+		"POST /v1/vms/{name}/reconcile": s.reconcileVM,
+		"GET /v1/profiles":              s.listProfiles,
 	}
 }
 

@@ -436,7 +436,19 @@ func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
 	_, quarantined, err := s.qr.Get(context.Background(), "fake/linux")
 	require.NoError(t, err)
 	assert.False(t, quarantined)
+	// The Windows VM was left running: reconciling cleans it and says so;
+	// once clean, reconciling changes nothing.
+	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/win/reconcile", token, nil, "", &rep))
+	assert.True(t, rep.Reconciled, "a VM left running is reconciled")
+	st, err := s.driver.Status(context.Background(), "win")
+	require.NoError(t, err)
+	assert.True(t, st.Power.IsOff())
+	rep = lifecycle.Report{}
+	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/win/reconcile", token, nil, "", &rep))
+	assert.False(t, rep.Reconciled, "a clean VM is left alone")
+
 	var e errorJSON
 	assert.Equal(t, 404, s.call("POST", "/v1/vms/ghost/cleanup", token, nil, "", &e))
+	assert.Equal(t, 404, s.call("POST", "/v1/vms/ghost/reconcile", token, nil, "", &e))
 	fmt.Fprint(io.Discard, e)
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/core/statedir"
 )
 
 // vmInfo is one VM of this host in GET /v1/vms.
@@ -24,6 +25,9 @@ type vmInfo struct {
 	StatusError string             `json:"status_error,omitempty"`
 	// Step is the step of the task on the VM, or of the last one.
 	Step *engine.Event `json:"step,omitempty"`
+	// Lease says who holds the VM's lease (this service while a task runs
+	// on it, another sandbox process otherwise) or died holding it.
+	Lease *statedir.LeaseInfo `json:"lease,omitempty"`
 	// Quarantine is set for a quarantined VM.
 	Quarantine *lifecycle.QuarantineEntry `json:"quarantine,omitempty"`
 	// OutOfService says why the service stopped using the VM, if it did.
@@ -63,6 +67,11 @@ func (s *Server) vms(ctx context.Context) []vmInfo {
 			if e, ok, err := s.opts.Lifecycle.Quarantined(sctx, vm); err == nil && ok {
 				out[i].Quarantine = &e
 			}
+			if s.opts.State != nil {
+				if l, err := s.opts.State.Lease(vm.Key()); err == nil {
+					out[i].Lease = l
+				}
+			}
 		})
 	}
 	wg.Wait()
@@ -79,6 +88,20 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) error {
 // service back into it and lifts its quarantine.
 func (s *Server) cleanupVM(w http.ResponseWriter, r *http.Request) error {
 	rep, err := s.opts.Queue.Cleanup(r.Context(), r.PathValue("name"))
+	return writeReport(w, rep, err)
+}
+
+// reconcileVM is POST /v1/vms/{name}/reconcile: once the VM's current task
+// (if any) has ended, the VM is cleaned if an earlier process left it
+// behind, and left alone if it is clean.
+func (s *Server) reconcileVM(w http.ResponseWriter, r *http.Request) error {
+	rep, err := s.opts.Queue.Reconcile(r.Context(), r.PathValue("name"))
+	return writeReport(w, rep, err)
+}
+
+// writeReport answers with a lifecycle report: 200, or 409 when the
+// operation failed (its report says why).
+func writeReport(w http.ResponseWriter, rep *lifecycle.Report, err error) error {
 	if rep == nil && err != nil {
 		return err
 	}

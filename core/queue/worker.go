@@ -328,6 +328,18 @@ func (p *vmPool) unusable() map[string]string {
 // current job to end) and, when the cleanup succeeds, puts a VM taken out
 // of service back into it.
 func (q *Queue) Cleanup(ctx context.Context, name string) (*lifecycle.Report, error) {
+	return q.maintain(ctx, name, q.opts.Lifecycle.Cleanup)
+}
+
+// Reconcile is lifecycle reconciliation of one VM of this host between
+// jobs: a VM an earlier process left behind is cleaned, a clean one left
+// alone. A success puts a VM taken out of service back into it.
+func (q *Queue) Reconcile(ctx context.Context, name string) (*lifecycle.Report, error) {
+	return q.maintain(ctx, name, q.opts.Lifecycle.Reconcile)
+}
+
+func (q *Queue) maintain(ctx context.Context, name string,
+	op func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.Report, error)) (*lifecycle.Report, error) {
 	vm, ok := q.opts.VMs[name]
 	if !ok {
 		return nil, inputErrorf("not_found", "no VM %q on host %s", name, q.opts.Host)
@@ -337,7 +349,7 @@ func (q *Queue) Cleanup(ctx context.Context, name string) (*lifecycle.Report, er
 	if err := q.pool.waitIdle(ctx, name); err != nil {
 		return nil, err
 	}
-	rep, err := q.opts.Lifecycle.Cleanup(ctx, vm)
+	rep, err := op(ctx, vm)
 	if err == nil {
 		q.pool.restore(name)
 	}
