@@ -56,6 +56,7 @@ var matrixFaults = map[string]fake.Faults{
 	"restore_failures (repeated)": {RestoreFailures: 10},
 	"start_failures":              {StartFailures: 1},
 	"status_failures":             {StatusFailures: 2},
+	"status_failures (all)":       {StatusFailures: 1 << 20},
 	"slow":                        {Slow: 150 * time.Millisecond},
 	"copy_in_failures":            {CopyInFailures: 1},
 	"copy_out_failures":           {CopyOutFailures: 1},
@@ -209,16 +210,22 @@ snapshots = ["clean"]
 	}
 	entry, quarantined, err := quarantine.Get(context.Background(), vm.Key())
 	require.NoError(t, err)
+	switch {
+	case quarantined && entry.Reason == "":
+		return fail("quarantined without a reason")
+	case quarantined:
+		o.ok, o.why = true, "quarantined: "+entry.Reason
+		return o
+	}
+	// Not quarantined: the VM must be clean. The faults are taken back
+	// first, so that a status fault does not hide the VM's state.
+	require.NoError(t, control.Heal("vm1"))
 	st, err := readState(control)
 	if err != nil {
 		return fail("status: %v", err)
 	}
 	clean := st.Power.IsOff() && st.Lock == hypervisor.LockUnlocked && st.CurrentSnapshot == "clean"
 	switch {
-	case quarantined && entry.Reason == "":
-		return fail("quarantined without a reason")
-	case quarantined:
-		o.ok, o.why = true, "quarantined: "+entry.Reason
 	case clean:
 		o.ok, o.why = true, string(res.State)
 	default:

@@ -102,8 +102,13 @@ func (e *Engine) runTask(ctx context.Context, lease *lifecycle.Lease, t *task) (
 		// take the task.
 		reason := fmt.Sprintf("could not be made ready: %v", err)
 		var qe *lifecycle.QuarantineError
-		if errors.As(err, &qe) {
+		switch {
+		case errors.As(err, &qe):
 			reason = fmt.Sprintf("quarantined since %s: %s", qe.Since.Format(time.RFC3339), qe.Reason)
+		case prep == nil || !prep.Quarantined:
+			// The VM could not even be read: in whatever state it is, it
+			// must not serve until someone has looked at it.
+			_ = e.m.Quarantine(ctx, vm, reason)
 		}
 		r.Skipped = append(r.Skipped, SkippedVM{VM: vm.Name, Reason: reason})
 		r.VM, r.Plugin, r.Prepare = "", "", nil
@@ -121,7 +126,13 @@ func (e *Engine) runTask(ctx context.Context, lease *lifecycle.Lease, t *task) (
 	r.Cleanup = cleanup
 	if cerr != nil {
 		unusable = fmt.Sprintf("cleanup after a task failed: %v", cerr)
-		if cleanup != nil && cleanup.Quarantined {
+		quarantined := cleanup != nil && cleanup.Quarantined
+		if !quarantined && failed != StepPreparing {
+			// The cleanup could not even read the VM (the hypervisor is
+			// down, say), but this task used it: it is not clean.
+			quarantined = e.m.Quarantine(ctx, vm, "the cleanup after a task failed: "+cerr.Error()) == nil
+		}
+		if quarantined {
 			r.Quarantined = cerr.Error()
 			unusable = "quarantined after a task: " + cerr.Error()
 		}

@@ -158,6 +158,18 @@ func (m *Manager) CheckUsable(ctx context.Context, vm VM) error {
 	return nil
 }
 
+// Quarantine takes a VM out of service until a cleanup succeeds, for a
+// caller that knows the VM was left in use (an analysis started it) when
+// the cleanup that followed could not even read its state: the cleanup
+// itself quarantines only a VM it got hold of.
+func (m *Manager) Quarantine(ctx context.Context, vm VM, reason string) error {
+	if err := m.quarantine.Mark(context.WithoutCancel(ctx), vm.Key(), reason); err != nil {
+		return fmt.Errorf("could not record the quarantine of %s: %w", vm.Name, err)
+	}
+	m.log.Warn("VM quarantined: it will not be used until a cleanup succeeds", "vm", vm.Name, "plugin", vm.Plugin, "reason", reason)
+	return nil
+}
+
 // Quarantined returns the VM's quarantine entry, if it is quarantined.
 func (m *Manager) Quarantined(ctx context.Context, vm VM) (QuarantineEntry, bool, error) {
 	return m.quarantine.Get(ctx, vm.Key())

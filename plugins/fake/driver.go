@@ -372,3 +372,18 @@ func (d *Driver) Inject(name string, f Faults) error {
 	d.commitLocked()
 	return nil
 }
+
+// Heal takes back every fault injected into a VM: the hypervisor recovers.
+// The configured faults stay.
+func (d *Driver) Heal(name string) error {
+	d.lock()
+	defer d.unlock()
+	v, ok := d.vms[name]
+	if !ok {
+		return hypervisor.NewError(hypervisor.CodeNotFound, "heal", name, "Could not find a registered machine named '%s'", name)
+	}
+	v.st.Injected = nil
+	v.refreshFaults()
+	d.commitLocked()
+	return nil
+}

@@ -212,6 +212,10 @@ func TestFaultsInjectedIntoASharedWorldReachEveryDriver(t *testing.T) {
 	require.NoError(t, control.Inject("a", Faults{RestoreFailures: 1}))
 	requireCode(t, plugin.Restore(testCtx(t), "a", "clean"), hypervisor.CodeFailed, hypervisor.OpRestore, "a")
 
+	require.NoError(t, control.Inject("a", Faults{RestoreFailures: 5}))
+	require.NoError(t, control.Heal("a"))
+	require.NoError(t, plugin.Restore(testCtx(t), "a", "clean"), "healed")
+
 	assert.Error(t, control.Inject("a", Faults{StartFailures: -1}), "an invalid fault is refused")
 	requireCode(t, control.Inject("nope", Faults{}), hypervisor.CodeNotFound, "inject", "nope")
 }
