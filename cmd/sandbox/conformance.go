@@ -234,7 +234,7 @@ func (a *app) progress() func(conformance.Result) {
 
 func printConformance(w io.Writer, r conformanceReport) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "CHECK\tCLAUSE\tRESULT\tTIME\tMESSAGE")
+	fmt.Fprintln(tw, "CHECK\tRULES\tRESULT\tTIME\tMESSAGE")
 	for _, res := range r.Results {
 		msg, _, _ := strings.Cut(res.Message, "\n")
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", res.Check, res.Clause, res.Outcome,
@@ -269,7 +269,7 @@ func (a *app) listChecks() error {
 	checks := conformance.Checks()
 	return a.emit(map[string]any{"checks": checks}, func(w io.Writer) {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "CHECK\tCLAUSE\tTHE DRIVER MUST")
+		fmt.Fprintln(tw, "CHECK\tRULES\tTHE DRIVER MUST")
 		for _, c := range checks {
 			fmt.Fprintf(tw, "%s\t%s\t%s\n", c.Name, c.Clause, c.Summary)
 		}

@@ -107,7 +107,7 @@ func TestConformanceFailsWithExitStatus1AndATable(t *testing.T) {
 	r := sandbox(t, conformanceConfig(`"stop-off-fails"`),
 		append(append([]string{"conformance", "--plugin", "fake"}, fastSuite...), "--run", "^Stop/")...)
 	assert.Equal(t, 1, r.code, r.stderr)
-	assert.Regexp(t, `(?m)^CHECK\s+CLAUSE\s+RESULT\s+TIME\s+MESSAGE$`, r.stdout)
+	assert.Regexp(t, `(?m)^CHECK\s+RULES\s+RESULT\s+TIME\s+MESSAGE$`, r.stdout)
 	assert.Regexp(t, `(?m)^Stop/OffLikeIsNoOp\s+§5\.2a\s+fail\s+\S+\s+Stop\(acpi\) of a VM that is off: `, r.stdout)
 	assert.Regexp(t, `(?m)^Stop/Ladder\s+§5\.5\s+pass\s`, r.stdout)
 	assert.NotContains(t, r.stdout, "Restore/")
