@@ -167,8 +167,17 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		rctx, cancel = context.WithTimeout(ctx, req.Timeout)
 		defer cancel()
 	}
+	// The socket's deadline is rctx's and may fire a moment before rctx
+	// reports it: a read cut by it is the command's deadline, not a failure.
+	deadline := func(err error) bool {
+		return rctx.Err() != nil || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
+	}
 	pid, err := a.Exec(rctx, req.Path, req.Args)
 	if err != nil {
+		if deadline(err) && ctx.Err() == nil {
+			return hypervisor.ExecResult{}, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpExec, VM: name,
+				Message: "the guest agent did not start " + req.Path + " before the command's deadline", Err: err}
+		}
 		return hypervisor.ExecResult{}, guestFail(ctx, hypervisor.OpExec, name, "guest-exec "+req.Path, err)
 	}
 	delay := 2 * time.Millisecond
@@ -177,8 +186,11 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		if err == nil && st.Exited {
 			return execResult(st)
 		}
-		if err != nil && rctx.Err() == nil {
+		if err != nil && !deadline(err) {
 			return hypervisor.ExecResult{}, guestFail(ctx, hypervisor.OpExec, name, "guest-exec-status", err)
+		}
+		if err != nil {
+			<-rctx.Done() // the socket's deadline fired first: rctx's is upon us
 		}
 		if rctx.Err() == nil {
 			t := time.NewTimer(delay)
