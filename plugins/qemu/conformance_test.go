@@ -43,7 +43,7 @@ func (s *syncBuffer) String() string {
 //   - lock: the same guest with on_poweroff = "preserve", whose QEMU
 //     process outlives every power-off and holds the VM until Unlock or
 //     Cleanup ends it: the lingering lock;
-//   - slow: the slow-restore disk, whose revert walks 393216 clusters,
+//   - slow: the slow-restore disk, whose revert walks 786432 clusters,
 //     longer than the suite's margin;
 //   - odd: a QEMU waiting for an incoming migration, a run state the
 //     contract has no word for.

@@ -62,11 +62,16 @@ type Driver struct {
 	cfg  *settings
 	info hypervisor.Info
 
-	mu       sync.Mutex
-	locks    map[string]chan struct{} // per VM: held by operations that change it
-	agents   map[string]chan struct{} // per VM: held by guest operations
-	stopping map[string]int           // VM -> QEMU pid told to quit or killed, until it is gone
-	restores map[string]bool          // VMs whose disk qemu-img is reverting
+	mu     sync.Mutex
+	locks  map[string]chan struct{} // per VM: held by operations that change it
+	agents map[string]chan struct{} // per VM: held by guest operations
+	// qmp, per VM, is held by whoever of this plugin talks to the VM's QMP
+	// socket: QEMU serves one client at a time and queues the others in
+	// silence, so without a turn of their own the core's status polls
+	// could keep an operation waiting behind them until it gave up.
+	qmp      map[string]chan struct{}
+	stopping map[string]int  // VM -> QEMU pid told to quit or killed, until it is gone
+	restores map[string]bool // VMs whose disk qemu-img is reverting
 }
 
 // New is the plugin's factory.
@@ -78,7 +83,7 @@ func New(cfg sdk.Config, log hclog.Logger) (hypervisor.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{log: log, cfg: s, locks: map[string]chan struct{}{}, agents: map[string]chan struct{}{},
+	d := &Driver{log: log, cfg: s, locks: map[string]chan struct{}{}, agents: map[string]chan struct{}{}, qmp: map[string]chan struct{}{},
 		stopping: map[string]int{}, restores: map[string]bool{}}
 	d.info = hypervisor.Info{Name: "qemu", Version: Version, ContractVersion: hypervisor.ContractVersion,
 		Hypervisor: probeVersion(s.QEMU), Capabilities: capabilities}
@@ -303,6 +308,11 @@ func (d *Driver) observe(ctx context.Context, v *vm) (hypervisor.Status, process
 func (d *Driver) runState(ctx context.Context, v *vm) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeouts.Monitor)
 	defer cancel()
+	release, err := d.acquire(ctx, d.qmp, hypervisor.OpStatus, v.name)
+	if err != nil {
+		return "", fmt.Errorf("%w: this plugin's own turn did not come (%w)", qmp.ErrBusy, err)
+	}
+	defer release()
 	m, err := qmp.DialMonitor(ctx, v.path(fileQMP))
 	if err != nil {
 		return "", err
@@ -344,13 +354,23 @@ func powerOf(run string) hypervisor.PowerState {
 // monitor connects to v's QMP socket for an operation, waiting at most
 // timeouts.monitor for another client to let go of it: then the VM is
 // locked (§5.5).
-func (d *Driver) monitor(ctx context.Context, op string, v *vm) (*qmp.Monitor, error) {
+func (d *Driver) monitor(ctx context.Context, op string, v *vm) (*monitor, error) {
 	mctx, cancel := context.WithTimeout(ctx, d.cfg.Timeouts.Monitor)
 	defer cancel()
+	release, err := d.acquire(mctx, d.qmp, op, v.name)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, hypervisor.FromContext(ctx, op, v.name)
+		}
+		return nil, &hypervisor.Error{Code: hypervisor.CodeLocked, Op: op, VM: v.name,
+			Message: fmt.Sprintf("another operation of this plugin kept the VM's QMP socket for %s", d.cfg.Timeouts.Monitor), Err: err}
+	}
 	m, err := qmp.DialMonitor(mctx, v.path(fileQMP))
+	if err == nil {
+		return &monitor{Monitor: m, release: release}, nil
+	}
+	release()
 	switch {
-	case err == nil:
-		return m, nil
 	case ctx.Err() != nil:
 		return nil, hypervisor.FromContext(ctx, op, v.name)
 	case errors.Is(err, qmp.ErrBusy), errors.Is(err, context.DeadlineExceeded):
@@ -358,6 +378,25 @@ func (d *Driver) monitor(ctx context.Context, op string, v *vm) (*qmp.Monitor, e
 			Message: fmt.Sprintf("another client holds the VM's QMP socket (QEMU serves one at a time; waited %s)", d.cfg.Timeouts.Monitor), Err: err}
 	}
 	return nil, &hypervisor.Error{Code: hypervisor.CodeFailed, Op: op, VM: v.name, Message: "cannot reach the VM's QMP socket", Err: err}
+}
+
+// monitor is a connection to a VM's QMP socket during this plugin's turn;
+// Close ends both.
+type monitor struct {
+	*qmp.Monitor
+	release func()
+	once    sync.Once
+}
+
+// Close closes the connection and passes the turn on; closing twice is
+// harmless.
+func (m *monitor) Close() error {
+	var err error
+	m.once.Do(func() {
+		err = m.Monitor.Close()
+		m.release()
+	})
+	return err
 }
 
 // fail turns an error of a QEMU command into a contract error: the

@@ -50,10 +50,11 @@ func TestMonitorHeldByAnotherClientLocksTheVM(t *testing.T) {
 	assert.ErrorIs(t, d.Start(ctx, "vm1"), hypervisor.ErrLocked)
 
 	require.NoError(t, d.Stop(ctx, "vm1", hypervisor.StopEmergency))
-	st, err = d.Status(ctx, "vm1")
-	require.NoError(t, err)
+	// A stop answers once accepted; the state confirms it (§5.3), soon.
+	st = waitFor(t, d, "vm1", 10*time.Second, "aborted and unlocked", func(st hypervisor.Status) bool {
+		return st.Power == hypervisor.PowerAborted && st.Lock == hypervisor.LockUnlocked
+	})
 	assert.Equal(t, hypervisor.PowerAborted, st.Power, "%+v", st)
-	assert.Equal(t, hypervisor.LockUnlocked, st.Lock)
 	_, err = os.Stat(r.vmFile("vm1", "qemu.pid"))
 	assert.NoError(t, err, "a killed QEMU leaves its pid file, unlocked")
 	require.NoError(t, d.Restore(ctx, "vm1", ""))

@@ -345,11 +345,11 @@ func (p *probe) overlap(vms []string) {
 	if !p.ok(err, "restore %s", vms[0]) {
 		return
 	}
-	const enough, most = 300 * time.Millisecond, 20
+	const enough, most = 300 * time.Millisecond, 6
 	if one < enough/most {
-		// What so quick a restore costs is the CPU's, not the
-		// hypervisor's, and two of them on a busy CPU look one after the
-		// other whatever the driver does.
+		// What so quick a restore costs (a process started, a file
+		// rewritten) is the CPU's, not the hypervisor's, and two of them
+		// on a busy CPU look one after the other whatever the driver does.
 		p.Logf("a restore of %s takes %s, too little to time: the overlap of two was not judged", vms[0], one.Round(time.Millisecond))
 		return
 	}

@@ -10,10 +10,10 @@
 #                           guest running and its agent answering:
 #                             ready              the guest honours the power button
 #                             ready-ignore-acpi  the guest ignores it
-#   slow.qcow2              the conformance suite's slow-restore disk: 192 MiB
+#   slow.qcow2              the conformance suite's slow-restore disk: 384 MiB
 #                           written in 512-byte clusters before its disk-only
 #                           snapshot "data", so that reverting it walks
-#                           393216 clusters (about two seconds, well over
+#                           786432 clusters (two seconds or more, well over
 #                           the suite's one-second margin)
 #   manifest                what it was built from
 #
@@ -159,11 +159,11 @@ if ! built disk "$dkey" || [ ! -s disk.qcow2 ]; then
 fi
 
 # 4. The slow-restore disk, keyed on the QEMU that writes it and its size.
-slow_size=192M
+slow_size=384M
 skey=$(stamp slow "$qemu_version" "$slow_size")
 if ! built slow "$skey" || [ ! -s slow.qcow2 ]; then
 	rm -f slow.qcow2 slow.qcow2.tmp
-	qemu-img create -q -f qcow2 -o cluster_size=512 slow.qcow2.tmp 256M
+	qemu-img create -q -f qcow2 -o cluster_size=512 slow.qcow2.tmp 512M
 	qemu-io -f qcow2 -c "write -P 0x5a 0 $slow_size" slow.qcow2.tmp >/dev/null
 	qemu-img snapshot -c data slow.qcow2.tmp
 	mv slow.qcow2.tmp slow.qcow2
