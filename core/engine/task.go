@@ -94,7 +94,7 @@ func (e *Engine) runTask(ctx context.Context, lease *lifecycle.Lease, t *task) (
 	prep, err := lease.Reconcile(ctx)
 	r.Prepare = prep
 	if err == nil && prep.Reconciled {
-		e.log.Warn("VM left behind by an earlier run; cleaned before the task", "vm", vm.Name, "sample", t.sample.sample.Name)
+		e.log.Info("VM left behind by an earlier run; cleaned before the task", "vm", vm.Name, "sample", t.sample.sample.Name)
 	}
 	failed := StepPreparing
 	if err != nil && ctx.Err() == nil {

@@ -52,7 +52,7 @@ func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report
 			return o.finish(ctx, nil)
 		}
 		o.addStep(Step{Name: "check", Outcome: "left " + found, Detail: detail})
-		o.log.Warn("VM left behind by an earlier run; cleaning it", "found", found, "detail", detail)
+		o.log.Info("VM left behind by an earlier run; cleaning it", "found", found, "detail", detail)
 		o.report.Reconciled = true
 		err = o.cleanup(cctx, o.restoreWanted())
 		if err != nil {
