@@ -65,7 +65,7 @@ func (a *app) lifecycleVM(ctx context.Context, name, plugin string) (lifecycle.V
 	if err != nil {
 		return lifecycle.VM{}, err
 	}
-	return lifecycle.VM{Name: name, Plugin: pname, Driver: d, Settings: a.cfg.Settings(name)}, nil
+	return lifecycle.VM{Name: name, Plugin: pname, Driver: d, Settings: a.cfg.LifecycleOf(name)}, nil
 }
 
 // lifecycleCommand builds one `sandbox vm VERB VM` command around a manager

@@ -109,7 +109,7 @@ func (a *app) everyVM(ctx context.Context, plugin string) ([]lifecycle.VM, []err
 			errs = append(errs, err)
 			continue
 		}
-		vms = append(vms, lifecycle.VM{Name: e.Name, Plugin: e.Plugin, Driver: p, Settings: a.cfg.Settings(e.Name)})
+		vms = append(vms, lifecycle.VM{Name: e.Name, Plugin: e.Plugin, Driver: p, Settings: a.cfg.LifecycleOf(e.Name)})
 	}
 	return vms, errs
 }

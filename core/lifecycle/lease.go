@@ -43,6 +43,28 @@ func (m *Manager) Lease(ctx context.Context, vm VM) (*Lease, error) {
 	return &Lease{m: m, vm: vm, free: release}, nil
 }
 
+// TryLease holds vm until Release if nobody holds it, without waiting: a
+// VM that another operation (of this process or, with shared leases,
+// another) holds answers a *LeaseHeldError, errors.Is ErrLeaseHeld. A
+// scheduler uses it to pass over a VM in use elsewhere rather than queue
+// behind it. Leases that cannot tell a held lease from a free one are
+// waited on within ctx.
+func (m *Manager) TryLease(ctx context.Context, vm VM) (*Lease, error) {
+	tl, ok := m.leases.(TryLeases)
+	if !ok {
+		return m.Lease(ctx, vm)
+	}
+	release, left, err := tl.TryAcquire(vm.Key())
+	var held *LeaseHeldError
+	switch {
+	case errors.As(err, &held):
+		return nil, err
+	case err != nil:
+		return nil, fmt.Errorf("lease %q: could not take the VM's lease: %w", vm.Name, err)
+	}
+	return &Lease{m: m, vm: vm, free: release, left: left}, nil
+}
+
 // VM returns the VM the lease holds.
 func (l *Lease) VM() VM { return l.vm }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
 
@@ -33,7 +34,7 @@ type VM struct {
 	// Driver operates the VM.
 	Driver hypervisor.Driver
 	// Settings are the VM's lifecycle settings.
-	Settings Settings
+	Settings config.Lifecycle
 }
 
 // Key identifies the VM across plugins: "plugin/name".
@@ -293,4 +294,4 @@ func (o *op) fallback(format string, args ...any) {
 	o.log.Info("fallback: " + msg)
 }
 
-func (o *op) settings() Settings { return o.vm.Settings }
+func (o *op) settings() config.Lifecycle { return o.vm.Settings }

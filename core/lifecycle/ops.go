@@ -242,7 +242,11 @@ func (o *op) ladder() []hypervisor.StopMethod {
 	if o.opts.method != "" {
 		return []hypervisor.StopMethod{o.opts.method}
 	}
-	return o.settings().StopLadder
+	ladder := make([]hypervisor.StopMethod, len(o.settings().StopLadder))
+	for i, m := range o.settings().StopLadder {
+		ladder[i] = hypervisor.StopMethod(m)
+	}
+	return ladder
 }
 
 func (o *op) stopAndRelease(ctx context.Context) error {

@@ -47,7 +47,7 @@ func (o *op) stopLadder(ctx context.Context, methods []hypervisor.StopMethod) (h
 			}
 			continue
 		}
-		deadline := o.settings().RungTimeout(m)
+		deadline := o.settings().RungTimeout(string(m))
 		o.progress(name)
 		rctx, cancel := context.WithTimeout(ctx, deadline)
 		begun := time.Now()

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -82,7 +81,7 @@ func (q *Queue) Submit(ctx context.Context, name string, data []byte, req Reques
 }
 
 func (q *Queue) checkRequest(req *Request) ([]string, error) {
-	known := slices.Sorted(maps.Keys(q.opts.Profiles))
+	known := slices.Sorted(maps.Keys(q.pool.Profiles()))
 	profiles := req.Profiles
 	if len(profiles) == 0 {
 		profiles = known
@@ -90,7 +89,7 @@ func (q *Queue) checkRequest(req *Request) ([]string, error) {
 	seen := map[string]bool{}
 	var out []string
 	for _, p := range profiles {
-		prof, ok := q.opts.Profiles[p]
+		prof, ok := q.pool.Profile(p)
 		if !ok {
 			return nil, inputErrorf("unknown_profile", "no profile %q; known: %s", p, strings.Join(known, ", "))
 		}
@@ -192,9 +191,7 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 		}
 		if row.State == rivertype.JobStateCancelled && i < len(t.Profiles) {
 			// It never ran (or had ended): no worker will record it.
-			r := &engine.Result{Profile: t.Profiles[i], State: engine.StepCancelled, Verdict: engine.VerdictError,
-				FailedStep: engine.StepQueued, Error: "cancelled before it ran", Transitions: []engine.Transition{
-					{Step: engine.StepCancelled, At: time.Now().UTC()}}}
+			r := engine.NotRun(t.Profiles[i], engine.StepCancelled, "cancelled before it ran")
 			if err := q.record(ctx, id, r); err != nil {
 				return nil, err
 			}
@@ -213,16 +210,7 @@ func (q *Queue) finishTask(ctx context.Context, id string) (*Task, error) {
 	if err != nil || !ended {
 		return t, err
 	}
-	dir := filepath.Join(q.opts.OutDir, t.Sample.SHA256)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return t, err
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return t, err
-	}
-	defer root.Close()
-	if err := t.Report.Write(root); err != nil {
+	if err := engine.WriteReport(q.taskDir(t), t.Report); err != nil {
 		return t, fmt.Errorf("report of task %s: %w", id, err)
 	}
 	q.log.Info("task ended", "task", id, "state", t.State, "verdict", t.Verdict)
