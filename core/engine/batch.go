@@ -76,8 +76,11 @@ func (p *Pool) RunBatch(ctx context.Context, b Batch) (*Summary, error) {
 		left := len(b.Profiles)
 		for j, name := range b.Profiles {
 			t := Task{ID: fmt.Sprintf("%s/%s", s.SHA256[:min(12, len(s.SHA256))], name), Sample: s, Profile: p.profiles[name], Dir: dir}
+			// Queued here, in order, so that the tasks get VMs in the
+			// order of the samples, whoever's goroutine runs first.
+			q := p.queue(t)
 			wg.Go(func() {
-				res := p.runOne(ctx, t)
+				res := q.end(ctx)
 				mu.Lock()
 				defer mu.Unlock()
 				results[j] = res
@@ -102,10 +105,11 @@ func (p *Pool) RunBatch(ctx context.Context, b Batch) (*Summary, error) {
 	return sum, werr
 }
 
-// runOne runs a task of a batch to its end, whatever happens: a task that
+// end runs a task of a batch to its end, whatever happens: a task that
 // found no VM, or was interrupted before it had one, ends never run.
-func (p *Pool) runOne(ctx context.Context, t Task) *Result {
-	res, err := p.Run(ctx, t)
+func (q *queued) end(ctx context.Context) *Result {
+	t := q.t
+	res, err := q.run(ctx)
 	if err == nil {
 		return res
 	}

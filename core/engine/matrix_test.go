@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
@@ -131,7 +132,7 @@ snapshots = ["clean"]
 `
 	path := filepath.Join(dir, "config.toml")
 	require.NoError(t, os.WriteFile(path, []byte(world), 0o644))
-	h := host.New(host.Options{Plugins: map[string]host.PluginConfig{"fake": {Path: bin}}, File: path, Data: []byte(world),
+	h := host.New(host.Options{Plugins: map[string]config.Plugin{"fake": config.NewPlugin(bin)}, File: path, Data: []byte(world),
 		Logger: hclog.NewNullLogger()})
 	defer h.Close()
 	plugin, err := h.Plugin("fake")
@@ -142,7 +143,7 @@ snapshots = ["clean"]
 	control := drv.(*fake.Driver)
 	defer control.Close()
 
-	s := lifecycle.Defaults()
+	s := config.DefaultLifecycle()
 	s.Snapshot = "clean"
 	s.ACPITimeout, s.PowerOffTimeout, s.EmergencyTimeout = 400*time.Millisecond, 400*time.Millisecond, 2*time.Second
 	s.ReleaseTimeout, s.UnlockTimeout = time.Second, 2*time.Second
@@ -155,7 +156,8 @@ snapshots = ["clean"]
 	defer cancel()
 	var pids []int
 	var once sync.Once
-	e := engine.New(engine.Options{Lifecycle: m, OnEvent: func(ev engine.Event) {
+	events := engine.NewEvents()
+	events.Subscribe(func(ev engine.Event) {
 		if ev.Step != step {
 			return
 		}
@@ -174,15 +176,15 @@ snapshots = ["clean"]
 				}
 			}
 		})
-	}})
-	prof, key, err := engine.ProfileConfig{VMs: []string{"vm1"}, SamplePath: "/s/{name}",
-		Command: []string{"scan", "-o", "/s/log", "{sample}"}, ReadyCommand: []string{"true"},
-		ReadyTimeout: ptr(2 * time.Second), CopyTimeout: ptr(2 * time.Second), Timeout: ptr(5 * time.Second),
-		Artifacts: []string{"/s/log"}, Verdict: engine.VerdictConfig{MaliciousExitCodes: []int{1}}}.Resolve("scan")
-	require.NoError(t, err, key)
+	})
+	e := engine.New(engine.Options{Lifecycle: m, Events: events})
+	prof := config.NewProfile("scan", []string{"vm1"}, "/s/{name}", "scan", "-o", "/s/log", "{sample}")
+	prof.ReadyCommand, prof.Artifacts = []string{"true"}, []string{"/s/log"}
+	prof.ReadyTimeout, prof.CopyTimeout, prof.Timeout = 2*time.Second, 2*time.Second, 5*time.Second
 	sample := sample(t, "s.txt", []byte("x"))
-	sum, err := e.Run(ctx, engine.Job{Samples: []engine.Sample{sample}, Pools: []engine.Pool{{Profile: prof, VMs: []lifecycle.VM{vm}}},
-		OutDir: filepath.Join(dir, "out")})
+	pool, err := engine.NewPool(ctx, e, []lifecycle.VM{vm}, []config.Profile{prof})
+	require.NoError(t, err)
+	sum, err := pool.RunBatch(ctx, engine.Batch{Samples: []engine.Sample{sample}, Profiles: []string{"scan"}, OutDir: filepath.Join(dir, "out")})
 	if err != nil {
 		return fail("the run failed as a whole: %v", err)
 	}

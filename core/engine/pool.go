@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -48,6 +49,10 @@ type Pool struct {
 	out       map[string]Outcome
 	elsewhere map[string]time.Time
 	waiters   []*waiter
+	tickets   uint64
+	// outChanged: a VM left or rejoined service since the line was last
+	// looked at whole.
+	outChanged bool
 	recheck   *time.Timer
 	// idle is closed and replaced whenever a VM stops being busy, for
 	// maintenance that waits for one.
@@ -60,6 +65,9 @@ const LeaseRecheck = time.Second
 
 // waiter is a task waiting for a VM.
 type waiter struct {
+	// ticket orders the waiters: the task that asked first is served
+	// first, also when it comes back for another VM.
+	ticket     uint64
 	candidates []string
 	// got receives the VM assigned, or the error that ends the wait.
 	got chan grant
@@ -120,6 +128,9 @@ func needed(p config.Profile) []hypervisor.Capability {
 	return caps
 }
 
+// Events is the stream the pool's engine publishes every transition on.
+func (p *Pool) Events() *Events { return p.engine.events }
+
 // VMs are the pool's VMs, by name.
 func (p *Pool) VMs() map[string]lifecycle.VM { return p.vms }
 
@@ -164,43 +175,82 @@ func (e *NoVMError) Error() string {
 // never ran to an end: a *NoVMError when no VM of the task is left in
 // service, or ctx's error when it ended before a VM was free.
 func (p *Pool) Run(ctx context.Context, t Task) (*Result, error) {
-	r := &Result{Profile: t.Profile.Name, Transitions: []Transition{}}
-	p.engine.transition(t, r, StepQueued, "")
+	return p.queue(t).run(ctx)
+}
+
+// queued is a task in the pool's line for VMs.
+type queued struct {
+	p *Pool
+	t Task
+	r *Result
+	w *waiter
+	// registered: w is in the line (it is from queue until a VM is
+	// granted, and again whenever the task comes back for another).
+	registered bool
+}
+
+// queue puts the task in the line for a VM, at once: tasks queued one
+// after the other get VMs in that order, whichever goroutine then waits
+// first.
+func (p *Pool) queue(t Task) *queued {
+	q := &queued{p: p, t: t, r: &Result{Profile: t.Profile.Name, Transitions: []Transition{}}}
+	p.engine.transition(t, q.r, StepQueued, "")
 	candidates := p.serves[t.Profile.Name]
 	if t.VM != "" {
 		candidates = []string{t.VM}
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.tickets++
+	q.w = &waiter{ticket: p.tickets, candidates: candidates, got: make(chan grant, 1)}
+	p.registerLocked(q.w)
+	q.registered = true
+	return q
+}
+
+// registerLocked puts w in the line, in the order of its ticket, and hands
+// out what is free.
+func (p *Pool) registerLocked(w *waiter) {
+	if g, done := p.grantLocked(w); done {
+		w.got <- g
+		return
+	}
+	i, _ := slices.BinarySearchFunc(p.waiters, w, func(a, b *waiter) int { return cmp.Compare(a.ticket, b.ticket) })
+	p.waiters = slices.Insert(p.waiters, i, w)
+	p.armRecheckLocked()
+}
+
+// run waits for VMs and runs the task until it ends.
+func (q *queued) run(ctx context.Context) (*Result, error) {
+	p := q.p
 	for {
-		lease, err := p.take(ctx, t.Profile.Name, candidates)
+		lease, err := q.take(ctx)
 		if err != nil {
 			var nv *NoVMError
 			if errors.As(err, &nv) {
-				nv.Skipped = r.Skipped
+				nv.Profile, nv.Skipped = q.t.Profile.Name, q.r.Skipped
 			}
 			return nil, err
 		}
-		out := p.engine.runTask(ctx, lease, t, r)
+		out := p.engine.runTask(ctx, lease, q.t, q.r)
 		lease.Release()
 		p.give(lease.VM().Name, out)
-		if r.State.Final() {
-			return r, nil
+		if q.r.State.Final() {
+			return q.r, nil
 		}
 	}
 }
 
-// take waits for a free VM among candidates and returns it leased.
-func (p *Pool) take(ctx context.Context, profile string, candidates []string) (*lifecycle.Lease, error) {
-	w := &waiter{candidates: candidates, got: make(chan grant, 1)}
-	front := false
+// take waits for a free VM for the task and returns it leased.
+func (q *queued) take(ctx context.Context) (*lifecycle.Lease, error) {
+	p, w := q.p, q.w
 	for {
-		p.mu.Lock()
-		if front {
-			p.waiters = slices.Insert(p.waiters, 0, w)
-		} else {
-			p.waiters = append(p.waiters, w)
+		if !q.registered {
+			p.mu.Lock()
+			p.registerLocked(w)
+			p.mu.Unlock()
 		}
-		p.dispatchLocked()
-		p.mu.Unlock()
+		q.registered = false
 		var g grant
 		select {
 		case g = <-w.got:
@@ -219,9 +269,6 @@ func (p *Pool) take(ctx context.Context, profile string, candidates []string) (*
 			return nil, ctx.Err()
 		}
 		if g.err != nil {
-			if nv, ok := g.err.(*NoVMError); ok {
-				nv.Profile = profile
-			}
 			return nil, g.err
 		}
 		vm := p.vms[g.vm]
@@ -229,8 +276,8 @@ func (p *Pool) take(ctx context.Context, profile string, candidates []string) (*
 		if err == nil {
 			return lease, nil
 		}
-		// Keep the task's place in the line while it looks again.
-		front = true
+		// The task keeps its place in the line (its ticket) while it looks
+		// again for a VM.
 		if ctx.Err() != nil {
 			p.give(g.vm, Outcome{State: VMUsable})
 			return nil, ctx.Err()
@@ -241,8 +288,10 @@ func (p *Pool) take(ctx context.Context, profile string, candidates []string) (*
 			p.elsewhere[g.vm] = time.Now().Add(LeaseRecheck)
 		} else {
 			p.out[g.vm] = Outcome{State: VMUnusable, Reason: fmt.Sprintf("could not take its lease: %v", err)}
+			p.outChanged = true
 		}
 		p.notifyIdleLocked()
+		p.dispatchLocked()
 		p.mu.Unlock()
 	}
 }
@@ -254,6 +303,7 @@ func (p *Pool) give(vm string, out Outcome) {
 	delete(p.busy, vm)
 	if !out.Usable() {
 		p.out[vm] = out
+		p.outChanged = true
 	}
 	p.notifyIdleLocked()
 	p.dispatchLocked()
@@ -263,17 +313,30 @@ func (p *Pool) give(vm string, out Outcome) {
 // the wait of those none of whose VMs is left in service.
 func (p *Pool) dispatchLocked() {
 	now := time.Now()
-	var next time.Time
 	for vm, until := range p.elsewhere {
 		if !now.Before(until) {
 			delete(p.elsewhere, vm)
-		} else if next.IsZero() || until.Before(next) {
-			next = until
+		}
+	}
+	// Waiters are only looked at while a VM is free, or after a VM left
+	// service (its waiters may have none left): a line of thousands of
+	// tasks costs nothing while every VM works.
+	free := 0
+	for name := range p.vms {
+		if p.freeLocked(name) {
+			free++
 		}
 	}
 	kept := p.waiters[:0]
-	for _, w := range p.waiters {
+	for i, w := range p.waiters {
+		if free == 0 && !p.outChanged {
+			kept = append(kept, p.waiters[i:]...)
+			break
+		}
 		if g, done := p.grantLocked(w); done {
+			if g.err == nil {
+				free--
+			}
 			w.got <- g
 			continue
 		}
@@ -281,22 +344,42 @@ func (p *Pool) dispatchLocked() {
 	}
 	clear(p.waiters[len(kept):])
 	p.waiters = kept
-	if !next.IsZero() && len(p.waiters) > 0 {
-		if p.recheck != nil {
-			p.recheck.Stop()
+	p.outChanged = false
+	p.armRecheckLocked()
+}
+
+// armRecheckLocked has the line looked at again when the first VM passed
+// over for being leased elsewhere is due another try.
+func (p *Pool) armRecheckLocked() {
+	var next time.Time
+	for _, until := range p.elsewhere {
+		if next.IsZero() || until.Before(next) {
+			next = until
 		}
-		p.recheck = time.AfterFunc(time.Until(next), func() {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			p.dispatchLocked()
-		})
 	}
+	if next.IsZero() || len(p.waiters) == 0 {
+		return
+	}
+	if p.recheck != nil {
+		p.recheck.Stop()
+	}
+	p.recheck = time.AfterFunc(time.Until(next), func() {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.dispatchLocked()
+	})
+}
+
+// freeLocked reports whether a VM of the pool can be handed out now.
+func (p *Pool) freeLocked(name string) bool {
+	return p.out[name].Usable() && !p.busy[name] && p.held[name] == 0 && p.elsewhere[name].IsZero()
 }
 
 // grantLocked finds w a VM, or the error that ends its wait; done is false
 // when w must wait on.
 func (p *Pool) grantLocked(w *waiter) (g grant, done bool) {
 	why := map[string]string{}
+	wait := false
 	for _, name := range w.candidates {
 		switch _, ours := p.vms[name]; {
 		case !ours:
@@ -304,11 +387,14 @@ func (p *Pool) grantLocked(w *waiter) (g grant, done bool) {
 		case !p.out[name].Usable():
 			why[name] = p.out[name].Reason
 		case p.busy[name] || p.held[name] > 0 || !p.elsewhere[name].IsZero():
-			return grant{}, false
+			wait = true
 		default:
 			p.busy[name] = true
 			return grant{vm: name}, true
 		}
+	}
+	if wait {
+		return grant{}, false
 	}
 	return grant{err: &NoVMError{Why: why}}, true
 }
@@ -352,6 +438,7 @@ func (p *Pool) Hold(ctx context.Context, vm string) (done func(restored bool), e
 			}
 			if restored {
 				delete(p.out, vm)
+				p.outChanged = true
 			}
 			p.dispatchLocked()
 		})

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
@@ -67,7 +68,7 @@ func gone(pid int, d time.Duration) bool {
 
 func TestALaunchThatNeverHandshakesEndsAtStartTimeoutWithItsChildren(t *testing.T) {
 	path, pidFile := sleeperPlugin(t)
-	h := newHost(t, map[string]host.PluginConfig{"s": {Path: path, StartTimeout: time.Second}}, "")
+	h := newHost(t, map[string]config.Plugin{"s": {AutoMTLS: true, Path: path, StartTimeout: time.Second}}, "")
 	start := time.Now()
 	_, err := plug(t, h, "s").Status(context.Background(), "vm1")
 	took := time.Since(start)
@@ -81,7 +82,7 @@ func TestALaunchThatNeverHandshakesEndsAtStartTimeoutWithItsChildren(t *testing.
 
 func TestCancelingALaunchEndsItAtOnceWithItsChildren(t *testing.T) {
 	path, pidFile := sleeperPlugin(t)
-	h := newHost(t, map[string]host.PluginConfig{"s": {Path: path, StartTimeout: time.Minute}}, "")
+	h := newHost(t, map[string]config.Plugin{"s": {AutoMTLS: true, Path: path, StartTimeout: time.Minute}}, "")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -104,7 +105,7 @@ func TestCancelingALaunchEndsItAtOnceWithItsChildren(t *testing.T) {
 
 func TestClosingTheHostEndsALaunchUnderWay(t *testing.T) {
 	path, pidFile := sleeperPlugin(t)
-	h := newHost(t, map[string]host.PluginConfig{"s": {Path: path, StartTimeout: time.Minute}}, "")
+	h := newHost(t, map[string]config.Plugin{"s": {AutoMTLS: true, Path: path, StartTimeout: time.Minute}}, "")
 	done := make(chan error, 1)
 	go func() {
 		_, err := plug(t, h, "s").Status(context.Background(), "vm1")
@@ -139,7 +140,7 @@ func waitErr(ch <-chan error) <-chan struct{} {
 // processes it ran, so nothing it started is left working on a VM.
 func TestKillingAPluginKillsWhatItStarted(t *testing.T) {
 	cfg := scriptedPlugin(t)
-	h := newHost(t, map[string]host.PluginConfig{"s": cfg}, "")
+	h := newHost(t, map[string]config.Plugin{"s": cfg}, "")
 	p := plug(t, h, "s")
 	res, err := p.Exec(context.Background(), "vm1", hypervisor.ExecRequest{Path: "spawn"})
 	require.NoError(t, err)
@@ -192,7 +193,7 @@ func healthWithoutCertificate(socket string) error {
 func TestThePluginSocketIsPrivateAndNeedsTheHostsCertificate(t *testing.T) {
 	old := syscall.Umask(0)
 	defer syscall.Umask(old)
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	require.NoError(t, err)
@@ -217,7 +218,7 @@ func TestAnotherUserCannotReachThePluginSocket(t *testing.T) {
 		t.Skip("needs root to act as another user")
 	}
 	old := syscall.Umask(0)
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	syscall.Umask(old)
@@ -245,8 +246,8 @@ func TestAnotherUserCannotReachThePluginSocket(t *testing.T) {
 func TestAutoMTLSCanBeTurnedOff(t *testing.T) {
 	cfg := scriptedPlugin(t)
 	off := false
-	cfg.AutoMTLS = &off
-	h := newHost(t, map[string]host.PluginConfig{"s": cfg}, "")
+	cfg.AutoMTLS = off
+	h := newHost(t, map[string]config.Plugin{"s": cfg}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	require.NoError(t, err)

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
@@ -28,7 +29,7 @@ import (
 
 func TestPluginKilledMidCallFailsFastAndIsRelaunched(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	ctx := context.Background()
 	_, err := p.Status(ctx, "vm1")
@@ -64,7 +65,7 @@ func TestPluginKilledMidCallFailsFastAndIsRelaunched(t *testing.T) {
 }
 
 func TestCloseKillsEveryPlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"a": scriptedPlugin(t), "b": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"a": scriptedPlugin(t), "b": scriptedPlugin(t)}, "")
 	var pids []int
 	for _, name := range []string{"a", "b"} {
 		p := plug(t, h, name)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
@@ -35,7 +36,7 @@ func benchPlugin(b *testing.B, table string) *host.Plugin {
 	b.Helper()
 	dir := b.TempDir()
 	h := host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"fake": {Path: fakeBin}},
+		Plugins: map[string]config.Plugin{"fake": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: fakeBin}},
 		File:    filepath.Join(dir, "config.toml"),
 		Data:    []byte("[plugins.fake.config]\n" + table),
 		Logger:  hclog.NewNullLogger(),
@@ -58,8 +59,8 @@ func median(xs []time.Duration) time.Duration {
 // reports the median time beyond the simulated power-off.
 func benchCleanup(b *testing.B, table string, cleanup func(context.Context, lifecycle.VM) (*lifecycle.Report, error)) {
 	p := benchPlugin(b, table)
-	s := lifecycle.Defaults()
-	s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff, hypervisor.StopEmergency}
+	s := config.DefaultLifecycle()
+	s.StopLadder = []string{config.StopPowerOff, config.StopEmergency}
 	vm := lifecycle.VM{Name: "vm1", Plugin: "fake", Driver: p, Settings: s}
 	ctx := context.Background()
 	var overheads []time.Duration

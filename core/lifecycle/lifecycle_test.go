@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
@@ -114,8 +115,8 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 acpi_ignored = true
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopACPI}
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
+		s.StopLadder = []string{config.StopACPI}
 		s.ACPITimeout = 30 * time.Second
 		s.CleanupTimeout = 400 * time.Millisecond
 	})
@@ -143,7 +144,7 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 acpi_ignored = true
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.ACPITimeout = 300 * time.Millisecond })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.ACPITimeout = 300 * time.Millisecond })
 	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	names := stepNames(r)
@@ -161,8 +162,8 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 poweroff_failures = 100
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff, hypervisor.StopEmergency}
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
+		s.StopLadder = []string{config.StopPowerOff, config.StopEmergency}
 	})
 	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
 	require.NoError(t, err)
@@ -179,8 +180,8 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 lock_held_after_stop = "3s"
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff}
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
+		s.StopLadder = []string{config.StopPowerOff}
 	})
 	r, err := w.manager.Restore(ctxFor(t, 30*time.Second), vm)
 	require.NoError(t, err)
@@ -311,8 +312,8 @@ snapshots = ["clean"]
 	})
 	t.Run("restore, composed with lock confirmation", func(t *testing.T) {
 		w := fakeWorld(t, timing+vms)
-		r, err := w.manager.Restore(ctxFor(t, 30*time.Second), w.vm("vm1", func(s *lifecycle.Settings) {
-			s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff}
+		r, err := w.manager.Restore(ctxFor(t, 30*time.Second), w.vm("vm1", func(s *config.Lifecycle) {
+			s.StopLadder = []string{config.StopPowerOff}
 		}))
 		require.NoError(t, err)
 		assert.Equal(t, lifecycle.PathComposed, r.Path)
@@ -343,7 +344,7 @@ snapshots = ["clean"]
 state = "running"
 snapshots = ["clean"]
 `)
-	ladder := func(s *lifecycle.Settings) { s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff} }
+	ladder := func(s *config.Lifecycle) { s.StopLadder = []string{config.StopPowerOff} }
 	run := func(vms ...lifecycle.VM) []*lifecycle.Report {
 		reports := make([]*lifecycle.Report, len(vms))
 		var wg sync.WaitGroup
@@ -387,7 +388,7 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 stale_lock_after_stop = true
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.ReleaseTimeout = 300 * time.Millisecond })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.ReleaseTimeout = 300 * time.Millisecond })
 	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm, lifecycle.WithMethod(hypervisor.StopEmergency))
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop emergency: off", "wait for release: deadline passed", "unlock: unlocked"}, stepNames(r))
@@ -413,7 +414,7 @@ unlock_after_stop = "0s"
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.PollMaxInterval = 200 * time.Millisecond })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.PollMaxInterval = 200 * time.Millisecond })
 	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off"}, stepNames(r))
@@ -476,7 +477,7 @@ func TestCleanupTimeoutCoversTheWaitForAnotherOperation(t *testing.T) {
 snapshots = ["clean"]
 `)
 	m := lifecycle.New(lifecycle.Options{Leases: heldLeases{}})
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.CleanupTimeout = 300 * time.Millisecond })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.CleanupTimeout = 300 * time.Millisecond })
 	begun := time.Now()
 	r, err := m.Cleanup(context.Background(), vm)
 	assert.Less(t, time.Since(begun), time.Second)
@@ -505,7 +506,7 @@ unlock_after_stop = "1h"
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.ReleaseTimeout = 200 * time.Millisecond })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.ReleaseTimeout = 200 * time.Millisecond })
 	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off", "wait for release: deadline passed",
@@ -523,7 +524,7 @@ unlock_after_stop = "600ms"
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
 		s.ReleaseTimeout = 200 * time.Millisecond
 		s.UnlockTimeout = 5 * time.Second
 	})
@@ -571,7 +572,7 @@ state = "running"
 [plugins.fake.config.vms.vm1.faults]
 status_failures = 1000000
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.StatusTimeout = 300 * time.Millisecond })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.StatusTimeout = 300 * time.Millisecond })
 	begun := time.Now()
 	r, err := w.manager.Cleanup(context.Background(), vm)
 	assert.Less(t, time.Since(begun), 2*time.Second, "a hypervisor that never answers does not hang the cleanup")
@@ -585,9 +586,9 @@ func TestNativeCleanupCanBeTurnedOff(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
 		s.NativeCleanup = false
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff}
+		s.StopLadder = []string{config.StopPowerOff}
 	})
 	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
 	require.NoError(t, err)
@@ -634,7 +635,7 @@ state = "running"
 snapshots = ["clean"]
 `)
 	ctx := ctxFor(t, 30*time.Second)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.Snapshot = "cleen" })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "cleen" })
 	r, err := w.manager.Cleanup(ctx, vm)
 	require.Error(t, err)
 	assert.True(t, hypervisor.IsNotFound(err), "%v", err)
@@ -693,7 +694,7 @@ unlock_after_stop = "0s"
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
 		s.PollInterval, s.PollMaxInterval = 10*time.Second, 10*time.Second // one poll, then a long wait
 	})
 	ctx, cancel := context.WithCancel(context.Background())

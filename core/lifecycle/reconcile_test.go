@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
@@ -29,7 +30,7 @@ func TestReconcileCleansWhatACrashLeftBehind(t *testing.T) {
 [plugins.fake.config.vms.vm1]
 snapshots = ["clean", "dirty"]
 `+tc.vm+"\n")
-			vm := w.vm("vm1", func(s *lifecycle.Settings) { s.Snapshot = "clean" })
+			vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "clean" })
 			r, err := w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
 			require.NoError(t, err, "%v", stepNames(r))
 			assert.Equal(t, "reconcile", r.Operation)
@@ -47,7 +48,7 @@ func TestReconcileLeavesACleanVMAlone(t *testing.T) {
 [plugins.fake.config.vms.vm1]
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.Snapshot = "clean" })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "clean" })
 	r, err := w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.False(t, r.Reconciled)
@@ -141,7 +142,7 @@ snapshots = ["clean"]
 restore_failures = 99
 `)
 	ctx := ctxFor(t, 30*time.Second)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.RestoreTimeout = time.Second })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.RestoreTimeout = time.Second })
 	r, err := w.manager.Reconcile(ctx, vm)
 	require.Error(t, err)
 	assert.True(t, r.Quarantined)

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/fake"
 	"github.com/sandboxhq/sandbox/sdk/conformance"
@@ -132,7 +133,7 @@ func TestTheFakePluginPassesTheSuite(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			rep := collect(t, suiteTarget(conformance.Plugin(conformance.PluginBinary{
+			rep := collect(t, suiteTarget(host.Connect(host.Launch{
 				Name:       "fake",
 				Path:       bin,
 				Args:       tc.args,
@@ -165,7 +166,7 @@ func TestAPluginThatLeavesItsWatchOpenFailsTheWatchCheck(t *testing.T) {
 	require.NoError(t, err)
 	dir := t.TempDir()
 	logs := &lockedBuffer{}
-	target := suiteTarget(conformance.Plugin(conformance.PluginBinary{
+	target := suiteTarget(host.Connect(host.Launch{
 		Name:       "fake",
 		Path:       bin,
 		Env:        []string{"GORACE=atexit_sleep_ms=0"},

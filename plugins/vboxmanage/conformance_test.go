@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim/simtest"
 	"github.com/sandboxhq/sandbox/sdk/conformance"
@@ -72,7 +73,7 @@ username = %q
 password_file = "guest-password"
 `, sim.Bin, sim.Home, userName)
 	return conformance.Target{
-		Connect: conformance.Plugin(conformance.PluginBinary{
+		Connect: host.Connect(host.Launch{
 			Name:       "vbox",
 			Path:       programs.path(t, pluginPkg),
 			Config:     config,

@@ -7,6 +7,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
@@ -154,8 +155,8 @@ func BenchmarkTaskLifecycle(b *testing.B) {
 
 // managedVM is vm as core/lifecycle addresses it in production: through
 // the plugin, with the default settings but the snapshot to return to.
-func managedVM(r *rig, name string, adjust ...func(*lifecycle.Settings)) lifecycle.VM {
-	s := lifecycle.Defaults()
+func managedVM(r *rig, name string, adjust ...func(*config.Lifecycle)) lifecycle.VM {
+	s := config.DefaultLifecycle()
 	s.Snapshot = "clean"
 	for _, f := range adjust {
 		f(&s)

@@ -123,7 +123,8 @@ func vboxCell(t *testing.T, fault string, step engine.Step) (mark, problem strin
 	var pids []int
 	var once sync.Once
 	quarantine := lifecycle.NewMemoryQuarantine()
-	e := engine.New(engine.Options{Lifecycle: lifecycle.New(lifecycle.Options{Quarantine: quarantine}), OnEvent: func(ev engine.Event) {
+	events := engine.NewEvents()
+	events.Subscribe(func(ev engine.Event) {
 		if ev.Step != step {
 			return
 		}
@@ -140,20 +141,17 @@ func vboxCell(t *testing.T, fault string, step engine.Step) (mark, problem strin
 				r.sim.Update(t, vboxMatrixFaults[fault])
 			}
 		})
-	}})
-	pool := scanPool(t, r, 1)
-	s := pool.VMs[0].Settings
+	})
+	e := engine.New(engine.Options{Lifecycle: lifecycle.New(lifecycle.Options{Quarantine: quarantine}), Events: events})
+	vms, prof := scanVMs(r, 1)
+	s := vms[0].Settings
 	s.ACPITimeout, s.PowerOffTimeout, s.EmergencyTimeout = time.Second, 2*time.Second, 3*time.Second
 	s.ReleaseTimeout, s.UnlockTimeout = 2*time.Second, 3*time.Second
 	s.RestoreTimeout, s.StartTimeout, s.StatusTimeout, s.CleanupTimeout = 5*time.Second, 5*time.Second, 5*time.Second, 30*time.Second
-	pool.VMs[0].Settings = s
-	ready, copyT, timeout := 5*time.Second, 5*time.Second, 10*time.Second
-	pool.Profile.ReadyTimeout, pool.Profile.CopyTimeout, pool.Profile.Timeout = ready, copyT, timeout
+	vms[0].Settings = s
+	prof.ReadyTimeout, prof.CopyTimeout, prof.Timeout = 5*time.Second, 5*time.Second, 10*time.Second
 	out := t.TempDir()
-	sum, err := e.Run(ctx, engine.Job{Samples: writeSamples(t, 1), Pools: []engine.Pool{pool}, OutDir: out})
-	if err != nil {
-		return "FAIL", fmt.Sprintf("the run failed as a whole: %v", err)
-	}
+	sum := runBatch(ctx, t, e, vms, prof, writeSamples(t, 1), out)
 	res := sum.Reports[0].Results[0]
 	switch {
 	case !res.State.Final():

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
@@ -77,7 +78,7 @@ func newPluginRig(t testing.TB, p profile, opts ...rigOption) *rig {
 	r, env := prepare(t, p, opts...)
 	logger := hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Trace, Output: r.logs})
 	h := host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"vbox": {Path: programs.path(t, pluginPkg), Env: env}},
+		Plugins: map[string]config.Plugin{"vbox": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: programs.path(t, pluginPkg), Env: env}},
 		File:    r.file,
 		Data:    []byte(r.config),
 		Logger:  logger,
@@ -236,7 +237,7 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 			withSetting("unlock.grace", `"300ms"`))
 		ctx := ctxFor(t, time.Minute)
 		m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
-		vm := managedVM(r, vmName, func(s *lifecycle.Settings) { s.ReleaseTimeout = 500 * time.Millisecond })
+		vm := managedVM(r, vmName, func(s *config.Lifecycle) { s.ReleaseTimeout = 500 * time.Millisecond })
 		rep, err := m.Start(ctx, vm)
 		noErrorSurfaced(t, r, rep, err)
 		require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
@@ -17,9 +18,9 @@ import (
 // composedVM is the rig's VM with the cleanup composed by the core and
 // short deadlines.
 func composedVM(r *rig, restoreTimeout time.Duration) lifecycle.VM {
-	return managedVM(r, vmName, func(s *lifecycle.Settings) {
+	return managedVM(r, vmName, func(s *config.Lifecycle) {
 		s.NativeCleanup = false
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff, hypervisor.StopEmergency}
+		s.StopLadder = []string{config.StopPowerOff, config.StopEmergency}
 		s.ReleaseTimeout = time.Second
 		s.RestoreTimeout = restoreTimeout
 	})
