@@ -21,7 +21,7 @@ func TestReconcileCleansWhatACrashLeftBehind(t *testing.T) {
 	}{
 		{"running", "state = \"running\"", "left running"},
 		{"paused", "state = \"paused\"", "left paused"},
-		{"saved", "state = \"saved\"", "left saved"},
+		{"saved off its snapshot", "state = \"saved\"", "left saved"},
 		{"locked", "locked = true", "left locked"},
 		{"on another snapshot", "current_snapshot = \"dirty\"", "left on snapshot"},
 	} {
@@ -55,6 +55,32 @@ snapshots = ["clean"]
 	assert.Equal(t, []string{"check: clean"}, stepNames(r))
 	assert.Empty(t, w.sent(), "nothing reaches a VM that is off, unlocked and on its snapshot")
 	assert.Equal(t, 1, r.StatusCalls)
+}
+
+// A VM saved at its snapshot is at rest (§7.5): that is what the restore of
+// a snapshot taken while running leaves, so every task on such a VM would
+// otherwise be told its VM was left behind.
+func TestReconcileLeavesAVMSavedAtItsSnapshotAlone(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "saved"
+snapshots = ["clean"]
+online_snapshots = ["clean"]
+`)
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "clean" })
+	r, err := w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.False(t, r.Reconciled, "a VM at rest was not left behind")
+	assert.Equal(t, []string{"check: clean"}, stepNames(r))
+	assert.Contains(t, r.Steps[0].Detail, "saved at its snapshot")
+	assert.Empty(t, w.sent(), "nothing reaches a VM at rest")
+
+	// Saved at its snapshot but with restores off, the saved state is not
+	// known to be the snapshot's: it was left behind.
+	vm = w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot, s.RestoreOnCleanup = "clean", false })
+	r, err = w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.True(t, r.Reconciled)
 }
 
 // A VM whose lease another operation holds is in use, not left behind:

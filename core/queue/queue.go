@@ -103,10 +103,17 @@ type Queue struct {
 	close  []func()
 
 	mu sync.Mutex
-	// working holds the cancel function of each job this host runs, by job
+	// working holds the task and the cancel function of each job this host
+	// runs, by job
 	// id, so that a cancellation through this host's API takes effect at
 	// once rather than when River's notice arrives.
-	working map[int64]context.CancelCauseFunc
+	working map[int64]running
+}
+
+// running is a job under way on this host.
+type running struct {
+	task   string
+	cancel context.CancelCauseFunc
 }
 
 // analysisArgs is one job: one task's analysis with one profile.
@@ -136,7 +143,7 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	q := &Queue{opts: opts, log: opts.Logger, pool: opts.Pool, working: map[int64]context.CancelCauseFunc{}}
+	q := &Queue{opts: opts, log: opts.Logger, pool: opts.Pool, working: map[int64]running{}}
 	var err error
 	if q.queues, err = q.workQueues(); err != nil {
 		return nil, err

@@ -160,6 +160,9 @@ func (q *Queue) Tasks(ctx context.Context, state string, limit int) ([]*Task, er
 // Cancel stops a task: its queued analyses never run, its running ones
 // are interrupted and their VMs cleaned.
 func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
+	// The task's jobs under way here stop at once, before any database
+	// round trip; those that register later read the flag set below.
+	q.cancelLocal(id)
 	t, err := q.Task(ctx, id)
 	if err != nil {
 		return nil, err
@@ -173,12 +176,10 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 	if err := q.store.requestCancel(ctx, id); err != nil {
 		return nil, err
 	}
+	// A job that registered between the first look and the flag is
+	// stopped now.
+	q.cancelLocal(id)
 	for i, jid := range t.jobs {
-		q.mu.Lock()
-		if cancel, ok := q.working[jid]; ok {
-			cancel(river.ErrJobCancelledRemotely)
-		}
-		q.mu.Unlock()
 		row, err := q.client.JobCancel(ctx, jid)
 		if row != nil {
 			q.log.Debug("job cancel", "task", id, "job", jid, "state", row.State)
@@ -201,6 +202,17 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 		return nil, err
 	}
 	return q.Task(ctx, id)
+}
+
+// cancelLocal stops the task's jobs under way on this host.
+func (q *Queue) cancelLocal(task string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, j := range q.working {
+		if j.task == task {
+			j.cancel(river.ErrJobCancelledRemotely)
+		}
+	}
 }
 
 // finishTask ends a task once its every analysis has a result, and writes

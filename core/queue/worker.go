@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/riverqueue/river"
@@ -54,7 +53,7 @@ func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) (err er
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	q.mu.Lock()
-	q.working[job.ID] = cancel
+	q.working[job.ID] = running{task: args.Task, cancel: cancel}
 	q.mu.Unlock()
 	defer func() {
 		q.mu.Lock()
@@ -122,17 +121,17 @@ func (q *Queue) taskDir(t *Task) string {
 
 // interrupted ends a job whose context ended (whose VM, if it had one, has
 // been cleaned). Cancelled through the API, the analysis is recorded
-// cancelled, whatever it had reached; when this host is stopping, the job
-// goes back to the queue and runs again from the start.
+// cancelled if it had not reached its end, as it stands if it had (a
+// cancel that came while the VM was being cleaned after a finished
+// analysis is too late to change it, as Ctrl-C is for `sandbox run`);
+// when this host is stopping, the job goes back to the queue and runs
+// again from the start.
 func (q *Queue) interrupted(ctx context.Context, task string, res *engine.Result, profile string) error {
 	if !errors.Is(context.Cause(ctx), river.ErrJobCancelledRemotely) {
 		return ctx.Err()
 	}
 	if res == nil || !res.State.Final() {
 		res = engine.NotRun(profile, engine.StepCancelled, "cancelled through the API before it ran")
-	} else {
-		res.State = engine.StepCancelled
-		res.Error = strings.TrimSuffix("cancelled through the API; "+res.Error, "; ")
 	}
 	ctx = context.WithoutCancel(ctx)
 	if err := q.record(ctx, task, res); err != nil {
@@ -140,6 +139,9 @@ func (q *Queue) interrupted(ctx context.Context, task string, res *engine.Result
 	}
 	if _, err := q.finishTask(ctx, task); err != nil {
 		return err
+	}
+	if res.State != engine.StepCancelled {
+		return nil
 	}
 	return river.JobCancel(errors.New("cancelled through the API"))
 }
