@@ -287,7 +287,7 @@ func (q *queued) take(ctx context.Context) (*lifecycle.Lease, error) {
 		if errors.Is(err, lifecycle.ErrLeaseHeld) {
 			p.elsewhere[g.vm] = time.Now().Add(LeaseRecheck)
 		} else {
-			p.out[g.vm] = Outcome{State: VMUnusable, Reason: fmt.Sprintf("could not take its lease: %v", err)}
+			p.out[g.vm] = Outcome{State: VMUnusable, Reason: err.Error()}
 			p.outChanged = true
 		}
 		p.notifyIdleLocked()

@@ -41,18 +41,19 @@ func (e *Engine) runTask(ctx context.Context, lease *lifecycle.Lease, t Task, r 
 	if err != nil && ctx.Err() == nil {
 		// The sample never reached this VM: another VM of the profile may
 		// take the task.
-		out := Outcome{State: VMUnusable, Reason: fmt.Sprintf("could not be made ready: %v", err)}
+		why := fmt.Sprintf("could not be made ready: %v", err)
+		out := Outcome{State: VMUnusable, Reason: why}
 		var qe *lifecycle.QuarantineError
 		switch {
 		case errors.As(err, &qe):
 			out = Outcome{State: VMQuarantined, Reason: fmt.Sprintf("quarantined since %s: %s", qe.Since.Format(time.RFC3339), qe.Reason)}
 		case prep != nil && prep.Quarantined:
-			out.State = VMQuarantined
+			out = Outcome{State: VMQuarantined, Reason: "quarantined: " + why}
 		default:
 			// The VM could not even be read: in whatever state it is, it
 			// must not serve until someone has looked at it.
-			if e.m.Quarantine(ctx, vm, out.Reason) == nil {
-				out.State = VMQuarantined
+			if e.m.Quarantine(ctx, vm, why) == nil {
+				out = Outcome{State: VMQuarantined, Reason: "quarantined: " + why}
 			}
 		}
 		r.Skipped = append(r.Skipped, SkippedVM{VM: vm.Name, Reason: out.Reason})

@@ -60,7 +60,7 @@ func (m *Manager) TryLease(ctx context.Context, vm VM) (*Lease, error) {
 	case errors.As(err, &held):
 		return nil, err
 	case err != nil:
-		return nil, fmt.Errorf("lease %q: could not take the VM's lease: %w", vm.Name, err)
+		return nil, fmt.Errorf("its lease could not be taken: %w", err)
 	}
 	return &Lease{m: m, vm: vm, free: release, left: left}, nil
 }
