@@ -124,9 +124,14 @@ func (o Outcome) String() string {
 // Analyze writes no report; the pool that leased the VM has checked the
 // driver's capabilities once, so Analyze asks no driver what it can do.
 func (e *Engine) Analyze(ctx context.Context, lease *lifecycle.Lease, t Task) (*Result, Outcome) {
-	r := &Result{Profile: t.Profile.Name, Transitions: []Transition{}}
+	r := newResult(t)
 	out := e.runTask(ctx, lease, t, r)
 	return r, out
+}
+
+// newResult is the result of a task about to begin, filled in as it goes.
+func newResult(t Task) *Result {
+	return &Result{Profile: t.Profile.Name, Transitions: []Transition{}}
 }
 
 // transition records that the task entered step, on its result and as an

@@ -53,7 +53,7 @@ type Pool struct {
 	// outChanged: a VM left or rejoined service since the line was last
 	// looked at whole.
 	outChanged bool
-	recheck   *time.Timer
+	recheck    *time.Timer
 	// idle is closed and replaced whenever a VM stops being busy, for
 	// maintenance that waits for one.
 	idle chan struct{}
@@ -193,7 +193,7 @@ type queued struct {
 // after the other get VMs in that order, whichever goroutine then waits
 // first.
 func (p *Pool) queue(t Task) *queued {
-	q := &queued{p: p, t: t, r: &Result{Profile: t.Profile.Name, Transitions: []Transition{}}}
+	q := &queued{p: p, t: t, r: newResult(t)}
 	p.engine.transition(t, q.r, StepQueued, "")
 	candidates := p.serves[t.Profile.Name]
 	if t.VM != "" {

@@ -23,6 +23,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // sleeperPlugin writes a script that is no plugin: it starts a child that
@@ -54,18 +55,6 @@ func childPid(t *testing.T, pidFile string) int {
 	return pid
 }
 
-// gone waits up to d for pid to end.
-func gone(pid int, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond) // a foreign process: nothing to wait on
-	}
-	return true
-}
-
 func TestALaunchThatNeverHandshakesEndsAtStartTimeoutWithItsChildren(t *testing.T) {
 	path, pidFile := sleeperPlugin(t)
 	h := newHost(t, map[string]config.Plugin{"s": {AutoMTLS: true, Path: path, StartTimeout: time.Second}}, "")
@@ -77,7 +66,7 @@ func TestALaunchThatNeverHandshakesEndsAtStartTimeoutWithItsChildren(t *testing.
 	assert.Contains(t, err.Error(), "start_timeout")
 	assert.Less(t, took, 4*time.Second, "bounded by start_timeout (1s), not by what the plugin's child does")
 	child := childPid(t, pidFile)
-	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived the failed launch", child)
+	assert.True(t, plugintest.GoneWithin(child, 2*time.Second), "the plugin's child %d outlived the failed launch", child)
 }
 
 func TestCancelingALaunchEndsItAtOnceWithItsChildren(t *testing.T) {
@@ -100,7 +89,7 @@ func TestCancelingALaunchEndsItAtOnceWithItsChildren(t *testing.T) {
 		t.Fatal("the launch went on after its context ended")
 	}
 	t.Logf("launch ended %v after the cancel", time.Since(canceled).Round(time.Millisecond))
-	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived the canceled launch", child)
+	assert.True(t, plugintest.GoneWithin(child, 2*time.Second), "the plugin's child %d outlived the canceled launch", child)
 }
 
 func TestClosingTheHostEndsALaunchUnderWay(t *testing.T) {
@@ -124,7 +113,7 @@ func TestClosingTheHostEndsALaunchUnderWay(t *testing.T) {
 			t.Fatal("Close did not end the launch under way")
 		}
 	}
-	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived Close", child)
+	assert.True(t, plugintest.GoneWithin(child, 2*time.Second), "the plugin's child %d outlived Close", child)
 }
 
 func waitErr(ch <-chan error) <-chan struct{} {
@@ -146,9 +135,9 @@ func TestKillingAPluginKillsWhatItStarted(t *testing.T) {
 	require.NoError(t, err)
 	child, err := strconv.Atoi(string(res.Stdout))
 	require.NoError(t, err)
-	require.True(t, alive(child))
+	require.False(t, plugintest.Gone(child))
 	p.Kill()
-	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived the plugin", child)
+	assert.True(t, plugintest.GoneWithin(child, 2*time.Second), "the plugin's child %d outlived the plugin", child)
 }
 
 // socketOf returns the plugin's Unix socket, found through the directory

@@ -2,7 +2,6 @@ package lifecycle_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -123,10 +122,4 @@ func (w *world) sent() []string {
 		out = append(out, word)
 	}
 	return out
-}
-
-func ctxFor(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }

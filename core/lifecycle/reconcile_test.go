@@ -10,6 +10,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // Reconciliation finds what an earlier run that crashed left behind: a VM
@@ -31,7 +32,7 @@ func TestReconcileCleansWhatACrashLeftBehind(t *testing.T) {
 snapshots = ["clean", "dirty"]
 `+tc.vm+"\n")
 			vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "clean" })
-			r, err := w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
+			r, err := w.manager.Reconcile(plugintest.Context(t, 30*time.Second), vm)
 			require.NoError(t, err, "%v", stepNames(r))
 			assert.Equal(t, "reconcile", r.Operation)
 			assert.True(t, r.Reconciled, "the report says the VM was cleaned")
@@ -49,7 +50,7 @@ func TestReconcileLeavesACleanVMAlone(t *testing.T) {
 snapshots = ["clean"]
 `)
 	vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "clean" })
-	r, err := w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
+	r, err := w.manager.Reconcile(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.False(t, r.Reconciled)
 	assert.Equal(t, []string{"check: clean"}, stepNames(r))
@@ -68,7 +69,7 @@ snapshots = ["clean"]
 online_snapshots = ["clean"]
 `)
 	vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "clean" })
-	r, err := w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
+	r, err := w.manager.Reconcile(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.False(t, r.Reconciled, "a VM at rest was not left behind")
 	assert.Equal(t, []string{"check: clean"}, stepNames(r))
@@ -78,7 +79,7 @@ online_snapshots = ["clean"]
 	// Saved at its snapshot but with restores off, the saved state is not
 	// known to be the snapshot's: it was left behind.
 	vm = w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot, s.RestoreOnCleanup = "clean", false })
-	r, err = w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
+	r, err = w.manager.Reconcile(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.True(t, r.Reconciled)
 }
@@ -91,7 +92,7 @@ func TestReconcileLeavesAVMInUseAlone(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	vm := w.vm("vm1")
 	lease, err := w.manager.Lease(ctx, vm)
 	require.NoError(t, err)
@@ -133,7 +134,7 @@ snapshots = ["clean"]
 `)
 	dead := lifecycle.LeaseHolder{Key: "fake/vm1", PID: 4242, Command: "sandbox run sample.exe", Since: time.Now().Add(-time.Hour)}
 	m := lifecycle.New(lifecycle.Options{Leases: leftLeases{Leases: lifecycle.NewLocalLeases(), left: dead}})
-	r, err := m.Reconcile(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	r, err := m.Reconcile(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 	require.NoError(t, err)
 	assert.True(t, r.Reconciled)
 	require.NotNil(t, r.LeftBy)
@@ -148,7 +149,7 @@ func TestReconcileRefusesAQuarantinedVM(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	q := lifecycle.NewMemoryQuarantine()
 	require.NoError(t, q.Mark(ctx, "fake/vm1", "restore failed"))
 	m := lifecycle.New(lifecycle.Options{Quarantine: q})
@@ -167,7 +168,7 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 restore_failures = 99
 `)
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	vm := w.vm("vm1", func(s *config.Lifecycle) { s.RestoreTimeout = time.Second })
 	r, err := w.manager.Reconcile(ctx, vm)
 	require.Error(t, err)

@@ -217,7 +217,7 @@ func runCell(t *testing.T, bin string, d door, fault string, step engine.Step) c
 	}
 	h.Close()
 	for _, pid := range pids {
-		if !gone(pid) {
+		if !plugintest.GoneWithin(pid, 2*time.Second) {
 			return fail("plugin process %d outlived its host", pid)
 		}
 	}
@@ -263,25 +263,6 @@ func readState(d *fake.Driver) (hypervisor.Status, error) {
 		time.Sleep(20 * time.Millisecond) // a status fault answers unavailable a few times
 	}
 	return st, err
-}
-
-// gone reports whether pid has exited (or is a zombie nobody reaped).
-func gone(pid int) bool {
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) {
-		if syscall.Kill(pid, 0) != nil {
-			return true
-		}
-		data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return true
-		}
-		if i := strings.LastIndexByte(string(data), ')'); i >= 0 && strings.HasPrefix(strings.TrimSpace(string(data[i+1:])), "Z") {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond) // the process is being killed by its host
-	}
-	return false
 }
 
 // printMatrix prints one door's cells: a row per fault, a column per step.

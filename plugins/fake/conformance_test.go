@@ -165,7 +165,7 @@ func TestAPluginThatLeavesItsWatchOpenFailsTheWatchCheck(t *testing.T) {
 	bin, err := plugintest.Build(t.TempDir(), "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
 	require.NoError(t, err)
 	dir := t.TempDir()
-	logs := &lockedBuffer{}
+	logs := &plugintest.Buffer{}
 	target := suiteTarget(host.Connect(host.Launch{
 		Name:       "fake",
 		Path:       bin,
@@ -188,24 +188,6 @@ func TestAPluginThatLeavesItsWatchOpenFailsTheWatchCheck(t *testing.T) {
 		}
 	}
 	assert.Contains(t, logs.String(), "the driver left a watch channel open after the watch's context ended")
-}
-
-// lockedBuffer is a log destination safe for the host's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // A driver that declares only some capabilities passes what it declares

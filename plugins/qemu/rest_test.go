@@ -15,6 +15,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // A QEMU VM at rest is saved at its snapshot: that is what restoring the
@@ -24,7 +25,7 @@ import (
 func TestAVMAtRestIsNotLeftBehindAndAKilledOneIs(t *testing.T) {
 	r := newRig(t, guestVM("rest-a", "ready"), guestVM("rest-b", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 10*time.Minute)
+	ctx := plugintest.Context(t, 10*time.Minute)
 	s := config.DefaultLifecycle()
 	s.Snapshot = "ready"
 	var vms []lifecycle.VM

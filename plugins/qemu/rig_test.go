@@ -215,13 +215,6 @@ func copyFile(t testing.TB, src, dst string) {
 	require.NoError(t, out.Close())
 }
 
-// ctxFor is a context that ends after d or with t.
-func ctxFor(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // waitFor polls the VM's status until cond holds, for at most d.
 func waitFor(t testing.TB, d hypervisor.Driver, vm string, within time.Duration, what string, cond func(hypervisor.Status) bool) hypervisor.Status {
 	t.Helper()

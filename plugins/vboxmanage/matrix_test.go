@@ -20,6 +20,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The fault matrix against the simulated VirtualBox: every fault the
@@ -168,7 +169,7 @@ func vboxCell(t *testing.T, fault string, step engine.Step) (mark, problem strin
 	}
 	r.plugin.Kill()
 	for _, pid := range pids {
-		if !processGoneWithin(pid, 3*time.Second) {
+		if !plugintest.GoneWithin(pid, 3*time.Second) {
 			return "FAIL", fmt.Sprintf("plugin process %d outlived its host", pid)
 		}
 	}
@@ -233,27 +234,9 @@ func liveSimulators(t *testing.T, r *rig) int {
 			continue
 		}
 		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err == nil && !processGoneWithin(pid, 2*time.Second) {
+		if _, err := fmt.Sscan(e.Name(), &pid); err == nil && !plugintest.GoneWithin(pid, 2*time.Second) {
 			n++
 		}
 	}
 	return n
-}
-
-// processGoneWithin waits for pid to exit (or be a zombie nobody reaped).
-func processGoneWithin(pid int, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if syscall.Kill(pid, 0) != nil {
-			return true
-		}
-		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err != nil ||
-			strings.HasPrefix(strings.TrimSpace(string(data[strings.LastIndexByte(string(data), ')')+1:])), "Z") {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond) // the process is being killed
-	}
 }

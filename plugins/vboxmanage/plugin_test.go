@@ -100,7 +100,7 @@ func TestPluginEveryOperation(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			t.Parallel()
 			r := newPluginRig(t, p, everyOperationWorld()...)
-			ctx := ctxFor(t, 30*time.Second)
+			ctx := plugintest.Context(t, 30*time.Second)
 
 			info, err := r.drv.Info(ctx)
 			require.NoError(t, err)
@@ -170,7 +170,7 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 			// the time it needs and is not killed.
 			r := newPluginRig(t, p, withSetting("unlock.grace", ""),
 				withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }))
-			ctx := ctxFor(t, time.Minute)
+			ctx := plugintest.Context(t, time.Minute)
 			m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
 			vm := managedVM(r, vmName)
 
@@ -213,7 +213,7 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 		r := newPluginRig(t, profiles[1],
 			withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }),
 			withFaults(func(f *vboxsim.Faults) { f.HideSessionName = true }))
-		ctx := ctxFor(t, time.Minute)
+		ctx := plugintest.Context(t, time.Minute)
 		m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
 		vm := managedVM(r, vmName)
 		rep, err := m.Start(ctx, vm)
@@ -235,7 +235,7 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 		r := newPluginRig(t, profiles[3],
 			withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 			withSetting("unlock.grace", `"300ms"`))
-		ctx := ctxFor(t, time.Minute)
+		ctx := plugintest.Context(t, time.Minute)
 		m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
 		vm := managedVM(r, vmName, func(s *config.Lifecycle) { s.ReleaseTimeout = 500 * time.Millisecond })
 		rep, err := m.Start(ctx, vm)
@@ -269,7 +269,7 @@ func TestPluginHangingVBoxManageIsKilledAtItsDeadline(t *testing.T) {
 		r := newPluginRig(t, profiles[2], withVMs(slow))
 		const deadline = 500 * time.Millisecond
 		start := time.Now()
-		err := r.drv.Restore(ctxFor(t, deadline), vmName, "clean")
+		err := r.drv.Restore(plugintest.Context(t, deadline), vmName, "clean")
 		elapsed := time.Since(start)
 		assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
 		assert.Less(t, elapsed, deadline+time.Second)
@@ -280,7 +280,7 @@ func TestPluginHangingVBoxManageIsKilledAtItsDeadline(t *testing.T) {
 			}
 		}
 		require.Len(t, restores, 1)
-		assert.Eventually(t, func() bool { return !pidAlive(restores[0].PID) }, 2*time.Second, 20*time.Millisecond,
+		assert.Eventually(t, func() bool { return !plugintest.Alive(restores[0].PID) }, 2*time.Second, 20*time.Millisecond,
 			"the restore's VBoxManage (pid %d) is killed", restores[0].PID)
 		st := r.waitStatus(t, vmName, offAndUnlocked)
 		assert.Equal(t, hypervisor.PowerOff, st.Power, "a restore killed half-way leaves the VM as it was")
@@ -317,7 +317,7 @@ func TestPluginNeedsTheEnvAllowList(t *testing.T) {
 	r := newPluginRig(t, profiles[2],
 		withSetting("guest.password_file", ""),
 		withSetting("guest.password_env", `"VBOX_TEST_GUEST_PW"`))
-	_, err := r.drv.Info(ctxFor(t, 30*time.Second))
+	_, err := r.drv.Info(plugintest.Context(t, 30*time.Second))
 	require.Error(t, err)
 	assert.ErrorIs(t, err, hypervisor.ErrUnavailable)
 	assert.Contains(t, err.Error(), "environment variable VBOX_TEST_GUEST_PW is not set in the plugin's environment")

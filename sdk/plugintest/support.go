@@ -37,3 +37,16 @@ func Context(t testing.TB, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// GoneWithin waits up to d for the process to exit (see Gone): a process
+// being killed by someone else, which nothing lets a test wait on.
+func GoneWithin(pid int, d time.Duration) bool {
+	deadline := time.Now().Add(d)
+	for !Gone(pid) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
