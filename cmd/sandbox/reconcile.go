@@ -123,7 +123,7 @@ type reconciled struct {
 	// Detail says what was found, who holds the VM or what failed.
 	Detail   string            `json:"detail,omitempty"`
 	Unusable bool              `json:"unusable,omitempty"`
-	Report   *lifecycle.Report `json:"report,omitempty"`
+	Report   *lifecycle.OpReport `json:"report,omitempty"`
 }
 
 // reconcileAll reconciles vms, a few at a time, in their order.

@@ -411,7 +411,7 @@ func TestVMsMetricsAndHealth(t *testing.T) {
 func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
 	s := newService(t)
 	require.NoError(t, s.qr.Mark(context.Background(), "fake/linux", "an operator saw it misbehave"))
-	var rep lifecycle.Report
+	var rep lifecycle.OpReport
 	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/linux/cleanup", token, nil, "", &rep))
 	assert.Empty(t, rep.Error)
 	_, quarantined, err := s.qr.Get(context.Background(), "fake/linux")
@@ -424,7 +424,7 @@ func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
 	st, err := s.driver.Status(context.Background(), "win")
 	require.NoError(t, err)
 	assert.True(t, st.Power.IsOff())
-	rep = lifecycle.Report{}
+	rep = lifecycle.OpReport{}
 	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/win/reconcile", token, nil, "", &rep))
 	assert.False(t, rep.Reconciled, "a clean VM is left alone")
 

@@ -102,7 +102,7 @@ func (s *Server) reconcileVM(w http.ResponseWriter, r *http.Request) error {
 
 // writeReport answers with a lifecycle report: 200, or 409 when the
 // operation failed (its report says why).
-func writeReport(w http.ResponseWriter, rep *lifecycle.Report, err error) error {
+func writeReport(w http.ResponseWriter, rep *lifecycle.OpReport, err error) error {
 	if rep == nil && err != nil {
 		return err
 	}

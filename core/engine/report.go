@@ -110,10 +110,10 @@ type Result struct {
 	// Prepare, Restore, Start and Cleanup are the lifecycle's reports of
 	// the VM operations: ensure-stopped, restore, start and the complete
 	// cleanup after the task.
-	Prepare *lifecycle.Report `json:"prepare,omitempty"`
-	Restore *lifecycle.Report `json:"restore,omitempty"`
-	Start   *lifecycle.Report `json:"start,omitempty"`
-	Cleanup *lifecycle.Report `json:"cleanup,omitempty"`
+	Prepare *lifecycle.OpReport `json:"prepare,omitempty"`
+	Restore *lifecycle.OpReport `json:"restore,omitempty"`
+	Start   *lifecycle.OpReport `json:"start,omitempty"`
+	Cleanup *lifecycle.OpReport `json:"cleanup,omitempty"`
 	// Quarantined is set when the task's VM was quarantined, with why.
 	Quarantined string `json:"quarantined,omitempty"`
 	// Skipped lists VMs of the profile that were found unusable for this

@@ -57,7 +57,7 @@ func median(xs []time.Duration) time.Duration {
 
 // benchCleanup runs one cleanup per iteration from a running VM and
 // reports the median time beyond the simulated power-off.
-func benchCleanup(b *testing.B, table string, cleanup func(context.Context, lifecycle.VM) (*lifecycle.Report, error)) {
+func benchCleanup(b *testing.B, table string, cleanup func(context.Context, lifecycle.VM) (*lifecycle.OpReport, error)) {
 	p := benchPlugin(b, table)
 	s := config.DefaultLifecycle()
 	s.StopLadder = []string{config.StopPowerOff, config.StopEmergency}
@@ -91,19 +91,19 @@ func benchCleanup(b *testing.B, table string, cleanup func(context.Context, life
 func BenchmarkCleanupOverhead(b *testing.B) {
 	m := lifecycle.New(lifecycle.Options{})
 	b.Run("composed", func(b *testing.B) {
-		benchCleanup(b, withoutNativeCleanup+benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.Report, error) {
+		benchCleanup(b, withoutNativeCleanup+benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.OpReport, error) {
 			return m.Cleanup(ctx, vm)
 		})
 	})
 	b.Run("native", func(b *testing.B) {
-		benchCleanup(b, benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.Report, error) {
+		benchCleanup(b, benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.OpReport, error) {
 			return m.Cleanup(ctx, vm)
 		})
 	})
 	b.Run("polling", func(b *testing.B) {
 		// A driver that reports locks but cannot watch: adaptive polling.
 		caps := `capabilities = ["stop.poweroff", "stop.emergency", "snapshot.restore", "status.lock", "unlock"]` + "\n"
-		benchCleanup(b, caps+benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.Report, error) {
+		benchCleanup(b, caps+benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.OpReport, error) {
 			return m.Cleanup(ctx, vm)
 		})
 	})
@@ -115,8 +115,8 @@ func BenchmarkCleanupOverhead(b *testing.B) {
 	})
 }
 
-func fixedSleepCleanup(ctx context.Context, vm lifecycle.VM) (*lifecycle.Report, error) {
-	r := &lifecycle.Report{}
+func fixedSleepCleanup(ctx context.Context, vm lifecycle.VM) (*lifecycle.OpReport, error) {
+	r := &lifecycle.OpReport{}
 	d := vm.Driver
 	sleep := func(t time.Duration) { time.Sleep(t) }
 	st, err := d.Status(ctx, vm.Name)

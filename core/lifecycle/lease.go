@@ -76,27 +76,27 @@ func (l *Lease) with(opts []Option) []Option {
 }
 
 // EnsureStopped is Manager.EnsureStopped under the lease.
-func (l *Lease) EnsureStopped(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) EnsureStopped(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.EnsureStopped(ctx, l.vm, l.with(opts)...)
 }
 
 // Restore is Manager.Restore under the lease.
-func (l *Lease) Restore(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Restore(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.Restore(ctx, l.vm, l.with(opts)...)
 }
 
 // Start is Manager.Start under the lease.
-func (l *Lease) Start(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Start(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.Start(ctx, l.vm, l.with(opts)...)
 }
 
 // Stop is Manager.Stop under the lease.
-func (l *Lease) Stop(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Stop(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.Stop(ctx, l.vm, l.with(opts)...)
 }
 
 // Cleanup is Manager.Cleanup under the lease: it quarantines the VM on
 // failure and lifts a quarantine on success, as Manager.Cleanup does.
-func (l *Lease) Cleanup(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Cleanup(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.Cleanup(ctx, l.vm, l.with(opts)...)
 }

@@ -33,7 +33,7 @@ const withoutNativeCleanup = `capabilities = ["list", "stop.acpi", "stop.powerof
   "snapshot.restore", "status.lock", "watch"]
 `
 
-func stepNames(r *lifecycle.Report) []string {
+func stepNames(r *lifecycle.OpReport) []string {
 	var out []string
 	for _, s := range r.Steps {
 		out = append(out, s.Name+": "+s.Outcome)
@@ -41,7 +41,7 @@ func stepNames(r *lifecycle.Report) []string {
 	return out
 }
 
-func finalIsClean(t *testing.T, r *lifecycle.Report, snapshot string) {
+func finalIsClean(t *testing.T, r *lifecycle.OpReport, snapshot string) {
 	t.Helper()
 	require.NotNil(t, r.Final)
 	assert.True(t, r.Final.Power.IsOff(), "final power %s", r.Final.Power)
@@ -346,8 +346,8 @@ state = "running"
 snapshots = ["clean"]
 `)
 	ladder := func(s *config.Lifecycle) { s.StopLadder = []string{config.StopPowerOff} }
-	run := func(vms ...lifecycle.VM) []*lifecycle.Report {
-		reports := make([]*lifecycle.Report, len(vms))
+	run := func(vms ...lifecycle.VM) []*lifecycle.OpReport {
+		reports := make([]*lifecycle.OpReport, len(vms))
 		var wg sync.WaitGroup
 		for i, vm := range vms {
 			wg.Add(1)
@@ -361,7 +361,7 @@ snapshots = ["clean"]
 		wg.Wait()
 		return reports
 	}
-	overlap := func(a, b *lifecycle.Report) bool {
+	overlap := func(a, b *lifecycle.OpReport) bool {
 		return a.Started.Before(b.Started.Add(b.Duration)) && b.Started.Before(a.Started.Add(a.Duration))
 	}
 

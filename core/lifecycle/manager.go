@@ -152,7 +152,7 @@ type op struct {
 	opts     callOptions
 	log      hclog.Logger
 	caps     hypervisor.Capabilities
-	report   *Report
+	report   *OpReport
 	started  time.Time
 	last     hypervisor.Status
 	haveLast bool
@@ -174,7 +174,7 @@ func (m *Manager) begin(ctx context.Context, name string, vm VM, options []Optio
 		m:       m,
 		vm:      vm,
 		log:     m.log.With("vm", vm.Name, "plugin", vm.Plugin),
-		report:  &Report{Operation: name, VM: vm.Name, Plugin: vm.Plugin, Steps: []Step{}},
+		report:  &OpReport{Operation: name, VM: vm.Name, Plugin: vm.Plugin, Steps: []OpStep{}},
 		started: time.Now(),
 	}
 	for _, opt := range options {
@@ -226,7 +226,7 @@ func (m *Manager) acquire(ctx context.Context, name string, vm VM) (func(), erro
 }
 
 // finish records the outcome and the final state and logs the total.
-func (o *op) finish(ctx context.Context, err error) (*Report, error) {
+func (o *op) finish(ctx context.Context, err error) (*OpReport, error) {
 	o.refreshIfInterrupted(ctx)
 	if o.haveLast {
 		final := o.last
@@ -269,7 +269,7 @@ func (o *op) seen(st hypervisor.Status) {
 }
 
 // addStep records a finished step and logs it.
-func (o *op) addStep(s Step) {
+func (o *op) addStep(s OpStep) {
 	if o.haveLast && s.State == "" {
 		s.State = stateWord(o.last)
 	}

@@ -20,9 +20,9 @@ import (
 // rest gets nothing: off, unlocked and on its snapshot, or saved at its
 // snapshot as the restore of a snapshot taken while running leaves it
 // (§7.5). A failure quarantines the VM, as a cleanup's does.
-func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
-	refuse := func(err error) (*Report, error) {
-		return &Report{Operation: "reconcile", VM: vm.Name, Plugin: vm.Plugin, Steps: []Step{}, Error: err.Error()}, err
+func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*OpReport, error) {
+	refuse := func(err error) (*OpReport, error) {
+		return &OpReport{Operation: "reconcile", VM: vm.Name, Plugin: vm.Plugin, Steps: []OpStep{}, Error: err.Error()}, err
 	}
 	if err := m.CheckUsable(ctx, vm); err != nil {
 		return refuse(err)
@@ -53,10 +53,10 @@ func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report
 			if o.last.Power == hypervisor.PowerSaved {
 				detail = fmt.Sprintf("saved at its snapshot %q, as its restore left it, and unlocked; nothing to do", o.last.CurrentSnapshot)
 			}
-			o.addStep(Step{Name: "check", Outcome: "clean", Detail: detail})
+			o.addStep(OpStep{Name: "check", Outcome: "clean", Detail: detail})
 			return o.finish(ctx, nil)
 		}
-		o.addStep(Step{Name: "check", Outcome: "left " + found, Detail: detail})
+		o.addStep(OpStep{Name: "check", Outcome: "left " + found, Detail: detail})
 		o.log.Info("VM left behind by an earlier run; cleaning it", "found", found, "detail", detail)
 		o.report.Reconciled = true
 		err = o.cleanup(cctx, o.restoreWanted())
@@ -69,7 +69,7 @@ func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report
 
 // Reconcile is Manager.Reconcile under the lease: the caller holds the VM,
 // so nobody else can be using it.
-func (l *Lease) Reconcile(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Reconcile(ctx context.Context, opts ...Option) (*OpReport, error) {
 	left := l.left
 	return l.m.Reconcile(ctx, l.vm, append(l.with(opts), func(o *callOptions) { o.left = left })...)
 }

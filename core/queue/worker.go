@@ -178,19 +178,19 @@ func (q *Queue) giveUp(ctx context.Context, job *river.Job[analysisArgs], t *Tas
 // Cleanup cleans one VM of this host between jobs (it waits for the VM's
 // current job to end) and, when the cleanup succeeds, puts a VM taken out
 // of service back into it.
-func (q *Queue) Cleanup(ctx context.Context, name string) (*lifecycle.Report, error) {
+func (q *Queue) Cleanup(ctx context.Context, name string) (*lifecycle.OpReport, error) {
 	return q.maintain(ctx, name, q.opts.Lifecycle.Cleanup)
 }
 
 // Reconcile is lifecycle reconciliation of one VM of this host between
 // jobs: a VM an earlier process left behind is cleaned, a clean one left
 // alone. A success puts a VM taken out of service back into it.
-func (q *Queue) Reconcile(ctx context.Context, name string) (*lifecycle.Report, error) {
+func (q *Queue) Reconcile(ctx context.Context, name string) (*lifecycle.OpReport, error) {
 	return q.maintain(ctx, name, q.opts.Lifecycle.Reconcile)
 }
 
 func (q *Queue) maintain(ctx context.Context, name string,
-	op func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.Report, error)) (*lifecycle.Report, error) {
+	op func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.OpReport, error)) (*lifecycle.OpReport, error) {
 	vm, ok := q.pool.VMs()[name]
 	if !ok {
 		return nil, inputErrorf("not_found", "no VM %q on host %s", name, q.opts.Host)

@@ -56,7 +56,7 @@ func taskLifecycle(ctx context.Context, r *rig) error {
 func taskLifecycleCore(ctx context.Context, r *rig) error {
 	m := lifecycle.New(lifecycle.Options{})
 	vm := managedVM(r, vmName)
-	for _, op := range []func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.Report, error){
+	for _, op := range []func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.OpReport, error){
 		m.EnsureStopped, m.Restore, m.Start, m.Stop, m.Restore,
 	} {
 		if _, err := op(ctx, vm); err != nil {
@@ -166,7 +166,7 @@ func managedVM(r *rig, name string, adjust ...func(*config.Lifecycle)) lifecycle
 }
 
 // stepNames lists a report's steps with their outcomes.
-func stepNames(rep *lifecycle.Report) []string {
+func stepNames(rep *lifecycle.OpReport) []string {
 	var out []string
 	for _, s := range rep.Steps {
 		out = append(out, s.Name+": "+s.Outcome)

@@ -140,7 +140,7 @@ func TestPluginEveryOperation(t *testing.T) {
 // noErrorSurfaced checks that nothing an operator sees says anything went
 // wrong: the report, the quarantine and every line the core, the host and
 // the plugin logged at warning level or above.
-func noErrorSurfaced(t *testing.T, r *rig, rep *lifecycle.Report, err error) {
+func noErrorSurfaced(t *testing.T, r *rig, rep *lifecycle.OpReport, err error) {
 	t.Helper()
 	require.NoError(t, err)
 	require.NotNil(t, rep)
