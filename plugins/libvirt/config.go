@@ -24,7 +24,7 @@ import (
 //
 //	[plugins.libvirt.config.guest]
 //	ready_wait = "30s"            # wait for the guest agent to answer
-//	chunk_size = 1048576          # bytes per guest-file-read/-write, at most 4 MiB
+//	chunk_size = 131072           # bytes per guest-file-read/-write, at most 196608
 //	kill = ["kill", "-KILL"]      # guest command that kills a timed-out command's pid
 //	max_output = 16777216         # bytes of a guest command's stdout, and of its stderr, kept
 //
@@ -98,14 +98,15 @@ func Defaults() Config {
 			Stop:    time.Minute,
 			Unlock:  30 * time.Second,
 		},
-		Guest: Guest{ReadyWait: 30 * time.Second, ChunkSize: 1 << 20, Kill: []string{"kill", "-KILL"}, MaxOutput: 16 << 20},
+		Guest: Guest{ReadyWait: 30 * time.Second, ChunkSize: 128 << 10, Kill: []string{"kill", "-KILL"}, MaxOutput: 16 << 20},
 	}
 }
 
-// maxChunk is the largest chunk guest file transfers use: libvirt's RPC
-// messages are bounded, and the agent holds a chunk several times over,
-// base64 and JSON included.
-const maxChunk = 4 << 20
+// maxChunk is the largest chunk guest file transfers use. An agent
+// command of more than about 256 KiB reaches the agent through libvirt
+// mangled ("JSON parse error, expecting value", after seconds): a 192 KiB
+// chunk is 256 KiB in base64.
+const maxChunk = 192 << 10
 
 // vm is a configured VM.
 type vm struct {
@@ -151,7 +152,7 @@ func load(cfg sdk.Config) (*settings, error) {
 		}
 	}
 	if c.Guest.ChunkSize <= 0 || c.Guest.ChunkSize > maxChunk {
-		return nil, cfg.Errorf([]string{"guest", "chunk_size"}, "must be between 1 and %d bytes (4 MiB)", maxChunk)
+		return nil, cfg.Errorf([]string{"guest", "chunk_size"}, "must be between 1 and %d bytes (192 KiB: libvirt mangles larger agent commands)", maxChunk)
 	}
 	if c.Guest.MaxOutput <= 0 {
 		return nil, cfg.Errorf([]string{"guest", "max_output"}, "must be a positive number of bytes")

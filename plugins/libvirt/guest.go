@@ -22,8 +22,9 @@ import (
 const cleanupBound = 2 * time.Second
 
 // agentTimeout is how long libvirt waits for one agent command's answer,
-// in seconds: the agent of a guest under load can be slow to answer.
-const agentTimeout = 10
+// in seconds: the agent of a guest under load can be slow to answer, and
+// libvirt calls a command it waited for in vain "not available for now".
+const agentTimeout = 30
 
 // agent is a guest operation's way to the domain's guest agent: each
 // command is one qemu-agent-command call, libvirt's agent job, which does
