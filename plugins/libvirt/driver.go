@@ -265,6 +265,9 @@ type domainXML struct {
 	Disks []struct {
 		Type   string `xml:"type,attr"`
 		Device string `xml:"device,attr"`
+		Driver struct {
+			Type string `xml:"type,attr"`
+		} `xml:"driver"`
 		Source struct {
 			File string `xml:"file,attr"`
 		} `xml:"source"`
@@ -281,6 +284,18 @@ func (x domainXML) disks() []string {
 	var out []string
 	for _, disk := range x.Disks {
 		if disk.Type == "file" && disk.Device != "cdrom" && disk.Device != "floppy" && disk.Source.File != "" {
+			out = append(out, disk.Source.File)
+		}
+	}
+	return out
+}
+
+// qcow2Disks are the qcow2 image files of a domain's disks: where libvirt
+// keeps its internal snapshots.
+func (x domainXML) qcow2Disks() []string {
+	var out []string
+	for _, disk := range x.Disks {
+		if disk.Type == "file" && disk.Driver.Type == "qcow2" && disk.Device != "cdrom" && disk.Source.File != "" {
 			out = append(out, disk.Source.File)
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/xml"
 	"fmt"
+	"os"
+	"os/exec"
 	"strings"
 	"time"
 
@@ -123,6 +125,9 @@ func (d *Driver) restore(ctx context.Context, op string, v *vm, st hypervisor.St
 		return err
 	}
 	begun := time.Now()
+	if err := d.inImages(ctx, op, v, o, snapshot); err != nil {
+		return err
+	}
 	if desc.withMemory() {
 		err = d.call(ctx, op, v, func(l *golibvirt.Libvirt, dom golibvirt.Domain) error {
 			if o.reason == shutoffSaved {
@@ -198,4 +203,64 @@ func (d *Driver) revertOff(ctx context.Context, op string, v *vm, snap golibvirt
 		d.log.Warn("a revert outlived its caller's deadline; libvirt finishes it", "vm", v.name, "snapshot", snap.Name)
 		return hypervisor.FromContext(ctx, op, v.name)
 	}
+}
+
+// inImages checks that the snapshot is in the domain's qcow2 images, where
+// libvirt keeps internal snapshots: libvirt's metadata outlives an image
+// replaced or a snapshot deleted with qemu-img, and a restore that trusted
+// it would leave a domain whose next start fails ("Snapshot 'x' does not
+// exist in one or more devices"). qemu-img reads the images without taking
+// their locks (-U); where it is not installed, or the disks are not files
+// this process can read, libvirt's metadata is all there is to go by.
+func (d *Driver) inImages(ctx context.Context, op string, v *vm, o observation, snapshot string) error {
+	qemuImg, err := exec.LookPath("qemu-img")
+	if err != nil {
+		return nil
+	}
+	for _, disk := range o.qcow2 {
+		if _, err := os.Stat(disk); err != nil {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		out, err := exec.CommandContext(cctx, qemuImg, "snapshot", "-U", "-l", disk).CombinedOutput()
+		cancel()
+		if err != nil {
+			if cerr := hypervisor.FromContext(ctx, op, v.name); cerr != nil {
+				return cerr
+			}
+			return hypervisor.NewError(hypervisor.CodeFailed, op, v.name, "qemu-img snapshot -l %s: %v: %s", disk, err, strings.TrimSpace(string(out)))
+		}
+		if !hasTag(string(out), snapshot) {
+			return hypervisor.NewError(hypervisor.CodeFailed, op, v.name,
+				"libvirt has snapshot %q of domain %q, but its image %s does not (qemu-img snapshot -l lists: %s): "+
+					"the image was replaced or the snapshot deleted outside libvirt; take the snapshot again",
+				snapshot, v.Domain, disk, tags(string(out)))
+		}
+	}
+	return nil
+}
+
+// tags are the snapshot names of `qemu-img snapshot -l`'s table.
+func tags(list string) string {
+	var out []string
+	for _, line := range strings.Split(list, "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 2 && f[0] != "ID" && f[0] != "Snapshot" {
+			out = append(out, f[1])
+		}
+	}
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
+}
+
+// hasTag reports whether `qemu-img snapshot -l`'s table lists tag.
+func hasTag(list, tag string) bool {
+	for _, line := range strings.Split(list, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] != "ID" && f[1] == tag {
+			return true
+		}
+	}
+	return false
 }

@@ -38,9 +38,11 @@ type observation struct {
 	// marker is the driver's metadata; nil when the domain ran since its
 	// last restore or was never restored by the driver.
 	marker *marker
-	// disks are an off domain's image files, and holders the processes
-	// holding them (found only when one is locked).
+	// disks are an off domain's image files, qcow2 those of them in qcow2
+	// format, and holders the processes holding them (found only when one
+	// is locked).
 	disks   []string
+	qcow2   []string
 	holders []process
 	// job says another libvirt job holds a running domain.
 	job string
@@ -151,7 +153,7 @@ func (d *Driver) observe(ctx context.Context, op string, v *vm) (hypervisor.Stat
 	if err != nil {
 		return st, o, err
 	}
-	o.disks = x.disks()
+	o.disks, o.qcow2 = x.disks(), x.qcow2Disks()
 	for _, disk := range o.disks {
 		if held, _ := imageLocked(disk); held {
 			st.Lock = hypervisor.LockLocked
