@@ -228,8 +228,8 @@ func cleanOrQuarantined(t *testing.T, r *rig, o runOutput) {
 }
 
 // libvirtd killed and started again while the guest analyses: the plugin
-// finds libvirtd again, libvirtd finds the domain's QEMU again, and the
-// domain ends clean. The test restarts the daemon every test shares, so it
+// finds libvirtd again, libvirtd finds the domain's QEMU and its agent
+// again, the analysis ends with its verdict, and the domain ends clean. The test restarts the daemon every test shares, so it
 // runs alone (not in parallel).
 func TestEngineLibvirtdRestartedMidTask(t *testing.T) {
 	r := newRig(t, vmSpec{name: "vm1"})
@@ -238,6 +238,8 @@ func TestEngineLibvirtdRestartedMidTask(t *testing.T) {
 	})
 	cleanOrQuarantined(t, r, o)
 	res := o.Reports[0].Results[0]
+	assert.Equal(t, "done", res.State, "the guest command outlives libvirtd's restart")
+	assert.Equal(t, "malicious", res.Verdict)
 	assert.Empty(t, res.Quarantined, "a libvirtd back within the task's time is no reason to quarantine")
 }
 

@@ -298,8 +298,14 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		if err == nil && st.Exited {
 			return d.execResult(name, st)
 		}
-		if err != nil && rctx.Err() == nil {
+		// libvirtd gone away (restarted) is waited out: the command runs on
+		// in the guest, and libvirtd, once back, finds the agent again.
+		if err != nil && rctx.Err() == nil && hypervisor.CodeOf(err) != hypervisor.CodeUnavailable {
 			return hypervisor.ExecResult{}, guestFail(ctx, hypervisor.OpExec, name, "guest-exec-status", err)
+		}
+		if err != nil && hypervisor.CodeOf(err) == hypervisor.CodeUnavailable {
+			d.log.Warn("libvirtd does not answer; still waiting for the guest command", "vm", name, "error", err)
+			delay = 200 * time.Millisecond
 		}
 		if rctx.Err() == nil {
 			t := time.NewTimer(delay)
