@@ -368,7 +368,7 @@ func (d *Driver) execResult(name string, st execStatus) (hypervisor.ExecResult, 
 		if err != nil {
 			return res, hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpExec, name, "undecodable output from the guest agent: %v", err)
 		}
-		*o.dst = b
+		*o.dst = b[:min(len(b), d.cfg.Guest.MaxOutput)]
 	}
 	return res, nil
 }
