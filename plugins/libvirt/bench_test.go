@@ -180,4 +180,3 @@ func BenchmarkCleanupOverhead(b *testing.B) {
 	b.ReportMetric((c - x).Seconds(), "over-s")
 	b.ReportMetric(float64(c)/float64(x), "ratio")
 }
-
