@@ -121,7 +121,10 @@ func (d *Driver) observe(ctx context.Context, op string, v *vm) (hypervisor.Stat
 		st.Lock = hypervisor.LockLocked
 		switch golibvirt.DomainControlState(control) {
 		case golibvirt.DomainControlJob, golibvirt.DomainControlOccupied:
-			o.job = fmt.Sprintf("a libvirt job has held the domain for %s", time.Duration(controlTime)*time.Millisecond)
+			o.job = "a libvirt job holds the domain"
+			if controlTime > 0 {
+				o.job += fmt.Sprintf(" (for %s)", time.Duration(controlTime)*time.Millisecond)
+			}
 			st.Raw += "; " + o.job
 		case golibvirt.DomainControlError:
 			st.Raw += "; libvirt cannot talk to its QEMU process"
