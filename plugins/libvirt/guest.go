@@ -292,20 +292,28 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		return hypervisor.ExecResult{}, guestFail(ctx, hypervisor.OpExec, name, "guest-exec "+req.Path, err)
 	}
 	delay := 2 * time.Millisecond
+	var lost time.Time // since when libvirtd or the agent has not answered
 	for {
 		var st execStatus
 		err := a.run(rctx, "guest-exec-status", map[string]any{"pid": started.PID}, &st)
 		if err == nil && st.Exited {
 			return d.execResult(name, st)
 		}
-		// libvirtd gone away (restarted) is waited out: the command runs on
-		// in the guest, and libvirtd, once back, finds the agent again.
-		if err != nil && rctx.Err() == nil && hypervisor.CodeOf(err) != hypervisor.CodeUnavailable {
+		// libvirtd gone away (restarted) is waited out, and so is the agent
+		// it does not reach again at once, for guest.ready_wait: the command
+		// runs on in the guest.
+		switch {
+		case err == nil:
+			lost = time.Time{}
+		case rctx.Err() != nil:
+		case (hypervisor.CodeOf(err) == hypervisor.CodeUnavailable || libvirtCode(err) == golibvirt.ErrAgentUnresponsive) &&
+			(lost.IsZero() || time.Since(lost) < d.cfg.Guest.ReadyWait):
+			if lost.IsZero() {
+				lost = time.Now()
+				d.log.Warn("libvirt or the guest agent does not answer; still waiting for the guest command", "vm", name, "error", err)
+			}
+		default:
 			return hypervisor.ExecResult{}, guestFail(ctx, hypervisor.OpExec, name, "guest-exec-status", err)
-		}
-		if err != nil && hypervisor.CodeOf(err) == hypervisor.CodeUnavailable {
-			d.log.Warn("libvirtd does not answer; still waiting for the guest command", "vm", name, "error", err)
-			delay = 200 * time.Millisecond
 		}
 		if rctx.Err() == nil {
 			t := time.NewTimer(delay)
