@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"maps"
@@ -85,7 +86,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 	if !haveSample {
 		return errorf(http.StatusBadRequest, "bad_request", "no sample: send it in the form field \"file\"")
 	}
-	t, err := s.opts.Queue.Submit(r.Context(), name, data, req)
+	t, err := s.opts.Queue.Submit(r.Context(), name, bytes.NewReader(data), req)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -124,7 +125,7 @@ func submit(t *testing.T, q *queue.Queue, n int) []string {
 	t.Helper()
 	var ids []string
 	for i := range n {
-		task, err := q.Submit(context.Background(), fmt.Sprintf("s%d.txt", i), fmt.Appendf(nil, "sample %d", i), queue.Request{})
+		task, err := q.Submit(context.Background(), fmt.Sprintf("s%d.txt", i), bytes.NewReader(fmt.Appendf(nil, "sample %d", i)), queue.Request{})
 		require.NoError(t, err)
 		ids = append(ids, task.ID)
 	}
