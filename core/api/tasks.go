@@ -190,3 +190,17 @@ func (s *Server) listProfiles(w http.ResponseWriter, _ *http.Request) error {
 	writeJSON(w, http.StatusOK, map[string]any{"profiles": out, "host": s.opts.Queue.Host()})
 	return nil
 }
+
+// listHosts is GET /v1/hosts: the hosts sharing the queue, their last
+// heartbeat, and whether the others think them alive.
+func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) error {
+	hosts, err := s.opts.Queue.Hosts(r.Context())
+	if err != nil {
+		return err
+	}
+	if hosts == nil {
+		hosts = []queue.Host{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"host": s.opts.Queue.Host(), "dead_after": s.opts.Queue.DeadAfter().String(), "hosts": hosts})
+	return nil
+}

@@ -309,6 +309,10 @@ func (q *Queue) Close() {
 // Host is this host's name.
 func (q *Queue) Host() string { return q.opts.Host }
 
+// DeadAfter is how long a host may go without a heartbeat before the
+// others take its running analyses over.
+func (q *Queue) DeadAfter() time.Duration { return q.opts.DeadAfter }
+
 // Schema is the version of the queue's tables in the database.
 func (q *Queue) Schema() int64 { return q.schema }
 
