@@ -31,7 +31,7 @@ func (d *Driver) agent(ctx context.Context, op, name string) (*qmp.Agent, func()
 		return nil, nil, hypervisor.NewError(hypervisor.CodeInvalidState, op, name,
 			"the VM has no guest agent channel (guest_agent = false in its [vms.%s] table)", name)
 	}
-	release, err := d.acquire(ctx, d.agents, op, name)
+	release, err := d.acquire(ctx, &d.agents, op, name)
 	if err != nil {
 		return nil, nil, err
 	}
