@@ -69,7 +69,20 @@ type Guest struct {
 	// Sleep is a command that runs for at least a minute, to be cut short
 	// by a timeout; default ["sleep", "60"].
 	Sleep []string
+	// Flood is a command that writes at least FloodSize bytes to stdout
+	// and exits, the guest flooding its driver (§9.5); default ["dd",
+	// "if=/dev/zero", "bs=65536", "count=256"], 16 MiB of zeros.
+	Flood []string
 }
+
+// FloodSize is how much the Flood command writes, at least. The suite asks
+// for FloodLimit of it: a driver that keeps it all fails through the wire
+// (the host takes no gRPC message of 16 MiB) long before it could strain
+// the machine.
+const (
+	FloodSize  = 16 << 20
+	FloodLimit = 64 << 10
+)
 
 // Timing bounds the suite's waits. Real hypervisors need the defaults; a
 // fast fake can use much shorter ones.
@@ -115,6 +128,9 @@ func (g Guest) withDefaults() Guest {
 	}
 	if len(g.Sleep) == 0 {
 		g.Sleep = []string{"sleep", "60"}
+	}
+	if len(g.Flood) == 0 {
+		g.Flood = []string{"dd", "if=/dev/zero", "bs=65536", "count=256"}
 	}
 	return g
 }
