@@ -133,11 +133,42 @@ func (d *Driver) openGuest(ctx context.Context, p *probe, op, vm string) (*guest
 	return &guestSession{ref: ref, cred: cred, close: rm, flags: flags}, nil
 }
 
-// notReady reports the guest execution service's "not ready (yet)", which
-// it answers while the guest boots.
+// notYetTexts are VirtualBox's words for a guest whose guest control is
+// still starting (FACTS §6.1), decided one by one:
+//
+//   - "The guest execution service is not ready (yet)": the Guest
+//     Additions' service has not started; it will.
+//   - "Session is not in started state": the guest session VBoxManage
+//     opened has not reached started yet.
+//   - "Error starting guest session (current status is: starting)": the
+//     session was still starting when VBoxManage stopped waiting for it.
+//
+// The other texts of a failed guest session are not "not yet", and fail
+// the call at once: "The specified user was not able to logon on guest"
+// (wrong credentials: waiting does not fix them), "Error starting guest
+// session" with any other status (it ended, or failed), "Failed to get a
+// IConsole pointer for the machine. Is it still running?" (the VM went
+// away) and the syntax errors ("No user name specified!").
+var notYetTexts = []string{
+	"guest execution service is not ready",
+	"session is not in started state",
+	"error starting guest session (current status is: starting)",
+}
+
+// notReady reports whether err is one of VirtualBox's answers for a guest
+// whose guest control is still starting, as it is while the guest boots.
 func notReady(err error) bool {
 	var e *hypervisor.Error
-	return errors.As(err, &e) && strings.Contains(e.Message, "not ready")
+	if !errors.As(err, &e) {
+		return false
+	}
+	msg := strings.ToLower(e.Message)
+	for _, t := range notYetTexts {
+		if strings.Contains(msg, t) {
+			return true
+		}
+	}
+	return false
 }
 
 // guestCall runs one guestcontrol command, retrying while the guest's
@@ -210,7 +241,7 @@ func (d *Driver) copy(ctx context.Context, op, vm string, capability hypervisor.
 // Exec runs a program in the running guest with `guestcontrol run` (§9.2)
 // and decodes VBoxManage's exit status into the guest's exit code. The
 // guest's output is returned as it came, up to max_output bytes per
-// stream. req.Timeout goes to the guest as --timeout; VBoxManage itself
+// stream, or the request's MaxOutput when smaller (§9.5). req.Timeout goes to the guest as --timeout; VBoxManage itself
 // gets timeouts.command on top of it to set up and tear down the guest
 // session before it is killed.
 func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (_ hypervisor.ExecResult, err error) {
@@ -231,7 +262,7 @@ func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest
 
 	args := append([]string{"guestcontrol", g.ref, "run"}, g.flags...)
 	args = append(args, "--exe", req.Path)
-	call := runner.Call{Raw: true, MaxOutput: d.cfg.MaxOutput}
+	call := runner.Call{Raw: true, MaxOutput: int(req.Limit(int64(d.cfg.MaxOutput)))}
 	if req.Timeout > 0 {
 		ms := max(req.Timeout.Milliseconds(), 1)
 		args = append(args, "--timeout", strconv.FormatInt(ms, 10))
@@ -249,7 +280,8 @@ func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest
 		if gerr != nil {
 			return gerr
 		}
-		out = hypervisor.ExecResult{ExitCode: code, Stdout: res.Stdout, Stderr: res.Stderr}
+		out = hypervisor.ExecResult{ExitCode: code, Stdout: res.Stdout, Stderr: res.Stderr,
+			StdoutTruncated: res.StdoutTruncated, StderrTruncated: res.StderrTruncated}
 		return nil
 	})
 	return out, err

@@ -405,3 +405,69 @@ func passwordStaysSecret(t *testing.T, r *rig) {
 	require.NoError(t, err)
 	assert.Empty(t, left, "password files are removed")
 }
+
+// Each of VirtualBox's texts for a guest whose guest control is still
+// starting is waited out within guest.ready_wait; a logon failure, which
+// waiting does not fix, fails at once.
+func TestGuestNotReadyTexts(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		starting string
+		retried  bool
+	}{
+		{"not-ready", true},   // The guest execution service is not ready (yet)
+		{"not-started", true}, // Session is not in started state
+		{"starting", true},    // Error starting guest session (current status is: starting)
+		{"logon", false},      // The specified user was not able to logon on guest
+	} {
+		t.Run(c.starting, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t, profiles[2],
+				withTiming(func(tm *vboxsim.Timing) { tm.GuestReady = vboxsim.Duration(500 * time.Millisecond) }),
+				withFaults(func(f *vboxsim.Faults) { f.GuestStarting = c.starting }),
+				withSetting("guest.ready_wait", `"20s"`))
+			ctx := ctxFor(t, 30*time.Second)
+			require.NoError(t, r.drv.Start(ctx, vmName))
+			res, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo", Args: []string{"booted"}})
+			if c.retried {
+				require.NoError(t, err, "the driver waits while the guest says it is starting")
+				assert.Equal(t, "booted\n", string(res.Stdout))
+				assert.Greater(t, r.argvCount(t, "guestcontrol"), 1)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "not able to logon")
+			assert.Equal(t, 1, r.argvCount(t, "guestcontrol"), "a logon failure is not retried")
+		})
+	}
+}
+
+// A guest command's output is kept up to the request's max_output, and the
+// result says what was dropped (§9.5).
+func TestExecOutputBounded(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2], withSetting("max_output", "100000"))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	flood := hypervisor.ExecRequest{Path: "dd", Args: []string{"if=/dev/zero", "bs=65536", "count=64"}}
+	var res hypervisor.ExecResult
+	require.Eventually(t, func() bool {
+		var err error
+		res, err = r.drv.Exec(ctx, vmName, flood)
+		return err == nil
+	}, 20*time.Second, 50*time.Millisecond)
+	assert.Len(t, res.Stdout, 100000, "max_output bounds what is kept")
+	assert.True(t, res.StdoutTruncated)
+	assert.False(t, res.StderrTruncated)
+
+	flood.MaxOutput = 1000
+	res, err := r.drv.Exec(ctx, vmName, flood)
+	require.NoError(t, err)
+	assert.Len(t, res.Stdout, 1000, "a request asks for less")
+	assert.True(t, res.StdoutTruncated)
+
+	flood.MaxOutput = 1 << 30
+	res, err = r.drv.Exec(ctx, vmName, flood)
+	require.NoError(t, err)
+	assert.Len(t, res.Stdout, 100000, "never for more than the driver's bound")
+}
