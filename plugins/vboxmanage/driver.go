@@ -30,8 +30,8 @@ import (
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/location"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/parser"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
-	"github.com/sandboxhq/sandbox/sdk/wait"
 	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Name is the driver's name in Info and logs.

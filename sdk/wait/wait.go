@@ -149,6 +149,55 @@ func Until(ctx context.Context, p Policy, cond func(context.Context) (bool, erro
 	}
 }
 
+// Next says when a condition that did not hold may hold: once Wake fires
+// (a channel closed on every change of what the condition reads), or at
+// At, whichever comes first. A nil Wake never fires; a zero At never comes.
+type Next struct {
+	Wake <-chan struct{}
+	At   time.Time
+}
+
+// On calls look until it reports true or fails, or ctx ends, waiting
+// between calls as look's Next says. It is Until for a condition whose
+// changes are announced: it looks again as soon as one may have made it
+// hold, never later, and polls for nothing. It returns nil once look
+// holds, look's error when it fails, and ctx's error when ctx ends first.
+func On(ctx context.Context, look func(context.Context) (bool, Next, error)) error {
+	var t *time.Timer
+	defer func() {
+		if t != nil {
+			t.Stop()
+		}
+	}()
+	for {
+		ok, next, err := look(ctx)
+		switch {
+		case err != nil:
+			return err
+		case ok:
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		}
+		var due <-chan time.Time
+		if !next.At.IsZero() {
+			d := max(time.Until(next.At), 0)
+			if t == nil {
+				t = time.NewTimer(d)
+			} else {
+				t.Reset(d)
+			}
+			due = t.C
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-next.Wake:
+		case <-due:
+		}
+	}
+}
+
 // Sleep waits d, or until ctx ends; it returns ctx's error in that case.
 func Sleep(ctx context.Context, d time.Duration) error {
 	var t *time.Timer

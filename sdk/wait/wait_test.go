@@ -175,3 +175,47 @@ func TestKeyedExcludes(t *testing.T) {
 	wg.Wait()
 	assert.False(t, overlap.Load(), "more than one holder of a key at once")
 }
+
+// On looks again at every announced change and at the time it was told,
+// and at nothing else.
+func TestOn(t *testing.T) {
+	changed := make(chan struct{})
+	var mu sync.Mutex
+	value := 0
+	go func() {
+		for range 3 {
+			mu.Lock()
+			value++
+			old := changed
+			changed = make(chan struct{})
+			mu.Unlock()
+			close(old)
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	looks := 0
+	err := wait.On(context.Background(), func(context.Context) (bool, wait.Next, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		looks++
+		return value == 3, wait.Next{Wake: changed}, nil
+	})
+	require.NoError(t, err)
+	assert.LessOrEqual(t, looks, 4, "one look at the start and one a change")
+
+	start := time.Now()
+	looks = 0
+	err = wait.On(context.Background(), func(context.Context) (bool, wait.Next, error) {
+		looks++
+		return looks == 2, wait.Next{At: start.Add(20 * time.Millisecond)}, nil
+	})
+	require.NoError(t, err)
+	assert.GreaterOrEqual(t, time.Since(start), 20*time.Millisecond, "the second look waited for its time")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	err = wait.On(ctx, func(context.Context) (bool, wait.Next, error) { return false, wait.Next{}, nil })
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	err = wait.On(context.Background(), func(context.Context) (bool, wait.Next, error) { return false, wait.Next{}, errGone })
+	assert.ErrorIs(t, err, errGone)
+}

@@ -263,10 +263,10 @@ func (r *Runner) Run(ctx context.Context, c Call) (*Result, error) {
 		err = cmd.Wait()
 	}
 	res := &Result{
-		Args:      c.Args,
-		Stdout:    stdout.buf.Bytes(),
-		Stderr:    stderr.buf.Bytes(),
-		ExitCode:  cmd.ProcessState.ExitCode(),
+		Args:            c.Args,
+		Stdout:          stdout.buf.Bytes(),
+		Stderr:          stderr.buf.Bytes(),
+		ExitCode:        cmd.ProcessState.ExitCode(),
 		Truncated:       stdout.dropped || stderr.dropped,
 		StdoutTruncated: stdout.dropped,
 		StderrTruncated: stderr.dropped,
