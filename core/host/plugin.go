@@ -245,7 +245,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 			proc = pr
 			return pr, nil
 		},
-		UnixSocketConfig: &plugin.UnixSocketConfig{},
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: p.host.socketDir()},
 		AutoMTLS:         p.cfg.autoMTLS(),
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           pluginLog{Logger: p.host.log.Named(p.name), proc: current},

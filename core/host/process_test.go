@@ -7,8 +7,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -122,4 +124,52 @@ func alive(pid int) bool {
 	}
 	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
 	return len(fields) == 0 || fields[0] != "Z"
+}
+
+// A host killed with SIGKILL cannot remove its plugins' socket
+// directories; the next host does, and a host that closes leaves none.
+func TestAKilledHostsSocketDirIsRemovedByTheNext(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "sk") // short: the sockets' paths must stay under 108 bytes
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	t.Setenv("TMPDIR", tmp)
+	cmd := exec.Command(self(t))
+	cmd.Env = append(os.Environ(), envRole+"=host", "GORACE=atexit_sleep_ms=0")
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	require.True(t, strings.HasPrefix(line, "pid "), "host said %q", line)
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "pid ")))
+	require.NoError(t, err)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+	require.Eventually(t, func() bool { return !alive(pid) }, 5*time.Second, 5*time.Millisecond)
+	left := leftovers(t, tmp)
+	require.NotEmpty(t, left, "the killed host's plugin socket directory is there")
+
+	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	_, err = plug(t, h, "s").Status(context.Background(), "vm1")
+	require.NoError(t, err)
+	for _, dir := range left {
+		assert.NoDirExists(t, dir, "the next host removes the socket directory of the killed one")
+	}
+	h.Close()
+	assert.Empty(t, leftovers(t, tmp), "a host that closed leaves no socket directory")
+}
+
+// leftovers are the plugin socket directories under tmp.
+func leftovers(t *testing.T, tmp string) []string {
+	t.Helper()
+	var dirs []string
+	err := filepath.WalkDir(tmp, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && strings.HasPrefix(d.Name(), "plugin") {
+			dirs = append(dirs, path)
+		}
+		return err
+	})
+	require.NoError(t, err)
+	return dirs
 }
