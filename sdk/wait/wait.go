@@ -14,6 +14,7 @@ package wait
 
 import (
 	"context"
+	"errors"
 	"math"
 	"time"
 
@@ -85,9 +86,11 @@ func (b *Backoff) next(ctx context.Context) (time.Duration, bool) {
 // would pass ctx's deadline, Retry makes one last call just before it
 // rather than give up early.
 //
-// It returns the number of calls and the last error of f, never ctx's, so
-// that the caller can tell the operator what the hypervisor last said; it
-// is for f to answer promptly once ctx has ended.
+// It returns the number of calls and the last error of f, not ctx's, so
+// that the caller can tell the operator what the hypervisor last said: a
+// call that ctx's end cut short (its error is ctx's) gives way to the
+// error of the call before it. It is for f to answer promptly once ctx has
+// ended.
 func Retry(ctx context.Context, p Policy, retryable func(error) bool, f func(context.Context) error) (int, error) {
 	b := p.Backoff()
 	var t *time.Timer
@@ -96,8 +99,18 @@ func Retry(ctx context.Context, p Policy, retryable func(error) bool, f func(con
 			t.Stop()
 		}
 	}()
-	for calls := 1; ; calls++ {
+	var prev error
+	call := func() error {
 		err := f(ctx)
+		if err != nil && prev != nil && ctx.Err() != nil &&
+			(errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled)) {
+			return prev
+		}
+		prev = err
+		return err
+	}
+	for calls := 1; ; calls++ {
+		err := call()
 		if err == nil || (retryable != nil && !retryable(err)) || ctx.Err() != nil {
 			return calls, err
 		}
@@ -106,7 +119,7 @@ func Retry(ctx context.Context, p Policy, retryable func(error) bool, f func(con
 			return calls, err
 		}
 		if last {
-			return calls + 1, f(ctx)
+			return calls + 1, call()
 		}
 	}
 }

@@ -3,6 +3,7 @@ package wait_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -55,6 +56,23 @@ func TestRetryReturnsTheLastErrorAndTriesJustBeforeTheDeadline(t *testing.T) {
 	assert.NotErrorIs(t, err, context.DeadlineExceeded)
 	assert.GreaterOrEqual(t, calls, 3, "the first call, one after 100ms, and the last one before the deadline")
 	assert.True(t, last.After(deadline.Add(-150*time.Millisecond)), "the last call came %s before the deadline", deadline.Sub(last))
+}
+
+// The last call, cut by the deadline, answers the context's error: the
+// hypervisor's word before it is what the caller gets.
+func TestRetryPrefersTheHypervisorsWordToACutCall(t *testing.T) {
+	calls := 0
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	_, err := wait.Retry(ctx, wait.Policy{Initial: time.Hour}, nil, func(ctx context.Context) error {
+		if calls++; calls == 1 {
+			return errBusy
+		}
+		<-ctx.Done()
+		return fmt.Errorf("status: %w", ctx.Err())
+	})
+	assert.Equal(t, 2, calls)
+	assert.ErrorIs(t, err, errBusy)
 }
 
 func TestRetryCallsOnceWithAnEndedContext(t *testing.T) {
