@@ -82,7 +82,10 @@ func TestCloseKillsEveryPlugin(t *testing.T) {
 	assert.Error(t, err, "a closed host launches nothing")
 }
 
-func TestPluginsDieWithAKilledHost(t *testing.T) {
+// startHost runs a host process (runHost) that launches one plugin, and
+// returns it with the plugin's pid.
+func startHost(t *testing.T) (*exec.Cmd, int) {
+	t.Helper()
 	cmd := exec.Command(self(t))
 	// Under -race the runtime sleeps a second at exit (atexit_sleep_ms);
 	// that is the detector's delay, not the watchdog's, so turn it off.
@@ -99,6 +102,11 @@ func TestPluginsDieWithAKilledHost(t *testing.T) {
 	require.Equal(t, "pid", f[0], "host said %q", line)
 	pid, err := strconv.Atoi(f[1])
 	require.NoError(t, err)
+	return cmd, pid
+}
+
+func TestPluginsDieWithAKilledHost(t *testing.T) {
+	cmd, pid := startHost(t)
 	require.True(t, alive(pid))
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
@@ -133,17 +141,7 @@ func TestAKilledHostsSocketDirIsRemovedByTheNext(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(tmp) })
 	t.Setenv("TMPDIR", tmp)
-	cmd := exec.Command(self(t))
-	cmd.Env = append(os.Environ(), envRole+"=host", "GORACE=atexit_sleep_ms=0")
-	out, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
-	line, err := bufio.NewReader(out).ReadString('\n')
-	require.NoError(t, err)
-	require.True(t, strings.HasPrefix(line, "pid "), "host said %q", line)
-	pid, err := strconv.Atoi(strings.TrimSpace(strings.TrimPrefix(line, "pid ")))
-	require.NoError(t, err)
+	cmd, pid := startHost(t)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	_ = cmd.Wait()
 	require.Eventually(t, func() bool { return !alive(pid) }, 5*time.Second, 5*time.Millisecond)

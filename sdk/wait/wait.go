@@ -93,12 +93,8 @@ func (b *Backoff) next(ctx context.Context) (time.Duration, bool) {
 // ended.
 func Retry(ctx context.Context, p Policy, retryable func(error) bool, f func(context.Context) error) (int, error) {
 	b := p.Backoff()
-	var t *time.Timer
-	defer func() {
-		if t != nil {
-			t.Stop()
-		}
-	}()
+	var t timer
+	defer t.stop()
 	var prev error
 	call := func() error {
 		err := f(ctx)
@@ -115,7 +111,7 @@ func Retry(ctx context.Context, p Policy, retryable func(error) bool, f func(con
 			return calls, err
 		}
 		d, last := b.next(ctx)
-		if !sleep(ctx, &t, d) {
+		if !t.sleep(ctx, d) {
 			return calls, err
 		}
 		if last {
@@ -132,12 +128,8 @@ func Retry(ctx context.Context, p Policy, retryable func(error) bool, f func(con
 // keeps the error itself.
 func Until(ctx context.Context, p Policy, cond func(context.Context) (bool, error)) error {
 	b := p.Backoff()
-	var t *time.Timer
-	defer func() {
-		if t != nil {
-			t.Stop()
-		}
-	}()
+	var t timer
+	defer t.stop()
 	for {
 		ok, err := cond(ctx)
 		switch {
@@ -149,7 +141,7 @@ func Until(ctx context.Context, p Policy, cond func(context.Context) (bool, erro
 			return ctx.Err()
 		}
 		d, last := b.next(ctx)
-		if !sleep(ctx, &t, d) {
+		if !t.sleep(ctx, d) {
 			return ctx.Err()
 		}
 		if last {
@@ -176,12 +168,8 @@ type Next struct {
 // hold, never later, and polls for nothing. It returns nil once look
 // holds, look's error when it fails, and ctx's error when ctx ends first.
 func On(ctx context.Context, look func(context.Context) (bool, Next, error)) error {
-	var t *time.Timer
-	defer func() {
-		if t != nil {
-			t.Stop()
-		}
-	}()
+	var t timer
+	defer t.stop()
 	for {
 		ok, next, err := look(ctx)
 		switch {
@@ -194,13 +182,7 @@ func On(ctx context.Context, look func(context.Context) (bool, Next, error)) err
 		}
 		var due <-chan time.Time
 		if !next.At.IsZero() {
-			d := max(time.Until(next.At), 0)
-			if t == nil {
-				t = time.NewTimer(d)
-			} else {
-				t.Reset(d)
-			}
-			due = t.C
+			due = t.after(max(time.Until(next.At), 0))
 		}
 		select {
 		case <-ctx.Done():
@@ -213,36 +195,46 @@ func On(ctx context.Context, look func(context.Context) (bool, Next, error)) err
 
 // Sleep waits d, or until ctx ends; it returns ctx's error in that case.
 func Sleep(ctx context.Context, d time.Duration) error {
-	var t *time.Timer
-	defer func() {
-		if t != nil {
-			t.Stop()
-		}
-	}()
-	if !sleep(ctx, &t, d) {
+	var t timer
+	defer t.stop()
+	if !t.sleep(ctx, d) {
 		return ctx.Err()
 	}
 	return nil
 }
 
-// sleep waits d on *t (made on first use) and reports false when ctx
-// ended first.
-func sleep(ctx context.Context, t **time.Timer, d time.Duration) bool {
+// timer is one time.Timer reused by the waits of a loop, made on first
+// use.
+type timer struct{ t *time.Timer }
+
+// after arms the timer for d and returns its channel.
+func (t *timer) after(d time.Duration) <-chan time.Time {
+	if t.t == nil {
+		t.t = time.NewTimer(d)
+	} else {
+		t.t.Reset(d)
+	}
+	return t.t.C
+}
+
+// sleep waits d and reports false when ctx ended first.
+func (t *timer) sleep(ctx context.Context, d time.Duration) bool {
 	if ctx.Err() != nil {
 		return false
 	}
 	if d <= 0 {
 		return true
 	}
-	if *t == nil {
-		*t = time.NewTimer(d)
-	} else {
-		(*t).Reset(d)
-	}
 	select {
-	case <-(*t).C:
+	case <-t.after(d):
 		return true
 	case <-ctx.Done():
 		return false
+	}
+}
+
+func (t *timer) stop() {
+	if t.t != nil {
+		t.t.Stop()
 	}
 }
