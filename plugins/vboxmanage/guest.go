@@ -9,11 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/fault"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Exit statuses of `guestcontrol run` that are not a guest exit code
@@ -209,8 +211,44 @@ func (d *Driver) CopyOut(ctx context.Context, vm, guestPath, hostPath string) (e
 	if st, err := os.Stat(filepath.Dir(abs)); err != nil || !st.IsDir() {
 		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host directory of %q does not exist", hostPath)
 	}
-	return d.copy(ctx, op, vm, hypervisor.CapGuestCopyOut, "copyfrom", guestPath, abs, guestPath)
+	// VBoxManage writes a part file beside the host file, watched: past
+	// max_copy_out it is stopped (§9.5). The host file appears whole or
+	// not at all.
+	part := filepath.Join(filepath.Dir(abs), "."+filepath.Base(abs)+".part-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	defer os.Remove(part)
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var over atomic.Bool
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		_ = wait.Until(wctx, copyWatch, func(context.Context) (bool, error) {
+			if fi, err := os.Stat(part); err == nil && fi.Size() > d.cfg.MaxCopyOut {
+				over.Store(true)
+				stop()
+				return true, nil
+			}
+			return false, nil
+		})
+	}()
+	err = d.copy(wctx, op, vm, hypervisor.CapGuestCopyOut, "copyfrom", guestPath, part, guestPath)
+	stop()
+	<-watched
+	if fi, serr := os.Stat(part); over.Load() || (err == nil && serr == nil && fi.Size() > d.cfg.MaxCopyOut) {
+		return hypervisor.NewError(hypervisor.CodeFailed, op, vm,
+			"the guest file %s is larger than max_copy_out (%d bytes); nothing was copied", guestPath, d.cfg.MaxCopyOut)
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(part, abs); err != nil {
+		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "%v", err)
+	}
+	return nil
 }
+
+// copyWatch paces the looks at a copy-out's part file.
+var copyWatch = wait.Policy{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond, Factor: 2}
 
 // copy runs copyto/copyfrom in its two-argument form, which every
 // supported version accepts. Host paths are absolute, so neither path can

@@ -1,9 +1,11 @@
 package vboxmanage_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -470,4 +472,33 @@ func TestExecOutputBounded(t *testing.T) {
 	res, err = r.drv.Exec(ctx, vmName, flood)
 	require.NoError(t, err)
 	assert.Len(t, res.Stdout, 100000, "never for more than the driver's bound")
+}
+
+// A guest file larger than max_copy_out is not copied out: the copy fails
+// saying so and leaves nothing on the host (§9.5); a smaller one arrives
+// whole.
+func TestCopyOutBounded(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2], withSetting("max_copy_out", "100000"))
+	ctx := ctxFor(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	dir := t.TempDir()
+	big, small := filepath.Join(dir, "big"), filepath.Join(dir, "small")
+	require.NoError(t, os.WriteFile(big, bytes.Repeat([]byte("x"), 300000), 0o644))
+	require.NoError(t, os.WriteFile(small, []byte("small"), 0o644))
+	require.Eventually(t, func() bool { return r.drv.CopyIn(ctx, vmName, big, "/tmp/big") == nil }, 20*time.Second, 50*time.Millisecond)
+	require.NoError(t, r.drv.CopyIn(ctx, vmName, small, "/tmp/small"))
+
+	out := t.TempDir()
+	err := r.drv.CopyOut(ctx, vmName, "/tmp/big", filepath.Join(out, "big"))
+	require.Error(t, err)
+	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
+	assert.Contains(t, err.Error(), "larger than max_copy_out")
+	entries, _ := os.ReadDir(out)
+	assert.Empty(t, entries, "nothing is left on the host")
+
+	require.NoError(t, r.drv.CopyOut(ctx, vmName, "/tmp/small", filepath.Join(out, "small")))
+	got, err := os.ReadFile(filepath.Join(out, "small"))
+	require.NoError(t, err)
+	assert.Equal(t, "small", string(got))
 }
