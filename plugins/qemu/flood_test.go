@@ -96,7 +96,8 @@ func TestGuestFloodsThePlugin(t *testing.T) {
 		res, err := d.Exec(ctx, "flood", req)
 		took := time.Since(begun)
 		rss := peakRSS(t, pid)
-		t.Logf("1 GB to stdout: answered in %s, peak plugin RSS %d MiB", took.Round(time.Millisecond), rss>>20)
+		t.Logf("1 GB to stdout: answered in %s (kept %d bytes, truncated %t, error %v), peak plugin RSS %d MiB",
+			took.Round(time.Millisecond), len(res.Stdout), res.StdoutTruncated, err, rss>>20)
 		assert.Less(t, rss, int64(floodRSS))
 		assert.Less(t, took, timeout+30*time.Second, "the call answers within its deadline")
 		if err != nil {
