@@ -171,3 +171,28 @@ func leftovers(t *testing.T, tmp string) []string {
 	require.NoError(t, err)
 	return dirs
 }
+
+// Hosts of one process each have a socket directory of their own: one
+// that closes leaves the other's plugin sockets where they are, for the
+// plugins it relaunches and for the launches under way.
+func TestTwoHostsOfAProcessKeepTheirOwnSockets(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "sk") // short: the sockets' paths must stay under 108 bytes
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	t.Setenv("TMPDIR", tmp)
+	a := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	b := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	for _, h := range []testHost{a, b} {
+		_, err := plug(t, h, "s").Status(context.Background(), "vm1")
+		require.NoError(t, err)
+	}
+	require.Len(t, leftovers(t, tmp), 2, "one socket directory per plugin")
+	a.Close()
+	left := leftovers(t, tmp)
+	require.Len(t, left, 1, "the closed host's socket directory went, the other's stayed")
+	entries, err := os.ReadDir(left[0])
+	require.NoError(t, err)
+	assert.NotEmpty(t, entries, "the other host's plugin socket is still there")
+	_, err = plug(t, b, "s").Status(context.Background(), "vm1")
+	require.NoError(t, err)
+}

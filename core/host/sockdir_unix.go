@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -15,9 +16,10 @@ import (
 // the plugin is stopped; a host killed with SIGKILL (a `sandbox serve`
 // the OOM killer chose) cannot, and the directory stays in the temp dir
 // for good. So a host has go-plugin make them in a directory of its own,
-// PID in sandbox-UID of the temp dir (short names: a socket's path must
-// stay under 108 bytes), removes it when it closes, and removes those of
-// hosts that died without closing whenever it makes its own.
+// PID-RANDOM in sandbox-UID of the temp dir (one per host: a process may
+// run several; short names: a socket's path must stay under 108 bytes),
+// removes it when it closes, and removes those of processes that died
+// without closing their hosts whenever it makes its own.
 
 // socketParent is the per-user directory the hosts' socket directories
 // live in; it must be the user's own and private, or it is not used.
@@ -45,11 +47,7 @@ func makeSocketDir() (string, error) {
 		return "", err
 	}
 	sweepSocketDirs(parent)
-	dir := filepath.Join(parent, strconv.Itoa(os.Getpid()))
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return "", err
-	}
-	return dir, nil
+	return os.MkdirTemp(parent, strconv.Itoa(os.Getpid())+"-")
 }
 
 // sweepSocketDirs removes the socket directories of hosts that no longer
@@ -60,8 +58,9 @@ func sweepSocketDirs(parent string) {
 		return
 	}
 	for _, e := range entries {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil || pid <= 0 || pid == os.Getpid() || processExists(pid) {
+		owner, _, ok := strings.Cut(e.Name(), "-")
+		pid, err := strconv.Atoi(owner)
+		if !ok || err != nil || pid <= 0 || pid == os.Getpid() || processExists(pid) {
 			continue
 		}
 		_ = os.RemoveAll(filepath.Join(parent, e.Name()))
