@@ -290,16 +290,18 @@ func (d *Driver) exitDuringLocked(v *vm, c *call, ops ...string) error {
 func (d *Driver) waitFor(ctx context.Context, op string, v *vm, cond func(now time.Time) (bool, error)) error {
 	ctx, stop := d.untilClosed(ctx)
 	defer stop()
+	var condErr error
 	err := wait.On(ctx, func(context.Context) (bool, wait.Next, error) {
 		d.lock()
 		defer d.unlock()
 		now := time.Now()
 		v.advance(now)
 		done, err := cond(now)
+		condErr = err
 		return done, d.next(v, now), err
 	})
 	switch {
-	case err == nil || ctx.Err() == nil:
+	case err == nil || condErr != nil:
 		return err
 	case d.isClosed():
 		return hypervisor.NewError(hypervisor.CodeUnavailable, op, v.name, "driver closed")
