@@ -169,6 +169,7 @@ func (d *Driver) launch(ctx context.Context, v *vm, resume string) (int, error) 
 	}
 	_ = kill(cmd.Process.Pid)
 	<-exited
+	d.log.Debug("QEMU killed: the start was cut short", "vm", v.name, "pid", cmd.Process.Pid, "error", err)
 	return 0, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpStart, VM: v.name,
 		Message: "QEMU did not answer on its monitor in time; killed it", Err: ctx.Err()}
 }
