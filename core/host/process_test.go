@@ -4,9 +4,7 @@ package host_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -21,8 +19,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // These tests kill processes with signals and read /proc, so they run on
@@ -30,7 +30,7 @@ import (
 
 func TestPluginKilledMidCallFailsFastAndIsRelaunched(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	ctx := context.Background()
 	_, err := p.Status(ctx, "vm1")
@@ -66,7 +66,7 @@ func TestPluginKilledMidCallFailsFastAndIsRelaunched(t *testing.T) {
 }
 
 func TestCloseKillsEveryPlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"a": scriptedPlugin(t), "b": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"a": scriptedPlugin(t), "b": scriptedPlugin(t)}, "")
 	var pids []int
 	for _, name := range []string{"a", "b"} {
 		p := plug(t, h, name)
@@ -76,7 +76,7 @@ func TestCloseKillsEveryPlugin(t *testing.T) {
 	}
 	h.Close()
 	for _, pid := range pids {
-		assert.False(t, alive(pid), "plugin %d survived Close", pid)
+		assert.True(t, plugintest.Gone(pid), "plugin %d survived Close", pid)
 	}
 	_, err := h.Plugin("a")
 	assert.Error(t, err, "a closed host launches nothing")
@@ -107,31 +107,17 @@ func startHost(t *testing.T) (*exec.Cmd, int) {
 
 func TestPluginsDieWithAKilledHost(t *testing.T) {
 	cmd, pid := startHost(t)
-	require.True(t, alive(pid))
+	require.False(t, plugintest.Gone(pid))
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	killed := time.Now()
 	_ = cmd.Wait()
 	deadline := killed.Add(time.Second)
-	for alive(pid) && time.Now().Before(deadline) {
+	for !plugintest.Gone(pid) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // polling a foreign process: there is nothing to wait on
 	}
-	assert.False(t, alive(pid), "plugin %d outlived its killed host by more than 1s", pid)
+	assert.True(t, plugintest.Gone(pid), "plugin %d outlived its killed host by more than 1s", pid)
 	t.Logf("plugin gone %v after the host was killed", time.Since(killed).Round(time.Millisecond))
-}
-
-// alive reports whether pid is a live process (a zombie waiting to be
-// reaped counts as dead).
-func alive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil {
-		return false
-	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return !errors.Is(err, os.ErrNotExist)
-	}
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	return len(fields) == 0 || fields[0] != "Z"
 }
 
 // A host killed with SIGKILL cannot remove its plugins' socket
@@ -144,11 +130,11 @@ func TestAKilledHostsSocketDirIsRemovedByTheNext(t *testing.T) {
 	cmd, pid := startHost(t)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	_ = cmd.Wait()
-	require.Eventually(t, func() bool { return !alive(pid) }, 5*time.Second, 5*time.Millisecond)
+	require.True(t, plugintest.GoneWithin(pid, 5*time.Second))
 	left := leftovers(t, tmp)
 	require.NotEmpty(t, left, "the killed host's plugin socket directory is there")
 
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	_, err = plug(t, h, "s").Status(context.Background(), "vm1")
 	require.NoError(t, err)
 	for _, dir := range left {
@@ -180,8 +166,8 @@ func TestTwoHostsOfAProcessKeepTheirOwnSockets(t *testing.T) {
 	require.NoError(t, err)
 	t.Cleanup(func() { os.RemoveAll(tmp) })
 	t.Setenv("TMPDIR", tmp)
-	a := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
-	b := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	a := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
+	b := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	for _, h := range []testHost{a, b} {
 		_, err := plug(t, h, "s").Status(context.Background(), "vm1")
 		require.NoError(t, err)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
@@ -112,8 +113,8 @@ func BenchmarkCleanupIgnoredACPI(b *testing.B) {
 	r := newRig(b, guestVM("deaf", "ready-ignore-acpi"))
 	d := r.driver(b)
 	ctx := context.Background()
-	s := lifecycle.Defaults()
-	s.StopLadder = []hypervisor.StopMethod{hypervisor.StopACPI, hypervisor.StopPowerOff, hypervisor.StopEmergency}
+	s := config.DefaultLifecycle()
+	s.StopLadder = []string{config.StopACPI, config.StopPowerOff, config.StopEmergency}
 	s.ACPITimeout = time.Second
 	s.NativeCleanup = false
 	s.Snapshot = "ready-ignore-acpi"
@@ -167,20 +168,12 @@ func BenchmarkCleanupIgnoredACPI(b *testing.B) {
 func BenchmarkAnalysis(b *testing.B) {
 	r := newRig(b, guestVM("scan", "ready"))
 	d := r.driver(b)
-	p, key, err := engine.ProfileConfig{
-		VMs:        []string{"scan"},
-		SamplePath: "/tmp/{name}",
-		Command:    []string{"/bin/sandbox-scan", "{sample}", "/tmp/sandbox-scan.log"},
-		Artifacts:  []string{"/tmp/sandbox-scan.log"},
-		Verdict:    engine.VerdictConfig{MaliciousExitCodes: []int{1}},
-	}.Resolve("scan")
-	if err != nil {
-		b.Fatal(key, err)
-	}
-	s := lifecycle.Defaults()
+	p := config.NewProfile("scan", []string{"scan"}, "/tmp/{name}", "/bin/sandbox-scan", "{sample}", "/tmp/sandbox-scan.log")
+	p.Artifacts = []string{"/tmp/sandbox-scan.log"}
+	s := config.DefaultLifecycle()
 	s.Snapshot = "ready"
 	m := lifecycle.New(lifecycle.Options{})
-	pool := engine.Pool{Profile: p, VMs: []lifecycle.VM{{Name: "scan", Plugin: "qemu", Driver: d, Settings: s}}}
+	vms := []lifecycle.VM{{Name: "scan", Plugin: "qemu", Driver: d, Settings: s}}
 	sampleFile := filepath.Join(b.TempDir(), "sample.txt")
 	if err := os.WriteFile(sampleFile, []byte("an ordinary file\n"), 0o644); err != nil {
 		b.Fatal(err)
@@ -194,7 +187,11 @@ func BenchmarkAnalysis(b *testing.B) {
 	for b.Loop() {
 		e := engine.New(engine.Options{Lifecycle: m})
 		begun := time.Now()
-		sum, err := e.Run(context.Background(), engine.Job{Samples: []engine.Sample{sample}, Pools: []engine.Pool{pool}, OutDir: b.TempDir()})
+		pool, err := engine.NewPool(context.Background(), e, vms, []config.Profile{p})
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum, err := pool.RunBatch(context.Background(), engine.Batch{Samples: []engine.Sample{sample}, Profiles: []string{"scan"}, OutDir: b.TempDir()})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // Faults injected for real: another client on the VM's monitor socket,
@@ -29,7 +30,7 @@ func TestMonitorHeldByAnotherClientLocksTheVM(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	require.NoError(t, d.Start(ctx, "vm1"))
 
 	c, err := net.Dial("unix", r.vmFile("vm1", "qmp.sock"))
@@ -73,7 +74,7 @@ func TestDiskHeldByAnotherProcessLocksTheVM(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	holder := exec.Command("qemu-io", "-f", "qcow2", r.dir+"/vm1.qcow2")
 	stdin, err := holder.StdinPipe()
 	require.NoError(t, err)
@@ -133,7 +134,7 @@ func TestVMOutlivesThePlugin(t *testing.T) {
 	r := newRig(t, guestVM("vm1", "ready"))
 	first, closeFirst, err := r.connector(t, io.Discard)(context.Background())
 	require.NoError(t, err)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	require.NoError(t, first.Start(ctx, "vm1"))
 	closeFirst() // kills the plugin process
 
@@ -160,7 +161,7 @@ func TestKilledQemuImgSaysSo(t *testing.T) {
 	r.config = strings.Replace(r.config, "[plugins.qemu.config]\n", "[plugins.qemu.config]\nqemu_img = \""+script+"\"\n", 1)
 	require.NoError(t, os.WriteFile(r.file, []byte(r.config), 0o644))
 	d := r.driver(t)
-	err := d.Restore(ctxFor(t, time.Minute), "vm1", "ready")
+	err := d.Restore(plugintest.Context(t, time.Minute), "vm1", "ready")
 	require.Error(t, err)
 	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
 	assert.Contains(t, err.Error(), "killed by signal 9")
@@ -174,7 +175,7 @@ func TestHungAgentIsNotReportedAsKilled(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := plugintest.Context(t, 3*time.Minute)
 	require.NoError(t, d.Start(ctx, "vm1"))
 	guestUp(t, d, "vm1")
 	req := hypervisor.ExecRequest{Path: "sh", Args: []string{"-c", "sleep 1; kill -STOP $(pidof qemu-ga); sleep 60"}, Timeout: 5 * time.Second}

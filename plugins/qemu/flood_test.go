@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // floodRSS is the most memory the plugin process may hold while a guest
@@ -59,7 +60,7 @@ func peakRSS(t *testing.T, pid int) int64 {
 // guestUp waits until the VM's guest runs commands.
 func guestUp(t *testing.T, d hypervisor.Driver, vm string) {
 	t.Helper()
-	ctx := ctxFor(t, 90*time.Second)
+	ctx := plugintest.Context(t, 90*time.Second)
 	for {
 		_, err := d.Exec(ctx, vm, hypervisor.ExecRequest{Path: "true"})
 		if err == nil {
@@ -84,7 +85,7 @@ func TestGuestFloodsThePlugin(t *testing.T) {
 	require.NoError(t, os.WriteFile(r.file, []byte(r.config), 0o644))
 	d := r.driver(t)
 	pid := pluginPid(t, d)
-	ctx := ctxFor(t, 10*time.Minute)
+	ctx := plugintest.Context(t, 10*time.Minute)
 	require.NoError(t, d.Start(ctx, "flood"))
 	guestUp(t, d, "flood")
 	t.Logf("plugin RSS before the floods: %d MiB", peakRSS(t, pid)>>20)
@@ -116,7 +117,7 @@ func TestGuestFloodsThePlugin(t *testing.T) {
 		require.Zero(t, res.ExitCode, "%s", res.Stderr)
 		dst := filepath.Join(t.TempDir(), "big")
 		begun := time.Now()
-		err = d.CopyOut(ctxFor(t, 2*time.Minute), "flood", "/tmp/big", dst)
+		err = d.CopyOut(plugintest.Context(t, 2*time.Minute), "flood", "/tmp/big", dst)
 		took := time.Since(begun)
 		rss := peakRSS(t, pid)
 		t.Logf("a 1 GiB guest file copied out: answered in %s, peak plugin RSS %d MiB: %v", took.Round(time.Millisecond), rss>>20, err)

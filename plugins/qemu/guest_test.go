@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The test guest's power button does what its kernel command line said
@@ -20,7 +21,7 @@ func TestPowerButtonHonouredOrIgnored(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("honours", "ready"), guestVM("ignores", "ready-ignore-acpi"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	for _, vm := range []string{"honours", "ignores"} {
 		require.NoError(t, d.Start(ctx, vm))
 		require.NoError(t, d.Stop(ctx, vm, hypervisor.StopACPI))
@@ -50,7 +51,7 @@ func TestGuestScanner(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	require.NoError(t, d.Start(ctx, "vm1"))
 	host := t.TempDir()
 	eicarData, err := os.ReadFile(eicar(t, host))
