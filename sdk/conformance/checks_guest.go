@@ -47,7 +47,7 @@ var guestChecks = []*check{
 	},
 	{
 		name: "Guest/OutputBounded", clause: "§9.5",
-		summary: "a command that writes 6 MiB, asked for 64 KiB of it, returns at most 64 KiB and says it dropped the rest",
+		summary: "a command that writes 1 MiB, asked for 64 KiB of it, returns at most 64 KiB and says it dropped the rest",
 		caps:    []hypervisor.Capability{hypervisor.CapGuestExec},
 		fn:      checkOutputBounded,
 	},

@@ -69,18 +69,18 @@ type Guest struct {
 	Sleep []string
 	// Flood is a command that writes at least FloodSize bytes to stdout
 	// and exits, the guest flooding its driver (§9.5); default ["dd",
-	// "if=/dev/zero", "bs=65536", "count=96"], 6 MiB of zeros.
+	// "if=/dev/zero", "bs=65536", "count=16"], 1 MiB of zeros.
 	Flood []string
 }
 
 // FloodSize is how much the Flood command writes, at least. The suite asks
-// for FloodLimit of it: a driver that keeps it all fails on the size, or
-// through the wire (the host takes no gRPC message over 4 MiB) long before
-// it could strain the machine. It is no more, since libvirtd takes no
-// guest agent reply over 10 MiB (6 MiB in base64 is 8), and a driver
-// cannot ask the agent for less.
+// for FloodLimit of it, a sixteenth: a driver that keeps it all fails on
+// the size, with the check's memory no more than the flood's. The flood is
+// no larger because no driver can ask a guest agent for less of a
+// command's output: it must read the whole reply, and libvirtd already
+// fails replies of a few MiB.
 const (
-	FloodSize  = 6 << 20
+	FloodSize  = 1 << 20
 	FloodLimit = 64 << 10
 )
 
@@ -130,7 +130,7 @@ func (g Guest) withDefaults() Guest {
 		g.Sleep = []string{"sleep", "60"}
 	}
 	if len(g.Flood) == 0 {
-		g.Flood = []string{"dd", "if=/dev/zero", "bs=65536", "count=96"}
+		g.Flood = []string{"dd", "if=/dev/zero", "bs=65536", "count=16"}
 	}
 	return g
 }
