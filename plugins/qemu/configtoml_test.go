@@ -115,7 +115,7 @@ func cli(t *testing.T, file string, args ...string) string {
 
 // eicar writes the EICAR anti-virus test file. It is put together here so
 // that no file of the repository is itself the test file.
-func eicar(t *testing.T, dir string) string {
+func eicar(t testing.TB, dir string) string {
 	t.Helper()
 	p := filepath.Join(dir, "eicar.com")
 	s := `X5O!P%@AP[4\PZX54(P^)7CC)7}$` + "EICAR-STANDARD-" + "ANTIVIRUS-TEST-FILE!$H+H*"
