@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/qemu"
@@ -159,57 +158,4 @@ func BenchmarkCleanupIgnoredACPI(b *testing.B) {
 	b.ReportMetric(seconds(h), "hardstop-s")
 	b.ReportMetric(seconds(c-(1200*time.Millisecond+h)), "over-s")
 	b.ReportMetric(float64(c)/float64(time.Second+h), "ratio")
-}
-
-// BenchmarkAnalysis times one (sample, VM) analysis through the engine on
-// the test guest resumed from its snapshot, and its steps: the share of
-// each step of the task's wall time, from the task's transitions.
-func BenchmarkAnalysis(b *testing.B) {
-	r := newRig(b, guestVM("scan", "ready"))
-	d := r.driver(b)
-	p, key, err := engine.ProfileConfig{
-		VMs:        []string{"scan"},
-		SamplePath: "/tmp/{name}",
-		Command:    []string{"/bin/sandbox-scan", "{sample}", "/tmp/sandbox-scan.log"},
-		Artifacts:  []string{"/tmp/sandbox-scan.log"},
-		Verdict:    engine.VerdictConfig{MaliciousExitCodes: []int{1}},
-	}.Resolve("scan")
-	if err != nil {
-		b.Fatal(key, err)
-	}
-	s := lifecycle.Defaults()
-	s.Snapshot = "ready"
-	m := lifecycle.New(lifecycle.Options{})
-	pool := engine.Pool{Profile: p, VMs: []lifecycle.VM{{Name: "scan", Plugin: "qemu", Driver: d, Settings: s}}}
-	sampleFile := filepath.Join(b.TempDir(), "sample.txt")
-	if err := os.WriteFile(sampleFile, []byte("an ordinary file\n"), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	sample, err := engine.OpenSample(sampleFile)
-	if err != nil {
-		b.Fatal(err)
-	}
-	steps := map[engine.Step][]time.Duration{}
-	var walls []time.Duration
-	for b.Loop() {
-		e := engine.New(engine.Options{Lifecycle: m})
-		begun := time.Now()
-		sum, err := e.Run(context.Background(), engine.Job{Samples: []engine.Sample{sample}, Pools: []engine.Pool{pool}, OutDir: b.TempDir()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		walls = append(walls, time.Since(begun))
-		res := sum.Reports[0].Results[0]
-		if res.State != engine.StepDone || res.Verdict != engine.VerdictClean {
-			b.Fatalf("the analysis ended %s with %s: %s", res.State, res.Verdict, res.Error)
-		}
-		tr := res.Transitions
-		for i := 0; i+1 < len(tr); i++ {
-			steps[tr[i].Step] = append(steps[tr[i].Step], tr[i+1].At.Sub(tr[i].At))
-		}
-	}
-	b.ReportMetric(seconds(median(walls)), "wall-s")
-	for step, ds := range steps {
-		b.ReportMetric(seconds(median(ds)), string(step)+"-s")
-	}
 }
