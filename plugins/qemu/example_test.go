@@ -61,7 +61,7 @@ func cli(t testing.TB, file string, args ...string) string {
 	cmd := exec.Command(programs.path(t, cliPkg), append([]string{"--config", file, "--json"}, args...)...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	require.NoError(t, cmd.Run(), "sandbox %s: %s", strings.Join(args, " "), stderr.String())
+	require.NoError(t, cmd.Run(), "sandbox %s: %s\nstdout:\n%s", strings.Join(args, " "), stderr.String(), tail(stdout.String(), 100))
 	return stdout.String()
 }
 
