@@ -69,7 +69,14 @@ built() { [ -f "stamp.$1" ] && [ "$(cat "stamp.$1")" = "$2" ]; }
 # SIGPIPE would fail the script.)
 kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && !found {print $2; found=1}')
 [ -n "$kpkg" ] || die "apt-cache does not know linux-image-amd64's kernel: run apt-get update"
-kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/{print $2}')
+# The versions of what is downloaded, in one apt-cache call: PACKAGE=VERSION.
+scan_pkgs="clamav yara clamav-testfiles"
+versions=$(apt-cache policy "$kpkg" $scan_pkgs 2>/dev/null | awk '/^[^ ].*:$/ {p = substr($0, 1, length($0) - 1)} /Candidate:/ {print p "=" $2}')
+for p in "$kpkg" $scan_pkgs; do
+	grep -q "^$p=[0-9]" <<<"$versions" || die "apt-cache does not know $p: run apt-get update"
+done
+kver=$(grep "^$kpkg=" <<<"$versions" | cut -d= -f2-)
+
 # In the order the init loads them (dependencies first); rootfs/init has
 # the same list.
 modules="virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_console virtio_blk crc16 crc32c_generic mbcache jbd2 ext4 evdev button"
@@ -131,9 +138,7 @@ fi
 #    initramfs: the initramfs is RAM for the guest's whole life, while a
 #    file on the disk costs RAM only for the pages a scan reads (libclamav
 #    pulls in 31 MB of ICU data, through libxml2, that it never reads).
-scan_pkgs="clamav yara clamav-testfiles"
-scan_versions=$(for p in $scan_pkgs; do printf '%s=%s\n' "$p" "$(apt-cache policy "$p" | awk '/Candidate:/{print $2}')"; done)
-case "$scan_versions" in *"=(none)"* | *"="$'\n'* | *"=") die "apt-cache does not know $scan_pkgs: run apt-get update" ;; esac
+scan_versions=$(grep -v "^$kpkg=" <<<"$versions")
 signatures=$(cd "$here" && find signatures -type f | sort | xargs -r sha256sum)
 skey=$(stamp "$ikey" "$scan_versions" "$signatures")
 
