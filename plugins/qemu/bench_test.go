@@ -31,6 +31,15 @@ func seconds(d time.Duration) float64 { return d.Seconds() }
 // launched with -loadvm on the machine the driver would build, until its
 // monitor says running. The process is killed afterwards.
 func loadvmResume(b *testing.B, r *rig, vm string) time.Duration {
+	running, _ := loadvm(b, r, vm, false)
+	return running
+}
+
+// loadvm launches QEMU on the machine the driver would build for vm,
+// resuming its snapshot ready with -loadvm, and times how long until QMP
+// says running and, with agent, until the guest agent answers too; then
+// it kills QEMU and waits for it to exit.
+func loadvm(b *testing.B, r *rig, vm string, agent bool) (running, answering time.Duration) {
 	b.Helper()
 	qemuBin, args, err := qemu.LaunchArgs(sdk.ConfigFromTOML("qemu", r.file, []byte(r.config)), vm, "ready")
 	if err != nil {
@@ -54,7 +63,8 @@ func loadvmResume(b *testing.B, r *rig, vm string) time.Duration {
 			st, err := m.QueryStatus(ctx)
 			m.Close()
 			if err == nil && st.Status == "running" {
-				return time.Since(begun)
+				running = time.Since(begun)
+				break
 			}
 		}
 		if ctx.Err() != nil {
@@ -62,6 +72,16 @@ func loadvmResume(b *testing.B, r *rig, vm string) time.Duration {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	if !agent {
+		return running, 0
+	}
+	a, err := qmp.DialAgent(ctx, r.vmFile(vm, "qga.sock"))
+	if err != nil {
+		b.Fatalf("the guest agent of a -loadvm resume did not answer: %v", err)
+	}
+	answering = time.Since(begun)
+	_ = a.Close()
+	return running, answering
 }
 
 // BenchmarkRestoreToRunning times the driver's restore of a VM to its

@@ -1,19 +1,13 @@
 package qemu_test
 
 import (
-	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/sandboxhq/sandbox/plugins/qemu"
-	"github.com/sandboxhq/sandbox/plugins/qemu/internal/qmp"
-	"github.com/sandboxhq/sandbox/sdk"
 )
 
 // The scanning benchmarks drive the engine as users do, through the
@@ -172,7 +166,7 @@ func BenchmarkTaskOverhead(b *testing.B) {
 	steps := stepTimes{}
 	for b.Loop() {
 		for range 3 {
-			running, agent := loadvmToAgent(b, base, "base")
+			running, agent := loadvm(b, base, "base", true)
 			runnings = append(runnings, running)
 			resumes = append(resumes, agent)
 		}
@@ -188,50 +182,4 @@ func BenchmarkTaskOverhead(b *testing.B) {
 	b.ReportMetric(seconds(median(runnings)), "loadvm-running-s")
 	b.ReportMetric(float64(o)/float64(l), "ratio")
 	steps.report(b)
-}
-
-// loadvmToAgent launches QEMU on the machine the driver would build for
-// vm, resuming its snapshot ready with -loadvm, and times how long until
-// QMP says running and until the guest agent answers; then it kills
-// QEMU and waits for it to exit.
-func loadvmToAgent(b *testing.B, r *rig, vm string) (running, agent time.Duration) {
-	b.Helper()
-	qemuBin, args, err := qemu.LaunchArgs(sdk.ConfigFromTOML("qemu", r.file, []byte(r.config)), vm, "ready")
-	if err != nil {
-		b.Fatal(err)
-	}
-	_ = os.MkdirAll(filepath.Join(r.dir, "s", vm), 0o755)
-	for _, f := range []string{"qemu.pid", "qmp.sock", "qga.sock"} {
-		_ = os.Remove(r.vmFile(vm, f))
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	begun := time.Now()
-	cmd := exec.Command(qemuBin, args...)
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
-	for {
-		m, err := qmp.DialMonitor(ctx, r.vmFile(vm, "qmp.sock"))
-		if err == nil {
-			st, err := m.QueryStatus(ctx)
-			m.Close()
-			if err == nil && st.Status == "running" {
-				running = time.Since(begun)
-				break
-			}
-		}
-		if ctx.Err() != nil {
-			b.Fatalf("QEMU -loadvm did not answer: %v", err)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	a, err := qmp.DialAgent(ctx, r.vmFile(vm, "qga.sock"))
-	if err != nil {
-		b.Fatalf("the guest agent of a -loadvm resume did not answer: %v", err)
-	}
-	agent = time.Since(begun)
-	_ = a.Close()
-	return running, agent
 }
