@@ -208,6 +208,12 @@ if ! built scanners "$skey" || [ ! -s scanners.qcow2 ]; then
 		esac
 	done
 	sroot/usr/bin/yarac tree/share/yara/*.yar tree/share/yara/rules.yarc || die "yarac could not compile the YARA rules"
+	# A database clamscan cannot load would make every scan an error
+	# (exit 2): try it here, where its message can be read.
+	rc=0
+	sroot/usr/bin/clamscan --no-summary --database=tree/share/clamav sdeb/eicar.com >clamscan.out 2>&1 || rc=$?
+	[ "$rc" = 1 ] || die "clamscan with the database of tree/share/clamav exits $rc on the EICAR file, not 1: $(cat clamscan.out)"
+	rm -f clamscan.out
 
 	# The scanners, and the libraries they need that the initramfs has not.
 	cp sroot/usr/bin/clamscan sroot/usr/bin/yara tree/bin/
