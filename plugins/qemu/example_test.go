@@ -162,10 +162,14 @@ func exampleRig(t *testing.T) (file, text string) {
 // VMs at once: ClamAV finds the EICAR file and a zipped test file, YARA
 // finds the EICAR file and the dropper its hand-written rule describes,
 // from its output alone; an ordinary file is clean for both. Both VMs
-// end saved at their snapshot, unlocked.
+// end saved at their snapshot, unlocked. And a sample a scanner cannot
+// read is an error, not clean, under the example's verdict rules.
+//
+// Not parallel, like the other tests that scan: they load the CPU, and the
+// conformance suite's timing checks run best beside no more than each
+// other.
 func TestQEMUExampleRunsATwoEngineScan(t *testing.T) {
-	t.Parallel()
-	file, _ := exampleRig(t)
+	file, text := exampleRig(t)
 	samples := t.TempDir()
 	notes := filepath.Join(samples, "notes.txt")
 	require.NoError(t, os.WriteFile(notes, []byte("an ordinary text file\n"), 0o644))
@@ -213,15 +217,14 @@ func TestQEMUExampleRunsATwoEngineScan(t *testing.T) {
 		assert.Equal(t, "unlocked", st.Lock, vm)
 		assert.Equal(t, "ready", st.CurrentSnapshot, vm)
 	}
+
+	t.Run("UnreadableSampleIsAnError", func(t *testing.T) { unreadableSample(t, file, text) })
 }
 
-// A sample a scanner cannot read is an error, not clean, under the
-// example's verdict rules: its profiles, each pointed at a file that is
-// not there, give clamscan's exit 2 and YARA's exit 1, neither a clean
-// nor a malicious answer.
-func TestQEMUExampleCallsAnUnreadableSampleAnError(t *testing.T) {
-	t.Parallel()
-	file, text := exampleRig(t)
+// unreadableSample runs the example's profiles, each pointed at a file
+// that is not there: clamscan's exit 2 and YARA's exit 1 are neither a
+// clean nor a malicious answer, so the verdict is error.
+func unreadableSample(t *testing.T, file, text string) {
 	var extra strings.Builder
 	for _, profile := range []string{"clamav", "yara"} {
 		table := profileTables(t, text, profile)

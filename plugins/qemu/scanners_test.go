@@ -94,9 +94,8 @@ func eicarZip(t testing.TB, dir string) string {
 
 // The scanners of the test guest in one VM, on the same samples: an
 // ordinary file, the EICAR file alone and zipped, a shell dropper, and
-// ClamAV's 44 test files.
+// ClamAV's 44 test files. Not parallel: see TestQEMUExampleRunsATwoEngineScan.
 func TestScannersInTheGuest(t *testing.T) {
-	t.Parallel()
 	host := t.TempDir()
 	notes := filepath.Join(host, "notes.txt")
 	require.NoError(t, os.WriteFile(notes, []byte("an ordinary text file\n"), 0o644))
