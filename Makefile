@@ -87,10 +87,12 @@ demo-qemu: build qemu-guest
 		printf "\n%d analyses (ClamAV and YARA on each sample) on 2 QEMU VMs in %.1f s: %.0f analyses an hour on this host.\n", n, s, n * 3600 / s }'
 
 # Micro-benchmarks run for BENCHTIME; the lifecycle ones take a simulated
-# second per cleanup, so they run a fixed number of cleanups instead, and
-# the engine's and the CLI's run whole analyses, once each.
+# second per cleanup, so they run a fixed number of cleanups instead, the
+# libvirt driver's a fixed number of restores and cleanups of real domains,
+# and the engine's and the CLI's run whole analyses, once each.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 30m $$($(GO) list ./... | grep -v -e /core/lifecycle -e /core/engine -e /cmd/sandbox)
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 30m $$($(GO) list ./... | grep -v -e /core/lifecycle -e /core/engine -e /cmd/sandbox -e /plugins/libvirt)
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./plugins/libvirt/
 	$(GO) test -run '^$$' -bench . -benchtime 7x ./core/lifecycle/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./core/engine/ ./cmd/sandbox/
 

@@ -19,12 +19,13 @@ import (
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/sandboxhq/sandbox/core/config"
 )
 
 // Options configures a Host.
 type Options struct {
 	// Plugins are the [plugins.NAME] tables of the configuration file.
-	Plugins map[string]PluginConfig
+	Plugins map[string]config.Plugin
 	// File is the configuration file's path; relative plugin paths and the
 	// plugins' own relative paths are resolved against its directory.
 	File string

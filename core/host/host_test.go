@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
@@ -68,9 +69,9 @@ func self(t *testing.T) string {
 	return exe
 }
 
-func scriptedPlugin(t *testing.T, args ...string) host.PluginConfig {
+func scriptedPlugin(t *testing.T, args ...string) config.Plugin {
 	// GORACE: a race-enabled plugin otherwise sleeps a second at exit.
-	return host.PluginConfig{Path: self(t), Args: args, Env: []string{envRole + "=plugin", "GORACE=atexit_sleep_ms=0"}}
+	return config.Plugin{AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: self(t), Args: args, Env: []string{envRole + "=plugin", "GORACE=atexit_sleep_ms=0"}}
 }
 
 type testHost struct {
@@ -78,7 +79,7 @@ type testHost struct {
 	log *logSink
 }
 
-func newHost(t *testing.T, plugins map[string]host.PluginConfig, configText string) testHost {
+func newHost(t *testing.T, plugins map[string]config.Plugin, configText string) testHost {
 	t.Helper()
 	sink := newLogSink()
 	h := host.New(host.Options{
@@ -99,7 +100,7 @@ func plug(t *testing.T, h testHost, name string) *host.Plugin {
 }
 
 func TestHostNegotiatesProtocol2WithACurrentPlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	d, err := plug(t, h, "s").Describe(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 2, d.Protocol)
@@ -109,7 +110,7 @@ func TestHostNegotiatesProtocol2WithACurrentPlugin(t *testing.T) {
 }
 
 func TestHostNegotiatesProtocol1WithAV1OnlyPlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t, "--max-protocol=1")}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t, "--max-protocol=1")}, "")
 	p := plug(t, h, "s")
 	ctx := context.Background()
 	d, err := p.Describe(ctx)
@@ -137,8 +138,8 @@ func TestHostNegotiatesProtocol1WithAV1OnlyPlugin(t *testing.T) {
 }
 
 func TestHostRefusesAPluginWithNoCommonProtocol(t *testing.T) {
-	cfg := host.PluginConfig{Path: self(t), Env: []string{envRole + "=plugin-v3"}}
-	h := newHost(t, map[string]host.PluginConfig{"future": cfg}, "")
+	cfg := config.Plugin{AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: self(t), Env: []string{envRole + "=plugin-v3"}}
+	h := newHost(t, map[string]config.Plugin{"future": cfg}, "")
 	p := plug(t, h, "future")
 	start := time.Now()
 	_, err := p.Describe(context.Background())
@@ -151,7 +152,7 @@ func TestHostRefusesAPluginWithNoCommonProtocol(t *testing.T) {
 }
 
 func TestEveryErrorCodeCrossesTheWire(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	for vm, code := range map[string]hypervisor.Code{
 		"missing": hypervisor.CodeNotFound, "locked": hypervisor.CodeLocked, "wrong-state": hypervisor.CodeInvalidState,
@@ -173,7 +174,7 @@ func TestEveryErrorCodeCrossesTheWire(t *testing.T) {
 }
 
 func TestEveryOperationCrossesTheWire(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	ctx := context.Background()
 
@@ -217,7 +218,7 @@ func TestEveryOperationCrossesTheWire(t *testing.T) {
 }
 
 func TestStatesTheHostDoesNotKnowBecomeUnknown(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	st, err := plug(t, h, "s").Status(context.Background(), "odd")
 	require.NoError(t, err)
 	assert.Equal(t, hypervisor.PowerUnknown, st.Power, "never mistaken for off")
@@ -226,7 +227,7 @@ func TestStatesTheHostDoesNotKnowBecomeUnknown(t *testing.T) {
 }
 
 func TestCallerDeadlineReachesThePlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1") // launch outside the measured call
 	require.NoError(t, err)
@@ -250,7 +251,7 @@ func TestChecksumIsCheckedBeforeLaunch(t *testing.T) {
 	good.SHA256 = hex.EncodeToString(sum[:])
 	bad := scriptedPlugin(t)
 	bad.SHA256 = strings.Repeat("ab", 32)
-	h := newHost(t, map[string]host.PluginConfig{"good": good, "bad": bad}, "")
+	h := newHost(t, map[string]config.Plugin{"good": good, "bad": bad}, "")
 
 	_, err = plug(t, h, "good").Status(context.Background(), "vm1")
 	assert.NoError(t, err)
@@ -261,7 +262,7 @@ func TestChecksumIsCheckedBeforeLaunch(t *testing.T) {
 }
 
 func TestMissingExecutableSaysWhatToDo(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"gone": {Path: "bin/sandbox-plugin-nothing"}}, "")
+	h := newHost(t, map[string]config.Plugin{"gone": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: "bin/sandbox-plugin-nothing"}}, "")
 	_, err := plug(t, h, "gone").Status(context.Background(), "vm1")
 	assert.ErrorIs(t, err, host.ErrLaunch)
 	assert.Contains(t, err.Error(), "bin/sandbox-plugin-nothing")
@@ -273,7 +274,7 @@ func TestMissingExecutableSaysWhatToDo(t *testing.T) {
 
 func TestPluginConfigErrorNamesFileLineAndKeyAndKillsThePlugin(t *testing.T) {
 	conf := "[plugins.s]\npath = \"x\"\n[plugins.s.config]\ngreting = \"hi\"\n"
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, conf)
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, conf)
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	require.Error(t, err)
@@ -285,7 +286,7 @@ func TestPluginConfigErrorNamesFileLineAndKeyAndKillsThePlugin(t *testing.T) {
 
 func TestPluginLogLinesReachTheHostLogTagged(t *testing.T) {
 	conf := "[plugins.s.config]\ngreeting = \"hello\"\n"
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, conf)
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, conf)
 	_, err := plug(t, h, "s").Status(context.Background(), "vm1")
 	require.NoError(t, err)
 	h.log.waitFor(t, "scripted driver configured", 2*time.Second)
@@ -302,7 +303,7 @@ func TestPluginEnvironmentIsMinimal(t *testing.T) {
 	t.Setenv("SANDBOX_HOST_TEST_PASSED", "yes")
 	cfg := scriptedPlugin(t)
 	cfg.Env = append(cfg.Env, "SANDBOX_HOST_TEST_PASSED")
-	h := newHost(t, map[string]host.PluginConfig{"s": cfg}, "")
+	h := newHost(t, map[string]config.Plugin{"s": cfg}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	require.NoError(t, err)

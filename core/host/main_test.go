@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
@@ -71,7 +72,7 @@ func (v3Plugin) GRPCClient(context.Context, *plugin.GRPCBroker, *grpc.ClientConn
 // runHost launches one plugin, prints its pid and waits to be killed.
 func runHost() {
 	h := host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"scripted": {Path: os.Args[0], Env: []string{envRole + "=plugin", "GORACE"}}},
+		Plugins: map[string]config.Plugin{"scripted": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: os.Args[0], Env: []string{envRole + "=plugin", "GORACE"}}},
 		File:    "host-test.toml",
 	})
 	p, _ := h.Plugin("scripted")

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
 )
@@ -35,7 +36,7 @@ var ErrLaunch = errors.New("plugin launch failed")
 // not running.
 type Plugin struct {
 	name string
-	cfg  PluginConfig
+	cfg  config.Plugin
 	host *Host
 
 	mu   sync.Mutex
@@ -147,7 +148,7 @@ func (p *Plugin) Describe(ctx context.Context) (Description, error) {
 	}
 	return Description{
 		Plugin:   p.name,
-		Path:     p.cfg.resolvedPath(p.host.dir),
+		Path:     resolvedPath(p.cfg, p.host.dir),
 		Pid:      in.pid,
 		Protocol: in.remote.Protocol(),
 		Info:     info,
@@ -196,17 +197,17 @@ func (p *Plugin) instance(ctx context.Context) (*instance, error) {
 // kills the plugin with every process it started, whatever those do with
 // its pipes.
 func (p *Plugin) launch(ctx context.Context) (*instance, error) {
-	timeout := p.cfg.startTimeout()
+	timeout := p.cfg.StartTimeout
 	lctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	stop := context.AfterFunc(p.host.ctx, cancel)
 	defer stop()
 
-	path := p.cfg.resolvedPath(p.host.dir)
+	path := resolvedPath(p.cfg, p.host.dir)
 	if err := p.checkExecutable(path); err != nil {
 		return nil, p.launchError(err)
 	}
-	env := append(p.cfg.environment(os.LookupEnv), sdk.EnvLogLevel+"="+p.host.log.GetLevel().String())
+	env := append(environment(p.cfg, os.LookupEnv), sdk.EnvLogLevel+"="+p.host.log.GetLevel().String())
 	var pipeR, pipeW *os.File
 	if runtime.GOOS != "windows" {
 		var err error
@@ -246,7 +247,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 			return pr, nil
 		},
 		UnixSocketConfig: &plugin.UnixSocketConfig{},
-		AutoMTLS:         p.cfg.autoMTLS(),
+		AutoMTLS:         p.cfg.AutoMTLS,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           pluginLog{Logger: p.host.log.Named(p.name), proc: current},
 		SkipHostEnv:      true,
@@ -334,7 +335,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		return fail(fmt.Errorf("it rejected its configuration: %w", err))
 	}
 	p.host.log.Debug("plugin launched", "plugin", p.name, "pid", in.pid, "protocol", remote.Protocol(),
-		"auto_mtls", p.cfg.autoMTLS())
+		"auto_mtls", p.cfg.AutoMTLS)
 	return in, nil
 }
 
@@ -349,7 +350,7 @@ func (p *Plugin) giveUpReason(ctx context.Context, timeout time.Duration) error 
 	}
 	return fmt.Errorf("%s did not complete the plugin handshake within start_timeout (%s): it is not a sandbox plugin, "+
 		"or it hangs at start; check plugins.%s.path in %s, or raise plugins.%s.start_timeout",
-		p.cfg.resolvedPath(p.host.dir), timeout, p.name, p.host.opts.File, p.name)
+		resolvedPath(p.cfg, p.host.dir), timeout, p.name, p.host.opts.File, p.name)
 }
 
 // checkExecutable tells a missing or non-executable plugin apart before

@@ -4,9 +4,7 @@ package host_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"errors"
 	"os"
 	"os/exec"
 	"strconv"
@@ -19,8 +17,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // These tests kill processes with signals and read /proc, so they run on
@@ -28,7 +28,7 @@ import (
 
 func TestPluginKilledMidCallFailsFastAndIsRelaunched(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	ctx := context.Background()
 	_, err := p.Status(ctx, "vm1")
@@ -64,7 +64,7 @@ func TestPluginKilledMidCallFailsFastAndIsRelaunched(t *testing.T) {
 }
 
 func TestCloseKillsEveryPlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"a": scriptedPlugin(t), "b": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"a": scriptedPlugin(t), "b": scriptedPlugin(t)}, "")
 	var pids []int
 	for _, name := range []string{"a", "b"} {
 		p := plug(t, h, name)
@@ -74,7 +74,7 @@ func TestCloseKillsEveryPlugin(t *testing.T) {
 	}
 	h.Close()
 	for _, pid := range pids {
-		assert.False(t, alive(pid), "plugin %d survived Close", pid)
+		assert.True(t, plugintest.Gone(pid), "plugin %d survived Close", pid)
 	}
 	_, err := h.Plugin("a")
 	assert.Error(t, err, "a closed host launches nothing")
@@ -97,29 +97,15 @@ func TestPluginsDieWithAKilledHost(t *testing.T) {
 	require.Equal(t, "pid", f[0], "host said %q", line)
 	pid, err := strconv.Atoi(f[1])
 	require.NoError(t, err)
-	require.True(t, alive(pid))
+	require.False(t, plugintest.Gone(pid))
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	killed := time.Now()
 	_ = cmd.Wait()
 	deadline := killed.Add(time.Second)
-	for alive(pid) && time.Now().Before(deadline) {
+	for !plugintest.Gone(pid) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // polling a foreign process: there is nothing to wait on
 	}
-	assert.False(t, alive(pid), "plugin %d outlived its killed host by more than 1s", pid)
+	assert.True(t, plugintest.Gone(pid), "plugin %d outlived its killed host by more than 1s", pid)
 	t.Logf("plugin gone %v after the host was killed", time.Since(killed).Round(time.Millisecond))
-}
-
-// alive reports whether pid is a live process (a zombie waiting to be
-// reaped counts as dead).
-func alive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil {
-		return false
-	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return !errors.Is(err, os.ErrNotExist)
-	}
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	return len(fields) == 0 || fields[0] != "Z"
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
 
@@ -33,7 +34,7 @@ type VM struct {
 	// Driver operates the VM.
 	Driver hypervisor.Driver
 	// Settings are the VM's lifecycle settings.
-	Settings Settings
+	Settings config.Lifecycle
 }
 
 // Key identifies the VM across plugins: "plugin/name".
@@ -151,7 +152,7 @@ type op struct {
 	opts     callOptions
 	log      hclog.Logger
 	caps     hypervisor.Capabilities
-	report   *Report
+	report   *OpReport
 	started  time.Time
 	last     hypervisor.Status
 	haveLast bool
@@ -173,7 +174,7 @@ func (m *Manager) begin(ctx context.Context, name string, vm VM, options []Optio
 		m:       m,
 		vm:      vm,
 		log:     m.log.With("vm", vm.Name, "plugin", vm.Plugin),
-		report:  &Report{Operation: name, VM: vm.Name, Plugin: vm.Plugin, Steps: []Step{}},
+		report:  &OpReport{Operation: name, VM: vm.Name, Plugin: vm.Plugin, Steps: []OpStep{}},
 		started: time.Now(),
 	}
 	for _, opt := range options {
@@ -225,7 +226,7 @@ func (m *Manager) acquire(ctx context.Context, name string, vm VM) (func(), erro
 }
 
 // finish records the outcome and the final state and logs the total.
-func (o *op) finish(ctx context.Context, err error) (*Report, error) {
+func (o *op) finish(ctx context.Context, err error) (*OpReport, error) {
 	o.refreshIfInterrupted(ctx)
 	if o.haveLast {
 		final := o.last
@@ -268,7 +269,7 @@ func (o *op) seen(st hypervisor.Status) {
 }
 
 // addStep records a finished step and logs it.
-func (o *op) addStep(s Step) {
+func (o *op) addStep(s OpStep) {
 	if o.haveLast && s.State == "" {
 		s.State = stateWord(o.last)
 	}
@@ -293,4 +294,4 @@ func (o *op) fallback(format string, args ...any) {
 	o.log.Info("fallback: " + msg)
 }
 
-func (o *op) settings() Settings { return o.vm.Settings }
+func (o *op) settings() config.Lifecycle { return o.vm.Settings }

@@ -29,12 +29,7 @@ func BenchmarkServiceAgainstRun(b *testing.B) {
 	for b.Loop() {
 		// Through the engine, as sandbox run.
 		h := newHost(b, "run", names...)
-		prof := sleepProfile(b, "1", names...)["scan"]
-		var pool engine.Pool
-		pool.Profile = prof
-		for _, vm := range names {
-			pool.VMs = append(pool.VMs, h.vms[vm])
-		}
+		profiles := sleepProfile(b, "1", names...)
 		var samples []engine.Sample
 		for i := range m {
 			p := filepath.Join(b.TempDir(), fmt.Sprintf("s%d", i))
@@ -43,8 +38,8 @@ func BenchmarkServiceAgainstRun(b *testing.B) {
 			require.NoError(b, err)
 			samples = append(samples, s)
 		}
-		e := engine.New(engine.Options{Lifecycle: lifecycle.New(lifecycle.Options{}), MaxStarting: n})
-		sum, err := e.Run(context.Background(), engine.Job{Samples: samples, Pools: []engine.Pool{pool}, OutDir: b.TempDir()})
+		pool := h.pool(b, lifecycle.New(lifecycle.Options{}), 0, profiles) // max_starting as the service has it
+		sum, err := pool.RunBatch(context.Background(), engine.Batch{Samples: samples, Profiles: []string{"scan"}, OutDir: b.TempDir()})
 		require.NoError(b, err)
 		require.Zero(b, sum.Failed())
 		run := sum.Duration

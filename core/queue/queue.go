@@ -43,6 +43,7 @@ import (
 	"github.com/riverqueue/river/rivertype"
 	_ "modernc.org/sqlite" // the embedded database, pure Go
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
@@ -57,37 +58,26 @@ type Options struct {
 	// Host names this host among those sharing the database; it must be
 	// unique among them and the same across restarts.
 	Host string
-	// Lifecycle holds the VMs' leases and runs their operations.
+	// Pool is this host's VMs and every profile of the configuration: it
+	// runs each job's analysis.
+	Pool *engine.Pool
+	// Lifecycle runs the operators' cleanups and reconciliations.
 	Lifecycle *lifecycle.Manager
-	// MaxStarting caps the VMs of this host booting at once.
-	MaxStarting int
-	// Profiles are every profile of the configuration.
-	Profiles map[string]engine.Profile
-	// VMs are the VMs of this host, resolved to their drivers, by name.
-	VMs map[string]lifecycle.VM
 	// OutDir receives the artifacts and the reports of the tasks this
-	// host ends.
+	// host ends, each task in OutDir/SHA256/TASK-ID.
 	OutDir string
 	// RescueAfter is how long a job may run on a host that stopped
 	// answering before another host takes it over; a job is never taken
-	// over before its own deadline (Profile.Bound) has passed either.
+	// over before its own deadline (engine.Bound) has passed either.
 	RescueAfter time.Duration
 	// MaxAttempts bounds how often a job is tried when no VM could run it.
 	MaxAttempts int
 	// Logger receives the queue's and River's log.
 	Logger hclog.Logger
-	// OnEvent is told every transition of every task this host runs.
-	OnEvent func(engine.Event)
 	// OnResult is told every analysis this host records, as it is
 	// recorded.
 	OnResult func(*engine.Result)
 }
-
-// Defaults of Options.
-const (
-	DefaultRescueAfter = 15 * time.Minute
-	DefaultMaxAttempts = 5
-)
 
 // jobClient is what the queue uses of a River client, whatever its
 // database driver.
@@ -107,18 +97,23 @@ type Queue struct {
 	store  *store
 	client jobClient
 	exec   riverdriver.Executor
-	engine *engine.Engine
-	pool   *vmPool
+	pool   *engine.Pool
 	// queues maps each River queue this host works to its worker count.
 	queues map[string]int
 	close  []func()
 
-	mu    sync.Mutex
-	steps map[string]engine.Event
-	// working holds the cancel function of each job this host runs, by job
+	mu sync.Mutex
+	// working holds the task and the cancel function of each job this host
+	// runs, by job
 	// id, so that a cancellation through this host's API takes effect at
 	// once rather than when River's notice arrives.
-	working map[int64]context.CancelCauseFunc
+	working map[int64]running
+}
+
+// running is a job under way on this host.
+type running struct {
+	task   string
+	cancel context.CancelCauseFunc
 }
 
 // analysisArgs is one job: one task's analysis with one profile.
@@ -136,19 +131,19 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 	if opts.Host == "" {
 		return nil, errors.New("queue: a host name is needed")
 	}
+	if opts.Pool == nil || opts.Lifecycle == nil {
+		return nil, errors.New("queue: a pool and a lifecycle manager are needed")
+	}
 	if opts.RescueAfter <= 0 {
-		opts.RescueAfter = DefaultRescueAfter
+		opts.RescueAfter = config.DefaultRescueAfter
 	}
 	if opts.MaxAttempts <= 0 {
-		opts.MaxAttempts = DefaultMaxAttempts
+		opts.MaxAttempts = config.DefaultMaxAttempts
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	q := &Queue{opts: opts, log: opts.Logger, steps: map[string]engine.Event{}, pool: newVMPool(opts.VMs),
-		working: map[int64]context.CancelCauseFunc{}}
-	q.engine = engine.New(engine.Options{Lifecycle: opts.Lifecycle, Logger: opts.Logger.Named("engine"),
-		MaxStarting: opts.MaxStarting, OnEvent: q.observe})
+	q := &Queue{opts: opts, log: opts.Logger, pool: opts.Pool, working: map[int64]running{}}
 	var err error
 	if q.queues, err = q.workQueues(); err != nil {
 		return nil, err
@@ -278,25 +273,18 @@ func vmQueueName(vm string) string {
 func (q *Queue) workQueues() (map[string]int, error) {
 	out := map[string]int{}
 	seen := map[string]string{}
-	for _, name := range slices.Sorted(maps.Keys(q.opts.Profiles)) {
+	for _, name := range slices.Sorted(maps.Keys(q.pool.Profiles())) {
 		qn := queueName(name)
 		if other, ok := seen[qn]; ok {
 			return nil, fmt.Errorf("profiles %s and %s differ only by case or separators; the queue needs them told apart", other, name)
 		}
 		seen[qn] = name
-		for _, vm := range q.opts.Profiles[name].VMs {
-			if _, ok := q.opts.VMs[vm]; ok {
-				out[qn]++
-			}
+		if n := len(q.pool.Serves(name)); n > 0 {
+			out[qn] = n
 		}
 	}
-	for name := range q.opts.VMs {
+	for name := range q.pool.VMs() {
 		out[vmQueueName(name)] = 1
-	}
-	for name, n := range out {
-		if n == 0 {
-			delete(out, name)
-		}
 	}
 	return out, nil
 }
@@ -388,33 +376,13 @@ func (q *Queue) Close() {
 func (q *Queue) Host() string { return q.opts.Host }
 
 // Profiles are the profiles tasks may ask for.
-func (q *Queue) Profiles() map[string]engine.Profile { return q.opts.Profiles }
+func (q *Queue) Profiles() map[string]config.Profile { return q.pool.Profiles() }
 
 // VMs are this host's VMs.
-func (q *Queue) VMs() map[string]lifecycle.VM { return q.opts.VMs }
-
-// observe keeps each VM's latest step, and passes the event on.
-func (q *Queue) observe(e engine.Event) {
-	if e.VM != "" {
-		q.mu.Lock()
-		q.steps[e.VM] = e
-		q.mu.Unlock()
-	}
-	if q.opts.OnEvent != nil {
-		q.opts.OnEvent(e)
-	}
-}
-
-// Step returns the latest step of the task on a VM of this host, if any.
-func (q *Queue) Step(vm string) (engine.Event, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	e, ok := q.steps[vm]
-	return e, ok
-}
+func (q *Queue) VMs() map[string]lifecycle.VM { return q.pool.VMs() }
 
 // Unusable names the VMs of this host taken out of service, with why.
-func (q *Queue) Unusable() map[string]string { return q.pool.unusable() }
+func (q *Queue) Unusable() map[string]string { return q.pool.Unusable() }
 
 // Depth counts, per profile, the analyses not yet ended.
 func (q *Queue) Depth(ctx context.Context) (map[string]int, error) { return q.store.depth(ctx) }
@@ -465,38 +433,4 @@ func (q *Queue) localSample(ctx context.Context, t *Task) (engine.Sample, error)
 	}
 	s.Name = t.Sample.Name
 	return s, nil
-}
-
-// Settings is the [queue] table of config.toml.
-type Settings struct {
-	// Database is a PostgreSQL URL shared by every host, e.g.
-	// "postgres://sandbox:secret@db.example:5432/sandbox"; empty keeps the
-	// queue in an SQLite file in the state directory.
-	Database string `toml:"database"`
-	// Host names this host among those sharing the database. Default: the
-	// machine's host name.
-	Host string `toml:"host"`
-	// RescueAfter is how long another host waits on a job of a host that
-	// died before taking it over (and never less than the job's own
-	// deadline). Default 15m.
-	RescueAfter *time.Duration `toml:"rescue_after"`
-	// MaxAttempts bounds the tries of a job no VM could run. Default 5.
-	MaxAttempts int `toml:"max_attempts"`
-}
-
-// Validate returns the key of the first bad setting and what is wrong.
-func (s Settings) Validate() (string, error) {
-	if s.Database != "" && !strings.HasPrefix(s.Database, "postgres://") && !strings.HasPrefix(s.Database, "postgresql://") {
-		return "database", fmt.Errorf("want a postgres:// URL, or leave it out for the embedded SQLite queue")
-	}
-	if s.RescueAfter != nil && *s.RescueAfter <= 0 {
-		return "rescue_after", fmt.Errorf("must be a positive duration such as \"15m\"")
-	}
-	if s.MaxAttempts < 0 {
-		return "max_attempts", fmt.Errorf("must not be negative")
-	}
-	if s.Host != "" && strings.ContainsAny(s.Host, " \t\n") {
-		return "host", fmt.Errorf("must not contain spaces")
-	}
-	return "", nil
 }

@@ -3,7 +3,9 @@ package queue_test
 import (
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
@@ -42,7 +45,7 @@ func newHost(t testing.TB, name string, vms ...string) *host {
 	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(b.String())), nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { d.Close() })
-	s := lifecycle.Defaults()
+	s := config.DefaultLifecycle()
 	s.Snapshot = "clean"
 	h := &host{name: name, driver: d, vms: map[string]lifecycle.VM{}, dir: dir}
 	for _, vm := range vms {
@@ -51,27 +54,36 @@ func newHost(t testing.TB, name string, vms ...string) *host {
 	return h
 }
 
-func scanProfile(t testing.TB, vms ...string) map[string]engine.Profile {
+func scanProfile(t testing.TB, vms ...string) []config.Profile {
 	t.Helper()
 	return sleepProfile(t, "0.3", vms...)
 }
 
 // sleepProfile is an analysis that takes secs seconds on the VMs.
-func sleepProfile(t testing.TB, secs string, vms ...string) map[string]engine.Profile {
+func sleepProfile(t testing.TB, secs string, vms ...string) []config.Profile {
 	t.Helper()
-	p, key, err := engine.ProfileConfig{VMs: vms, SamplePath: "/s/{sha256}", Command: []string{"sleep", secs},
-		Verdict: engine.VerdictConfig{MaliciousExitCodes: []int{1}}}.Resolve("scan")
-	require.NoError(t, err, key)
-	return map[string]engine.Profile{"scan": p}
+	return []config.Profile{config.NewProfile("scan", vms, "/s/{sha256}", "sleep", secs)}
 }
 
-// open opens the host's queue on database ("" for its own SQLite file).
-func (h *host) open(t testing.TB, database string, profiles map[string]engine.Profile) *queue.Queue {
+// pool is the host's VMs as one engine's pool, for profiles.
+func (h *host) pool(t testing.TB, m *lifecycle.Manager, maxStarting int, profiles []config.Profile) *engine.Pool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	e := engine.New(engine.Options{Lifecycle: m, MaxStarting: maxStarting, Events: engine.NewEvents()})
+	p, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(h.vms)), profiles)
+	require.NoError(t, err)
+	return p
+}
+
+// open opens the host's queue on database ("" for its own SQLite file).
+func (h *host) open(t testing.TB, database string, profiles []config.Profile) *queue.Queue {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m := lifecycle.New(lifecycle.Options{})
 	q, err := queue.Open(ctx, queue.Options{Database: database, StateDir: h.dir, Host: h.name,
-		Lifecycle: lifecycle.New(lifecycle.Options{}), Profiles: profiles, VMs: h.vms, OutDir: filepath.Join(h.dir, "results")})
+		Pool: h.pool(t, m, 0, profiles), Lifecycle: m, OutDir: filepath.Join(h.dir, "results")})
 	require.NoError(t, err)
 	return q
 }

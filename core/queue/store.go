@@ -350,12 +350,12 @@ func (s *store) finish(ctx context.Context, id string) (*Task, bool, error) {
 	if err != nil || t.Final() || len(t.Results) < len(t.Profiles) {
 		return t, false, err
 	}
-	rep := &engine.Report{Schema: engine.ReportSchema, Sample: t.Sample, Started: t.Created}
+	var results []*engine.Result
 	state := StateDone
 	for _, p := range t.Profiles {
 		for _, r := range t.Results {
 			if r.Profile == p {
-				rep.Results = append(rep.Results, r.Result)
+				results = append(results, r.Result)
 				switch r.State {
 				case engine.StepFailed:
 					state = StateFailed
@@ -367,9 +367,8 @@ func (s *store) finish(ctx context.Context, id string) (*Task, bool, error) {
 			}
 		}
 	}
-	rep.Verdict = engine.Overall(rep.Results)
 	now := time.Now().UTC()
-	rep.Finished = now
+	rep := engine.NewReport(t.Sample, t.Created, now, results)
 	data, err := json.Marshal(rep)
 	if err != nil {
 		return nil, false, err

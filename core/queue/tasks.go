@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -82,7 +81,7 @@ func (q *Queue) Submit(ctx context.Context, name string, data []byte, req Reques
 }
 
 func (q *Queue) checkRequest(req *Request) ([]string, error) {
-	known := slices.Sorted(maps.Keys(q.opts.Profiles))
+	known := slices.Sorted(maps.Keys(q.pool.Profiles()))
 	profiles := req.Profiles
 	if len(profiles) == 0 {
 		profiles = known
@@ -90,7 +89,7 @@ func (q *Queue) checkRequest(req *Request) ([]string, error) {
 	seen := map[string]bool{}
 	var out []string
 	for _, p := range profiles {
-		prof, ok := q.opts.Profiles[p]
+		prof, ok := q.pool.Profile(p)
 		if !ok {
 			return nil, inputErrorf("unknown_profile", "no profile %q; known: %s", p, strings.Join(known, ", "))
 		}
@@ -161,6 +160,9 @@ func (q *Queue) Tasks(ctx context.Context, state string, limit int) ([]*Task, er
 // Cancel stops a task: its queued analyses never run, its running ones
 // are interrupted and their VMs cleaned.
 func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
+	// The task's jobs under way here stop at once, before any database
+	// round trip; those that register later read the flag set below.
+	q.cancelLocal(id)
 	t, err := q.Task(ctx, id)
 	if err != nil {
 		return nil, err
@@ -174,12 +176,10 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 	if err := q.store.requestCancel(ctx, id); err != nil {
 		return nil, err
 	}
+	// A job that registered between the first look and the flag is
+	// stopped now.
+	q.cancelLocal(id)
 	for i, jid := range t.jobs {
-		q.mu.Lock()
-		if cancel, ok := q.working[jid]; ok {
-			cancel(river.ErrJobCancelledRemotely)
-		}
-		q.mu.Unlock()
 		row, err := q.client.JobCancel(ctx, jid)
 		if row != nil {
 			q.log.Debug("job cancel", "task", id, "job", jid, "state", row.State)
@@ -192,9 +192,7 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 		}
 		if row.State == rivertype.JobStateCancelled && i < len(t.Profiles) {
 			// It never ran (or had ended): no worker will record it.
-			r := &engine.Result{Profile: t.Profiles[i], State: engine.StepCancelled, Verdict: engine.VerdictError,
-				FailedStep: engine.StepQueued, Error: "cancelled before it ran", Transitions: []engine.Transition{
-					{Step: engine.StepCancelled, At: time.Now().UTC()}}}
+			r := engine.NotRun(t.Profiles[i], engine.StepCancelled, "cancelled before it ran")
 			if err := q.record(ctx, id, r); err != nil {
 				return nil, err
 			}
@@ -206,6 +204,17 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 	return q.Task(ctx, id)
 }
 
+// cancelLocal stops the task's jobs under way on this host.
+func (q *Queue) cancelLocal(task string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, j := range q.working {
+		if j.task == task {
+			j.cancel(river.ErrJobCancelledRemotely)
+		}
+	}
+}
+
 // finishTask ends a task once its every analysis has a result, and writes
 // its report.json on this host.
 func (q *Queue) finishTask(ctx context.Context, id string) (*Task, error) {
@@ -213,16 +222,7 @@ func (q *Queue) finishTask(ctx context.Context, id string) (*Task, error) {
 	if err != nil || !ended {
 		return t, err
 	}
-	dir := filepath.Join(q.opts.OutDir, t.Sample.SHA256)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return t, err
-	}
-	root, err := os.OpenRoot(dir)
-	if err != nil {
-		return t, err
-	}
-	defer root.Close()
-	if err := t.Report.Write(root); err != nil {
+	if err := engine.WriteReport(q.taskDir(t), t.Report); err != nil {
 		return t, fmt.Errorf("report of task %s: %w", id, err)
 	}
 	q.log.Info("task ended", "task", id, "state", t.State, "verdict", t.Verdict)

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/qemu"
@@ -131,8 +132,8 @@ func BenchmarkCleanupIgnoredACPI(b *testing.B) {
 	r := newRig(b, guestVM("deaf", "ready-ignore-acpi"))
 	d := r.driver(b)
 	ctx := context.Background()
-	s := lifecycle.Defaults()
-	s.StopLadder = []hypervisor.StopMethod{hypervisor.StopACPI, hypervisor.StopPowerOff, hypervisor.StopEmergency}
+	s := config.DefaultLifecycle()
+	s.StopLadder = []string{config.StopACPI, config.StopPowerOff, config.StopEmergency}
 	s.ACPITimeout = time.Second
 	s.NativeCleanup = false
 	s.Snapshot = "ready-ignore-acpi"

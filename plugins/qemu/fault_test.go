@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // Faults injected for real: another client on the VM's monitor socket,
@@ -28,7 +29,7 @@ func TestMonitorHeldByAnotherClientLocksTheVM(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	require.NoError(t, d.Start(ctx, "vm1"))
 
 	c, err := net.Dial("unix", r.vmFile("vm1", "qmp.sock"))
@@ -72,7 +73,7 @@ func TestDiskHeldByAnotherProcessLocksTheVM(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	holder := exec.Command("qemu-io", "-f", "qcow2", r.dir+"/vm1.qcow2")
 	stdin, err := holder.StdinPipe()
 	require.NoError(t, err)
@@ -125,7 +126,7 @@ func TestVMOutlivesThePlugin(t *testing.T) {
 	r := newRig(t, guestVM("vm1", "ready"))
 	first, closeFirst, err := r.connector(t, io.Discard)(context.Background())
 	require.NoError(t, err)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	require.NoError(t, first.Start(ctx, "vm1"))
 	closeFirst() // kills the plugin process
 

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The test guest's power button does what its kernel command line said
@@ -19,7 +20,7 @@ func TestPowerButtonHonouredOrIgnored(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("honours", "ready"), guestVM("ignores", "ready-ignore-acpi"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	for _, vm := range []string{"honours", "ignores"} {
 		require.NoError(t, d.Start(ctx, vm))
 		require.NoError(t, d.Stop(ctx, vm, hypervisor.StopACPI))

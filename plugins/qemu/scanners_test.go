@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The test guest's scanners, run in the guest through its agent as an
@@ -47,7 +48,7 @@ func scanVM(t *testing.T, files ...string) (hypervisor.Driver, func(path string,
 	t.Helper()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 3*time.Minute)
+	ctx := plugintest.Context(t, 3*time.Minute)
 	require.NoError(t, d.Start(ctx, "vm1"))
 	run := func(path string, args ...string) hypervisor.ExecResult {
 		t.Helper()

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The scenario the project exists for: right after a power-off the VM
@@ -26,7 +27,7 @@ func TestRestoreRightAfterPowerOffWaitsOutTheLingeringLock(t *testing.T) {
 			t.Parallel()
 			const linger = 1200 * time.Millisecond
 			r := newRig(t, p, withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }))
-			ctx := ctxFor(t, 30*time.Second)
+			ctx := plugintest.Context(t, 30*time.Second)
 			require.NoError(t, r.drv.Start(ctx, vmName))
 			require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 			stopped := time.Now()
@@ -48,7 +49,7 @@ func TestRestoreRightAfterPowerOffWaitsOutTheLingeringLock(t *testing.T) {
 func TestStartRightAfterPowerOffWaitsOutTheLingeringLock(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[1], withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(600 * time.Millisecond) }))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	require.NoError(t, r.drv.Start(ctx, vmName))
@@ -64,7 +65,7 @@ func TestALockThatOutlastsTheBudgetIsReportedAsLocked(t *testing.T) {
 	r := newRig(t, profiles[2],
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 		withSetting("retry.locked", `"300ms"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	err := r.drv.Restore(ctx, vmName, "clean")
@@ -74,7 +75,7 @@ func TestALockThatOutlastsTheBudgetIsReportedAsLocked(t *testing.T) {
 	err = r.drv.Start(ctx, vmName)
 	assert.True(t, hypervisor.IsLocked(err), "%v", err)
 
-	short := ctxFor(t, 150*time.Millisecond)
+	short := plugintest.Context(t, 150*time.Millisecond)
 	start := time.Now()
 	err = r.drv.Restore(short, vmName, "clean")
 	assert.Less(t, time.Since(start), time.Second)
@@ -88,7 +89,7 @@ func TestUnlockKillsAVMProcessThatWillNotDie(t *testing.T) {
 	r := newRig(t, profiles[0],
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 		withSetting("unlock.grace", `"300ms"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	start := time.Now()
@@ -120,7 +121,7 @@ func TestCleanupGetsPastALockTheListingDoesNotShow(t *testing.T) {
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 		withFaults(func(f *vboxsim.Faults) { f.HideSessionName = true }),
 		withSetting("retry.locked", `"300ms"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	st, err := r.drv.Status(ctx, vmName)
@@ -140,7 +141,7 @@ func TestUnlockAnswersLockedForAHolderItMayNotKill(t *testing.T) {
 	r.sim.Update(t, func(w *vboxsim.World) {
 		w.Find(vmName).Session = vboxsim.Session{State: vboxsim.Locked, Owner: vboxsim.OwnerGUI, Name: "GUI/Qt"}
 	})
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	st, err := r.drv.Status(ctx, vmName)
 	require.NoError(t, err)
 	assert.Equal(t, hypervisor.LockLocked, st.Lock)
@@ -158,13 +159,13 @@ func TestUnlockWithoutEmergencyStopWaitsUntilTheDeadline(t *testing.T) {
 	r := newRig(t, profile{version: "5.0.40r115130", host: "linux"},
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 		withSetting("unlock.grace", `"0s"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	err := r.drv.Stop(ctx, vmName, hypervisor.StopEmergency)
 	assert.True(t, hypervisor.IsUnsupported(err))
 	start := time.Now()
-	err = r.drv.Unlock(ctxFor(t, 500*time.Millisecond), vmName)
+	err = r.drv.Unlock(plugintest.Context(t, 500*time.Millisecond), vmName)
 	require.Error(t, err)
 	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err))
 	assert.Contains(t, err.Error(), "still held")
@@ -182,7 +183,7 @@ func TestStatusNeverTakesASessionLock(t *testing.T) {
 		tm.ReadHold = vboxsim.Duration(300 * time.Millisecond)
 		tm.Restore = vboxsim.Duration(300 * time.Millisecond)
 	}))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	done := make(chan struct{})
 	polls := 0
 	var wg sync.WaitGroup
@@ -227,7 +228,7 @@ func TestStatusNeverTakesASessionLock(t *testing.T) {
 func TestStatusDuringARestore(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[1], withTiming(func(tm *vboxsim.Timing) { tm.Restore = vboxsim.Duration(time.Second) }))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	errc := make(chan error, 1)
 	go func() { errc <- r.drv.Restore(ctx, vmName, "clean") }()
 	st := r.waitStatus(t, vmName, func(st hypervisor.Status) bool { return st.Power == hypervisor.PowerRestoring })
@@ -242,7 +243,7 @@ func TestDifferentVMsProceedInParallel(t *testing.T) {
 	r := newRig(t, profiles[2],
 		withVMs(guestVM("a", "00000000-0000-4000-8000-00000000000a"), guestVM("b", "00000000-0000-4000-8000-00000000000b")),
 		withTiming(func(tm *vboxsim.Timing) { tm.Start = vboxsim.Duration(time.Second) }))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for _, vm := range []string{"a", "b"} {
@@ -275,7 +276,7 @@ func awkwardNames(t *testing.T, connect func(testing.TB, profile, ...rigOption) 
 			t.Parallel()
 			uuid := "00000000-0000-4000-8000-00000000000" + string(rune('a'+i))
 			r := connect(t, profiles[i%len(profiles)], withVMs(guestVM(name, uuid)))
-			ctx := ctxFor(t, 30*time.Second)
+			ctx := plugintest.Context(t, 30*time.Second)
 			d := r.drv
 			vms, err := d.ListVMs(ctx)
 			require.NoError(t, err)
@@ -307,7 +308,7 @@ func TestGuestOperations(t *testing.T) {
 	r := newRig(t, profiles[2],
 		withTiming(func(tm *vboxsim.Timing) { tm.GuestReady = vboxsim.Duration(500 * time.Millisecond) }),
 		withSetting("guest.ready_wait", `"3s"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	d := r.drv
 
 	_, err := d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo"})
@@ -347,7 +348,7 @@ func TestGuestNotReadyIsInvalidStateOnceTheWaitIsOver(t *testing.T) {
 	r := newRig(t, profiles[3],
 		withTiming(func(tm *vboxsim.Timing) { tm.GuestReady = vboxsim.Duration(time.Hour) }),
 		withSetting("guest.ready_wait", `"300ms"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	_, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo"})
 	assert.Equal(t, hypervisor.CodeInvalidState, hypervisor.CodeOf(err))
@@ -359,7 +360,7 @@ func TestWrongGuestPasswordIsAFailure(t *testing.T) {
 	vm := guestVM(vmName, vmUUID)
 	vm.GuestUsers[userName] = "something else"
 	r := newRig(t, profiles[2], withVMs(vm))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	_, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo"})
 	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
@@ -376,7 +377,7 @@ func TestPasswordNeverInArgvOrLogs(t *testing.T) {
 // passwordStaysSecret runs every guest operation and then searches the
 // simulator's argv log and r's logs for the password.
 func passwordStaysSecret(t *testing.T, r *rig) {
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	d := r.drv
 	require.NoError(t, d.Start(ctx, vmName))
 	host := t.TempDir() + "/f.txt"

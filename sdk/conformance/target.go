@@ -8,9 +8,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
-	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
 )
@@ -19,7 +16,8 @@ import (
 // VM are required; every other VM unlocks the checks that need it, and the
 // checks that need one not given are skipped with the reason.
 type Target struct {
-	// Connect reaches the driver: Plugin, InProcess or Connected.
+	// Connect reaches the driver: InProcess, Connected, or a built plugin
+	// through host.Connect.
 	Connect Connector
 	// VM is the VM most checks drive. It is started, stopped and restored
 	// to Snapshot many times, so it must be disposable.
@@ -120,68 +118,10 @@ func (g Guest) withDefaults() Guest {
 }
 
 // Connector reaches the driver under test. The suite calls it once per run
-// and calls the returned close function when the run ends.
+// and calls the returned close function when the run ends. InProcess and
+// Connected make one; host.Connect launches a built plugin executable the
+// way the CLI does.
 type Connector func(ctx context.Context) (d hypervisor.Driver, close func(), err error)
-
-// PluginBinary is a plugin executable and the configuration it is launched
-// with, as a [plugins.NAME] table and the file around it would give them.
-type PluginBinary struct {
-	// Name is the plugin's name; the plugin decodes the table
-	// [plugins.NAME.config] of Config. Default "plugin".
-	Name string
-	// Path is the executable.
-	Path string
-	// Args and Env are as in the [plugins.NAME] table: extra arguments,
-	// and the environment beyond the minimal one ("NAME" passes the
-	// variable through, "NAME=value" sets it).
-	Args []string
-	Env  []string
-	// Config is the configuration file's text.
-	Config string
-	// ConfigFile is the path Config is said to come from: the plugin
-	// resolves its relative paths against its directory and names it in
-	// errors. Default: config.toml in the working directory.
-	ConfigFile string
-	// Logger receives the host's and the plugin's log; nil discards it.
-	Logger hclog.Logger
-}
-
-// Plugin launches a plugin binary through the plugin host, as the CLI does:
-// minimal environment, protocol negotiation, the configuration sent over
-// the wire.
-func Plugin(p PluginBinary) Connector {
-	return func(ctx context.Context) (hypervisor.Driver, func(), error) {
-		name := p.Name
-		if name == "" {
-			name = "plugin"
-		}
-		file := p.ConfigFile
-		if file == "" {
-			wd, err := os.Getwd()
-			if err != nil {
-				return nil, nil, err
-			}
-			file = filepath.Join(wd, "config.toml")
-		}
-		h := host.New(host.Options{
-			Plugins: map[string]host.PluginConfig{name: {Path: p.Path, Args: p.Args, Env: p.Env}},
-			File:    file,
-			Data:    []byte(p.Config),
-			Logger:  p.Logger,
-		})
-		pl, err := h.Plugin(name)
-		if err == nil {
-			// Launch now, so that a plugin that cannot start fails the run
-			// once instead of every check.
-			_, err = pl.Info(ctx)
-		}
-		if err != nil {
-			h.Close()
-			return nil, nil, err
-		}
-		return pl, h.Close, nil
-	}
-}
 
 // InProcess serves the driver built by factory inside the test process,
 // over a real gRPC connection (sdk.ServeInProcess), so that the wire

@@ -1,6 +1,6 @@
 //go:build unix
 
-package vboxmanage_test
+package plugintest
 
 import (
 	"bytes"
@@ -12,17 +12,18 @@ import (
 	"syscall"
 )
 
-// pidAlive reports whether process pid still exists.
-func pidAlive(pid int) bool {
+// Alive reports whether a process with this id exists (a zombie counts
+// until its parent reaps it).
+func Alive(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// processGone reports whether pid has exited, counting a zombie that
+// Gone reports whether the process has exited, counting a zombie that
 // nobody has reaped yet (an orphan's new parent may be slow to, or never
 // do it) as gone.
-func processGone(pid int) bool {
-	if !pidAlive(pid) {
+func Gone(pid int) bool {
+	if !Alive(pid) {
 		return true
 	}
 	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
