@@ -137,7 +137,7 @@ fi
 #    signatures. ClamAV and YARA live on the VM's disk rather than in the
 #    initramfs: the initramfs is RAM for the guest's whole life, while a
 #    file on the disk costs RAM only for the pages a scan reads (libclamav
-#    pulls in 31 MB of ICU data, through libxml2, that it never reads).
+#    pulls in 31 MB of ICU data through libxml2, which a scan seldom reads).
 scan_versions=$(grep -v "^$kpkg=" <<<"$versions")
 signatures=$(cd "$here" && find signatures -type f | sort | xargs -r sha256sum)
 skey=$(stamp "$ikey" "$scan_versions" "$signatures")
