@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"time"
+
+	"github.com/sandboxhq/sandbox/core/engine"
 )
 
 // Kill makes the queue's host die as a SIGKILLed process would, as far as
@@ -23,3 +25,6 @@ func (q *Queue) Kill() {
 		_ = q.client.StopAndCancel(ctx)
 	}()
 }
+
+// Pool is the queue's pool, for tests that watch its events.
+func (q *Queue) Pool() *engine.Pool { return q.pool }

@@ -286,9 +286,9 @@ func TestAPostgreSQLDatabaseFromBeforeMigrationsIsUpgraded(t *testing.T) {
 // back, each task ends exactly once, and nothing is left running.
 func TestTheDatabaseAwayWhileAnalysesEnd(t *testing.T) {
 	url := pgtest.Database(t)
-	proxy := newOutageProxy(t, url)
+	proxy := pgtest.NewProxy(t, url)
 	h := newHost(t, "h", "vm1", "vm2")
-	q := h.open(t, proxy.url, sleepProfile(t, "2", "vm1", "vm2"))
+	q := h.open(t, proxy.URL, sleepProfile(t, "2", "vm1", "vm2"))
 	start(t, q)
 	var ids []string
 	for i := range 4 {
@@ -303,7 +303,7 @@ func TestTheDatabaseAwayWhileAnalysesEnd(t *testing.T) {
 		}
 		return n == 2
 	}, time.Minute, 20*time.Millisecond, "two analyses run")
-	proxy.down(8 * time.Second) // the two analyses end while it is away
+	proxy.Down(8 * time.Second) // the two analyses end while it is away
 	for _, id := range ids {
 		got := waitTask(t, q, id, 2*time.Minute)
 		assert.Equal(t, queue.StateDone, got.State, "%s: %+v", id, got.Results)
