@@ -12,7 +12,7 @@ BENCHTIME ?= 2s
 FUZZTIME      ?= 1m
 FUZZTIME_TEST ?= 3s
 
-.PHONY: all build test demo demo-qemu bench proto lint clean qemu-guest fuzz
+.PHONY: all build test demo demo-qemu bench proto lint clean qemu-guest fuzz soak
 
 all: build
 
@@ -31,6 +31,13 @@ test: build lint example
 		"(apt-get install --no-install-recommends qemu-system-x86 qemu-utils qemu-guest-agent busybox-static cpio)"
 	$(GO) test -race -count=1 -timeout 15m ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST)
+
+# The long chaos test of the service (docs/server.md): three services on one
+# PostgreSQL, 300 tasks, a host SIGKILLed every 10 to 20 s, PostgreSQL away
+# once. Needs a PostgreSQL server (SANDBOX_TEST_POSTGRES, as .ci/services
+# sets it).
+soak: build
+	SANDBOX_SOAK=1 $(GO) test -race -count=1 -timeout 45m -run '^TestChaos$$' -v ./cmd/sandbox/
 
 # Every fuzz target (func FuzzX in a _test.go file) for FUZZTIME, one after
 # the other; a failing input lands in the package's testdata/fuzz.

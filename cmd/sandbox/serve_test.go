@@ -56,7 +56,7 @@ func serveConfig(host string, vms []string, all []string, analysis string, extra
 
 // server is a running `sandbox serve`.
 type server struct {
-	t    *testing.T
+	t    testing.TB
 	cmd  *exec.Cmd
 	url  string
 	mu   sync.Mutex
@@ -67,7 +67,7 @@ type server struct {
 var listening = regexp.MustCompile(`listening on (http://\S+)`)
 
 // startServe starts `sandbox serve` in dir and waits until it listens.
-func startServe(t *testing.T, dir string, args ...string) *server {
+func startServe(t testing.TB, dir string, args ...string) *server {
 	t.Helper()
 	cmd := exec.Command(sandboxBin, append([]string{"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
 		"serve", "--listen", "127.0.0.1:0"}, args...)...)
@@ -192,7 +192,7 @@ func (s *server) task(id string) serveTask {
 }
 
 // waitFor polls until cond holds.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {

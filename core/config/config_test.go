@@ -214,6 +214,8 @@ func TestBadProfilesNameFileLineAndKey(t *testing.T) {
 		{"an exit code both clean and malicious", base + "[profiles.p.verdict]\nmalicious_exit_codes = [0]\n",
 			6, "profiles.p.verdict.malicious_exit_codes", "also in clean_exit_codes"},
 		{"a short API token", "[server]\ntoken = \"abc\"\n", 2, "server.token", "too short"},
+		{"the former rescue_after", "[queue]\nrescue_after = \"15m\"\n", 2, "queue.rescue_after", "is now dead_after"},
+		{"a dead_after too short to heartbeat in", "[queue]\ndead_after = \"1s\"\n", 2, "queue.dead_after", "at least 3s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse("conf/sandbox.toml", []byte(tc.text))
