@@ -40,6 +40,13 @@ func OpenSample(path string) (Sample, error) {
 	if err != nil {
 		return Sample{}, fmt.Errorf("sample %s: %w", path, err)
 	}
+	// Checked before opening: opening a FIFO (or a device) would block
+	// until someone writes to it, or read forever.
+	if fi, err := os.Stat(path); err != nil {
+		return Sample{}, fmt.Errorf("sample %s: %w", path, err)
+	} else if !fi.Mode().IsRegular() {
+		return Sample{}, fmt.Errorf("sample %s: not a regular file (%s); give the file itself", path, fi.Mode().Type())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return Sample{}, fmt.Errorf("sample %s: %w", path, err)

@@ -49,6 +49,8 @@ func (e *Engine) runTask(ctx context.Context, lease *lifecycle.Lease, t Task, r 
 			out = Outcome{State: VMQuarantined, Reason: fmt.Sprintf("quarantined since %s: %s", qe.Since.Format(time.RFC3339), qe.Reason)}
 		case prep != nil && prep.Quarantined:
 			out = Outcome{State: VMQuarantined, Reason: "quarantined: " + why}
+		case errors.Is(err, hypervisor.ErrNotFound):
+			// No such VM: nothing to keep anyone from, nothing to look at.
 		default:
 			// The VM could not even be read: in whatever state it is, it
 			// must not serve until someone has looked at it.
