@@ -182,7 +182,9 @@ type serveTask struct {
 }
 
 // Final reports whether the task has ended.
-func (t serveTask) Final() bool { return t.State == "done" || t.State == "failed" || t.State == "cancelled" }
+func (t serveTask) Final() bool {
+	return t.State == "done" || t.State == "failed" || t.State == "cancelled"
+}
 
 func (s *server) task(id string) serveTask {
 	s.t.Helper()
