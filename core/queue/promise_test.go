@@ -193,6 +193,31 @@ func TestADeadHostsAnalysisIsTakenOverWithinSeconds(t *testing.T) {
 	assert.True(t, hosts[1].Alive)
 }
 
+// A host that dies as River hands it a job, before the job claims its
+// analysis: River thinks the job running, the analysis still waits for it.
+// Another host takes the analysis over, and nothing is recorded lost, for
+// nothing had begun.
+func TestAHostDyingBeforeItsJobBeginsLosesNothing(t *testing.T) {
+	db := pgtest.Database(t)
+	a := newHost(t, "host-a", "a1")
+	b := newHost(t, "host-b", "b1")
+	profiles := scanProfile(t, "a1", "b1")
+	qa := a.open(t, db, profiles)
+	qa.DieBeforeClaim()
+	require.NoError(t, qa.Start(context.Background()))
+	task := submitOne(t, qa, "s.txt", "s", queue.Request{})
+	time.Sleep(time.Second) // host-a's River takes the job, and host-a dies with it
+
+	qb := b.open(t, db, profiles)
+	start(t, qb)
+	got := waitTask(t, qb, task.ID, 2*time.Minute)
+	assert.Equal(t, queue.StateDone, got.State)
+	require.Len(t, got.Results, 1)
+	assert.Equal(t, "host-b", got.Results[0].Host)
+	assert.Empty(t, got.Analyses[0].Lost, "no attempt had begun, none was lost")
+	assert.Equal(t, 1, got.Analyses[0].Attempt)
+}
+
 // The SQLite file deleted under the service: the service stops taking
 // work and says why, instead of accepting tasks into a file that is gone.
 func TestADeletedDatabaseFileStopsTheService(t *testing.T) {

@@ -137,18 +137,20 @@ func (q *Queue) spool(r io.Reader) (*os.File, string, int64, error) {
 	return f, hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
-// jobParams is the job of a task's analysis with a profile, for its
-// attempt (0 for the submission's).
+// jobParams is the job of a task's analysis with a profile: the
+// submission's (attempt 0), unique by its arguments, or one that takes
+// the analysis over (the analysis's attempt), which its analysis row alone
+// makes the owner: a job it superseded is no twin to refuse it for.
 func (q *Queue) jobParams(t *Task, profile string, attempt int) river.InsertManyParams {
 	queue := queueName(profile)
 	if t.VM != "" {
 		queue = vmQueueName(t.VM)
 	}
-	return river.InsertManyParams{
-		Args: analysisArgs{Task: t.ID, Profile: profile, Attempt: attempt},
-		InsertOpts: &river.InsertOpts{Queue: queue, Priority: t.Priority, MaxAttempts: q.opts.MaxAttempts,
-			UniqueOpts: river.UniqueOpts{ByArgs: true}},
+	opts := &river.InsertOpts{Queue: queue, Priority: t.Priority, MaxAttempts: q.opts.MaxAttempts}
+	if attempt == 0 {
+		opts.UniqueOpts = river.UniqueOpts{ByArgs: true}
 	}
+	return river.InsertManyParams{Args: analysisArgs{Task: t.ID, Profile: profile, Attempt: attempt}, InsertOpts: opts}
 }
 
 func (q *Queue) checkRequest(req *Request) ([]string, error) {

@@ -72,6 +72,9 @@ func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) (err er
 		q.mu.Unlock()
 	}()
 
+	if q.beforeClaim != nil {
+		q.beforeClaim()
+	}
 	a, claimed, err := q.claim(ctx, args, job.ID)
 	if err != nil || !claimed {
 		return err
