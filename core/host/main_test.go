@@ -2,6 +2,7 @@ package host_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -101,6 +102,9 @@ func newScripted(cfg sdk.Config, log hclog.Logger) (hypervisor.Driver, error) {
 	}
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
+	}
+	if c.Greeting == "refuse" {
+		return nil, errors.New("the scripted driver will not greet anyone")
 	}
 	log.Info("scripted driver configured", "greeting", c.Greeting)
 	return &scripted{log: log, running: map[string]bool{}, snap: map[string]string{}}, nil

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -342,6 +344,11 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		if errors.As(err, &he) && he.Message != "" {
 			err = errors.New(he.Message) // the plugin's words, e.g. config.toml:12: key: unknown key
 		}
+		if table := "plugins." + p.name + ".config"; !strings.Contains(err.Error(), table) {
+			// Words of the driver's own ("VM worker: permission denied")
+			// need the table they are about.
+			return fail(fmt.Errorf("it rejected its configuration, its table [%s] in %s: %w", table, p.host.opts.File, err))
+		}
 		return fail(fmt.Errorf("it rejected its configuration: %w", err))
 	}
 	p.host.log.Debug("plugin launched", "plugin", p.name, "pid", in.pid, "protocol", remote.Protocol(),
@@ -368,8 +375,12 @@ func (p *Plugin) giveUpReason(ctx context.Context, timeout time.Duration) error 
 func (p *Plugin) checkExecutable(path string) error {
 	fi, err := os.Stat(path)
 	if err != nil || fi.IsDir() {
-		return fmt.Errorf("no plugin executable at %s (plugins.%s.path in %s): build it with `make build` or fix the path",
-			path, p.name, p.host.opts.File)
+		build := "build it as its own documentation says"
+		if bundled(path) {
+			build = "build it with `make build` in sandbox's source tree"
+		}
+		return fmt.Errorf("no plugin executable at %s (plugins.%s.path in %s): %s, or fix the path",
+			path, p.name, p.host.opts.File, build)
 	}
 	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o111 == 0 {
 		return fmt.Errorf("%s is not executable (plugins.%s.path in %s): run `chmod +x %s`, or point path at the plugin executable",
@@ -404,6 +415,18 @@ func (p *Plugin) explainStartError(err error, path string) error {
 		return fmt.Errorf("%s exited before the plugin handshake; is %s a plugin built with the sandbox SDK?", path, setting)
 	}
 	return err
+}
+
+// bundledPlugins are the executables `make build` builds from this
+// source tree (plugins/*/cmd/sandbox-plugin-*). A hint for one of them can
+// say how sandbox's own tree builds it; any other plugin is a third party's,
+// with a build and a documentation of its own.
+var bundledPlugins = []string{"sandbox-plugin-fake", "sandbox-plugin-libvirt", "sandbox-plugin-qemu", "sandbox-plugin-vboxmanage"}
+
+// bundled reports whether path names one of sandbox's own plugins.
+func bundled(path string) bool {
+	base := strings.TrimSuffix(filepath.Base(path), ".exe")
+	return slices.Contains(bundledPlugins, base)
 }
 
 func firstLine(s string) string {
