@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -321,6 +322,34 @@ func TestPluginLogLinesReachTheHostLogTagged(t *testing.T) {
 			assert.Contains(t, line, "greeting=hello")
 		}
 	}
+}
+
+func TestAPluginsStrayOutputIsAWarningWithItsLine(t *testing.T) {
+	sink := newLogSink()
+	h := host.New(host.Options{
+		Plugins: map[string]config.Plugin{"chatty": scriptedPlugin(t)},
+		File:    filepath.Join(t.TempDir(), "config.toml"),
+		// The default level: a stray line must show without --log-level.
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: sink}),
+	})
+	t.Cleanup(h.Close)
+	p, err := h.Plugin("chatty")
+	require.NoError(t, err)
+	_, err = p.Exec(context.Background(), "vm1", hypervisor.ExecRequest{Path: "print", Args: []string{"hello", "from", "Exec"}})
+	require.NoError(t, err)
+
+	sink.waitFor(t, `plugin=chatty line="hello from Exec"`, 5*time.Second)
+	sink.waitFor(t, `line="to stderr: hello from Exec"`, 5*time.Second)
+	sink.waitFor(t, `dropped="5904 more bytes of the line"`, 5*time.Second)
+	lines := strings.Split(sink.String(), "\n")
+	for _, want := range []string{`line="hello from Exec"`, `line="to stderr: hello from Exec"`, "dropped="} {
+		i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, want) })
+		require.GreaterOrEqual(t, i, 0, want)
+		assert.Contains(t, lines[i], "[WARN]  sandbox.chatty: the plugin wrote a line to its std", lines[i])
+	}
+	assert.Contains(t, sink.String(), "which sandbox does not read")
+	assert.True(t, strings.Contains(sink.String(), " line="+strings.Repeat("x", 4096)+" dropped="),
+		"a long line is logged cut at its bound, 4096 bytes")
 }
 
 func TestPluginEnvironmentIsMinimal(t *testing.T) {

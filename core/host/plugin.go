@@ -54,6 +54,8 @@ type instance struct {
 	remote   sdk.Remote
 	hostPipe *os.File // write end of the watchdog pipe; closing it tells the plugin to exit
 	pid      int
+	// stray are the plugin's stdout and stderr after the handshake.
+	stray []*strayOutput
 
 	infoMu sync.Mutex
 	info   *hypervisor.Info
@@ -83,6 +85,9 @@ func (in *instance) kill() {
 	in.proc.waitExit()
 	if in.hostPipe != nil {
 		_ = in.hostPipe.Close()
+	}
+	for _, s := range in.stray {
+		s.flush()
 	}
 }
 
@@ -222,6 +227,8 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 	if p.cfg.SHA256 != "" {
 		checksum, _ = hex.DecodeString(p.cfg.SHA256) // validated when the config was loaded
 	}
+	stdout := newStrayOutput(p.host.log.Named(p.name), p.name, "stdout")
+	stderr := newStrayOutput(p.host.log.Named(p.name), p.name, "stderr")
 	var procMu sync.Mutex
 	var proc *process
 	current := func() *process {
@@ -252,6 +259,8 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		AutoMTLS:         p.cfg.AutoMTLS,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           pluginLog{Logger: p.host.log.Named(p.name), proc: current},
+		SyncStdout:       stdout,
+		SyncStderr:       stderr,
 		SkipHostEnv:      true,
 		StartTimeout:     timeout,
 	})
@@ -295,7 +304,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		return nil, p.launchError(p.giveUpReason(ctx, timeout))
 	}
 	closePipes()
-	in := &instance{client: client, proc: current(), hostPipe: pipeW}
+	in := &instance{client: client, proc: current(), hostPipe: pipeW, stray: []*strayOutput{stdout, stderr}}
 	if in.proc == nil {
 		in.proc = &process{exited: make(chan struct{})} // go-plugin failed before it ran anything
 	}
