@@ -26,5 +26,7 @@ require (
 )
 
 // The example is built against the SDK of this checkout, so that it never
-// drifts from it. A driver of your own requires a released version instead.
+// drifts from it. A driver of your own requires a commit of sandbox
+// (go get github.com/sandboxhq/sandbox@COMMIT) until sandbox has release
+// tags: docs/plugin-authoring.md, "1. The module".
 replace github.com/sandboxhq/sandbox => ../..
