@@ -341,8 +341,9 @@ func TestAPluginsStrayOutputIsAWarningWithItsLine(t *testing.T) {
 	sink.waitFor(t, `plugin=chatty line="hello from Exec"`, 5*time.Second)
 	sink.waitFor(t, `line="to stderr: hello from Exec"`, 5*time.Second)
 	sink.waitFor(t, `dropped="5904 more bytes of the line"`, 5*time.Second)
+	sink.waitFor(t, `line="straight to file descriptor 1"`, 5*time.Second)
 	lines := strings.Split(sink.String(), "\n")
-	for _, want := range []string{`line="hello from Exec"`, `line="to stderr: hello from Exec"`, "dropped="} {
+	for _, want := range []string{`line="hello from Exec"`, `line="to stderr: hello from Exec"`, "dropped=", "file descriptor 1"} {
 		i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, want) })
 		require.GreaterOrEqual(t, i, 0, want)
 		assert.Contains(t, lines[i], "[WARN]  sandbox.chatty: the plugin wrote a line to its std", lines[i])

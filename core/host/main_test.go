@@ -34,6 +34,7 @@ const envSocket = "SANDBOX_HOST_TEST_SOCKET"
 func TestMain(m *testing.M) {
 	switch os.Getenv(envRole) {
 	case "plugin":
+		fd1 = os.Stdout // before Serve puts a pipe of its own in os.Stdout
 		sdk.Serve(newScripted)
 		os.Exit(0)
 	case "plugin-v3":
@@ -60,6 +61,9 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(m.Run())
 }
+
+// fd1 is the plugin's real stdout, which its go-plugin handshake went to.
+var fd1 *os.File
 
 // v3Plugin is a plugin of an unknown future protocol; it serves nothing.
 type v3Plugin struct{ plugin.NetRPCUnsupportedPlugin }
@@ -217,6 +221,7 @@ func (s *scripted) Exec(ctx context.Context, vm string, req hypervisor.ExecReque
 		fmt.Println(strings.Join(req.Args, " "))
 		fmt.Fprintln(os.Stderr, "to stderr:", strings.Join(req.Args, " "))
 		fmt.Print(strings.Repeat("x", 10000), "\n")
+		fmt.Fprintln(fd1, "straight to file descriptor 1")
 		return hypervisor.ExecResult{}, nil
 	}
 	if req.Path == "spawn" {

@@ -229,6 +229,10 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 	}
 	stdout := newStrayOutput(p.host.log.Named(p.name), p.name, "stdout")
 	stderr := newStrayOutput(p.host.log.Named(p.name), p.name, "stderr")
+	// The real stdout, which only code writing to file descriptor 1 itself
+	// reaches after the handshake; a writer of its own keeps its lines
+	// apart from os.Stdout's.
+	fd1 := newStrayOutput(p.host.log.Named(p.name), p.name, "stdout")
 	var procMu sync.Mutex
 	var proc *process
 	current := func() *process {
@@ -247,6 +251,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 			if err != nil {
 				return nil, err
 			}
+			pr.stray = fd1
 			procMu.Lock()
 			defer procMu.Unlock()
 			if lctx.Err() != nil {
@@ -304,7 +309,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		return nil, p.launchError(p.giveUpReason(ctx, timeout))
 	}
 	closePipes()
-	in := &instance{client: client, proc: current(), hostPipe: pipeW, stray: []*strayOutput{stdout, stderr}}
+	in := &instance{client: client, proc: current(), hostPipe: pipeW, stray: []*strayOutput{stdout, stderr, fd1}}
 	if in.proc == nil {
 		in.proc = &process{exited: make(chan struct{})} // go-plugin failed before it ran anything
 	}
