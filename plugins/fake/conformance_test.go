@@ -37,7 +37,7 @@ poweroff = "10ms"
 emergency = "5ms"
 # Restores that wait rather than compute, so that Concurrency/TwoVMs can
 # tell two at once from one after the other on a busy machine.
-restore = "100ms"
+restore = "200ms"
 unlock_after_stop = "20ms"
 guest_ready = "10ms"
 
@@ -295,7 +295,7 @@ func TestTheSuitePutsTheVMsBackAfterFailures(t *testing.T) {
 // serialises every VM behind one lock would pass it.
 func TestACheckThatDidNotJudgeIsASkip(t *testing.T) {
 	t.Parallel()
-	world := strings.Replace(suiteWorld(""), `restore = "100ms"`, `restore = "0s"`, 1)
+	world := strings.Replace(suiteWorld(""), `restore = "200ms"`, `restore = "0s"`, 1)
 	require.NotEqual(t, suiteWorld(""), world)
 	target := suiteTarget(conformance.InProcess("fake", fake.New, world))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
