@@ -182,13 +182,7 @@ func ParseEnv(path string, data []byte, env Env) (*Config, error) {
 	} else {
 		c.StateDir = absFrom(dir, c.StateDir, "")
 	}
-	c.Server = Server{Listen: f.Server.Listen, Token: f.Server.Token, MaxSampleSize: f.Server.MaxSampleSize}
-	if c.Server.Listen == "" {
-		c.Server.Listen = DefaultListen
-	}
-	if c.Server.MaxSampleSize == 0 {
-		c.Server.MaxSampleSize = DefaultMaxSampleSize
-	}
+	c.Server = f.Server.resolve()
 	if tok, ok := env(TokenEnv); ok && tok != "" {
 		if err := checkToken(tok); err != nil {
 			return nil, fmt.Errorf("%s: %v", TokenEnv, err)
