@@ -26,6 +26,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
+	"github.com/sandboxhq/sandbox/core/statedir"
 	"github.com/sandboxhq/sandbox/plugins/fake"
 	"github.com/sandboxhq/sandbox/sdk"
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
@@ -34,14 +35,33 @@ import (
 const token = "test-token-0123456789"
 
 // service is one test's `sandbox serve`: the fake hypervisor through the
-// SDK's adapters, the queue on an SQLite file, the API on a test server.
+// SDK's adapters, the queue on an SQLite file, the API on a test server
+// with the configured limits. Every answer it gives through client is
+// checked against docs/openapi.yaml.
 type service struct {
 	t      *testing.T
 	url    string
+	client *http.Client
 	driver *sdk.InProcess
 	queue  *queue.Queue
 	events *engine.Events
-	qr     *lifecycle.MemoryQuarantine
+	qr     lifecycle.Quarantine
+	state  *statedir.Dir
+	dir    string
+	srv    *api.Server
+}
+
+// serviceOptions shape a test's service.
+type serviceOptions struct {
+	// slow adds the profile slow: a 60 s analysis on the Linux VM.
+	slow bool
+	// server changes the [server] settings of the test.
+	server func(*config.Server)
+	// stateDir keeps leases and the quarantine in a state directory, as
+	// sandbox serve does, instead of in memory.
+	stateDir bool
+	// world replaces the fake's world.
+	world string
 }
 
 const fakeWorld = `[plugins.fake.config]
@@ -70,26 +90,49 @@ func profiles(slow bool) []config.Profile {
 	return out
 }
 
-// newService starts a service with the profiles defender and clamav, and
-// with slow (a 60 s analysis on the Linux VM) if asked.
-func newService(t *testing.T, slow ...bool) *service {
+// newService starts a service with the profiles defender and clamav.
+func newService(t *testing.T, opts ...func(*serviceOptions)) *service {
 	t.Helper()
-	s := newServiceTB(t, slow...)
+	s := newServiceTB(t, opts...)
 	s.t = t
 	return s
 }
 
+func withSlow(o *serviceOptions) { o.slow = true }
+
+func withStateDir(o *serviceOptions) { o.stateDir = true }
+
+func withServer(f func(*config.Server)) func(*serviceOptions) {
+	return func(o *serviceOptions) { o.server = f }
+}
+
 // newServiceTB is newService for benchmarks too.
-func newServiceTB(t testing.TB, slow ...bool) *service {
+func newServiceTB(t testing.TB, opts ...func(*serviceOptions)) *service {
 	t.Helper()
+	var o serviceOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.world == "" {
+		o.world = fakeWorld
+	}
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(fakeWorld)), nil)
+	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(o.world)), nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { d.Close() })
-	qr := lifecycle.NewMemoryQuarantine()
-	m := lifecycle.New(lifecycle.Options{Quarantine: qr})
+	var (
+		qr     lifecycle.Quarantine = lifecycle.NewMemoryQuarantine()
+		state  *statedir.Dir
+		leases lifecycle.Leases
+	)
+	if o.stateDir {
+		state, err = statedir.Open(filepath.Join(dir, "state"))
+		require.NoError(t, err)
+		qr, leases = state.Quarantine(), state.Leases()
+	}
+	m := lifecycle.New(lifecycle.Options{Quarantine: qr, Leases: leases})
 	settings := config.DefaultLifecycle()
 	settings.Snapshot = "clean"
 	vms := map[string]lifecycle.VM{}
@@ -106,16 +149,23 @@ func newServiceTB(t testing.TB, slow ...bool) *service {
 	})
 	events := engine.NewEvents()
 	e := engine.New(engine.Options{Lifecycle: m, Events: events, Logger: logger})
-	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), profiles(len(slow) > 0 && slow[0]))
+	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), profiles(o.slow))
 	require.NoError(t, err)
 	q, err := queue.Open(ctx, queue.Options{StateDir: dir, Host: "test-host", Lifecycle: m, Pool: pool,
 		OutDir: filepath.Join(dir, "results"), OnResult: metrics.Result, Logger: logger})
 	require.NoError(t, err)
-	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, Token: token, MaxSampleSize: 1 << 20, Events: events, Metrics: metrics},
+	cfg := config.Server{Token: token, MaxSampleSize: 1 << 20}
+	if o.server != nil {
+		o.server(&cfg)
+	}
+	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, State: state, Server: cfg, Events: events, Metrics: metrics, Logger: logger},
 		func() bool { return true })
 	require.NoError(t, err)
 	t.Cleanup(srv.Close)
-	hs := httptest.NewServer(srv.Handler())
+	hs := httptest.NewUnstartedServer(srv.Handler())
+	hs.Config = srv.HTTPServer()
+	hs.Listener = srv.Listener(hs.Listener)
+	hs.Start()
 	require.NoError(t, q.Start(ctx))
 	t.Cleanup(func() {
 		hs.Close()
@@ -124,7 +174,8 @@ func newServiceTB(t testing.TB, slow ...bool) *service {
 		assert.NoError(t, q.Stop(sctx))
 		q.Close()
 	})
-	return &service{url: hs.URL, driver: d, queue: q, events: events, qr: qr}
+	client := &http.Client{Transport: validating(t, http.DefaultTransport), Timeout: time.Minute}
+	return &service{url: hs.URL, client: client, driver: d, queue: q, events: events, qr: qr, state: state, dir: dir, srv: srv}
 }
 
 // call makes an API request and decodes the JSON answer into out.
@@ -138,7 +189,7 @@ func (s *service) call(method, path, tok string, body io.Reader, contentType str
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client.Do(req)
 	require.NoError(s.t, err)
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
@@ -147,6 +198,24 @@ func (s *service) call(method, path, tok string, body io.Reader, contentType str
 		require.NoError(s.t, json.Unmarshal(data, out), string(data))
 	}
 	return resp.StatusCode
+}
+
+// page GETs a page with the token (or none) and returns its HTML,
+// failing the test unless it answers 200.
+func (s *service) page(path, tok string) string {
+	s.t.Helper()
+	req, err := http.NewRequest("GET", s.url+path, nil)
+	require.NoError(s.t, err)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := s.client.Do(req)
+	require.NoError(s.t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(s.t, err)
+	require.Equal(s.t, http.StatusOK, resp.StatusCode, "%s", data)
+	return string(data)
 }
 
 // form builds a multipart submission.
@@ -181,8 +250,10 @@ type taskJSON struct {
 		Host    string `json:"host"`
 		Profile string `json:"profile"`
 		State   string `json:"state"`
-		Verdict string `json:"verdict"`
-		VM      string `json:"vm"`
+		Verdict    string `json:"verdict"`
+		VM         string `json:"vm"`
+		FailedStep string `json:"failed_step"`
+		Error      string `json:"error"`
 	} `json:"results"`
 	Report *engine.Report `json:"report"`
 }
@@ -308,7 +379,7 @@ func TestBadRequestsAreRefusedAndQueueNothing(t *testing.T) {
 }
 
 func TestCancelATask(t *testing.T) {
-	s := newService(t, true)
+	s := newService(t, withSlow)
 	// The slow task holds the Linux VM; the second waits for it, and is
 	// cancelled before it runs; then the slow one is cancelled mid-analysis.
 	slow := s.submit("a.txt", []byte("a"), "profile", "slow")
@@ -374,7 +445,7 @@ func TestVMsMetricsAndHealth(t *testing.T) {
 		assert.Equal(t, engine.StepDone, vm.Step.Step)
 	}
 
-	resp, err := http.Get(s.url + "/metrics")
+	resp, err := s.client.Get(s.url + "/metrics")
 	require.NoError(t, err)
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -391,7 +462,7 @@ func TestVMsMetricsAndHealth(t *testing.T) {
 	}
 
 	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ready"} {
-		resp, err := http.Get(s.url + path)
+		resp, err := s.client.Get(s.url + path)
 		require.NoError(t, err)
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -399,13 +470,10 @@ func TestVMsMetricsAndHealth(t *testing.T) {
 		assert.Contains(t, string(b), want)
 	}
 
-	resp, err = http.Get(s.url + "/")
-	require.NoError(t, err)
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	assert.Contains(t, string(page), "<td>win</td>")
-	assert.Contains(t, string(page), "eicar.com")
-	assert.Contains(t, string(page), `class="malicious"`)
+	page := s.page("/", token)
+	assert.Contains(t, page, `<tr data-vm="win">`)
+	assert.Contains(t, page, "eicar.com")
+	assert.Contains(t, page, `class="malicious"`)
 }
 
 func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {

@@ -5,27 +5,42 @@ import (
 	"io"
 	"maps"
 	"mime"
+	"net"
 	"net/http"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/queue"
 )
 
 // submit is POST /v1/tasks: a multipart form with the sample in the field
 // "file", and optionally "profile" (repeatable), "vm" and "priority".
-// The upload is read within max_sample_size; nothing is queued unless the
-// whole request is valid.
+// At most max_uploads are read at once; the upload is read within
+// max_sample_size and upload_timeout, and cut when it stops arriving for
+// read_timeout. Nothing is queued unless the whole request is valid.
 func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "multipart/form-data" {
 		return errorf(http.StatusUnsupportedMediaType, "bad_request",
 			"send the sample as multipart/form-data with the field \"file\" (curl -F file=@sample.exe)")
 	}
+	if r.ContentLength > s.opts.Server.MaxSampleSize+formOverhead {
+		w.Header().Set("Connection", "close") // not worth reading
+		return errorf(http.StatusRequestEntityTooLarge, "too_large",
+			"the request (%d bytes) is larger than max_sample_size (%d bytes)", r.ContentLength, s.opts.Server.MaxSampleSize)
+	}
+	release, err := s.uploadSlot(w, r)
+	if err != nil {
+		return err
+	}
+	defer release()
+	body := s.stallGuard(w, r)
 	// The form's other fields are small; the bound covers them too.
-	r.Body = http.MaxBytesReader(w, r.Body, s.opts.MaxSampleSize+1<<20)
+	r.Body = http.MaxBytesReader(w, body, s.opts.Server.MaxSampleSize+formOverhead)
 	mr, err := r.MultipartReader()
 	if err != nil {
 		return errorf(http.StatusBadRequest, "bad_request", "not a multipart form: %v", err)
@@ -42,41 +57,29 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 			break
 		}
 		if err != nil {
-			return tooLargeOr(err, s.opts.MaxSampleSize, "reading the form")
+			return s.readError(err, "reading the form")
 		}
 		switch part.FormName() {
 		case "file":
 			if haveSample {
 				return errorf(http.StatusBadRequest, "bad_request", "one sample per task: the form has two \"file\" fields")
 			}
-			data, err = io.ReadAll(io.LimitReader(part, s.opts.MaxSampleSize+1))
+			data, err = io.ReadAll(io.LimitReader(part, s.opts.Server.MaxSampleSize+1))
 			if err != nil {
-				return tooLargeOr(err, s.opts.MaxSampleSize, "reading the sample")
+				return s.readError(err, "reading the sample")
 			}
-			if int64(len(data)) > s.opts.MaxSampleSize {
+			if int64(len(data)) > s.opts.Server.MaxSampleSize {
 				return errorf(http.StatusRequestEntityTooLarge, "too_large",
-					"the sample is larger than max_sample_size (%d bytes)", s.opts.MaxSampleSize)
+					"the sample is larger than max_sample_size (%d bytes)", s.opts.Server.MaxSampleSize)
 			}
 			name, haveSample = part.FileName(), true
 		case "profile", "vm", "priority":
 			v, err := io.ReadAll(io.LimitReader(part, 4096))
 			if err != nil {
-				return tooLargeOr(err, s.opts.MaxSampleSize, "reading the form")
+				return s.readError(err, "reading the form")
 			}
-			val := strings.TrimSpace(string(v))
-			switch part.FormName() {
-			case "profile":
-				for _, p := range strings.Split(val, ",") {
-					if p = strings.TrimSpace(p); p != "" {
-						req.Profiles = append(req.Profiles, p)
-					}
-				}
-			case "vm":
-				req.VM = val
-			case "priority":
-				if req.Priority, err = strconv.Atoi(val); err != nil {
-					return errorf(http.StatusBadRequest, "bad_priority", "priority %q: want 1 (first) to 4 (last)", val)
-				}
+			if err := parseField(&req, part.FormName(), strings.TrimSpace(string(v))); err != nil {
+				return err
 			}
 		default:
 			return errorf(http.StatusBadRequest, "bad_request", "unknown form field %q; the fields are file, profile, vm, priority", part.FormName())
@@ -85,6 +88,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 	if !haveSample {
 		return errorf(http.StatusBadRequest, "bad_request", "no sample: send it in the form field \"file\"")
 	}
+	s.uploaded(w)
 	t, err := s.opts.Queue.Submit(r.Context(), name, data, req)
 	if err != nil {
 		return err
@@ -94,13 +98,148 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// tooLargeOr turns a read past the body's bound into 413.
-func tooLargeOr(err error, max int64, doing string) error {
+// formOverhead bounds what a submission's form holds besides the sample:
+// its boundaries, headers and small fields.
+const formOverhead = 1 << 20
+
+// parseField reads one of the submission's small fields into req. An
+// explicit value is held to the rules: priority 1 to 4 (0 is not "the
+// default"), and every name of a profile list non-empty.
+func parseField(req *queue.Request, field, val string) error {
+	switch field {
+	case "profile":
+		for p := range strings.SplitSeq(val, ",") {
+			p = strings.TrimSpace(p)
+			if p == "" {
+				return errorf(http.StatusBadRequest, "unknown_profile",
+					"profile %q names an empty profile: give names separated by commas, or leave the field out for every profile", val)
+			}
+			req.Profiles = append(req.Profiles, p)
+		}
+	case "vm":
+		req.VM = val
+	case "priority":
+		n, err := strconv.Atoi(val)
+		if err != nil || n < 1 || n > 4 {
+			return errorf(http.StatusBadRequest, "bad_priority", "priority %q: want 1 (first) to 4 (last), or leave it out for 2", val)
+		}
+		req.Priority = n
+	}
+	return nil
+}
+
+// uploadSlot waits, up to read_timeout, for one of the max_uploads slots;
+// a request still waiting then is answered 503, to try again later.
+func (s *Server) uploadSlot(w http.ResponseWriter, r *http.Request) (release func(), err error) {
+	wait := time.NewTimer(s.opts.Server.ReadTimeout)
+	defer wait.Stop()
+	select {
+	case s.uploads <- struct{}{}:
+		return func() { <-s.uploads }, nil
+	case <-r.Context().Done():
+		return nil, r.Context().Err()
+	case <-wait.C:
+		w.Header().Set("Retry-After", "5")
+		w.Header().Set("Connection", "close")
+		return nil, errorf(http.StatusServiceUnavailable, "busy",
+			"%d uploads are being read already (max_uploads); try again in a few seconds", s.opts.Server.MaxUploads)
+	}
+}
+
+// stallGuard moves the connection's deadlines for an upload: the body may
+// take up to upload_timeout whole, but is cut when no byte of it arrives
+// for read_timeout; the answer's write deadline moves past the upload.
+func (s *Server) stallGuard(w http.ResponseWriter, r *http.Request) io.ReadCloser {
+	c := s.opts.Server
+	rc := http.NewResponseController(w)
+	end := time.Now().Add(c.UploadTimeout)
+	_ = rc.SetWriteDeadline(end.Add(c.WriteTimeout))
+	g := &stallReader{ReadCloser: r.Body, rc: rc, idle: c.ReadTimeout, end: end}
+	g.extend()
+	return g
+}
+
+// uploaded gives the answer to a finished upload its own write_timeout.
+func (s *Server) uploaded(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(s.opts.Server.WriteTimeout))
+}
+
+// stallReader moves the read deadline forward as the body arrives.
+type stallReader struct {
+	io.ReadCloser
+	rc   *http.ResponseController
+	idle time.Duration
+	end  time.Time
+	// last is when the deadline was last moved: moving it at most every
+	// few milliseconds costs nothing at any upload speed.
+	last time.Time
+}
+
+func (g *stallReader) extend() {
+	now := time.Now()
+	g.last = now
+	d := now.Add(g.idle)
+	if d.After(g.end) {
+		d = g.end
+	}
+	_ = g.rc.SetReadDeadline(d)
+}
+
+func (g *stallReader) Read(p []byte) (int, error) {
+	n, err := g.ReadCloser.Read(p)
+	if n > 0 && time.Since(g.last) > g.idle/100 {
+		g.extend()
+	}
+	return n, err
+}
+
+// readError names what went wrong reading an upload: too large (413), cut
+// for stalling or for taking longer than upload_timeout (408), or a
+// malformed form (400).
+func (s *Server) readError(err error, doing string) error {
 	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the request is larger than max_sample_size (%d bytes)", max)
+	var ne net.Error
+	switch {
+	case errors.As(err, &mbe):
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the request is larger than max_sample_size (%d bytes)", s.opts.Server.MaxSampleSize)
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		return errorf(http.StatusRequestTimeout, "timeout",
+			"%s: the upload stopped arriving for read_timeout (%s) or took longer than upload_timeout (%s)",
+			doing, s.opts.Server.ReadTimeout, s.opts.Server.UploadTimeout)
 	}
 	return errorf(http.StatusBadRequest, "bad_request", "%s: %v", doing, err)
+}
+
+// taskView is a task as the API answers it: the queue's task and, for
+// each analysis under way on this host, where it is.
+type taskView struct {
+	*queue.Task
+	// Progress has an entry per analysis running on this host, from the
+	// engine's events.
+	Progress []progress `json:"progress,omitempty"`
+}
+
+// progress is where a running analysis is.
+type progress struct {
+	Profile string      `json:"profile"`
+	Host    string      `json:"host"`
+	VM      string      `json:"vm"`
+	Step    engine.Step `json:"step"`
+	Since   time.Time   `json:"since"`
+}
+
+func (s *Server) view(t *queue.Task) taskView {
+	v := taskView{Task: t}
+	if t.Final() {
+		return v
+	}
+	running := runningByTask(s.opts.Events.Latest())
+	for _, p := range t.Profiles {
+		if e, ok := running[t.ID+"\x00"+p]; ok && resultOf(t, p) == nil {
+			v.Progress = append(v.Progress, progress{Profile: p, Host: s.opts.Queue.Host(), VM: e.VM, Step: e.Step, Since: e.At})
+		}
+	}
+	return v
 }
 
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
@@ -108,7 +247,21 @@ func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, t)
+	writeJSON(w, http.StatusOK, s.view(t))
+	return nil
+}
+
+// getReport is GET /v1/tasks/{id}/report: the task's report.json, from the
+// database, whichever host ran it.
+func (s *Server) getReport(w http.ResponseWriter, r *http.Request) error {
+	t, err := s.opts.Queue.Task(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	if t.Report == nil {
+		return errorf(http.StatusNotFound, "not_found", "task %s is %s: its report is written when it ends", t.ID, t.State)
+	}
+	writeJSON(w, http.StatusOK, t.Report)
 	return nil
 }
 
@@ -124,7 +277,7 @@ type taskSummary struct {
 	Finished *time.Time `json:"finished,omitempty"`
 }
 
-func summarize(t *queue.Task) taskSummary {
+func summarize(t *queue.Summary) taskSummary {
 	return taskSummary{ID: t.ID, Name: t.Sample.Name, SHA256: t.Sample.SHA256, Profiles: t.Profiles, State: t.State,
 		Verdict: string(t.Verdict), Created: t.Created, Finished: t.Finished}
 }
@@ -144,7 +297,7 @@ func (s *Server) listTasks(w http.ResponseWriter, r *http.Request) error {
 		}
 		limit = n
 	}
-	tasks, err := s.opts.Queue.Tasks(r.Context(), state, limit)
+	tasks, err := s.opts.Queue.Summaries(r.Context(), state, limit)
 	if err != nil {
 		return err
 	}
@@ -161,7 +314,7 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, t)
+	writeJSON(w, http.StatusOK, s.view(t))
 	return nil
 }
 
