@@ -121,8 +121,8 @@ type reconciled struct {
 	// Outcome is "clean", "cleaned", "in use", "quarantined" or "failed".
 	Outcome string `json:"outcome"`
 	// Detail says what was found, who holds the VM or what failed.
-	Detail   string            `json:"detail,omitempty"`
-	Unusable bool              `json:"unusable,omitempty"`
+	Detail   string              `json:"detail,omitempty"`
+	Unusable bool                `json:"unusable,omitempty"`
 	Report   *lifecycle.OpReport `json:"report,omitempty"`
 }
 

@@ -241,9 +241,18 @@ func (s *Server) bearer(r *http.Request) bool {
 func unauthorized(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("WWW-Authenticate", `Bearer realm="sandbox"`)
 	if r.ContentLength != 0 {
-		w.Header().Set("Connection", "close")
+		refuseBody(w)
 	}
 	writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+}
+
+// refuseBody closes the connection after the answer without reading what
+// is left of the request's body: net/http would otherwise read up to
+// 256 KiB of it, as slowly as the client sends it, to keep the
+// connection for another request.
+func refuseBody(w http.ResponseWriter) {
+	w.Header().Set("Connection", "close")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 }
 
 // auth checks the bearer token, then runs h and renders its error.

@@ -247,9 +247,9 @@ type taskJSON struct {
 	} `json:"sample"`
 	Profiles []string `json:"profiles"`
 	Results  []struct {
-		Host    string `json:"host"`
-		Profile string `json:"profile"`
-		State   string `json:"state"`
+		Host       string `json:"host"`
+		Profile    string `json:"profile"`
+		State      string `json:"state"`
 		Verdict    string `json:"verdict"`
 		VM         string `json:"vm"`
 		FailedStep string `json:"failed_step"`
@@ -351,6 +351,9 @@ func TestBadRequestsAreRefusedAndQueueNothing(t *testing.T) {
 		{"an unknown profile", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "profile", "clamav,avast") }, 400, "unknown_profile"},
 		{"a VM outside the profile", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "profile", "clamav", "vm", "win") }, 400, "unknown_vm"},
 		{"a bad priority", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "priority", "9") }, 400, "bad_priority"},
+		{"priority 0", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "priority", "0") }, 400, "bad_priority"},
+		{"an empty profile list", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "profile", ",") }, 400, "unknown_profile"},
+		{"an empty profile name in a list", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "profile", "clamav,") }, 400, "unknown_profile"},
 		{"no file", token, func() (io.Reader, string) { return form(t, "", nil, "profile", "clamav") }, 400, "bad_request"},
 		{"an empty file", token, func() (io.Reader, string) { return form(t, "a", nil) }, 400, "empty_sample"},
 		{"malformed multipart", token, func() (io.Reader, string) {

@@ -29,7 +29,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 			"send the sample as multipart/form-data with the field \"file\" (curl -F file=@sample.exe)")
 	}
 	if r.ContentLength > s.opts.Server.MaxSampleSize+formOverhead {
-		w.Header().Set("Connection", "close") // not worth reading
+		refuseBody(w)
 		return errorf(http.StatusRequestEntityTooLarge, "too_large",
 			"the request (%d bytes) is larger than max_sample_size (%d bytes)", r.ContentLength, s.opts.Server.MaxSampleSize)
 	}
@@ -140,7 +140,7 @@ func (s *Server) uploadSlot(w http.ResponseWriter, r *http.Request) (release fun
 		return nil, r.Context().Err()
 	case <-wait.C:
 		w.Header().Set("Retry-After", "5")
-		w.Header().Set("Connection", "close")
+		refuseBody(w)
 		return nil, errorf(http.StatusServiceUnavailable, "busy",
 			"%d uploads are being read already (max_uploads); try again in a few seconds", s.opts.Server.MaxUploads)
 	}
