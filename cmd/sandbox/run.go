@@ -215,7 +215,7 @@ func printRun(w io.Writer, sum *engine.Summary, out string) {
 				problems = append(problems, fmt.Sprintf("%s with %s%s: %s at %s: %s",
 					rep.Sample.Name, r.Profile, onVM(r.VM), r.State, r.FailedStep, firstLine(r.Error)))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rep.Sample.Name, r.Profile, orDash(r.VM), r.Verdict, state, took(r))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rep.Sample.Name, r.Profile, orDash(r.VM), orDash(string(r.Verdict)), state, took(r))
 		}
 	}
 	_ = tw.Flush()

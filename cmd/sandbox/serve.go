@@ -93,7 +93,7 @@ func (a *app) serve(f serveFlags) error {
 	metrics := api.NewMetrics()
 	q, err := queue.Open(ctx, queue.Options{
 		Database: qs.Database, StateDir: a.cfg.StateDir, Host: qs.Host, Pool: pool, Lifecycle: m,
-		OutDir: a.cfg.Engine.OutDir, RescueAfter: qs.RescueAfter, MaxAttempts: qs.MaxAttempts,
+		OutDir: a.cfg.Engine.OutDir, DeadAfter: qs.DeadAfter, MaxAttempts: qs.MaxAttempts,
 		Logger: a.log.Named("queue"), OnResult: metrics.Result,
 	})
 	if err != nil {

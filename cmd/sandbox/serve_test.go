@@ -35,7 +35,7 @@ const apiToken = "serve-test-token-0123456789"
 // analysis seconds.
 func serveConfig(host string, vms []string, all []string, analysis string, extra string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "state_dir = \"state\"\n[queue]\nhost = %q\nrescue_after = \"1s\"\n", host)
+	fmt.Fprintf(&b, "state_dir = \"state\"\n[queue]\nhost = %q\ndead_after = \"3s\"\n", host)
 	fmt.Fprintf(&b, "[lifecycle]\nsnapshot = \"clean\"\ncleanup_timeout = \"10s\"\nrestore_timeout = \"5s\"\nstart_timeout = \"5s\"\n"+
 		"acpi_timeout = \"2s\"\npoweroff_timeout = \"2s\"\nemergency_timeout = \"2s\"\nrelease_timeout = \"2s\"\nunlock_timeout = \"2s\"\n")
 	fmt.Fprintf(&b, "[plugins.fake]\npath = %q\n[plugins.fake.config]\nstate_dir = \"world\"\n", fakeBin)
@@ -172,6 +172,10 @@ type serveTask struct {
 	Results []struct {
 		Host, Profile, State, VM string
 	}
+	Analyses []struct {
+		Profile, State string
+		Lost           []struct{ Host, Why string } `json:"lost_attempts"`
+	}
 	Report *struct{ Verdict string }
 }
 
@@ -226,7 +230,8 @@ func TestServeFinishesEveryTaskAcrossASIGKILL(t *testing.T) {
 	s.kill()
 
 	s = startServe(t, dir)
-	assert.Contains(t, s.logs(), "putting back the jobs this host was running")
+	assert.Contains(t, s.logs(), "took over an analysis of a host that stopped")
+	assert.Contains(t, s.logs(), `why="the host was restarted"`)
 	waitFor(t, time.Minute, "every task ended", func() bool {
 		for _, id := range ids {
 			if st := s.task(id).State; st != "done" {
@@ -235,12 +240,15 @@ func TestServeFinishesEveryTaskAcrossASIGKILL(t *testing.T) {
 		}
 		return true
 	})
+	lost := 0
 	for _, id := range ids {
 		task := s.task(id)
 		require.Len(t, task.Results, 1, "one result per profile, exactly")
 		require.NotNil(t, task.Report)
 		assert.Equal(t, "clean", task.Report.Verdict)
+		lost += len(task.Analyses[0].Lost)
 	}
+	assert.Equal(t, 2, lost, "the two analyses running when the host died say they lost an attempt")
 	assert.Equal(t, 0, s.stop(syscall.SIGTERM, time.Minute))
 	vmsClean(t, dir, "vm1", "vm2")
 }

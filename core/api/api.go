@@ -153,6 +153,7 @@ func (s *Server) v1Routes() map[string]func(http.ResponseWriter, *http.Request) 
 		"POST /v1/vms/{name}/cleanup":   s.cleanupVM,
 		"POST /v1/vms/{name}/reconcile": s.reconcileVM,
 		"GET /v1/profiles":              s.listProfiles,
+		"GET /v1/hosts":                 s.listHosts,
 	}
 }
 
@@ -303,5 +304,5 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "database:", err)
 		return
 	}
-	fmt.Fprintln(w, "ready")
+	fmt.Fprintf(w, "ready (schema %d)\n", s.opts.Queue.Schema())
 }

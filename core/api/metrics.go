@@ -58,7 +58,11 @@ func (m *Metrics) Observe(e engine.Event) {
 
 // Result counts a recorded analysis and its cleanup.
 func (m *Metrics) Result(r *engine.Result) {
-	m.results.WithLabelValues(string(r.State), string(r.Verdict)).Inc()
+	verdict := string(r.Verdict)
+	if verdict == "" {
+		verdict = "none" // a cancelled analysis has no verdict: not counted as clean, nor as an error
+	}
+	m.results.WithLabelValues(string(r.State), verdict).Inc()
 	if r.Cleanup != nil {
 		outcome := "ok"
 		if r.Cleanup.Error != "" {
@@ -79,6 +83,10 @@ var (
 		[]string{"profile"}, nil)
 	vmStepDesc = prometheus.NewDesc("sandbox_vm_step", "1 for the step each VM of this host is in (idle between tasks).",
 		[]string{"vm", "step"}, nil)
+	heartbeatDesc = prometheus.NewDesc("sandbox_host_heartbeat_age_seconds",
+		"Seconds since each host sharing the queue last said it was alive.", []string{"host"}, nil)
+	aliveDesc = prometheus.NewDesc("sandbox_host_alive",
+		"1 for a host whose heartbeat is within dead_after, 0 for one the others think dead.", []string{"host"}, nil)
 	quarantinedDesc = prometheus.NewDesc("sandbox_vms_quarantined", "VMs of this host that are quarantined.", nil, nil)
 	outDesc         = prometheus.NewDesc("sandbox_vms_out_of_service", "VMs of this host the service stopped using.", nil, nil)
 )
@@ -86,6 +94,8 @@ var (
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- tasksDesc
 	ch <- depthDesc
+	ch <- heartbeatDesc
+	ch <- aliveDesc
 	ch <- vmStepDesc
 	ch <- quarantinedDesc
 	ch <- outDesc
@@ -103,6 +113,16 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	if depth, err := q.Depth(ctx); err == nil {
 		for _, p := range slices.Sorted(maps.Keys(q.Profiles())) {
 			ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, float64(depth[p]), p)
+		}
+	}
+	if hosts, err := q.Hosts(ctx); err == nil {
+		for _, h := range hosts {
+			ch <- prometheus.MustNewConstMetric(heartbeatDesc, prometheus.GaugeValue, time.Since(h.Heartbeat).Seconds(), h.Name)
+			alive := 0.0
+			if h.Alive {
+				alive = 1
+			}
+			ch <- prometheus.MustNewConstMetric(aliveDesc, prometheus.GaugeValue, alive, h.Name)
 		}
 	}
 	latest := c.s.opts.Events.Latest()

@@ -337,26 +337,41 @@ func taskRowOf(t *queue.Summary, running map[string]engine.Event) taskRow {
 	if t.Finished != nil {
 		row.Took = shortDuration(t.Finished.Sub(t.Created))
 	}
-	for _, p := range t.Profiles {
-		a := analysisBrief{Profile: p}
-		if b, ok := t.Analyses[p]; ok {
-			a.Class, a.Text = string(b.State), string(b.State)
-			if b.State == engine.StepDone {
-				a.Class, a.Text = string(b.Verdict), string(b.Verdict)
-			}
-			switch {
-			case b.State == engine.StepFailed && b.FailedStep != "":
+	for _, b := range t.Analyses {
+		a := analysisBrief{Profile: b.Profile, Class: b.State, Text: b.State}
+		switch b.State {
+		case queue.StateDone:
+			a.Class, a.Text = string(b.Verdict), string(b.Verdict)
+		case queue.StateFailed:
+			if b.FailedStep != "" {
 				a.Detail = fmt.Sprintf("at %s: %s", b.FailedStep, clip(b.Error, 160))
-			case b.State != engine.StepDone && b.Error != "":
+			} else {
 				a.Detail = clip(b.Error, 160)
 			}
-			if b.VM != "" {
-				a.Detail = strings.TrimSpace(a.Detail + " (" + b.VM + " on " + b.Host + ")")
+		case queue.StateCancelled:
+			a.Detail = clip(b.Error, 160)
+		case queue.StateRunning:
+			a.Class = "running"
+			if b.Step != "" {
+				a.Text = b.Step
 			}
-		} else if e, ok := running[t.ID+"\x00"+p]; ok {
-			a.Class, a.Text, a.Detail = "running", string(e.Step), fmt.Sprintf("on %s for %s", e.VM, shortDuration(time.Since(e.At)))
-		} else if !slices.Contains([]string{queue.StateDone, queue.StateFailed, queue.StateCancelled}, t.State) {
-			a.Class, a.Text = "queued", "waiting"
+			if e, ok := running[t.ID+"\x00"+b.Profile]; ok {
+				a.Text, a.Detail = string(e.Step), fmt.Sprintf("on %s for %s", e.VM, shortDuration(time.Since(e.At)))
+			} else if b.VM != "" {
+				a.Detail = "on " + b.VM
+			}
+		case queue.StateQueued:
+			a.Text = "waiting"
+		}
+		if b.Attempt > 1 {
+			a.Detail = strings.TrimSpace(fmt.Sprintf("%s (attempt %d)", a.Detail, b.Attempt))
+		}
+		if b.Host != "" && b.State != queue.StateQueued {
+			where := b.Host
+			if b.VM != "" && b.State != queue.StateRunning {
+				where = b.VM + " on " + b.Host
+			}
+			a.Detail = strings.TrimSpace(a.Detail + " (" + where + ")")
 		}
 		row.Analyses = append(row.Analyses, a)
 	}
@@ -395,6 +410,7 @@ type analysisView struct {
 	ExitCode                            string
 	Quarantined, CleanupError           string
 	Skipped                             []engine.SkippedVM
+	Lost                                []string
 	Transitions                         []transitionRow
 	Artifacts                           []artifactRow
 	Stdout, Stderr                      string
@@ -460,6 +476,7 @@ func (s *Server) taskPageData(t *queue.Task, now time.Time) *taskPageData {
 			}
 			transitions = r.Transitions
 		} else if e, ok := running[t.ID+"\x00"+p]; ok {
+			// Under way on this host: the event stream knows its every step.
 			a.State, a.StateClass, a.Running, a.Step, a.Since, a.VM, a.Host = "running", "running", true, string(e.Step), e.At, e.VM, s.opts.Queue.Host()
 			if history == nil {
 				history = s.opts.Events.History(t.Created)
@@ -469,10 +486,19 @@ func (s *Server) taskPageData(t *queue.Task, now time.Time) *taskPageData {
 					transitions = append(transitions, engine.Transition{Step: h.Step, At: h.At, Detail: h.Detail})
 				}
 			}
+		} else if an := analysisOf(t, p); an != nil && an.State == queue.StateRunning {
+			// Under way on another host: its row says where.
+			a.State, a.StateClass, a.Running, a.Step, a.VM, a.Host = "running", "running", true, an.Step, an.VM, an.Host
 		} else {
 			a.State, a.StateClass = "waiting", "queued"
-			if t.Final() {
-				a.State, a.StateClass = t.State, t.State
+			if an != nil && an.State != queue.StateQueued {
+				a.State, a.StateClass = an.State, an.State
+			}
+		}
+		if an := analysisOf(t, p); an != nil {
+			for _, l := range an.Lost {
+				a.Lost = append(a.Lost, fmt.Sprintf("attempt %d lost with host %s at %s: %s", l.Attempt, l.Host,
+					l.At.Local().Format("15:04:05"), l.Why))
 			}
 		}
 		for i, tr := range transitions {
@@ -493,6 +519,16 @@ func (s *Server) taskPageData(t *queue.Task, now time.Time) *taskPageData {
 	d.Timeline = taskTimeline(lanes, t.Created, end)
 	d.Timeline.Label = "the steps of each analysis of task " + t.ID
 	return d
+}
+
+// analysisOf is the task's analysis with profile.
+func analysisOf(t *queue.Task, profile string) *queue.Analysis {
+	for i := range t.Analyses {
+		if t.Analyses[i].Profile == profile {
+			return &t.Analyses[i]
+		}
+	}
+	return nil
 }
 
 // resultOf is the task's result with profile, if it has ended.

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"maps"
@@ -13,7 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/queue"
 )
 
@@ -89,7 +89,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 		return errorf(http.StatusBadRequest, "bad_request", "no sample: send it in the form field \"file\"")
 	}
 	s.uploaded(w)
-	t, err := s.opts.Queue.Submit(r.Context(), name, data, req)
+	t, err := s.opts.Queue.Submit(r.Context(), name, bytes.NewReader(data), req)
 	if err != nil {
 		return err
 	}
@@ -210,44 +210,12 @@ func (s *Server) readError(err error, doing string) error {
 	return errorf(http.StatusBadRequest, "bad_request", "%s: %v", doing, err)
 }
 
-// taskView is a task as the API answers it: the queue's task and, for
-// each analysis under way on this host, where it is.
-type taskView struct {
-	*queue.Task
-	// Progress has an entry per analysis running on this host, from the
-	// engine's events.
-	Progress []progress `json:"progress,omitempty"`
-}
-
-// progress is where a running analysis is.
-type progress struct {
-	Profile string      `json:"profile"`
-	Host    string      `json:"host"`
-	VM      string      `json:"vm"`
-	Step    engine.Step `json:"step"`
-	Since   time.Time   `json:"since"`
-}
-
-func (s *Server) view(t *queue.Task) taskView {
-	v := taskView{Task: t}
-	if t.Final() {
-		return v
-	}
-	running := runningByTask(s.opts.Events.Latest())
-	for _, p := range t.Profiles {
-		if e, ok := running[t.ID+"\x00"+p]; ok && resultOf(t, p) == nil {
-			v.Progress = append(v.Progress, progress{Profile: p, Host: s.opts.Queue.Host(), VM: e.VM, Step: e.Step, Since: e.At})
-		}
-	}
-	return v
-}
-
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 	t, err := s.opts.Queue.Task(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.view(t))
+	writeJSON(w, http.StatusOK, t)
 	return nil
 }
 
@@ -278,8 +246,12 @@ type taskSummary struct {
 }
 
 func summarize(t *queue.Summary) taskSummary {
-	return taskSummary{ID: t.ID, Name: t.Sample.Name, SHA256: t.Sample.SHA256, Profiles: t.Profiles, State: t.State,
+	s := taskSummary{ID: t.ID, Name: t.Sample.Name, SHA256: t.Sample.SHA256, Profiles: []string{}, State: t.State,
 		Verdict: string(t.Verdict), Created: t.Created, Finished: t.Finished}
+	for _, a := range t.Analyses {
+		s.Profiles = append(s.Profiles, a.Profile)
+	}
+	return s
 }
 
 var taskStates = []string{queue.StateQueued, queue.StateRunning, queue.StateDone, queue.StateFailed, queue.StateCancelled}
@@ -314,7 +286,7 @@ func (s *Server) cancelTask(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	writeJSON(w, http.StatusOK, s.view(t))
+	writeJSON(w, http.StatusOK, t)
 	return nil
 }
 
@@ -340,5 +312,19 @@ func (s *Server) listProfiles(w http.ResponseWriter, _ *http.Request) error {
 		out = append(out, p)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"profiles": out, "host": s.opts.Queue.Host()})
+	return nil
+}
+
+// listHosts is GET /v1/hosts: the hosts sharing the queue, their last
+// heartbeat, and whether the others think them alive.
+func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) error {
+	hosts, err := s.opts.Queue.Hosts(r.Context())
+	if err != nil {
+		return err
+	}
+	if hosts == nil {
+		hosts = []queue.Host{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"host": s.opts.Queue.Host(), "dead_after": s.opts.Queue.DeadAfter().String(), "hosts": hosts})
 	return nil
 }

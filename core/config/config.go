@@ -189,9 +189,9 @@ func ParseEnv(path string, data []byte, env Env) (*Config, error) {
 		}
 		c.Server.Token = tok
 	}
-	c.Queue = Queue{Database: f.Queue.Database, Host: f.Queue.Host, RescueAfter: DefaultRescueAfter, MaxAttempts: f.Queue.MaxAttempts}
-	if f.Queue.RescueAfter != nil {
-		c.Queue.RescueAfter = *f.Queue.RescueAfter
+	c.Queue = Queue{Database: f.Queue.Database, Host: f.Queue.Host, DeadAfter: DefaultDeadAfter, MaxAttempts: f.Queue.MaxAttempts}
+	if f.Queue.DeadAfter != nil {
+		c.Queue.DeadAfter = *f.Queue.DeadAfter
 	}
 	if c.Queue.MaxAttempts == 0 {
 		c.Queue.MaxAttempts = DefaultMaxAttempts

@@ -174,32 +174,42 @@ type Queue struct {
 	// Host names this host among those sharing the database: the file's
 	// value, else the machine's name.
 	Host string
-	// RescueAfter is how long another host waits on a job of a host that
-	// died before taking it over.
-	RescueAfter time.Duration
+	// DeadAfter is how long a host may go without a heartbeat before the
+	// other hosts think it dead and take its running analyses over.
+	DeadAfter time.Duration
 	// MaxAttempts bounds the tries of a job no VM could run.
 	MaxAttempts int
 }
 
 // Queue defaults.
 const (
-	DefaultRescueAfter = 15 * time.Minute
+	DefaultDeadAfter   = 15 * time.Second
 	DefaultMaxAttempts = 5
+	// MinDeadAfter is the shortest dead_after accepted: a host heartbeats
+	// three times within it, and must not be thought dead for one slow
+	// database round trip.
+	MinDeadAfter = 3 * time.Second
 )
 
 type queueTable struct {
 	Database    string         `toml:"database"`
 	Host        string         `toml:"host"`
-	RescueAfter *time.Duration `toml:"rescue_after"`
+	DeadAfter   *time.Duration `toml:"dead_after"`
 	MaxAttempts int            `toml:"max_attempts"`
+	// RescueAfter is dead_after's former name, refused with a word on it.
+	RescueAfter *time.Duration `toml:"rescue_after"`
 }
 
 func (t queueTable) validate() (string, error) {
 	if err := checkDatabase(t.Database); err != nil {
 		return "database", err
 	}
-	if t.RescueAfter != nil && *t.RescueAfter <= 0 {
-		return "rescue_after", fmt.Errorf("must be a positive duration such as \"15m\"")
+	if t.RescueAfter != nil {
+		return "rescue_after", fmt.Errorf("is now dead_after: how long a host may go without a heartbeat before the others " +
+			"take its work over (default 15s; the old key waited for each job's whole deadline)")
+	}
+	if t.DeadAfter != nil && *t.DeadAfter < MinDeadAfter {
+		return "dead_after", fmt.Errorf("must be at least %s, such as \"15s\"", MinDeadAfter)
 	}
 	if t.MaxAttempts < 0 {
 		return "max_attempts", fmt.Errorf("must not be negative")

@@ -168,7 +168,12 @@ func (e *Engine) finish(t Task, r *Result, state, failed Step, err error) {
 			r.Error = err.Error()
 		}
 	}
-	if r.Verdict == "" {
+	switch {
+	case state == StepCancelled:
+		// A cancelled analysis has no verdict of its own, whatever its
+		// command had answered: nobody asked for it any more.
+		r.Verdict, r.Rule = "", ""
+	case r.Verdict == "":
 		r.Verdict = VerdictError
 	}
 	e.transition(t, r, state, r.Error)

@@ -90,8 +90,9 @@ type Result struct {
 	State Step `json:"state"`
 	// Verdict is the profile's rules applied to the command's result;
 	// error when the command did not run to completion. A failure after
-	// the command (collecting, cleaning) keeps the verdict.
-	Verdict Verdict `json:"verdict"`
+	// the command (collecting, cleaning) keeps the verdict; a cancelled
+	// task has none.
+	Verdict Verdict `json:"verdict,omitempty"`
 	// Rule says which rule decided the verdict.
 	Rule string `json:"rule,omitempty"`
 	// FailedStep is the first step that failed, and Error why.
@@ -175,8 +176,12 @@ func NewReport(s Sample, started, finished time.Time, results []*Result) *Report
 // It is the one place such a Result is built.
 func NotRun(profile string, state Step, why string) *Result {
 	now := time.Now().UTC()
-	return &Result{Profile: profile, State: state, Verdict: VerdictError, FailedStep: StepQueued, Error: why,
+	r := &Result{Profile: profile, State: state, Verdict: VerdictError, FailedStep: StepQueued, Error: why,
 		Transitions: []Transition{{Step: state, At: now, Detail: why}}}
+	if state == StepCancelled {
+		r.Verdict = "" // a cancelled task has no verdict of its own
+	}
+	return r
 }
 
 // WriteReport saves r as report.json in dir, creating dir, and replacing an

@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -51,7 +52,7 @@ func BenchmarkServiceAgainstRun(b *testing.B) {
 		begun := time.Now()
 		var ids []string
 		for i := range m {
-			task, err := q.Submit(context.Background(), fmt.Sprintf("s%d", i), fmt.Appendf(nil, "sample %d", i), queue.Request{})
+			task, err := q.Submit(context.Background(), fmt.Sprintf("s%d", i), bytes.NewReader(fmt.Appendf(nil, "sample %d", i)), queue.Request{})
 			require.NoError(b, err)
 			ids = append(ids, task.ID)
 		}

@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -63,7 +64,7 @@ func serveDoor(t *testing.T, ctx context.Context, pool *engine.Pool, m *lifecycl
 	defer q.Close()
 	data, err := os.ReadFile(s.Path)
 	require.NoError(t, err)
-	task, err := q.Submit(ctx, s.Name, data, queue.Request{})
+	task, err := q.Submit(ctx, s.Name, bytes.NewReader(data), queue.Request{})
 	require.NoError(t, err)
 	var cancels sync.WaitGroup
 	defer cancels.Wait() // before the queue closes

@@ -1,6 +1,7 @@
 package queue_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"maps"
@@ -34,15 +35,13 @@ type host struct {
 func newHost(t testing.TB, name string, vms ...string) *host {
 	t.Helper()
 	dir := t.TempDir()
-	var b strings.Builder
-	b.WriteString("[plugins.fake.config]\nstate_dir = \"world\"\n[plugins.fake.config.timing]\nstart = \"20ms\"\nguest_ready = \"30ms\"\n" +
-		"restore = \"20ms\"\npoweroff = \"20ms\"\nunlock_after_stop = \"20ms\"\n")
+	world := fake.Config{StateDir: "world", Timing: fake.FastTiming(), VMs: map[string]fake.VMConfig{}}
 	for _, vm := range vms {
-		fmt.Fprintf(&b, "[plugins.fake.config.vms.%s]\nsnapshots = [\"clean\"]\n", vm)
+		world.VMs[vm] = fake.VMConfig{Snapshots: []string{"clean"}}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(b.String())), nil)
+	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(world.TOML("fake"))), nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { d.Close() })
 	s := config.DefaultLifecycle()
@@ -76,16 +75,29 @@ func (h *host) pool(t testing.TB, m *lifecycle.Manager, maxStarting int, profile
 	return p
 }
 
-// open opens the host's queue on database ("" for its own SQLite file).
-func (h *host) open(t testing.TB, database string, profiles []config.Profile) *queue.Queue {
+// open opens the host's queue on database ("" for its own SQLite file),
+// with dead_after at its minimum unless edit says otherwise.
+func (h *host) open(t testing.TB, database string, profiles []config.Profile, edit ...func(*queue.Options)) *queue.Queue {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	m := lifecycle.New(lifecycle.Options{})
-	q, err := queue.Open(ctx, queue.Options{Database: database, StateDir: h.dir, Host: h.name,
-		Pool: h.pool(t, m, 0, profiles), Lifecycle: m, OutDir: filepath.Join(h.dir, "results")})
+	opts := queue.Options{Database: database, StateDir: h.dir, Host: h.name, Pool: h.pool(t, m, 0, profiles), Lifecycle: m,
+		OutDir: filepath.Join(h.dir, "results"), DeadAfter: config.MinDeadAfter}
+	for _, f := range edit {
+		f(&opts)
+	}
+	q, err := queue.Open(ctx, opts)
 	require.NoError(t, err)
 	return q
+}
+
+// databases runs f with each database the queue supports: its own
+// SQLite file, and a fresh PostgreSQL database (skipped, saying why,
+// where none can be had).
+func databases(t *testing.T, f func(t *testing.T, database string)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, "") })
+	t.Run("postgres", func(t *testing.T) { f(t, pgtest.Database(t)) })
 }
 
 func start(t *testing.T, q *queue.Queue) {
@@ -124,7 +136,7 @@ func submit(t *testing.T, q *queue.Queue, n int) []string {
 	t.Helper()
 	var ids []string
 	for i := range n {
-		task, err := q.Submit(context.Background(), fmt.Sprintf("s%d.txt", i), fmt.Appendf(nil, "sample %d", i), queue.Request{})
+		task, err := q.Submit(context.Background(), fmt.Sprintf("s%d.txt", i), bytes.NewReader(fmt.Appendf(nil, "sample %d", i)), queue.Request{})
 		require.NoError(t, err)
 		ids = append(ids, task.ID)
 	}

@@ -3,10 +3,14 @@ package queue
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -47,37 +51,104 @@ type Request struct {
 // DefaultPriority is a task's priority unless the submission says.
 const DefaultPriority = 2
 
-// Submit accepts a sample: it stores it, records the task and queues one
-// job per profile. Once it returns, the task is never lost: a restart of
-// this or any host finishes it.
-func (q *Queue) Submit(ctx context.Context, name string, data []byte, req Request) (*Task, error) {
-	if len(data) == 0 {
-		return nil, inputErrorf("empty_sample", "the sample is empty")
+// Submit accepts a sample, read from r as it arrives: it is hashed and
+// spooled to a file of the state directory (never whole in memory), then
+// the sample (once per digest), the task, its analyses and their jobs are
+// committed in one transaction. Once Submit returns, the task is never
+// lost: a restart of this or any host finishes it.
+func (q *Queue) Submit(ctx context.Context, name string, r io.Reader, req Request) (*Task, error) {
+	if err := q.db.check(); err != nil {
+		return nil, err
 	}
 	profiles, err := q.checkRequest(&req)
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(data)
+	spool, sum, size, err := q.spool(r)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	if size == 0 {
+		return nil, inputErrorf("empty_sample", "the sample is empty")
+	}
 	t := &Task{
 		ID:       newID(),
-		Sample:   engine.Sample{Name: filepath.Base(strings.ReplaceAll(name, `\`, "/")), Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])},
+		Sample:   engine.Sample{Name: filepath.Base(strings.ReplaceAll(name, `\`, "/")), Size: size, SHA256: sum},
 		Profiles: profiles, VM: req.VM, Priority: req.Priority, State: StateQueued,
 		Created: time.Now().UTC(), Results: []HostResult{},
 	}
 	if t.Sample.Name == "." || t.Sample.Name == "/" || t.Sample.Name == "" {
 		t.Sample.Name = "sample"
 	}
-	if err := q.store.saveSample(ctx, t.Sample.SHA256, data); err != nil {
-		return nil, fmt.Errorf("store the sample: %w", err)
-	}
-	if err := q.store.insertTask(ctx, t); err != nil {
-		return nil, fmt.Errorf("record the task: %w", err)
-	}
-	if err := q.insertJobs(ctx, t); err != nil {
+	err = q.db.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := spool.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		if err := q.db.putSample(ctx, tx, sum, size, spool); err != nil {
+			return fmt.Errorf("store the sample: %w", err)
+		}
+		if _, err := q.db.exec(ctx, tx, `INSERT INTO sandbox_task (id, sha256, name, vm, priority, state, created_ns)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`, t.ID, sum, t.Sample.Name, t.VM, t.Priority, StateQueued, t.Created.UnixNano()); err != nil {
+			return fmt.Errorf("record the task: %w", err)
+		}
+		params := make([]river.InsertManyParams, len(profiles))
+		for i, p := range profiles {
+			params[i] = q.jobParams(t, p, 0)
+		}
+		res, err := q.client.InsertManyTx(ctx, tx, params)
+		if err != nil {
+			return fmt.Errorf("queue the task's jobs: %w", err)
+		}
+		for i, p := range profiles {
+			if _, err := q.db.exec(ctx, tx, `INSERT INTO sandbox_analysis (task_id, profile, position, state, job_id, updated_ns)
+				VALUES (?, ?, ?, ?, ?, ?)`, t.ID, p, i, StateQueued, res[i].Job.ID, t.Created.UnixNano()); err != nil {
+				return fmt.Errorf("record the task's analyses: %w", err)
+			}
+			t.Analyses = append(t.Analyses, Analysis{Profile: p, State: StateQueued, Attempt: 1})
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	return t, nil
+}
+
+// spool copies a sample into a private file of the state directory,
+// hashing it on the way.
+func (q *Queue) spool(r io.Reader) (*os.File, string, int64, error) {
+	dir := filepath.Join(q.opts.StateDir, "incoming")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", 0, fmt.Errorf("receive the sample: %w", err)
+	}
+	f, err := os.CreateTemp(dir, "sample-*")
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("receive the sample: %w", err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), r)
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, "", 0, fmt.Errorf("receive the sample: %w", err)
+	}
+	return f, hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// jobParams is the job of a task's analysis with a profile, for its
+// attempt (0 for the submission's).
+func (q *Queue) jobParams(t *Task, profile string, attempt int) river.InsertManyParams {
+	queue := queueName(profile)
+	if t.VM != "" {
+		queue = vmQueueName(t.VM)
+	}
+	return river.InsertManyParams{
+		Args: analysisArgs{Task: t.ID, Profile: profile, Attempt: attempt},
+		InsertOpts: &river.InsertOpts{Queue: queue, Priority: t.Priority, MaxAttempts: q.opts.MaxAttempts,
+			UniqueOpts: river.UniqueOpts{ByArgs: true}},
+	}
 }
 
 func (q *Queue) checkRequest(req *Request) ([]string, error) {
@@ -113,98 +184,88 @@ func (q *Queue) checkRequest(req *Request) ([]string, error) {
 	return out, nil
 }
 
-// insertJobs queues the task's jobs and records their ids.
-func (q *Queue) insertJobs(ctx context.Context, t *Task) error {
-	params := make([]river.InsertManyParams, len(t.Profiles))
-	for i, p := range t.Profiles {
-		queue := queueName(p)
-		if t.VM != "" {
-			queue = vmQueueName(t.VM)
-		}
-		params[i] = river.InsertManyParams{
-			Args: analysisArgs{Task: t.ID, Profile: p},
-			InsertOpts: &river.InsertOpts{Queue: queue, Priority: t.Priority, MaxAttempts: q.opts.MaxAttempts,
-				UniqueOpts: river.UniqueOpts{ByArgs: true}},
-		}
-	}
-	res, err := q.client.InsertMany(ctx, params)
-	if err != nil {
-		return fmt.Errorf("queue the task's jobs: %w", err)
-	}
-	ids := make([]int64, len(res))
-	for i, r := range res {
-		ids[i] = r.Job.ID
-	}
-	t.jobs = ids
-	return q.store.setJobs(ctx, t.ID, ids)
-}
-
-// Task returns a task with its results so far and, once it has ended,
-// its report.
+// Task returns a task with its analyses and results so far and, once it
+// has ended, its report.
 func (q *Queue) Task(ctx context.Context, id string) (*Task, error) {
-	t, err := q.store.task(ctx, id)
+	t, err := q.db.task(ctx, q.db, id)
 	if errors.Is(err, errNoTask) {
 		return nil, inputErrorf("not_found", "no task %q", id)
 	}
 	return t, err
 }
 
-// Tasks lists the latest tasks, newest first, only those in state if set.
+// Tasks lists the latest tasks, newest first, only those in state if set;
+// their analyses without results, their report left out.
 func (q *Queue) Tasks(ctx context.Context, state string, limit int) ([]*Task, error) {
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
-	return q.store.tasks(ctx, state, limit)
+	return q.db.tasks(ctx, state, limit)
 }
 
-// Cancel stops a task: its queued analyses never run, its running ones
-// are interrupted and their VMs cleaned.
+// Cancel stops a task, in one transaction: its analyses are marked to be
+// cancelled, and those whose jobs had not begun are cancelled with their
+// jobs at once; a running one is stopped by its worker, which sees the
+// mark, and records it cancelled, its VM cleaned.
 func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
-	// The task's jobs under way here stop at once, before any database
-	// round trip; those that register later read the flag set below.
-	q.cancelLocal(id)
-	t, err := q.Task(ctx, id)
+	var final string
+	err := q.db.inTx(ctx, func(tx *sql.Tx) error {
+		t, err := q.db.task(ctx, tx, id)
+		if errors.Is(err, errNoTask) {
+			return inputErrorf("not_found", "no task %q", id)
+		}
+		if err != nil {
+			return err
+		}
+		if t.Final() {
+			final = t.State
+			return nil
+		}
+		if _, err := q.db.exec(ctx, tx, `UPDATE sandbox_analysis SET cancel_requested = 1 WHERE task_id = ? AND state NOT IN `+finalStates, id); err != nil {
+			return err
+		}
+		rows, err := q.db.analyses(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		for _, a := range rows {
+			if a.State != StateQueued {
+				continue
+			}
+			row, err := q.client.JobCancelTx(ctx, tx, a.job)
+			if errors.Is(err, rivertype.ErrNotFound) {
+				row, err = nil, nil
+			}
+			if err != nil {
+				return fmt.Errorf("cancel job %d: %w", a.job, err)
+			}
+			if row != nil && row.State == rivertype.JobStateRunning {
+				continue // a worker has it: it sees the mark
+			}
+			if err := q.endWith(ctx, tx, id, a.job, engine.NotRun(a.Profile, engine.StepCancelled, "cancelled before it ran")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if t.Final() {
-		return t, inputErrorf("already_finished", "task %s already ended (%s)", id, t.State)
-	}
-	// The flag is for the jobs that start from now on (a worker reads it
-	// once it has registered), the cancel functions for those under way on
-	// this host, and River's notice for those under way elsewhere.
-	if err := q.store.requestCancel(ctx, id); err != nil {
-		return nil, err
-	}
-	// A job that registered between the first look and the flag is
-	// stopped now.
-	q.cancelLocal(id)
-	for i, jid := range t.jobs {
-		row, err := q.client.JobCancel(ctx, jid)
-		if row != nil {
-			q.log.Debug("job cancel", "task", id, "job", jid, "state", row.State)
-		}
+	if final != "" {
+		t, err := q.Task(ctx, id)
 		if err != nil {
-			if errors.Is(err, rivertype.ErrNotFound) {
-				continue
-			}
-			return nil, fmt.Errorf("cancel job %d: %w", jid, err)
+			return nil, err
 		}
-		if row.State == rivertype.JobStateCancelled && i < len(t.Profiles) {
-			// It never ran (or had ended): no worker will record it.
-			r := engine.NotRun(t.Profiles[i], engine.StepCancelled, "cancelled before it ran")
-			if err := q.record(ctx, id, r); err != nil {
-				return nil, err
-			}
-		}
+		return t, inputErrorf("already_finished", "task %s already ended (%s)", id, final)
 	}
-	if _, err := q.finishTask(ctx, id); err != nil {
-		return nil, err
+	q.cancelLocal(id)
+	if err := q.completeTask(ctx, id); err != nil {
+		q.log.Warn("the task is cancelled; its report is not written yet", "task", id, "error", err)
 	}
 	return q.Task(ctx, id)
 }
 
-// cancelLocal stops the task's jobs under way on this host.
+// cancelLocal stops the task's jobs under way on this host at once.
 func (q *Queue) cancelLocal(task string) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -215,16 +276,72 @@ func (q *Queue) cancelLocal(task string) {
 	}
 }
 
-// finishTask ends a task once its every analysis has a result, and writes
-// its report.json on this host.
-func (q *Queue) finishTask(ctx context.Context, id string) (*Task, error) {
-	t, ended, err := q.store.finish(ctx, id)
-	if err != nil || !ended {
-		return t, err
+// endWith ends an analysis the job owns with r, within tx, and tells the
+// observer. An analysis that another job owns, or that has ended, is left
+// as it is.
+func (q *Queue) endWith(ctx context.Context, tx querier, task string, job int64, r *engine.Result) error {
+	ended, err := q.db.endAnalysis(ctx, tx, task, job, r)
+	if err != nil {
+		return fmt.Errorf("record the analysis of task %s with %s: %w", task, r.Profile, err)
 	}
-	if err := engine.WriteReport(q.taskDir(t), t.Report); err != nil {
-		return t, fmt.Errorf("report of task %s: %w", id, err)
+	if ended && q.opts.OnResult != nil {
+		q.opts.OnResult(r)
 	}
-	q.log.Info("task ended", "task", id, "state", t.State, "verdict", t.Verdict)
-	return t, nil
+	return nil
+}
+
+// completeTask ends a task whose every analysis has ended: its report is
+// written first, in the task's directory, then the task is marked ended,
+// once. A report that cannot be written leaves the task running (and is
+// logged); the sweep tries again.
+func (q *Queue) completeTask(ctx context.Context, id string) error {
+	t, err := q.db.task(ctx, q.db, id)
+	if err != nil || t.Final() {
+		return err
+	}
+	rows, err := q.db.analyses(ctx, q.db, id)
+	if err != nil {
+		return err
+	}
+	var results []*engine.Result
+	state := StateDone
+	for _, a := range rows {
+		if a.result == nil {
+			return nil // an analysis has not ended
+		}
+		results = append(results, a.result)
+		switch a.result.State {
+		case engine.StepFailed:
+			state = StateFailed
+		case engine.StepCancelled:
+			if state == StateDone {
+				state = StateCancelled
+			}
+		}
+	}
+	now := time.Now().UTC()
+	rep := engine.NewReport(t.Sample, t.Created, now, results)
+	if err := engine.WriteReport(q.taskDir(t), rep); err != nil {
+		q.log.Error("cannot write a task's report; the task stays running until it is written", "task", id, "error", err)
+		return err
+	}
+	data, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	res, err := q.db.exec(ctx, q.db, `UPDATE sandbox_task SET state = ?, verdict = ?, report = ?, finished_ns = ?
+		WHERE id = ? AND finished_ns = 0`, state, string(rep.Verdict), string(data), now.UnixNano(), id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		q.log.Info("task ended", "task", id, "state", state, "verdict", rep.Verdict)
+	}
+	return nil
+}
+
+// taskDir is where a task's artifacts and report go: each task in a
+// directory of its own, so that two tasks of one sample never share one.
+func (q *Queue) taskDir(t *Task) string {
+	return filepath.Join(q.opts.OutDir, t.Sample.SHA256, t.ID)
 }

@@ -2,12 +2,16 @@ package queue
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/cenkalti/backoff/v5"
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
@@ -21,8 +25,7 @@ type worker struct {
 }
 
 // Timeout is the job's deadline: the longest the analysis may take on
-// any of this host's VMs of the profile. A job is never rescued from a
-// host before it has passed.
+// any of this host's VMs of the profile.
 func (w *worker) Timeout(job *river.Job[analysisArgs]) time.Duration {
 	p, ok := w.q.pool.Profile(job.Args.Profile)
 	if !ok {
@@ -35,21 +38,22 @@ func (w *worker) Timeout(job *river.Job[analysisArgs]) time.Duration {
 	return max(bound, time.Minute)
 }
 
-// Work runs the analysis and records its result. An analysis that ran,
-// whatever its outcome, is a result, not a job failure; the job fails (and
-// River tries it again later, maybe on another host) only when no VM of
-// this host could take it, or when this host is stopping, in which case
-// the VM has been cleaned and the job goes back to the queue.
+// cancelPoll is how often a running job looks at its analysis's cancel
+// mark, for a cancel made through another host.
+const cancelPoll = time.Second
+
+// Work runs the analysis its job owns and records how it ended. An
+// analysis that ran, whatever its outcome, is a result, not a job failure;
+// the job fails (and River tries it again later, maybe on another host)
+// only when no VM of this host could take it, or when this host is
+// stopping, in which case the VM has been cleaned and the job goes back
+// to the queue. A job that no longer owns its analysis (another host took
+// it over, or it has ended) does nothing.
 func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) (err error) {
 	q := w.q
 	args := job.Args
 	q.log.Debug("job started", "job", job.ID, "task", args.Task, "profile", args.Profile, "attempt", job.Attempt)
 
-	// A cancellation through the API ends the job wherever it is: Cancel
-	// sets the task's flag, then cancels the jobs registered here (and
-	// River tells the other hosts'); a job reads the flag once registered,
-	// so one of the two sees the other. Whatever a cancelled job was doing
-	// when it ended, its analysis is recorded cancelled.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	q.mu.Lock()
@@ -60,63 +64,126 @@ func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) (err er
 		delete(q.working, job.ID)
 		q.mu.Unlock()
 	}()
+
+	a, claimed, err := q.claim(ctx, args, job.ID)
+	if err != nil || !claimed {
+		return err
+	}
 	var res *engine.Result
 	defer func() {
 		if ctx.Err() != nil {
-			err = q.interrupted(ctx, args.Task, res, args.Profile)
+			err = q.interrupted(ctx, args, job.ID, res)
 		}
 	}()
-	if cancelled, err := q.store.cancelRequested(ctx, args.Task); err == nil && cancelled {
-		q.log.Debug("job cancelled before it began", "job", job.ID, "task", args.Task)
+	if a.cancel {
 		cancel(river.ErrJobCancelledRemotely)
 		return nil
 	}
+	go q.watchCancel(ctx, args, cancel)
 
-	t, err := q.store.task(ctx, args.Task)
-	if errors.Is(err, errNoTask) {
-		return river.JobCancel(fmt.Errorf("task %s no longer exists", args.Task))
-	}
+	t, err := q.db.task(ctx, q.db, args.Task)
 	if err != nil {
-		return err
-	}
-	if done, err := q.store.hasResult(ctx, t.ID, args.Profile); err != nil || done {
-		if err == nil {
-			_, err = q.finishTask(ctx, t.ID)
-		}
 		return err
 	}
 	prof, ok := q.pool.Profile(args.Profile)
-	if !ok {
-		return q.giveUp(ctx, job, t, fmt.Errorf("host %s has no profile %s any more", q.opts.Host, args.Profile))
+	if !ok || len(q.pool.Serves(args.Profile)) == 0 {
+		return q.giveUp(ctx, job, fmt.Errorf("host %s runs no profile %s (any more)", q.opts.Host, args.Profile))
 	}
-	if err := q.store.markRunning(ctx, t.ID); err != nil {
-		return err
-	}
-	sample, err := q.localSample(ctx, t)
+	sample, err := q.localSample(ctx, t, job.ID)
 	if err != nil {
 		return err
 	}
+	defer os.RemoveAll(filepath.Dir(sample.Path))
 	res, err = q.pool.Run(ctx, engine.Task{ID: t.ID, Sample: sample, Profile: prof, VM: t.VM, Dir: q.taskDir(t)})
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		return q.giveUp(ctx, job, t, err)
+		return q.giveUp(ctx, job, err)
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if err := q.record(ctx, t.ID, res); err != nil {
-		return err
-	}
-	_, err = q.finishTask(ctx, t.ID)
-	return err
+	return q.end(ctx, args, job.ID, res)
 }
 
-// taskDir is where a task's artifacts and report go: each task in a
-// directory of its own, so that two tasks of one sample never share one.
-func (q *Queue) taskDir(t *Task) string {
-	return filepath.Join(q.opts.OutDir, t.Sample.SHA256, t.ID)
+// claim makes the job's analysis running on this host, if the job owns it
+// and it has not ended; the task becomes running with it.
+func (q *Queue) claim(ctx context.Context, args analysisArgs, job int64) (analysisRow, bool, error) {
+	var a analysisRow
+	claimed := false
+	err := q.db.inTx(ctx, func(tx *sql.Tx) error {
+		now := time.Now().UnixNano()
+		res, err := q.db.exec(ctx, tx, `UPDATE sandbox_analysis SET state = 'running', host = ?, vm = '', step = '', updated_ns = ?
+			WHERE task_id = ? AND profile = ? AND job_id = ? AND state IN ('queued', 'running')`,
+			q.opts.Host, now, args.Task, args.Profile, job)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil
+		}
+		claimed = true
+		if _, err := q.db.exec(ctx, tx, `UPDATE sandbox_task SET state = 'running' WHERE id = ? AND state = 'queued'`, args.Task); err != nil {
+			return err
+		}
+		a, err = q.db.analysis(ctx, tx, args.Task, args.Profile)
+		return err
+	})
+	if err != nil {
+		return a, false, fmt.Errorf("claim the analysis of task %s with %s: %w", args.Task, args.Profile, err)
+	}
+	if !claimed {
+		q.log.Debug("job superseded or its analysis ended: nothing to do", "job", job, "task", args.Task, "profile", args.Profile)
+	}
+	return a, claimed, nil
+}
+
+// watchCancel cancels the job when its analysis is marked cancelled, for a
+// cancel made through another host (one through this host's API takes
+// effect at once).
+func (q *Queue) watchCancel(ctx context.Context, args analysisArgs, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(cancelPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		var mark int
+		err := q.db.queryRow(ctx, q.db, `SELECT cancel_requested FROM sandbox_analysis WHERE task_id = ? AND profile = ?`,
+			args.Task, args.Profile).Scan(&mark)
+		if err == nil && mark != 0 {
+			cancel(river.ErrJobCancelledRemotely)
+			return
+		}
+	}
+}
+
+// end records how the job's analysis ended and, if it was the task's
+// last, ends the task. The database may be away for a while (a
+// PostgreSQL restart): the record is tried again, within the job's
+// context, rather than the analysis lost or run again.
+func (q *Queue) end(ctx context.Context, args analysisArgs, job int64, r *engine.Result) error {
+	ctx = context.WithoutCancel(ctx)
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		err := q.db.inTx(ctx, func(tx *sql.Tx) error { return q.endWith(ctx, tx, args.Task, job, r) })
+		if errors.Is(err, ErrDatabaseLost) {
+			return struct{}{}, backoff.Permanent(err)
+		}
+		if err != nil {
+			q.log.Warn("cannot record an analysis yet; trying again", "task", args.Task, "profile", args.Profile, "error", err)
+		}
+		return struct{}{}, err
+	}, backoff.WithBackOff(backoff.NewExponentialBackOff()), backoff.WithMaxElapsedTime(5*time.Minute))
+	if err != nil {
+		return err
+	}
+	if err := q.completeTask(ctx, args.Task); err != nil {
+		q.log.Warn("the task's analyses have ended; its end is left to the sweep", "task", args.Task, "error", err)
+	}
+	return nil
 }
 
 // interrupted ends a job whose context ended (whose VM, if it had one, has
@@ -126,18 +193,14 @@ func (q *Queue) taskDir(t *Task) string {
 // analysis is too late to change it, as Ctrl-C is for `sandbox run`);
 // when this host is stopping, the job goes back to the queue and runs
 // again from the start.
-func (q *Queue) interrupted(ctx context.Context, task string, res *engine.Result, profile string) error {
+func (q *Queue) interrupted(ctx context.Context, args analysisArgs, job int64, res *engine.Result) error {
 	if !errors.Is(context.Cause(ctx), river.ErrJobCancelledRemotely) {
 		return ctx.Err()
 	}
 	if res == nil || !res.State.Final() {
-		res = engine.NotRun(profile, engine.StepCancelled, "cancelled through the API before it ran")
+		res = engine.NotRun(args.Profile, engine.StepCancelled, "cancelled through the API before it ran")
 	}
-	ctx = context.WithoutCancel(ctx)
-	if err := q.record(ctx, task, res); err != nil {
-		return err
-	}
-	if _, err := q.finishTask(ctx, task); err != nil {
+	if err := q.end(ctx, args, job, res); err != nil {
 		return err
 	}
 	if res.State != engine.StepCancelled {
@@ -146,20 +209,9 @@ func (q *Queue) interrupted(ctx context.Context, task string, res *engine.Result
 	return river.JobCancel(errors.New("cancelled through the API"))
 }
 
-// record saves an analysis's result and tells the observer.
-func (q *Queue) record(ctx context.Context, id string, r *engine.Result) error {
-	if err := q.store.saveResult(ctx, id, q.opts.Host, r); err != nil {
-		return err
-	}
-	if q.opts.OnResult != nil {
-		q.opts.OnResult(r)
-	}
-	return nil
-}
-
 // giveUp fails the job for another try, or, at its last attempt, records
 // the analysis as failed so that the task still ends.
-func (q *Queue) giveUp(ctx context.Context, job *river.Job[analysisArgs], t *Task, why error) error {
+func (q *Queue) giveUp(ctx context.Context, job *river.Job[analysisArgs], why error) error {
 	if job.Attempt < job.MaxAttempts {
 		return why
 	}
@@ -168,11 +220,71 @@ func (q *Queue) giveUp(ctx context.Context, job *river.Job[analysisArgs], t *Tas
 	if errors.As(why, &nv) {
 		r.Skipped = nv.Skipped
 	}
-	if err := q.record(ctx, t.ID, r); err != nil {
-		return err
+	return q.end(ctx, job.Args, job.ID, r)
+}
+
+// localSample writes the task's sample from the database to a private
+// file of this host for the driver to read, and checks its digest; the
+// caller removes it when the analysis has ended.
+func (q *Queue) localSample(ctx context.Context, t *Task, job int64) (engine.Sample, error) {
+	dir := filepath.Join(q.opts.StateDir, "work", fmt.Sprint(job))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return engine.Sample{}, err
 	}
-	_, err := q.finishTask(ctx, t.ID)
-	return err
+	path := filepath.Join(dir, engine.SafeName(t.Sample.Name))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return engine.Sample{}, err
+	}
+	err = q.db.copySample(ctx, t.Sample.SHA256, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return engine.Sample{}, fmt.Errorf("sample %s: %w", t.Sample.SHA256, err)
+	}
+	s, err := engine.OpenSample(path)
+	if err != nil {
+		return engine.Sample{}, err
+	}
+	if s.SHA256 != t.Sample.SHA256 {
+		return engine.Sample{}, fmt.Errorf("sample %s: the stored bytes hash to %s", t.Sample.SHA256, s.SHA256)
+	}
+	s.Name = t.Sample.Name
+	return s, nil
+}
+
+// errorHandler ends the analysis of a job that River will not try again:
+// one that failed at its last attempt, or panicked there. A job with
+// attempts left is tried again, as River would.
+type errorHandler struct{ q *Queue }
+
+func (h *errorHandler) HandleError(ctx context.Context, job *rivertype.JobRow, err error) *river.ErrorHandlerResult {
+	h.lastAttempt(ctx, job, fmt.Sprintf("its job failed at its last attempt (%d of %d): %v", job.Attempt, job.MaxAttempts, err))
+	return nil
+}
+
+func (h *errorHandler) HandlePanic(ctx context.Context, job *rivertype.JobRow, panicVal any, trace string) *river.ErrorHandlerResult {
+	h.q.log.Error("an analysis job panicked", "job", job.ID, "panic", panicVal, "trace", trace)
+	h.lastAttempt(ctx, job, fmt.Sprintf("its job panicked at its last attempt (%d of %d): %v", job.Attempt, job.MaxAttempts, panicVal))
+	return nil
+}
+
+func (h *errorHandler) lastAttempt(ctx context.Context, job *rivertype.JobRow, why string) {
+	if job.Attempt < job.MaxAttempts {
+		return
+	}
+	args, err := decodeArgs(job)
+	if err != nil {
+		h.q.log.Error("a job's arguments cannot be read", "job", job.ID, "error", err)
+		return
+	}
+	h.q.log.Error("an analysis's job will not be tried again; the analysis is recorded failed", "task", args.Task,
+		"profile", args.Profile, "why", why)
+	if err := h.q.end(ctx, args, job.ID, engine.NotRun(args.Profile, engine.StepFailed, why)); err != nil {
+		h.q.log.Error("cannot record the analysis; the sweep will", "task", args.Task, "error", err)
+	}
 }
 
 // Cleanup cleans one VM of this host between jobs (it waits for the VM's
