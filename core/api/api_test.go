@@ -218,20 +218,34 @@ func (s *service) page(path, tok string) string {
 	return string(data)
 }
 
-// form builds a multipart submission.
+// form builds a multipart submission: the fields, then the file.
 func form(t testing.TB, name string, data []byte, fields ...string) (io.Reader, string) {
 	t.Helper()
 	var b bytes.Buffer
 	w := multipart.NewWriter(&b)
+	for i := 0; i+1 < len(fields); i += 2 {
+		require.NoError(t, w.WriteField(fields[i], fields[i+1]))
+	}
 	if name != "" {
 		fw, err := w.CreateFormFile("file", name)
 		require.NoError(t, err)
 		_, err = fw.Write(data)
 		require.NoError(t, err)
 	}
-	for i := 0; i+1 < len(fields); i += 2 {
-		require.NoError(t, w.WriteField(fields[i], fields[i+1]))
-	}
+	require.NoError(t, w.Close())
+	return &b, w.FormDataContentType()
+}
+
+// fileFirst builds a submission with the file before a field.
+func fileFirst(t testing.TB, field, value string) (io.Reader, string) {
+	t.Helper()
+	var b bytes.Buffer
+	w := multipart.NewWriter(&b)
+	fw, err := w.CreateFormFile("file", "a.txt")
+	require.NoError(t, err)
+	_, err = fw.Write([]byte("a"))
+	require.NoError(t, err)
+	require.NoError(t, w.WriteField(field, value))
 	require.NoError(t, w.Close())
 	return &b, w.FormDataContentType()
 }
@@ -356,6 +370,8 @@ func TestBadRequestsAreRefusedAndQueueNothing(t *testing.T) {
 		{"an empty profile name in a list", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "profile", "clamav,") }, 400, "unknown_profile"},
 		{"no file", token, func() (io.Reader, string) { return form(t, "", nil, "profile", "clamav") }, 400, "bad_request"},
 		{"an empty file", token, func() (io.Reader, string) { return form(t, "a", nil) }, 400, "empty_sample"},
+		{"a field after the file", token, func() (io.Reader, string) { return fileFirst(t, "profile", "clamav") }, 400, "bad_request"},
+		{"two files", token, func() (io.Reader, string) { return fileFirst(t, "file", "b") }, 400, "bad_request"},
 		{"malformed multipart", token, func() (io.Reader, string) {
 			return strings.NewReader("--x\r\nnot a part"), "multipart/form-data; boundary=x"
 		}, 400, "bad_request"},

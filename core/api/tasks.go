@@ -1,11 +1,12 @@
 package api
 
 import (
-	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"maps"
 	"mime"
+	"mime/multipart"
 	"net"
 	"net/http"
 	"os"
@@ -17,19 +18,25 @@ import (
 	"github.com/sandboxhq/sandbox/core/queue"
 )
 
-// submit is POST /v1/tasks: a multipart form with the sample in the field
-// "file", and optionally "profile" (repeatable), "vm" and "priority".
-// At most max_uploads are read at once; the upload is read within
+// submit is POST /v1/tasks: a multipart form with optionally "profile"
+// (repeatable), "vm" and "priority", then the sample in the field "file",
+// last. The sample goes to the queue as it arrives, hashed on the way and
+// never whole in memory; the request is checked before a byte of it is
+// stored. At most max_uploads are read at once; an upload is bounded by
 // max_sample_size and upload_timeout, and cut when it stops arriving for
 // read_timeout. Nothing is queued unless the whole request is valid.
-func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) submit(w http.ResponseWriter, r *http.Request) (err error) {
+	defer func() {
+		if err != nil {
+			refuseBody(w) // whatever is left of the upload is not read
+		}
+	}()
 	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "multipart/form-data" {
 		return errorf(http.StatusUnsupportedMediaType, "bad_request",
 			"send the sample as multipart/form-data with the field \"file\" (curl -F file=@sample.exe)")
 	}
 	if r.ContentLength > s.opts.Server.MaxSampleSize+formOverhead {
-		refuseBody(w)
 		return errorf(http.StatusRequestEntityTooLarge, "too_large",
 			"the request (%d bytes) is larger than max_sample_size (%d bytes)", r.ContentLength, s.opts.Server.MaxSampleSize)
 	}
@@ -45,34 +52,26 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return errorf(http.StatusBadRequest, "bad_request", "not a multipart form: %v", err)
 	}
-	var (
-		req        queue.Request
-		name       string
-		data       []byte
-		haveSample bool
-	)
+	var req queue.Request
 	for {
 		part, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
-			break
+			return errorf(http.StatusBadRequest, "bad_request", "no sample: send it in the form field \"file\"")
 		}
 		if err != nil {
 			return s.readError(err, "reading the form")
 		}
 		switch part.FormName() {
 		case "file":
-			if haveSample {
-				return errorf(http.StatusBadRequest, "bad_request", "one sample per task: the form has two \"file\" fields")
-			}
-			data, err = io.ReadAll(io.LimitReader(part, s.opts.Server.MaxSampleSize+1))
+			sample := &sampleReader{part: part, form: mr, left: s.opts.Server.MaxSampleSize}
+			t, err := s.opts.Queue.Submit(r.Context(), part.FileName(), sample, req)
 			if err != nil {
-				return s.readError(err, "reading the sample")
+				return s.submitError(err)
 			}
-			if int64(len(data)) > s.opts.Server.MaxSampleSize {
-				return errorf(http.StatusRequestEntityTooLarge, "too_large",
-					"the sample is larger than max_sample_size (%d bytes)", s.opts.Server.MaxSampleSize)
-			}
-			name, haveSample = part.FileName(), true
+			s.uploaded(w)
+			w.Header().Set("Location", "/v1/tasks/"+t.ID)
+			writeJSON(w, http.StatusAccepted, t)
+			return nil
 		case "profile", "vm", "priority":
 			v, err := io.ReadAll(io.LimitReader(part, 4096))
 			if err != nil {
@@ -82,20 +81,84 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 				return err
 			}
 		default:
-			return errorf(http.StatusBadRequest, "bad_request", "unknown form field %q; the fields are file, profile, vm, priority", part.FormName())
+			return errorf(http.StatusBadRequest, "bad_request", "unknown form field %q; the fields are profile, vm, priority and file, last", part.FormName())
 		}
 	}
-	if !haveSample {
-		return errorf(http.StatusBadRequest, "bad_request", "no sample: send it in the form field \"file\"")
+}
+
+// sampleReader is the form's file part as the queue reads it: at most
+// max_sample_size bytes, and, once it ends, the end of the form, so that
+// a field sent after the file (which would have changed the request the
+// queue already checked) refuses the submission before it is stored.
+type sampleReader struct {
+	part *multipart.Part
+	form *multipart.Reader
+	left int64
+}
+
+// Why a sample was not taken whole; the queue returns them wrapped.
+var (
+	errTooLarge    = errors.New("larger than max_sample_size")
+	errFieldAfter  = errors.New("a field after the file")
+	errSecondFile  = errors.New("a second file")
+	errFormBroken  = errors.New("the form does not end after the file")
+)
+
+// uploadError is a failure to read the upload itself (the client's
+// side), apart from the queue's own failures.
+type uploadError struct{ err error }
+
+func (e *uploadError) Error() string { return e.err.Error() }
+func (e *uploadError) Unwrap() error { return e.err }
+
+func (s *sampleReader) Read(p []byte) (int, error) {
+	if int64(len(p)) > s.left+1 {
+		p = p[:s.left+1]
 	}
-	s.uploaded(w)
-	t, err := s.opts.Queue.Submit(r.Context(), name, bytes.NewReader(data), req)
-	if err != nil {
-		return err
+	n, err := s.part.Read(p)
+	if int64(n) > s.left {
+		return 0, errTooLarge
 	}
-	w.Header().Set("Location", "/v1/tasks/"+t.ID)
-	writeJSON(w, http.StatusAccepted, t)
-	return nil
+	s.left -= int64(n)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return n, &uploadError{err}
+	}
+	if err == nil {
+		return n, nil
+	}
+	next, ferr := s.form.NextPart()
+	switch {
+	case errors.Is(ferr, io.EOF):
+		return n, io.EOF
+	case ferr != nil:
+		return n, fmt.Errorf("%w: %w", errFormBroken, ferr)
+	case next.FormName() == "file":
+		return n, errSecondFile
+	default:
+		return n, fmt.Errorf("%w %q", errFieldAfter, next.FormName())
+	}
+}
+
+// submitError turns what the queue answered, or what reading the upload
+// for it met, into the API's errors.
+func (s *Server) submitError(err error) error {
+	switch {
+	case errors.Is(err, errTooLarge):
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the sample is larger than max_sample_size (%d bytes)", s.opts.Server.MaxSampleSize)
+	case errors.Is(err, errSecondFile):
+		return errorf(http.StatusBadRequest, "bad_request", "one sample per task: the form has two \"file\" fields")
+	case errors.Is(err, errFieldAfter):
+		return errorf(http.StatusBadRequest, "bad_request",
+			"the form has %v: send profile, vm and priority before the file, which comes last (curl -F profile=NAME -F file=@sample.exe)",
+			strings.TrimPrefix(err.Error(), "receive the sample: "))
+	case errors.Is(err, errFormBroken):
+		return errorf(http.StatusBadRequest, "bad_request", "%v", err)
+	}
+	var ue *uploadError
+	if errors.As(err, &ue) {
+		return s.readError(ue.err, "reading the sample")
+	}
+	return err
 }
 
 // formOverhead bounds what a submission's form holds besides the sample:
