@@ -94,6 +94,7 @@ func (a *app) serve(f serveFlags) error {
 	q, err := queue.Open(ctx, queue.Options{
 		Database: qs.Database, StateDir: a.cfg.StateDir, Host: qs.Host, Pool: pool, Lifecycle: m,
 		OutDir: a.cfg.Engine.OutDir, DeadAfter: qs.DeadAfter, MaxAttempts: qs.MaxAttempts,
+		ArtifactLimit: qs.ArtifactLimit, Retention: qs.Retention,
 		Logger: a.log.Named("queue"), OnResult: metrics.Result,
 	})
 	if err != nil {

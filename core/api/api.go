@@ -144,16 +144,17 @@ func (s *Server) Listener(ln net.Listener) net.Listener {
 // test holds them together).
 func (s *Server) v1Routes() map[string]func(http.ResponseWriter, *http.Request) error {
 	return map[string]func(http.ResponseWriter, *http.Request) error{
-		"POST /v1/tasks":                s.submit,
-		"GET /v1/tasks":                 s.listTasks,
-		"GET /v1/tasks/{id}":            s.getTask,
-		"GET /v1/tasks/{id}/report":     s.getReport,
-		"POST /v1/tasks/{id}/cancel":    s.cancelTask,
-		"GET /v1/vms":                   s.listVMs,
-		"POST /v1/vms/{name}/cleanup":   s.cleanupVM,
-		"POST /v1/vms/{name}/reconcile": s.reconcileVM,
-		"GET /v1/profiles":              s.listProfiles,
-		"GET /v1/hosts":                 s.listHosts,
+		"POST /v1/tasks":                                s.submit,
+		"GET /v1/tasks":                                 s.listTasks,
+		"GET /v1/tasks/{id}":                            s.getTask,
+		"GET /v1/tasks/{id}/report":                     s.getReport,
+		"GET /v1/tasks/{id}/artifacts/{profile}/{name}": s.getArtifact,
+		"POST /v1/tasks/{id}/cancel":                    s.cancelTask,
+		"GET /v1/vms":                                   s.listVMs,
+		"POST /v1/vms/{name}/cleanup":                   s.cleanupVM,
+		"POST /v1/vms/{name}/reconcile":                 s.reconcileVM,
+		"GET /v1/profiles":                              s.listProfiles,
+		"GET /v1/hosts":                                 s.listHosts,
 	}
 }
 

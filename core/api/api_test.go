@@ -62,6 +62,9 @@ type serviceOptions struct {
 	stateDir bool
 	// world replaces the fake's world.
 	world string
+	// artifactLimit is the queue's: the largest artifact kept in the
+	// database.
+	artifactLimit int64
 }
 
 const fakeWorld = `[plugins.fake.config]
@@ -152,7 +155,7 @@ func newServiceTB(t testing.TB, opts ...func(*serviceOptions)) *service {
 	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), profiles(o.slow))
 	require.NoError(t, err)
 	q, err := queue.Open(ctx, queue.Options{StateDir: dir, Host: "test-host", Lifecycle: m, Pool: pool,
-		OutDir: filepath.Join(dir, "results"), OnResult: metrics.Result, Logger: logger})
+		OutDir: filepath.Join(dir, "results"), OnResult: metrics.Result, Logger: logger, ArtifactLimit: o.artifactLimit})
 	require.NoError(t, err)
 	cfg := config.Server{Token: token, MaxSampleSize: 1 << 20}
 	if o.server != nil {

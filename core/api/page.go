@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -62,6 +63,7 @@ func (s *Server) pageRoutes() {
 	s.mux.HandleFunc("GET /{$}", s.pageAuth(s.page))
 	s.mux.HandleFunc("GET /tasks/{id}", s.pageAuth(s.taskPage))
 	s.mux.HandleFunc("GET /tasks/{id}/report.json", s.pageAuth(s.pageReport))
+	s.mux.HandleFunc("GET /tasks/{id}/artifacts/{profile}/{name}", s.pageAuth(s.pageArtifact))
 	s.mux.HandleFunc("GET /login", s.loginPage)
 	s.mux.HandleFunc("POST /login", s.login)
 	s.mux.HandleFunc("POST /logout", s.logout)
@@ -173,11 +175,20 @@ type pageData struct {
 	Refresh     int
 	SignedIn    bool
 	Counts      []stateCount
+	Hosts       []hostRow
 	Profiles    []profileRow
 	VMs         []vmRow
 	Timeline    *timeline
 	WindowText  string
 	Tasks       []taskRow
+}
+
+// hostRow is a host sharing the queue.
+type hostRow struct {
+	Name, Class, Liveness string
+	Heartbeat, Started    time.Time
+	Here                  bool
+	VMs, Profiles         []string
 }
 
 type stateCount struct {
@@ -251,6 +262,18 @@ func (s *Server) pageData(ctx context.Context, now time.Time) (*pageData, error)
 	tasks, err := q.Summaries(ctx, "", pageTasks)
 	if err != nil {
 		return nil, err
+	}
+	hosts, err := q.Hosts(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range hosts {
+		row := hostRow{Name: h.Name, Class: "done", Liveness: "alive", Heartbeat: h.Heartbeat, Started: h.Started,
+			Here: h.Name == q.Host(), VMs: h.VMs, Profiles: h.Profiles}
+		if !h.Alive {
+			row.Class, row.Liveness = "failed", "dead: its running analyses were taken over"
+		}
+		d.Hosts = append(d.Hosts, row)
 	}
 	vms, profiles := q.VMs(), q.Profiles()
 	for _, name := range slices.Sorted(maps.Keys(profiles)) {
@@ -472,7 +495,11 @@ func (s *Server) taskPageData(t *queue.Task, now time.Time) *taskPageData {
 			}
 			a.Stdout, a.Stderr = clipOutput(r.Stdout), clipOutput(r.Stderr)
 			for _, art := range r.Artifacts {
-				a.Artifacts = append(a.Artifacts, artifactRow{Artifact: art})
+				row := artifactRow{Artifact: art}
+				if art.Error == "" && art.Path != "" {
+					row.Link = "/tasks/" + url.PathEscape(t.ID) + "/artifacts/" + url.PathEscape(p) + "/" + url.PathEscape(path.Base(art.Path))
+				}
+				a.Artifacts = append(a.Artifacts, row)
 			}
 			transitions = r.Transitions
 		} else if e, ok := running[t.ID+"\x00"+p]; ok {
@@ -547,6 +574,24 @@ func clipOutput(s string) string {
 		return s
 	}
 	return clip(s, outputShown) + fmt.Sprintf("\n… %d more bytes in report.json", len(s)-outputShown)
+}
+
+// pageArtifact is an artifact's download, for a signed-in person: the
+// API's, its refusals in plain text.
+func (s *Server) pageArtifact(w http.ResponseWriter, r *http.Request) {
+	err := s.getArtifact(w, r)
+	var ae *apiError
+	var ie *queue.InputError
+	switch {
+	case err == nil:
+	case errors.As(err, &ae):
+		http.Error(w, ae.msg, ae.status)
+	case errors.As(err, &ie):
+		http.Error(w, ie.Msg, http.StatusNotFound)
+	default:
+		s.log.Error("artifact download", "error", err)
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+	}
 }
 
 // pageReport is a task's report.json, for a signed-in person.

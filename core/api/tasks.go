@@ -98,10 +98,10 @@ type sampleReader struct {
 
 // Why a sample was not taken whole; the queue returns them wrapped.
 var (
-	errTooLarge    = errors.New("larger than max_sample_size")
-	errFieldAfter  = errors.New("a field after the file")
-	errSecondFile  = errors.New("a second file")
-	errFormBroken  = errors.New("the form does not end after the file")
+	errTooLarge   = errors.New("larger than max_sample_size")
+	errFieldAfter = errors.New("a field after the file")
+	errSecondFile = errors.New("a second file")
+	errFormBroken = errors.New("the form does not end after the file")
 )
 
 // uploadError is a failure to read the upload itself (the client's
@@ -390,4 +390,51 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) error {
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"host": s.opts.Queue.Host(), "dead_after": s.opts.Queue.DeadAfter().String(), "hosts": hosts})
 	return nil
+}
+
+// getArtifact is GET /v1/tasks/{id}/artifacts/{profile}/{name}: one
+// artifact of a task's analysis, from the queue's database (any host
+// serves it), or, for one larger than [queue] artifact_limit, from the
+// disk of the host that ran the task, which alone serves it.
+func (s *Server) getArtifact(w http.ResponseWriter, r *http.Request) error {
+	q := s.opts.Queue
+	a, err := q.Artifact(r.Context(), r.PathValue("id"), r.PathValue("profile"), r.PathValue("name"))
+	if err != nil {
+		return err
+	}
+	if !a.InDatabase && a.Host != q.Host() {
+		return errorf(http.StatusNotFound, "not_found", "artifact %s of task %s (%d bytes) is larger than [queue] artifact_limit: "+
+			"it is kept only on host %s, which ran the task; ask that host", a.Name, a.Task, a.Size, a.Host)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Length", strconv.FormatInt(a.Size, 10))
+	h.Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": a.Name}))
+	h.Set("ETag", `"`+a.SHA256+`"`)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Security-Policy", "sandbox")
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	if err := q.CopyArtifact(r.Context(), a, &moving{w: w, rc: http.NewResponseController(w), idle: s.opts.Server.WriteTimeout}); err != nil {
+		// The answer has begun: cut it, so that the client sees a broken
+		// download rather than a short one.
+		s.log.Error("artifact download cut", "task", a.Task, "artifact", a.Name, "error", err)
+		panic(http.ErrAbortHandler)
+	}
+	return nil
+}
+
+// moving writes a download, giving each write its own write_timeout: a
+// large download takes as long as it needs while the client keeps taking
+// it, and is cut when it stops.
+type moving struct {
+	w    io.Writer
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (m *moving) Write(p []byte) (int, error) {
+	_ = m.rc.SetWriteDeadline(time.Now().Add(m.idle))
+	return m.w.Write(p)
 }

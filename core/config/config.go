@@ -189,9 +189,16 @@ func ParseEnv(path string, data []byte, env Env) (*Config, error) {
 		}
 		c.Server.Token = tok
 	}
-	c.Queue = Queue{Database: f.Queue.Database, Host: f.Queue.Host, DeadAfter: DefaultDeadAfter, MaxAttempts: f.Queue.MaxAttempts}
+	c.Queue = Queue{Database: f.Queue.Database, Host: f.Queue.Host, DeadAfter: DefaultDeadAfter, MaxAttempts: f.Queue.MaxAttempts,
+		ArtifactLimit: f.Queue.ArtifactLimit, Retention: DefaultRetention}
 	if f.Queue.DeadAfter != nil {
 		c.Queue.DeadAfter = *f.Queue.DeadAfter
+	}
+	if f.Queue.Retention != nil {
+		c.Queue.Retention = *f.Queue.Retention
+	}
+	if c.Queue.ArtifactLimit == 0 {
+		c.Queue.ArtifactLimit = DefaultArtifactLimit
 	}
 	if c.Queue.MaxAttempts == 0 {
 		c.Queue.MaxAttempts = DefaultMaxAttempts

@@ -219,6 +219,8 @@ func TestBadProfilesNameFileLineAndKey(t *testing.T) {
 		{"a zero read timeout", "[server]\nread_timeout = \"0s\"\n", 2, "server.read_timeout", "positive"},
 		{"a negative idle timeout", "[server]\nidle_timeout = \"-1s\"\n", 2, "server.idle_timeout", "positive"},
 		{"a negative connection bound", "[server]\nmax_connections = -5\n", 2, "server.max_connections", "negative"},
+		{"an artifact limit past the bound", "[queue]\nartifact_limit = 2147483648\n", 2, "queue.artifact_limit", "want 1 to"},
+		{"a retention too short", "[queue]\nretention = \"10m\"\n", 2, "queue.retention", "at least 1h"},
 		{"more uploads than connections", "[server]\nmax_connections = 4\nmax_uploads = 5\n", 3, "server.max_uploads", "cannot fit"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -284,6 +286,8 @@ func TestLayersResolveInOrder(t *testing.T) {
 	assert.Equal(t, config.DefaultMaxConnections, cfg.Server.MaxConnections)
 	assert.Equal(t, config.DefaultMaxUploads, cfg.Server.MaxUploads)
 	assert.False(t, cfg.Server.PublicPage, "the page needs the token unless told otherwise")
+	assert.Equal(t, int64(config.DefaultArtifactLimit), cfg.Queue.ArtifactLimit)
+	assert.Equal(t, config.DefaultRetention, cfg.Queue.Retention)
 	require.NoError(t, cfg.Apply(config.Flags{Listen: "127.0.0.1:9001", Host: "b", MaxStarting: 4}))
 	assert.Equal(t, "127.0.0.1:9001", cfg.Server.Listen, "the flag over the file")
 	assert.Equal(t, "b", cfg.Queue.Host)

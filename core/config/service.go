@@ -179,12 +179,23 @@ type Queue struct {
 	DeadAfter time.Duration
 	// MaxAttempts bounds the tries of a job no VM could run.
 	MaxAttempts int
+	// ArtifactLimit is the largest artifact kept in the database, so that
+	// every host serves it; a larger one stays on its host's disk only.
+	ArtifactLimit int64
+	// Retention is how long the sample and the artifacts of a task that
+	// ended are kept; the task, its results and its report stay.
+	Retention time.Duration
 }
 
 // Queue defaults.
 const (
-	DefaultDeadAfter   = 15 * time.Second
-	DefaultMaxAttempts = 5
+	DefaultDeadAfter     = 15 * time.Second
+	DefaultMaxAttempts   = 5
+	DefaultArtifactLimit = 64 << 20
+	DefaultRetention     = 30 * 24 * time.Hour
+	// MinRetention keeps a task's sample at least as long as anyone
+	// looking at a task that just ended would want it.
+	MinRetention = time.Hour
 	// MinDeadAfter is the shortest dead_after accepted: a host heartbeats
 	// three times within it, and must not be thought dead for one slow
 	// database round trip.
@@ -197,7 +208,9 @@ type queueTable struct {
 	DeadAfter   *time.Duration `toml:"dead_after"`
 	MaxAttempts int            `toml:"max_attempts"`
 	// RescueAfter is dead_after's former name, refused with a word on it.
-	RescueAfter *time.Duration `toml:"rescue_after"`
+	RescueAfter   *time.Duration `toml:"rescue_after"`
+	ArtifactLimit int64          `toml:"artifact_limit"`
+	Retention     *time.Duration `toml:"retention"`
 }
 
 func (t queueTable) validate() (string, error) {
@@ -213,6 +226,13 @@ func (t queueTable) validate() (string, error) {
 	}
 	if t.MaxAttempts < 0 {
 		return "max_attempts", fmt.Errorf("must not be negative")
+	}
+	if t.ArtifactLimit < 0 || t.ArtifactLimit > MaxSampleSizeLimit {
+		return "artifact_limit", fmt.Errorf("%d: want 1 to %d bytes (1 GiB); a larger artifact stays on the disk of the host that ran its task",
+			t.ArtifactLimit, MaxSampleSizeLimit)
+	}
+	if t.Retention != nil && *t.Retention < MinRetention {
+		return "retention", fmt.Errorf("must be at least %s, such as \"720h\" (30 days)", MinRetention)
 	}
 	if err := checkHost(t.Host); err != nil {
 		return "host", err

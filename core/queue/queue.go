@@ -75,6 +75,12 @@ type Options struct {
 	// OnResult is told every analysis this host records, as it is
 	// recorded.
 	OnResult func(*engine.Result)
+	// ArtifactLimit is the largest artifact kept in the database, for
+	// every host to serve; 0 means config.DefaultArtifactLimit.
+	ArtifactLimit int64
+	// Retention is how long the samples and artifacts of a task that has
+	// ended are kept; 0 means config.DefaultRetention.
+	Retention time.Duration
 }
 
 // Queue is the durable queue of one host.
@@ -271,6 +277,7 @@ func (q *Queue) Start(ctx context.Context) error {
 	q.loops.Go(func() { q.heartbeats(bg) })
 	q.loops.Go(func() { q.sweeps(bg) })
 	q.loops.Go(func() { q.writeProgress(bg) })
+	q.loops.Go(func() { q.prunes(bg) })
 	q.loops.Go(func() {
 		q.db.watch(bg, time.Second, func(err error) {
 			q.log.Error("the queue's database is lost: this host takes no more work", "error", err)

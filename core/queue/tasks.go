@@ -284,6 +284,11 @@ func (q *Queue) endWith(ctx context.Context, tx querier, task string, job int64,
 	if err != nil {
 		return fmt.Errorf("record the analysis of task %s with %s: %w", task, r.Profile, err)
 	}
+	if ended {
+		if err := q.storeArtifacts(ctx, tx, task, r); err != nil {
+			return err
+		}
+	}
 	if ended && q.opts.OnResult != nil {
 		q.opts.OnResult(r)
 	}
