@@ -327,6 +327,11 @@ func TestServeMistakes(t *testing.T) {
 		{"a short token in the file", conf + "[server]\ntoken = \"abc\"\n", "", nil, 1, "server.token: too short"},
 		{"not a PostgreSQL URL", conf, apiToken, []string{"--database", "mysql://x"}, 2, "--database: want a postgres:// URL"},
 		{"PostgreSQL not there", conf, apiToken, []string{"--database", "postgres://u:pw-zq81@127.0.0.1:1/db"}, 1, "is PostgreSQL running"},
+		{"a password in the query", conf, apiToken, []string{"--database", "postgres://u@127.0.0.1:1/db?sslmode=disable&password=pw-zq81"}, 1, "is PostgreSQL running"},
+		{"a password with a slash and an at sign", conf, apiToken, []string{"--database", "postgres://u:pw-zq81/x@y@127.0.0.1:1/db"}, 1, "database"},
+		{"a password escaped", conf, apiToken, []string{"--database", "postgres://u:pw-zq81%2Fx%40y@127.0.0.1:1/db"}, 1, "is PostgreSQL running"},
+		{"a password in the file's URL", strings.Replace(conf, "[queue]\n", "[queue]\ndatabase = \"postgres://u:pw-zq81@127.0.0.1:1/db?password=pw-zq81\"\n", 1),
+			apiToken, nil, 1, "is PostgreSQL running"},
 		{"the port taken", conf, apiToken, []string{"--listen", busy.Addr().String()}, 1, "listen on " + busy.Addr().String()},
 		{"no profile", fmt.Sprintf("state_dir = \"state\"\n[plugins.fake]\npath = %q\n", fakeBin), apiToken, nil, 1, "has no [profiles.NAME] table"},
 	} {

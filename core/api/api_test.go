@@ -26,6 +26,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
+	"github.com/sandboxhq/sandbox/core/queue/pgtest"
 	"github.com/sandboxhq/sandbox/core/statedir"
 	"github.com/sandboxhq/sandbox/plugins/fake"
 	"github.com/sandboxhq/sandbox/sdk"
@@ -65,6 +66,14 @@ type serviceOptions struct {
 	// artifactLimit is the queue's: the largest artifact kept in the
 	// database.
 	artifactLimit int64
+	// database is a PostgreSQL URL for the queue, instead of SQLite.
+	database string
+}
+
+// withPostgres puts the queue in a PostgreSQL database of the test's own.
+func withPostgres(t testing.TB) func(*serviceOptions) {
+	db := pgtest.Database(t)
+	return func(o *serviceOptions) { o.database = db }
 }
 
 const fakeWorld = `[plugins.fake.config]
@@ -154,7 +163,7 @@ func newServiceTB(t testing.TB, opts ...func(*serviceOptions)) *service {
 	e := engine.New(engine.Options{Lifecycle: m, Events: events, Logger: logger})
 	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), profiles(o.slow))
 	require.NoError(t, err)
-	q, err := queue.Open(ctx, queue.Options{StateDir: dir, Host: "test-host", Lifecycle: m, Pool: pool,
+	q, err := queue.Open(ctx, queue.Options{Database: o.database, StateDir: dir, Host: "test-host", Lifecycle: m, Pool: pool,
 		OutDir: filepath.Join(dir, "results"), OnResult: metrics.Result, Logger: logger, ArtifactLimit: o.artifactLimit})
 	require.NoError(t, err)
 	cfg := config.Server{Token: token, MaxSampleSize: 1 << 20}

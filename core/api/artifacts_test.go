@@ -47,7 +47,11 @@ func (s *service) ended(id string) (taskJSON, *engine.Report) {
 // task's sample and artifacts are gone from the database and the disk,
 // its report stays, and a sample that a task still waiting needs stays.
 func TestArtifactsOverTheAPIAndRetention(t *testing.T) {
-	s := newService(t, withSlow)
+	t.Run("sqlite", func(t *testing.T) { artifactsAndRetention(t, newService(t, withSlow)) })
+	t.Run("postgres", func(t *testing.T) { artifactsAndRetention(t, newService(t, withSlow, withPostgres(t))) })
+}
+
+func artifactsAndRetention(t *testing.T, s *service) {
 	first, rep := s.ended(s.submit("eicar.com", eicar(), "profile", "clamav").ID)
 	require.Equal(t, "done", first.State)
 	require.Len(t, rep.Results, 1)
