@@ -69,8 +69,14 @@ var listening = regexp.MustCompile(`listening on (http://\S+)`)
 // startServe starts `sandbox serve` in dir and waits until it listens.
 func startServe(t *testing.T, dir string, args ...string) *server {
 	t.Helper()
-	cmd := exec.Command(sandboxBin, append([]string{"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
-		"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	return startServeCmd(t, exec.Command(sandboxBin, append([]string{"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
+		"serve", "--listen", "127.0.0.1:0"}, args...)...))
+}
+
+// startServeCmd starts a `sandbox serve` command line and waits until it
+// listens.
+func startServeCmd(t *testing.T, cmd *exec.Cmd) *server {
+	t.Helper()
 	cmd.Env = append(os.Environ(), "SANDBOX_API_TOKEN="+apiToken)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
