@@ -68,6 +68,10 @@ type serviceOptions struct {
 	artifactLimit int64
 	// database is a PostgreSQL URL for the queue, instead of SQLite.
 	database string
+	// vms and profiles replace the VMs win and linux and their profiles
+	// (world must then declare the VMs).
+	vms      []string
+	profiles []config.Profile
 }
 
 // withPostgres puts the queue in a PostgreSQL database of the test's own.
@@ -147,8 +151,11 @@ func newServiceTB(t testing.TB, opts ...func(*serviceOptions)) *service {
 	m := lifecycle.New(lifecycle.Options{Quarantine: qr, Leases: leases})
 	settings := config.DefaultLifecycle()
 	settings.Snapshot = "clean"
+	if o.vms == nil {
+		o.vms, o.profiles = []string{"win", "linux"}, profiles(o.slow)
+	}
 	vms := map[string]lifecycle.VM{}
-	for _, n := range []string{"win", "linux"} {
+	for _, n := range o.vms {
 		vms[n] = lifecycle.VM{Name: n, Plugin: "fake", Driver: d, Settings: settings}
 	}
 	metrics := api.NewMetrics()
@@ -161,7 +168,7 @@ func newServiceTB(t testing.TB, opts ...func(*serviceOptions)) *service {
 	})
 	events := engine.NewEvents()
 	e := engine.New(engine.Options{Lifecycle: m, Events: events, Logger: logger})
-	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), profiles(o.slow))
+	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), o.profiles)
 	require.NoError(t, err)
 	q, err := queue.Open(ctx, queue.Options{Database: o.database, StateDir: dir, Host: "test-host", Lifecycle: m, Pool: pool,
 		OutDir: filepath.Join(dir, "results"), OnResult: metrics.Result, Logger: logger, ArtifactLimit: o.artifactLimit})

@@ -55,14 +55,34 @@ func newLane(label string, i int) lane {
 	return lane{Label: label, Y: y, TextY: y + 12}
 }
 
-// add places a bar in the lane.
+// add places a bar in the lane. Bars come in time order; one that would
+// be hidden under the pixel the last one ends on is left out, so that a
+// VM running hundreds of short tasks costs a few hundred elements at
+// most, not one per step.
 func (l *lane) add(b bar) {
+	if n := len(l.Bars); n > 0 {
+		end := l.Bars[n-1].X + l.Bars[n-1].W
+		if b.X+b.W <= end+0.5 {
+			return
+		}
+		if b.X < end {
+			b.W -= end - b.X
+			b.X = end
+		}
+	}
 	b.Y, b.TextX, b.TextY = l.Y, b.X+3, l.Y+12
+	if b.W <= charWidth*float64(len(b.Text))+6 {
+		b.Text = ""
+	}
 	l.Bars = append(l.Bars, b)
 }
 
-// mark places an end mark in the lane.
+// mark places an end mark in the lane; within a pixel of the last one,
+// only a failure or a cancellation is added.
 func (l *lane) mark(m mark) {
+	if n := len(l.Marks); n > 0 && m.X-l.Marks[n-1].X < 1 && (m.Class == "m-done" || m.Class == l.Marks[n-1].Class) {
+		return
+	}
 	m.Y, m.Y2 = l.Y-2, l.Y+barHeight+2
 	l.Marks = append(l.Marks, m)
 }
