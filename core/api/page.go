@@ -357,6 +357,9 @@ func runningByTask(latest map[string]engine.Event) map[string]engine.Event {
 
 func taskRowOf(t *queue.Summary, running map[string]engine.Event) taskRow {
 	row := taskRow{ID: t.ID, Name: t.Sample.Name, State: t.State, Verdict: string(t.Verdict), Created: t.Created}
+	if t.State == queue.StateCancelled {
+		row.Verdict = "" // nobody wants one any more: cancelled says it all
+	}
 	if t.Finished != nil {
 		row.Took = shortDuration(t.Finished.Sub(t.Created))
 	}

@@ -19,6 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/config"
+	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/statedir"
 )
 
@@ -257,7 +258,7 @@ func (b *browser) screenshot(t *testing.T, name string) {
 // page, with the failed step and the reason and each analysis's timeline.
 // The browser reports no console error, also past a self-refresh.
 func TestThePagesInAHeadlessBrowser(t *testing.T) {
-	s := newService(t, func(o *serviceOptions) {
+	s := newService(t, withSlow, func(o *serviceOptions) {
 		o.world = fakeWorld + "[plugins.fake.config.vms.linux.faults]\ncopy_in_failures = 1\n"
 	})
 	failed := s.wait(s.submit("report.pdf", []byte("%PDF-1.7 not really"), "profile", "clamav").ID)
@@ -265,7 +266,14 @@ func TestThePagesInAHeadlessBrowser(t *testing.T) {
 	require.Len(t, failed.Results, 1)
 	failedStep := failed.Results[0].FailedStep
 	require.NotEmpty(t, failedStep)
-	s.wait(s.submit("eicar.com", eicar()).ID)
+	s.wait(s.submit("eicar.com", eicar(), "profile", "clamav,defender").ID)
+	s.wait(s.submit("notes.txt", []byte("nothing to see\n"), "profile", "clamav,defender").ID)
+	// A long analysis holds the Linux VM; a task waiting behind it is
+	// cancelled; the Windows VM is quarantined.
+	running := s.submit("setup.exe", []byte("MZ a long scan"), "profile", "slow")
+	s.waitStep("linux", engine.StepAnalyzing)
+	cancelled := s.submit("invoice.doc", []byte("a document"), "profile", "clamav")
+	require.Equal(t, http.StatusOK, s.call("POST", "/v1/tasks/"+cancelled.ID+"/cancel", token, nil, "", nil))
 	require.NoError(t, s.qr.Mark(context.Background(), "fake/win", "its disk image went missing"))
 
 	b := newBrowser(t)
@@ -277,12 +285,15 @@ func TestThePagesInAHeadlessBrowser(t *testing.T) {
 	assert.Contains(t, vms, "quarantined since")
 	assert.Contains(t, vms, "its disk image went missing")
 	assert.Equal(t, 2, b.count(t, "#timeline svg g.lane"), "a lane per VM")
-	assert.Positive(t, b.count(t, `#timeline g.lane[data-lane="linux"] rect.s-restoring`), "the Linux VM's restores drawn")
+	assert.Positive(t, b.count(t, `#timeline g.lane[data-lane="linux"] rect.s-analyzing`), "the Linux VM's long analysis drawn")
 	assert.Positive(t, b.count(t, `#timeline g.lane[data-lane="linux"] line.m-failed`), "the failed task's end marked")
+	assert.Contains(t, b.text(t, `#vms tr[data-vm="linux"]`), "analyzing")
 	tasks := b.text(t, "#tasks")
 	assert.Contains(t, tasks, "eicar.com")
 	assert.Contains(t, tasks, "malicious")
 	assert.Contains(t, tasks, "at "+failedStep+":", "the failed step")
+	assert.Equal(t, "cancelled", b.text(t, `tr[data-task="`+cancelled.ID+`"] td.cancelled`), "cancelled is shown as cancelled")
+	assert.Contains(t, b.text(t, `tr[data-task="`+running.ID+`"]`), "analyzing")
 	b.screenshot(t, "status-page.png")
 
 	require.NoError(t, chromedp.Do(b.ctx, chromedp.Click(`tr[data-task="`+failed.ID+`"] a`), chromedp.WaitVisible("#state")))
