@@ -158,7 +158,7 @@ func (s *serverV2) Exec(ctx context.Context, req *pb.ExecRequest) (*pb.ExecResul
 	if err != nil {
 		return nil, toStatus(err, hypervisor.OpExec, req.GetVm())
 	}
-	return &pb.ExecResult{ExitCode: int32(res.ExitCode), Stdout: res.Stdout, Stderr: res.Stderr}, nil
+	return execResultToPB(res), nil
 }
 
 func (s *serverV2) CopyOut(ctx context.Context, req *pb.CopyRequest) (*pb.Empty, error) {

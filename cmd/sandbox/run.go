@@ -14,7 +14,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sandboxhq/sandbox/core/config"
+	"github.com/sandboxhq/sandbox/core/configfile"
 	"github.com/sandboxhq/sandbox/core/engine"
+	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
@@ -80,6 +82,9 @@ func (a *app) run(args []string, f runFlags) error {
 	ctx := a.context()
 	resolved, err := a.resolveVMs(ctx, vms)
 	if err != nil {
+		return err
+	}
+	if err := a.checkVMsExist(ctx, resolved, profiles); err != nil {
 		return err
 	}
 	events := engine.NewEvents()
@@ -180,6 +185,41 @@ func (a *app) resolveVMs(ctx context.Context, names []string) ([]lifecycle.VM, e
 		out = append(out, lifecycle.VM{Name: name, Plugin: plugin, Driver: d, Settings: a.cfg.LifecycleOf(name)})
 	}
 	return out, nil
+}
+
+// checkVMsExist refuses a profile that names a VM its plugin does not
+// have, as a mistake of config.toml, before anything runs: the VM would
+// otherwise look unreadable to every task, and be quarantined for it.
+func (a *app) checkVMsExist(ctx context.Context, vms []lifecycle.VM, profiles []string) error {
+	for _, vm := range vms {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err := vm.Driver.Status(sctx, vm.Name)
+		cancel()
+		if !hypervisor.IsNotFound(err) {
+			continue // it exists, or the hypervisor could not say: the task will find out
+		}
+		var has []string
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if list, err := vm.Driver.ListVMs(lctx); err == nil {
+			for _, v := range list {
+				has = append(has, v.Name)
+			}
+		}
+		cancel()
+		listed := fmt.Sprintf("it has: %s", strings.Join(has, ", "))
+		if len(has) == 0 {
+			listed = "it has none"
+		}
+		doc := configfile.Document{File: a.cfg.Path, Data: a.cfg.Data}
+		for _, p := range profiles {
+			if slices.Contains(a.cfg.Profiles[p].VMs, vm.Name) {
+				return doc.Errorf([]string{"profiles", p, "vms"}, "VM %q is not a VM of plugin %s (%s); fix the name or "+
+					"remove it from the profile", vm.Name, vm.Plugin, listed)
+			}
+		}
+		return fmt.Errorf("VM %q is not a VM of plugin %s (%s)", vm.Name, vm.Plugin, listed)
+	}
+	return nil
 }
 
 // openSamples hashes each sample once; the same content given twice is

@@ -38,7 +38,7 @@ func serveConfig(host string, vms []string, all []string, analysis string, extra
 	fmt.Fprintf(&b, "state_dir = \"state\"\n[queue]\nhost = %q\ndead_after = \"3s\"\n", host)
 	fmt.Fprintf(&b, "[lifecycle]\nsnapshot = \"clean\"\ncleanup_timeout = \"10s\"\nrestore_timeout = \"5s\"\nstart_timeout = \"5s\"\n"+
 		"acpi_timeout = \"2s\"\npoweroff_timeout = \"2s\"\nemergency_timeout = \"2s\"\nrelease_timeout = \"2s\"\nunlock_timeout = \"2s\"\n")
-	fmt.Fprintf(&b, "[plugins.fake]\npath = %q\n[plugins.fake.config]\nstate_dir = \"world\"\n", fakeBin)
+	fmt.Fprintf(&b, "[plugins.fake]\npath = %q\n[plugins.fake.config]\nstate_dir = \"world\"\njournal = \"journal.jsonl\"\n", fakeBin)
 	b.WriteString("[plugins.fake.config.timing]\nstart = \"50ms\"\nguest_ready = \"50ms\"\nrestore = \"50ms\"\npoweroff = \"50ms\"\nunlock_after_stop = \"50ms\"\n")
 	for _, vm := range vms {
 		fmt.Fprintf(&b, "[plugins.fake.config.vms.%s]\nsnapshots = [\"clean\"]\n", vm)
@@ -56,7 +56,7 @@ func serveConfig(host string, vms []string, all []string, analysis string, extra
 
 // server is a running `sandbox serve`.
 type server struct {
-	t    *testing.T
+	t    testing.TB
 	cmd  *exec.Cmd
 	url  string
 	mu   sync.Mutex
@@ -67,7 +67,7 @@ type server struct {
 var listening = regexp.MustCompile(`listening on (http://\S+)`)
 
 // startServe starts `sandbox serve` in dir and waits until it listens.
-func startServe(t *testing.T, dir string, args ...string) *server {
+func startServe(t testing.TB, dir string, args ...string) *server {
 	t.Helper()
 	return startServeCmd(t, exec.Command(sandboxBin, append([]string{"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
 		"serve", "--listen", "127.0.0.1:0"}, args...)...))
@@ -75,7 +75,7 @@ func startServe(t *testing.T, dir string, args ...string) *server {
 
 // startServeCmd starts a `sandbox serve` command line and waits until it
 // listens.
-func startServeCmd(t *testing.T, cmd *exec.Cmd) *server {
+func startServeCmd(t testing.TB, cmd *exec.Cmd) *server {
 	t.Helper()
 	cmd.Env = append(os.Environ(), "SANDBOX_API_TOKEN="+apiToken)
 	stderr, err := cmd.StderrPipe()
@@ -173,16 +173,23 @@ func (s *server) submit(name, content string) string {
 
 type serveTask struct {
 	ID      string
+	Sample  struct{ SHA256 string }
 	State   string
 	Verdict string
 	Results []struct {
 		Host, Profile, State, VM string
 	}
 	Analyses []struct {
-		Profile, State string
-		Lost           []struct{ Host, Why string } `json:"lost_attempts"`
+		Profile, State, Host, Step string
+		Attempt                    int
+		Lost                       []struct{ Host, Why string } `json:"lost_attempts"`
 	}
 	Report *struct{ Verdict string }
+}
+
+// Final reports whether the task has ended.
+func (t serveTask) Final() bool {
+	return t.State == "done" || t.State == "failed" || t.State == "cancelled"
 }
 
 func (s *server) task(id string) serveTask {
@@ -193,7 +200,7 @@ func (s *server) task(id string) serveTask {
 }
 
 // waitFor polls until cond holds.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {

@@ -222,6 +222,8 @@ func TestBadProfilesNameFileLineAndKey(t *testing.T) {
 		{"an artifact limit past the bound", "[queue]\nartifact_limit = 2147483648\n", 2, "queue.artifact_limit", "want 1 to"},
 		{"a retention too short", "[queue]\nretention = \"10m\"\n", 2, "queue.retention", "at least 1h"},
 		{"more uploads than connections", "[server]\nmax_connections = 4\nmax_uploads = 5\n", 3, "server.max_uploads", "cannot fit"},
+		{"the former rescue_after", "[queue]\nrescue_after = \"15m\"\n", 2, "queue.rescue_after", "is now dead_after"},
+		{"a dead_after too short to heartbeat in", "[queue]\ndead_after = \"1s\"\n", 2, "queue.dead_after", "at least 3s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse("conf/sandbox.toml", []byte(tc.text))

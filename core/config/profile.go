@@ -32,6 +32,14 @@ type Profile struct {
 	CopyTimeout  time.Duration
 	// Artifacts are the guest files brought back after the command.
 	Artifacts []string
+	// ArtifactsMaxCount and ArtifactsMaxSize bound what a task brings
+	// back from its guest: past either, an artifact is dropped, and the
+	// report says so.
+	ArtifactsMaxCount int
+	ArtifactsMaxSize  int64
+	// MaxOutput bounds, in bytes, what is kept of each of the command's
+	// stdout and stderr; the report says when either was cut.
+	MaxOutput int64
 	// Verdict turns the command's exit code and output into a verdict.
 	Verdict Verdict
 }
@@ -55,9 +63,12 @@ type Verdict struct {
 
 // Profile defaults; docs/engine.md documents them.
 const (
-	DefaultTimeout      = 5 * time.Minute
-	DefaultReadyTimeout = 5 * time.Minute
-	DefaultCopyTimeout  = 5 * time.Minute
+	DefaultTimeout           = 5 * time.Minute
+	DefaultReadyTimeout      = 5 * time.Minute
+	DefaultCopyTimeout       = 5 * time.Minute
+	DefaultArtifactsMaxCount = 32
+	DefaultArtifactsMaxSize  = 256 << 20
+	DefaultMaxOutput         = 1 << 20
 )
 
 // NewProfile is a profile with only its VMs, sample path and command set,
@@ -66,6 +77,7 @@ const (
 func NewProfile(name string, vms []string, samplePath string, command ...string) Profile {
 	return Profile{Name: name, VMs: vms, SamplePath: samplePath, Command: command,
 		Timeout: DefaultTimeout, ReadyTimeout: DefaultReadyTimeout, CopyTimeout: DefaultCopyTimeout,
+		ArtifactsMaxCount: DefaultArtifactsMaxCount, ArtifactsMaxSize: DefaultArtifactsMaxSize, MaxOutput: DefaultMaxOutput,
 		Verdict: Verdict{MaliciousExitCodes: []int{1}, CleanExitCodes: []int{0}}}
 }
 
@@ -79,7 +91,12 @@ type profileTable struct {
 	ReadyTimeout *time.Duration `toml:"ready_timeout"`
 	CopyTimeout  *time.Duration `toml:"copy_timeout"`
 	Artifacts    []string       `toml:"artifacts"`
-	Verdict      verdictTable   `toml:"verdict"`
+	// ArtifactsMaxCount, ArtifactsMaxSize and MaxOutput bound what comes
+	// back from the guest; left out, the defaults.
+	ArtifactsMaxCount *int         `toml:"artifacts_max_count"`
+	ArtifactsMaxSize  *int64       `toml:"artifacts_max_size"`
+	MaxOutput         *int64       `toml:"max_output"`
+	Verdict           verdictTable `toml:"verdict"`
 }
 
 // verdictTable is the TOML form of Verdict.
@@ -183,6 +200,25 @@ func (t profileTable) resolve(name string) (Profile, string, error) {
 		if a == "" || GuestBase(a) == "" {
 			return p, "artifacts", fmt.Errorf("%q is not a guest file path", a)
 		}
+	}
+	if t.ArtifactsMaxCount != nil {
+		if *t.ArtifactsMaxCount < 0 {
+			return p, "artifacts_max_count", fmt.Errorf("must not be negative (0 brings no artifact back)")
+		}
+		p.ArtifactsMaxCount = *t.ArtifactsMaxCount
+	}
+	for _, b := range []struct {
+		key string
+		v   *int64
+		dst *int64
+	}{{"artifacts_max_size", t.ArtifactsMaxSize, &p.ArtifactsMaxSize}, {"max_output", t.MaxOutput, &p.MaxOutput}} {
+		if b.v == nil {
+			continue
+		}
+		if *b.v <= 0 {
+			return p, b.key, fmt.Errorf("must be a positive number of bytes, such as %d for 1 MiB", 1<<20)
+		}
+		*b.dst = *b.v
 	}
 	v, key, err := t.Verdict.compile()
 	if err != nil {

@@ -95,8 +95,15 @@ type collector struct {
 	vm     string
 	// timeout bounds each copy.
 	timeout time.Duration
+	// maxCount and maxSize bound what a task brings back: the number of
+	// artifacts, and their bytes together.
+	maxCount int
+	maxSize  int64
 	// root is dir, opened for the copies: every move goes through it.
 	root *os.Root
+	// kept counts the artifacts brought back so far, and size their bytes.
+	kept int
+	size int64
 }
 
 // collect copies every guest path and returns what came of each; err is
@@ -128,6 +135,11 @@ func (c *collector) collect(ctx context.Context, guestPaths []string) ([]Artifac
 	var first error
 	for i, gp := range guestPaths {
 		a := Artifact{GuestPath: gp}
+		if c.kept >= c.maxCount {
+			a.Dropped, a.Error = true, fmt.Sprintf("dropped: the task already brought back artifacts_max_count (%d) artifacts", c.maxCount)
+			out = append(out, a)
+			continue
+		}
 		local := path.Join(c.sub, names.name(config.GuestBase(gp)))
 		err := c.one(ctx, gp, filepath.Join(staging, fmt.Sprintf("%d", i)), path.Join(stagingRel, fmt.Sprintf("%d", i)), local, &a)
 		if err != nil {
@@ -154,6 +166,13 @@ func (c *collector) one(ctx context.Context, guestPath, stagedHost, stagedRel, l
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("the copy is not a regular file (%s); refused", fi.Mode().Type())
 	}
+	if c.size+fi.Size() > c.maxSize {
+		_ = c.root.Remove(stagedRel)
+		a.Dropped = true
+		a.Error = fmt.Sprintf("dropped: its %d bytes would take the task's artifacts over artifacts_max_size (%d bytes; %d kept)",
+			fi.Size(), c.maxSize, c.size)
+		return nil
+	}
 	f, err := c.root.Open(stagedRel)
 	if err != nil {
 		return err
@@ -168,5 +187,7 @@ func (c *collector) one(ctx context.Context, guestPath, stagedHost, stagedRel, l
 		return err
 	}
 	a.Path, a.Size, a.SHA256 = local, n, hex.EncodeToString(h.Sum(nil))
+	c.kept++
+	c.size += n
 	return nil
 }

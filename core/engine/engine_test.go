@@ -363,3 +363,45 @@ func TestAnalyzeRunsOneTaskOnALeasedVM(t *testing.T) {
 	assert.Equal(t, engine.StepQueued, res.State, "the task never reached the quarantined VM")
 	assert.Empty(t, r.sent("vm2"))
 }
+
+// What a task takes from its guest is bounded by its profile: the
+// command's output is cut at max_output and the report says so; artifacts
+// past artifacts_max_size or artifacts_max_count are dropped, and the
+// report says which and why. Dropping is no failure of the task.
+func TestWhatComesBackFromTheGuestIsBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		count          int
+		size           int64
+		droppedBecause string
+	}{
+		{"by size", 5, 40, "artifacts_max_size (40 bytes; 25 kept)"}, // the sample is 25 bytes: the second does not fit
+		{"by count", 1, 1 << 20, "artifacts_max_count (1)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, vmTable("vm1"))
+			prof := scanProfile(t, "bounded", []string{"vm1"}, func(c *config.Profile) {
+				c.SamplePath = "/s/sample"
+				c.Command = []string{"dd", "bs=1024", "count=64"}
+				c.MaxOutput = 4096
+				c.Artifacts = []string{"/s/sample", "/s/sample"}
+				c.ArtifactsMaxCount, c.ArtifactsMaxSize = tc.count, tc.size
+			})
+			s := sample(t, "s.txt", []byte("twenty-five bytes of text"))
+			sum := r.run(plugintest.Context(t, time.Minute), 0, []engine.Sample{s}, with{prof, []lifecycle.VM{r.vm("vm1")}})
+			res := sum.Reports[0].Results[0]
+			require.Equal(t, engine.StepDone, res.State, res.Error)
+			assert.Len(t, res.Stdout, 4096, "the output kept is max_output")
+			assert.True(t, res.StdoutTruncated, "and the report says it was cut")
+			require.Len(t, res.Artifacts, 2)
+			assert.Empty(t, res.Artifacts[0].Error)
+			assert.Equal(t, int64(25), res.Artifacts[0].Size)
+			assert.True(t, res.Artifacts[1].Dropped)
+			assert.Contains(t, res.Artifacts[1].Error, tc.droppedBecause)
+			entries, err := os.ReadDir(filepath.Join(r.out, s.SHA256, "bounded", "artifacts"))
+			require.NoError(t, err)
+			assert.Len(t, entries, 1, "nothing dropped is left on the host")
+			r.requireClean("vm1")
+		})
+	}
+}

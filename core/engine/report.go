@@ -40,6 +40,13 @@ func OpenSample(path string) (Sample, error) {
 	if err != nil {
 		return Sample{}, fmt.Errorf("sample %s: %w", path, err)
 	}
+	// Checked before opening: opening a FIFO (or a device) would block
+	// until someone writes to it, or read forever.
+	if fi, err := os.Stat(path); err != nil {
+		return Sample{}, fmt.Errorf("sample %s: %w", path, err)
+	} else if !fi.Mode().IsRegular() {
+		return Sample{}, fmt.Errorf("sample %s: not a regular file (%s); give the file itself", path, fi.Mode().Type())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return Sample{}, fmt.Errorf("sample %s: %w", path, err)
@@ -104,6 +111,10 @@ type Result struct {
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Stdout   string `json:"stdout,omitempty"`
 	Stderr   string `json:"stderr,omitempty"`
+	// StdoutTruncated and StderrTruncated say that the command wrote more
+	// than the profile's max_output, and only its start was kept.
+	StdoutTruncated bool `json:"stdout_truncated,omitempty"`
+	StderrTruncated bool `json:"stderr_truncated,omitempty"`
 	// Artifacts are the declared guest files, brought back or not.
 	Artifacts []Artifact `json:"artifacts,omitempty"`
 	// Transitions is every step the task went through, with its time.
@@ -146,6 +157,9 @@ type Artifact struct {
 	SHA256 string `json:"sha256,omitempty"`
 	// Error says why it was not brought back.
 	Error string `json:"error,omitempty"`
+	// Dropped says that it was left in the guest, or deleted on arrival,
+	// for the profile's caps on artifacts (Error says which).
+	Dropped bool `json:"dropped,omitempty"`
 }
 
 // Overall sums results up into a sample's verdict: malicious if any result

@@ -11,6 +11,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // execGrace is how long past a command's own timeout the engine waits for
@@ -49,6 +50,8 @@ func (e *Engine) runTask(ctx context.Context, lease *lifecycle.Lease, t Task, r 
 			out = Outcome{State: VMQuarantined, Reason: fmt.Sprintf("quarantined since %s: %s", qe.Since.Format(time.RFC3339), qe.Reason)}
 		case prep != nil && prep.Quarantined:
 			out = Outcome{State: VMQuarantined, Reason: "quarantined: " + why}
+		case errors.Is(err, hypervisor.ErrNotFound):
+			// No such VM: nothing to keep anyone from, nothing to look at.
 		default:
 			// The VM could not even be read: in whatever state it is, it
 			// must not serve until someone has looked at it.
@@ -160,7 +163,8 @@ func (e *Engine) analyze(ctx context.Context, lease *lifecycle.Lease, t Task, r 
 		args[i] = config.Expand(a, vars)
 	}
 	ectx, cancel := context.WithTimeout(ctx, p.Timeout+execGrace(p.Timeout))
-	res, err := vm.Driver.Exec(ectx, vm.Name, hypervisor.ExecRequest{Path: config.Expand(p.Command[0], vars), Args: args, Timeout: p.Timeout})
+	res, err := vm.Driver.Exec(ectx, vm.Name, hypervisor.ExecRequest{Path: config.Expand(p.Command[0], vars), Args: args,
+		Timeout: p.Timeout, MaxOutput: p.MaxOutput})
 	cancel()
 	if err != nil {
 		if hypervisor.CodeOf(err) == hypervisor.CodeTimeout && ctx.Err() == nil {
@@ -170,11 +174,13 @@ func (e *Engine) analyze(ctx context.Context, lease *lifecycle.Lease, t Task, r 
 	}
 	code := res.ExitCode
 	r.ExitCode, r.Stdout, r.Stderr = &code, string(res.Stdout), string(res.Stderr)
+	r.StdoutTruncated, r.StderrTruncated = res.StdoutTruncated, res.StderrTruncated
 	r.Verdict, r.Rule = Judge(p.Verdict, res.ExitCode, res.Stdout, res.Stderr)
 
 	if len(p.Artifacts) > 0 {
 		e.transition(t, r, StepCollecting, "")
-		c := collector{dir: t.Dir, sub: path.Join(p.Name, "artifacts"), driver: vm.Driver, vm: vm.Name, timeout: p.CopyTimeout}
+		c := collector{dir: t.Dir, sub: path.Join(p.Name, "artifacts"), driver: vm.Driver, vm: vm.Name, timeout: p.CopyTimeout,
+			maxCount: p.ArtifactsMaxCount, maxSize: p.ArtifactsMaxSize}
 		r.Artifacts, err = c.collect(ctx, p.Artifacts)
 		if err != nil {
 			return StepCollecting, err
@@ -190,45 +196,41 @@ func (e *Engine) waitGuest(ctx context.Context, t Task, r *Result, vm lifecycle.
 	p := t.Profile
 	wctx, cancel := context.WithTimeout(ctx, p.ReadyTimeout)
 	defer cancel()
-	begun := time.Now()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	<-timer.C
-	for attempts := 1; ; attempts++ {
+	attempts := 0
+	var last error
+	err = wait.Until(wctx, readyPolicy, func(ctx context.Context) (bool, error) {
+		attempts++
 		asked := time.Now().UTC()
-		err := e.probe(wctx, vm, p, t.Sample.Path, guestSample)
-		if err == nil {
+		last = e.probe(ctx, vm, p, t.Sample.Path, guestSample)
+		switch {
+		case last == nil:
 			if p.ReadyCommand == nil {
 				e.transitionAt(t, r, StepCopying, asked, "the guest accepted the sample")
 			}
-			return p.ReadyCommand == nil, nil
+			return true, nil
+		case notReady(last):
+			return false, nil
+		default:
+			return false, last
 		}
-		if ctx.Err() != nil {
-			return false, ctx.Err()
-		}
-		if !notReady(err) {
-			return false, err
-		}
-		timer.Reset(readyPoll(time.Since(begun)))
-		select {
-		case <-timer.C:
-		case <-wctx.Done():
-			if ctx.Err() != nil {
-				return false, ctx.Err()
-			}
-			return false, hypervisor.NewError(hypervisor.CodeTimeout, "wait-guest", vm.Name,
-				"the guest was not ready within ready_timeout (%s, %d attempts); it last answered: %v", p.ReadyTimeout, attempts, err)
-		}
+	})
+	switch {
+	case err == nil:
+		return p.ReadyCommand == nil, nil
+	case ctx.Err() != nil:
+		return false, ctx.Err()
+	case wctx.Err() != nil:
+		return false, hypervisor.NewError(hypervisor.CodeTimeout, "wait-guest", vm.Name,
+			"the guest was not ready within ready_timeout (%s, %d attempts); it last answered: %v", p.ReadyTimeout, attempts, last)
 	}
+	return false, err
 }
 
-// readyPoll is the wait before asking a guest again, elapsed into the
-// wait: an eighth of it, between 20ms and 1s. Every moment a ready guest
-// waits is the task's, so the overshoot stays within an eighth of the
-// boot time, while a guest that boots for minutes is asked once a second.
-func readyPoll(elapsed time.Duration) time.Duration {
-	return min(max(elapsed/8, 20*time.Millisecond), time.Second)
-}
+// readyPolicy is how often a guest is asked whether it is ready: at once,
+// then after 20 ms, half as long again each time, at most a second apart.
+// Every moment a ready guest waits is the task's, so the first asks come
+// quickly, while a guest that boots for minutes is asked once a second.
+var readyPolicy = wait.Policy{Initial: 20 * time.Millisecond, Max: time.Second, Factor: 1.5}
 
 // errProbe is a ready_command that ran and did not exit 0: ask again.
 var errProbe = errors.New("ready_command did not succeed")

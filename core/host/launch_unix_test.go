@@ -243,3 +243,21 @@ func TestAutoMTLSCanBeTurnedOff(t *testing.T) {
 	_, socket := socketOf(t, p.Pid())
 	assert.NoError(t, healthWithoutCertificate(socket), "without auto_mtls any client of the user gets through")
 }
+
+// A program that prints a handshake naming a socket nobody listens on is
+// not a plugin that rejected its configuration: the error says what it
+// is, names the socket and the setting to check.
+func TestAHandshakeNamingAMissingSocketSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "liar.sh")
+	sock := filepath.Join(dir, "nobody-listens.sock")
+	script := "#!/bin/sh\necho '1|2|unix|" + sock + "|grpc|'\nsleep 30\n"
+	require.NoError(t, os.WriteFile(path, []byte(script), 0o755))
+	h := newHost(t, map[string]config.Plugin{"liar": {Path: path, StartTimeout: 10 * time.Second}}, "")
+	_, err := plug(t, h, "liar").Status(context.Background(), "vm1")
+	require.Error(t, err)
+	assert.ErrorIs(t, err, host.ErrLaunch)
+	assert.NotContains(t, err.Error(), "rejected its configuration")
+	assert.Contains(t, err.Error(), sock)
+	assert.Contains(t, err.Error(), "plugins.liar.path")
+}

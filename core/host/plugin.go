@@ -246,7 +246,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 			proc = pr
 			return pr, nil
 		},
-		UnixSocketConfig: &plugin.UnixSocketConfig{},
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: p.host.socketDir()},
 		AutoMTLS:         p.cfg.AutoMTLS,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           pluginLog{Logger: p.host.log.Named(p.name), proc: current},
@@ -326,6 +326,16 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 	})
 	if err != nil && lctx.Err() != nil {
 		return fail(fmt.Errorf("while the plugin was being configured: %w", p.giveUpReason(ctx, timeout)))
+	}
+	if err != nil && errors.Is(err, sdk.ErrTransport) {
+		// The handshake named a socket the host cannot talk to: nothing
+		// heard the configuration, let alone rejected it.
+		addr := "its socket"
+		if rc := client.ReattachConfig(); rc != nil && rc.Addr != nil {
+			addr = rc.Addr.String()
+		}
+		return fail(fmt.Errorf("%s completed the plugin handshake, but nothing answers on the socket it named (%s): %w; "+
+			"is plugins.%s.path in %s a plugin built with the sandbox SDK?", path, addr, err, p.name, p.host.opts.File))
 	}
 	if err != nil {
 		var he *hypervisor.Error

@@ -5,8 +5,10 @@ package host_test
 import (
 	"bufio"
 	"context"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -80,7 +82,10 @@ func TestCloseKillsEveryPlugin(t *testing.T) {
 	assert.Error(t, err, "a closed host launches nothing")
 }
 
-func TestPluginsDieWithAKilledHost(t *testing.T) {
+// startHost runs a host process (runHost) that launches one plugin, and
+// returns it with the plugin's pid.
+func startHost(t *testing.T) (*exec.Cmd, int) {
+	t.Helper()
 	cmd := exec.Command(self(t))
 	// Under -race the runtime sleeps a second at exit (atexit_sleep_ms);
 	// that is the detector's delay, not the watchdog's, so turn it off.
@@ -97,6 +102,11 @@ func TestPluginsDieWithAKilledHost(t *testing.T) {
 	require.Equal(t, "pid", f[0], "host said %q", line)
 	pid, err := strconv.Atoi(f[1])
 	require.NoError(t, err)
+	return cmd, pid
+}
+
+func TestPluginsDieWithAKilledHost(t *testing.T) {
+	cmd, pid := startHost(t)
 	require.False(t, plugintest.Gone(pid))
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
@@ -108,4 +118,67 @@ func TestPluginsDieWithAKilledHost(t *testing.T) {
 	}
 	assert.True(t, plugintest.Gone(pid), "plugin %d outlived its killed host by more than 1s", pid)
 	t.Logf("plugin gone %v after the host was killed", time.Since(killed).Round(time.Millisecond))
+}
+
+// A host killed with SIGKILL cannot remove its plugins' socket
+// directories; the next host does, and a host that closes leaves none.
+func TestAKilledHostsSocketDirIsRemovedByTheNext(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "sk") // short: the sockets' paths must stay under 108 bytes
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	t.Setenv("TMPDIR", tmp)
+	cmd, pid := startHost(t)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+	require.True(t, plugintest.GoneWithin(pid, 5*time.Second))
+	left := leftovers(t, tmp)
+	require.NotEmpty(t, left, "the killed host's plugin socket directory is there")
+
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
+	_, err = plug(t, h, "s").Status(context.Background(), "vm1")
+	require.NoError(t, err)
+	for _, dir := range left {
+		assert.NoDirExists(t, dir, "the next host removes the socket directory of the killed one")
+	}
+	h.Close()
+	assert.Empty(t, leftovers(t, tmp), "a host that closed leaves no socket directory")
+}
+
+// leftovers are the plugin socket directories under tmp.
+func leftovers(t *testing.T, tmp string) []string {
+	t.Helper()
+	var dirs []string
+	err := filepath.WalkDir(tmp, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && strings.HasPrefix(d.Name(), "plugin") {
+			dirs = append(dirs, path)
+		}
+		return err
+	})
+	require.NoError(t, err)
+	return dirs
+}
+
+// Hosts of one process each have a socket directory of their own: one
+// that closes leaves the other's plugin sockets where they are, for the
+// plugins it relaunches and for the launches under way.
+func TestTwoHostsOfAProcessKeepTheirOwnSockets(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "sk") // short: the sockets' paths must stay under 108 bytes
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	t.Setenv("TMPDIR", tmp)
+	a := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
+	b := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
+	for _, h := range []testHost{a, b} {
+		_, err := plug(t, h, "s").Status(context.Background(), "vm1")
+		require.NoError(t, err)
+	}
+	require.Len(t, leftovers(t, tmp), 2, "one socket directory per plugin")
+	a.Close()
+	left := leftovers(t, tmp)
+	require.Len(t, left, 1, "the closed host's socket directory went, the other's stayed")
+	entries, err := os.ReadDir(left[0])
+	require.NoError(t, err)
+	assert.NotEmpty(t, entries, "the other host's plugin socket is still there")
+	_, err = plug(t, b, "s").Status(context.Background(), "vm1")
+	require.NoError(t, err)
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // VM is a VM as the manager addresses it: its name, the plugin and driver
@@ -122,27 +123,18 @@ func WithRestore(restore bool) Option {
 	return func(o *callOptions) { o.restore = &restore }
 }
 
-// localLeases is one channel per key used as a lock that a context can
-// abandon, which sync.Mutex cannot.
-type localLeases struct {
-	mu   sync.Mutex
-	keys map[string]chan struct{}
-}
+// localLeases is one lock per key that a context can abandon, which
+// sync.Mutex cannot.
+type localLeases struct{ keys wait.Keyed[string] }
 
 // NewLocalLeases returns leases that serialize operations within this
 // process.
 func NewLocalLeases() Leases {
-	return &localLeases{keys: map[string]chan struct{}{}}
+	return &localLeases{}
 }
 
 func (l *localLeases) Acquire(ctx context.Context, key string) (func(), error) {
-	ch := l.slot(key)
-	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return l.keys.Lock(ctx, key)
 }
 
 // op is one operation in progress on one VM.

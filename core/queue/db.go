@@ -67,6 +67,12 @@ func openDB(ctx context.Context, url, stateDir string) (*db, error) {
 			return nil, fmt.Errorf("database %s: %w (is PostgreSQL running, and the URL's user, password and database right?)",
 				Redact(url), err)
 		}
+		// database/sql keeps two idle connections by default: under a
+		// burst of submissions the rest would be opened and closed each
+		// time, a fork of a PostgreSQL backend apiece.
+		conn.SetMaxOpenConns(32)
+		conn.SetMaxIdleConns(32)
+		conn.SetConnMaxIdleTime(5 * time.Minute)
 		return &db{DB: conn, dialect: dialectPostgres}, nil
 	}
 	if url != "" {

@@ -3,7 +3,10 @@ package queue
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
+
+	"github.com/sandboxhq/sandbox/core/engine"
 )
 
 // Kill makes the queue's host die as a SIGKILLed process would, as far as
@@ -22,4 +25,17 @@ func (q *Queue) Kill() {
 		defer cancel()
 		_ = q.client.StopAndCancel(ctx)
 	}()
+}
+
+// Pool is the queue's pool, for tests that watch its events.
+func (q *Queue) Pool() *engine.Pool { return q.pool }
+
+// DieBeforeClaim makes the queue's host die, as Kill does, as its next job
+// begins and before the job claims its analysis.
+func (q *Queue) DieBeforeClaim() {
+	var once sync.Once
+	q.beforeClaim = func() {
+		once.Do(q.Kill)
+		select {} // the process is gone: the job never goes on
+	}
 }

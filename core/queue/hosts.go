@@ -143,16 +143,21 @@ func (q *Queue) takeOverOne(ctx context.Context, a analysisRow, why string) erro
 		if err != nil {
 			return err
 		}
-		attempt := a.Attempt
-		res, err := q.client.InsertManyTx(ctx, tx, []river.InsertManyParams{q.jobParams(t, a.Profile, attempt)})
+		// An analysis that had begun lost an attempt, recorded; one whose
+		// job was lost before it began lost nothing but time.
+		next, lost := a.Attempt, a.Lost
+		if a.State == StateRunning {
+			lost = append(lost, LostAttempt{Attempt: a.Attempt, Host: a.Host, At: time.Now().UTC(), Why: why})
+			next++
+		}
+		res, err := q.client.InsertManyTx(ctx, tx, []river.InsertManyParams{q.jobParams(t, a.Profile, next)})
 		if err != nil {
 			return err
 		}
-		lost := append(a.Lost, LostAttempt{Attempt: attempt, Host: a.Host, At: time.Now().UTC(), Why: why})
 		data, _ := json.Marshal(lost)
 		upd, err := q.db.exec(ctx, tx, `UPDATE sandbox_analysis SET state = 'queued', job_id = ?, attempt = ?, host = '', vm = '',
-			step = '', lost = ?, updated_ns = ? WHERE task_id = ? AND profile = ? AND job_id = ? AND state = 'running'`,
-			res[0].Job.ID, attempt+1, string(data), time.Now().UnixNano(), a.task, a.Profile, a.job)
+			step = '', lost = ?, updated_ns = ? WHERE task_id = ? AND profile = ? AND job_id = ? AND state IN ('queued', 'running')`,
+			res[0].Job.ID, next, string(data), time.Now().UnixNano(), a.task, a.Profile, a.job)
 		if err != nil {
 			return err
 		}
@@ -170,7 +175,7 @@ func (q *Queue) takeOverOne(ctx context.Context, a analysisRow, why string) erro
 			label = "(no live host)"
 		}
 		q.log.Warn("took over an analysis of a host that stopped", "task", a.task, "profile", a.Profile, "host", label,
-			"attempt", attempt+1, "why", why)
+			"attempt", next, "why", why)
 		return nil
 	})
 }

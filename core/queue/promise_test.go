@@ -193,6 +193,31 @@ func TestADeadHostsAnalysisIsTakenOverWithinSeconds(t *testing.T) {
 	assert.True(t, hosts[1].Alive)
 }
 
+// A host that dies as River hands it a job, before the job claims its
+// analysis: River thinks the job running, the analysis still waits for it.
+// Another host takes the analysis over, and nothing is recorded lost, for
+// nothing had begun.
+func TestAHostDyingBeforeItsJobBeginsLosesNothing(t *testing.T) {
+	db := pgtest.Database(t)
+	a := newHost(t, "host-a", "a1")
+	b := newHost(t, "host-b", "b1")
+	profiles := scanProfile(t, "a1", "b1")
+	qa := a.open(t, db, profiles)
+	qa.DieBeforeClaim()
+	require.NoError(t, qa.Start(context.Background()))
+	task := submitOne(t, qa, "s.txt", "s", queue.Request{})
+	time.Sleep(time.Second) // host-a's River takes the job, and host-a dies with it
+
+	qb := b.open(t, db, profiles)
+	start(t, qb)
+	got := waitTask(t, qb, task.ID, 2*time.Minute)
+	assert.Equal(t, queue.StateDone, got.State)
+	require.Len(t, got.Results, 1)
+	assert.Equal(t, "host-b", got.Results[0].Host)
+	assert.Empty(t, got.Analyses[0].Lost, "no attempt had begun, none was lost")
+	assert.Equal(t, 1, got.Analyses[0].Attempt)
+}
+
 // The SQLite file deleted under the service: the service stops taking
 // work and says why, instead of accepting tasks into a file that is gone.
 func TestADeletedDatabaseFileStopsTheService(t *testing.T) {
@@ -286,9 +311,9 @@ func TestAPostgreSQLDatabaseFromBeforeMigrationsIsUpgraded(t *testing.T) {
 // back, each task ends exactly once, and nothing is left running.
 func TestTheDatabaseAwayWhileAnalysesEnd(t *testing.T) {
 	url := pgtest.Database(t)
-	proxy := newOutageProxy(t, url)
+	proxy := pgtest.NewProxy(t, url)
 	h := newHost(t, "h", "vm1", "vm2")
-	q := h.open(t, proxy.url, sleepProfile(t, "2", "vm1", "vm2"))
+	q := h.open(t, proxy.URL, sleepProfile(t, "2", "vm1", "vm2"))
 	start(t, q)
 	var ids []string
 	for i := range 4 {
@@ -303,7 +328,7 @@ func TestTheDatabaseAwayWhileAnalysesEnd(t *testing.T) {
 		}
 		return n == 2
 	}, time.Minute, 20*time.Millisecond, "two analyses run")
-	proxy.down(8 * time.Second) // the two analyses end while it is away
+	proxy.Down(8 * time.Second) // the two analyses end while it is away
 	for _, id := range ids {
 		got := waitTask(t, q, id, 2*time.Minute)
 		assert.Equal(t, queue.StateDone, got.State, "%s: %+v", id, got.Results)

@@ -111,6 +111,9 @@ type Queue struct {
 	// written to its row by the progress writer.
 	progress map[[2]string]engine.Event
 	closed   bool
+	// beforeClaim, set by tests, runs as a job begins, before it claims
+	// its analysis: where a host can die with a job River thinks running.
+	beforeClaim func()
 }
 
 // running is a job under way on this host.

@@ -126,22 +126,25 @@ func (q *Queue) sweepDeadHosts(ctx context.Context) error {
 // sweepEndedJobs ends the analyses whose River jobs ended without ending
 // them: discarded by River (their last attempt failed in a way the error
 // handler never saw, or River's rescuer gave up on them), cancelled, or
-// completed by a worker that could not record the result.
+// completed by a worker that could not record the result. It also takes
+// over an analysis whose job River handed to a host that died (or
+// restarted) before its worker could claim the analysis: River thinks the
+// job running, the analysis waits for it, and nothing else would move it.
 func (q *Queue) sweepEndedJobs(ctx context.Context) error {
-	rows, err := q.db.query(ctx, q.db, `SELECT task_id, profile, job_id FROM sandbox_analysis
+	rows, err := q.db.query(ctx, q.db, `SELECT task_id, profile, job_id, state FROM sandbox_analysis
 		WHERE state NOT IN `+finalStates+` AND updated_ns < ? ORDER BY updated_ns LIMIT 500`, time.Now().Add(-settled).UnixNano())
 	if err != nil {
 		return err
 	}
 	type open struct {
-		task, profile string
-		job           int64
+		task, profile, state string
+		job                  int64
 	}
 	byJob := map[int64]open{}
 	var ids []int64
 	for rows.Next() {
 		var o open
-		if err := rows.Scan(&o.task, &o.profile, &o.job); err != nil {
+		if err := rows.Scan(&o.task, &o.profile, &o.job, &o.state); err != nil {
 			rows.Close()
 			return err
 		}
@@ -160,9 +163,32 @@ func (q *Queue) sweepEndedJobs(ctx context.Context) error {
 	for _, j := range res.Jobs {
 		found[j.ID] = j
 	}
+	var hosts map[string]Host
 	for _, id := range ids {
 		o := byJob[id]
 		j := found[id]
+		if j != nil && j.State == rivertype.JobStateRunning && o.state == StateQueued {
+			if hosts == nil {
+				list, err := q.Hosts(ctx)
+				if err != nil {
+					return err
+				}
+				hosts = map[string]Host{}
+				for _, h := range list {
+					hosts[h.Name] = h
+				}
+			}
+			if why := lostBeforeClaim(j, hosts); why != "" {
+				a, err := q.db.analysis(ctx, q.db, o.task, o.profile)
+				if err != nil {
+					return err
+				}
+				if err := q.takeOverOne(ctx, a, why); err != nil && !errors.Is(err, errRaced) {
+					return err
+				}
+			}
+			continue
+		}
 		var r *engine.Result
 		switch {
 		case j == nil:
@@ -183,6 +209,26 @@ func (q *Queue) sweepEndedJobs(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// lostBeforeClaim says why a job River thinks running will never claim its
+// analysis: the host it went to is dead, or has restarted since; "" when
+// it may yet.
+func lostBeforeClaim(j *rivertype.JobRow, hosts map[string]Host) string {
+	if len(j.AttemptedBy) == 0 || j.AttemptedAt == nil {
+		return ""
+	}
+	name := j.AttemptedBy[len(j.AttemptedBy)-1]
+	h, ok := hosts[name]
+	switch {
+	case !ok:
+		return fmt.Sprintf("its job went to host %s, which no longer heartbeats, before the analysis began", name)
+	case !h.Alive:
+		return fmt.Sprintf("its job went to host %s, which died before the analysis began", name)
+	case h.Started.After(*j.AttemptedAt):
+		return fmt.Sprintf("its job went to host %s, which restarted before the analysis began", name)
+	}
+	return ""
 }
 
 func lastError(j *rivertype.JobRow) string {

@@ -137,18 +137,20 @@ func (q *Queue) spool(r io.Reader) (*os.File, string, int64, error) {
 	return f, hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
-// jobParams is the job of a task's analysis with a profile, for its
-// attempt (0 for the submission's).
+// jobParams is the job of a task's analysis with a profile: the
+// submission's (attempt 0), unique by its arguments, or one that takes
+// the analysis over (the analysis's attempt), which its analysis row alone
+// makes the owner: a job it superseded is no twin to refuse it for.
 func (q *Queue) jobParams(t *Task, profile string, attempt int) river.InsertManyParams {
 	queue := queueName(profile)
 	if t.VM != "" {
 		queue = vmQueueName(t.VM)
 	}
-	return river.InsertManyParams{
-		Args: analysisArgs{Task: t.ID, Profile: profile, Attempt: attempt},
-		InsertOpts: &river.InsertOpts{Queue: queue, Priority: t.Priority, MaxAttempts: q.opts.MaxAttempts,
-			UniqueOpts: river.UniqueOpts{ByArgs: true}},
+	opts := &river.InsertOpts{Queue: queue, Priority: t.Priority, MaxAttempts: q.opts.MaxAttempts}
+	if attempt == 0 {
+		opts.UniqueOpts = river.UniqueOpts{ByArgs: true}
 	}
+	return river.InsertManyParams{Args: analysisArgs{Task: t.ID, Profile: profile, Attempt: attempt}, InsertOpts: opts}
 }
 
 func (q *Queue) checkRequest(req *Request) ([]string, error) {
@@ -208,6 +210,9 @@ func (q *Queue) Tasks(ctx context.Context, state string, limit int) ([]*Task, er
 // jobs at once; a running one is stopped by its worker, which sees the
 // mark, and records it cancelled, its VM cleaned.
 func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
+	// The task's jobs under way here stop at once, before any database
+	// round trip (which may wait behind them on SQLite's one writer).
+	stopped := q.cancelLocal(id)
 	var final string
 	err := q.db.inTx(ctx, func(tx *sql.Tx) error {
 		t, err := q.db.task(ctx, tx, id)
@@ -256,6 +261,9 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 		if err != nil {
 			return nil, err
 		}
+		if stopped > 0 && final == StateCancelled {
+			return t, nil // ended by this very cancel, through its local jobs
+		}
 		return t, inputErrorf("already_finished", "task %s already ended (%s)", id, final)
 	}
 	q.cancelLocal(id)
@@ -265,15 +273,19 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 	return q.Task(ctx, id)
 }
 
-// cancelLocal stops the task's jobs under way on this host at once.
-func (q *Queue) cancelLocal(task string) {
+// cancelLocal stops the task's jobs under way on this host at once, and
+// says how many it stopped.
+func (q *Queue) cancelLocal(task string) int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	n := 0
 	for _, j := range q.working {
 		if j.task == task {
 			j.cancel(river.ErrJobCancelledRemotely)
+			n++
 		}
 	}
+	return n
 }
 
 // endWith ends an analysis the job owns with r, within tx, and tells the
@@ -324,7 +336,19 @@ func (q *Queue) completeTask(ctx context.Context, id string) error {
 			}
 		}
 	}
+	// One host ends the task: it claims the ending, writes the report,
+	// then marks the task ended. A host that died at it is replaced once
+	// its claim is older than twice dead_after.
 	now := time.Now().UTC()
+	claim, err := q.db.exec(ctx, q.db, `UPDATE sandbox_task SET ending_host = ?, ending_ns = ?
+		WHERE id = ? AND finished_ns = 0 AND (ending_host = '' OR ending_host = ? OR ending_ns < ?)`,
+		q.opts.Host, now.UnixNano(), id, q.opts.Host, now.Add(-2*q.opts.DeadAfter).UnixNano())
+	if err != nil {
+		return err
+	}
+	if n, _ := claim.RowsAffected(); n == 0 {
+		return nil // another host is ending it
+	}
 	rep := engine.NewReport(t.Sample, t.Created, now, results)
 	if err := engine.WriteReport(q.taskDir(t), rep); err != nil {
 		q.log.Error("cannot write a task's report; the task stays running until it is written", "task", id, "error", err)
@@ -335,7 +359,7 @@ func (q *Queue) completeTask(ctx context.Context, id string) error {
 		return err
 	}
 	res, err := q.db.exec(ctx, q.db, `UPDATE sandbox_task SET state = ?, verdict = ?, report = ?, finished_ns = ?
-		WHERE id = ? AND finished_ns = 0`, state, string(rep.Verdict), string(data), now.UnixNano(), id)
+		WHERE id = ? AND finished_ns = 0 AND ending_host = ?`, state, string(rep.Verdict), string(data), now.UnixNano(), id, q.opts.Host)
 	if err != nil {
 		return err
 	}

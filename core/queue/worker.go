@@ -9,12 +9,12 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/rivertype"
 
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // worker runs one job: one task's analysis with one profile, on a free VM
@@ -42,6 +42,13 @@ func (w *worker) Timeout(job *river.Job[analysisArgs]) time.Duration {
 // mark, for a cancel made through another host.
 const cancelPoll = time.Second
 
+// An analysis's end is recorded within recordFor, tried again as
+// recordPolicy says: a PostgreSQL restart takes seconds to a minute.
+var (
+	recordFor    = 5 * time.Minute
+	recordPolicy = wait.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second, Factor: 2, Jitter: 0.2}
+)
+
 // Work runs the analysis its job owns and records how it ended. An
 // analysis that ran, whatever its outcome, is a result, not a job failure;
 // the job fails (and River tries it again later, maybe on another host)
@@ -65,6 +72,9 @@ func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) (err er
 		q.mu.Unlock()
 	}()
 
+	if q.beforeClaim != nil {
+		q.beforeClaim()
+	}
 	a, claimed, err := q.claim(ctx, args, job.ID)
 	if err != nil || !claimed {
 		return err
@@ -143,21 +153,14 @@ func (q *Queue) claim(ctx context.Context, args analysisArgs, job int64) (analys
 // cancel made through another host (one through this host's API takes
 // effect at once).
 func (q *Queue) watchCancel(ctx context.Context, args analysisArgs, cancel context.CancelCauseFunc) {
-	t := time.NewTicker(cancelPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	err := wait.Until(ctx, wait.Policy{Initial: cancelPoll, Factor: 1}, func(ctx context.Context) (bool, error) {
 		var mark int
 		err := q.db.queryRow(ctx, q.db, `SELECT cancel_requested FROM sandbox_analysis WHERE task_id = ? AND profile = ?`,
 			args.Task, args.Profile).Scan(&mark)
-		if err == nil && mark != 0 {
-			cancel(river.ErrJobCancelledRemotely)
-			return
-		}
+		return err == nil && mark != 0, nil
+	})
+	if err == nil {
+		cancel(river.ErrJobCancelledRemotely)
 	}
 }
 
@@ -166,17 +169,16 @@ func (q *Queue) watchCancel(ctx context.Context, args analysisArgs, cancel conte
 // PostgreSQL restart): the record is tried again, within the job's
 // context, rather than the analysis lost or run again.
 func (q *Queue) end(ctx context.Context, args analysisArgs, job int64, r *engine.Result) error {
-	ctx = context.WithoutCancel(ctx)
-	_, err := backoff.Retry(ctx, func() (struct{}, error) {
-		err := q.db.inTx(ctx, func(tx *sql.Tx) error { return q.endWith(ctx, tx, args.Task, job, r) })
-		if errors.Is(err, ErrDatabaseLost) {
-			return struct{}{}, backoff.Permanent(err)
-		}
-		if err != nil {
-			q.log.Warn("cannot record an analysis yet; trying again", "task", args.Task, "profile", args.Profile, "error", err)
-		}
-		return struct{}{}, err
-	}, backoff.WithBackOff(backoff.NewExponentialBackOff()), backoff.WithMaxElapsedTime(5*time.Minute))
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordFor)
+	defer cancel()
+	_, err := wait.Retry(ctx, recordPolicy, func(err error) bool { return !errors.Is(err, ErrDatabaseLost) },
+		func(ctx context.Context) error {
+			err := q.db.inTx(ctx, func(tx *sql.Tx) error { return q.endWith(ctx, tx, args.Task, job, r) })
+			if err != nil && !errors.Is(err, ErrDatabaseLost) {
+				q.log.Warn("cannot record an analysis yet; trying again", "task", args.Task, "profile", args.Profile, "error", err)
+			}
+			return err
+		})
 	if err != nil {
 		return err
 	}

@@ -258,6 +258,9 @@ type execStatus struct {
 	Signal   *int   `json:"signal"`
 	OutData  string `json:"out-data"`
 	ErrData  string `json:"err-data"`
+	// The agent kept only part of the output.
+	OutTruncated bool `json:"out-truncated"`
+	ErrTruncated bool `json:"err-truncated"`
 }
 
 // Exec runs a command in the guest through guest-exec and polls
@@ -297,7 +300,7 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		var st execStatus
 		err := a.run(rctx, "guest-exec-status", map[string]any{"pid": started.PID}, &st)
 		if err == nil && st.Exited {
-			return d.execResult(name, st)
+			return d.execResult(name, st, int(req.Limit(int64(d.cfg.Guest.MaxOutput))))
 		}
 		// libvirtd gone away (restarted) is waited out, and so is the agent
 		// it does not reach again at once, for guest.ready_wait: the command
@@ -356,8 +359,9 @@ func (d *Driver) killGuest(a *agent, name string, pid int) {
 }
 
 // execResult decodes an ended command's status, cutting each output to
-// guest.max_output.
-func (d *Driver) execResult(name string, st execStatus) (hypervisor.ExecResult, error) {
+// limit (guest.max_output, or the request's max_output when smaller) and
+// saying what was cut (§9.5).
+func (d *Driver) execResult(name string, st execStatus, limit int) (hypervisor.ExecResult, error) {
 	var res hypervisor.ExecResult
 	switch {
 	case st.ExitCode != nil:
@@ -365,18 +369,23 @@ func (d *Driver) execResult(name string, st execStatus) (hypervisor.ExecResult, 
 	case st.Signal != nil:
 		res.ExitCode = 128 + *st.Signal
 	}
+	res.StdoutTruncated, res.StderrTruncated = st.OutTruncated, st.ErrTruncated
 	for _, o := range []struct {
-		b64 string
-		dst *[]byte
-	}{{st.OutData, &res.Stdout}, {st.ErrData, &res.Stderr}} {
-		if max := base64.StdEncoding.EncodedLen(d.cfg.Guest.MaxOutput); len(o.b64) > max {
-			o.b64 = o.b64[:max]
+		b64  string
+		dst  *[]byte
+		lost *bool
+	}{{st.OutData, &res.Stdout, &res.StdoutTruncated}, {st.ErrData, &res.Stderr, &res.StderrTruncated}} {
+		if max := base64.StdEncoding.EncodedLen(limit); len(o.b64) > max {
+			o.b64, *o.lost = o.b64[:max], true
 		}
 		b, err := base64.StdEncoding.DecodeString(o.b64)
 		if err != nil {
 			return res, hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpExec, name, "undecodable output from the guest agent: %v", err)
 		}
-		*o.dst = b[:min(len(b), d.cfg.Guest.MaxOutput)]
+		if len(b) > limit {
+			b, *o.lost = b[:limit], true
+		}
+		*o.dst = b
 	}
 	return res, nil
 }

@@ -143,9 +143,16 @@ func TestExecOutputIsBounded(t *testing.T) {
 	d.cfg.Guest.MaxOutput = 10
 	code := 3
 	res, err := d.execResult("vm", execStatus{Exited: true, ExitCode: &code,
-		OutData: "MDEyMzQ1Njc4OTAxMjM0NTY3ODk=", ErrData: "ZXJy"})
+		OutData: "MDEyMzQ1Njc4OTAxMjM0NTY3ODk=", ErrData: "ZXJy"}, 10)
 	require.NoError(t, err)
 	assert.Equal(t, 3, res.ExitCode)
 	assert.Equal(t, "0123456789", string(res.Stdout))
+	assert.True(t, res.StdoutTruncated, "the result says stdout was cut")
 	assert.Equal(t, "err", string(res.Stderr))
+	assert.False(t, res.StderrTruncated)
+
+	res, err = d.execResult("vm", execStatus{Exited: true, ExitCode: &code, OutData: "MDEyMzQ1Njc4OTAxMjM0NTY3ODk="}, 4)
+	require.NoError(t, err)
+	assert.Equal(t, "0123", string(res.Stdout), "a request's max_output asks for less")
+	assert.True(t, res.StdoutTruncated)
 }

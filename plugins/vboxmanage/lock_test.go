@@ -1,9 +1,11 @@
 package vboxmanage_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -405,4 +407,99 @@ func passwordStaysSecret(t *testing.T, r *rig) {
 	left, err := os.ReadDir(r.tmp)
 	require.NoError(t, err)
 	assert.Empty(t, left, "password files are removed")
+}
+
+// Each of VirtualBox's texts for a guest whose guest control is still
+// starting is waited out within guest.ready_wait; a logon failure, which
+// waiting does not fix, fails at once.
+func TestGuestNotReadyTexts(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		starting string
+		retried  bool
+	}{
+		{"not-ready", true},   // The guest execution service is not ready (yet)
+		{"not-started", true}, // Session is not in started state
+		{"starting", true},    // Error starting guest session (current status is: starting)
+		{"logon", false},      // The specified user was not able to logon on guest
+	} {
+		t.Run(c.starting, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t, profiles[2],
+				withTiming(func(tm *vboxsim.Timing) { tm.GuestReady = vboxsim.Duration(500 * time.Millisecond) }),
+				withFaults(func(f *vboxsim.Faults) { f.GuestStarting = c.starting }),
+				withSetting("guest.ready_wait", `"20s"`))
+			ctx := plugintest.Context(t, 30*time.Second)
+			require.NoError(t, r.drv.Start(ctx, vmName))
+			res, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo", Args: []string{"booted"}})
+			if c.retried {
+				require.NoError(t, err, "the driver waits while the guest says it is starting")
+				assert.Equal(t, "booted\n", string(res.Stdout))
+				assert.Greater(t, r.argvCount(t, "guestcontrol"), 1)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "not able to logon")
+			assert.Equal(t, 1, r.argvCount(t, "guestcontrol"), "a logon failure is not retried")
+		})
+	}
+}
+
+// A guest command's output is kept up to the request's max_output, and the
+// result says what was dropped (§9.5).
+func TestExecOutputBounded(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2], withSetting("max_output", "100000"))
+	ctx := plugintest.Context(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	flood := hypervisor.ExecRequest{Path: "dd", Args: []string{"if=/dev/zero", "bs=65536", "count=64"}}
+	var res hypervisor.ExecResult
+	require.Eventually(t, func() bool {
+		var err error
+		res, err = r.drv.Exec(ctx, vmName, flood)
+		return err == nil
+	}, 20*time.Second, 50*time.Millisecond)
+	assert.Len(t, res.Stdout, 100000, "max_output bounds what is kept")
+	assert.True(t, res.StdoutTruncated)
+	assert.False(t, res.StderrTruncated)
+
+	flood.MaxOutput = 1000
+	res, err := r.drv.Exec(ctx, vmName, flood)
+	require.NoError(t, err)
+	assert.Len(t, res.Stdout, 1000, "a request asks for less")
+	assert.True(t, res.StdoutTruncated)
+
+	flood.MaxOutput = 1 << 30
+	res, err = r.drv.Exec(ctx, vmName, flood)
+	require.NoError(t, err)
+	assert.Len(t, res.Stdout, 100000, "never for more than the driver's bound")
+}
+
+// A guest file larger than max_copy_out is not copied out: the copy fails
+// saying so and leaves nothing on the host (§9.5); a smaller one arrives
+// whole.
+func TestCopyOutBounded(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2], withSetting("max_copy_out", "100000"))
+	ctx := plugintest.Context(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	dir := t.TempDir()
+	big, small := filepath.Join(dir, "big"), filepath.Join(dir, "small")
+	require.NoError(t, os.WriteFile(big, bytes.Repeat([]byte("x"), 300000), 0o644))
+	require.NoError(t, os.WriteFile(small, []byte("small"), 0o644))
+	require.Eventually(t, func() bool { return r.drv.CopyIn(ctx, vmName, big, "/tmp/big") == nil }, 20*time.Second, 50*time.Millisecond)
+	require.NoError(t, r.drv.CopyIn(ctx, vmName, small, "/tmp/small"))
+
+	out := t.TempDir()
+	err := r.drv.CopyOut(ctx, vmName, "/tmp/big", filepath.Join(out, "big"))
+	require.Error(t, err)
+	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
+	assert.Contains(t, err.Error(), "larger than max_copy_out")
+	entries, _ := os.ReadDir(out)
+	assert.Empty(t, entries, "nothing is left on the host")
+
+	require.NoError(t, r.drv.CopyOut(ctx, vmName, "/tmp/small", filepath.Join(out, "small")))
+	got, err := os.ReadFile(filepath.Join(out, "small"))
+	require.NoError(t, err)
+	assert.Equal(t, "small", string(got))
 }

@@ -67,7 +67,22 @@ type Guest struct {
 	// Sleep is a command that runs for at least a minute, to be cut short
 	// by a timeout; default ["sleep", "60"].
 	Sleep []string
+	// Flood is a command that writes at least FloodSize bytes to stdout
+	// and exits, the guest flooding its driver (§9.5); default ["dd",
+	// "if=/dev/zero", "bs=65536", "count=16"], 1 MiB of zeros.
+	Flood []string
 }
+
+// FloodSize is how much the Flood command writes, at least. The suite asks
+// for FloodLimit of it, a sixteenth: a driver that keeps it all fails on
+// the size, with the check's memory no more than the flood's. The flood is
+// no larger because no driver can ask a guest agent for less of a
+// command's output: it must read the whole reply, and libvirtd already
+// fails replies of a few MiB.
+const (
+	FloodSize  = 1 << 20
+	FloodLimit = 64 << 10
+)
 
 // Timing bounds the suite's waits. Real hypervisors need the defaults; a
 // fast fake can use much shorter ones.
@@ -113,6 +128,9 @@ func (g Guest) withDefaults() Guest {
 	}
 	if len(g.Sleep) == 0 {
 		g.Sleep = []string{"sleep", "60"}
+	}
+	if len(g.Flood) == 0 {
+		g.Flood = []string{"dd", "if=/dev/zero", "bs=65536", "count=16"}
 	}
 	return g
 }

@@ -43,6 +43,10 @@ DROP TABLE sandbox_result;
 ALTER TABLE sandbox_task DROP COLUMN profiles;
 ALTER TABLE sandbox_task DROP COLUMN jobs;
 ALTER TABLE sandbox_task DROP COLUMN cancel_requested;
+-- The host ending a task (writing its report, then marking it ended), so
+-- that one host writes it; another takes over from one that died at it.
+ALTER TABLE sandbox_task ADD COLUMN ending_host TEXT NOT NULL DEFAULT '';
+ALTER TABLE sandbox_task ADD COLUMN ending_ns INTEGER NOT NULL DEFAULT 0;
 
 CREATE TABLE sandbox_host (
 	name TEXT PRIMARY KEY,

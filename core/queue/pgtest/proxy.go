@@ -1,4 +1,4 @@
-package queue_test
+package pgtest
 
 import (
 	"io"
@@ -7,36 +7,40 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/stretchr/testify/require"
 )
 
-// outageProxy stands between the queue and PostgreSQL, so that a test can
+// Proxy stands between a test's code and PostgreSQL, so that the test can
 // take the database away (every connection cut, new ones refused) and give
 // it back, as a PostgreSQL restart or a network outage would.
-type outageProxy struct {
-	t      *testing.T
+type Proxy struct {
+	t      testing.TB
 	target string
 	addr   string
-	url    string
+	// URL is the database's URL through the proxy.
+	URL string
 
 	mu    sync.Mutex
 	ln    net.Listener
 	conns []net.Conn
 }
 
-func newOutageProxy(t *testing.T, dbURL string) *outageProxy {
+// NewProxy starts a proxy to the database at dbURL, on this machine's
+// loopback, until the test ends.
+func NewProxy(t testing.TB, dbURL string) *Proxy {
+	t.Helper()
 	u, err := url.Parse(dbURL)
-	require.NoError(t, err)
-	p := &outageProxy{t: t, target: u.Host}
+	if err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	p := &Proxy{t: t, target: u.Host}
 	p.listen("127.0.0.1:0")
 	u.Host = p.addr
-	p.url = u.String()
+	p.URL = u.String()
 	t.Cleanup(p.close)
 	return p
 }
 
-func (p *outageProxy) listen(addr string) {
+func (p *Proxy) listen(addr string) {
 	var ln net.Listener
 	var err error
 	for range 50 { // the port just closed may take a moment to be free again
@@ -45,7 +49,9 @@ func (p *outageProxy) listen(addr string) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	require.NoError(p.t, err)
+	if err != nil {
+		p.t.Fatalf("pgtest: proxy: %v", err)
+	}
 	p.mu.Lock()
 	p.ln, p.addr = ln, ln.Addr().String()
 	p.mu.Unlock()
@@ -69,14 +75,15 @@ func (p *outageProxy) listen(addr string) {
 	}()
 }
 
-// down cuts every connection and refuses new ones for d.
-func (p *outageProxy) down(d time.Duration) {
+// Down cuts every connection and refuses new ones for d, then lets them
+// through again.
+func (p *Proxy) Down(d time.Duration) {
 	p.close()
 	time.Sleep(d)
 	p.listen(p.addr)
 }
 
-func (p *outageProxy) close() {
+func (p *Proxy) close() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.ln != nil {
