@@ -105,18 +105,13 @@ func (q *Queue) pruneBatch(ctx context.Context, endedBefore time.Time, p *Pruned
 		if err != nil {
 			return err
 		}
-		var ids []any
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				rows.Close()
-				return err
-			}
-			ids = append(ids, id)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil || len(ids) == 0 {
+		found, err := scanIDs(rows)
+		if err != nil || len(found) == 0 {
 			return err
+		}
+		ids := make([]any, len(found))
+		for i, id := range found {
+			ids[i] = id
 		}
 		n = len(ids)
 		in := `(?` + strings.Repeat(", ?", len(ids)-1) + `)`
@@ -200,14 +195,10 @@ func (q *Queue) pruneDirs(ctx context.Context) (int, error) {
 		if err != nil {
 			return removed, err
 		}
-		var gone []string
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err == nil {
-				gone = append(gone, id)
-			}
+		gone, err := scanIDs(rows)
+		if err != nil {
+			return removed, err
 		}
-		rows.Close()
 		for _, id := range gone {
 			if err := os.RemoveAll(filepath.Join(parent, id)); err != nil {
 				q.log.Warn("cannot remove a pruned task's directory", "dir", filepath.Join(parent, id), "error", err)
@@ -218,4 +209,18 @@ func (q *Queue) pruneDirs(ctx context.Context) (int, error) {
 		_ = os.Remove(parent) // only once empty
 	}
 	return removed, nil
+}
+
+// scanIDs reads a one-column result of strings and closes it.
+func scanIDs(rows *sql.Rows) ([]string, error) {
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
 }
