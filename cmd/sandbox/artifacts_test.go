@@ -42,7 +42,7 @@ func (s *server) get(path string) (int, []byte) {
 	req, err := http.NewRequest("GET", s.url+path, nil)
 	require.NoError(s.t, err)
 	req.Header.Set("Authorization", "Bearer "+apiToken)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client.Do(req)
 	require.NoError(s.t, err)
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)

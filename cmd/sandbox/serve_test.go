@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/api/apitest"
 	"github.com/sandboxhq/sandbox/core/queue/pgtest"
 )
 
@@ -56,12 +57,14 @@ func serveConfig(host string, vms []string, all []string, analysis string, extra
 
 // server is a running `sandbox serve`.
 type server struct {
-	t    testing.TB
-	cmd  *exec.Cmd
-	url  string
-	mu   sync.Mutex
-	log  bytes.Buffer
-	done chan struct{}
+	t   testing.TB
+	cmd *exec.Cmd
+	url string
+	// client checks every answer against docs/openapi.yaml.
+	client *http.Client
+	mu     sync.Mutex
+	log    bytes.Buffer
+	done   chan struct{}
 }
 
 var listening = regexp.MustCompile(`listening on (http://\S+)`)
@@ -81,7 +84,7 @@ func startServeCmd(t testing.TB, cmd *exec.Cmd) *server {
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	s := &server{t: t, cmd: cmd, done: make(chan struct{})}
+	s := &server{t: t, cmd: cmd, done: make(chan struct{}), client: apitest.Client(t)}
 	t.Cleanup(func() { s.kill() })
 	urls := make(chan string, 1)
 	go func() {
@@ -148,7 +151,7 @@ func (s *server) api(method, path string, body io.Reader, contentType string, ou
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client.Do(req)
 	require.NoError(s.t, err)
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)

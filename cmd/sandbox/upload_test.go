@@ -75,7 +75,7 @@ func (s *server) upload(seed, size int64) (int, string) {
 	}
 	req.Header.Set("Authorization", "Bearer "+apiToken)
 	req.Header.Set("Content-Type", w.FormDataContentType())
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client.Do(req)
 	if err != nil {
 		return 0, err.Error()
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/api"
+	"github.com/sandboxhq/sandbox/core/api/apitest"
 	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
@@ -193,7 +194,7 @@ func newServiceTB(t testing.TB, opts ...func(*serviceOptions)) *service {
 		assert.NoError(t, q.Stop(sctx))
 		q.Close()
 	})
-	client := &http.Client{Transport: validating(t, http.DefaultTransport), Timeout: time.Minute}
+	client := &http.Client{Transport: apitest.Transport(t, http.DefaultTransport), Timeout: time.Minute}
 	return &service{url: hs.URL, client: client, driver: d, queue: q, events: events, qr: qr, state: state, dir: dir, srv: srv}
 }
 

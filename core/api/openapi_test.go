@@ -9,6 +9,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/sandboxhq/sandbox/core/api/apitest"
 )
 
 // docs/openapi.yaml is valid OpenAPI, and it and the server's routes
@@ -16,7 +18,7 @@ import (
 // each path and method of the file is a route.
 func TestTheOpenAPIFileIsValidAndMatchesTheRoutes(t *testing.T) {
 	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromFile("../../docs/openapi.yaml")
+	doc, err := loader.LoadFromFile(apitest.SpecPath())
 	require.NoError(t, err)
 	require.NoError(t, doc.Validate(loader.Context), "docs/openapi.yaml is not valid OpenAPI")
 

@@ -1,11 +1,18 @@
-package api_test
+// Package apitest holds the service's API to docs/openapi.yaml in tests:
+// a transport that checks every answer a test gets (its status, headers
+// and body) against the file, so that an answer the file does not
+// describe, a field added without it say, fails the test.
+package apitest
 
 import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
+	"path/filepath"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -15,21 +22,23 @@ import (
 	"github.com/getkin/kin-openapi/routers/gorillamux"
 )
 
-// The spec is the truth: every answer the tests get from the service is
-// validated against docs/openapi.yaml, its status, headers and body, so a
-// field added to an answer without the spec fails a test.
+// SpecPath is docs/openapi.yaml in this checkout.
+func SpecPath() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "docs", "openapi.yaml")
+}
 
 type spec struct {
 	doc    *openapi3.T
 	router routers.Router
 }
 
-var loadSpec = sync.OnceValues(func() (*spec, error) {
+var load = sync.OnceValues(func() (*spec, error) {
 	// The pages are text; their content is checked by the tests that
 	// load them.
 	openapi3filter.RegisterBodyDecoder("text/html", openapi3filter.PlainBodyDecoder)
 	loader := openapi3.NewLoader()
-	doc, err := loader.LoadFromFile("../../docs/openapi.yaml")
+	doc, err := loader.LoadFromFile(SpecPath())
 	if err != nil {
 		return nil, err
 	}
@@ -45,9 +54,15 @@ var loadSpec = sync.OnceValues(func() (*spec, error) {
 	return &spec{doc: doc, router: router}, nil
 })
 
-// validating wraps a transport: each answer it brings is checked against
-// the spec, and the test fails where they disagree.
-func validating(t testing.TB, base http.RoundTripper) http.RoundTripper {
+// Client is an HTTP client whose every answer is checked against the
+// spec; a disagreement fails t.
+func Client(t testing.TB) *http.Client {
+	return &http.Client{Transport: Transport(t, http.DefaultTransport)}
+}
+
+// Transport wraps base: each answer it brings is checked against the
+// spec, and t fails where they disagree.
+func Transport(t testing.TB, base http.RoundTripper) http.RoundTripper {
 	return roundTripper(func(req *http.Request) (*http.Response, error) {
 		resp, err := base.RoundTrip(req)
 		if err != nil {
@@ -59,7 +74,7 @@ func validating(t testing.TB, base http.RoundTripper) http.RoundTripper {
 		if err != nil {
 			return resp, nil // the caller meets the same error reading it
 		}
-		if err := checkAnswer(req, resp.StatusCode, resp.Header, body); err != nil {
+		if err := Check(req, resp.StatusCode, resp.Header, body); err != nil {
 			t.Errorf("%s %s answered %d against docs/openapi.yaml: %v\nbody: %.2000s", req.Method, req.URL.Path, resp.StatusCode, err, body)
 		}
 		return resp, nil
@@ -70,10 +85,10 @@ type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// checkAnswer validates one answer to req against the spec. An answer to
-// a path the spec does not have must be the Error shape with 404 or 405.
-func checkAnswer(req *http.Request, status int, header http.Header, body []byte) error {
-	sp, err := loadSpec()
+// Check validates one answer to req against the spec. An answer to a
+// path the spec does not have must be the Error shape with 404 or 405.
+func Check(req *http.Request, status int, header http.Header, body []byte) error {
+	sp, err := load()
 	if err != nil {
 		return err
 	}
@@ -84,7 +99,7 @@ func checkAnswer(req *http.Request, status int, header http.Header, body []byte)
 		}
 		var v any
 		if err := json.Unmarshal(body, &v); err != nil {
-			return err
+			return errors.Join(errors.New("not the Error shape"), err)
 		}
 		return sp.doc.Components.Schemas["Error"].Value.VisitJSON(v)
 	}
