@@ -50,26 +50,23 @@ func (c *conn) client(ctx context.Context) (*golibvirt.Libvirt, error) {
 	l := golibvirt.NewWithDialer(dialer{path: c.socket, timeout: c.timeout})
 	done := make(chan error, 1)
 	go func() { done <- l.ConnectToURI(golibvirt.ConnectURI(c.uri)) }()
-	t := time.NewTimer(c.timeout)
-	defer t.Stop()
+	cctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
 	select {
 	case err := <-done:
 		if err != nil {
 			return nil, err
 		}
-	case <-ctx.Done():
+	case <-cctx.Done():
+		// Left to finish alone; a connection it makes after all is closed.
 		go func() {
 			if <-done == nil {
 				_ = l.Disconnect()
 			}
 		}()
-		return nil, ctx.Err()
-	case <-t.C:
-		go func() {
-			if <-done == nil {
-				_ = l.Disconnect()
-			}
-		}()
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("libvirtd accepted no connection within %s", c.timeout)
 	}
 	c.l = l

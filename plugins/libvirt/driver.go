@@ -36,6 +36,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Version is the driver's own version, reported in Info.
@@ -64,9 +65,10 @@ type Driver struct {
 	infoOnce sync.Once
 	info     hypervisor.Info
 
+	locks  wait.Keyed[string] // per VM: held by operations that change it
+	agents wait.Keyed[string] // per VM: held by guest operations
+
 	mu       sync.Mutex
-	locks    map[string]chan struct{}    // per VM: held by operations that change it
-	agents   map[string]chan struct{}    // per VM: held by guest operations
 	domains  map[string]golibvirt.Domain // per VM: its domain, as last looked up
 	restores map[string]bool             // VMs libvirt is reverting for this process
 	reverts  map[string]time.Duration    // per VM: how long its last revert of an off domain took
@@ -81,10 +83,9 @@ func New(cfg sdk.Config, log hclog.Logger) (hypervisor.Driver, error) {
 		return nil, err
 	}
 	d := &Driver{
-		log:   log,
-		cfg:   s,
-		conn:  &conn{uri: s.URI, socket: s.Socket, timeout: s.Timeouts.Connect},
-		locks: map[string]chan struct{}{}, agents: map[string]chan struct{}{},
+		log:     log,
+		cfg:     s,
+		conn:    &conn{uri: s.URI, socket: s.Socket, timeout: s.Timeouts.Connect},
 		domains: map[string]golibvirt.Domain{}, restores: map[string]bool{}, reverts: map[string]time.Duration{},
 	}
 	log.Info("libvirt driver ready", "uri", s.URI, "socket", s.Socket, "vms", len(s.vms))
@@ -178,7 +179,7 @@ func (d *Driver) begin(ctx context.Context, op, name string) (*vm, func(), error
 	if err != nil {
 		return nil, nil, err
 	}
-	release, err := d.acquire(ctx, d.locks, op, name)
+	release, err := d.acquire(ctx, &d.locks, op, name)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -186,20 +187,12 @@ func (d *Driver) begin(ctx context.Context, op, name string) (*vm, func(), error
 }
 
 // acquire takes name's lock of the set, within ctx.
-func (d *Driver) acquire(ctx context.Context, set map[string]chan struct{}, op, name string) (func(), error) {
-	d.mu.Lock()
-	l, ok := set[name]
-	if !ok {
-		l = make(chan struct{}, 1)
-		set[name] = l
-	}
-	d.mu.Unlock()
-	select {
-	case l <- struct{}{}:
-		return func() { <-l }, nil
-	case <-ctx.Done():
+func (d *Driver) acquire(ctx context.Context, set *wait.Keyed[string], op, name string) (func(), error) {
+	release, err := set.Lock(ctx, name)
+	if err != nil {
 		return nil, hypervisor.FromContext(ctx, op, name)
 	}
+	return release, nil
 }
 
 // domain looks v's domain up, or returns the one looked up before: libvirt

@@ -85,13 +85,19 @@ func TestStartDeadlineLeavesNoProcess(t *testing.T) {
 }
 
 // libvirtd away is unavailable, named, and the plugin finds it again once
-// it is back, without a relaunch of the plugin.
+// it is back, without a relaunch of the plugin. A watch opened before goes
+// on through it: libvirt's events end with the connection, and the watch
+// reads the status on its own.
 func TestLibvirtdAwayIsUnavailable(t *testing.T) {
 	r := newRig(t, vmSpec{name: "vm1"})
 	d := r.driver(t)
 	ctx := plugintest.Context(t, 2*time.Minute)
 	_, err := d.Status(ctx, "vm1")
 	require.NoError(t, err)
+	watch, err := d.Watch(ctx, "vm1")
+	require.NoError(t, err)
+	first := <-watch
+	require.True(t, first.Power.IsOff(), "%+v", first)
 	require.NoError(t, r.d.restart(ctx))
 	// The first call after the restart may meet the old connection's end;
 	// the next connects again.
@@ -105,4 +111,16 @@ func TestLibvirtdAwayIsUnavailable(t *testing.T) {
 	}
 	require.NoError(t, err)
 	assert.True(t, st.Power.IsOff(), "%+v", st)
+
+	require.NoError(t, d.Start(ctx, "vm1"))
+	seen := time.After(30 * time.Second)
+	for st := first; st.Power != hypervisor.PowerRunning; {
+		select {
+		case next, open := <-watch:
+			require.True(t, open, "the watch closed; last %+v", st)
+			st = next
+		case <-seen:
+			t.Fatalf("the watch opened before libvirtd's restart did not deliver running within 30s of the start; last %+v", st)
+		}
+	}
 }

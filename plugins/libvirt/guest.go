@@ -15,6 +15,7 @@ import (
 	golibvirt "github.com/digitalocean/go-libvirt"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // cleanupBound bounds what a guest operation does after its caller's
@@ -87,7 +88,7 @@ func (d *Driver) agentFor(ctx context.Context, op, name string) (*agent, func(),
 	if err != nil {
 		return nil, nil, err
 	}
-	release, err := d.acquire(ctx, d.agents, op, name)
+	release, err := d.acquire(ctx, &d.agents, op, name)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -103,32 +104,39 @@ func (d *Driver) agentFor(ctx context.Context, op, name string) (*agent, func(),
 	a := &agent{d: d, v: v, op: op, dom: o.dom}
 	rctx, cancel := context.WithTimeout(ctx, d.cfg.Guest.ReadyWait)
 	defer cancel()
-	delay := 20 * time.Millisecond
-	for {
-		err := a.run(rctx, "guest-ping", nil, nil)
-		if err == nil {
-			return a, release, nil
-		}
-		if hypervisor.CodeOf(err) != hypervisor.CodeInvalidState || rctx.Err() != nil {
-			release()
-			if cerr := hypervisor.FromContext(ctx, op, name); cerr != nil {
-				return nil, nil, cerr
-			}
-			if hypervisor.CodeOf(err) == hypervisor.CodeTimeout || rctx.Err() != nil {
-				return nil, nil, &hypervisor.Error{Code: hypervisor.CodeInvalidState, Op: op, VM: name,
-					Message: fmt.Sprintf("the guest agent did not answer within %s", d.cfg.Guest.ReadyWait), Err: err}
-			}
-			return nil, nil, err
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-rctx.Done():
-			t.Stop()
-		case <-t.C:
-		}
-		delay = min(2*delay, 250*time.Millisecond)
+	// Invalid state is libvirt's "not yet"; anything else ends the wait.
+	_, err = wait.Retry(rctx, agentPoll, func(err error) bool { return hypervisor.CodeOf(err) == hypervisor.CodeInvalidState },
+		func(rctx context.Context) error { return a.run(rctx, "guest-ping", nil, nil) })
+	if err == nil {
+		return a, release, nil
 	}
+	release()
+	if cerr := hypervisor.FromContext(ctx, op, name); cerr != nil {
+		return nil, nil, cerr
+	}
+	switch {
+	case rctx.Err() != nil || hypervisor.CodeOf(err) == hypervisor.CodeInvalidState:
+		// The wait ran out: a "not yet" ends it only at rctx's end or
+		// just before, after a last ping. Whose end: the caller's deadline,
+		// or guest.ready_wait?
+		readyBy, _ := rctx.Deadline()
+		if by, ok := ctx.Deadline(); ok && !by.After(readyBy) {
+			return nil, nil, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: op, VM: name, Err: context.DeadlineExceeded}
+		}
+	case hypervisor.CodeOf(err) != hypervisor.CodeTimeout:
+		return nil, nil, err
+	}
+	// libvirt's last word on the agent says why ("QEMU guest agent is not
+	// connected"); a ping the deadline cut has none.
+	msg := fmt.Sprintf("the guest agent did not answer within %s", d.cfg.Guest.ReadyWait)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		msg += ": " + messageOf(err)
+	}
+	return nil, nil, &hypervisor.Error{Code: hypervisor.CodeInvalidState, Op: op, VM: name, Message: msg, Err: err}
 }
+
+// agentPoll paces the pings of an agent that is not ready yet.
+var agentPoll = wait.Policy{Initial: 20 * time.Millisecond, Max: 250 * time.Millisecond, Factor: 2}
 
 // guestFail turns an agent error into a contract error for what was being
 // done, unless the caller's deadline explains it.
@@ -294,46 +302,46 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		}
 		return hypervisor.ExecResult{}, guestFail(ctx, hypervisor.OpExec, name, "guest-exec "+req.Path, err)
 	}
-	delay := 2 * time.Millisecond
-	var lost time.Time // since when libvirtd or the agent has not answered
-	for {
-		var st execStatus
-		err := a.run(rctx, "guest-exec-status", map[string]any{"pid": started.PID}, &st)
-		if err == nil && st.Exited {
-			return d.execResult(name, st, int(req.Limit(int64(d.cfg.Guest.MaxOutput))))
-		}
+	var (
+		st   execStatus
+		lost time.Time // since when libvirtd or the agent has not answered
+	)
+	err = wait.Until(rctx, execPoll, func(rctx context.Context) (bool, error) {
+		var s execStatus
+		err := a.run(rctx, "guest-exec-status", map[string]any{"pid": started.PID}, &s)
 		// libvirtd gone away (restarted) is waited out, and so is the agent
 		// it does not reach again at once, for guest.ready_wait: the command
 		// runs on in the guest.
 		switch {
 		case err == nil:
-			lost = time.Time{}
+			st, lost = s, time.Time{}
+			return s.Exited, nil
 		case rctx.Err() != nil:
+			return false, nil // the command's deadline: it is killed below
 		case (hypervisor.CodeOf(err) == hypervisor.CodeUnavailable || libvirtCode(err) == golibvirt.ErrAgentUnresponsive) &&
 			(lost.IsZero() || time.Since(lost) < d.cfg.Guest.ReadyWait):
 			if lost.IsZero() {
 				lost = time.Now()
 				d.log.Warn("libvirt or the guest agent does not answer; still waiting for the guest command", "vm", name, "error", err)
 			}
-		default:
-			return hypervisor.ExecResult{}, guestFail(ctx, hypervisor.OpExec, name, "guest-exec-status", err)
+			return false, nil
 		}
-		if rctx.Err() == nil {
-			t := time.NewTimer(delay)
-			select {
-			case <-rctx.Done():
-				t.Stop()
-			case <-t.C:
-			}
-			delay = min(2*delay, 50*time.Millisecond)
-		}
-		if rctx.Err() != nil {
-			d.killGuest(a, name, started.PID)
-			return hypervisor.ExecResult{}, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpExec, VM: name,
-				Message: "the command " + req.Path + " was still running at its deadline; killed it in the guest", Err: rctx.Err()}
-		}
+		return false, guestFail(ctx, hypervisor.OpExec, name, "guest-exec-status", err)
+	})
+	if err == nil {
+		return d.execResult(name, st, int(req.Limit(int64(d.cfg.Guest.MaxOutput))))
 	}
+	var he *hypervisor.Error
+	if errors.As(err, &he) {
+		return hypervisor.ExecResult{}, err
+	}
+	d.killGuest(a, name, started.PID)
+	return hypervisor.ExecResult{}, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpExec, VM: name,
+		Message: "the command " + req.Path + " was still running at its deadline; killed it in the guest", Err: rctx.Err()}
 }
+
+// execPoll paces the guest-exec-status polls of a running command.
+var execPoll = wait.Policy{Initial: 2 * time.Millisecond, Max: 50 * time.Millisecond, Factor: 2}
 
 // killGuest kills a guest command that outlived its deadline, and collects
 // its status so that the agent forgets it.
@@ -348,15 +356,16 @@ func (d *Driver) killGuest(a *agent, name string, pid int) {
 		d.log.Warn("cannot kill a timed-out guest command", "vm", name, "pid", pid, "error", err)
 		return
 	}
-	for ctx.Err() == nil {
+	_ = wait.Until(ctx, killPoll, func(ctx context.Context) (bool, error) {
 		var st execStatus
-		if err := a.run(ctx, "guest-exec-status", map[string]any{"pid": started.PID}, &st); err != nil || st.Exited {
-			break
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		err := a.run(ctx, "guest-exec-status", map[string]any{"pid": started.PID}, &st)
+		return st.Exited, err
+	})
 	_ = a.run(ctx, "guest-exec-status", map[string]any{"pid": pid}, &execStatus{})
 }
+
+// killPoll paces the polls of the kill command's status.
+var killPoll = wait.Policy{Initial: 5 * time.Millisecond}
 
 // execResult decodes an ended command's status, cutting each output to
 // limit (guest.max_output, or the request's max_output when smaller) and

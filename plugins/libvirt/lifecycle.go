@@ -7,6 +7,7 @@ import (
 	golibvirt "github.com/digitalocean/go-libvirt"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Start starts the domain (§4): a domain clean at a snapshot with the
@@ -205,27 +206,26 @@ func (d *Driver) emergency(ctx context.Context, v *vm) error {
 }
 
 // waitFor polls the domain's status until cond holds (true), or ctx or
-// bound ends (false). libvirt's events are not waited on here: a lock
-// held by another process raises none.
+// bound ends (false), with a last look just before the end; it returns the
+// last status read. libvirt's events are not waited on here: a lock held
+// by another process raises none.
 func (d *Driver) waitFor(ctx context.Context, v *vm, bound time.Duration, cond func(hypervisor.Status) bool) (hypervisor.Status, bool) {
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	delay := 5 * time.Millisecond
-	for {
+	var last hypervisor.Status
+	err := wait.Until(ctx, statePoll, func(ctx context.Context) (bool, error) {
 		st, _, err := d.observe(ctx, hypervisor.OpStatus, v)
-		if err == nil && cond(st) {
-			return st, true
+		if err != nil {
+			return false, nil // libvirtd may answer at the next look
 		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return st, false
-		case <-t.C:
-		}
-		delay = min(2*delay, 50*time.Millisecond)
-	}
+		last = st
+		return cond(st), nil
+	})
+	return last, err == nil
 }
+
+// statePoll paces waitFor's reads of the domain's status.
+var statePoll = wait.Policy{Initial: 5 * time.Millisecond, Max: 50 * time.Millisecond, Factor: 2}
 
 // Unlock releases an off domain (§6): a QEMU process of the domain that
 // libvirt lost track of is killed; another process holding its disk is

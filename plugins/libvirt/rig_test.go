@@ -422,10 +422,15 @@ func (r *rig) remove(l *golibvirt.Libvirt) {
 // connector launches the plugin binary through the plugin host on the
 // rig's configuration, logging into logs.
 func (r *rig) connector(t testing.TB, logs io.Writer) conformance.Connector {
+	return r.connectorOn(t, r.config, logs)
+}
+
+// connectorOn is connector on another configuration of the rig's domains.
+func (r *rig) connectorOn(t testing.TB, config string, logs io.Writer) conformance.Connector {
 	return host.Connect(host.Launch{
 		Name:       "libvirt",
 		Path:       programs.path(t, pluginPkg),
-		Config:     r.config,
+		Config:     config,
 		ConfigFile: r.file,
 		Logger:     hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Debug, Output: logs}),
 	})
@@ -434,7 +439,13 @@ func (r *rig) connector(t testing.TB, logs io.Writer) conformance.Connector {
 // driver connects to the plugin for t.
 func (r *rig) driver(t testing.TB) hypervisor.Driver {
 	t.Helper()
-	d, closeFn, err := r.connector(t, io.Discard)(context.Background())
+	return r.driverOn(t, r.config)
+}
+
+// driverOn connects to a plugin of its own, on config, for t.
+func (r *rig) driverOn(t testing.TB, config string) hypervisor.Driver {
+	t.Helper()
+	d, closeFn, err := r.connectorOn(t, config, io.Discard)(context.Background())
 	require.NoError(t, err)
 	t.Cleanup(closeFn)
 	return d

@@ -7,6 +7,7 @@ import (
 	golibvirt "github.com/digitalocean/go-libvirt"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // watchInterval is how often a watch also reads the domain's status on its
@@ -17,7 +18,7 @@ const watchInterval = 250 * time.Millisecond
 // Watch streams the VM's status (§10): first the current one, then each
 // change of power state, lock or snapshot, until ctx ends. libvirt's
 // lifecycle and metadata events for the domain wake it; it reads the
-// status on each, and every watchInterval besides.
+// status on each, and watchInterval after its last read besides.
 func (d *Driver) Watch(ctx context.Context, name string) (<-chan hypervisor.Status, error) {
 	v, err := d.vmOf(ctx, hypervisor.OpWatch, name)
 	if err != nil {
@@ -33,39 +34,41 @@ func (d *Driver) Watch(ctx context.Context, name string) (<-chan hypervisor.Stat
 		defer close(ch)
 		events := d.subscribe(ctx, o.dom)
 		last := first
-		t := time.NewTicker(watchInterval)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case _, ok := <-events:
-				if !ok {
-					events = nil // libvirtd went away: the ticker goes on
+		// A look that never "holds": the watch ends with ctx. Its first
+		// look, at once, sees a change made before the subscription.
+		_ = wait.On(ctx, func(ctx context.Context) (bool, wait.Next, error) {
+			if events != nil {
+				select {
+				case _, open := <-events: // the event that woke it, or one more: the read below covers both
+					if !open {
+						events = nil // libvirtd went away: reads on the timer alone
+					}
+				default:
 				}
-			case <-t.C:
 			}
+			next := wait.Next{Wake: events, At: time.Now().Add(watchInterval)}
 			st, _, err := d.observe(ctx, hypervisor.OpWatch, v)
 			if ctx.Err() != nil {
-				return
+				return false, next, ctx.Err()
 			}
 			if err != nil || (st.Power == last.Power && st.Lock == last.Lock && st.CurrentSnapshot == last.CurrentSnapshot) {
-				continue
+				return false, next, nil
 			}
 			select {
 			case ch <- st:
 				last = st
 			case <-ctx.Done():
-				return
+				return false, next, ctx.Err()
 			}
-		}
+			return false, next, nil
+		})
 	}()
 	return ch, nil
 }
 
 // subscribe merges libvirt's lifecycle and metadata events of dom into
 // one channel, closed when ctx ends or the connection is lost; nil when
-// events cannot be had, and the watch reads on its ticker alone.
+// events cannot be had, and the watch reads on its timer alone.
 func (d *Driver) subscribe(ctx context.Context, dom golibvirt.Domain) <-chan struct{} {
 	l, err := d.conn.client(ctx)
 	if err != nil {
