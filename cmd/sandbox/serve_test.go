@@ -269,6 +269,34 @@ func TestServeFinishesEveryTaskAcrossASIGKILL(t *testing.T) {
 	vmsClean(t, dir, "vm1", "vm2")
 }
 
+// A host killed in the middle of a task leaves its VM running and locked.
+// When it starts again with no work for that VM,
+// it cleans the VM all the same, rather than leaving it dirty until a
+// task happens to come to it. (Its queue is removed: the task it was
+// running is not there to come back.)
+func TestServeCleansAVMAKilledHostLeftEvenWithNoWorkForIt(t *testing.T) {
+	dir := t.TempDir()
+	conf := serveConfig("solo", []string{"vm1"}, []string{"vm1"}, "30", "")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644))
+	s := startServe(t, dir)
+	s.submit("a.txt", "a")
+	waitFor(t, 30*time.Second, "the analysis under way", func() bool { return strings.Contains(s.logs(), "engine: analyzing") })
+	s.kill()
+
+	queueFiles, err := filepath.Glob(filepath.Join(dir, "state", "queue.db*"))
+	require.NoError(t, err)
+	require.NotEmpty(t, queueFiles)
+	for _, f := range queueFiles {
+		require.NoError(t, os.Remove(f))
+	}
+	s = startServe(t, dir)
+	waitFor(t, time.Minute, "the VM cleaned", func() bool {
+		return strings.Contains(s.logs(), "cleaned a VM an earlier process left behind")
+	})
+	assert.Equal(t, 0, s.stop(syscall.SIGTERM, time.Minute))
+	vmsClean(t, dir, "vm1")
+}
+
 func TestServeStopsOnSIGTERMCleaningItsVMs(t *testing.T) {
 	dir := t.TempDir()
 	conf := serveConfig("solo", []string{"vm1"}, []string{"vm1"}, "30", "")

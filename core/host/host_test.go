@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -262,11 +263,25 @@ func TestChecksumIsCheckedBeforeLaunch(t *testing.T) {
 }
 
 func TestMissingExecutableSaysWhatToDo(t *testing.T) {
-	h := newHost(t, map[string]config.Plugin{"gone": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: "bin/sandbox-plugin-nothing"}}, "")
+	missing := func(path string) config.Plugin {
+		return config.Plugin{AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: path}
+	}
+	h := newHost(t, map[string]config.Plugin{
+		"gone":   missing("bin/sandbox-plugin-qemu"),
+		"procvm": missing("../procvm/sandbox-plugin-procvm"),
+	}, "")
 	_, err := plug(t, h, "gone").Status(context.Background(), "vm1")
 	assert.ErrorIs(t, err, host.ErrLaunch)
-	assert.Contains(t, err.Error(), "bin/sandbox-plugin-nothing")
-	assert.Contains(t, err.Error(), "make build")
+	assert.Contains(t, err.Error(), "bin/sandbox-plugin-qemu (plugins.gone.path in ")
+	assert.Contains(t, err.Error(), "build it with `make build` in sandbox's source tree, or fix the path",
+		"one of sandbox's own plugins is built with the tree")
+
+	_, err = plug(t, h, "procvm").Status(context.Background(), "vm1")
+	assert.ErrorIs(t, err, host.ErrLaunch)
+	assert.Contains(t, err.Error(), "procvm/sandbox-plugin-procvm (plugins.procvm.path in ")
+	assert.Contains(t, err.Error(), "build it as its own documentation says, or fix the path")
+	assert.NotContains(t, err.Error(), "make build", "a third party's plugin is not built by sandbox's Makefile")
+
 	_, err = h.Plugin("nope")
 	assert.ErrorContains(t, err, `no plugin named "nope"`)
 	assert.ErrorContains(t, err, "configured: gone")
@@ -279,9 +294,20 @@ func TestPluginConfigErrorNamesFileLineAndKeyAndKillsThePlugin(t *testing.T) {
 	_, err := p.Status(context.Background(), "vm1")
 	require.Error(t, err)
 	assert.ErrorIs(t, err, host.ErrLaunch)
-	assert.Contains(t, err.Error(), "config.toml:4: plugins.s.config.greting: unknown key")
+	assert.Contains(t, err.Error(), "config.toml:4: plugins.s.config.greting: unknown key; "+
+		"check its spelling against the plugin's own documentation")
+	assert.NotContains(t, err.Error(), "docs/configuration.md", "sandbox's own docs know nothing of a third party's keys")
 	assert.Zero(t, p.Pid())
 	assert.NotContains(t, h.log.String(), "plugin launched")
+}
+
+func TestAPluginsOwnConfigErrorNamesItsTable(t *testing.T) {
+	conf := "[plugins.s.config]\ngreeting = \"refuse\"\n"
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, conf)
+	_, err := plug(t, h, "s").Status(context.Background(), "vm1")
+	require.ErrorIs(t, err, host.ErrLaunch)
+	assert.Regexp(t, `plugin "s" could not start: it rejected its configuration, its table \[plugins\.s\.config\] in \S+/config\.toml: `+
+		`the scripted driver will not greet anyone`, err.Error())
 }
 
 func TestPluginLogLinesReachTheHostLogTagged(t *testing.T) {
@@ -296,6 +322,35 @@ func TestPluginLogLinesReachTheHostLogTagged(t *testing.T) {
 			assert.Contains(t, line, "greeting=hello")
 		}
 	}
+}
+
+func TestAPluginsStrayOutputIsAWarningWithItsLine(t *testing.T) {
+	sink := newLogSink()
+	h := host.New(host.Options{
+		Plugins: map[string]config.Plugin{"chatty": scriptedPlugin(t)},
+		File:    filepath.Join(t.TempDir(), "config.toml"),
+		// The default level: a stray line must show without --log-level.
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: sink}),
+	})
+	t.Cleanup(h.Close)
+	p, err := h.Plugin("chatty")
+	require.NoError(t, err)
+	_, err = p.Exec(context.Background(), "vm1", hypervisor.ExecRequest{Path: "print", Args: []string{"hello", "from", "Exec"}})
+	require.NoError(t, err)
+
+	sink.waitFor(t, `plugin=chatty line="hello from Exec"`, 5*time.Second)
+	sink.waitFor(t, `line="to stderr: hello from Exec"`, 5*time.Second)
+	sink.waitFor(t, `dropped="5904 more bytes of the line"`, 5*time.Second)
+	sink.waitFor(t, `line="straight to file descriptor 1"`, 5*time.Second)
+	lines := strings.Split(sink.String(), "\n")
+	for _, want := range []string{`line="hello from Exec"`, `line="to stderr: hello from Exec"`, "dropped=", "file descriptor 1"} {
+		i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, want) })
+		require.GreaterOrEqual(t, i, 0, want)
+		assert.Contains(t, lines[i], "[WARN]  sandbox.chatty: the plugin wrote a line to its std", lines[i])
+	}
+	assert.Contains(t, sink.String(), "which sandbox does not read")
+	assert.True(t, strings.Contains(sink.String(), " line="+strings.Repeat("x", 4096)+" dropped="),
+		"a long line is logged cut at its bound, 4096 bytes")
 }
 
 func TestPluginEnvironmentIsMinimal(t *testing.T) {

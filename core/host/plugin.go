@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -52,6 +54,8 @@ type instance struct {
 	remote   sdk.Remote
 	hostPipe *os.File // write end of the watchdog pipe; closing it tells the plugin to exit
 	pid      int
+	// stray are the plugin's stdout and stderr after the handshake.
+	stray []*strayOutput
 
 	infoMu sync.Mutex
 	info   *hypervisor.Info
@@ -81,6 +85,9 @@ func (in *instance) kill() {
 	in.proc.waitExit()
 	if in.hostPipe != nil {
 		_ = in.hostPipe.Close()
+	}
+	for _, s := range in.stray {
+		s.flush()
 	}
 }
 
@@ -220,6 +227,12 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 	if p.cfg.SHA256 != "" {
 		checksum, _ = hex.DecodeString(p.cfg.SHA256) // validated when the config was loaded
 	}
+	stdout := newStrayOutput(p.host.log.Named(p.name), p.name, "stdout")
+	stderr := newStrayOutput(p.host.log.Named(p.name), p.name, "stderr")
+	// The real stdout, which only code writing to file descriptor 1 itself
+	// reaches after the handshake; a writer of its own keeps its lines
+	// apart from os.Stdout's.
+	fd1 := newStrayOutput(p.host.log.Named(p.name), p.name, "stdout")
 	var procMu sync.Mutex
 	var proc *process
 	current := func() *process {
@@ -238,6 +251,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 			if err != nil {
 				return nil, err
 			}
+			pr.stray = fd1
 			procMu.Lock()
 			defer procMu.Unlock()
 			if lctx.Err() != nil {
@@ -250,6 +264,8 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		AutoMTLS:         p.cfg.AutoMTLS,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           pluginLog{Logger: p.host.log.Named(p.name), proc: current},
+		SyncStdout:       stdout,
+		SyncStderr:       stderr,
 		SkipHostEnv:      true,
 		StartTimeout:     timeout,
 	})
@@ -293,7 +309,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		return nil, p.launchError(p.giveUpReason(ctx, timeout))
 	}
 	closePipes()
-	in := &instance{client: client, proc: current(), hostPipe: pipeW}
+	in := &instance{client: client, proc: current(), hostPipe: pipeW, stray: []*strayOutput{stdout, stderr, fd1}}
 	if in.proc == nil {
 		in.proc = &process{exited: make(chan struct{})} // go-plugin failed before it ran anything
 	}
@@ -342,6 +358,11 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		if errors.As(err, &he) && he.Message != "" {
 			err = errors.New(he.Message) // the plugin's words, e.g. config.toml:12: key: unknown key
 		}
+		if table := "plugins." + p.name + ".config"; !strings.Contains(err.Error(), table) {
+			// Words of the driver's own ("VM worker: permission denied")
+			// need the table they are about.
+			return fail(fmt.Errorf("it rejected its configuration, its table [%s] in %s: %w", table, p.host.opts.File, err))
+		}
 		return fail(fmt.Errorf("it rejected its configuration: %w", err))
 	}
 	p.host.log.Debug("plugin launched", "plugin", p.name, "pid", in.pid, "protocol", remote.Protocol(),
@@ -368,8 +389,12 @@ func (p *Plugin) giveUpReason(ctx context.Context, timeout time.Duration) error 
 func (p *Plugin) checkExecutable(path string) error {
 	fi, err := os.Stat(path)
 	if err != nil || fi.IsDir() {
-		return fmt.Errorf("no plugin executable at %s (plugins.%s.path in %s): build it with `make build` or fix the path",
-			path, p.name, p.host.opts.File)
+		build := "build it as its own documentation says"
+		if bundled(path) {
+			build = "build it with `make build` in sandbox's source tree"
+		}
+		return fmt.Errorf("no plugin executable at %s (plugins.%s.path in %s): %s, or fix the path",
+			path, p.name, p.host.opts.File, build)
 	}
 	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o111 == 0 {
 		return fmt.Errorf("%s is not executable (plugins.%s.path in %s): run `chmod +x %s`, or point path at the plugin executable",
@@ -404,6 +429,18 @@ func (p *Plugin) explainStartError(err error, path string) error {
 		return fmt.Errorf("%s exited before the plugin handshake; is %s a plugin built with the sandbox SDK?", path, setting)
 	}
 	return err
+}
+
+// bundledPlugins are the executables `make build` builds from this
+// source tree (plugins/*/cmd/sandbox-plugin-*). A hint for one of them can
+// say how sandbox's own tree builds it; any other plugin is a third party's,
+// with a build and a documentation of its own.
+var bundledPlugins = []string{"sandbox-plugin-fake", "sandbox-plugin-libvirt", "sandbox-plugin-qemu", "sandbox-plugin-vboxmanage"}
+
+// bundled reports whether path names one of sandbox's own plugins.
+func bundled(path string) bool {
+	base := strings.TrimSuffix(filepath.Base(path), ".exe")
+	return slices.Contains(bundledPlugins, base)
 }
 
 func firstLine(s string) string {

@@ -281,6 +281,7 @@ func (q *Queue) Start(ctx context.Context) error {
 	q.loops.Go(func() { q.sweeps(bg) })
 	q.loops.Go(func() { q.writeProgress(bg) })
 	q.loops.Go(func() { q.prunes(bg) })
+	q.reconcileAtStart(context.WithoutCancel(bg))
 	q.loops.Go(func() {
 		q.db.watch(bg, time.Second, func(err error) {
 			q.log.Error("the queue's database is lost: this host takes no more work", "error", err)

@@ -303,6 +303,30 @@ func (q *Queue) Reconcile(ctx context.Context, name string) (*lifecycle.OpReport
 	return q.maintain(ctx, name, q.opts.Lifecycle.Reconcile)
 }
 
+// reconcileAtStart cleans, in the background, each VM of this host that
+// an earlier process left behind (one killed in the middle of a task), so
+// that a VM no task comes to again is not left running or locked until
+// one does. A task that leases the VM first reconciles it itself; Stop
+// waits for these, each bounded by its VM's cleanup_timeout, because one
+// cut short would leave the VM as dirty as it found it.
+func (q *Queue) reconcileAtStart(ctx context.Context) {
+	for name := range q.pool.VMs() {
+		q.loops.Go(func() {
+			rep, err := q.Reconcile(ctx, name)
+			switch {
+			case err == nil && rep.Reconciled:
+				q.log.Info("cleaned a VM an earlier process left behind", "vm", name)
+			case errors.Is(err, lifecycle.ErrLeaseHeld):
+				q.log.Debug("a VM is in use by another process; not reconciled at start", "vm", name, "error", err)
+			case errors.Is(err, lifecycle.ErrQuarantined):
+				q.log.Debug("a quarantined VM is not reconciled at start", "vm", name)
+			case err != nil:
+				q.log.Warn("cannot reconcile a VM at start; its next task tries again", "vm", name, "error", err)
+			}
+		})
+	}
+}
+
 func (q *Queue) maintain(ctx context.Context, name string,
 	op func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.OpReport, error)) (*lifecycle.OpReport, error) {
 	vm, ok := q.pool.VMs()[name]

@@ -267,16 +267,24 @@ func TestPluginHangingVBoxManageIsKilledAtItsDeadline(t *testing.T) {
 		long := vboxsim.Duration(time.Minute)
 		slow.Restore = &long
 		r := newPluginRig(t, profiles[2], withVMs(slow))
-		const deadline = 500 * time.Millisecond
-		start := time.Now()
-		err := r.drv.Restore(plugintest.Context(t, deadline), vmName, "clean")
-		elapsed := time.Since(start)
-		assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
-		assert.Less(t, elapsed, deadline+time.Second)
+		// The plugin is launched first, so that the deadline is the call's.
+		_, err := r.drv.Status(plugintest.Context(t, time.Minute), vmName)
+		require.NoError(t, err)
+		// The deadline must leave the call time to reach VBoxManage: on a
+		// busy machine half a second may not, so a call whose deadline
+		// passed before it got there is made again with twice the time.
 		var restores []vboxsim.Invocation
-		for _, inv := range r.sim.Invocations(t) {
-			if containsSeq(inv.Args, []string{"snapshot", "restore"}) {
-				restores = append(restores, inv)
+		for deadline := 500 * time.Millisecond; len(restores) == 0; deadline *= 2 {
+			require.Less(t, deadline, 30*time.Second, "no restore ever reached VBoxManage")
+			start := time.Now()
+			err := r.drv.Restore(plugintest.Context(t, deadline), vmName, "clean")
+			elapsed := time.Since(start)
+			assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
+			assert.Less(t, elapsed, deadline+time.Second)
+			for _, inv := range r.sim.Invocations(t) {
+				if containsSeq(inv.Args, []string{"snapshot", "restore"}) {
+					restores = append(restores, inv)
+				}
 			}
 		}
 		require.Len(t, restores, 1)

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
-	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
+	"github.com/sandboxhq/sandbox/core/configfile"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
 )
@@ -143,22 +146,87 @@ type Connector func(ctx context.Context) (d hypervisor.Driver, close func(), err
 
 // InProcess serves the driver built by factory inside the test process,
 // over a real gRPC connection (sdk.ServeInProcess), so that the wire
-// adapters are exercised as with a plugin. config is the text of a
-// configuration file holding the table [plugins.NAME.config]; relative
-// paths in it resolve against the working directory.
+// adapters are exercised as with a plugin.
+//
+// config is what an operator's config.toml would hold for the plugin: its
+// text, with the driver's settings in the table [plugins.NAME.config] (and
+// the tables below it), NAME being name. Other tables are ignored; empty
+// text leaves the driver its defaults. Errors name it "InProcess config",
+// with lines counted in the string, and relative paths in it resolve
+// against the working directory (the package's directory under go test).
+// Text that has no [plugins.NAME.config] table is refused with what it has
+// instead, before the factory runs.
 func InProcess(name string, factory sdk.Factory, config string, opts ...sdk.ServeOption) Connector {
 	return func(ctx context.Context) (hypervisor.Driver, func(), error) {
+		fail := func(err error) error { return fmt.Errorf("conformance.InProcess(%q): %w", name, err) }
+		if err := findTable(name, config); err != nil {
+			return nil, nil, fail(err)
+		}
 		wd, err := os.Getwd()
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fail(err)
 		}
-		cfg := sdk.ConfigFromTOML(name, filepath.Join(wd, "config.toml"), []byte(config))
+		cfg := sdk.Config{Plugin: name, File: inProcessConfig, Dir: wd, Table: []string{"plugins", name, "config"}, Data: []byte(config)}
 		p, err := sdk.ServeInProcess(ctx, factory, cfg, nil, opts...)
 		if err != nil {
-			return nil, nil, fmt.Errorf("serve %s in process: %w", name, err)
+			var he *hypervisor.Error
+			if errors.As(err, &he) && he.Op == hypervisor.OpConfigure && he.Message != "" {
+				// The driver's own words, e.g. "InProcess config:4: KEY: unknown key".
+				return nil, nil, fail(fmt.Errorf("the driver rejected its configuration: %s", he.Message))
+			}
+			return nil, nil, fail(err)
 		}
 		return p, func() { _ = p.Close() }, nil
 	}
+}
+
+// inProcessConfig names InProcess's config string in errors, where a
+// configuration file's name would be.
+const inProcessConfig = "InProcess config"
+
+// findTable checks that config, the text of InProcess, has the driver's
+// table [plugins.NAME.config], or no setting at all, and otherwise says
+// what it has instead: a table for another name, the table's keys without
+// its header.
+func findTable(name, config string) error {
+	if name == "" {
+		return errors.New("the plugin's name is empty: the driver's settings are read from [plugins.NAME.config]")
+	}
+	var doc map[string]any
+	if err := (configfile.Document{File: inProcessConfig, Data: []byte(config)}).Decode(&doc, configfile.Ignore("*")); err != nil {
+		return fmt.Errorf("the config string is not valid TOML: %w", err)
+	}
+	if len(doc) == 0 {
+		return nil
+	}
+	plugins, _ := doc["plugins"].(map[string]any)
+	if p, ok := plugins[name].(map[string]any); ok {
+		if _, ok := p["config"].(map[string]any); ok {
+			return nil
+		}
+	}
+	var has, bare []string
+	for _, k := range slices.Sorted(maps.Keys(doc)) {
+		switch _, table := doc[k].(map[string]any); {
+		case !table:
+			bare = append(bare, k)
+		case k == "plugins":
+			for _, p := range slices.Sorted(maps.Keys(plugins)) {
+				if pt, _ := plugins[p].(map[string]any); pt["config"] != nil {
+					has = append(has, "[plugins."+p+".config]")
+				} else {
+					has = append(has, "[plugins."+p+"] with no config table")
+				}
+			}
+		default:
+			has = append(has, "["+k+"]")
+		}
+	}
+	if len(bare) > 0 {
+		has = append([]string{"keys outside any table (" + strings.Join(bare, ", ") + ")"}, has...)
+	}
+	return fmt.Errorf("the config string has no [plugins.%s.config] table, which holds the driver's settings; it has %s. "+
+		"It is a config.toml's text: put the driver's settings under a [plugins.%s.config] header", name, strings.Join(has, ", "), name)
 }
 
 // Connected uses a driver the caller already reached, such as a

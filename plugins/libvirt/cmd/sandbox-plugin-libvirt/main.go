@@ -8,5 +8,5 @@ import (
 )
 
 func main() {
-	sdk.Serve(libvirt.New)
+	sdk.Serve(libvirt.New, sdk.WithConfigDocs("docs/libvirt.md"))
 }
