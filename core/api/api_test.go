@@ -524,8 +524,13 @@ func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
 	_, quarantined, err := s.qr.Get(context.Background(), "fake/linux")
 	require.NoError(t, err)
 	assert.False(t, quarantined)
-	// The Windows VM was left running: reconciling cleans it and says so;
-	// once clean, reconciling changes nothing.
+	// The Windows VM was left running, and the service's start reconciles
+	// it in the background: a first call waits for that (it holds the VM)
+	// whichever of them cleans it. Left running again, reconciling cleans
+	// it and says so; once clean, reconciling changes nothing.
+	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/win/reconcile", token, nil, "", &rep))
+	require.NoError(t, s.driver.Start(context.Background(), "win"))
+	rep = lifecycle.OpReport{}
 	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/win/reconcile", token, nil, "", &rep))
 	assert.True(t, rep.Reconciled, "a VM left running is reconciled")
 	st, err := s.driver.Status(context.Background(), "win")
