@@ -245,7 +245,8 @@ func unauthorized(w http.ResponseWriter, r *http.Request) {
 	if r.ContentLength != 0 {
 		refuseBody(w)
 	}
-	writeError(w, http.StatusUnauthorized, "unauthorized", "missing or wrong bearer token (Authorization: Bearer TOKEN)")
+	writeError(w, http.StatusUnauthorized, "unauthorized",
+		"missing or wrong bearer token: send the service's token, [server] token or SANDBOX_API_TOKEN, as \"Authorization: Bearer TOKEN\"")
 }
 
 // refuseBody closes the connection after the answer without reading what
@@ -283,12 +284,36 @@ func (s *Server) auth(h func(http.ResponseWriter, *http.Request) error) http.Han
 			}
 			writeError(w, status, ie.Code, ie.Msg)
 		case errors.Is(err, context.Canceled):
-			writeError(w, http.StatusServiceUnavailable, "unavailable", "the service is stopping")
+			writeError(w, http.StatusServiceUnavailable, "unavailable",
+				"the service is stopping: try again once it is back, or on another host sharing the queue")
 		default:
+			if why, away := s.databaseAway(err); away {
+				s.log.Warn("request refused: the queue's database is away", "method", r.Method, "path", r.URL.Path, "error", err)
+				writeError(w, http.StatusServiceUnavailable, "unavailable", why)
+				return
+			}
 			s.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
-			writeError(w, http.StatusInternalServerError, "internal", err.Error())
+			writeError(w, http.StatusInternalServerError, "internal", err.Error()+" (the service's log has it too)")
 		}
 	})
+}
+
+// databaseAway tells a failure of the queue's database (PostgreSQL
+// restarting or out of reach, the SQLite file deleted under the service)
+// from a fault of the service, so that a client hears that it may try
+// again, and when, rather than a bare 500. A request that failed so
+// changed nothing: each is one transaction.
+func (s *Server) databaseAway(err error) (string, bool) {
+	if errors.Is(err, queue.ErrDatabaseLost) {
+		return err.Error(), true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if perr := s.opts.Queue.Ping(ctx); perr != nil {
+		return fmt.Sprintf("the queue's database does not answer (%v): nothing was stored or changed; "+
+			"try again once GET /readyz answers ready", perr), true
+	}
+	return "", false
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {

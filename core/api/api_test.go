@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -544,4 +545,32 @@ func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
 	assert.Equal(t, 404, s.call("POST", "/v1/vms/ghost/cleanup", token, nil, "", &e))
 	assert.Equal(t, 404, s.call("POST", "/v1/vms/ghost/reconcile", token, nil, "", &e))
 	fmt.Fprint(io.Discard, e)
+}
+
+// With the queue's database away (here the SQLite file deleted under the
+// service), a submission answers 503 saying what happened and what to do,
+// not a bare 500, and stores nothing.
+func TestASubmissionWhileTheDatabaseIsAwayIsAnswered503(t *testing.T) {
+	s := newService(t)
+	require.NoError(t, os.Remove(filepath.Join(s.dir, "queue.db")))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := s.client.Get(s.url + "/readyz")
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the service did not notice its database was gone")
+		time.Sleep(100 * time.Millisecond) // the service checks its file every second
+	}
+	body, ct := form(t, "a.txt", []byte("a sample"), "profile", "clamav")
+	var e errorJSON
+	assert.Equal(t, http.StatusServiceUnavailable, s.call("POST", "/v1/tasks", token, body, ct, &e))
+	assert.Equal(t, "unavailable", e.Error.Code)
+	assert.Contains(t, e.Error.Message, "restart the service", "it says what to do")
+	counts, err := s.queue.Counts(context.Background())
+	require.NoError(t, err, "the file still open reads")
+	assert.Empty(t, counts, "nothing was queued")
 }

@@ -233,7 +233,7 @@ func (s *Server) page(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	data, err := s.pageData(ctx, time.Now())
 	if err != nil {
-		http.Error(w, "the queue's database did not answer: "+err.Error(), http.StatusServiceUnavailable)
+		http.Error(w, databaseAwayText(err), http.StatusServiceUnavailable)
 		return
 	}
 	data.SignedIn = s.signedIn(r)
@@ -333,7 +333,7 @@ func (s *Server) vmRow(ctx context.Context, name string, profiles map[string]con
 			switch {
 			case !l.Live:
 				row.Notes = append(row.Notes, note{"bad", fmt.Sprintf("left behind by a process that died holding it (pid %d, %s, since %s): "+
-					"the next task cleans it first", l.PID, l.Command, l.Since.Local().Format("Jan 2 15:04"))})
+					"the next task cleans it first, or POST /v1/vms/%s/reconcile now", l.PID, l.Command, l.Since.Local().Format("Jan 2 15:04"), name)})
 			case l.PID != os.Getpid():
 				row.Notes = append(row.Notes, note{"warn", fmt.Sprintf("held by another process (pid %d, %s) since %s",
 					l.PID, l.Command, l.Since.Local().Format("15:04:05"))})
@@ -462,7 +462,7 @@ func (s *Server) taskPage(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		http.Error(w, "the queue's database did not answer: "+err.Error(), http.StatusServiceUnavailable)
+		http.Error(w, databaseAwayText(err), http.StatusServiceUnavailable)
 		return
 	}
 	s.render(w, http.StatusOK, "task", s.taskPageData(t, time.Now()))
@@ -592,16 +592,31 @@ func (s *Server) pageArtifact(w http.ResponseWriter, r *http.Request) {
 	case errors.As(err, &ie):
 		http.Error(w, ie.Msg, http.StatusNotFound)
 	default:
+		if why, away := s.databaseAway(err); away {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
 		s.log.Error("artifact download", "error", err)
-		http.Error(w, err.Error(), http.StatusInternalServerError)
+		http.Error(w, err.Error()+" (the service's log has it too)", http.StatusInternalServerError)
 	}
+}
+
+// databaseAwayText is a page's answer when the queue's database did not
+// answer: what happened, and when to look again.
+func databaseAwayText(err error) string {
+	return "the queue's database did not answer: " + err.Error() + "\nreload this page once /readyz answers ready"
 }
 
 // pageReport is a task's report.json, for a signed-in person.
 func (s *Server) pageReport(w http.ResponseWriter, r *http.Request) {
 	t, err := s.opts.Queue.Task(r.Context(), r.PathValue("id"))
+	var ie *queue.InputError
+	if errors.As(err, &ie) {
+		http.Error(w, ie.Msg, http.StatusNotFound)
+		return
+	}
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusNotFound)
+		http.Error(w, databaseAwayText(err), http.StatusServiceUnavailable)
 		return
 	}
 	if t.Report == nil {

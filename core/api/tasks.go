@@ -38,7 +38,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) (err error) {
 	}
 	if r.ContentLength > s.opts.Server.MaxSampleSize+formOverhead {
 		return errorf(http.StatusRequestEntityTooLarge, "too_large",
-			"the request (%d bytes) is larger than max_sample_size (%d bytes)", r.ContentLength, s.opts.Server.MaxSampleSize)
+			"the request (%d bytes) is larger than max_sample_size (%d bytes)%s", r.ContentLength, s.opts.Server.MaxSampleSize, raiseTheLimit)
 	}
 	release, err := s.uploadSlot(w, r)
 	if err != nil {
@@ -50,7 +50,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) (err error) {
 	r.Body = http.MaxBytesReader(w, body, s.opts.Server.MaxSampleSize+formOverhead)
 	mr, err := r.MultipartReader()
 	if err != nil {
-		return errorf(http.StatusBadRequest, "bad_request", "not a multipart form: %v", err)
+		return errorf(http.StatusBadRequest, "bad_request", "not a multipart form: %v; %s", err, wellFormed)
 	}
 	var req queue.Request
 	for {
@@ -144,7 +144,7 @@ func (s *sampleReader) Read(p []byte) (int, error) {
 func (s *Server) submitError(err error) error {
 	switch {
 	case errors.Is(err, errTooLarge):
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the sample is larger than max_sample_size (%d bytes)", s.opts.Server.MaxSampleSize)
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the sample is larger than max_sample_size (%d bytes)%s", s.opts.Server.MaxSampleSize, raiseTheLimit)
 	case errors.Is(err, errSecondFile):
 		return errorf(http.StatusBadRequest, "bad_request", "one sample per task: the form has two \"file\" fields")
 	case errors.Is(err, errFieldAfter):
@@ -152,7 +152,7 @@ func (s *Server) submitError(err error) error {
 			"the form has %v: send profile, vm and priority before the file, which comes last (curl -F profile=NAME -F file=@sample.exe)",
 			strings.TrimPrefix(err.Error(), "receive the sample: "))
 	case errors.Is(err, errFormBroken):
-		return errorf(http.StatusBadRequest, "bad_request", "%v", err)
+		return errorf(http.StatusBadRequest, "bad_request", "%v; %s", err, wellFormed)
 	}
 	var ue *uploadError
 	if errors.As(err, &ue) {
@@ -160,6 +160,9 @@ func (s *Server) submitError(err error) error {
 	}
 	return err
 }
+
+// raiseTheLimit ends a 413: what the service's operator can do about it.
+const raiseTheLimit = "; the service's operator can raise [server] max_sample_size, up to 1 GiB"
 
 // formOverhead bounds what a submission's form holds besides the sample:
 // its boundaries, headers and small fields.
@@ -264,14 +267,19 @@ func (s *Server) readError(err error, doing string) error {
 	var ne net.Error
 	switch {
 	case errors.As(err, &mbe):
-		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the request is larger than max_sample_size (%d bytes)", s.opts.Server.MaxSampleSize)
+		return errorf(http.StatusRequestEntityTooLarge, "too_large", "the request is larger than max_sample_size (%d bytes)%s", s.opts.Server.MaxSampleSize, raiseTheLimit)
 	case errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		return errorf(http.StatusRequestTimeout, "timeout",
-			"%s: the upload stopped arriving for read_timeout (%s) or took longer than upload_timeout (%s)",
+			"%s: the upload stopped arriving for read_timeout (%s) or took longer than upload_timeout (%s); "+
+				"send it again, from a faster link, or ask the operator to raise [server] upload_timeout",
 			doing, s.opts.Server.ReadTimeout, s.opts.Server.UploadTimeout)
 	}
-	return errorf(http.StatusBadRequest, "bad_request", "%s: %v", doing, err)
+	return errorf(http.StatusBadRequest, "bad_request", "%s: %v; %s", doing, err, wellFormed)
 }
+
+// wellFormed ends the refusal of a malformed form: what a client should
+// send instead.
+const wellFormed = "send a multipart/form-data body with the sample in the field \"file\", last (curl -F file=@sample.exe)"
 
 func (s *Server) getTask(w http.ResponseWriter, r *http.Request) error {
 	t, err := s.opts.Queue.Task(r.Context(), r.PathValue("id"))

@@ -154,11 +154,11 @@ func (q *Queue) Artifact(ctx context.Context, task, profile, name string) (*Stor
 		err := q.db.queryRow(ctx, q.db, `SELECT pruned_ns FROM sandbox_task WHERE id = ?`, task).Scan(&pruned)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
-			return nil, inputErrorf("not_found", "no task %q", task)
+			return nil, noTask(task)
 		case err != nil:
 			return nil, err
 		case pruned != 0:
-			return nil, inputErrorf("not_found", "the artifacts of task %s were removed by the retention setting ([queue] retention)", task)
+			return nil, inputErrorf("not_found", "the artifacts of task %s were removed by the retention setting ([queue] retention); its results and report are kept", task)
 		}
 		return nil, inputErrorf("not_found", "task %s has no artifact %q from %s (yet): see its results' artifacts", task, name, profile)
 	}

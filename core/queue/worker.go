@@ -334,7 +334,7 @@ func (q *Queue) maintain(ctx context.Context, name string,
 	op func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.OpReport, error)) (*lifecycle.OpReport, error) {
 	vm, ok := q.pool.VMs()[name]
 	if !ok {
-		return nil, inputErrorf("not_found", "no VM %q on host %s", name, q.opts.Host)
+		return nil, inputErrorf("not_found", "no VM %q on host %s: GET /v1/vms lists its VMs; a VM of another host is cleaned through that host", name, q.opts.Host)
 	}
 	select {
 	case q.maintaining[name] <- struct{}{}:
