@@ -30,6 +30,9 @@ import (
 
 // Options configures a Server.
 type Options struct {
+	// Queue takes the submissions and answers for the tasks, the hosts
+	// and this host's VMs; Lifecycle reads the VMs' quarantine for the
+	// page and GET /v1/vms.
 	Queue     *queue.Queue
 	Lifecycle *lifecycle.Manager
 	// State, when set, lets GET /v1/vms and the page show who holds each
@@ -45,7 +48,9 @@ type Options struct {
 	// Metrics are the server's own collectors (NewMetrics); the queue
 	// feeds them its results, and they subscribe to Events.
 	Metrics *Metrics
-	Logger  hclog.Logger
+	// Logger takes the failures a client cannot be told all of (a
+	// download cut midway) and the service's own errors; nil discards.
+	Logger hclog.Logger
 }
 
 // Server serves the API, the page and the metrics.

@@ -25,16 +25,20 @@ import (
 
 // StoredArtifact is an artifact of a task as the queue knows it.
 type StoredArtifact struct {
+	// Task and Profile name the analysis that brought it back.
 	Task    string
 	Profile string
 	// Name is the artifact's file name, unique among the analysis's
-	// artifacts; Path its path in the result, relative to the task's
-	// directory.
-	Name      string
-	Path      string
+	// artifacts, by which the API serves it.
+	Name string
+	// Path is its path in the result, relative to the task's directory.
+	Path string
+	// GuestPath is where the guest had it.
 	GuestPath string
 	// Host brought it back and has it on disk.
-	Host   string
+	Host string
+	// Size and SHA256 are the file's, as the analysis recorded them: a
+	// download is checked against them.
 	Size   int64
 	SHA256 string
 	// InDatabase says whether every host can serve it.

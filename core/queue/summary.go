@@ -14,12 +14,16 @@ import (
 // report or any analysis's output, so that a list of many tasks costs
 // little whatever their scanners printed.
 type Summary struct {
+	// ID, Sample, VM and Priority are what the submission asked.
 	ID       string
 	Sample   engine.Sample
 	VM       string
 	Priority int
-	State    string
-	Verdict  engine.Verdict
+	// State is the task's (a State constant); Verdict its verdict once
+	// it has ended done.
+	State   string
+	Verdict engine.Verdict
+	// Created is when it was accepted; Finished when it ended, if it has.
 	Created  time.Time
 	Finished *time.Time
 	// Analyses are the task's analyses, one per profile in order.
@@ -30,6 +34,8 @@ type Summary struct {
 // ended, its verdict and what failed.
 type Brief struct {
 	Analysis
+	// Verdict is the analysis's once it has ended done; FailedStep the
+	// step it failed at, if it failed.
 	Verdict    engine.Verdict
 	FailedStep engine.Step
 	// Error is the start of the result's error, at most BriefErrorLen
