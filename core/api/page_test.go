@@ -171,6 +171,9 @@ func TestThePageNotesWhatIsWrongWithAVM(t *testing.T) {
 // the usual names on PATH.
 func chromium(t *testing.T) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("browser test skipped: -short (make test-short) leaves out what needs a browser")
+	}
 	if p := os.Getenv("SANDBOX_TEST_CHROMIUM"); p != "" {
 		return p
 	}

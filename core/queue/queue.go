@@ -231,7 +231,12 @@ func (q *Queue) connect(ctx context.Context) error {
 		RescueStuckJobsAfter: 24 * time.Hour,
 		FetchCooldown:        10 * time.Millisecond,
 		FetchPollInterval:    2 * time.Second,
-		Logger:               riverLog,
+		// The queues poll (above) on both dialects: PostgreSQL through
+		// database/sql has no LISTEN, and SQLite's in-process notifier
+		// fails the client's start when a busy machine keeps it from
+		// answering within its fixed 5 s; nothing of ours waits on it.
+		PollOnly: true,
+		Logger:   riverLog,
 	}
 	if len(queues) == 0 {
 		cfg.Queues, cfg.Workers = nil, nil // insert-only: this host has no VM

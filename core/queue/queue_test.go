@@ -87,6 +87,9 @@ func (h *host) open(t testing.TB, database string, profiles []config.Profile, ed
 	for _, f := range edit {
 		f(&opts)
 	}
+	if opts.Database == "" {
+		useMigrated(t, h.dir)
+	}
 	q, err := queue.Open(ctx, opts)
 	require.NoError(t, err)
 	return q

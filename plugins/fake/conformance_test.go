@@ -288,3 +288,24 @@ func TestTheSuitePutsTheVMsBackAfterFailures(t *testing.T) {
 		}
 	}
 }
+
+// A check that could not judge what it is for is a skip with its reason,
+// never a pass: with restores too quick to time, Concurrency/TwoVMs cannot
+// tell two restores at once from one after the other, so a driver that
+// serialises every VM behind one lock would pass it.
+func TestACheckThatDidNotJudgeIsASkip(t *testing.T) {
+	t.Parallel()
+	world := strings.Replace(suiteWorld(""), `restore = "100ms"`, `restore = "0s"`, 1)
+	require.NotEqual(t, suiteWorld(""), world)
+	target := suiteTarget(conformance.InProcess("fake", fake.New, world))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(name string) bool { return name == "Concurrency/TwoVMs" }})
+	require.NoError(t, err)
+	require.Len(t, rep.Results, 1)
+	r := rep.Results[0]
+	assert.Equal(t, conformance.Skip, r.Outcome, "%s: %s", r.Check, r.Message)
+	assert.Regexp(t, `^§13\.1a: a restore of subject takes \d+ms, too little to time: whether restores of two VMs wait for each other was not judged$`, r.Message)
+	assert.Equal(t, 1, rep.Count(conformance.Skip))
+	assert.Zero(t, rep.Count(conformance.Pass))
+}

@@ -1,6 +1,7 @@
 package vboxmanage_test
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -25,6 +26,10 @@ func TestMain(m *testing.M) {
 	if file := os.Getenv(envHostConfig); file != "" {
 		os.Exit(actAsHost(file, os.Getenv(envHostPlugin)))
 	}
+	flag.Parse()
+	// The fault matrix's cells wait on the simulator's timings and on
+	// deadlines, not on a core.
+	plugintest.WaitingParallel(8)
 	code := m.Run()
 	simtest.Cleanup()
 	programs.remove()
