@@ -105,6 +105,9 @@ func peakRSS(t *testing.T, pid int) int64 {
 // once keep the service's peak resident memory under 150 MB, and every
 // one of them is accepted and analysed.
 func TestUploadsAreStreamedNotHeldInMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("load test skipped: -short (make test-short) leaves out a gigabyte of uploads")
+	}
 	const uploads, size = 16, 60 << 20
 	dir := t.TempDir()
 	conf := serveConfig("solo", []string{"vm1"}, []string{"vm1"}, "0", "[server]\nmax_uploads = 16\nupload_timeout = \"10m\"\n")
