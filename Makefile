@@ -34,7 +34,8 @@ test: build lint example
 
 # The inner loop: every test with the race detector, except those that need
 # a real hypervisor (QEMU, libvirt), a database server (PostgreSQL) or a
-# browser, which -short skips, saying so. Under 90 s on two cores.
+# browser, and the service's load tests (a gigabyte of uploads, 500 stalled
+# clients), which -short skips, saying so. Under 90 s on two cores.
 test-short: build
 	$(GO) test -short -race -count=1 ./...
 

@@ -330,11 +330,20 @@ func (q *Queue) reconcileAtStart(ctx context.Context) {
 	}
 }
 
+// maintain runs a cleanup or reconciliation of one VM of this host once
+// no other one of this process is running on it and its task (if any) has
+// ended, and puts it back into service when it succeeds.
 func (q *Queue) maintain(ctx context.Context, name string,
 	op func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.OpReport, error)) (*lifecycle.OpReport, error) {
 	vm, ok := q.pool.VMs()[name]
 	if !ok {
-		return nil, inputErrorf("not_found", "no VM %q on host %s", name, q.opts.Host)
+		return nil, inputErrorf("not_found", "no VM %q on host %s: GET /v1/vms lists its VMs; a VM of another host is cleaned through that host", name, q.opts.Host)
+	}
+	select {
+	case q.maintaining[name] <- struct{}{}:
+		defer func() { <-q.maintaining[name] }()
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 	done, err := q.pool.Hold(ctx, name)
 	if err != nil {
