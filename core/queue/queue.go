@@ -209,10 +209,13 @@ func (q *Queue) connect(ctx context.Context) error {
 	river.AddWorker(workers, &worker{q: q})
 	queues := map[string]river.QueueConfig{}
 	for name, n := range q.queues {
-		// A profile's queue is looked at often, so that a task starts soon
-		// after a VM is free; a VM's own queue (tasks pinned to it, rare)
-		// seldom, so that hundreds of VMs do not poll the database.
-		poll := 50 * time.Millisecond
+		// A profile's queue is looked at five times a second, so that a
+		// task starts soon after a VM is free, at a query each time (a
+		// look every 50 ms cost an idle host of a few profiles a good part
+		// of a core, for analyses that take minutes); a VM's own queue
+		// (tasks pinned to it, rare) seldom, so that hundreds of VMs do not
+		// poll the database.
+		poll := 200 * time.Millisecond
 		if strings.HasPrefix(name, "vm-") {
 			poll = 2 * time.Second
 		}
