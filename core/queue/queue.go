@@ -210,11 +210,11 @@ func (q *Queue) connect(ctx context.Context) error {
 	queues := map[string]river.QueueConfig{}
 	for name, n := range q.queues {
 		// A profile's queue is looked at five times a second, so that a
-		// task starts soon after a VM is free, at a query each time (a
-		// look every 50 ms cost an idle host of a few profiles a good part
-		// of a core, for analyses that take minutes); a VM's own queue
-		// (tasks pinned to it, rare) seldom, so that hundreds of VMs do not
-		// poll the database.
+		// task starts soon after a VM is free (a look is a query: at
+		// twenty a second per profile the looks were most of the CPU a
+		// host spent between tasks, for analyses that take minutes); a
+		// VM's own queue (tasks pinned to it, rare) seldom, so that
+		// hundreds of VMs do not poll the database.
 		poll := 200 * time.Millisecond
 		if strings.HasPrefix(name, "vm-") {
 			poll = 2 * time.Second
