@@ -46,7 +46,7 @@ const (
 func needLibvirt(t testing.TB) {
 	t.Helper()
 	missing := ""
-	for _, tool := range []string{"libvirtd", "virsh", "unshare", "qemu-system-x86_64", "qemu-img", "qemu-io"} {
+	for _, tool := range []string{"libvirtd", "virsh", "unshare", "setsid", "stdbuf", "qemu-system-x86_64", "qemu-img", "qemu-io"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = tool + " is not installed"
 		}
