@@ -49,7 +49,7 @@ func needLibvirt(t testing.TB) {
 		t.Skip("libvirt test skipped: -short (make test-short) leaves out what needs a real hypervisor")
 	}
 	missing := ""
-	for _, tool := range []string{"libvirtd", "virsh", "unshare", "qemu-system-x86_64", "qemu-img", "qemu-io"} {
+	for _, tool := range []string{"libvirtd", "virsh", "unshare", "setsid", "stdbuf", "qemu-system-x86_64", "qemu-img", "qemu-io"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = tool + " is not installed"
 		}
