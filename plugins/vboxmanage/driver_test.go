@@ -76,15 +76,23 @@ func TestEveryOperation(t *testing.T) {
 }
 
 // everyOperationWorld is the world everyOperation expects: the guest VM
-// and a bystander, with timings short enough to wait out.
+// and a bystander, with timings short enough to wait out. The session
+// that lingers after a power-off stays until two listings have shown it,
+// so that the status read after Stop, and the cleanup's wait-off, see it
+// held however long a busy machine takes between the power-off and the
+// look; the grace before Unlock kills its holder is long enough that the
+// lingering ends by itself, on a machine of any speed, and the steps stay
+// the same.
 func everyOperationWorld() []rigOption {
 	return []rigOption{
 		withVMs(guestVM(vmName, vmUUID), vboxsim.NewVM("other vm", "4f8a3c1e-2b7d-4c0a-9e51-7d2c8b9a6f10")),
 		withTiming(func(tm *vboxsim.Timing) {
 			tm.ACPIShutdown = vboxsim.Duration(150 * time.Millisecond)
 			tm.Unlock = vboxsim.Duration(300 * time.Millisecond)
+			tm.UnlockSeen = 2
 			tm.GuestReady = vboxsim.Duration(200 * time.Millisecond)
 		}),
+		withSetting("unlock.grace", `"20s"`),
 	}
 }
 

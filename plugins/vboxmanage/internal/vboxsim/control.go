@@ -238,7 +238,7 @@ func (s *sim) controlvm(args []string) int {
 		s.o.progress(s.cfg.Timing.PowerOff.D(), hang)
 		err = s.update(func(w *World) error {
 			if vm := w.Find(ref); vm != nil && vm.State == "stopping" {
-				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing))
+				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing), w.Config.Timing.UnlockSeen)
 			}
 			return nil
 		})
@@ -246,7 +246,7 @@ func (s *sim) controlvm(args []string) int {
 		s.o.progress(s.cfg.Timing.PowerOff.D(), false)
 		err = s.update(func(w *World) error {
 			if vm := w.Find(ref); vm != nil && vm.State == "saving" {
-				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing))
+				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing), w.Config.Timing.UnlockSeen)
 				vm.State = "saved"
 			}
 			return nil

@@ -38,6 +38,9 @@ func (s *sim) list(args []string) int {
 				continue
 			}
 			vms = append(vms, *vm)
+			if long {
+				vm.shown()
+			}
 		}
 		return nil
 	})

@@ -41,6 +41,7 @@ func (s *sim) showvminfo(args []string) int {
 		}
 		took, console, _ = s.lockShared("showvminfo", v, true)
 		vm = *v
+		v.shown()
 		return nil
 	})
 	if err != nil || code != 0 {
