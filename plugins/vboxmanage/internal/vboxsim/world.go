@@ -146,6 +146,12 @@ type Faults struct {
 	// (current status is: starting)", "logon" for "The specified user was
 	// not able to logon on guest".
 	GuestStarting string `json:"guest_starting,omitempty"`
+	// GuestNotReady makes the next N guest control calls on a running VM
+	// answer as a guest still starting (GuestStarting's words), however
+	// long ago it started: a boot a test is sure to see, on a machine of
+	// any speed, where Timing.GuestReady's wall-clock time may be over
+	// before the first call arrives.
+	GuestNotReady int `json:"guest_not_ready,omitempty"`
 }
 
 // VM is one registered machine.
