@@ -158,11 +158,11 @@ func TestProbeWaitsWithinEachCallersDeadline(t *testing.T) {
 		require.ErrorAs(t, err, &he)
 		assert.Equal(t, hypervisor.OpInfo, he.Op)
 
-		info, err := r.drv.Info(plugintest.Context(t, 10*time.Second))
+		info, err := r.drv.Info(testContext(t))
 		require.NoError(t, err, "the failed probe is tried again")
 		assert.Equal(t, "VirtualBox "+profiles[2].version, info.Hypervisor)
 		assert.Equal(t, 2, r.argvCount(t, "--version"))
-		_, err = r.drv.Status(plugintest.Context(t, 10*time.Second), vmName)
+		_, err = r.drv.Status(testContext(t), vmName)
 		require.NoError(t, err)
 		assert.Equal(t, 2, r.argvCount(t, "--version"), "a probe that succeeded is kept")
 	})

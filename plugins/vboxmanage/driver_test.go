@@ -52,7 +52,7 @@ func TestInfoCapabilitiesPerVersion(t *testing.T) {
 		t.Run(c.version, func(t *testing.T) {
 			t.Parallel()
 			r := newRig(t, profile{version: c.version, host: "linux"}, c.opts...)
-			info, err := r.drv.Info(plugintest.Context(t, 10*time.Second))
+			info, err := r.drv.Info(testContext(t))
 			require.NoError(t, err)
 			assert.Equal(t, c.want, info.Capabilities)
 			assert.Equal(t, "vboxmanage", info.Name)
@@ -99,7 +99,7 @@ func everyOperationWorld() []rigOption {
 // everyOperation drives every operation of the contract on r's driver,
 // in process or through the plugin, and checks what reached VBoxManage.
 func everyOperation(t *testing.T, r *rig) {
-	ctx := plugintest.Context(t, 30*time.Second)
+	ctx := testContext(t)
 	d := r.drv
 
 	vms, err := d.ListVMs(ctx)
@@ -222,7 +222,7 @@ func actions(r hypervisor.CleanupResult) []string {
 func TestErrorsAreClassified(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[2])
-	ctx := plugintest.Context(t, 30*time.Second)
+	ctx := testContext(t)
 	d := r.drv
 	code := func(err error) hypervisor.Code {
 		require.Error(t, err)
@@ -263,7 +263,7 @@ func TestErrorsAreClassified(t *testing.T) {
 func TestStartFailures(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[1], withFaults(func(f *vboxsim.Faults) { f.StartFailExit0 = true }))
-	ctx := plugintest.Context(t, 30*time.Second)
+	ctx := testContext(t)
 	err := r.drv.Start(ctx, vmName)
 	require.Error(t, err, "an error: line fails a start that exited 0")
 	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
@@ -305,7 +305,7 @@ func TestUnavailable(t *testing.T) {
 	t.Run("VBoxSVC down", func(t *testing.T) {
 		t.Parallel()
 		r := newRig(t, profiles[1], withFaults(func(f *vboxsim.Faults) { f.ServiceDown = -1 }))
-		_, err := r.drv.Status(plugintest.Context(t, 10*time.Second), vmName)
+		_, err := r.drv.Status(testContext(t), vmName)
 		require.Error(t, err)
 		assert.Equal(t, hypervisor.CodeUnavailable, hypervisor.CodeOf(err))
 		assert.Contains(t, err.Error(), "Failed to create the VirtualBox object!")
@@ -313,7 +313,7 @@ func TestUnavailable(t *testing.T) {
 	t.Run("VBoxSVC starting", func(t *testing.T) {
 		t.Parallel()
 		r := newRig(t, profiles[1], withFaults(func(f *vboxsim.Faults) { f.ServiceDown = 1 }))
-		st, err := r.drv.Status(plugintest.Context(t, 10*time.Second), vmName)
+		st, err := r.drv.Status(testContext(t), vmName)
 		require.NoError(t, err, "one refusal while VBoxSVC starts is retried")
 		assert.Equal(t, hypervisor.PowerOff, st.Power)
 	})
@@ -327,7 +327,7 @@ func TestTransientOutputIsRetried(t *testing.T) {
 		f.Warnings = true
 		f.EmptyVersion = 1
 	}))
-	ctx := plugintest.Context(t, 10*time.Second)
+	ctx := testContext(t)
 	info, err := r.drv.Info(ctx)
 	require.NoError(t, err, "an empty version line and wrapper warnings are tolerated")
 	assert.Equal(t, "VirtualBox 6.1.34_Ubuntur150636", info.Hypervisor)
@@ -354,7 +354,7 @@ func hangingPowerOffWorld() []rigOption {
 // hangingPowerOff checks that a VBoxManage that hangs is killed at its
 // deadline and that a cleanup gets past it.
 func hangingPowerOff(t *testing.T, r *rig) {
-	ctx := plugintest.Context(t, 30*time.Second)
+	ctx := testContext(t)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	start := time.Now()
 	err := r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff)
@@ -412,7 +412,7 @@ func TestPerVMGuestCredentials(t *testing.T) {
 	r := newRig(t, profiles[2], withVMs(vm),
 		withSetting("vms.win10-64-defender.guest.username", `"admin"`),
 		withSetting("vms.win10-64-defender.guest.password_env", `"VBOX_TEST_PW"`))
-	ctx := plugintest.Context(t, 30*time.Second)
+	ctx := testContext(t)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	res, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo", Args: []string{"per-vm"}})
 	require.NoError(t, err)

@@ -100,7 +100,7 @@ func TestPluginEveryOperation(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			t.Parallel()
 			r := newPluginRig(t, p, everyOperationWorld()...)
-			ctx := plugintest.Context(t, 30*time.Second)
+			ctx := testContext(t)
 
 			info, err := r.drv.Info(ctx)
 			require.NoError(t, err)
@@ -168,8 +168,11 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 			t.Parallel()
 			// unlock.grace at its default (5s): the exiting VM process gets
 			// the time it needs and is not killed.
+			// Three commands meet the session before it can end: the status
+			// read here, the core's and the cleanup's wait-off see it held
+			// however slowly a busy machine runs them.
 			r := newPluginRig(t, p, withSetting("unlock.grace", ""),
-				withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }))
+				withTiming(func(tm *vboxsim.Timing) { tm.Unlock, tm.UnlockSeen = vboxsim.Duration(linger), 3 }))
 			ctx := plugintest.Context(t, time.Minute)
 			m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
 			vm := managedVM(r, vmName)
@@ -210,8 +213,10 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 
 	t.Run("session hidden from the listing", func(t *testing.T) {
 		t.Parallel()
+		// The hidden session is met only by the restores it refuses: two
+		// of them, however slowly a busy machine runs them.
 		r := newPluginRig(t, profiles[1],
-			withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }),
+			withTiming(func(tm *vboxsim.Timing) { tm.Unlock, tm.UnlockSeen = vboxsim.Duration(linger), 2 }),
 			withFaults(func(f *vboxsim.Faults) { f.HideSessionName = true }))
 		ctx := plugintest.Context(t, time.Minute)
 		m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
@@ -325,7 +330,7 @@ func TestPluginNeedsTheEnvAllowList(t *testing.T) {
 	r := newPluginRig(t, profiles[2],
 		withSetting("guest.password_file", ""),
 		withSetting("guest.password_env", `"VBOX_TEST_GUEST_PW"`))
-	_, err := r.drv.Info(plugintest.Context(t, 30*time.Second))
+	_, err := r.drv.Info(testContext(t))
 	require.Error(t, err)
 	assert.ErrorIs(t, err, hypervisor.ErrUnavailable)
 	assert.Contains(t, err.Error(), "environment variable VBOX_TEST_GUEST_PW is not set in the plugin's environment")

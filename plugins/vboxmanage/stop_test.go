@@ -30,7 +30,7 @@ func TestPluginEmergencyStopOfAStoppedVM(t *testing.T) {
 // emergencyStopOfAStoppedVM expects a world whose VM processes never exit
 // by themselves after a power-off.
 func emergencyStopOfAStoppedVM(t *testing.T, r *rig) {
-	ctx := plugintest.Context(t, 30*time.Second)
+	ctx := testContext(t)
 	d := r.drv
 	kills := func() int { return r.argvCount(t, "--type", "emergencystop") }
 	controls := func() int { return r.argvCount(t, "controlvm") }

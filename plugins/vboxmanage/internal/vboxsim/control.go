@@ -70,6 +70,7 @@ func (s *sim) launch(ref, typ string) int {
 		case !ok:
 			code = s.o.launchError("Invalid session type: '"+typ+"'", invalidArg)
 		case vm.Session.State != Unlocked:
+			vm.shown()
 			code = s.o.launchError("The machine '"+vm.Name+"' is already locked by a session (or being locked or unlocked)", invalidObjState)
 		case !isOff(vm.State):
 			code = s.o.launchError("The machine '"+vm.Name+"' is already locked by a session (or being locked or unlocked)", invalidObjState)

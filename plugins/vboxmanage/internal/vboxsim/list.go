@@ -38,7 +38,7 @@ func (s *sim) list(args []string) int {
 				continue
 			}
 			vms = append(vms, *vm)
-			if long {
+			if long && !w.Config.Faults.HideSessionName {
 				vm.shown()
 			}
 		}

@@ -126,9 +126,9 @@ func TestShowVMInfoParsesForEveryVersion(t *testing.T) {
 func TestStartAndPowerOffFollowTheSessionModel(t *testing.T) {
 	c := cfg("7.0.14r161095", "linux")
 	c.Timing.Unlock = vboxsim.Duration(400 * time.Millisecond)
-	// Two listings must see the session unlocking: the checks below that
+	// Four commands must meet the session unlocking: the checks below that
 	// it is still held hold however slowly a busy machine runs them.
-	c.Timing.UnlockSeen = 2
+	c.Timing.UnlockSeen = 4
 	s := world(t, c)
 
 	assert.Equal(t, "Waiting for VM \"win10\" to power on...\nVM \"win10\" has been successfully started.\n",
@@ -155,7 +155,7 @@ func TestStartAndPowerOffFollowTheSessionModel(t *testing.T) {
 	_, errOut, _ = s.Run("controlvm", "win10", "poweroff")
 	assert.Contains(t, errOut, "already locked for a session", "controlvm cannot share an unlocking session")
 
-	assert.Equal(t, vboxsim.Unlocking, s.VM(t, "win10").Session.State, "one listing has not seen it yet")
+	assert.Equal(t, vboxsim.Unlocking, s.VM(t, "win10").Session.State, "one more command must meet it")
 	// Each look is a listing, so that the session can end.
 	require.Eventually(t, func() bool {
 		info, err := parser.ParseVMInfo([]byte(mustRun(t, s, "showvminfo", "win10", "--machinereadable")))

@@ -79,11 +79,11 @@ type Timing struct {
 	// emergencystop kills the process (a VM process that will not die).
 	Unlock Duration `json:"unlock"`
 	// UnlockSeen, when positive, keeps a session that is unlocking after a
-	// power-off until this many listings (showvminfo of the VM, list
-	// --long) have shown it, as well as for Unlock: a lingering session
-	// a test is sure to see, however slowly a busy machine runs the
-	// commands between the power-off and the look. Wall-clock time alone
-	// cannot promise that.
+	// power-off until this many commands have met it (listings that showed
+	// it: showvminfo of the VM, list --long; commands it refused), as well
+	// as for Unlock: a lingering session a test is sure to meet, however
+	// slowly a busy machine runs the commands between the power-off and
+	// the look. Wall-clock time alone cannot promise that.
 	UnlockSeen int `json:"unlock_seen,omitempty"`
 	// KillUnlock is how long the session of a process killed by
 	// emergencystop takes to disappear.
@@ -213,7 +213,7 @@ type Session struct {
 	PID int `json:"pid,omitempty"`
 	// Until is when an unlocking session is gone; zero: never.
 	Until time.Time `json:"until,omitzero"`
-	// Unseen is how many more listings must show an unlocking session
+	// Unseen is how many more commands must meet an unlocking session
 	// before it can be gone (Timing.UnlockSeen).
 	Unseen int `json:"unseen,omitempty"`
 }
@@ -412,7 +412,7 @@ func (w *World) advance(now time.Time) {
 
 // powerDown puts a VM whose process powered off at t into poweroff, with
 // the session still held while the VM process exits, and until seen
-// listings have shown it so.
+// commands have met it.
 func (vm *VM) powerDown(t time.Time, unlock time.Duration, seen int) {
 	vm.State, vm.StateChanged = "poweroff", t
 	vm.ACPIAt, vm.StartedAt = time.Time{}, time.Time{}
@@ -427,7 +427,8 @@ func (vm *VM) powerDown(t time.Time, unlock time.Duration, seen int) {
 	}
 }
 
-// shown counts one listing that showed the VM's session, for UnlockSeen.
+// shown counts one command that met the VM's unlocking session (a listing
+// showed it, or it refused the command), for UnlockSeen.
 func (vm *VM) shown() {
 	if vm.Session.State == Unlocking && vm.Session.Unseen > 0 {
 		vm.Session.Unseen--
