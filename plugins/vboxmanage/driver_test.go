@@ -80,9 +80,10 @@ func TestEveryOperation(t *testing.T) {
 // that lingers after a power-off stays until two listings have shown it,
 // so that the status read after Stop, and the cleanup's wait-off, see it
 // held however long a busy machine takes between the power-off and the
-// look; the grace before Unlock kills its holder is long enough that the
-// lingering ends by itself, on a machine of any speed, and the steps stay
-// the same.
+// look; the grace before Unlock kills its holder, and the wait for a
+// powered-off VM to be off before it is killed, are long enough that
+// neither kill comes on a machine of any speed, and the steps stay the
+// same.
 func everyOperationWorld() []rigOption {
 	return []rigOption{
 		withVMs(guestVM(vmName, vmUUID), vboxsim.NewVM("other vm", "4f8a3c1e-2b7d-4c0a-9e51-7d2c8b9a6f10")),
@@ -93,6 +94,7 @@ func everyOperationWorld() []rigOption {
 			tm.GuestReady = vboxsim.Duration(200 * time.Millisecond)
 		}),
 		withSetting("unlock.grace", `"20s"`),
+		withSetting("cleanup.stop_wait", `"1m"`),
 	}
 }
 

@@ -33,32 +33,45 @@ const (
 
 // programs are the executables the end-to-end tests run, each built once
 // per test process on first use (benchmarks build none) into one
-// directory that TestMain removes.
+// directory that TestMain removes. Each package has its own lock, so that
+// a test that needs the plugin does not wait behind the CLI's build.
 var programs builds
 
 type builds struct {
-	mu    sync.Mutex
-	dir   string
-	paths map[string]string
+	mu   sync.Mutex
+	dir  string
+	pkgs map[string]*build
+}
+
+// build is one package's executable, built once.
+type build struct {
+	once sync.Once
+	path string
+	err  error
 }
 
 // path builds pkg on first use and returns its executable.
 func (b *builds) path(t testing.TB, pkg string) string {
 	t.Helper()
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if p, ok := b.paths[pkg]; ok {
-		return p
-	}
 	if b.dir == "" {
 		dir, err := os.MkdirTemp("", "vboxmanage-e2e-")
-		require.NoError(t, err)
-		b.dir, b.paths = dir, map[string]string{}
+		if err != nil {
+			b.mu.Unlock()
+			t.Fatal(err)
+		}
+		b.dir, b.pkgs = dir, map[string]*build{}
 	}
-	p, err := plugintest.Build(b.dir, pkg)
-	require.NoError(t, err)
-	b.paths[pkg] = p
-	return p
+	one, ok := b.pkgs[pkg]
+	if !ok {
+		one = &build{}
+		b.pkgs[pkg] = one
+	}
+	dir := b.dir
+	b.mu.Unlock()
+	one.once.Do(func() { one.path, one.err = plugintest.Build(dir, pkg) })
+	require.NoError(t, one.err)
+	return one.path
 }
 
 func (b *builds) remove() {
@@ -69,6 +82,12 @@ func (b *builds) remove() {
 	}
 }
 
+// pluginStartTimeout is the plugins' start_timeout in these tests: no test
+// judges how fast a plugin starts, and a busy machine that launches eight
+// race-detected plugins at once spends config's default (10 s) on the
+// handshake.
+const pluginStartTimeout = 2 * time.Minute
+
 // newPluginRig launches the plugin binary through the plugin host, as the
 // CLI does, on a simulated installation. The host logs at trace level into
 // r.logs, which then holds the host's own lines and every line the plugin
@@ -78,7 +97,7 @@ func newPluginRig(t testing.TB, p profile, opts ...rigOption) *rig {
 	r, env := prepare(t, p, opts...)
 	logger := hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Trace, Output: r.logs})
 	h := host.New(host.Options{
-		Plugins: map[string]config.Plugin{"vbox": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: programs.path(t, pluginPkg), Env: env}},
+		Plugins: map[string]config.Plugin{"vbox": {AutoMTLS: true, StartTimeout: pluginStartTimeout, Path: programs.path(t, pluginPkg), Env: env}},
 		File:    r.file,
 		Data:    []byte(r.config),
 		Logger:  logger,

@@ -74,7 +74,6 @@ func emergencyStopOfAStoppedVM(t *testing.T, r *rig) {
 	r.sim.Update(t, func(w *vboxsim.World) {
 		w.Find(vmName).Session = vboxsim.Session{State: vboxsim.Locked, Owner: vboxsim.OwnerGUI, Name: "GUI/Qt"}
 	})
-	start := time.Now()
 	err = d.Stop(ctx, vmName, hypervisor.StopEmergency)
 	require.Error(t, err)
 	assert.True(t, hypervisor.IsLocked(err), "%v", err)
@@ -83,8 +82,9 @@ func emergencyStopOfAStoppedVM(t *testing.T, r *rig) {
 	assert.Equal(t, hypervisor.OpStop, he.Op)
 	assert.Equal(t, vmName, he.VM)
 	assert.Contains(t, he.Message, "does not have a VM process")
+	// "At once" is judged by the count, not by a time a busy machine
+	// stretches: one emergencystop, no retries.
 	assert.Equal(t, 3, kills(), "no retries: such a holder lets go when its user decides")
-	assert.Less(t, time.Since(start), 2*time.Second)
 	assert.Equal(t, vboxsim.OwnerGUI, r.sim.VM(t, vmName).Session.Owner, "the GUI keeps its session")
 }
 
