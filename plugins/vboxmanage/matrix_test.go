@@ -169,7 +169,7 @@ func vboxCell(t *testing.T, fault string, step engine.Step) (mark, problem strin
 	}
 	r.plugin.Kill()
 	for _, pid := range pids {
-		if !plugintest.GoneWithin(pid, 3*time.Second) {
+		if !plugintest.GoneWithin(pid, 30*time.Second) {
 			return "FAIL", fmt.Sprintf("plugin process %d outlived its host", pid)
 		}
 	}
@@ -234,7 +234,7 @@ func liveSimulators(t *testing.T, r *rig) int {
 			continue
 		}
 		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err == nil && !plugintest.GoneWithin(pid, 2*time.Second) {
+		if _, err := fmt.Sscan(e.Name(), &pid); err == nil && !plugintest.GoneWithin(pid, 30*time.Second) {
 			n++
 		}
 	}

@@ -312,7 +312,7 @@ func TestPluginHangingVBoxManageIsKilledAtItsDeadline(t *testing.T) {
 			}
 		}
 		require.Len(t, restores, 1)
-		assert.Eventually(t, func() bool { return !plugintest.Alive(restores[0].PID) }, 2*time.Second, 20*time.Millisecond,
+		assert.Eventually(t, func() bool { return !plugintest.Alive(restores[0].PID) }, 30*time.Second, 20*time.Millisecond,
 			"the restore's VBoxManage (pid %d) is killed", restores[0].PID)
 		st := r.waitStatus(t, vmName, offAndUnlocked)
 		assert.Equal(t, hypervisor.PowerOff, st.Power, "a restore killed half-way leaves the VM as it was")
