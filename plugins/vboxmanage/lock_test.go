@@ -93,7 +93,11 @@ func TestUnlockKillsAVMProcessThatWillNotDie(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[0],
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
-		withSetting("unlock.grace", `"300ms"`))
+		withSetting("unlock.grace", `"300ms"`),
+		// The cleanup below must find the VM off by itself after its
+		// power-off; 1 s was spent by a busy machine, and the cleanup then
+		// killed the VM as one that would not stop.
+		withSetting("cleanup.stop_wait", `"1m"`))
 	ctx := testContext(t)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
