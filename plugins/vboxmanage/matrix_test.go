@@ -66,6 +66,11 @@ func TestFaultMatrixOnTheSimulator(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the fault matrix runs a task per cell; -short skips it")
 	}
+	// Parallel with the package's other tests: run alone, the matrix held
+	// back every parallel test until its last cell, and the long ones
+	// that wait rather than compute (the conformance suite, the engine's
+	// run) began only then, so the package took their time on top of it.
+	t.Parallel()
 	var mu sync.Mutex
 	outcomes := map[string]string{}
 	columns := []string{"plugin SIGKILLed", "run cancelled"}
