@@ -427,6 +427,14 @@ func TestHangingVersion(t *testing.T) {
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	// The first call must have taken the hang (consumed the counter)
+	// before it is killed: killed earlier, as a busy machine may do after
+	// a fixed wait, it leaves the hang to the next call, which then hangs
+	// the test.
+	require.Eventually(t, func() bool {
+		w, err := vboxsim.Load(s.Home)
+		return err == nil && w.Config.Faults.HangVersion == 0
+	}, time.Minute, 10*time.Millisecond, "the first --version never took the hang")
 	select {
 	case err := <-exited:
 		t.Fatalf("--version returned (%v) instead of hanging", err)
