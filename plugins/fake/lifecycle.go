@@ -88,6 +88,7 @@ func (d *Driver) startLocked(v *vm, now time.Time) error {
 	v.st.Pending = &transition{Kind: kindBoot, To: hypervisor.PowerRunning, Due: due}
 	v.st.LockedUntil = time.Time{}
 	v.st.Dirty = true
+	d.holdLocked(v)
 	d.commitLocked()
 	return nil
 }
@@ -170,6 +171,7 @@ func (d *Driver) stopLocked(v *vm, method hypervisor.StopMethod, now time.Time) 
 		}
 		v.leave(kindKill, hypervisor.PowerAborted, now.Add(v.timing.Emergency))
 	}
+	d.holdLocked(v)
 	d.commitLocked()
 	return nil
 }
@@ -237,6 +239,9 @@ func (d *Driver) Unlock(ctx context.Context, name string) error {
 		return xerr
 	}
 	if d.breaks(ViolationUnlockReturnsEarly) {
+		d.lock()
+		d.holdLockLocked(v, 1)
+		d.unlock()
 		return c.done(nil)
 	}
 	return c.done(d.waitUnlocked(ctx, hypervisor.OpUnlock, v))
@@ -294,6 +299,9 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 		return c.done(err)
 	}
 	if d.breaks(ViolationLateRestore) {
+		d.lock()
+		d.holdLocked(v)
+		d.unlock()
 		return c.done(nil)
 	}
 	return c.done(d.waitRestored(ctx, hypervisor.OpRestore, v, t))
@@ -500,7 +508,13 @@ func (cl *cleanup) unlock(ctx context.Context) error {
 	now := time.Now()
 	v.advance(now)
 	switch {
-	case !v.locked(now) || d.skipsUnlock():
+	case !v.locked(now):
+		d.unlock()
+		return nil
+	case d.skipsUnlock():
+		// The restore this cleanup may go on to, and the caller after it,
+		// find the session it left behind.
+		d.holdLockLocked(v, 2)
 		d.unlock()
 		return nil
 	case v.st.StaleLock:
