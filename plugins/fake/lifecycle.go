@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
@@ -508,13 +509,14 @@ func (cl *cleanup) unlock(ctx context.Context) error {
 	now := time.Now()
 	v.advance(now)
 	switch {
-	case !v.locked(now):
+	case d.skipsUnlock() && cl.stopped():
+		// The restore this cleanup may go on to, and the caller after it,
+		// find the session its stop left behind, however long the stop
+		// took to come to this.
+		d.holdLockLocked(v, 2)
 		d.unlock()
 		return nil
-	case d.skipsUnlock():
-		// The restore this cleanup may go on to, and the caller after it,
-		// find the session it left behind.
-		d.holdLockLocked(v, 2)
+	case !v.locked(now) || d.skipsUnlock():
 		d.unlock()
 		return nil
 	case v.st.StaleLock:
@@ -560,6 +562,14 @@ func (cl *cleanup) restore(ctx context.Context, snapshot string) error {
 		return nil
 	}
 	return c.done(d.waitRestored(ctx, hypervisor.OpCleanup, v, t))
+}
+
+// stopped reports whether the cleanup stopped the VM or waited for it to
+// stop, which leaves its session behind for a while.
+func (cl *cleanup) stopped() bool {
+	return slices.ContainsFunc(cl.actions, func(a string) bool {
+		return a == string(hypervisor.StopPowerOff) || a == string(hypervisor.StopEmergency) || a == "wait-stop"
+	})
 }
 
 // act records that the cleanup began step a, which ends the step before it.

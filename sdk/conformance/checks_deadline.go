@@ -106,7 +106,7 @@ func (p *probe) lateness(op, vm string) {
 	select {
 	case <-t.C:
 	case <-p.ctx.Done():
-		return
+		p.outOfTime("reading how late the driver answered")
 	}
 	p.status(vm)
 	if late := diag().LateFor(op, vm); late > p.s.timing.Margin {
@@ -117,6 +117,14 @@ func (p *probe) lateness(op, vm string) {
 		p.Errorf("the driver answered %s of %q %s after its deadline (or is still at it): the caller had its timeout long before, and the work went on",
 			what, vm, late.Round(time.Millisecond))
 	}
+}
+
+// outOfTime fails a check whose own bound ended while it was still to
+// judge: a check that did not judge must not pass. When the caller ended
+// the run, the suite reports it as interrupted instead.
+func (p *probe) outOfTime(doing string) {
+	p.Helper()
+	p.fatalf("the check ran out of time %s: %v", doing, context.Cause(p.ctx))
 }
 
 func checkAnswerInTime(p *probe) {
@@ -201,7 +209,7 @@ func (p *probe) gaveUp(vm, op string, begun time.Time, full time.Duration) {
 		}
 		pause(p.ctx, delay)
 		if p.ctx.Err() != nil {
-			return
+			p.outOfTime("waiting for the VM to settle after the timeout")
 		}
 	}
 	until := begun.Add(full + p.s.timing.Margin)
@@ -211,7 +219,7 @@ func (p *probe) gaveUp(vm, op string, begun time.Time, full time.Duration) {
 		case <-t.C:
 		case <-p.ctx.Done():
 			t.Stop()
-			return
+			p.outOfTime("watching the VM for as long as the whole operation would have taken")
 		}
 		now := p.status(vm)
 		if now.Power != st.Power || now.CurrentSnapshot != st.CurrentSnapshot || !now.StateChanged.Equal(st.StateChanged) {
