@@ -267,6 +267,24 @@ func Run(t *testing.T, target Target) {
 		})
 		i = j
 	}
+	if target.Model.enabled() && selectedByTestFlags(t.Name()+"/Model") {
+		t.Run("Model", func(t *testing.T) { replayModel(t, s.explore(target.Model)) })
+	}
+}
+
+// replayModel reports the model's exploration through t.
+func replayModel(t *testing.T, m *ModelReport) {
+	t.Helper()
+	t.Log(m.Summary())
+	switch {
+	case m.Deviation != nil:
+		for _, l := range m.Deviation.Log {
+			t.Log(l)
+		}
+		t.Errorf("the model found a deviation: %s", m.Deviation)
+	case m.Error != "":
+		t.Errorf("the model could not explore: %s", m.Error)
+	}
 }
 
 // replay reports a collected result through t.
@@ -330,6 +348,9 @@ func Collect(ctx context.Context, target Target, opts Options) (*Report, error) 
 		}
 	}
 	rep.Unchecked = s.unchecked(checks, byCheck)
+	if target.Model.enabled() && s.ctx.Err() == nil {
+		rep.Model = s.explore(target.Model)
+	}
 	if err := s.finish(); err != nil {
 		rep.Restore = err.Error()
 	}
