@@ -658,11 +658,11 @@ type rapidTB struct {
 
 var _ rapid.TB = (*rapidTB)(nil)
 
-func (r *rapidTB) Helper()                       {}
-func (r *rapidTB) Name() string                  { return "sandbox-conformance-model" }
+func (r *rapidTB) Helper()                         {}
+func (r *rapidTB) Name() string                    { return "sandbox-conformance-model" }
 func (r *rapidTB) Logf(format string, args ...any) {}
-func (r *rapidTB) Log(args ...any)               {}
-func (r *rapidTB) Context() context.Context      { return r.ctx }
+func (r *rapidTB) Log(args ...any)                 {}
+func (r *rapidTB) Context() context.Context        { return r.ctx }
 func (r *rapidTB) Skipf(format string, args ...any) {
 	r.Errorf(format, args...)
 	runtime.Goexit()

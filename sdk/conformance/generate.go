@@ -217,7 +217,9 @@ func (g *generator) options(vm string) []option {
 			add(12, func(r *rand.Rand) Step { return Step{Op: stepRestore, VM: vm, Deadline: g.deadline(r, 90)} })
 		}
 		if has(hypervisor.CapCleanup) {
-			add(6, func(r *rand.Rand) Step { return Step{Op: stepCleanup, VM: vm, Restore: true, Deadline: g.deadline(r, 90)} })
+			add(6, func(r *rand.Rand) Step {
+				return Step{Op: stepCleanup, VM: vm, Restore: true, Deadline: g.deadline(r, 90)}
+			})
 		}
 		add(2, func(r *rand.Rand) Step { return Step{Op: stepStart, VM: vm, Wait: true} })
 		add(2, g.stop(vm, 0))
@@ -273,7 +275,9 @@ func (g *generator) options(vm string) []option {
 				})
 			}
 			if has(hypervisor.CapUnlock) {
-				add(15, func(r *rand.Rand) Step { return Step{Op: stepUnlock, VM: vm, Wait: chance(r, 60), Deadline: g.deadline(r, 30)} })
+				add(15, func(r *rand.Rand) Step {
+					return Step{Op: stepUnlock, VM: vm, Wait: chance(r, 60), Deadline: g.deadline(r, 30)}
+				})
 			}
 			if has(hypervisor.CapRestore) {
 				add(15, restore)
@@ -303,7 +307,9 @@ func (g *generator) options(vm string) []option {
 		})
 	}
 	if has(hypervisor.CapUnlock) {
-		add(2, func(r *rand.Rand) Step { return Step{Op: stepUnlock, VM: vm, Wait: chance(r, 30), Deadline: g.deadline(r, 30)} })
+		add(2, func(r *rand.Rand) Step {
+			return Step{Op: stepUnlock, VM: vm, Wait: chance(r, 30), Deadline: g.deadline(r, 30)}
+		})
 	}
 	if has(hypervisor.CapWatch) {
 		if p.watching {

@@ -230,7 +230,7 @@ type vmModel struct {
 	// sent may still land (a kill, a start): the next operation's answer
 	// is held only to the rules that hold whatever the VM is doing.
 	unsettled bool
-	files      map[int]*guestFile
+	files     map[int]*guestFile
 }
 
 // offLike reports whether the VM has no process, by the last status.

@@ -1583,4 +1583,3 @@ func (q *sequence) finish() {
 		}
 	}
 }
-
