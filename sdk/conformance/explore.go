@@ -40,6 +40,9 @@ type Exploration struct {
 	// Shrink bounds the time spent shortening a sequence that deviated,
 	// after the search; default the larger of Duration and a minute.
 	Shrink time.Duration
+	// ShrinkTo, if set, ends the shortening once the sequence has that
+	// many steps or fewer; zero shortens it as far as Shrink allows.
+	ShrinkTo int
 	// Trace, if set, is told every step the search takes, with the number
 	// of its sequence, as a line of a script.
 	Trace func(sequence int, step string)
@@ -456,8 +459,9 @@ func (x *explorer) prop(t *rapid.T) {
 	x.release() // rapid has read its seed
 	x.mu.Lock()
 	searching := x.first == nil
+	short := x.best != nil && x.opts.ShrinkTo > 0 && len(x.best.Script) <= x.opts.ShrinkTo
 	skip := x.err != nil || x.ctx.Err() != nil || (searching && x.spentLocked(0)) ||
-		(!searching && time.Now().After(x.shrinkEnd))
+		(!searching && (short || time.Now().After(x.shrinkEnd)))
 	x.mu.Unlock()
 	if skip {
 		return
@@ -482,7 +486,7 @@ func (x *explorer) prop(t *rapid.T) {
 	x.mu.Unlock()
 	t.Repeat(map[string]func(*rapid.T){
 		"step": func(t *rapid.T) {
-			if q.over() || len(q.script) >= maxSteps || (searching && x.spent(q.ops)) {
+			if q.over() || len(q.script) >= maxSteps || (searching && x.spent(int(q.ops.Load()))) {
 				return
 			}
 			st := g.draw(t)
@@ -514,7 +518,7 @@ func (x *explorer) record(q *sequence, searching bool, took time.Duration) {
 	defer x.mu.Unlock()
 	if searching {
 		x.sequences++
-		x.ops += q.ops
+		x.ops += int(q.ops.Load())
 		x.searchTook += took
 		if q.broken != nil && q.dev == nil && x.ctx.Err() == nil && x.err == nil {
 			x.err = q.broken
@@ -554,8 +558,8 @@ const (
 	// rapidSteps is the average length of a sequence, and maxSteps the
 	// most steps one takes: a deviation found late in a long sequence
 	// takes long to shorten.
-	rapidSteps = 16
-	maxSteps   = 40
+	rapidSteps = 8
+	maxSteps   = 20
 )
 
 var (
