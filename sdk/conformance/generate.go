@@ -1,7 +1,8 @@
 package conformance
 
 import (
-	"math/rand/v2"
+	"hash/fnv"
+	"math"
 	"slices"
 	"time"
 
@@ -21,7 +22,8 @@ type generator struct {
 	deadlines bool // this sequence gives some operations a short deadline
 	vms       map[string]*planVM
 	nextFile  int
-	last      string // the VM of the last step
+	last      string           // the VM of the last step
+	off       map[feature]bool // the kinds of step this sequence leaves out
 }
 
 // planVM is what the steps drawn so far mean to do to a VM.
@@ -38,63 +40,169 @@ type planFile struct {
 	erased  bool
 }
 
-// option is a step the generator may draw, with its weight.
+// dice is the randomness of one step, from one small draw of rapid's.
+// Each decision of the step reads a number of its own, by name, so that a
+// step keeps its decisions when a step before it is left out and the
+// options change around them: rapid shortens a sequence by leaving steps
+// out, and a step whose meaning then changed would make every try fail
+// to show the deviation. One 16-bit draw a step also keeps rapid's other
+// tries (smaller draws) few, and each try is a whole sequence against the
+// driver. (rapid's own integers lean towards small values, which would
+// lean every choice towards its first option.)
+type dice struct{ seed uint64 }
+
+func roll(t *rapid.T, label string) dice {
+	return dice{seed: uint64(rapid.Uint16().Draw(t, label))}
+}
+
+// u is the step's number named name, in (0, 1).
+func (d dice) u(name string) float64 {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	x := h.Sum64() ^ (d.seed+1)*0x9e3779b97f4a7c15
+	// splitmix64's finalizer, so that near seeds give unrelated numbers.
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return (float64(x>>11) + 0.5) / (1 << 53)
+}
+
+// intn is the step's number named name, in [0, n).
+func (d dice) intn(name string, n int) int { return min(n-1, int(d.u(name)*float64(n))) }
+
+// chance is true with probability percent/100.
+func (d dice) chance(name string, percent int) bool { return d.u(name)*100 < float64(percent) }
+
+// option is a step the generator may draw: its name among the options of
+// one decision, its weight, and how to build it.
 type option struct {
+	key   string
 	w     int
-	build func(r *rand.Rand) Step
+	build func(d dice) Step
 }
 
 func newGenerator(x *explorer, t *rapid.T) *generator {
-	g := &generator{x: x, vms: map[string]*planVM{}, nextFile: 1}
-	r := stepRand(t, "sequence")
-	g.deadlines = x.timing.Deadline < x.timing.Settle && r.IntN(5) == 4
+	g := &generator{x: x, vms: map[string]*planVM{}, nextFile: 1, off: map[feature]bool{}}
+	d := roll(t, "sequence")
+	g.deadlines = x.timing.Deadline < x.timing.Settle && d.chance("deadlines", 20)
+	// Swarm: each sequence leaves some kinds of step out, so that the
+	// ones left in come often enough to reach deep (a file written,
+	// stopped, restored and looked for) instead of every kind a little.
+	for f := range features {
+		g.off[f] = d.chance("leave out "+featureNames[f], 40)
+	}
+	if g.off[fPowerOff] && g.off[fEmergency] {
+		g.off[fPowerOff] = false
+	}
 	for _, vm := range x.order {
 		g.vms[vm] = &planVM{}
 	}
 	return g
 }
 
-// pick draws one of options by weight.
-func pick(r *rand.Rand, options []option) Step {
-	total := 0
-	for _, o := range options {
-		total += o.w
-	}
-	n := r.IntN(total)
-	for _, o := range options {
-		if n < o.w {
-			return o.build(r)
+// feature is a kind of step a sequence may leave out.
+type feature int
+
+const (
+	fGuest feature = iota
+	fLock
+	fPeer
+	fMissing
+	fUndeclared
+	fWatch
+	fTogether
+	fRestore
+	fCleanup
+	fUnlock
+	fACPI
+	fPowerOff
+	fEmergency
+	fReads
+	features
+)
+
+var featureNames = [features]string{"guest", "lock", "peer", "missing", "undeclared", "watch", "together",
+	"restore", "cleanup", "unlock", "acpi", "poweroff", "emergency", "reads"}
+
+// allows reports whether the sequence takes st, by the kinds of step it
+// leaves out.
+func (g *generator) allows(st Step) bool {
+	t := g.x.s.target
+	for s := &st; s != nil; s = s.With {
+		var fs []feature
+		switch {
+		case isGuest(s.Op):
+			fs = append(fs, fGuest)
+		case s.Op == stepWatch:
+			fs = append(fs, fWatch)
+		case s.Op == stepRestore:
+			fs = append(fs, fRestore)
+		case s.Op == stepCleanup:
+			fs = append(fs, fCleanup)
+		case s.Op == stepUnlock:
+			fs = append(fs, fUnlock)
+		case s.Op == stepInfo || s.Op == stepList:
+			fs = append(fs, fReads)
+		case s.Op == stepStop:
+			fs = append(fs, map[hypervisor.StopMethod]feature{hypervisor.StopACPI: fACPI, hypervisor.StopPowerOff: fPowerOff, hypervisor.StopEmergency: fEmergency}[s.Method])
 		}
-		n -= o.w
+		switch s.VM {
+		case t.LockVM:
+			fs = append(fs, fLock)
+		case t.PeerVM:
+			fs = append(fs, fPeer)
+		case missingVM:
+			fs = append(fs, fMissing)
+		}
+		if c := capOf(*s); c != "" && !g.x.caps.Has(c) {
+			fs = append(fs, fUndeclared)
+		}
+		if st.With != nil {
+			fs = append(fs, fTogether)
+		}
+		for _, f := range fs {
+			if g.off[f] {
+				return false
+			}
+		}
 	}
-	panic("unreachable")
+	return true
 }
 
-// chance is true with probability percent/100.
-func chance(r *rand.Rand, percent int) bool { return r.IntN(100) < percent }
-
-// stepRand is the randomness of one step, from one small draw of rapid's.
-// rapid shortens a sequence by leaving steps out and by making each draw
-// smaller, one try at a time, and every try is a whole sequence against
-// the driver: one 16-bit draw a step keeps the tries few. (rapid's own
-// integers also lean towards small values, which would lean each choice
-// towards its first option; a generator seeded by the draw does not.)
-func stepRand(t *rapid.T, label string) *rand.Rand {
-	seed := uint64(rapid.Uint16().Draw(t, label))
-	return rand.New(rand.NewPCG(seed, 0x9e3779b97f4a7c15))
+// pick draws one of the options the sequence takes, by weight: each
+// option's own number, scaled by its weight, races the others', so that
+// an option keeps winning when others come and go (a status read when the
+// sequence takes none).
+func (g *generator) pick(d dice, decision string, options []option) Step {
+	best, bestKey := Step{Op: stepStatus, VM: g.x.s.target.VM}, math.Inf(1)
+	for _, o := range options {
+		if o.w <= 0 {
+			continue
+		}
+		st := o.build(d)
+		if !g.allows(st) {
+			continue
+		}
+		if k := -math.Log(d.u(decision+" "+o.key)) / float64(o.w); k < bestKey {
+			best, bestKey = st, k
+		}
+	}
+	return best
 }
 
 // draw draws the next step and notes it in the plan.
 func (g *generator) draw(t *rapid.T) Step {
-	r := stepRand(t, "step")
+	d := roll(t, "step")
 	x := g.x
+	target := x.s.target
 	var vms []option
 	add := func(w int, vm string) {
 		if vm != "" {
-			vms = append(vms, option{w, func(*rand.Rand) Step { return Step{VM: vm} }})
+			vms = append(vms, option{"vm " + vm, w, func(dice) Step { return Step{VM: vm} }})
 		}
 	}
-	target := x.s.target
 	add(12, target.VM)
 	add(3, target.PeerVM)
 	add(6, target.LockVM)
@@ -102,31 +210,31 @@ func (g *generator) draw(t *rapid.T) Step {
 		add(2, target.DeadlineVM)
 	}
 	add(1, target.UnmappedVM)
-	add(3, missingVM)
-	add(3, "-") // no VM: info, list, two VMs at once
+	add(4, missingVM)
+	add(5, "-") // no VM: info, list, two VMs at once
 	var vm string
-	if g.last != "" && chance(r, 60) {
+	if g.last != "" && d.chance("same VM", 60) {
 		vm = g.last // a VM's story goes on
 	} else {
-		vm = pick(r, vms).VM
+		vm = g.pick(d, "vm", vms).VM
 	}
 	var st Step
 	switch vm {
 	case "-":
-		st = pick(r, g.general())
+		st = g.pick(d, "general", g.general())
 	case target.UnmappedVM:
 		st = Step{Op: stepStatus, VM: vm}
 	case missingVM:
-		st = pick(r, g.onMissing())
+		st = g.pick(d, "missing", g.onMissing())
 		st.VM = vm
 	default:
-		st = pick(r, g.options(vm))
+		st = g.pick(d, "op", g.options(vm))
 	}
 	g.apply(st)
 	if st.With != nil {
 		g.apply(*st.With)
 	}
-	if g.vms[vm] != nil && vm != x.s.target.DeadlineVM {
+	if g.vms[vm] != nil && vm != target.DeadlineVM {
 		g.last = vm // not DeadlineVM: one restore of it cut short tells what it can
 	}
 	return st
@@ -135,32 +243,27 @@ func (g *generator) draw(t *rapid.T) Step {
 // general are the steps on no VM or on two.
 func (g *generator) general() []option {
 	opts := []option{
-		{3, func(*rand.Rand) Step { return Step{Op: stepInfo} }},
-		{3, func(*rand.Rand) Step { return Step{Op: stepList} }},
+		{"info", 3, func(dice) Step { return Step{Op: stepInfo} }},
+		{"list", 3, func(dice) Step { return Step{Op: stepList} }},
 	}
 	if peer := g.x.s.target.PeerVM; peer != "" {
 		vm := g.x.s.target.VM
-		both := func(op string, build func(r *rand.Rand, vm string) Step) option {
-			return option{3, func(r *rand.Rand) Step {
-				a, b := build(r, vm), build(r, peer)
-				a.Wait = chance(r, 60)
+		both := func(key string, w int, build func(vm string) Step) option {
+			return option{key, w, func(d dice) Step {
+				a, b := build(vm), build(peer)
+				a.Wait = d.chance("both wait", 60)
 				a.With = &b
 				return a
 			}}
 		}
-		opts = append(opts, both(stepStart, func(_ *rand.Rand, vm string) Step { return Step{Op: stepStart, VM: vm} }))
+		opts = append(opts, both("both start", 3, func(vm string) Step { return Step{Op: stepStart, VM: vm} }))
 		if m := g.x.s.forcefulStop(); m != "" {
-			opts = append(opts, both(stepStop, func(_ *rand.Rand, vm string) Step { return Step{Op: stepStop, VM: vm, Method: m} }))
+			opts = append(opts, both("both stop", 3, func(vm string) Step { return Step{Op: stepStop, VM: vm, Method: m} }))
 		}
 		if g.x.caps.Has(hypervisor.CapRestore) && g.x.baseline(vm) != "" && g.x.baseline(peer) != "" {
-			o := both(stepRestore, func(_ *rand.Rand, vm string) Step {
+			opts = append(opts, both("both restore", 4, func(vm string) Step {
 				return Step{Op: stepRestore, VM: vm, Snapshot: g.x.baseline(vm)}
-			})
-			o.w = 1
-			if !g.vms[vm].on && !g.vms[peer].on {
-				o.w = 12 // both off: the two restores must overlap (§13.1a)
-			}
-			opts = append(opts, o)
+			}))
 		}
 	}
 	return opts
@@ -175,18 +278,22 @@ func (g *generator) onMissing() []option {
 		{Op: stepRestore, Snapshot: g.x.baseline(g.x.s.target.VM)}, {Op: stepCleanup},
 		{Op: stepCopyIn, File: 1, Size: 16}, {Op: stepCopyOut, File: 1}, {Op: stepCat, File: 1},
 	} {
-		opts = append(opts, option{1, func(*rand.Rand) Step { return st }})
+		w := 1
+		if st.Op == stepStatus || st.Op == stepWatch {
+			w = 3 // the two reads, one answering a value, one a stream
+		}
+		opts = append(opts, option{st.String(), w, func(dice) Step { return st }})
 	}
 	return opts
 }
 
 // deadline draws the caller's deadline of an operation: in a sequence of
 // short deadlines, now and then Timing.Deadline or three times it.
-func (g *generator) deadline(r *rand.Rand, percent int) time.Duration {
-	if !g.deadlines || !chance(r, percent) {
+func (g *generator) deadline(d dice, percent int) time.Duration {
+	if !g.deadlines || !d.chance("short", percent) {
 		return 0
 	}
-	return []time.Duration{g.x.timing.Deadline, 3 * g.x.timing.Deadline}[r.IntN(2)]
+	return []time.Duration{g.x.timing.Deadline, 3 * g.x.timing.Deadline}[d.intn("deadline", 2)]
 }
 
 // options are the steps on a VM of the target, weighed by its plan: the
@@ -197,32 +304,30 @@ func (g *generator) options(vm string) []option {
 	x, p := g.x, g.vms[vm]
 	target := x.s.target
 	var opts []option
-	add := func(w int, build func(r *rand.Rand) Step) {
+	add := func(key string, w int, build func(d dice) Step) {
 		if w > 0 {
-			opts = append(opts, option{w, build})
+			opts = append(opts, option{key, w, build})
 		}
 	}
 	has := x.caps.Has
-	start := func(r *rand.Rand) Step {
-		return Step{Op: stepStart, VM: vm, Wait: chance(r, 60), Deadline: g.deadline(r, 30)}
+	start := func(d dice) Step {
+		return Step{Op: stepStart, VM: vm, Wait: d.chance("start wait", 60), Deadline: g.deadline(d, 30)}
 	}
-	restore := func(r *rand.Rand) Step {
-		return Step{Op: stepRestore, VM: vm, Snapshot: g.snapshot(r, vm), Wait: chance(r, 70), Deadline: g.deadline(r, 40)}
+	restore := func(d dice) Step {
+		return Step{Op: stepRestore, VM: vm, Snapshot: g.snapshot(d, vm), Wait: d.chance("restore wait", 70), Deadline: g.deadline(d, 40)}
 	}
-	add(2, func(*rand.Rand) Step { return Step{Op: stepStatus, VM: vm} })
-	add(2, func(*rand.Rand) Step { return Step{Op: stepSettle, VM: vm} })
+	add("status", 2, func(dice) Step { return Step{Op: stepStatus, VM: vm} })
+	add("settle", 2, func(dice) Step { return Step{Op: stepSettle, VM: vm} })
 	if vm == target.DeadlineVM {
 		// Its restores take long: what it is for is being cut short.
 		if has(hypervisor.CapRestore) {
-			add(12, func(r *rand.Rand) Step { return Step{Op: stepRestore, VM: vm, Deadline: g.deadline(r, 90)} })
+			add("restore", 12, func(d dice) Step { return Step{Op: stepRestore, VM: vm, Deadline: g.deadline(d, 90)} })
 		}
 		if has(hypervisor.CapCleanup) {
-			add(6, func(r *rand.Rand) Step {
-				return Step{Op: stepCleanup, VM: vm, Restore: true, Deadline: g.deadline(r, 90)}
-			})
+			add("cleanup", 6, func(d dice) Step { return Step{Op: stepCleanup, VM: vm, Restore: true, Deadline: g.deadline(d, 90)} })
 		}
-		add(2, func(r *rand.Rand) Step { return Step{Op: stepStart, VM: vm, Wait: true} })
-		add(2, g.stop(vm, 0))
+		add("start", 2, func(dice) Step { return Step{Op: stepStart, VM: vm, Wait: true} })
+		add("stop", 2, g.stop(vm, 0))
 		return opts
 	}
 	guest := vm == target.VM
@@ -239,105 +344,105 @@ func (g *generator) options(vm string) []option {
 		}
 	}
 	if p.on {
-		add(5, start)
+		add("start", 5, start)
 		if has(hypervisor.CapRestore) {
-			add(2, restore)
+			add("restore", 2, restore)
 		}
 		switch {
 		case p.acpi:
 			// The power button was pressed: the next rung, while the VM is
 			// on its way off (§5.5).
-			add(30, func(r *rand.Rand) Step {
-				st := g.stop(vm, 0)(r)
+			add("next rung", 30, func(d dice) Step {
+				st := g.stop(vm, 0)(d)
 				st.Wait = false
 				return st
 			})
-			add(10, g.stop(vm, 30))
+			add("stop", 10, g.stop(vm, 30))
 		case guest && present > 0:
-			add(25, g.stop(vm, 30))
+			add("stop", 25, g.stop(vm, 30))
 		case guest:
-			add(8, g.stop(vm, 30))
+			add("stop", 8, g.stop(vm, 30))
 		default:
-			add(40, g.stop(vm, 30))
+			add("stop", 40, g.stop(vm, 30))
 		}
 		if guest {
 			g.guestOptions(vm, p, present, erased, small, add)
 		}
 	} else {
-		add(3, g.stop(vm, 20))
+		add("stop", 3, g.stop(vm, 20))
 		switch {
 		case p.stopped && vm == target.LockVM:
 			// Off with its session held: what each operation does to it.
-			add(10, start)
+			add("start", 10, start)
 			if has(hypervisor.CapStopEmergency) {
-				add(15, func(r *rand.Rand) Step {
-					return Step{Op: stepStop, VM: vm, Method: hypervisor.StopEmergency, Wait: chance(r, 50)}
+				add("emergency", 15, func(d dice) Step {
+					return Step{Op: stepStop, VM: vm, Method: hypervisor.StopEmergency, Wait: d.chance("emergency wait", 50)}
 				})
 			}
 			if has(hypervisor.CapUnlock) {
-				add(15, func(r *rand.Rand) Step {
-					return Step{Op: stepUnlock, VM: vm, Wait: chance(r, 60), Deadline: g.deadline(r, 30)}
+				add("unlock", 15, func(d dice) Step {
+					return Step{Op: stepUnlock, VM: vm, Wait: d.chance("unlock wait", 60), Deadline: g.deadline(d, 30)}
 				})
 			}
 			if has(hypervisor.CapRestore) {
-				add(15, restore)
+				add("restore", 15, restore)
 			}
 		case (p.ran || present > 0) && has(hypervisor.CapRestore):
-			add(40, restore)
-			add(10, start)
+			add("restore", 40, restore)
+			add("start", 10, start)
 		case erased > 0:
-			add(45, start) // restored since files were written: are they gone?
+			add("start", 45, start) // restored since files were written: are they gone?
 		default:
-			add(40, start)
+			add("start", 40, start)
 			if has(hypervisor.CapRestore) {
-				add(8, restore)
+				add("restore", 8, restore)
 			}
 		}
 		if guest {
-			add(3, func(r *rand.Rand) Step { return g.guestStep(r, vm, p, false) })
+			add("guest", 3, func(d dice) Step { return g.guestStep(d, vm, p) })
 		}
 	}
 	if has(hypervisor.CapCleanup) {
-		add(3, func(r *rand.Rand) Step {
-			st := Step{Op: stepCleanup, VM: vm, Restore: chance(r, 70), Deadline: g.deadline(r, 40)}
+		add("cleanup", 3, func(d dice) Step {
+			st := Step{Op: stepCleanup, VM: vm, Restore: d.chance("cleanup restore", 70), Deadline: g.deadline(d, 40)}
 			if st.Restore {
-				st.Snapshot = g.snapshot(r, vm)
+				st.Snapshot = g.snapshot(d, vm)
 			}
 			return st
 		})
 	}
 	if has(hypervisor.CapUnlock) {
-		add(2, func(r *rand.Rand) Step {
-			return Step{Op: stepUnlock, VM: vm, Wait: chance(r, 30), Deadline: g.deadline(r, 30)}
+		add("unlock", 2, func(d dice) Step {
+			return Step{Op: stepUnlock, VM: vm, Wait: d.chance("unlock wait", 30), Deadline: g.deadline(d, 30)}
 		})
 	}
 	if has(hypervisor.CapWatch) {
 		if p.watching {
-			add(5, func(*rand.Rand) Step { return Step{Op: stepUnwatch, VM: vm} })
+			add("unwatch", 5, func(dice) Step { return Step{Op: stepUnwatch, VM: vm} })
 		} else {
-			add(2, func(*rand.Rand) Step { return Step{Op: stepWatch, VM: vm} })
+			add("watch", 2, func(dice) Step { return Step{Op: stepWatch, VM: vm} })
 		}
 	}
 	if undeclared := g.undeclared(vm, guest); len(undeclared) > 0 {
-		add(2, func(r *rand.Rand) Step {
-			st := undeclared[r.IntN(len(undeclared))]
+		add("undeclared", 2, func(d dice) Step {
+			st := undeclared[d.intn("undeclared", len(undeclared))]
 			st.Wait = p.on
 			return st
 		})
 	}
-	add(6, func(r *rand.Rand) Step { return g.together(r, vm) })
+	add("together", 10, func(d dice) Step { return g.together(d, vm) })
 	return opts
 }
 
 // guestOptions adds the guest operations on the running guest of vm.
-func (g *generator) guestOptions(vm string, p *planVM, present, erased, small int, add func(int, func(*rand.Rand) Step)) {
+func (g *generator) guestOptions(vm string, p *planVM, present, erased, small int, add func(string, int, func(dice) Step)) {
 	has := g.x.caps.Has
 	if has(hypervisor.CapGuestCopyIn) {
 		w := 6
 		if present == 0 && erased == 0 {
 			w = 40
 		}
-		add(w, func(r *rand.Rand) Step { return g.copyIn(r, vm, p) })
+		add("copy-in", w, func(d dice) Step { return g.copyIn(d, vm, p) })
 	}
 	if has(hypervisor.CapGuestCopyOut) {
 		w := 2
@@ -347,8 +452,8 @@ func (g *generator) guestOptions(vm string, p *planVM, present, erased, small in
 		case present > 0:
 			w = 20
 		}
-		add(w, func(r *rand.Rand) Step {
-			return Step{Op: stepCopyOut, VM: vm, File: g.someFile(r, p, false), Wait: chance(r, 85), Deadline: g.deadline(r, 20)}
+		add("copy-out", w, func(d dice) Step {
+			return Step{Op: stepCopyOut, VM: vm, File: g.someFile(d, p, false), Wait: d.chance("copy-out wait", 85), Deadline: g.deadline(d, 20)}
 		})
 	}
 	if has(hypervisor.CapGuestExec) {
@@ -359,11 +464,11 @@ func (g *generator) guestOptions(vm string, p *planVM, present, erased, small in
 		case small > 0:
 			w = 15
 		}
-		add(w, func(r *rand.Rand) Step {
-			return Step{Op: stepCat, VM: vm, File: g.someFile(r, p, true), Wait: chance(r, 85), Deadline: g.deadline(r, 20)}
+		add("cat", w, func(d dice) Step {
+			return Step{Op: stepCat, VM: vm, File: g.someFile(d, p, true), Wait: d.chance("cat wait", 85), Deadline: g.deadline(d, 20)}
 		})
-		add(4, func(r *rand.Rand) Step {
-			return Step{Op: stepSleep, VM: vm, Timeout: g.x.execTimeout(), Wait: chance(r, 85), Deadline: g.deadline(r, 50)}
+		add("sleep", 4, func(d dice) Step {
+			return Step{Op: stepSleep, VM: vm, Timeout: g.x.execTimeout(), Wait: d.chance("sleep wait", 85), Deadline: g.deadline(d, 50)}
 		})
 	}
 }
@@ -375,13 +480,13 @@ const smallFile = 4 << 10
 // copyIn draws a copy into the guest: a new file or one written before,
 // of a size around 64 KiB now and then, where a copy that stops at a
 // buffer's end shows.
-func (g *generator) copyIn(r *rand.Rand, vm string, p *planVM) Step {
-	st := Step{Op: stepCopyIn, VM: vm, Wait: chance(r, 85), Deadline: g.deadline(r, 20)}
+func (g *generator) copyIn(d dice, vm string, p *planVM) Step {
+	st := Step{Op: stepCopyIn, VM: vm, Wait: d.chance("copy-in wait", 85), Deadline: g.deadline(d, 20)}
 	sizes := [][2]int{{1, smallFile}, {1, smallFile}, {smallFile, 60 << 10}, {60 << 10, 200 << 10}, {60 << 10, 200 << 10}}
-	size := sizes[r.IntN(len(sizes))]
-	st.Size = size[0] + r.IntN(size[1]-size[0]+1)
-	if len(p.files) > 0 && chance(r, 25) {
-		st.File = p.files[r.IntN(len(p.files))].n
+	size := sizes[d.intn("size class", len(sizes))]
+	st.Size = size[0] + d.intn("size", size[1]-size[0]+1)
+	if len(p.files) > 0 && d.chance("overwrite", 25) {
+		st.File = p.files[d.intn("overwritten", len(p.files))].n
 	} else {
 		st.File = g.nextFile
 	}
@@ -390,7 +495,7 @@ func (g *generator) copyIn(r *rand.Rand, vm string, p *planVM) Step {
 
 // someFile draws a file the plan wrote, the erased ones first, or a file
 // never written; small keeps to the files Exec may print whole.
-func (g *generator) someFile(r *rand.Rand, p *planVM, small bool) int {
+func (g *generator) someFile(d dice, p *planVM, small bool) int {
 	var files []int
 	for _, erasedFirst := range []bool{true, false} {
 		for _, f := range p.files {
@@ -399,63 +504,57 @@ func (g *generator) someFile(r *rand.Rand, p *planVM, small bool) int {
 			}
 		}
 	}
-	if len(files) == 0 || chance(r, 10) {
+	if len(files) == 0 || d.chance("never written", 10) {
 		return g.nextFile
 	}
-	return files[r.IntN(len(files))]
+	return files[d.intn("file", len(files))]
 }
 
-// guestStep draws a guest operation on a VM the plan has off.
-func (g *generator) guestStep(r *rand.Rand, vm string, p *planVM, _ bool) Step {
+// guestStep draws a guest operation on a VM the plan has off, issued at
+// once.
+func (g *generator) guestStep(d dice, vm string, p *planVM) Step {
 	var opts []option
 	if g.x.caps.Has(hypervisor.CapGuestCopyIn) {
-		opts = append(opts, option{1, func(r *rand.Rand) Step { return g.copyIn(r, vm, p) }})
+		opts = append(opts, option{"copy-in", 1, func(d dice) Step { return g.copyIn(d, vm, p) }})
 	}
 	if g.x.caps.Has(hypervisor.CapGuestCopyOut) {
-		opts = append(opts, option{1, func(r *rand.Rand) Step { return Step{Op: stepCopyOut, VM: vm, File: g.someFile(r, p, false)} }})
+		opts = append(opts, option{"copy-out", 1, func(d dice) Step { return Step{Op: stepCopyOut, VM: vm, File: g.someFile(d, p, false)} }})
 	}
 	if g.x.caps.Has(hypervisor.CapGuestExec) {
-		opts = append(opts, option{1, func(r *rand.Rand) Step { return Step{Op: stepCat, VM: vm, File: g.someFile(r, p, true)} }})
+		opts = append(opts, option{"cat", 1, func(d dice) Step { return Step{Op: stepCat, VM: vm, File: g.someFile(d, p, true)} }})
 	}
-	if len(opts) == 0 {
-		return Step{Op: stepStatus, VM: vm}
-	}
-	st := pick(r, opts)
-	st.Wait = false // on a VM that is off, at once
+	st := g.pick(d, "guest off", opts)
+	st.Wait = false
 	return st
 }
 
 // stop draws a stop by a declared method.
-func (g *generator) stop(vm string, wait int) func(r *rand.Rand) Step {
-	return func(r *rand.Rand) Step {
-		methods := g.x.s.stopMethods()
-		if len(methods) == 0 {
-			return Step{Op: stepStatus, VM: vm}
-		}
+func (g *generator) stop(vm string, wait int) func(d dice) Step {
+	return func(d dice) Step {
 		weights := map[hypervisor.StopMethod]int{hypervisor.StopACPI: 2, hypervisor.StopPowerOff: 5, hypervisor.StopEmergency: 4}
 		var opts []option
-		for _, m := range methods {
-			opts = append(opts, option{weights[m], func(*rand.Rand) Step { return Step{Op: stepStop, VM: vm, Method: m} }})
+		for _, m := range g.x.s.stopMethods() {
+			opts = append(opts, option{string(m), weights[m], func(dice) Step { return Step{Op: stepStop, VM: vm, Method: m} }})
 		}
-		st := pick(r, opts)
-		st.Wait = chance(r, wait)
-		st.Deadline = g.deadline(r, 30)
+		st := g.pick(d, "method", opts)
+		st.Wait = d.chance("stop wait", wait)
+		st.Deadline = g.deadline(d, 30)
 		return st
 	}
 }
 
 // snapshot draws the snapshot of a restore: one the target names for the
 // VM, the current one (an empty name), or one the VM does not have.
-func (g *generator) snapshot(r *rand.Rand, vm string) string {
+func (g *generator) snapshot(d dice, vm string) string {
 	opts := []option{
-		{4, func(*rand.Rand) Step { return Step{Snapshot: g.x.baseline(vm)} }},
-		{2, func(*rand.Rand) Step { return Step{} }},
-		{1, func(*rand.Rand) Step { return Step{Snapshot: missingSnapshot} }},
+		{"baseline", 4, func(dice) Step { return Step{Snapshot: g.x.baseline(vm)} }},
+		{"current", 2, func(dice) Step { return Step{} }},
+		{"missing", 1, func(dice) Step { return Step{Snapshot: missingSnapshot} }},
 	}
 	if other := g.x.s.target.OtherSnapshot; vm == g.x.s.target.VM && other != "" {
-		opts = append(opts, option{4, func(*rand.Rand) Step { return Step{Snapshot: other} }})
+		opts = append(opts, option{"other", 4, func(dice) Step { return Step{Snapshot: other} }})
 	}
-	return pick(r, opts).Snapshot
+	return g.pick(d, "snapshot", opts).Snapshot
 }
 
 // undeclared are the operations behind capabilities the driver does not
@@ -478,7 +577,7 @@ func (g *generator) undeclared(vm string, guest bool) []Step {
 
 // together draws two operations at once on vm: the same twice, or one
 // while a read of the VM runs.
-func (g *generator) together(r *rand.Rand, vm string) Step {
+func (g *generator) together(d dice, vm string) Step {
 	x := g.x
 	var ops []Step
 	ops = append(ops, Step{Op: stepStart, VM: vm})
@@ -494,9 +593,9 @@ func (g *generator) together(r *rand.Rand, vm string) Step {
 	if x.caps.Has(hypervisor.CapCleanup) {
 		ops = append(ops, Step{Op: stepCleanup, VM: vm})
 	}
-	op := ops[r.IntN(len(ops))]
+	op := ops[d.intn("together op", len(ops))]
 	var first Step
-	switch r.IntN(4) {
+	switch d.intn("together how", 4) {
 	case 0:
 		first = op
 	case 1, 2:
@@ -508,7 +607,7 @@ func (g *generator) together(r *rand.Rand, vm string) Step {
 			first = Step{Op: stepList}
 		}
 	}
-	first.Wait = chance(r, 50)
+	first.Wait = d.chance("together wait", 50)
 	second := op
 	first.With = &second
 	return first

@@ -132,7 +132,9 @@ func (q *sequence) see(v *vmModel, st hypervisor.Status, why chain) {
 	}
 	if st.Power != last.Power && !last.StateChanged.IsZero() && !st.StateChanged.IsZero() &&
 		!st.StateChanged.After(last.StateChanged) && why != resync {
-		if last.Power.IsOff() && st.Power.IsOff() && v.stopped {
+		if st.Power.IsOff() && v.stopped {
+			// Off-like with no state change to show for it, after a stop:
+			// reported off while the process was still there.
 			q.found(deviate(rules("§3.2c", "§3.5"), "after a stop, the VM reported off-like changed state again with nothing asked of it: it was reported off before it got there",
 				"the VM was %s, then %s", describeStatus(last), describeStatus(st)))
 		}
@@ -311,8 +313,10 @@ func (q *sequence) answer(op, vm string, err error, m mode, a allowed, b pre) *D
 	switch {
 	case m.twice:
 		rs := append(rules("§13.1b"), a.rules...)
-		if op == hypervisor.OpStop && !slices.Contains(rs, "§5.5") {
-			rs = append(rs, "§5.5") // the second found the VM on its way off
+		// The second may have found the VM as the first left it: a stop
+		// on its way off, an unlocked VM, a running one, one clean.
+		if r, ok := twiceRules[op]; ok && !slices.Contains(rs, r) {
+			rs = append(rs, r)
 		}
 		return deviate(rs, op+" issued twice at once answered neither as alone nor locked nor invalid state",
 			"%s of %q, at %s: %v", op, vm, describe(b.st), err)
@@ -335,6 +339,16 @@ func (q *sequence) answer(op, vm string, err error, m mode, a allowed, b pre) *D
 			"%s of %q, at %s: %v", op, vm, describe(b.st), err)
 	}
 	return deviate(a.rules, a.what, "%s of %q, at %s, answered %s: %v", op, vm, describe(b.st), codeName(err), err)
+}
+
+// twiceRules is the rule of an operation that finds the VM as the same
+// operation, just done, left it.
+var twiceRules = map[string]string{
+	hypervisor.OpStart:   "§4.2",
+	hypervisor.OpStop:    "§5.5",
+	hypervisor.OpUnlock:  "§6.2",
+	hypervisor.OpRestore: "§7.4",
+	hypervisor.OpCleanup: "§8.2",
 }
 
 // detail holds an error to §11.2: a *hypervisor.Error naming the
@@ -1107,8 +1121,12 @@ func (q *sequence) effects(st Step, v *vmModel, b pre, r result, after hyperviso
 	}
 	switch st.Op {
 	case stepStart:
-		// Whatever the VM was on its way to, it runs now.
-		v.stopDue, v.unlockDue, v.acpi = time.Time{}, time.Time{}, false
+		if b.off || (after.Power == hypervisor.PowerStarting && after.StateChanged.After(b.st.StateChanged)) {
+			// A start that started it: whatever the VM was on its way to
+			// before, it runs now. (One that found it running did nothing,
+			// and a stop under way goes on.)
+			v.stopDue, v.unlockDue, v.acpi = time.Time{}, time.Time{}, false
+		}
 		if b.off || b.mayOff {
 			v.cleanAt, v.stopped, v.sticky = "", false, false
 			for _, f := range v.files {
@@ -1505,6 +1523,10 @@ func (q *sequence) unwatch(vm string) {
 		for w.latest().Power != now.Power && time.Now().Before(deadline) {
 			pause(q.ctx, 5*time.Millisecond)
 		}
+		// What the watch delivered last, before the read that tells
+		// whether the VM stayed where it was: a watch ahead of the first
+		// read is a VM that moved on, which that read then shows.
+		seen := w.latest()
 		var again hypervisor.Status
 		if again, ok = q.observe(v, spontaneous); !ok || q.over() {
 			return
@@ -1518,7 +1540,7 @@ func (q *sequence) unwatch(vm string) {
 			q.logf("the watch of %s was not judged: the VM kept changing (%s)", vm, describe(again))
 			break
 		}
-		if last := w.latest(); last.Power != now.Power {
+		if seen.Power != now.Power {
 			w.mu.Lock()
 			var got []string
 			for _, st := range w.got {
@@ -1526,7 +1548,7 @@ func (q *sequence) unwatch(vm string) {
 			}
 			w.mu.Unlock()
 			q.found(deviate(rules("§10.1b"), "a watch did not follow the VM to the state Status says it is in",
-				"Status says %s, and did %s before; the watch has delivered %v", describe(again), q.x.timing.Margin, got))
+				"Status said %s, and again after %s of waiting for the watch, which delivered %v", describe(again), q.x.timing.Margin, got))
 			return
 		}
 		break
