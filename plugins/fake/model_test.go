@@ -125,7 +125,7 @@ var slowTries = []fake.Violation{fake.ViolationStatusLocks, fake.ViolationWatchS
 // shortens the sequence to a handful of steps. A sequence whose steps
 // race the fake's transitions may fail to show the deviation again on a
 // busy machine, which ends rapid's shortening early: its seed draws it
-// again, for one more try.
+// again, for up to two more tries.
 func catch(vc violationCase) (*conformance.Report, error) {
 	world := modelWorld(fmt.Sprintf("violations = [%q]\n%s%s", vc.violation, vc.extra, modelExtra[vc.violation]))
 	shrink := time.Minute
@@ -139,17 +139,16 @@ func catch(vc violationCase) (*conformance.Report, error) {
 			conformance.Options{Match: func(string) bool { return false }})
 	}
 	rep, err := run(conformance.Exploration{Operations: 1500, Duration: 3 * time.Minute, Shrink: shrink, ShrinkTo: handful})
-	if err != nil || rep.Model == nil || rep.Model.Deviation == nil || len(rep.Model.Deviation.Script) <= handful {
-		return rep, err
+	for try := 0; try < 2 && err == nil && rep.Model != nil && rep.Model.Deviation != nil && len(rep.Model.Deviation.Script) > handful; try++ {
+		d := rep.Model.Deviation
+		again, aerr := run(conformance.Exploration{Operations: 300, Seed: d.Seed, Shrink: shrink, ShrinkTo: handful})
+		if aerr == nil && again.Model != nil && again.Model.Deviation != nil && len(again.Model.Deviation.Script) < len(d.Script) &&
+			slices.Equal(again.Model.Deviation.Rules, d.Rules) {
+			again.Model.Deviation.Found = d.Found
+			rep.Model.Deviation = again.Model.Deviation
+		}
 	}
-	d := rep.Model.Deviation
-	again, err := run(conformance.Exploration{Operations: 300, Seed: d.Seed, Shrink: shrink, ShrinkTo: handful})
-	if err == nil && again.Model != nil && again.Model.Deviation != nil && len(again.Model.Deviation.Script) < len(d.Script) &&
-		slices.Equal(again.Model.Deviation.Rules, d.Rules) {
-		again.Model.Deviation.Found = d.Found
-		rep.Model.Deviation = again.Model.Deviation
-	}
-	return rep, nil
+	return rep, err
 }
 
 // Each violation mode is caught by the model alone, with the named checks

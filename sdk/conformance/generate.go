@@ -261,7 +261,7 @@ func (g *generator) general() []option {
 			opts = append(opts, both("both stop", 3, func(vm string) Step { return Step{Op: stepStop, VM: vm, Method: m} }))
 		}
 		if g.x.caps.Has(hypervisor.CapRestore) && g.x.baseline(vm) != "" && g.x.baseline(peer) != "" {
-			opts = append(opts, both("both restore", 4, func(vm string) Step {
+			opts = append(opts, both("both restore", 8, func(vm string) Step {
 				return Step{Op: stepRestore, VM: vm, Snapshot: g.x.baseline(vm)}
 			}))
 		}
@@ -575,8 +575,8 @@ func (g *generator) undeclared(vm string, guest bool) []Step {
 	return out
 }
 
-// together draws two operations at once on vm: the same twice, or one
-// while a read of the VM runs.
+// together draws two operations at once on vm: the same twice, or a
+// start, a stop or a restore while a read of the VM runs.
 func (g *generator) together(d dice, vm string) Step {
 	x := g.x
 	var ops []Step
@@ -584,6 +584,7 @@ func (g *generator) together(d dice, vm string) Step {
 	if m := x.s.forcefulStop(); m != "" {
 		ops = append(ops, Step{Op: stepStop, VM: vm, Method: m})
 	}
+	reads := len(ops) // the operations a read holding the session would refuse
 	if x.caps.Has(hypervisor.CapRestore) && x.baseline(vm) != "" {
 		ops = append(ops, Step{Op: stepRestore, VM: vm, Snapshot: x.baseline(vm)})
 	}
@@ -593,22 +594,22 @@ func (g *generator) together(d dice, vm string) Step {
 	if x.caps.Has(hypervisor.CapCleanup) {
 		ops = append(ops, Step{Op: stepCleanup, VM: vm})
 	}
-	op := ops[d.intn("together op", len(ops))]
-	var first Step
-	switch d.intn("together how", 4) {
+	var first, second Step
+	switch d.intn("together how", 3) {
 	case 0:
-		first = op
-	case 1, 2:
+		second = ops[d.intn("together op", len(ops))]
+		first = second
+	case 1:
+		second = ops[d.intn("together read op", reads)]
 		first = Step{Op: stepStatus, VM: vm}
 	default:
+		second = ops[d.intn("together read op", reads)]
+		first = Step{Op: stepList}
 		if !x.caps.Has(hypervisor.CapList) {
 			first = Step{Op: stepStatus, VM: vm}
-		} else {
-			first = Step{Op: stepList}
 		}
 	}
 	first.Wait = d.chance("together wait", 50)
-	second := op
 	first.With = &second
 	return first
 }

@@ -518,6 +518,11 @@ func (q *sequence) timely(st Step, v *vmModel, r result) *Deviation {
 		v.snapKnown = false
 		v.cleanAt = ""
 		v.unsettled = true
+		if st.Op == stepStop || st.Op == stepCleanup {
+			// A stop it sent before the deadline may still take the VM
+			// off: the hypervisor's doing, not the driver's.
+			v.acpi = true
+		}
 	}
 	return nil
 }
@@ -1121,7 +1126,8 @@ func (q *sequence) effects(st Step, v *vmModel, b pre, r result, after hyperviso
 	}
 	switch st.Op {
 	case stepStart:
-		if b.off || (after.Power == hypervisor.PowerStarting && after.StateChanged.After(b.st.StateChanged)) {
+		if b.off || ((after.Power == hypervisor.PowerStarting || after.Power == hypervisor.PowerRunning) &&
+			after.StateChanged.After(b.st.StateChanged)) {
 			// A start that started it: whatever the VM was on its way to
 			// before, it runs now. (One that found it running did nothing,
 			// and a stop under way goes on.)
