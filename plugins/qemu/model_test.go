@@ -19,22 +19,9 @@ import (
 // seconds, and this machine's load decides how many.
 func TestTheModelOnQEMU(t *testing.T) {
 	t.Parallel()
-	r := suiteRig(t)
 	logs := &syncBuffer{}
-	d := r.driver(t)
-	require.NoError(t, d.Start(ctxFor(t, time.Minute), "odd"))
-	target := conformance.Target{
-		Connect:    r.connector(t, logs),
-		VM:         "subject",
-		Snapshot:   "ready",
-		PeerVM:     "peer",
-		LockVM:     "lock",
-		DeadlineVM: "slow",
-		UnmappedVM: "odd",
-		Guest:      conformance.Guest{Sleep: []string{"sleep", "30"}},
-		Timing:     conformance.Timing{Settle: time.Minute, ACPI: 5 * time.Second},
-		Model:      conformance.Exploration{Duration: 90 * time.Second},
-	}
+	target := suiteTarget(t, suiteRig(t), logs)
+	target.Model = conformance.Exploration{Duration: 90 * time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(string) bool { return false }})

@@ -488,9 +488,6 @@ func (x *explorer) prop(t *rapid.T) {
 	}
 	begun := time.Now()
 	q, err := x.begin()
-	if os.Getenv("MODELDEBUG") != "" {
-		fmt.Fprintf(os.Stderr, "%6.1fms BEGIN\n", float64(time.Since(begun).Microseconds())/1000)
-	}
 	if err != nil {
 		x.mu.Lock()
 		if x.err == nil && x.ctx.Err() == nil {
@@ -644,12 +641,6 @@ func (x *explorer) run() *ModelReport {
 	}()
 	<-done
 	x.release()
-	if os.Getenv("MODELDEBUG") != "" {
-		for _, m := range tb.msgs {
-			fmt.Fprintf(os.Stderr, "RAPID: %.3000s\n", m)
-		}
-		fmt.Fprintf(os.Stderr, "RUNS: %d sequences %d\n", x.runs, x.sequences)
-	}
 
 	x.mu.Lock()
 	defer x.mu.Unlock()

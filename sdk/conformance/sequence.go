@@ -49,9 +49,6 @@ type sequence struct {
 
 // logf notes what the model saw, for the deviation's log.
 func (q *sequence) logf(format string, args ...any) {
-	if os.Getenv("MODELDEBUG") == "2" {
-		fmt.Fprintf(os.Stderr, "LOG "+format+"\n", args...)
-	}
 	q.log = append(q.log, fmt.Sprintf(format, args...))
 }
 
@@ -83,9 +80,6 @@ func (q *sequence) read(vm string) (hypervisor.Status, bool) {
 	defer cancel()
 	q.x.calls.Add(1)
 	st, err := q.x.s.d.Status(ctx, vm)
-	if os.Getenv("MODELDEBUG") == "2" {
-		fmt.Fprintf(os.Stderr, "READ %s: %s\n", vm, describeStatus(st))
-	}
 	if err != nil {
 		if q.ctx.Err() == nil {
 			q.fail(fmt.Errorf("status of %q: %w", vm, err))
@@ -568,10 +562,6 @@ func (r result) cutShort() bool { return r.short && isCode(r.err, hypervisor.Cod
 
 // run takes one step.
 func (q *sequence) run(st Step) {
-	if os.Getenv("MODELDEBUG") != "" {
-		begun := time.Now()
-		defer func() { fmt.Fprintf(os.Stderr, "%6.1fms %s\n", float64(time.Since(begun).Microseconds())/1000, st) }()
-	}
 	q.script = append(q.script, st.String())
 	q.logf("step %d: %s", len(q.script), st)
 	switch {
@@ -1583,10 +1573,6 @@ func (q *sequence) unwatch(vm string) {
 // cut-short operation left alone to stay as it is, the driver's own late
 // answers to show in the SDK's record.
 func (q *sequence) finish() {
-	if os.Getenv("MODELDEBUG") != "" {
-		begun := time.Now()
-		defer func() { fmt.Fprintf(os.Stderr, "%6.1fms FINISH\n", float64(time.Since(begun).Microseconds())/1000) }()
-	}
 	for _, vm := range slices.Sorted(maps.Keys(q.watches)) {
 		q.unwatch(vm)
 	}
