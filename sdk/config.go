@@ -20,15 +20,28 @@ type Config struct {
 	Table []string
 	// Data is the whole configuration file's text; Decode reads only Table.
 	Data []byte
+
+	// docs is where the table's keys are documented (WithConfigDocs);
+	// the plugin sets it, the host never sends it.
+	docs string
 }
+
+// pluginDocs is the hint of an unknown key in a plugin's table when the
+// plugin does not say where its table is documented.
+const pluginDocs = "the plugin's own documentation"
 
 // Decode decodes the plugin's table strictly into v, a pointer to a
 // TOML-tagged struct. Unknown keys and wrong types come back as
-// *configfile.Error naming the file, the line and the full key; return that
+// *configfile.Error naming the file, the line and the full key, an unknown
+// key with where the table is documented (WithConfigDocs); return that
 // error from the driver factory and the operator sees it as it is.
 // An absent table decodes as empty, leaving v's defaults in place.
 func (c Config) Decode(v any) error {
-	return c.document().Decode(v, configfile.At(c.Table...))
+	docs := c.docs
+	if docs == "" {
+		docs = pluginDocs
+	}
+	return c.document().Decode(v, configfile.At(c.Table...), configfile.Docs(docs))
 }
 
 // Errorf returns an error for a key of the plugin's table (given relative

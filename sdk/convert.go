@@ -96,7 +96,7 @@ func vmsFromPB(p *pb.VMList) []hypervisor.VM {
 }
 
 func execToPB(vm string, r hypervisor.ExecRequest) *pb.ExecRequest {
-	out := &pb.ExecRequest{Vm: vm, Path: r.Path, Args: r.Args}
+	out := &pb.ExecRequest{Vm: vm, Path: r.Path, Args: r.Args, MaxOutput: r.MaxOutput}
 	if r.Timeout > 0 {
 		out.Timeout = durationpb.New(r.Timeout)
 	}
@@ -104,7 +104,7 @@ func execToPB(vm string, r hypervisor.ExecRequest) *pb.ExecRequest {
 }
 
 func execFromPB(p *pb.ExecRequest) hypervisor.ExecRequest {
-	r := hypervisor.ExecRequest{Path: p.GetPath(), Args: p.GetArgs()}
+	r := hypervisor.ExecRequest{Path: p.GetPath(), Args: p.GetArgs(), MaxOutput: p.GetMaxOutput()}
 	if p.GetTimeout() != nil {
 		r.Timeout = p.GetTimeout().AsDuration()
 	}
@@ -133,4 +133,14 @@ func cleanupFromPB(p *pb.CleanupResult) hypervisor.CleanupResult {
 		r.Steps[i] = hypervisor.CleanupStep{Action: s.GetAction(), Duration: s.GetDuration().AsDuration(), Outcome: s.GetOutcome()}
 	}
 	return r
+}
+
+func execResultToPB(r hypervisor.ExecResult) *pb.ExecResult {
+	return &pb.ExecResult{ExitCode: int32(r.ExitCode), Stdout: r.Stdout, Stderr: r.Stderr,
+		StdoutTruncated: r.StdoutTruncated, StderrTruncated: r.StderrTruncated}
+}
+
+func execResultFromPB(p *pb.ExecResult) hypervisor.ExecResult {
+	return hypervisor.ExecResult{ExitCode: int(p.GetExitCode()), Stdout: p.GetStdout(), Stderr: p.GetStderr(),
+		StdoutTruncated: p.GetStdoutTruncated(), StderrTruncated: p.GetStderrTruncated()}
 }

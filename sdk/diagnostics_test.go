@@ -1,10 +1,8 @@
 package sdk_test
 
 import (
-	"bytes"
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +13,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // unclosing is a driver with the bug §10.1 forbids: its watch stops
@@ -62,24 +61,6 @@ func (unclosing) Watch(ctx context.Context, vm string) (<-chan hypervisor.Status
 	return ch, nil
 }
 
-// syncBuffer is a log destination safe for the server's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A driver that never closes its watch channels leaves nothing behind in
 // the plugin after its watches were cancelled: the SDK ends each stream
 // with its context, gives up on the channel after WatchCloseGrace, counts
@@ -87,7 +68,7 @@ func (s *syncBuffer) String() string {
 // author once.
 func TestAWatchEndsWithItsContextWhateverTheDriverDoes(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	logs := &syncBuffer{}
+	logs := &plugintest.Buffer{}
 	logger := hclog.New(&hclog.LoggerOptions{Output: logs, Level: hclog.Warn})
 	p, err := sdk.ServeInProcess(context.Background(), func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
 		return unclosing{}, nil

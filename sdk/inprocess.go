@@ -60,7 +60,7 @@ func ServeInProcess(ctx context.Context, factory Factory, cfg Config, logger hcl
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("sdk: listen on %s: %w", sock, err)
 	}
-	slot := newSlot(factory, logger)
+	slot := newSlot(factory, logger, o)
 	server := grpc.NewServer(slot.diag.serverOptions()...)
 	var remote Remote
 	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))

@@ -141,3 +141,17 @@ func TestServeInProcessReportsAConfigurationTheFactoryRejects(t *testing.T) {
 	assert.False(t, errors.As(err, &ce), "the error crossed the wire as a contract error")
 	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
 }
+
+func TestAnUnknownKeyPointsToWhereThePluginDocumentsItsTable(t *testing.T) {
+	typo := sdk.ConfigFromTOML("echo", "config.toml", []byte("[plugins.echo.config]\ngreting = 1\n"))
+	_, err := sdk.ServeInProcess(context.Background(), echoFactory(&atomic.Bool{}), typo, nil)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "config.toml:2: plugins.echo.config.greting: unknown key; "+
+		"check its spelling against the plugin's own documentation")
+	assert.NotContains(t, err.Error(), "docs/configuration.md", "sandbox's docs do not document a third party's table")
+
+	_, err = sdk.ServeInProcess(context.Background(), echoFactory(&atomic.Bool{}), typo, nil,
+		sdk.WithConfigDocs("https://example.com/echo#settings"))
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "unknown key; check its spelling against https://example.com/echo#settings")
+}

@@ -45,7 +45,7 @@ func Serve(factory Factory, opts ...ServeOption) {
 		Output:     os.Stderr,
 		JSONFormat: true,
 	})
-	slot := newSlot(factory, logger)
+	slot := newSlot(factory, logger, o)
 	surviveDeadHostPipe()
 	watchHost(func() {
 		closeWithin(slot, 50*time.Millisecond)
@@ -67,12 +67,22 @@ type ServeOption func(*serveOptions)
 
 type serveOptions struct {
 	maxProtocol int
+	configDocs  string
 }
 
 // WithMaxProtocol caps the protocol version the plugin serves, for a driver
 // that wants to present only the legacy contract.
 func WithMaxProtocol(v int) ServeOption {
 	return func(o *serveOptions) { o.maxProtocol = v }
+}
+
+// WithConfigDocs names where an operator reads about the plugin's table
+// (a file, a web page): Config.Decode points there when the table has a key
+// the driver does not know. Without it the hint is the plugin's own
+// documentation, since sandbox's docs/configuration.md documents only
+// sandbox's own keys.
+func WithConfigDocs(where string) ServeOption {
+	return func(o *serveOptions) { o.configDocs = where }
 }
 
 // fromEnvironment applies the --max-protocol flag and the environment; the

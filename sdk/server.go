@@ -18,13 +18,15 @@ type driverSlot struct {
 	factory Factory
 	logger  hclog.Logger
 	diag    diagnostics
+	// docs is where the plugin's table is documented (WithConfigDocs).
+	docs string
 
 	mu     sync.Mutex
 	driver hypervisor.Driver
 }
 
-func newSlot(factory Factory, logger hclog.Logger) *driverSlot {
-	return &driverSlot{factory: factory, logger: logger, diag: diagnostics{logger: logger}}
+func newSlot(factory Factory, logger hclog.Logger, o serveOptions) *driverSlot {
+	return &driverSlot{factory: factory, logger: logger, diag: diagnostics{logger: logger}, docs: o.configDocs}
 }
 
 // served is the driver the factory built, nil before Configure.
@@ -41,7 +43,9 @@ func (s *driverSlot) configure(req *pb.ConfigureRequest) error {
 		return toStatus(hypervisor.NewError(hypervisor.CodeInvalidState, hypervisor.OpConfigure, "",
 			"the plugin is already configured; the host configures a plugin once per launch"), hypervisor.OpConfigure, "")
 	}
-	d, err := s.factory(configFromPB(req), s.logger)
+	cfg := configFromPB(req)
+	cfg.docs = s.docs
+	d, err := s.factory(cfg, s.logger)
 	if err != nil {
 		return toStatus(err, hypervisor.OpConfigure, "")
 	}
@@ -158,7 +162,7 @@ func (s *serverV2) Exec(ctx context.Context, req *pb.ExecRequest) (*pb.ExecResul
 	if err != nil {
 		return nil, toStatus(err, hypervisor.OpExec, req.GetVm())
 	}
-	return &pb.ExecResult{ExitCode: int32(res.ExitCode), Stdout: res.Stdout, Stderr: res.Stderr}, nil
+	return execResultToPB(res), nil
 }
 
 func (s *serverV2) CopyOut(ctx context.Context, req *pb.CopyRequest) (*pb.Empty, error) {

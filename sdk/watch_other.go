@@ -3,8 +3,11 @@
 package sdk
 
 import (
+	"context"
 	"os"
 	"time"
+
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // watchParent polls the parent process id: when the parent dies the
@@ -12,13 +15,12 @@ import (
 func watchParent(gone func()) {
 	parent := os.Getppid()
 	go func() {
-		t := time.NewTicker(20 * time.Millisecond)
-		defer t.Stop()
-		for range t.C {
-			if os.Getppid() != parent {
-				gone()
-				return
-			}
-		}
+		_ = wait.Until(context.Background(), parentPoll, func(context.Context) (bool, error) {
+			return os.Getppid() != parent, nil
+		})
+		gone()
 	}()
 }
+
+// parentPoll paces watchParent's reads of the parent process id.
+var parentPoll = wait.Policy{Initial: 20 * time.Millisecond}

@@ -180,6 +180,18 @@ func (a *app) load() error {
 	return nil
 }
 
+// applyFlags lays the command's flags over the loaded configuration; a
+// flag whose value cannot be used is a usage error.
+func (a *app) applyFlags(f config.Flags) error {
+	var fe *config.FlagError
+	if err := a.cfg.Apply(f); errors.As(err, &fe) {
+		return usagef("%v", fe)
+	} else if err != nil {
+		return err
+	}
+	return nil
+}
+
 // close kills every plugin the command launched.
 func (a *app) close() {
 	a.once.Lock()

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 	"github.com/stretchr/testify/require"
 )
 
@@ -73,7 +74,7 @@ func BenchmarkRun200VMs(b *testing.B) {
 // the largest peak resident size (VmHWM) seen, in MB.
 func pluginPeak(pid int) float64 {
 	peak := 0.0
-	for !processGone(pid) {
+	for !plugintest.Gone(pid) {
 		for _, child := range childPids(pid) {
 			data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", child))
 			if err != nil {

@@ -179,7 +179,7 @@ func TestExitStatus(t *testing.T) {
 			[]string{"plugins"}, 1, "config.toml:4: plugins.fake.cheksum: unknown key"},
 		{"plugin config error reaches the operator", fakeConfig("") + "[plugins.fake.config.vms.linux.faults]\nacpi_ignord = true\n",
 			[]string{"plugins"}, 1, "plugins.fake.config.vms.linux.faults.acpi_ignord: unknown key"},
-		{"missing plugin binary", "[plugins.fake]\npath = \"bin/none\"\n", []string{"vm", "list"}, 1, "make build"},
+		{"missing plugin binary", "[plugins.fake]\npath = \"bin/sandbox-plugin-fake\"\n", []string{"vm", "list"}, 1, "make build"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := sandbox(t, tc.config, tc.args...)

@@ -183,9 +183,10 @@ func (a *app) runConformance(o conformanceFlags) error {
 // never reaches; it is passed over, and the operator told why.
 func (a *app) pickConformanceVM(plugin *host.Plugin, o conformanceFlags) (string, error) {
 	taken := []string{o.peerVM, o.lockVM, o.deadlineVM, o.oddVM}
-	var passed []string
+	var passed, roled []string
 	for _, vm := range a.vmsOf(o.plugin) {
 		if slices.Contains(taken, vm) {
+			roled = append(roled, vm)
 			continue
 		}
 		ctx, cancel := context.WithTimeout(a.context(), 30*time.Second)
@@ -209,7 +210,12 @@ func (a *app) pickConformanceVM(plugin *host.Plugin, o conformanceFlags) (string
 	if len(passed) > 0 {
 		return "", usagef("conformance needs --vm VM: no configured VM of plugin %q can be used: %s", o.plugin, strings.Join(passed, "; "))
 	}
-	return "", usagef("conformance needs --vm VM: no other [vms.NAME] table of %s belongs to plugin %q", a.cfg.Path, o.plugin)
+	if len(roled) > 0 {
+		return "", usagef("conformance needs --vm VM: every [vms.NAME] table of %s that belongs to plugin %q (%s) is given another role; "+
+			"add one more VM, or name one with --vm", a.cfg.Path, o.plugin, strings.Join(roled, ", "))
+	}
+	return "", usagef("conformance needs --vm VM: no [vms.NAME] table of %s belongs to plugin %q; "+
+		"name a VM of the plugin with --vm, or add a [vms.NAME] table with plugin = %q", a.cfg.Path, o.plugin, o.plugin)
 }
 
 // vmsOf lists, sorted, the configured VMs that belong to plugin: those

@@ -154,7 +154,9 @@ func TestConformanceUsageErrors(t *testing.T) {
 		{"an unknown plugin", conformanceConfig(""), []string{"--plugin", "vbox"}, `no plugin named "vbox"`},
 		{"a bad --run", conformanceConfig(""), []string{"--plugin", "fake", "--run", "("}, "--run"},
 		{"no VM to use", fmt.Sprintf("[plugins.fake]\npath = %q\n[plugins.other]\npath = %q\n", fakeBin, fakeBin),
-			[]string{"--plugin", "fake"}, "needs --vm VM"},
+			[]string{"--plugin", "fake"}, `belongs to plugin "fake"; name a VM of the plugin with --vm, or add a [vms.NAME] table with plugin = "fake"`},
+		{"every VM given another role", conformanceConfig(""), []string{"--plugin", "fake", "--peer-vm", "subject"},
+			`that belongs to plugin "fake" (subject) is given another role`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -55,7 +56,7 @@ func TestALaunchThatHangsFailsWithinStartTimeout(t *testing.T) {
 	assert.Less(t, took, 6*time.Second, "bounded by start_timeout (2s)")
 	assert.Contains(t, r.stderr, "start_timeout")
 	child := readPid(t, pidFile)
-	assert.Eventually(t, func() bool { return processGone(child) }, 2*time.Second, 10*time.Millisecond,
+	assert.Eventually(t, func() bool { return plugintest.Gone(child) }, 2*time.Second, 10*time.Millisecond,
 		"the plugin's child %d outlived the CLI", child)
 }
 
@@ -81,7 +82,7 @@ func TestTheFirstCtrlCEndsALaunchThatHangs(t *testing.T) {
 	}
 	assert.Equal(t, 130, cmd.ProcessState.ExitCode(), stderr.String())
 	assert.Contains(t, stderr.String(), "interrupted")
-	assert.Eventually(t, func() bool { return processGone(child) }, 2*time.Second, 10*time.Millisecond,
+	assert.Eventually(t, func() bool { return plugintest.Gone(child) }, 2*time.Second, 10*time.Millisecond,
 		"the plugin's child %d outlived the CLI", child)
 }
 

@@ -65,7 +65,7 @@ func (a *app) lifecycleVM(ctx context.Context, name, plugin string) (lifecycle.V
 	if err != nil {
 		return lifecycle.VM{}, err
 	}
-	return lifecycle.VM{Name: name, Plugin: pname, Driver: d, Settings: a.cfg.Settings(name)}, nil
+	return lifecycle.VM{Name: name, Plugin: pname, Driver: d, Settings: a.cfg.LifecycleOf(name)}, nil
 }
 
 // lifecycleCommand builds one `sandbox vm VERB VM` command around a manager
@@ -74,7 +74,7 @@ func (a *app) lifecycleVM(ctx context.Context, name, plugin string) (lifecycle.V
 // launched, so that a bad flag is a usage error (exit 2) with or without
 // --json.
 func (a *app) lifecycleCommand(plugin *string, use, short string, validate func() error,
-	run func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error),
+	run func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.OpReport, error),
 ) *cobra.Command {
 	return &cobra.Command{
 		Use:   use + " VM",
@@ -119,7 +119,7 @@ func (a *app) lifecycleCommands(plugin *string) []*cobra.Command {
 			}
 			return nil
 		},
-		func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
+		func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.OpReport, error) {
 			if method != "" {
 				opts = append(opts, lifecycle.WithMethod(hypervisor.StopMethod(method)))
 			}
@@ -129,7 +129,7 @@ func (a *app) lifecycleCommands(plugin *string) []*cobra.Command {
 
 	var restoreSnapshot string
 	restore := a.lifecycleCommand(plugin, "restore", "Stop a VM cleanly, then restore its snapshot and verify it", nil,
-		func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
+		func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.OpReport, error) {
 			if restoreSnapshot != "" {
 				opts = append(opts, lifecycle.WithSnapshot(restoreSnapshot))
 			}
@@ -146,7 +146,7 @@ func (a *app) lifecycleCommands(plugin *string) []*cobra.Command {
 			}
 			return nil
 		},
-		func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
+		func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.OpReport, error) {
 			if cleanupSnapshot != "" {
 				opts = append(opts, lifecycle.WithSnapshot(cleanupSnapshot))
 			}
@@ -160,12 +160,12 @@ func (a *app) lifecycleCommands(plugin *string) []*cobra.Command {
 
 	return []*cobra.Command{
 		a.lifecycleCommand(plugin, "start", "Start a VM headless, retrying while its session is still held", nil,
-			func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
+			func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.OpReport, error) {
 				return m.Start(ctx, vm, opts...)
 			}),
 		stop,
 		a.lifecycleCommand(plugin, "unlock", "Free the session lock of a stopped VM: wait for its release, then unlock actively", nil,
-			func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.Report, error) {
+			func(ctx context.Context, m *lifecycle.Manager, vm lifecycle.VM, opts []lifecycle.Option) (*lifecycle.OpReport, error) {
 				return m.Unlock(ctx, vm, opts...)
 			}),
 		restore,
@@ -173,7 +173,7 @@ func (a *app) lifecycleCommands(plugin *string) []*cobra.Command {
 	}
 }
 
-func printReport(w io.Writer, r *lifecycle.Report) {
+func printReport(w io.Writer, r *lifecycle.OpReport) {
 	outcome := "done"
 	if r.Error != "" {
 		outcome = "FAILED"

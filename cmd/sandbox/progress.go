@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -118,24 +117,17 @@ type liveTable struct {
 }
 
 // newLiveTable returns nil when w is not a terminal.
-func newLiveTable(w io.Writer, pools []engine.Pool) *liveTable {
+func newLiveTable(w io.Writer, vms []string) *liveTable {
 	f, ok := w.(*os.File)
 	if !ok || !(isatty.IsTerminal(f.Fd()) || isatty.IsCygwinTerminal(f.Fd())) {
 		return nil
 	}
-	l := &liveTable{w: w, rows: map[string]engine.Event{}}
-	for _, p := range pools {
-		for _, vm := range p.VMs {
-			if !slices.Contains(l.vms, vm.Name) {
-				l.vms = append(l.vms, vm.Name)
-			}
-		}
-	}
+	l := &liveTable{w: w, rows: map[string]engine.Event{}, vms: vms}
 	l.begin(250*time.Millisecond, l.render)
 	return l
 }
 
-// update is the engine's OnEvent callback.
+// update subscribes to the engine's events.
 func (l *liveTable) update(e engine.Event) {
 	if l == nil || e.VM == "" {
 		return

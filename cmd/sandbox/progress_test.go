@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -12,27 +11,11 @@ import (
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 func TestLiveLineShowsStepElapsedAndStateAndErasesItself(t *testing.T) {
-	var out syncBuffer
+	var out plugintest.Buffer
 	l := &liveLine{w: &out, start: time.Now()}
 	l.begin(time.Hour, l.render)
 	l.update(lifecycle.Progress{VM: "win10", Step: "stop acpi"})
@@ -57,7 +40,7 @@ func TestNoLiveLineOffATerminal(t *testing.T) {
 }
 
 func TestLiveTableShowsEachVMsStepAndErasesItself(t *testing.T) {
-	var out syncBuffer
+	var out plugintest.Buffer
 	l := &liveTable{w: &out, vms: []string{"win10", "ubuntu"}, rows: map[string]engine.Event{}}
 	l.begin(time.Hour, l.render)
 	l.update(engine.Event{VM: "win10", Step: engine.StepAnalyzing, Profile: "defender", Sample: "a.exe", At: time.Now()})

@@ -109,7 +109,7 @@ func (a *app) everyVM(ctx context.Context, plugin string) ([]lifecycle.VM, []err
 			errs = append(errs, err)
 			continue
 		}
-		vms = append(vms, lifecycle.VM{Name: e.Name, Plugin: e.Plugin, Driver: p, Settings: a.cfg.Settings(e.Name)})
+		vms = append(vms, lifecycle.VM{Name: e.Name, Plugin: e.Plugin, Driver: p, Settings: a.cfg.LifecycleOf(e.Name)})
 	}
 	return vms, errs
 }
@@ -121,9 +121,9 @@ type reconciled struct {
 	// Outcome is "clean", "cleaned", "in use", "quarantined" or "failed".
 	Outcome string `json:"outcome"`
 	// Detail says what was found, who holds the VM or what failed.
-	Detail   string            `json:"detail,omitempty"`
-	Unusable bool              `json:"unusable,omitempty"`
-	Report   *lifecycle.Report `json:"report,omitempty"`
+	Detail   string              `json:"detail,omitempty"`
+	Unusable bool                `json:"unusable,omitempty"`
+	Report   *lifecycle.OpReport `json:"report,omitempty"`
 }
 
 // reconcileAll reconciles vms, a few at a time, in their order.

@@ -13,7 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/sandboxhq/sandbox/core/config"
+	"github.com/sandboxhq/sandbox/core/configfile"
 	"github.com/sandboxhq/sandbox/core/engine"
+	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
@@ -41,12 +44,6 @@ func (a *app) runCommand() *cobra.Command {
 			}
 			return nil
 		},
-		PreRunE: func(*cobra.Command, []string) error {
-			if f.maxStarting < 0 {
-				return usagef("--max-starting %d: want a positive number (0: the [engine] setting)", f.maxStarting)
-			}
-			return nil
-		},
 		RunE: func(cmd *cobra.Command, args []string) error { return a.run(args, f) },
 	}
 	fl := cmd.Flags()
@@ -67,7 +64,10 @@ func (a *app) run(args []string, f runFlags) error {
 	if err := a.load(); err != nil {
 		return err
 	}
-	pools, err := a.selectPools(f)
+	if err := a.applyFlags(config.Flags{OutDir: f.out, MaxStarting: f.maxStarting}); err != nil {
+		return err
+	}
+	profiles, vms, err := a.selectProfiles(f)
 	if err != nil {
 		return err
 	}
@@ -80,23 +80,31 @@ func (a *app) run(args []string, f runFlags) error {
 		return err
 	}
 	ctx := a.context()
-	if err := a.resolvePools(ctx, pools); err != nil {
+	resolved, err := a.resolveVMs(ctx, vms)
+	if err != nil {
+		return err
+	}
+	if err := a.checkVMsExist(ctx, resolved, profiles); err != nil {
+		return err
+	}
+	events := engine.NewEvents()
+	e := engine.New(engine.Options{Lifecycle: m, Logger: a.log.Named("engine"), MaxStarting: a.cfg.Engine.MaxStarting, Events: events})
+	var chosen []config.Profile
+	for _, name := range profiles {
+		chosen = append(chosen, a.cfg.Profiles[name])
+	}
+	pool, err := engine.NewPool(ctx, e, resolved, chosen)
+	if err != nil {
 		return err
 	}
 	out := a.cfg.Engine.OutDir
-	if f.out != "" {
-		out = f.out
-	}
-	maxStarting := a.cfg.Engine.MaxStarting
-	if f.maxStarting > 0 {
-		maxStarting = f.maxStarting
-	}
 	var live *liveTable
 	if !a.json {
-		live = newLiveTable(a.errOut, pools)
+		live = newLiveTable(a.errOut, vms)
 	}
-	e := engine.New(engine.Options{Lifecycle: m, Logger: a.log.Named("engine"), MaxStarting: maxStarting, OnEvent: live.update})
-	sum, runErr := e.Run(ctx, engine.Job{Samples: samples, Pools: pools, OutDir: out})
+	unsubscribe := events.Subscribe(live.update)
+	sum, runErr := pool.RunBatch(ctx, engine.Batch{Samples: samples, Profiles: profiles, OutDir: out})
+	unsubscribe()
 	live.close()
 	if sum == nil {
 		if st := a.interruptedStatus(); st != 0 && ctx.Err() != nil {
@@ -119,64 +127,97 @@ func (a *app) run(args []string, f runFlags) error {
 	return nil
 }
 
-// selectPools picks the profiles and their VMs from config.toml and the
+// selectProfiles picks the profiles and their VMs from config.toml and the
 // flags; a name that matches nothing is a usage error that lists what
-// would.
-func (a *app) selectPools(f runFlags) ([]engine.Pool, error) {
+// would. A profile none of whose VMs --vm keeps is left out.
+func (a *app) selectProfiles(f runFlags) (profiles, vms []string, err error) {
 	names := a.cfg.ProfileNames()
 	if len(names) == 0 {
-		return nil, fmt.Errorf("%s has no [profiles.NAME] table: declare the analysis to run and its VMs (see docs/engine.md)", a.cfg.Path)
+		return nil, nil, fmt.Errorf("%s has no [profiles.NAME] table: declare the analysis to run and its VMs (see docs/engine.md)", a.cfg.Path)
 	}
 	if len(f.profiles) > 0 {
 		for _, p := range f.profiles {
 			if _, ok := a.cfg.Profiles[p]; !ok {
-				return nil, usagef("--profile %q: no such profile in %s; known: %s", p, a.cfg.Path, strings.Join(names, ", "))
+				return nil, nil, usagef("--profile %q: no such profile in %s; known: %s", p, a.cfg.Path, strings.Join(names, ", "))
 			}
 		}
 		names = slices.Compact(slices.Clone(f.profiles))
 	}
-	var pools []engine.Pool
-	used := map[string]bool{}
 	for _, name := range names {
-		p := a.cfg.Profiles[name]
-		pool := engine.Pool{Profile: p}
-		for _, vm := range p.VMs {
+		kept := false
+		for _, vm := range a.cfg.Profiles[name].VMs {
 			if len(f.vms) > 0 && !slices.Contains(f.vms, vm) {
 				continue
 			}
-			used[vm] = true
-			pool.VMs = append(pool.VMs, lifecycle.VM{Name: vm})
+			kept = true
+			if !slices.Contains(vms, vm) {
+				vms = append(vms, vm)
+			}
 		}
-		if len(pool.VMs) > 0 {
-			pools = append(pools, pool)
+		if kept {
+			profiles = append(profiles, name)
 		}
 	}
 	for _, vm := range f.vms {
-		if !used[vm] {
+		if !slices.Contains(vms, vm) {
 			var where []string
 			for _, name := range names {
 				where = append(where, fmt.Sprintf("%s: %s", name, strings.Join(a.cfg.Profiles[name].VMs, ", ")))
 			}
-			return nil, usagef("--vm %q is in none of the profiles selected (%s)", vm, strings.Join(where, "; "))
+			return nil, nil, usagef("--vm %q is in none of the profiles selected (%s)", vm, strings.Join(where, "; "))
 		}
 	}
-	return pools, nil
+	return profiles, vms, nil
 }
 
-// resolvePools finds each VM's plugin and settings.
-func (a *app) resolvePools(ctx context.Context, pools []engine.Pool) error {
+// resolveVMs finds each VM's plugin and settings.
+func (a *app) resolveVMs(ctx context.Context, names []string) ([]lifecycle.VM, error) {
 	fl, err := a.fleet()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	for i := range pools {
-		for j, vm := range pools[i].VMs {
-			plugin, d, err := fl.Resolve(ctx, vm.Name, "")
-			if err != nil {
-				return fmt.Errorf("profile %s: %w", pools[i].Profile.Name, err)
-			}
-			pools[i].VMs[j] = lifecycle.VM{Name: vm.Name, Plugin: plugin, Driver: d, Settings: a.cfg.Settings(vm.Name)}
+	var out []lifecycle.VM
+	for _, name := range names {
+		plugin, d, err := fl.Resolve(ctx, name, "")
+		if err != nil {
+			return nil, err
 		}
+		out = append(out, lifecycle.VM{Name: name, Plugin: plugin, Driver: d, Settings: a.cfg.LifecycleOf(name)})
+	}
+	return out, nil
+}
+
+// checkVMsExist refuses a profile that names a VM its plugin does not
+// have, as a mistake of config.toml, before anything runs: the VM would
+// otherwise look unreadable to every task, and be quarantined for it.
+func (a *app) checkVMsExist(ctx context.Context, vms []lifecycle.VM, profiles []string) error {
+	for _, vm := range vms {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		_, err := vm.Driver.Status(sctx, vm.Name)
+		cancel()
+		if !hypervisor.IsNotFound(err) {
+			continue // it exists, or the hypervisor could not say: the task will find out
+		}
+		var has []string
+		lctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		if list, err := vm.Driver.ListVMs(lctx); err == nil {
+			for _, v := range list {
+				has = append(has, v.Name)
+			}
+		}
+		cancel()
+		listed := fmt.Sprintf("it has: %s", strings.Join(has, ", "))
+		if len(has) == 0 {
+			listed = "it has none"
+		}
+		doc := configfile.Document{File: a.cfg.Path, Data: a.cfg.Data}
+		for _, p := range profiles {
+			if slices.Contains(a.cfg.Profiles[p].VMs, vm.Name) {
+				return doc.Errorf([]string{"profiles", p, "vms"}, "VM %q is not a VM of plugin %s (%s); fix the name or "+
+					"remove it from the profile", vm.Name, vm.Plugin, listed)
+			}
+		}
+		return fmt.Errorf("VM %q is not a VM of plugin %s (%s)", vm.Name, vm.Plugin, listed)
 	}
 	return nil
 }
@@ -214,7 +255,7 @@ func printRun(w io.Writer, sum *engine.Summary, out string) {
 				problems = append(problems, fmt.Sprintf("%s with %s%s: %s at %s: %s",
 					rep.Sample.Name, r.Profile, onVM(r.VM), r.State, r.FailedStep, firstLine(r.Error)))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rep.Sample.Name, r.Profile, orDash(r.VM), r.Verdict, state, took(r))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", rep.Sample.Name, r.Profile, orDash(r.VM), orDash(string(r.Verdict)), state, took(r))
 		}
 	}
 	_ = tw.Flush()

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 	"time"
 
@@ -149,13 +150,40 @@ func TestRunMistakes(t *testing.T) {
 		{"a sample that does not exist", runConfig(""), []string{"run", filepath.Join(samples, "nope.exe")}, 1, "nope.exe"},
 		{"no profile in the configuration", fakeConfig(""), []string{"run", s}, 1, "has no [profiles.NAME] table"},
 		{"a profile VM nobody has", runConfig("[profiles.ghost]\nvms = [\"ghost\"]\nsample_path = \"/x\"\ncommand = [\"true\"]\n" +
-			"[profiles.ghost.verdict]\nmalicious_exit_codes = [1]\n"), []string{"run", "--profile", "ghost", s}, 1, "ghost"},
+			"[profiles.ghost.verdict]\nmalicious_exit_codes = [1]\n"), []string{"run", "--profile", "ghost", s}, 1,
+			`profiles.ghost.vms: VM "ghost" is not a VM of plugin fake (it has: linux-a, win-a, win-b)`},
+		{"a FIFO for a sample", runConfig(""), []string{"run", fifo(t, samples)}, 1, "not a regular file"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := sandbox(t, tc.config, tc.args...)
 			assert.Equal(t, tc.code, r.code, "stdout: %s\nstderr: %s", r.stdout, r.stderr)
 			assert.Contains(t, r.stderr, tc.msg)
 		})
+	}
+}
+
+// fifo makes a named pipe: opening it for reading would wait for a writer
+// forever.
+func fifo(t *testing.T, dir string) string {
+	p := filepath.Join(dir, "pipe")
+	require.NoError(t, syscall.Mkfifo(p, 0o600))
+	return p
+}
+
+// A profile naming a VM no plugin has is refused before anything runs; the
+// name never reaches the quarantine, where it would stay.
+func TestAProfileVMNobodyHasIsNotQuarantined(t *testing.T) {
+	dir := t.TempDir()
+	conf := runConfig("[profiles.ghost]\nvms = [\"ghost\"]\nsample_path = \"/x\"\ncommand = [\"true\"]\n" +
+		"[profiles.ghost.verdict]\nmalicious_exit_codes = [1]\n")
+	r := sandboxIn(t, dir, "state_dir = \"state\"\n"+conf, "run", "--profile", "ghost", textFile(t, dir, "s.txt", "x"))
+	require.Equal(t, 1, r.code, r.stderr)
+	list := sandboxRaw(t, dir, "--json", "vm", "list")
+	assert.NotContains(t, list.stdout, "ghost", "no quarantine entry for a VM that does not exist")
+	_, err := os.Stat(filepath.Join(dir, "state", "quarantine.json"))
+	if err == nil {
+		data, _ := os.ReadFile(filepath.Join(dir, "state", "quarantine.json"))
+		assert.NotContains(t, string(data), "ghost")
 	}
 }
 

@@ -7,7 +7,6 @@ import (
 	"maps"
 	"net"
 	"net/http"
-	"os"
 	"slices"
 	"strings"
 	"time"
@@ -15,6 +14,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/sandboxhq/sandbox/core/api"
+	"github.com/sandboxhq/sandbox/core/config"
+	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/fleet"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
@@ -36,14 +37,14 @@ func (a *app) serveCommand() *cobra.Command {
 		Long: "serve accepts samples over HTTP and analyses them on this host's VMs, task after task, with a\n" +
 			"queue that survives restarts: an SQLite file in the state directory, or a PostgreSQL database\n" +
 			"(--database) that several hosts share, each working the tasks of the VMs it has.\n\n" +
-			"Every /v1 call needs the bearer token of [server] token or " + api.TokenEnv + ".\n" +
+			"Every /v1 call needs the bearer token of [server] token or " + config.TokenEnv + ".\n" +
 			"Ctrl-C or SIGTERM stops it: running analyses are interrupted, their VMs cleaned, and their\n" +
 			"tasks go back to the queue for the next start (or another host). See docs/server.md.",
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, _ []string) error { return a.serve(f) },
 	}
 	fl := cmd.Flags()
-	fl.StringVar(&f.listen, "listen", "", "serve on `ADDR` (default: [server] listen, else "+api.DefaultListen+")")
+	fl.StringVar(&f.listen, "listen", "", "serve on `ADDR` (default: [server] listen, else "+config.DefaultListen+")")
 	fl.StringVar(&f.database, "database", "", "share the queue in this PostgreSQL `URL` (default: [queue] database, else SQLite in the state directory)")
 	fl.StringVar(&f.host, "host", "", "this host's `NAME` among those sharing the queue (default: [queue] host, else the machine's name)")
 	return cmd
@@ -53,33 +54,12 @@ func (a *app) serve(f serveFlags) error {
 	if err := a.load(); err != nil {
 		return err
 	}
-	s := a.cfg.Server
-	if f.listen != "" {
-		s.Listen = f.listen
+	if err := a.applyFlags(config.Flags{Listen: f.listen, Database: f.database, Host: f.host}); err != nil {
+		return err
 	}
-	if s.Listen == "" {
-		s.Listen = api.DefaultListen
-	}
-	token := s.Token
-	if env := os.Getenv(api.TokenEnv); env != "" {
-		token = env
-	}
-	qs := a.cfg.Queue
-	if f.database != "" {
-		qs.Database = f.database
-		if _, err := qs.Validate(); err != nil {
-			return usagef("--database: %v", err)
-		}
-	}
-	if f.host != "" {
-		qs.Host = f.host
-	}
+	s, qs := a.cfg.Server, a.cfg.Queue
 	if qs.Host == "" {
-		h, err := os.Hostname()
-		if err != nil {
-			return fmt.Errorf("this host needs a name: set [queue] host or --host (%v)", err)
-		}
-		qs.Host = h
+		return fmt.Errorf("this host needs a name (the machine has none): set [queue] host or --host")
 	}
 	if len(a.cfg.Profiles) == 0 {
 		return fmt.Errorf("%s has no [profiles.NAME] table: declare the analyses the service runs (see docs/engine.md)", a.cfg.Path)
@@ -101,24 +81,29 @@ func (a *app) serve(f serveFlags) error {
 	if err != nil {
 		return err
 	}
-	metrics := api.NewMetrics()
-	rescue := queue.DefaultRescueAfter
-	if qs.RescueAfter != nil {
-		rescue = *qs.RescueAfter
+	events := engine.NewEvents()
+	e := engine.New(engine.Options{Lifecycle: m, Logger: a.log.Named("engine"), MaxStarting: a.cfg.Engine.MaxStarting, Events: events})
+	var profiles []config.Profile
+	for _, name := range a.cfg.ProfileNames() {
+		profiles = append(profiles, a.cfg.Profiles[name])
 	}
+	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), profiles)
+	if err != nil {
+		return err
+	}
+	metrics := api.NewMetrics()
 	q, err := queue.Open(ctx, queue.Options{
-		Database: qs.Database, StateDir: a.cfg.StateDir, Host: qs.Host, Lifecycle: m,
-		MaxStarting: a.cfg.Engine.MaxStarting, Profiles: a.cfg.Profiles, VMs: vms, OutDir: a.cfg.Engine.OutDir,
-		RescueAfter: rescue, MaxAttempts: qs.MaxAttempts, Logger: a.log.Named("queue"),
-		OnEvent: metrics.Observe, OnResult: metrics.Result,
+		Database: qs.Database, StateDir: a.cfg.StateDir, Host: qs.Host, Pool: pool, Lifecycle: m,
+		OutDir: a.cfg.Engine.OutDir, DeadAfter: qs.DeadAfter, MaxAttempts: qs.MaxAttempts,
+		Logger: a.log.Named("queue"), OnResult: metrics.Result,
 	})
 	if err != nil {
 		return err
 	}
 	defer q.Close()
 	started := make(chan struct{})
-	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, State: a.state, Token: token, MaxSampleSize: s.MaxSampleSize,
-		Metrics: metrics, Logger: a.log.Named("api")}, func() bool {
+	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, State: a.state, Token: s.Token, MaxSampleSize: s.MaxSampleSize,
+		Events: events, Metrics: metrics, Logger: a.log.Named("api")}, func() bool {
 		select {
 		case <-started:
 			return true
@@ -129,6 +114,7 @@ func (a *app) serve(f serveFlags) error {
 	if err != nil {
 		return err
 	}
+	defer srv.Close()
 	ln, err := net.Listen("tcp", s.Listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (set [server] listen or --listen)", s.Listen, err)
@@ -194,7 +180,7 @@ func (a *app) hostVMs(ctx context.Context) (map[string]lifecycle.VM, error) {
 			if err != nil {
 				return nil, fmt.Errorf("profile %s: %w", name, err)
 			}
-			out[vm] = lifecycle.VM{Name: vm, Plugin: plugin, Driver: d, Settings: a.cfg.Settings(vm)}
+			out[vm] = lifecycle.VM{Name: vm, Plugin: plugin, Driver: d, Settings: a.cfg.LifecycleOf(vm)}
 		}
 	}
 	return out, nil

@@ -35,10 +35,10 @@ const apiToken = "serve-test-token-0123456789"
 // analysis seconds.
 func serveConfig(host string, vms []string, all []string, analysis string, extra string) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "state_dir = \"state\"\n[queue]\nhost = %q\nrescue_after = \"1s\"\n", host)
+	fmt.Fprintf(&b, "state_dir = \"state\"\n[queue]\nhost = %q\ndead_after = \"3s\"\n", host)
 	fmt.Fprintf(&b, "[lifecycle]\nsnapshot = \"clean\"\ncleanup_timeout = \"10s\"\nrestore_timeout = \"5s\"\nstart_timeout = \"5s\"\n"+
 		"acpi_timeout = \"2s\"\npoweroff_timeout = \"2s\"\nemergency_timeout = \"2s\"\nrelease_timeout = \"2s\"\nunlock_timeout = \"2s\"\n")
-	fmt.Fprintf(&b, "[plugins.fake]\npath = %q\n[plugins.fake.config]\nstate_dir = \"world\"\n", fakeBin)
+	fmt.Fprintf(&b, "[plugins.fake]\npath = %q\n[plugins.fake.config]\nstate_dir = \"world\"\njournal = \"journal.jsonl\"\n", fakeBin)
 	b.WriteString("[plugins.fake.config.timing]\nstart = \"50ms\"\nguest_ready = \"50ms\"\nrestore = \"50ms\"\npoweroff = \"50ms\"\nunlock_after_stop = \"50ms\"\n")
 	for _, vm := range vms {
 		fmt.Fprintf(&b, "[plugins.fake.config.vms.%s]\nsnapshots = [\"clean\"]\n", vm)
@@ -56,7 +56,7 @@ func serveConfig(host string, vms []string, all []string, analysis string, extra
 
 // server is a running `sandbox serve`.
 type server struct {
-	t    *testing.T
+	t    testing.TB
 	cmd  *exec.Cmd
 	url  string
 	mu   sync.Mutex
@@ -67,7 +67,7 @@ type server struct {
 var listening = regexp.MustCompile(`listening on (http://\S+)`)
 
 // startServe starts `sandbox serve` in dir and waits until it listens.
-func startServe(t *testing.T, dir string, args ...string) *server {
+func startServe(t testing.TB, dir string, args ...string) *server {
 	t.Helper()
 	cmd := exec.Command(sandboxBin, append([]string{"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
 		"serve", "--listen", "127.0.0.1:0"}, args...)...)
@@ -167,12 +167,23 @@ func (s *server) submit(name, content string) string {
 
 type serveTask struct {
 	ID      string
+	Sample  struct{ SHA256 string }
 	State   string
 	Verdict string
 	Results []struct {
 		Host, Profile, State, VM string
 	}
+	Analyses []struct {
+		Profile, State, Host, Step string
+		Attempt                    int
+		Lost                       []struct{ Host, Why string } `json:"lost_attempts"`
+	}
 	Report *struct{ Verdict string }
+}
+
+// Final reports whether the task has ended.
+func (t serveTask) Final() bool {
+	return t.State == "done" || t.State == "failed" || t.State == "cancelled"
 }
 
 func (s *server) task(id string) serveTask {
@@ -183,7 +194,7 @@ func (s *server) task(id string) serveTask {
 }
 
 // waitFor polls until cond holds.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for !cond() {
@@ -226,7 +237,8 @@ func TestServeFinishesEveryTaskAcrossASIGKILL(t *testing.T) {
 	s.kill()
 
 	s = startServe(t, dir)
-	assert.Contains(t, s.logs(), "putting back the jobs this host was running")
+	assert.Contains(t, s.logs(), "took over an analysis of a host that stopped")
+	assert.Contains(t, s.logs(), `why="the host was restarted"`)
 	waitFor(t, time.Minute, "every task ended", func() bool {
 		for _, id := range ids {
 			if st := s.task(id).State; st != "done" {
@@ -235,14 +247,45 @@ func TestServeFinishesEveryTaskAcrossASIGKILL(t *testing.T) {
 		}
 		return true
 	})
+	lost := 0
 	for _, id := range ids {
 		task := s.task(id)
 		require.Len(t, task.Results, 1, "one result per profile, exactly")
 		require.NotNil(t, task.Report)
 		assert.Equal(t, "clean", task.Report.Verdict)
+		lost += len(task.Analyses[0].Lost)
 	}
+	assert.Equal(t, 2, lost, "the two analyses running when the host died say they lost an attempt")
 	assert.Equal(t, 0, s.stop(syscall.SIGTERM, time.Minute))
 	vmsClean(t, dir, "vm1", "vm2")
+}
+
+// A host killed in the middle of a task leaves its VM running and locked.
+// When it starts again with no work for that VM,
+// it cleans the VM all the same, rather than leaving it dirty until a
+// task happens to come to it. (Its queue is removed: the task it was
+// running is not there to come back.)
+func TestServeCleansAVMAKilledHostLeftEvenWithNoWorkForIt(t *testing.T) {
+	dir := t.TempDir()
+	conf := serveConfig("solo", []string{"vm1"}, []string{"vm1"}, "30", "")
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644))
+	s := startServe(t, dir)
+	s.submit("a.txt", "a")
+	waitFor(t, 30*time.Second, "the analysis under way", func() bool { return strings.Contains(s.logs(), "engine: analyzing") })
+	s.kill()
+
+	queueFiles, err := filepath.Glob(filepath.Join(dir, "state", "queue.db*"))
+	require.NoError(t, err)
+	require.NotEmpty(t, queueFiles)
+	for _, f := range queueFiles {
+		require.NoError(t, os.Remove(f))
+	}
+	s = startServe(t, dir)
+	waitFor(t, time.Minute, "the VM cleaned", func() bool {
+		return strings.Contains(s.logs(), "cleaned a VM an earlier process left behind")
+	})
+	assert.Equal(t, 0, s.stop(syscall.SIGTERM, time.Minute))
+	vmsClean(t, dir, "vm1")
 }
 
 func TestServeStopsOnSIGTERMCleaningItsVMs(t *testing.T) {

@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/engine"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // children returns the pids whose parent is pid, from /proc.
@@ -51,18 +52,6 @@ func childPids(pid int) []int {
 		}
 	}
 	return out
-}
-
-func processGone(pid int) bool {
-	if syscall.Kill(pid, 0) != nil {
-		return true
-	}
-	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return true
-	}
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	return len(fields) > 0 && fields[0] == "Z"
 }
 
 func TestSignalsStopTheCommandAndKillThePlugins(t *testing.T) {
@@ -103,7 +92,7 @@ slow = "1m"
 			assert.Equal(t, want, cmd.ProcessState.ExitCode(), "128 plus the signal, as a shell reports it: %s", stderr.String())
 			assert.Contains(t, stderr.String(), "interrupted")
 			for _, pid := range plugins {
-				assert.True(t, processGone(pid), "plugin %d outlived the CLI", pid)
+				assert.True(t, plugintest.Gone(pid), "plugin %d outlived the CLI", pid)
 			}
 		})
 	}
@@ -172,11 +161,11 @@ malicious_exit_codes = [1]
 				t.Fatal("the CLI did not stop on " + tc.sig.String())
 			}
 			assert.Equal(t, tc.code, cmd.ProcessState.ExitCode(), stderr.String())
-			assert.Regexp(t, `(?m)^a\.txt\s+slow\s+\S+\s+error\s+cancelled at analyzing`, stdout.String())
-			assert.Regexp(t, `(?m)^c\.txt\s+slow\s+-\s+error\s+cancelled at queued`, stdout.String())
+			assert.Regexp(t, `(?m)^a\.txt\s+slow\s+\S+\s+-\s+cancelled at analyzing`, stdout.String())
+			assert.Regexp(t, `(?m)^c\.txt\s+slow\s+-\s+-\s+cancelled at queued`, stdout.String())
 			assert.Contains(t, stdout.String(), "The run was interrupted; the VMs it was using were cleaned.")
 			for _, pid := range plugins {
-				assert.True(t, processGone(pid), "plugin %d outlived the CLI", pid)
+				assert.True(t, plugintest.Gone(pid), "plugin %d outlived the CLI", pid)
 			}
 			for _, vm := range []string{"win-a", "linux-a"} {
 				st := sandboxIn(t, dir, conf, "--json", "vm", "status", vm)

@@ -19,41 +19,12 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sandboxhq/sandbox/core/config"
+	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
 	"github.com/sandboxhq/sandbox/core/statedir"
 )
-
-// Settings is the [server] table of config.toml.
-type Settings struct {
-	// Listen is the address of the API, the page and the metrics.
-	// Default 127.0.0.1:8080: only this machine, until told otherwise.
-	Listen string `toml:"listen"`
-	// Token is the bearer token every /v1 call must carry; the
-	// SANDBOX_API_TOKEN environment variable takes precedence.
-	Token string `toml:"token"`
-	// MaxSampleSize bounds an upload, in bytes. Default 64 MiB.
-	MaxSampleSize int64 `toml:"max_sample_size"`
-}
-
-// Defaults of Settings.
-const (
-	DefaultListen        = "127.0.0.1:8080"
-	DefaultMaxSampleSize = 64 << 20
-	// TokenEnv is the environment variable that holds the API token.
-	TokenEnv = "SANDBOX_API_TOKEN"
-)
-
-// Validate returns the key of the first bad setting and what is wrong.
-func (s Settings) Validate() (string, error) {
-	if s.MaxSampleSize < 0 {
-		return "max_sample_size", fmt.Errorf("must not be negative")
-	}
-	if s.Token != "" && len(s.Token) < 16 {
-		return "token", fmt.Errorf("too short to be secret: use 16 characters or more (e.g. openssl rand -hex 16)")
-	}
-	return "", nil
-}
 
 // Options configures a Server.
 type Options struct {
@@ -63,10 +34,13 @@ type Options struct {
 	State *statedir.Dir
 	// Token is the bearer token; required.
 	Token string
-	// MaxSampleSize bounds an upload; 0 means DefaultMaxSampleSize.
+	// MaxSampleSize bounds an upload; 0 means config.DefaultMaxSampleSize.
 	MaxSampleSize int64
+	// Events is the engine's stream: the VMs' steps come from it, never
+	// from a hypervisor call per view.
+	Events *engine.Events
 	// Metrics are the server's own collectors (NewMetrics); the queue
-	// feeds them its events and results.
+	// feeds them its results, and they subscribe to Events.
 	Metrics *Metrics
 	Logger  hclog.Logger
 }
@@ -78,15 +52,17 @@ type Server struct {
 	mux  *http.ServeMux
 	// ready is set once the queue works.
 	ready func() bool
+	// unsubscribe ends the metrics' subscription to the events.
+	unsubscribe func()
 }
 
 // New returns a Server. ready reports whether the queue has started.
 func New(opts Options, ready func() bool) (*Server, error) {
 	if opts.Token == "" {
-		return nil, fmt.Errorf("no API token: set [server] token in config.toml or %s (e.g. openssl rand -hex 16)", TokenEnv)
+		return nil, fmt.Errorf("no API token: set [server] token in config.toml or %s (e.g. openssl rand -hex 16)", config.TokenEnv)
 	}
 	if opts.MaxSampleSize <= 0 {
-		opts.MaxSampleSize = DefaultMaxSampleSize
+		opts.MaxSampleSize = config.DefaultMaxSampleSize
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
@@ -96,9 +72,13 @@ func New(opts Options, ready func() bool) (*Server, error) {
 	}
 	s := &Server{opts: opts, log: opts.Logger, mux: http.NewServeMux(), ready: ready}
 	opts.Metrics.registry.MustRegister(&stateCollector{s: s})
+	s.unsubscribe = opts.Events.Subscribe(opts.Metrics.Observe)
 	s.routes()
 	return s, nil
 }
+
+// Close ends the server's subscription to the engine's events.
+func (s *Server) Close() { s.unsubscribe() }
 
 // Handler returns the server's handler.
 func (s *Server) Handler() http.Handler { return s.mux }
@@ -115,6 +95,7 @@ func (s *Server) v1Routes() map[string]func(http.ResponseWriter, *http.Request) 
 		"POST /v1/vms/{name}/cleanup":   s.cleanupVM,
 		"POST /v1/vms/{name}/reconcile": s.reconcileVM,
 		"GET /v1/profiles":              s.listProfiles,
+		"GET /v1/hosts":                 s.listHosts,
 	}
 }
 
@@ -220,5 +201,5 @@ func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "database:", err)
 		return
 	}
-	fmt.Fprintln(w, "ready")
+	fmt.Fprintf(w, "ready (schema %d)\n", s.opts.Queue.Schema())
 }

@@ -6,12 +6,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,12 +21,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/api"
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
 	"github.com/sandboxhq/sandbox/plugins/fake"
 	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 const token = "test-token-0123456789"
@@ -37,6 +40,7 @@ type service struct {
 	url    string
 	driver *sdk.InProcess
 	queue  *queue.Queue
+	events *engine.Events
 	qr     *lifecycle.MemoryQuarantine
 }
 
@@ -55,41 +59,13 @@ snapshots = ["clean"]
 snapshots = ["clean"]
 `
 
-// syncLog is a log sink safe for concurrent writers.
-type syncLog struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncLog) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncLog) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func profiles(t testing.TB, slow bool) map[string]engine.Profile {
-	t.Helper()
-	out := map[string]engine.Profile{}
-	for name, c := range map[string]engine.ProfileConfig{
-		"defender": {VMs: []string{"win"}, SamplePath: `C:\s\{name}`, Command: []string{"scan", "{sample}"},
-			Verdict: engine.VerdictConfig{MaliciousExitCodes: []int{1}}},
-		"clamav": {VMs: []string{"linux"}, SamplePath: "/s/{sha256}", Command: []string{"scan", "-o", "/s/log", "{sample}"},
-			Artifacts: []string{"/s/log"}, Verdict: engine.VerdictConfig{MaliciousExitCodes: []int{1}}},
-		"slow": {VMs: []string{"linux"}, SamplePath: "/s/{sha256}", Command: []string{"sleep", "60"},
-			Verdict: engine.VerdictConfig{MaliciousExitCodes: []int{1}}},
-	} {
-		if name == "slow" && !slow {
-			continue
-		}
-		p, key, err := c.Resolve(name)
-		require.NoError(t, err, key)
-		out[name] = p
+func profiles(slow bool) []config.Profile {
+	defender := config.NewProfile("defender", []string{"win"}, `C:\s\{name}`, "scan", "{sample}")
+	clamav := config.NewProfile("clamav", []string{"linux"}, "/s/{sha256}", "scan", "-o", "/s/log", "{sample}")
+	clamav.Artifacts = []string{"/s/log"}
+	out := []config.Profile{defender, clamav}
+	if slow {
+		out = append(out, config.NewProfile("slow", []string{"linux"}, "/s/{sha256}", "sleep", "60"))
 	}
 	return out
 }
@@ -114,26 +90,31 @@ func newServiceTB(t testing.TB, slow ...bool) *service {
 	t.Cleanup(func() { d.Close() })
 	qr := lifecycle.NewMemoryQuarantine()
 	m := lifecycle.New(lifecycle.Options{Quarantine: qr})
-	settings := lifecycle.Defaults()
+	settings := config.DefaultLifecycle()
 	settings.Snapshot = "clean"
 	vms := map[string]lifecycle.VM{}
 	for _, n := range []string{"win", "linux"} {
 		vms[n] = lifecycle.VM{Name: n, Plugin: "fake", Driver: d, Settings: settings}
 	}
 	metrics := api.NewMetrics()
-	logs := &syncLog{}
+	logs := &plugintest.Buffer{}
 	logger := hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: logs})
 	t.Cleanup(func() {
 		if t.Failed() {
 			t.Logf("the service's log:\n%s", logs.String())
 		}
 	})
-	q, err := queue.Open(ctx, queue.Options{StateDir: dir, Host: "test-host", Lifecycle: m, Profiles: profiles(t, len(slow) > 0 && slow[0]), VMs: vms,
-		OutDir: filepath.Join(dir, "results"), OnEvent: metrics.Observe, OnResult: metrics.Result, Logger: logger})
+	events := engine.NewEvents()
+	e := engine.New(engine.Options{Lifecycle: m, Events: events, Logger: logger})
+	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), profiles(len(slow) > 0 && slow[0]))
 	require.NoError(t, err)
-	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, Token: token, MaxSampleSize: 1 << 20, Metrics: metrics},
+	q, err := queue.Open(ctx, queue.Options{StateDir: dir, Host: "test-host", Lifecycle: m, Pool: pool,
+		OutDir: filepath.Join(dir, "results"), OnResult: metrics.Result, Logger: logger})
+	require.NoError(t, err)
+	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, Token: token, MaxSampleSize: 1 << 20, Events: events, Metrics: metrics},
 		func() bool { return true })
 	require.NoError(t, err)
+	t.Cleanup(srv.Close)
 	hs := httptest.NewServer(srv.Handler())
 	require.NoError(t, q.Start(ctx))
 	t.Cleanup(func() {
@@ -143,7 +124,7 @@ func newServiceTB(t testing.TB, slow ...bool) *service {
 		assert.NoError(t, q.Stop(sctx))
 		q.Close()
 	})
-	return &service{url: hs.URL, driver: d, queue: q, qr: qr}
+	return &service{url: hs.URL, driver: d, queue: q, events: events, qr: qr}
 }
 
 // call makes an API request and decodes the JSON answer into out.
@@ -363,7 +344,7 @@ func (s *service) waitStep(vm string, step engine.Step) {
 	s.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if e, ok := s.queue.Step(vm); ok && e.Step == step {
+		if e, ok := s.events.Latest()[vm]; ok && e.Step == step {
 			return
 		}
 		require.True(s.t, time.Now().Before(deadline), "%s never reached %s", vm, step)
@@ -430,7 +411,7 @@ func TestVMsMetricsAndHealth(t *testing.T) {
 func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
 	s := newService(t)
 	require.NoError(t, s.qr.Mark(context.Background(), "fake/linux", "an operator saw it misbehave"))
-	var rep lifecycle.Report
+	var rep lifecycle.OpReport
 	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/linux/cleanup", token, nil, "", &rep))
 	assert.Empty(t, rep.Error)
 	_, quarantined, err := s.qr.Get(context.Background(), "fake/linux")
@@ -443,7 +424,7 @@ func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
 	st, err := s.driver.Status(context.Background(), "win")
 	require.NoError(t, err)
 	assert.True(t, st.Power.IsOff())
-	rep = lifecycle.Report{}
+	rep = lifecycle.OpReport{}
 	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/win/reconcile", token, nil, "", &rep))
 	assert.False(t, rep.Reconciled, "a clean VM is left alone")
 

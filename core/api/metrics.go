@@ -4,7 +4,6 @@ import (
 	"context"
 	"maps"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,12 +18,8 @@ import (
 type Metrics struct {
 	registry *prometheus.Registry
 	steps    *prometheus.HistogramVec
-	vmStep   *prometheus.GaugeVec
 	results  *prometheus.CounterVec
 	cleanups *prometheus.CounterVec
-
-	mu   sync.Mutex
-	last map[string]engine.Event
 }
 
 // NewMetrics returns the collectors, registered.
@@ -36,10 +31,6 @@ func NewMetrics() *Metrics {
 			Help:    "Time tasks spent in each step of an analysis, by step and profile.",
 			Buckets: []float64{.05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600},
 		}, []string{"step", "profile"}),
-		vmStep: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "sandbox_vm_step",
-			Help: "1 for the step each VM of this host is in (idle between tasks).",
-		}, []string{"vm", "step"}),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sandbox_analyses_total",
 			Help: "Analyses this host recorded, by final state and verdict.",
@@ -48,9 +39,8 @@ func NewMetrics() *Metrics {
 			Name: "sandbox_cleanups_total",
 			Help: "Complete cleanups after a task on this host, by outcome (ok, failed).",
 		}, []string{"outcome"}),
-		last: map[string]engine.Event{},
 	}
-	m.registry.MustRegister(m.steps, m.vmStep, m.results, m.cleanups,
+	m.registry.MustRegister(m.steps, m.results, m.cleanups,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -58,32 +48,21 @@ func NewMetrics() *Metrics {
 // Registry is where the collectors are registered.
 func (m *Metrics) Registry() *prometheus.Registry { return m.registry }
 
-// Observe is the engine's OnEvent: it times each step of each VM's task
-// and moves the VM's step gauge.
+// Observe subscribes to the engine's events: it times each step a task
+// leaves.
 func (m *Metrics) Observe(e engine.Event) {
-	if e.VM == "" {
-		return
+	if e.Previous != "" && !e.Previous.Final() {
+		m.steps.WithLabelValues(string(e.Previous), e.Profile).Observe(e.Took.Seconds())
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if prev, ok := m.last[e.VM]; ok {
-		m.vmStep.DeleteLabelValues(e.VM, string(prev.Step))
-		if !prev.Step.Final() {
-			m.steps.WithLabelValues(string(prev.Step), prev.Profile).Observe(e.At.Sub(prev.At).Seconds())
-		}
-	}
-	m.vmStep.DeleteLabelValues(e.VM, "idle")
-	step := string(e.Step)
-	if e.Step.Final() {
-		step = "idle"
-	}
-	m.vmStep.WithLabelValues(e.VM, step).Set(1)
-	m.last[e.VM] = e
 }
 
 // Result counts a recorded analysis and its cleanup.
 func (m *Metrics) Result(r *engine.Result) {
-	m.results.WithLabelValues(string(r.State), string(r.Verdict)).Inc()
+	verdict := string(r.Verdict)
+	if verdict == "" {
+		verdict = "none" // a cancelled analysis has no verdict: not counted as clean, nor as an error
+	}
+	m.results.WithLabelValues(string(r.State), verdict).Inc()
 	if r.Cleanup != nil {
 		outcome := "ok"
 		if r.Cleanup.Error != "" {
@@ -102,6 +81,12 @@ var (
 		[]string{"state"}, nil)
 	depthDesc = prometheus.NewDesc("sandbox_queue_depth", "Analyses not yet ended, by profile (every host's).",
 		[]string{"profile"}, nil)
+	vmStepDesc = prometheus.NewDesc("sandbox_vm_step", "1 for the step each VM of this host is in (idle between tasks).",
+		[]string{"vm", "step"}, nil)
+	heartbeatDesc = prometheus.NewDesc("sandbox_host_heartbeat_age_seconds",
+		"Seconds since each host sharing the queue last said it was alive.", []string{"host"}, nil)
+	aliveDesc = prometheus.NewDesc("sandbox_host_alive",
+		"1 for a host whose heartbeat is within dead_after, 0 for one the others think dead.", []string{"host"}, nil)
 	quarantinedDesc = prometheus.NewDesc("sandbox_vms_quarantined", "VMs of this host that are quarantined.", nil, nil)
 	outDesc         = prometheus.NewDesc("sandbox_vms_out_of_service", "VMs of this host the service stopped using.", nil, nil)
 )
@@ -109,6 +94,9 @@ var (
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- tasksDesc
 	ch <- depthDesc
+	ch <- heartbeatDesc
+	ch <- aliveDesc
+	ch <- vmStepDesc
 	ch <- quarantinedDesc
 	ch <- outDesc
 }
@@ -126,6 +114,24 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		for _, p := range slices.Sorted(maps.Keys(q.Profiles())) {
 			ch <- prometheus.MustNewConstMetric(depthDesc, prometheus.GaugeValue, float64(depth[p]), p)
 		}
+	}
+	if hosts, err := q.Hosts(ctx); err == nil {
+		for _, h := range hosts {
+			ch <- prometheus.MustNewConstMetric(heartbeatDesc, prometheus.GaugeValue, time.Since(h.Heartbeat).Seconds(), h.Name)
+			alive := 0.0
+			if h.Alive {
+				alive = 1
+			}
+			ch <- prometheus.MustNewConstMetric(aliveDesc, prometheus.GaugeValue, alive, h.Name)
+		}
+	}
+	latest := c.s.opts.Events.Latest()
+	for name := range q.VMs() {
+		step := "idle"
+		if e, ok := latest[name]; ok && !e.Step.Final() {
+			step = string(e.Step)
+		}
+		ch <- prometheus.MustNewConstMetric(vmStepDesc, prometheus.GaugeValue, 1, name, step)
 	}
 	n := 0
 	for _, vm := range q.VMs() {

@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"errors"
 	"io"
 	"maps"
@@ -85,7 +86,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request) error {
 	if !haveSample {
 		return errorf(http.StatusBadRequest, "bad_request", "no sample: send it in the form field \"file\"")
 	}
-	t, err := s.opts.Queue.Submit(r.Context(), name, data, req)
+	t, err := s.opts.Queue.Submit(r.Context(), name, bytes.NewReader(data), req)
 	if err != nil {
 		return err
 	}
@@ -187,5 +188,19 @@ func (s *Server) listProfiles(w http.ResponseWriter, _ *http.Request) error {
 		out = append(out, p)
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"profiles": out, "host": s.opts.Queue.Host()})
+	return nil
+}
+
+// listHosts is GET /v1/hosts: the hosts sharing the queue, their last
+// heartbeat, and whether the others think them alive.
+func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) error {
+	hosts, err := s.opts.Queue.Hosts(r.Context())
+	if err != nil {
+		return err
+	}
+	if hosts == nil {
+		hosts = []queue.Host{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"host": s.opts.Queue.Host(), "dead_after": s.opts.Queue.DeadAfter().String(), "hosts": hosts})
 	return nil
 }

@@ -40,6 +40,7 @@ func (s *Server) vms(ctx context.Context) []vmInfo {
 	vms := q.VMs()
 	profiles := q.Profiles()
 	out := make([]vmInfo, 0, len(vms))
+	latest, unusable := s.opts.Events.Latest(), q.Unusable()
 	for _, name := range slices.Sorted(maps.Keys(vms)) {
 		info := vmInfo{Name: name, Plugin: vms[name].Plugin, Profiles: []string{}}
 		for _, p := range slices.Sorted(maps.Keys(profiles)) {
@@ -47,10 +48,10 @@ func (s *Server) vms(ctx context.Context) []vmInfo {
 				info.Profiles = append(info.Profiles, p)
 			}
 		}
-		if e, ok := q.Step(name); ok {
+		if e, ok := latest[name]; ok {
 			info.Step = &e
 		}
-		info.OutOfService = q.Unusable()[name]
+		info.OutOfService = unusable[name]
 		out = append(out, info)
 	}
 	var wg sync.WaitGroup
@@ -101,7 +102,7 @@ func (s *Server) reconcileVM(w http.ResponseWriter, r *http.Request) error {
 
 // writeReport answers with a lifecycle report: 200, or 409 when the
 // operation failed (its report says why).
-func writeReport(w http.ResponseWriter, rep *lifecycle.Report, err error) error {
+func writeReport(w http.ResponseWriter, rep *lifecycle.OpReport, err error) error {
 	if rep == nil && err != nil {
 		return err
 	}

@@ -1,8 +1,12 @@
-// Package config loads sandbox's configuration file (config.toml): the
-// plugins to launch and the VMs to manage. Each component owns the TOML
-// struct of its own table (host.PluginConfig, lifecycle settings); this
-// package composes them, rejects what it does not know with file, line and
-// key, and leaves each plugin's [plugins.NAME.config] table to the plugin.
+// Package config is sandbox's configuration, resolved in one place: the
+// defaults, then the file (config.toml), then the environment, then the
+// command line's flags. It knows the shape of every table and rejects what
+// it does not know with file, line and key; each plugin's
+// [plugins.NAME.config] table is left to the plugin.
+//
+// It imports no component: the components take the resolved values it
+// returns (Plugin, Lifecycle, Profile, Engine, Server, Queue), so reading
+// config.toml links no database, HTTP server or plugin host.
 package config
 
 import (
@@ -15,74 +19,82 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/sandboxhq/sandbox/core/api"
 	"github.com/sandboxhq/sandbox/core/configfile"
-	"github.com/sandboxhq/sandbox/core/engine"
-	"github.com/sandboxhq/sandbox/core/host"
-	"github.com/sandboxhq/sandbox/core/lifecycle"
-	"github.com/sandboxhq/sandbox/core/queue"
 )
 
 // DefaultPath is where the CLI looks without --config.
 const DefaultPath = "config.toml"
 
-// Config is a loaded, validated configuration file.
+// Config is a loaded, validated, resolved configuration.
 type Config struct {
 	// Path is the file's path as given.
 	Path string
 	// Data is the file's text; plugins decode their own tables from it.
 	Data []byte
+	// StateDir holds what sandbox remembers between runs (the quarantine,
+	// the leases, the service's queue), absolute.
+	StateDir string
 	// Plugins are the [plugins.NAME] tables.
-	Plugins map[string]host.PluginConfig
+	Plugins map[string]Plugin
 	// VMs are the [vms.NAME] tables.
 	VMs map[string]VM
-	// StateDir holds what sandbox remembers between runs (the quarantine).
-	StateDir string
-	// Lifecycle is the [lifecycle] table: settings for every VM.
-	Lifecycle lifecycle.Overrides
+	// Lifecycle is the [lifecycle] table over the defaults: what a VM
+	// without a table of its own gets.
+	Lifecycle Lifecycle
 	// Profiles are the [profiles.NAME] tables: the analyses, by name.
-	Profiles map[string]engine.Profile
-	// Engine is the [engine] table, with out_dir made absolute against
-	// the file's directory.
-	Engine engine.Settings
-	// Server and Queue are the [server] and [queue] tables of `sandbox
-	// serve`.
-	Server api.Settings
-	Queue  queue.Settings
+	Profiles map[string]Profile
+	// Engine, Server and Queue are the [engine], [server] and [queue]
+	// tables.
+	Engine Engine
+	Server Server
+	Queue  Queue
+}
+
+// VM is one [vms.NAME] table: a VM sandbox manages and how.
+type VM struct {
+	// Plugin names the plugin that drives the VM; empty when only one
+	// plugin is configured or when a single plugin lists the VM.
+	Plugin string
+	// Lifecycle is the VM's settings: [lifecycle], then its own keys.
+	Lifecycle Lifecycle
+}
+
+// vmTable is the TOML form of VM: the plugin, and every [lifecycle] key for
+// this VM only.
+type vmTable struct {
+	Plugin string `toml:"plugin"`
+	lifecycleTable
+}
+
+// file is the document's shape.
+type file struct {
+	StateDir  string                  `toml:"state_dir"`
+	Plugins   map[string]pluginTable  `toml:"plugins"`
+	Lifecycle lifecycleTable          `toml:"lifecycle"`
+	VMs       map[string]vmTable      `toml:"vms"`
+	Profiles  map[string]profileTable `toml:"profiles"`
+	Engine    engineTable             `toml:"engine"`
+	Server    serverTable             `toml:"server"`
+	Queue     queueTable              `toml:"queue"`
 }
 
 // ProfileNames returns the profiles' names in order.
 func (c *Config) ProfileNames() []string { return sortedKeys(c.Profiles) }
 
-// VM is one [vms.NAME] table: a VM sandbox manages and how. Besides the
-// plugin it takes every [lifecycle] key, for this VM only.
-type VM struct {
-	// Plugin names the plugin that drives the VM. Optional when only one
-	// plugin is configured or when a single plugin lists the VM.
-	Plugin string `toml:"plugin"`
-	lifecycle.Overrides
+// LifecycleOf returns the settings of the named VM: its own table's, or
+// the [lifecycle] table's for a VM without one.
+func (c *Config) LifecycleOf(vm string) Lifecycle {
+	if v, ok := c.VMs[vm]; ok {
+		return v.Lifecycle
+	}
+	return c.Lifecycle
 }
 
-// file is the document's shape.
-type file struct {
-	StateDir  string                          `toml:"state_dir"`
-	Plugins   map[string]host.PluginConfig    `toml:"plugins"`
-	Lifecycle lifecycle.Overrides             `toml:"lifecycle"`
-	VMs       map[string]VM                   `toml:"vms"`
-	Profiles  map[string]engine.ProfileConfig `toml:"profiles"`
-	Engine    engine.Settings                 `toml:"engine"`
-	Server    api.Settings                    `toml:"server"`
-	Queue     queue.Settings                  `toml:"queue"`
-}
+// Env reads the environment: os.LookupEnv, or a map in tests.
+type Env func(name string) (string, bool)
 
-// Settings returns the lifecycle settings of the named VM: the defaults,
-// overridden by [lifecycle], overridden by [vms.NAME]. A VM without a table
-// gets the first two.
-func (c *Config) Settings(vm string) lifecycle.Settings {
-	return lifecycle.Defaults().Apply(c.Lifecycle).Apply(c.VMs[vm].Overrides)
-}
-
-// Load reads and validates the file at path. Every mistake comes back as a
+// Load reads and resolves the file at path, with the process's
+// environment. Every mistake in the file comes back as a
 // *configfile.Error naming the file, the line and the key.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
@@ -95,30 +107,41 @@ func Load(path string) (*Config, error) {
 	return Parse(path, data)
 }
 
-// Parse validates configuration text; path names it in errors.
+// Parse resolves configuration text with the process's environment; path
+// names it in errors and anchors its relative paths.
 func Parse(path string, data []byte) (*Config, error) {
+	return ParseEnv(path, data, os.LookupEnv)
+}
+
+// ParseEnv resolves configuration text with the environment env.
+func ParseEnv(path string, data []byte, env Env) (*Config, error) {
 	doc := configfile.Document{File: path, Data: data}
 	var f file
 	if err := doc.Decode(&f, configfile.Ignore("plugins.*.config")); err != nil {
 		return nil, err
 	}
+	c := &Config{Path: path, Data: data, Plugins: map[string]Plugin{}, VMs: map[string]VM{}, Profiles: map[string]Profile{}}
 	for _, name := range sortedKeys(f.Plugins) {
-		if key, err := f.Plugins[name].Validate(); err != nil {
+		p, key, err := f.Plugins[name].resolve()
+		if err != nil {
 			return nil, doc.Errorf([]string{"plugins", name, key}, "%v", err)
 		}
+		c.Plugins[name] = p
 	}
-	if key, err := f.Lifecycle.Validate(); err != nil {
+	if key, err := f.Lifecycle.validate(); err != nil {
 		return nil, doc.Errorf([]string{"lifecycle", key}, "%v", err)
 	}
-	if key, err := lifecycle.Defaults().Apply(f.Lifecycle).Validate(); err != nil {
+	c.Lifecycle = DefaultLifecycle().apply(f.Lifecycle)
+	if key, err := c.Lifecycle.validate(); err != nil {
 		return nil, doc.Errorf([]string{"lifecycle", key}, "%v", err)
 	}
 	for _, name := range sortedKeys(f.VMs) {
-		vm := f.VMs[name]
-		if key, err := vm.Validate(); err != nil {
+		t := f.VMs[name]
+		if key, err := t.lifecycleTable.validate(); err != nil {
 			return nil, doc.Errorf([]string{"vms", name, key}, "%v", err)
 		}
-		if key, err := lifecycle.Defaults().Apply(f.Lifecycle).Apply(vm.Overrides).Validate(); err != nil {
+		vm := VM{Plugin: t.Plugin, Lifecycle: c.Lifecycle.apply(t.lifecycleTable)}
+		if key, err := vm.Lifecycle.validate(); err != nil {
 			return nil, doc.Errorf([]string{"vms", name, key}, "%v", err)
 		}
 		if vm.Plugin != "" {
@@ -127,10 +150,10 @@ func Parse(path string, data []byte) (*Config, error) {
 					"no plugin named %q; declare [plugins.%s] or fix the name", vm.Plugin, vm.Plugin)
 			}
 		}
+		c.VMs[name] = vm
 	}
-	profiles := map[string]engine.Profile{}
 	for _, name := range sortedKeys(f.Profiles) {
-		p, key, err := f.Profiles[name].Resolve(name)
+		p, key, err := f.Profiles[name].resolve(name)
 		if err != nil {
 			at := []string{"profiles", name}
 			if key != "" {
@@ -138,54 +161,135 @@ func Parse(path string, data []byte) (*Config, error) {
 			}
 			return nil, doc.Errorf(at, "%v", err)
 		}
-		profiles[name] = p
+		c.Profiles[name] = p
 	}
-	if key, err := f.Engine.Validate(); err != nil {
-		return nil, doc.Errorf([]string{"engine", key}, "%v", err)
+	for _, t := range []struct {
+		table    string
+		validate func() (string, error)
+	}{{"engine", f.Engine.validate}, {"server", f.Server.validate}, {"queue", f.Queue.validate}} {
+		if key, err := t.validate(); err != nil {
+			return nil, doc.Errorf([]string{t.table, key}, "%v", err)
+		}
 	}
-	if key, err := f.Server.Validate(); err != nil {
-		return nil, doc.Errorf([]string{"server", key}, "%v", err)
+	dir := filepath.Dir(path)
+	c.Engine = Engine{MaxStarting: f.Engine.MaxStarting, OutDir: absFrom(dir, f.Engine.OutDir, "results")}
+	if c.Engine.MaxStarting == 0 {
+		c.Engine.MaxStarting = DefaultMaxStarting
 	}
-	if key, err := f.Queue.Validate(); err != nil {
-		return nil, doc.Errorf([]string{"queue", key}, "%v", err)
+	c.StateDir = f.StateDir
+	if c.StateDir == "" {
+		c.StateDir = defaultStateDir(env)
+	} else {
+		c.StateDir = absFrom(dir, c.StateDir, "")
 	}
-	if f.Engine.OutDir == "" {
-		f.Engine.OutDir = "results"
+	c.Server = Server{Listen: f.Server.Listen, Token: f.Server.Token, MaxSampleSize: f.Server.MaxSampleSize}
+	if c.Server.Listen == "" {
+		c.Server.Listen = DefaultListen
 	}
-	if !filepath.IsAbs(f.Engine.OutDir) {
-		f.Engine.OutDir = filepath.Join(filepath.Dir(path), f.Engine.OutDir)
+	if c.Server.MaxSampleSize == 0 {
+		c.Server.MaxSampleSize = DefaultMaxSampleSize
 	}
-	if f.Engine.MaxStarting == 0 {
-		f.Engine.MaxStarting = engine.DefaultMaxStarting
+	if tok, ok := env(TokenEnv); ok && tok != "" {
+		if err := checkToken(tok); err != nil {
+			return nil, fmt.Errorf("%s: %v", TokenEnv, err)
+		}
+		c.Server.Token = tok
 	}
-	if f.Plugins == nil {
-		f.Plugins = map[string]host.PluginConfig{}
+	c.Queue = Queue{Database: f.Queue.Database, Host: f.Queue.Host, DeadAfter: DefaultDeadAfter, MaxAttempts: f.Queue.MaxAttempts}
+	if f.Queue.DeadAfter != nil {
+		c.Queue.DeadAfter = *f.Queue.DeadAfter
 	}
-	if f.VMs == nil {
-		f.VMs = map[string]VM{}
+	if c.Queue.MaxAttempts == 0 {
+		c.Queue.MaxAttempts = DefaultMaxAttempts
 	}
-	stateDir := f.StateDir
-	if stateDir == "" {
-		stateDir = defaultStateDir()
-	} else if !filepath.IsAbs(stateDir) {
-		stateDir = filepath.Join(filepath.Dir(path), stateDir)
+	if c.Queue.Host == "" {
+		// Left empty when the machine has no name: serve then asks for one.
+		c.Queue.Host, _ = os.Hostname()
 	}
-	return &Config{Path: path, Data: data, Plugins: f.Plugins, VMs: f.VMs, StateDir: stateDir, Lifecycle: f.Lifecycle,
-		Profiles: profiles, Engine: f.Engine, Server: f.Server, Queue: f.Queue}, nil
+	return c, nil
+}
+
+// absFrom makes p (or def when p is empty) absolute against dir.
+func absFrom(dir, p, def string) string {
+	if p == "" {
+		p = def
+	}
+	if !filepath.IsAbs(p) {
+		p = filepath.Join(dir, p)
+	}
+	if abs, err := filepath.Abs(p); err == nil {
+		return abs
+	}
+	return p
+}
+
+// Flags are the command line's settings: the last layer, over the file and
+// the environment. A zero field leaves the value below it.
+type Flags struct {
+	// OutDir is --out: where reports go.
+	OutDir string
+	// MaxStarting is --max-starting.
+	MaxStarting int
+	// Listen, Database and Host are serve's --listen, --database, --host.
+	Listen   string
+	Database string
+	Host     string
+}
+
+// FlagError is a flag whose value cannot be used, named as typed.
+type FlagError struct {
+	// Flag is the flag, e.g. "--database".
+	Flag string
+	// Err says what is wrong.
+	Err error
+}
+
+func (e *FlagError) Error() string { return e.Flag + ": " + e.Err.Error() }
+
+// Unwrap returns what is wrong.
+func (e *FlagError) Unwrap() error { return e.Err }
+
+// Apply lays the flags over the configuration.
+func (c *Config) Apply(f Flags) error {
+	if f.MaxStarting < 0 {
+		return &FlagError{"--max-starting", fmt.Errorf("%d: want a positive number (0: the [engine] setting)", f.MaxStarting)}
+	}
+	if err := checkDatabase(f.Database); err != nil {
+		return &FlagError{"--database", err}
+	}
+	if err := checkHost(f.Host); err != nil {
+		return &FlagError{"--host", err}
+	}
+	if f.OutDir != "" {
+		c.Engine.OutDir = absFrom("", f.OutDir, "")
+	}
+	if f.MaxStarting > 0 {
+		c.Engine.MaxStarting = f.MaxStarting
+	}
+	if f.Listen != "" {
+		c.Server.Listen = f.Listen
+	}
+	if f.Database != "" {
+		c.Queue.Database = f.Database
+	}
+	if f.Host != "" {
+		c.Queue.Host = f.Host
+	}
+	return nil
 }
 
 // defaultStateDir is $XDG_STATE_HOME/sandbox, else ~/.local/state/sandbox
 // with the home directory from $HOME or, without it, from the user
 // database. Only when neither knows a home is it a directory under the
-// system's temporary directory, named for the user (statedir.Open refuses
-// it if another user made it first).
-func defaultStateDir() string {
-	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
+// system's temporary directory, named for the user (statedir refuses it
+// if another user made it first).
+func defaultStateDir(env Env) string {
+	if d, _ := env("XDG_STATE_HOME"); filepath.IsAbs(d) {
 		return filepath.Join(d, "sandbox")
 	}
-	home, err := os.UserHomeDir()
-	if err != nil || home == "" {
-		if u, uerr := user.Current(); uerr == nil {
+	home, _ := env("HOME")
+	if home == "" {
+		if u, err := user.Current(); err == nil {
 			home = u.HomeDir
 		}
 	}

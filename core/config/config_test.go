@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -12,8 +13,6 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/configfile"
-	"github.com/sandboxhq/sandbox/core/hypervisor"
-	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
 
 func TestTheShippedConfigLoads(t *testing.T) {
@@ -114,8 +113,8 @@ func TestUnreadableFileIsAnError(t *testing.T) {
 func TestAConfigWithoutLifecycleSettingsGetsTheDefaults(t *testing.T) {
 	cfg, err := config.Parse("old.toml", []byte("[plugins.fake]\npath = \"x\"\n[vms.a]\nplugin = \"fake\"\n"))
 	require.NoError(t, err)
-	assert.Equal(t, lifecycle.Defaults(), cfg.Settings("a"))
-	assert.Equal(t, lifecycle.Defaults(), cfg.Settings("not-configured"))
+	assert.Equal(t, config.DefaultLifecycle(), cfg.LifecycleOf("a"))
+	assert.Equal(t, config.DefaultLifecycle(), cfg.LifecycleOf("not-configured"))
 }
 
 func TestLifecycleSettingsLayer(t *testing.T) {
@@ -130,15 +129,15 @@ acpi_timeout = "5s"
 restore_on_cleanup = false
 `))
 	require.NoError(t, err)
-	s := cfg.Settings("sandbox1")
-	assert.Equal(t, []hypervisor.StopMethod{hypervisor.StopPowerOff, hypervisor.StopEmergency}, s.StopLadder)
+	s := cfg.LifecycleOf("sandbox1")
+	assert.Equal(t, []string{config.StopPowerOff, config.StopEmergency}, s.StopLadder)
 	assert.Equal(t, 5*time.Second, s.ACPITimeout, "the VM's own value wins")
 	assert.Equal(t, "clean", s.Snapshot, "inherited from [lifecycle]")
 	assert.False(t, s.RestoreOnCleanup)
-	assert.Equal(t, lifecycle.Defaults().PowerOffTimeout, s.PowerOffTimeout, "untouched keys keep the default")
-	other := cfg.Settings("other")
+	assert.Equal(t, config.DefaultLifecycle().PowerOffTimeout, s.PowerOffTimeout, "untouched keys keep the default")
+	other := cfg.LifecycleOf("other")
 	assert.Equal(t, 20*time.Second, other.ACPITimeout)
-	assert.Equal(t, lifecycle.Defaults().StopLadder, other.StopLadder)
+	assert.Equal(t, config.DefaultLifecycle().StopLadder, other.StopLadder)
 }
 
 func TestBadLifecycleSettingsNameTheKey(t *testing.T) {
@@ -178,7 +177,9 @@ malicious_exit_codes = [1]
 	assert.Equal(t, 2*time.Minute, p.Timeout)
 	assert.Equal(t, []string{"clamav"}, cfg.ProfileNames())
 	assert.Equal(t, 3, cfg.Engine.MaxStarting)
-	assert.Equal(t, filepath.Join("conf", "results"), cfg.Engine.OutDir, "out_dir is relative to the file")
+	abs, err := filepath.Abs(filepath.Join("conf", "results"))
+	require.NoError(t, err)
+	assert.Equal(t, abs, cfg.Engine.OutDir, "out_dir is relative to the file, made absolute")
 }
 
 func TestBadProfilesNameFileLineAndKey(t *testing.T) {
@@ -198,6 +199,23 @@ func TestBadProfilesNameFileLineAndKey(t *testing.T) {
 		{"an unknown placeholder", "[profiles.p]\nvms = [\"a\"]\nsample_path = \"/tmp/{file}\"\ncommand = [\"x\"]\n" +
 			"[profiles.p.verdict]\nmalicious_exit_codes = [1]\n", 3, "profiles.p.sample_path", "unknown placeholder {file}"},
 		{"a negative max_starting", "[engine]\nmax_starting = -1\n", 2, "engine.max_starting", "negative"},
+		{"a profile name becomes a directory", "[profiles.\"../x\"]\nvms = [\"a\"]\n", 1, `profiles."../x"`, "letters, digits"},
+		{"no VMs", "[profiles.p]\nsample_path = \"/x\"\n", 1, "profiles.p.vms", "missing"},
+		{"a VM twice", "[profiles.p]\nvms = [\"a\", \"a\"]\n", 2, "profiles.p.vms", `"a" is listed twice`},
+		{"no sample path", "[profiles.p]\nvms = [\"a\"]\n", 1, "profiles.p.sample_path", "where the sample goes"},
+		{"no command", "[profiles.p]\nvms = [\"a\"]\nsample_path = \"/x\"\n", 1, "profiles.p.command", "missing"},
+		{"a placeholder misspelt", "[profiles.p]\nvms = [\"a\"]\nsample_path = \"/x\"\ncommand = [\"scan\", \"{smaple}\"]\n",
+			4, "profiles.p.command", "unknown placeholder {smaple}"},
+		{"{sample} in the sample path", "[profiles.p]\nvms = [\"a\"]\nsample_path = \"/tmp/{sample}\"\ncommand = [\"x\"]\n",
+			3, "profiles.p.sample_path", "sample_path knows {name}, {sha256}"},
+		{"an empty ready command", base + "ready_command = []\n", 5, "profiles.p.ready_command", "empty"},
+		{"a zero timeout", base + "timeout = \"0s\"\n", 5, "profiles.p.timeout", "positive"},
+		{"an artifact that is a directory", base + "artifacts = ['C:\\']\n", 5, "profiles.p.artifacts", "not a guest file"},
+		{"an exit code both clean and malicious", base + "[profiles.p.verdict]\nmalicious_exit_codes = [0]\n",
+			6, "profiles.p.verdict.malicious_exit_codes", "also in clean_exit_codes"},
+		{"a short API token", "[server]\ntoken = \"abc\"\n", 2, "server.token", "too short"},
+		{"the former rescue_after", "[queue]\nrescue_after = \"15m\"\n", 2, "queue.rescue_after", "is now dead_after"},
+		{"a dead_after too short to heartbeat in", "[queue]\ndead_after = \"1s\"\n", 2, "queue.dead_after", "at least 3s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := config.Parse("conf/sandbox.toml", []byte(tc.text))
@@ -231,4 +249,56 @@ func TestTheDefaultStateDirIsTheUsersOwnEvenWithoutHOME(t *testing.T) {
 	cfg, err = config.Parse("config.toml", nil)
 	require.NoError(t, err)
 	assert.Equal(t, filepath.Join("/var/lib/x", "sandbox"), cfg.StateDir)
+}
+
+func TestProfileDefaults(t *testing.T) {
+	cfg, err := config.Parse("c.toml", []byte("[profiles.clamav]\nvms = [\"vm1\"]\nsample_path = \"/tmp/{sha256}\"\n"+
+		"command = [\"clamscan\", \"{sample}\"]\n[profiles.clamav.verdict]\nmalicious_exit_codes = [1]\n"))
+	require.NoError(t, err)
+	p := cfg.Profiles["clamav"]
+	assert.Equal(t, config.DefaultTimeout, p.Timeout)
+	assert.Equal(t, config.DefaultReadyTimeout, p.ReadyTimeout)
+	assert.Equal(t, config.DefaultCopyTimeout, p.CopyTimeout)
+	assert.Equal(t, []int{0}, p.Verdict.CleanExitCodes, "exit 0 is clean unless told otherwise")
+}
+
+// Configuration is resolved in one order: the defaults, the file, the
+// environment, the flags; each layer wins over the one before.
+func TestLayersResolveInOrder(t *testing.T) {
+	env := map[string]string{config.TokenEnv: "from-the-environment-0123"}
+	lookup := func(k string) (string, bool) { v, ok := env[k]; return v, ok }
+	text := "[server]\nlisten = \"127.0.0.1:9000\"\ntoken = \"from-the-file-0123456\"\n[queue]\nhost = \"a\"\n"
+	cfg, err := config.ParseEnv("c.toml", []byte(text), lookup)
+	require.NoError(t, err)
+	assert.Equal(t, "127.0.0.1:9000", cfg.Server.Listen, "the file over the default")
+	assert.Equal(t, "from-the-environment-0123", cfg.Server.Token, "the environment over the file")
+	assert.Equal(t, config.DefaultMaxSampleSize, int(cfg.Server.MaxSampleSize), "a default where nothing says otherwise")
+	require.NoError(t, cfg.Apply(config.Flags{Listen: "127.0.0.1:9001", Host: "b", MaxStarting: 4}))
+	assert.Equal(t, "127.0.0.1:9001", cfg.Server.Listen, "the flag over the file")
+	assert.Equal(t, "b", cfg.Queue.Host)
+	assert.Equal(t, 4, cfg.Engine.MaxStarting)
+
+	// The environment is held to the file's rules.
+	env[config.TokenEnv] = "x"
+	_, err = config.ParseEnv("c.toml", nil, lookup)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), config.TokenEnv+": too short")
+
+	// A flag's mistake names the flag.
+	var fe *config.FlagError
+	require.ErrorAs(t, cfg.Apply(config.Flags{Database: "mysql://x"}), &fe)
+	assert.Equal(t, "--database", fe.Flag)
+}
+
+// Reading config.toml links no database, HTTP server or plugin host: the
+// package imports none of the components that would bring them.
+func TestConfigLinksNoComponent(t *testing.T) {
+	out, err := exec.Command("go", "list", "-deps", ".").Output()
+	require.NoError(t, err)
+	for _, dep := range strings.Fields(string(out)) {
+		for _, banned := range []string{"net/http", "database/sql", "riverqueue", "pgx", "sqlite", "prometheus", "grpc",
+			"go-plugin", "sandbox/core/engine", "sandbox/core/lifecycle", "sandbox/core/host", "sandbox/core/queue", "sandbox/core/api"} {
+			assert.NotContains(t, dep, banned, "core/config links %s", dep)
+		}
+	}
 }

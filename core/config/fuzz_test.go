@@ -60,13 +60,21 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("state_dir %q is neither absolute nor beside the file", cfg.StateDir)
 		}
 		for name, p := range cfg.Plugins {
-			if key, err := p.Validate(); err != nil {
-				t.Fatalf("accepted plugin %q with a bad %s: %v", name, key, err)
+			if p.Path == "" || p.StartTimeout <= 0 {
+				t.Fatalf("accepted plugin %q that cannot be launched: %+v", name, p)
 			}
 		}
 		for _, vm := range append(sortedVMs(cfg), "not-configured") {
-			if key, err := cfg.Settings(vm).Validate(); err != nil {
-				t.Fatalf("accepted settings for %q with a bad %s: %v", vm, key, err)
+			l := cfg.LifecycleOf(vm)
+			if len(l.StopLadder) == 0 || l.PollInterval > l.PollMaxInterval || l.PollInterval < config.MinPollInterval ||
+				l.CleanupTimeout <= 0 || l.RestoreTimeout <= 0 || l.StartTimeout <= 0 || l.StatusTimeout <= 0 {
+				t.Fatalf("accepted settings for %q that no operation can use: %+v", vm, l)
+			}
+		}
+		for name, p := range cfg.Profiles {
+			if len(p.VMs) == 0 || len(p.Command) == 0 || p.Timeout <= 0 || p.ReadyTimeout <= 0 || p.CopyTimeout <= 0 ||
+				(len(p.Verdict.MaliciousExitCodes) == 0 && p.Verdict.Malicious == nil) {
+				t.Fatalf("accepted profile %q that cannot run or judge: %+v", name, p)
 			}
 		}
 		again, err := config.Parse(path, data)

@@ -63,12 +63,21 @@ type Option func(*options)
 type options struct {
 	at     []string
 	ignore []string
+	docs   string
 }
 
 // At decodes only the table at the given key path, e.g. At("plugins",
 // "fake", "config"). A missing table decodes as empty.
 func At(key ...string) Option {
 	return func(o *options) { o.at = key }
+}
+
+// Docs names where the keys being decoded are documented, for the hint of
+// an unknown key: "docs/qemu.md#settings", or the plugin's own
+// documentation for a plugin that is not sandbox's. Default
+// docs/configuration.md, which documents sandbox's own keys.
+func Docs(where string) Option {
+	return func(o *options) { o.docs = where }
 }
 
 // Ignore leaves keys matching pattern undecoded without complaint. The
@@ -83,7 +92,7 @@ func Ignore(pattern string) Option {
 // must be a pointer to a TOML-tagged struct. Every key in the decoded part
 // that v has no field for is an error, reported with its line.
 func (d Document) Decode(v any, opts ...Option) error {
-	var o options
+	o := options{docs: "docs/configuration.md"}
 	for _, opt := range opts {
 		opt(&o)
 	}
@@ -116,7 +125,7 @@ func (d Document) Decode(v any, opts ...Option) error {
 			continue
 		}
 		return &Error{File: d.File, Line: d.Line(key), Key: key.String(),
-			Msg: "unknown key; check its spelling against docs/configuration.md"}
+			Msg: "unknown key; check its spelling against " + o.docs}
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
 
@@ -28,19 +29,6 @@ import (
 
 // maxNameBytes bounds a local file name; every host filesystem takes it.
 const maxNameBytes = 100
-
-// artifactBase is the last element of a guest path, Unix or Windows style.
-func artifactBase(guestPath string) string {
-	p := strings.ReplaceAll(guestPath, `\`, "/")
-	if len(p) >= 2 && p[1] == ':' {
-		p = p[2:]
-	}
-	b := path.Base(path.Clean("/" + p))
-	if b == "/" || b == "." || b == ".." {
-		return ""
-	}
-	return b
-}
 
 var reservedNames = map[string]bool{
 	"CON": true, "PRN": true, "AUX": true, "NUL": true, "CONIN$": true, "CONOUT$": true,
@@ -98,16 +86,24 @@ func (n namer) name(want string) string {
 	return name
 }
 
-// collector brings a task's artifacts back into dir (relative to root, the
-// sample's directory; rootPath is root's path on the host, for the driver).
+// collector brings a task's artifacts back into sub, a directory relative
+// to dir, the task's directory (absolute, for the driver).
 type collector struct {
-	root     *os.Root
-	rootPath string
-	dir      string
-	driver   hypervisor.Driver
-	vm       string
+	dir    string
+	sub    string
+	driver hypervisor.Driver
+	vm     string
 	// timeout bounds each copy.
 	timeout time.Duration
+	// maxCount and maxSize bound what a task brings back: the number of
+	// artifacts, and their bytes together.
+	maxCount int
+	maxSize  int64
+	// root is dir, opened for the copies: every move goes through it.
+	root *os.Root
+	// kept counts the artifacts brought back so far, and size their bytes.
+	kept int
+	size int64
 }
 
 // collect copies every guest path and returns what came of each; err is
@@ -116,10 +112,19 @@ func (c *collector) collect(ctx context.Context, guestPaths []string) ([]Artifac
 	if len(guestPaths) == 0 {
 		return nil, nil
 	}
-	if err := c.root.MkdirAll(c.dir, 0o755); err != nil {
+	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("artifact directory: %w", err)
 	}
-	staging, err := os.MkdirTemp(c.rootPath, ".staging-")
+	root, err := os.OpenRoot(c.dir)
+	if err != nil {
+		return nil, fmt.Errorf("artifact directory: %w", err)
+	}
+	defer root.Close()
+	c.root = root
+	if err := c.root.MkdirAll(c.sub, 0o755); err != nil {
+		return nil, fmt.Errorf("artifact directory: %w", err)
+	}
+	staging, err := os.MkdirTemp(c.dir, ".staging-")
 	if err != nil {
 		return nil, fmt.Errorf("artifact staging directory: %w", err)
 	}
@@ -130,7 +135,12 @@ func (c *collector) collect(ctx context.Context, guestPaths []string) ([]Artifac
 	var first error
 	for i, gp := range guestPaths {
 		a := Artifact{GuestPath: gp}
-		local := path.Join(c.dir, names.name(artifactBase(gp)))
+		if c.kept >= c.maxCount {
+			a.Dropped, a.Error = true, fmt.Sprintf("dropped: the task already brought back artifacts_max_count (%d) artifacts", c.maxCount)
+			out = append(out, a)
+			continue
+		}
+		local := path.Join(c.sub, names.name(config.GuestBase(gp)))
 		err := c.one(ctx, gp, filepath.Join(staging, fmt.Sprintf("%d", i)), path.Join(stagingRel, fmt.Sprintf("%d", i)), local, &a)
 		if err != nil {
 			a.Error = err.Error()
@@ -156,6 +166,13 @@ func (c *collector) one(ctx context.Context, guestPath, stagedHost, stagedRel, l
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("the copy is not a regular file (%s); refused", fi.Mode().Type())
 	}
+	if c.size+fi.Size() > c.maxSize {
+		_ = c.root.Remove(stagedRel)
+		a.Dropped = true
+		a.Error = fmt.Sprintf("dropped: its %d bytes would take the task's artifacts over artifacts_max_size (%d bytes; %d kept)",
+			fi.Size(), c.maxSize, c.size)
+		return nil
+	}
 	f, err := c.root.Open(stagedRel)
 	if err != nil {
 		return err
@@ -170,5 +187,7 @@ func (c *collector) one(ctx context.Context, guestPath, stagedHost, stagedRel, l
 		return err
 	}
 	a.Path, a.Size, a.SHA256 = local, n, hex.EncodeToString(h.Sum(nil))
+	c.kept++
+	c.size += n
 	return nil
 }

@@ -11,9 +11,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 func TestSafeName(t *testing.T) {
@@ -52,7 +54,7 @@ func TestArtifactsNeverLeaveTheSampleDirectory(t *testing.T) {
 	r := newRig(t, vmTable("vm1"))
 	outside := filepath.Join(t.TempDir(), "outside.txt")
 	require.NoError(t, os.WriteFile(outside, []byte("keep me"), 0o644))
-	prof := scanProfile(t, "scan", []string{"vm1"}, func(c *engine.ProfileConfig) {
+	prof := scanProfile(t, "scan", []string{"vm1"}, func(c *config.Profile) {
 		// The scanner writes its log under several names; the profile
 		// asks for them under names that try to escape or collide.
 		c.Command = []string{"scan", "-o", `C:\logs\Report.txt`, "{sample}"}
@@ -64,8 +66,8 @@ func TestArtifactsNeverLeaveTheSampleDirectory(t *testing.T) {
 	require.NoError(t, os.MkdirAll(dir, 0o755))
 	require.NoError(t, os.Symlink(outside, filepath.Join(dir, "Report.txt")))
 
-	sum := r.run(ctxFor(t, time.Minute), 0, []engine.Sample{s},
-		engine.Pool{Profile: prof, VMs: []lifecycle.VM{r.vm("vm1")}})
+	sum := r.run(plugintest.Context(t, time.Minute), 0, []engine.Sample{s},
+		with{prof, []lifecycle.VM{r.vm("vm1")}})
 	res := sum.Reports[0].Results[0]
 	require.Equal(t, engine.StepDone, res.State, res.Error)
 	var paths []string
@@ -87,13 +89,13 @@ func TestAnArtifactThatIsNotAFileIsRefused(t *testing.T) {
 	r := newRig(t, vmTable("vm1"))
 	outside := filepath.Join(t.TempDir(), "secret")
 	require.NoError(t, os.WriteFile(outside, []byte("secret"), 0o600))
-	prof := scanProfile(t, "scan", []string{"vm1"}, func(c *engine.ProfileConfig) {
+	prof := scanProfile(t, "scan", []string{"vm1"}, func(c *config.Profile) {
 		c.Artifacts = []string{"/logs/link.txt"}
 	})
 	vm := r.vm("vm1")
 	vm.Driver = hostileDriver{Driver: r.driver, link: outside}
-	sum := r.run(ctxFor(t, time.Minute), 0, []engine.Sample{sample(t, "s.txt", []byte("x"))},
-		engine.Pool{Profile: prof, VMs: []lifecycle.VM{vm}})
+	sum := r.run(plugintest.Context(t, time.Minute), 0, []engine.Sample{sample(t, "s.txt", []byte("x"))},
+		with{prof, []lifecycle.VM{vm}})
 	res := sum.Reports[0].Results[0]
 	assert.Equal(t, engine.StepCollecting, res.FailedStep)
 	require.Len(t, res.Artifacts, 1)

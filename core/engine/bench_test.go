@@ -9,8 +9,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // benchTiming is each fake transition a task goes through, in config
@@ -47,21 +49,20 @@ func BenchmarkEngineWallTime(b *testing.B) {
 				table = append(table, fmt.Sprintf("[vms.vm%d]\nsnapshots = [\"clean\"]\n", i+1))
 			}
 			r := newRigWith(b, benchTiming, strings.Join(table, ""))
-			prof := scanProfile(b, "bench", names, func(c *engine.ProfileConfig) {
+			prof := scanProfile(b, "bench", names, func(c *config.Profile) {
 				c.Command = []string{"sleep", analysis.String()}
 				c.Artifacts = nil
 			})
 			var vms []lifecycle.VM
 			for _, n := range names {
-				vms = append(vms, r.vm(n, func(s *lifecycle.Settings) { s.NativeCleanup = true }))
+				vms = append(vms, r.vm(n, func(s *config.Lifecycle) { s.NativeCleanup = true }))
 			}
 			ideal := time.Duration(math.Ceil(float64(c.m)/float64(c.n))) * (analysis + benchFakePerTask)
 			var ratio float64
 			for b.Loop() {
 				samples := cleanSamples(b, c.m)
-				sum, err := r.engine(c.n).Run(ctxFor(b, 5*time.Minute), engine.Job{Samples: samples, OutDir: b.TempDir(),
-					Pools: []engine.Pool{{Profile: prof, VMs: vms}}})
-				require.NoError(b, err)
+				ctx := plugintest.Context(b, 5*time.Minute)
+				sum := r.run(ctx, c.n, samples, with{prof, vms})
 				require.Zero(b, sum.Failed())
 				ratio = float64(sum.Duration) / float64(ideal)
 				logSteps(b, sum)

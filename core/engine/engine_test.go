@@ -12,8 +12,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 var successSteps = []engine.Step{
@@ -23,10 +25,10 @@ var successSteps = []engine.Step{
 
 func TestCompleteCleanupAfterASuccessfulTask(t *testing.T) {
 	r := newRig(t, vmTable("vm1"))
-	ctx := ctxFor(t, time.Minute)
+	ctx := plugintest.Context(t, time.Minute)
 	clean := sample(t, "notes.txt", []byte("harmless\n"))
 	bad := sample(t, "eicar.com", eicarBytes())
-	pool := engine.Pool{Profile: scanProfile(t, "scan", []string{"vm1"}), VMs: []lifecycle.VM{r.vm("vm1")}}
+	pool := with{scanProfile(t, "scan", []string{"vm1"}), []lifecycle.VM{r.vm("vm1")}}
 	sum := r.run(ctx, 0, []engine.Sample{clean, bad}, pool)
 
 	require.Len(t, sum.Reports, 2)
@@ -62,13 +64,13 @@ func TestCompleteCleanupAfterASuccessfulTask(t *testing.T) {
 
 func TestCompleteCleanupAfterAFailedTask(t *testing.T) {
 	r := newRig(t, vmTable("vm1"))
-	ctx := ctxFor(t, time.Minute)
-	prof := scanProfile(t, "slow", []string{"vm1"}, func(c *engine.ProfileConfig) {
+	ctx := plugintest.Context(t, time.Minute)
+	prof := scanProfile(t, "slow", []string{"vm1"}, func(c *config.Profile) {
 		c.Command = []string{"sleep", "30"}
-		c.Timeout = ptr(300 * time.Millisecond)
+		c.Timeout = 300 * time.Millisecond
 	})
 	sum := r.run(ctx, 0, []engine.Sample{sample(t, "a.exe", []byte("a"))},
-		engine.Pool{Profile: prof, VMs: []lifecycle.VM{r.vm("vm1")}})
+		with{prof, []lifecycle.VM{r.vm("vm1")}})
 
 	res := sum.Reports[0].Results[0]
 	assert.Equal(t, engine.StepFailed, res.State)
@@ -90,8 +92,8 @@ func TestAFaultAtEachStepLeavesTheVMClean(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		faults  string
-		adjust  func(*lifecycle.Settings)
-		profile func(*engine.ProfileConfig)
+		adjust  func(*config.Lifecycle)
+		profile func(*config.Profile)
 		step    engine.Step
 		error   string
 		verdict engine.Verdict
@@ -101,19 +103,19 @@ func TestAFaultAtEachStepLeavesTheVMClean(t *testing.T) {
 		{name: "restore", faults: "restore_failures = 1", step: engine.StepRestoring, error: "restore"},
 		{name: "start", faults: "start_failures = 1", step: engine.StepStarting, error: "terminated unexpectedly during startup"},
 		{name: "guest never ready", faults: "", step: engine.StepWaitingGuest, error: "not ready within ready_timeout",
-			profile: func(c *engine.ProfileConfig) { c.ReadyTimeout = ptr(400 * time.Millisecond) }},
+			profile: func(c *config.Profile) { c.ReadyTimeout = 400 * time.Millisecond }},
 		{name: "copy in", faults: "copy_in_failures = 1", step: engine.StepCopying, error: "Copying",
-			profile: func(c *engine.ProfileConfig) { c.ReadyCommand = []string{"true"} }},
+			profile: func(c *config.Profile) { c.ReadyCommand = []string{"true"} }},
 		{name: "exec timeout", step: engine.StepAnalyzing, error: "ran past its timeout",
-			profile: func(c *engine.ProfileConfig) {
+			profile: func(c *config.Profile) {
 				c.Command = []string{"sleep", "30"}
-				c.Timeout = ptr(200 * time.Millisecond)
+				c.Timeout = 200 * time.Millisecond
 			}},
 		{name: "copy out", faults: "copy_out_failures = 1", step: engine.StepCollecting, error: "from the guest failed",
 			verdict: engine.VerdictClean},
 		{name: "cleanup", faults: "acpi_ignored = true\nstuck_in_stopping = true", step: engine.StepCleaning,
 			error: "cleanup failed", verdict: engine.VerdictClean, quarantined: true,
-			adjust: func(s *lifecycle.Settings) {
+			adjust: func(s *config.Lifecycle) {
 				s.NativeCleanup = false
 				s.StopLadder = s.StopLadder[:2] // acpi, poweroff: nothing ends a VM stuck in stopping
 				s.ACPITimeout, s.PowerOffTimeout = 200*time.Millisecond, 200*time.Millisecond
@@ -129,16 +131,16 @@ func TestAFaultAtEachStepLeavesTheVMClean(t *testing.T) {
 				table += "[vms.vm1.faults]\n" + tc.faults + "\n"
 			}
 			r := newRig(t, table)
-			var adjust []func(*lifecycle.Settings)
+			var adjust []func(*config.Lifecycle)
 			if tc.adjust != nil {
 				adjust = append(adjust, tc.adjust)
 			}
-			var edit []func(*engine.ProfileConfig)
+			var edit []func(*config.Profile)
 			if tc.profile != nil {
 				edit = append(edit, tc.profile)
 			}
-			sum := r.run(ctxFor(t, time.Minute), 0, []engine.Sample{sample(t, "s.txt", []byte("x"))},
-				engine.Pool{Profile: scanProfile(t, "scan", []string{"vm1"}, edit...), VMs: []lifecycle.VM{r.vm("vm1", adjust...)}})
+			sum := r.run(plugintest.Context(t, time.Minute), 0, []engine.Sample{sample(t, "s.txt", []byte("x"))},
+				with{scanProfile(t, "scan", []string{"vm1"}, edit...), []lifecycle.VM{r.vm("vm1", adjust...)}})
 			res := sum.Reports[0].Results[0]
 			assert.Equal(t, engine.StepFailed, res.State)
 			assert.Equal(t, tc.step, res.FailedStep, res.Error)
@@ -165,13 +167,13 @@ func TestAFaultAtEachStepLeavesTheVMClean(t *testing.T) {
 
 func TestTenSamplesOnThreeVMs(t *testing.T) {
 	r := newRig(t, vmTable("vm1", "vm2", "vm3"))
-	prof := scanProfile(t, "scan", []string{"vm1", "vm2", "vm3"}, func(c *engine.ProfileConfig) {
+	prof := scanProfile(t, "scan", []string{"vm1", "vm2", "vm3"}, func(c *config.Profile) {
 		c.Command = []string{"sleep", "0.2"}
-		c.Verdict = engine.VerdictConfig{MaliciousExitCodes: []int{1}}
+		c.Verdict = config.Verdict{MaliciousExitCodes: []int{1}, CleanExitCodes: []int{0}}
 		c.Artifacts = nil
 	})
-	sum := r.run(ctxFor(t, time.Minute), 3, cleanSamples(t, 10),
-		engine.Pool{Profile: prof, VMs: []lifecycle.VM{r.vm("vm1"), r.vm("vm2"), r.vm("vm3")}})
+	sum := r.run(plugintest.Context(t, time.Minute), 3, cleanSamples(t, 10),
+		with{prof, []lifecycle.VM{r.vm("vm1"), r.vm("vm2"), r.vm("vm3")}})
 
 	require.Zero(t, sum.Failed())
 	ivs := busy(sum)
@@ -205,24 +207,24 @@ func TestTenSamplesOnThreeVMs(t *testing.T) {
 func TestCancellingARunCleansEveryVMAndLeaksNothing(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	r := newRig(t, vmTable("vm1", "vm2", "vm3"))
-	prof := scanProfile(t, "scan", []string{"vm1", "vm2", "vm3"}, func(c *engine.ProfileConfig) {
+	prof := scanProfile(t, "scan", []string{"vm1", "vm2", "vm3"}, func(c *config.Profile) {
 		c.Command = []string{"sleep", "30"}
 		c.Artifacts = nil
 	})
-	ctx, cancel := context.WithCancel(ctxFor(t, time.Minute))
+	ctx, cancel := context.WithCancel(plugintest.Context(t, time.Minute))
+	pool, names := r.pool(ctx, 3, with{prof, []lifecycle.VM{r.vm("vm1"), r.vm("vm2"), r.vm("vm3")}})
 	// Interrupt once all three VMs are analysing.
 	analysing := map[string]bool{}
-	e := engine.New(engine.Options{Lifecycle: r.manager, MaxStarting: 3, OnEvent: func(ev engine.Event) {
+	pool.Events().Subscribe(func(ev engine.Event) {
 		if ev.Step == engine.StepAnalyzing {
 			analysing[ev.VM] = true
 			if len(analysing) == 3 {
 				cancel()
 			}
 		}
-	}})
+	})
 	begun := time.Now()
-	sum, err := e.Run(ctx, engine.Job{Samples: cleanSamples(t, 10), OutDir: r.out,
-		Pools: []engine.Pool{{Profile: prof, VMs: []lifecycle.VM{r.vm("vm1"), r.vm("vm2"), r.vm("vm3")}}}})
+	sum, err := pool.RunBatch(ctx, engine.Batch{Samples: cleanSamples(t, 10), Profiles: names, OutDir: r.out})
 	require.NoError(t, err)
 	assert.Less(t, time.Since(begun), 20*time.Second, "interrupted long before the 30 s analyses end")
 	assert.True(t, sum.Cancelled)
@@ -251,8 +253,8 @@ func TestAQuarantinedVMIsSkipped(t *testing.T) {
 	r := newRig(t, vmTable("vm1", "vm2"))
 	require.NoError(t, r.quarantine.Mark(context.Background(), "fake/vm2", "an earlier cleanup failed"))
 	prof := scanProfile(t, "scan", []string{"vm1", "vm2"})
-	sum := r.run(ctxFor(t, time.Minute), 0, cleanSamples(t, 3),
-		engine.Pool{Profile: prof, VMs: []lifecycle.VM{r.vm("vm1"), r.vm("vm2")}})
+	sum := r.run(plugintest.Context(t, time.Minute), 0, cleanSamples(t, 3),
+		with{prof, []lifecycle.VM{r.vm("vm1"), r.vm("vm2")}})
 	require.Zero(t, sum.Failed())
 	for _, rep := range sum.Reports {
 		assert.Equal(t, "vm1", rep.Results[0].VM)
@@ -264,8 +266,8 @@ func TestAQuarantinedVMIsSkipped(t *testing.T) {
 func TestAProfileWithoutUsableVMsFailsItsTasks(t *testing.T) {
 	r := newRig(t, vmTable("vm1"))
 	require.NoError(t, r.quarantine.Mark(context.Background(), "fake/vm1", "disk full"))
-	sum := r.run(ctxFor(t, time.Minute), 0, cleanSamples(t, 2),
-		engine.Pool{Profile: scanProfile(t, "scan", []string{"vm1"}), VMs: []lifecycle.VM{r.vm("vm1")}})
+	sum := r.run(plugintest.Context(t, time.Minute), 0, cleanSamples(t, 2),
+		with{scanProfile(t, "scan", []string{"vm1"}), []lifecycle.VM{r.vm("vm1")}})
 	for _, rep := range sum.Reports {
 		res := rep.Results[0]
 		assert.Equal(t, engine.StepFailed, res.State)
@@ -277,12 +279,12 @@ func TestAProfileWithoutUsableVMsFailsItsTasks(t *testing.T) {
 
 func TestMaxStartingCapsVMsBootingAtOnce(t *testing.T) {
 	r := newRig(t, vmTable("vm1", "vm2", "vm3", "vm4"))
-	prof := scanProfile(t, "scan", []string{"vm1", "vm2", "vm3", "vm4"}, func(c *engine.ProfileConfig) { c.Artifacts = nil })
+	prof := scanProfile(t, "scan", []string{"vm1", "vm2", "vm3", "vm4"}, func(c *config.Profile) { c.Artifacts = nil })
 	var vms []lifecycle.VM
 	for _, n := range prof.VMs {
 		vms = append(vms, r.vm(n))
 	}
-	sum := r.run(ctxFor(t, time.Minute), 1, cleanSamples(t, 8), engine.Pool{Profile: prof, VMs: vms})
+	sum := r.run(plugintest.Context(t, time.Minute), 1, cleanSamples(t, 8), with{prof, vms})
 	require.Zero(t, sum.Failed())
 	// A VM boots from its start call (the fake's journal has its time)
 	// until its guest is ready (it accepts the sample: copying begins).
@@ -333,35 +335,73 @@ func countOf(list []string, x string) int {
 
 func ptr[T any](v T) *T { return &v }
 
-func ctxFor(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func TestAnalyzeRunsOneTaskOnALeasedVM(t *testing.T) {
 	r := newRig(t, vmTable("vm1", "vm2"))
-	ctx := ctxFor(t, time.Minute)
+	ctx := plugintest.Context(t, time.Minute)
 	e := r.engine(0)
 	prof := scanProfile(t, "scan", []string{"vm1", "vm2"})
+	task := func(s engine.Sample) engine.Task {
+		return engine.Task{ID: "t", Sample: s, Profile: prof, Dir: filepath.Join(r.out, s.SHA256)}
+	}
 	lease, err := r.manager.Lease(ctx, r.vm("vm1"))
 	require.NoError(t, err)
-	res, unusable, err := e.Analyze(ctx, lease, sample(t, "e.com", eicarBytes()), prof, r.out)
+	res, out := e.Analyze(ctx, lease, task(sample(t, "e.com", eicarBytes())))
 	lease.Release()
-	require.NoError(t, err)
-	assert.Empty(t, unusable)
+	assert.True(t, out.Usable(), out)
 	assert.Equal(t, engine.StepDone, res.State, res.Error)
 	assert.Equal(t, engine.VerdictMalicious, res.Verdict)
-	assert.Equal(t, successSteps, steps(res))
+	assert.Equal(t, successSteps[1:], steps(res), "the task was queued by whoever leased the VM")
 	r.requireClean("vm1")
 
 	require.NoError(t, r.quarantine.Mark(ctx, "fake/vm2", "broken"))
 	lease, err = r.manager.Lease(ctx, r.vm("vm2"))
 	require.NoError(t, err)
-	res, unusable, err = e.Analyze(ctx, lease, sample(t, "s.txt", []byte("x")), prof, r.out)
+	res, out = e.Analyze(ctx, lease, task(sample(t, "s.txt", []byte("x"))))
 	lease.Release()
-	require.NoError(t, err)
-	assert.Contains(t, unusable, "broken")
+	assert.Equal(t, engine.VMQuarantined, out.State)
+	assert.Contains(t, out.Reason, "broken")
 	assert.Equal(t, engine.StepQueued, res.State, "the task never reached the quarantined VM")
 	assert.Empty(t, r.sent("vm2"))
+}
+
+// What a task takes from its guest is bounded by its profile: the
+// command's output is cut at max_output and the report says so; artifacts
+// past artifacts_max_size or artifacts_max_count are dropped, and the
+// report says which and why. Dropping is no failure of the task.
+func TestWhatComesBackFromTheGuestIsBounded(t *testing.T) {
+	for _, tc := range []struct {
+		name           string
+		count          int
+		size           int64
+		droppedBecause string
+	}{
+		{"by size", 5, 40, "artifacts_max_size (40 bytes; 25 kept)"}, // the sample is 25 bytes: the second does not fit
+		{"by count", 1, 1 << 20, "artifacts_max_count (1)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRig(t, vmTable("vm1"))
+			prof := scanProfile(t, "bounded", []string{"vm1"}, func(c *config.Profile) {
+				c.SamplePath = "/s/sample"
+				c.Command = []string{"dd", "bs=1024", "count=64"}
+				c.MaxOutput = 4096
+				c.Artifacts = []string{"/s/sample", "/s/sample"}
+				c.ArtifactsMaxCount, c.ArtifactsMaxSize = tc.count, tc.size
+			})
+			s := sample(t, "s.txt", []byte("twenty-five bytes of text"))
+			sum := r.run(plugintest.Context(t, time.Minute), 0, []engine.Sample{s}, with{prof, []lifecycle.VM{r.vm("vm1")}})
+			res := sum.Reports[0].Results[0]
+			require.Equal(t, engine.StepDone, res.State, res.Error)
+			assert.Len(t, res.Stdout, 4096, "the output kept is max_output")
+			assert.True(t, res.StdoutTruncated, "and the report says it was cut")
+			require.Len(t, res.Artifacts, 2)
+			assert.Empty(t, res.Artifacts[0].Error)
+			assert.Equal(t, int64(25), res.Artifacts[0].Size)
+			assert.True(t, res.Artifacts[1].Dropped)
+			assert.Contains(t, res.Artifacts[1].Error, tc.droppedBecause)
+			entries, err := os.ReadDir(filepath.Join(r.out, s.SHA256, "bounded", "artifacts"))
+			require.NoError(t, err)
+			assert.Len(t, entries, 1, "nothing dropped is left on the host")
+			r.requireClean("vm1")
+		})
+	}
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
@@ -47,6 +48,12 @@ type rig struct {
 
 	mu     sync.Mutex
 	events []engine.Event
+}
+
+// with is a profile and the VMs a test runs it on.
+type with struct {
+	profile config.Profile
+	vms     []lifecycle.VM
 }
 
 // newRig serves a fake whose plugin table is table (fastTiming and a
@@ -95,8 +102,8 @@ func vmTable(names ...string) string {
 
 // settings are lifecycle settings with deadlines short enough for tests
 // that expect failures.
-func settings() lifecycle.Settings {
-	s := lifecycle.Defaults()
+func settings() config.Lifecycle {
+	s := config.DefaultLifecycle()
 	s.ACPITimeout = 2 * time.Second
 	s.PowerOffTimeout = 2 * time.Second
 	s.EmergencyTimeout = 2 * time.Second
@@ -109,7 +116,7 @@ func settings() lifecycle.Settings {
 	return s
 }
 
-func (r *rig) vm(name string, adjust ...func(*lifecycle.Settings)) lifecycle.VM {
+func (r *rig) vm(name string, adjust ...func(*config.Lifecycle)) lifecycle.VM {
 	s := settings()
 	for _, f := range adjust {
 		f(&s)
@@ -119,35 +126,52 @@ func (r *rig) vm(name string, adjust ...func(*lifecycle.Settings)) lifecycle.VM 
 
 // scanProfile is the fake guest's scanner: exit 1 on EICAR, with its log
 // as an artifact.
-func scanProfile(t testing.TB, name string, vms []string, edit ...func(*engine.ProfileConfig)) engine.Profile {
+func scanProfile(t testing.TB, name string, vms []string, edit ...func(*config.Profile)) config.Profile {
 	t.Helper()
-	c := engine.ProfileConfig{
-		VMs:        vms,
-		SamplePath: `C:\sandbox\{name}`,
-		Command:    []string{`C:\Tools\scan.exe`, "-o", `C:\logs\scan.log`, "{sample}"},
-		Artifacts:  []string{`C:\logs\scan.log`},
-		Verdict:    engine.VerdictConfig{MaliciousExitCodes: []int{1}},
-	}
+	p := config.NewProfile(name, vms, `C:\sandbox\{name}`, `C:\Tools\scan.exe`, "-o", `C:\logs\scan.log`, "{sample}")
+	p.Artifacts = []string{`C:\logs\scan.log`}
 	for _, f := range edit {
-		f(&c)
+		f(&p)
 	}
-	p, key, err := c.Resolve(name)
-	require.NoError(t, err, key)
 	return p
 }
 
+// engine returns an engine whose every event the rig records.
 func (r *rig) engine(maxStarting int) *engine.Engine {
-	return engine.New(engine.Options{Lifecycle: r.manager, MaxStarting: maxStarting, OnEvent: func(e engine.Event) {
+	events := engine.NewEvents()
+	events.Subscribe(func(e engine.Event) {
 		r.mu.Lock()
 		defer r.mu.Unlock()
 		r.events = append(r.events, e)
-	}})
+	})
+	return engine.New(engine.Options{Lifecycle: r.manager, MaxStarting: maxStarting, Events: events})
 }
 
-// run runs samples through one pool of VMs.
-func (r *rig) run(ctx context.Context, maxStarting int, samples []engine.Sample, pools ...engine.Pool) *engine.Summary {
+// pool builds a pool of the uses' VMs for their profiles.
+func (r *rig) pool(ctx context.Context, maxStarting int, uses ...with) (*engine.Pool, []string) {
 	r.t.Helper()
-	sum, err := r.engine(maxStarting).Run(ctx, engine.Job{Samples: samples, Pools: pools, OutDir: r.out})
+	var vms []lifecycle.VM
+	var profiles []config.Profile
+	var names []string
+	for _, u := range uses {
+		profiles = append(profiles, u.profile)
+		names = append(names, u.profile.Name)
+		for _, vm := range u.vms {
+			if !slices.ContainsFunc(vms, func(v lifecycle.VM) bool { return v.Name == vm.Name }) {
+				vms = append(vms, vm)
+			}
+		}
+	}
+	p, err := engine.NewPool(ctx, r.engine(maxStarting), vms, profiles)
+	require.NoError(r.t, err)
+	return p, names
+}
+
+// run runs samples through the uses' profiles, as `sandbox run` does.
+func (r *rig) run(ctx context.Context, maxStarting int, samples []engine.Sample, uses ...with) *engine.Summary {
+	r.t.Helper()
+	p, names := r.pool(ctx, maxStarting, uses...)
+	sum, err := p.RunBatch(ctx, engine.Batch{Samples: samples, Profiles: names, OutDir: r.out})
 	require.NoError(r.t, err)
 	return sum
 }

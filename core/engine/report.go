@@ -40,6 +40,13 @@ func OpenSample(path string) (Sample, error) {
 	if err != nil {
 		return Sample{}, fmt.Errorf("sample %s: %w", path, err)
 	}
+	// Checked before opening: opening a FIFO (or a device) would block
+	// until someone writes to it, or read forever.
+	if fi, err := os.Stat(path); err != nil {
+		return Sample{}, fmt.Errorf("sample %s: %w", path, err)
+	} else if !fi.Mode().IsRegular() {
+		return Sample{}, fmt.Errorf("sample %s: not a regular file (%s); give the file itself", path, fi.Mode().Type())
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return Sample{}, fmt.Errorf("sample %s: %w", path, err)
@@ -90,8 +97,9 @@ type Result struct {
 	State Step `json:"state"`
 	// Verdict is the profile's rules applied to the command's result;
 	// error when the command did not run to completion. A failure after
-	// the command (collecting, cleaning) keeps the verdict.
-	Verdict Verdict `json:"verdict"`
+	// the command (collecting, cleaning) keeps the verdict; a cancelled
+	// task has none.
+	Verdict Verdict `json:"verdict,omitempty"`
 	// Rule says which rule decided the verdict.
 	Rule string `json:"rule,omitempty"`
 	// FailedStep is the first step that failed, and Error why.
@@ -103,6 +111,10 @@ type Result struct {
 	ExitCode *int   `json:"exit_code,omitempty"`
 	Stdout   string `json:"stdout,omitempty"`
 	Stderr   string `json:"stderr,omitempty"`
+	// StdoutTruncated and StderrTruncated say that the command wrote more
+	// than the profile's max_output, and only its start was kept.
+	StdoutTruncated bool `json:"stdout_truncated,omitempty"`
+	StderrTruncated bool `json:"stderr_truncated,omitempty"`
 	// Artifacts are the declared guest files, brought back or not.
 	Artifacts []Artifact `json:"artifacts,omitempty"`
 	// Transitions is every step the task went through, with its time.
@@ -110,10 +122,10 @@ type Result struct {
 	// Prepare, Restore, Start and Cleanup are the lifecycle's reports of
 	// the VM operations: ensure-stopped, restore, start and the complete
 	// cleanup after the task.
-	Prepare *lifecycle.Report `json:"prepare,omitempty"`
-	Restore *lifecycle.Report `json:"restore,omitempty"`
-	Start   *lifecycle.Report `json:"start,omitempty"`
-	Cleanup *lifecycle.Report `json:"cleanup,omitempty"`
+	Prepare *lifecycle.OpReport `json:"prepare,omitempty"`
+	Restore *lifecycle.OpReport `json:"restore,omitempty"`
+	Start   *lifecycle.OpReport `json:"start,omitempty"`
+	Cleanup *lifecycle.OpReport `json:"cleanup,omitempty"`
 	// Quarantined is set when the task's VM was quarantined, with why.
 	Quarantined string `json:"quarantined,omitempty"`
 	// Skipped lists VMs of the profile that were found unusable for this
@@ -145,6 +157,9 @@ type Artifact struct {
 	SHA256 string `json:"sha256,omitempty"`
 	// Error says why it was not brought back.
 	Error string `json:"error,omitempty"`
+	// Dropped says that it was left in the guest, or deleted on arrival,
+	// for the profile's caps on artifacts (Error says which).
+	Dropped bool `json:"dropped,omitempty"`
 }
 
 // Overall sums results up into a sample's verdict: malicious if any result
@@ -162,18 +177,60 @@ func Overall(results []*Result) Verdict {
 	return v
 }
 
-// Write saves the report as report.json in the directory root is opened
-// on, replacing an older one whole.
-func (r *Report) Write(root *os.Root) error {
+// NewReport assembles a sample's report from the results of its tasks,
+// one per profile in the order the profiles were asked for. It is the one
+// place a Report is built, for `sandbox run` and the service alike.
+func NewReport(s Sample, started, finished time.Time, results []*Result) *Report {
+	return &Report{Schema: ReportSchema, Sample: s, Verdict: Overall(results),
+		Started: started.UTC(), Finished: finished.UTC(), Results: results}
+}
+
+// NotRun is the result of a task that ended without running on any VM:
+// cancelled before a VM was free, or failed because none could take it.
+// It is the one place such a Result is built.
+func NotRun(profile string, state Step, why string) *Result {
+	now := time.Now().UTC()
+	r := &Result{Profile: profile, State: state, Verdict: VerdictError, FailedStep: StepQueued, Error: why,
+		Transitions: []Transition{{Step: state, At: now, Detail: why}}}
+	if state == StepCancelled {
+		r.Verdict = "" // a cancelled task has no verdict of its own
+	}
+	return r
+}
+
+// WriteReport saves r as report.json in dir, creating dir, and replacing an
+// older report whole: a reader sees the old file or the new one, never a
+// part. A failed write leaves no temporary file behind.
+func WriteReport(dir string, r *Report) error {
 	data, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {
 		return err
 	}
-	tmp := ReportFile + ".tmp"
-	if err := root.WriteFile(tmp, append(data, '\n'), 0o644); err != nil {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	return root.Rename(tmp, ReportFile)
+	f, err := os.CreateTemp(dir, "."+ReportFile+"-*")
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(append(data, '\n'))
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(f.Name(), 0o644)
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), filepath.Join(dir, ReportFile))
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", filepath.Join(dir, ReportFile), err)
+	}
+	return nil
 }
 
 // ReadReport reads a report.json.

@@ -1,7 +1,5 @@
 package engine
 
-import "time"
-
 // Step is where a task is: one state of its step machine. A task moves
 // forward through them; every failure or cancellation after the VM was
 // taken passes through cleaning before the end.
@@ -41,20 +39,3 @@ const (
 
 // Final reports whether s ends a task.
 func (s Step) Final() bool { return s == StepDone || s == StepFailed || s == StepCancelled }
-
-// Event is one transition of one task, as it happens: what a live view
-// shows and what tests and metrics count.
-type Event struct {
-	// Sample is the sample's file name and SHA256 its digest.
-	Sample string
-	SHA256 string
-	// Profile names the task's analysis.
-	Profile string
-	// VM is the VM the task runs on; empty while queued.
-	VM string
-	// Step is the step entered, At when.
-	Step Step
-	At   time.Time
-	// Detail says more where there is more to say (why a step failed).
-	Detail string
-}

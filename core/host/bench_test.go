@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/sdk"
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
@@ -46,7 +47,7 @@ const benchConfig = "[plugins.fake.config.vms.vm1]\nstate = \"off\"\n"
 // benchHost is a host of the real fake, with or without AutoMTLS.
 func benchHost(b *testing.B, mtls bool) *host.Host {
 	return host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"fake": {Path: fakeBinary(b), AutoMTLS: &mtls}},
+		Plugins: map[string]config.Plugin{"fake": {StartTimeout: config.DefaultPluginStartTimeout, Path: fakeBinary(b), AutoMTLS: mtls}},
 		File:    filepath.Join(b.TempDir(), "config.toml"),
 		Data:    []byte(benchConfig),
 		Logger:  hclog.NewNullLogger(),

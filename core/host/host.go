@@ -12,19 +12,22 @@ package host
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/sandboxhq/sandbox/core/config"
 )
 
 // Options configures a Host.
 type Options struct {
 	// Plugins are the [plugins.NAME] tables of the configuration file.
-	Plugins map[string]PluginConfig
+	Plugins map[string]config.Plugin
 	// File is the configuration file's path; relative plugin paths and the
 	// plugins' own relative paths are resolved against its directory.
 	File string
@@ -48,6 +51,9 @@ type Host struct {
 	mu      sync.Mutex
 	plugins map[string]*Plugin
 	closed  bool
+
+	sockOnce sync.Once
+	sockDir  string
 }
 
 // New returns a host for the given plugins. Nothing is launched yet.
@@ -120,6 +126,27 @@ func (h *Host) Close() {
 		}()
 	}
 	wg.Wait()
+	h.sockOnce.Do(func() {}) // no socket directory is made from now on
+	if h.sockDir != "" {
+		_ = os.RemoveAll(h.sockDir)
+	}
+}
+
+// socketDir is the directory go-plugin makes the plugins' socket
+// directories in: this host's own, made on first use (see
+// sockdir_unix.go), or "" for go-plugin's default.
+func (h *Host) socketDir() string {
+	h.sockOnce.Do(func() {
+		dir, err := makeSocketDir()
+		if err != nil {
+			if !errors.Is(err, errors.ErrUnsupported) {
+				h.log.Warn("plugin sockets go to the temp dir, where a killed host leaves them", "error", err)
+			}
+			return
+		}
+		h.sockDir = dir
+	})
+	return h.sockDir
 }
 
 func (h *Host) isClosed() bool {

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
@@ -68,9 +70,9 @@ func self(t *testing.T) string {
 	return exe
 }
 
-func scriptedPlugin(t *testing.T, args ...string) host.PluginConfig {
+func scriptedPlugin(t *testing.T, args ...string) config.Plugin {
 	// GORACE: a race-enabled plugin otherwise sleeps a second at exit.
-	return host.PluginConfig{Path: self(t), Args: args, Env: []string{envRole + "=plugin", "GORACE=atexit_sleep_ms=0"}}
+	return config.Plugin{AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: self(t), Args: args, Env: []string{envRole + "=plugin", "GORACE=atexit_sleep_ms=0"}}
 }
 
 type testHost struct {
@@ -78,7 +80,7 @@ type testHost struct {
 	log *logSink
 }
 
-func newHost(t *testing.T, plugins map[string]host.PluginConfig, configText string) testHost {
+func newHost(t *testing.T, plugins map[string]config.Plugin, configText string) testHost {
 	t.Helper()
 	sink := newLogSink()
 	h := host.New(host.Options{
@@ -99,7 +101,7 @@ func plug(t *testing.T, h testHost, name string) *host.Plugin {
 }
 
 func TestHostNegotiatesProtocol2WithACurrentPlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	d, err := plug(t, h, "s").Describe(context.Background())
 	require.NoError(t, err)
 	assert.Equal(t, 2, d.Protocol)
@@ -109,7 +111,7 @@ func TestHostNegotiatesProtocol2WithACurrentPlugin(t *testing.T) {
 }
 
 func TestHostNegotiatesProtocol1WithAV1OnlyPlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t, "--max-protocol=1")}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t, "--max-protocol=1")}, "")
 	p := plug(t, h, "s")
 	ctx := context.Background()
 	d, err := p.Describe(ctx)
@@ -137,8 +139,8 @@ func TestHostNegotiatesProtocol1WithAV1OnlyPlugin(t *testing.T) {
 }
 
 func TestHostRefusesAPluginWithNoCommonProtocol(t *testing.T) {
-	cfg := host.PluginConfig{Path: self(t), Env: []string{envRole + "=plugin-v3"}}
-	h := newHost(t, map[string]host.PluginConfig{"future": cfg}, "")
+	cfg := config.Plugin{AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: self(t), Env: []string{envRole + "=plugin-v3"}}
+	h := newHost(t, map[string]config.Plugin{"future": cfg}, "")
 	p := plug(t, h, "future")
 	start := time.Now()
 	_, err := p.Describe(context.Background())
@@ -151,7 +153,7 @@ func TestHostRefusesAPluginWithNoCommonProtocol(t *testing.T) {
 }
 
 func TestEveryErrorCodeCrossesTheWire(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	for vm, code := range map[string]hypervisor.Code{
 		"missing": hypervisor.CodeNotFound, "locked": hypervisor.CodeLocked, "wrong-state": hypervisor.CodeInvalidState,
@@ -173,7 +175,7 @@ func TestEveryErrorCodeCrossesTheWire(t *testing.T) {
 }
 
 func TestEveryOperationCrossesTheWire(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	ctx := context.Background()
 
@@ -217,7 +219,7 @@ func TestEveryOperationCrossesTheWire(t *testing.T) {
 }
 
 func TestStatesTheHostDoesNotKnowBecomeUnknown(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	st, err := plug(t, h, "s").Status(context.Background(), "odd")
 	require.NoError(t, err)
 	assert.Equal(t, hypervisor.PowerUnknown, st.Power, "never mistaken for off")
@@ -226,7 +228,7 @@ func TestStatesTheHostDoesNotKnowBecomeUnknown(t *testing.T) {
 }
 
 func TestCallerDeadlineReachesThePlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1") // launch outside the measured call
 	require.NoError(t, err)
@@ -250,7 +252,7 @@ func TestChecksumIsCheckedBeforeLaunch(t *testing.T) {
 	good.SHA256 = hex.EncodeToString(sum[:])
 	bad := scriptedPlugin(t)
 	bad.SHA256 = strings.Repeat("ab", 32)
-	h := newHost(t, map[string]host.PluginConfig{"good": good, "bad": bad}, "")
+	h := newHost(t, map[string]config.Plugin{"good": good, "bad": bad}, "")
 
 	_, err = plug(t, h, "good").Status(context.Background(), "vm1")
 	assert.NoError(t, err)
@@ -261,11 +263,25 @@ func TestChecksumIsCheckedBeforeLaunch(t *testing.T) {
 }
 
 func TestMissingExecutableSaysWhatToDo(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"gone": {Path: "bin/sandbox-plugin-nothing"}}, "")
+	missing := func(path string) config.Plugin {
+		return config.Plugin{AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: path}
+	}
+	h := newHost(t, map[string]config.Plugin{
+		"gone":   missing("bin/sandbox-plugin-qemu"),
+		"procvm": missing("../procvm/sandbox-plugin-procvm"),
+	}, "")
 	_, err := plug(t, h, "gone").Status(context.Background(), "vm1")
 	assert.ErrorIs(t, err, host.ErrLaunch)
-	assert.Contains(t, err.Error(), "bin/sandbox-plugin-nothing")
-	assert.Contains(t, err.Error(), "make build")
+	assert.Contains(t, err.Error(), "bin/sandbox-plugin-qemu (plugins.gone.path in ")
+	assert.Contains(t, err.Error(), "build it with `make build` in sandbox's source tree, or fix the path",
+		"one of sandbox's own plugins is built with the tree")
+
+	_, err = plug(t, h, "procvm").Status(context.Background(), "vm1")
+	assert.ErrorIs(t, err, host.ErrLaunch)
+	assert.Contains(t, err.Error(), "procvm/sandbox-plugin-procvm (plugins.procvm.path in ")
+	assert.Contains(t, err.Error(), "build it as its own documentation says, or fix the path")
+	assert.NotContains(t, err.Error(), "make build", "a third party's plugin is not built by sandbox's Makefile")
+
 	_, err = h.Plugin("nope")
 	assert.ErrorContains(t, err, `no plugin named "nope"`)
 	assert.ErrorContains(t, err, "configured: gone")
@@ -273,19 +289,30 @@ func TestMissingExecutableSaysWhatToDo(t *testing.T) {
 
 func TestPluginConfigErrorNamesFileLineAndKeyAndKillsThePlugin(t *testing.T) {
 	conf := "[plugins.s]\npath = \"x\"\n[plugins.s.config]\ngreting = \"hi\"\n"
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, conf)
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, conf)
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	require.Error(t, err)
 	assert.ErrorIs(t, err, host.ErrLaunch)
-	assert.Contains(t, err.Error(), "config.toml:4: plugins.s.config.greting: unknown key")
+	assert.Contains(t, err.Error(), "config.toml:4: plugins.s.config.greting: unknown key; "+
+		"check its spelling against the plugin's own documentation")
+	assert.NotContains(t, err.Error(), "docs/configuration.md", "sandbox's own docs know nothing of a third party's keys")
 	assert.Zero(t, p.Pid())
 	assert.NotContains(t, h.log.String(), "plugin launched")
 }
 
+func TestAPluginsOwnConfigErrorNamesItsTable(t *testing.T) {
+	conf := "[plugins.s.config]\ngreeting = \"refuse\"\n"
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, conf)
+	_, err := plug(t, h, "s").Status(context.Background(), "vm1")
+	require.ErrorIs(t, err, host.ErrLaunch)
+	assert.Regexp(t, `plugin "s" could not start: it rejected its configuration, its table \[plugins\.s\.config\] in \S+/config\.toml: `+
+		`the scripted driver will not greet anyone`, err.Error())
+}
+
 func TestPluginLogLinesReachTheHostLogTagged(t *testing.T) {
 	conf := "[plugins.s.config]\ngreeting = \"hello\"\n"
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, conf)
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, conf)
 	_, err := plug(t, h, "s").Status(context.Background(), "vm1")
 	require.NoError(t, err)
 	h.log.waitFor(t, "scripted driver configured", 2*time.Second)
@@ -297,12 +324,41 @@ func TestPluginLogLinesReachTheHostLogTagged(t *testing.T) {
 	}
 }
 
+func TestAPluginsStrayOutputIsAWarningWithItsLine(t *testing.T) {
+	sink := newLogSink()
+	h := host.New(host.Options{
+		Plugins: map[string]config.Plugin{"chatty": scriptedPlugin(t)},
+		File:    filepath.Join(t.TempDir(), "config.toml"),
+		// The default level: a stray line must show without --log-level.
+		Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: sink}),
+	})
+	t.Cleanup(h.Close)
+	p, err := h.Plugin("chatty")
+	require.NoError(t, err)
+	_, err = p.Exec(context.Background(), "vm1", hypervisor.ExecRequest{Path: "print", Args: []string{"hello", "from", "Exec"}})
+	require.NoError(t, err)
+
+	sink.waitFor(t, `plugin=chatty line="hello from Exec"`, 5*time.Second)
+	sink.waitFor(t, `line="to stderr: hello from Exec"`, 5*time.Second)
+	sink.waitFor(t, `dropped="5904 more bytes of the line"`, 5*time.Second)
+	sink.waitFor(t, `line="straight to file descriptor 1"`, 5*time.Second)
+	lines := strings.Split(sink.String(), "\n")
+	for _, want := range []string{`line="hello from Exec"`, `line="to stderr: hello from Exec"`, "dropped=", "file descriptor 1"} {
+		i := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, want) })
+		require.GreaterOrEqual(t, i, 0, want)
+		assert.Contains(t, lines[i], "[WARN]  sandbox.chatty: the plugin wrote a line to its std", lines[i])
+	}
+	assert.Contains(t, sink.String(), "which sandbox does not read")
+	assert.True(t, strings.Contains(sink.String(), " line="+strings.Repeat("x", 4096)+" dropped="),
+		"a long line is logged cut at its bound, 4096 bytes")
+}
+
 func TestPluginEnvironmentIsMinimal(t *testing.T) {
 	t.Setenv("SANDBOX_HOST_TEST_SECRET", "leak")
 	t.Setenv("SANDBOX_HOST_TEST_PASSED", "yes")
 	cfg := scriptedPlugin(t)
 	cfg.Env = append(cfg.Env, "SANDBOX_HOST_TEST_PASSED")
-	h := newHost(t, map[string]host.PluginConfig{"s": cfg}, "")
+	h := newHost(t, map[string]config.Plugin{"s": cfg}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	require.NoError(t, err)

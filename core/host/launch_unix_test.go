@@ -20,8 +20,10 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health/grpc_health_v1"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // sleeperPlugin writes a script that is no plugin: it starts a child that
@@ -53,21 +55,9 @@ func childPid(t *testing.T, pidFile string) int {
 	return pid
 }
 
-// gone waits up to d for pid to end.
-func gone(pid int, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for alive(pid) {
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(5 * time.Millisecond) // a foreign process: nothing to wait on
-	}
-	return true
-}
-
 func TestALaunchThatNeverHandshakesEndsAtStartTimeoutWithItsChildren(t *testing.T) {
 	path, pidFile := sleeperPlugin(t)
-	h := newHost(t, map[string]host.PluginConfig{"s": {Path: path, StartTimeout: time.Second}}, "")
+	h := newHost(t, map[string]config.Plugin{"s": {AutoMTLS: true, Path: path, StartTimeout: time.Second}}, "")
 	start := time.Now()
 	_, err := plug(t, h, "s").Status(context.Background(), "vm1")
 	took := time.Since(start)
@@ -76,12 +66,12 @@ func TestALaunchThatNeverHandshakesEndsAtStartTimeoutWithItsChildren(t *testing.
 	assert.Contains(t, err.Error(), "start_timeout")
 	assert.Less(t, took, 4*time.Second, "bounded by start_timeout (1s), not by what the plugin's child does")
 	child := childPid(t, pidFile)
-	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived the failed launch", child)
+	assert.True(t, plugintest.GoneWithin(child, 2*time.Second), "the plugin's child %d outlived the failed launch", child)
 }
 
 func TestCancelingALaunchEndsItAtOnceWithItsChildren(t *testing.T) {
 	path, pidFile := sleeperPlugin(t)
-	h := newHost(t, map[string]host.PluginConfig{"s": {Path: path, StartTimeout: time.Minute}}, "")
+	h := newHost(t, map[string]config.Plugin{"s": {AutoMTLS: true, Path: path, StartTimeout: time.Minute}}, "")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -99,12 +89,12 @@ func TestCancelingALaunchEndsItAtOnceWithItsChildren(t *testing.T) {
 		t.Fatal("the launch went on after its context ended")
 	}
 	t.Logf("launch ended %v after the cancel", time.Since(canceled).Round(time.Millisecond))
-	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived the canceled launch", child)
+	assert.True(t, plugintest.GoneWithin(child, 2*time.Second), "the plugin's child %d outlived the canceled launch", child)
 }
 
 func TestClosingTheHostEndsALaunchUnderWay(t *testing.T) {
 	path, pidFile := sleeperPlugin(t)
-	h := newHost(t, map[string]host.PluginConfig{"s": {Path: path, StartTimeout: time.Minute}}, "")
+	h := newHost(t, map[string]config.Plugin{"s": {AutoMTLS: true, Path: path, StartTimeout: time.Minute}}, "")
 	done := make(chan error, 1)
 	go func() {
 		_, err := plug(t, h, "s").Status(context.Background(), "vm1")
@@ -123,7 +113,7 @@ func TestClosingTheHostEndsALaunchUnderWay(t *testing.T) {
 			t.Fatal("Close did not end the launch under way")
 		}
 	}
-	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived Close", child)
+	assert.True(t, plugintest.GoneWithin(child, 2*time.Second), "the plugin's child %d outlived Close", child)
 }
 
 func waitErr(ch <-chan error) <-chan struct{} {
@@ -139,15 +129,15 @@ func waitErr(ch <-chan error) <-chan struct{} {
 // processes it ran, so nothing it started is left working on a VM.
 func TestKillingAPluginKillsWhatItStarted(t *testing.T) {
 	cfg := scriptedPlugin(t)
-	h := newHost(t, map[string]host.PluginConfig{"s": cfg}, "")
+	h := newHost(t, map[string]config.Plugin{"s": cfg}, "")
 	p := plug(t, h, "s")
 	res, err := p.Exec(context.Background(), "vm1", hypervisor.ExecRequest{Path: "spawn"})
 	require.NoError(t, err)
 	child, err := strconv.Atoi(string(res.Stdout))
 	require.NoError(t, err)
-	require.True(t, alive(child))
+	require.False(t, plugintest.Gone(child))
 	p.Kill()
-	assert.True(t, gone(child, 2*time.Second), "the plugin's child %d outlived the plugin", child)
+	assert.True(t, plugintest.GoneWithin(child, 2*time.Second), "the plugin's child %d outlived the plugin", child)
 }
 
 // socketOf returns the plugin's Unix socket, found through the directory
@@ -192,7 +182,7 @@ func healthWithoutCertificate(socket string) error {
 func TestThePluginSocketIsPrivateAndNeedsTheHostsCertificate(t *testing.T) {
 	old := syscall.Umask(0)
 	defer syscall.Umask(old)
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	require.NoError(t, err)
@@ -217,7 +207,7 @@ func TestAnotherUserCannotReachThePluginSocket(t *testing.T) {
 		t.Skip("needs root to act as another user")
 	}
 	old := syscall.Umask(0)
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	syscall.Umask(old)
@@ -245,11 +235,29 @@ func TestAnotherUserCannotReachThePluginSocket(t *testing.T) {
 func TestAutoMTLSCanBeTurnedOff(t *testing.T) {
 	cfg := scriptedPlugin(t)
 	off := false
-	cfg.AutoMTLS = &off
-	h := newHost(t, map[string]host.PluginConfig{"s": cfg}, "")
+	cfg.AutoMTLS = off
+	h := newHost(t, map[string]config.Plugin{"s": cfg}, "")
 	p := plug(t, h, "s")
 	_, err := p.Status(context.Background(), "vm1")
 	require.NoError(t, err)
 	_, socket := socketOf(t, p.Pid())
 	assert.NoError(t, healthWithoutCertificate(socket), "without auto_mtls any client of the user gets through")
+}
+
+// A program that prints a handshake naming a socket nobody listens on is
+// not a plugin that rejected its configuration: the error says what it
+// is, names the socket and the setting to check.
+func TestAHandshakeNamingAMissingSocketSaysSo(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "liar.sh")
+	sock := filepath.Join(dir, "nobody-listens.sock")
+	script := "#!/bin/sh\necho '1|2|unix|" + sock + "|grpc|'\nsleep 30\n"
+	require.NoError(t, os.WriteFile(path, []byte(script), 0o755))
+	h := newHost(t, map[string]config.Plugin{"liar": {Path: path, StartTimeout: 10 * time.Second}}, "")
+	_, err := plug(t, h, "liar").Status(context.Background(), "vm1")
+	require.Error(t, err)
+	assert.ErrorIs(t, err, host.ErrLaunch)
+	assert.NotContains(t, err.Error(), "rejected its configuration")
+	assert.Contains(t, err.Error(), sock)
+	assert.Contains(t, err.Error(), "plugins.liar.path")
 }

@@ -2,6 +2,7 @@ package host_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
@@ -32,6 +34,7 @@ const envSocket = "SANDBOX_HOST_TEST_SOCKET"
 func TestMain(m *testing.M) {
 	switch os.Getenv(envRole) {
 	case "plugin":
+		fd1 = os.Stdout // before Serve puts a pipe of its own in os.Stdout
 		sdk.Serve(newScripted)
 		os.Exit(0)
 	case "plugin-v3":
@@ -59,6 +62,9 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
+// fd1 is the plugin's real stdout, which its go-plugin handshake went to.
+var fd1 *os.File
+
 // v3Plugin is a plugin of an unknown future protocol; it serves nothing.
 type v3Plugin struct{ plugin.NetRPCUnsupportedPlugin }
 
@@ -71,7 +77,7 @@ func (v3Plugin) GRPCClient(context.Context, *plugin.GRPCBroker, *grpc.ClientConn
 // runHost launches one plugin, prints its pid and waits to be killed.
 func runHost() {
 	h := host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"scripted": {Path: os.Args[0], Env: []string{envRole + "=plugin", "GORACE"}}},
+		Plugins: map[string]config.Plugin{"scripted": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: os.Args[0], Env: []string{envRole + "=plugin", "GORACE"}}},
 		File:    "host-test.toml",
 	})
 	p, _ := h.Plugin("scripted")
@@ -100,6 +106,9 @@ func newScripted(cfg sdk.Config, log hclog.Logger) (hypervisor.Driver, error) {
 	}
 	if err := cfg.Decode(&c); err != nil {
 		return nil, err
+	}
+	if c.Greeting == "refuse" {
+		return nil, errors.New("the scripted driver will not greet anyone")
 	}
 	log.Info("scripted driver configured", "greeting", c.Greeting)
 	return &scripted{log: log, running: map[string]bool{}, snap: map[string]string{}}, nil
@@ -205,6 +214,15 @@ func (s *scripted) Restore(ctx context.Context, vm, snapshot string) error {
 func (s *scripted) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (hypervisor.ExecResult, error) {
 	if err := s.fail(hypervisor.OpExec, vm); err != nil {
 		return hypervisor.ExecResult{}, err
+	}
+	if req.Path == "print" {
+		// A driver bug: output on the plugin's stdout and stderr after
+		// the handshake, where nothing reads it as a log.
+		fmt.Println(strings.Join(req.Args, " "))
+		fmt.Fprintln(os.Stderr, "to stderr:", strings.Join(req.Args, " "))
+		fmt.Print(strings.Repeat("x", 10000), "\n")
+		fmt.Fprintln(fd1, "straight to file descriptor 1")
+		return hypervisor.ExecResult{}, nil
 	}
 	if req.Path == "spawn" {
 		// A process of the plugin's own, as a driver starts its

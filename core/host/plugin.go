@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +18,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"github.com/hashicorp/go-plugin/runner"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
 )
@@ -35,7 +38,7 @@ var ErrLaunch = errors.New("plugin launch failed")
 // not running.
 type Plugin struct {
 	name string
-	cfg  PluginConfig
+	cfg  config.Plugin
 	host *Host
 
 	mu   sync.Mutex
@@ -51,6 +54,8 @@ type instance struct {
 	remote   sdk.Remote
 	hostPipe *os.File // write end of the watchdog pipe; closing it tells the plugin to exit
 	pid      int
+	// stray are the plugin's stdout and stderr after the handshake.
+	stray []*strayOutput
 
 	infoMu sync.Mutex
 	info   *hypervisor.Info
@@ -80,6 +85,9 @@ func (in *instance) kill() {
 	in.proc.waitExit()
 	if in.hostPipe != nil {
 		_ = in.hostPipe.Close()
+	}
+	for _, s := range in.stray {
+		s.flush()
 	}
 }
 
@@ -147,7 +155,7 @@ func (p *Plugin) Describe(ctx context.Context) (Description, error) {
 	}
 	return Description{
 		Plugin:   p.name,
-		Path:     p.cfg.resolvedPath(p.host.dir),
+		Path:     resolvedPath(p.cfg, p.host.dir),
 		Pid:      in.pid,
 		Protocol: in.remote.Protocol(),
 		Info:     info,
@@ -196,17 +204,17 @@ func (p *Plugin) instance(ctx context.Context) (*instance, error) {
 // kills the plugin with every process it started, whatever those do with
 // its pipes.
 func (p *Plugin) launch(ctx context.Context) (*instance, error) {
-	timeout := p.cfg.startTimeout()
+	timeout := p.cfg.StartTimeout
 	lctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	stop := context.AfterFunc(p.host.ctx, cancel)
 	defer stop()
 
-	path := p.cfg.resolvedPath(p.host.dir)
+	path := resolvedPath(p.cfg, p.host.dir)
 	if err := p.checkExecutable(path); err != nil {
 		return nil, p.launchError(err)
 	}
-	env := append(p.cfg.environment(os.LookupEnv), sdk.EnvLogLevel+"="+p.host.log.GetLevel().String())
+	env := append(environment(p.cfg, os.LookupEnv), sdk.EnvLogLevel+"="+p.host.log.GetLevel().String())
 	var pipeR, pipeW *os.File
 	if runtime.GOOS != "windows" {
 		var err error
@@ -219,6 +227,12 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 	if p.cfg.SHA256 != "" {
 		checksum, _ = hex.DecodeString(p.cfg.SHA256) // validated when the config was loaded
 	}
+	stdout := newStrayOutput(p.host.log.Named(p.name), p.name, "stdout")
+	stderr := newStrayOutput(p.host.log.Named(p.name), p.name, "stderr")
+	// The real stdout, which only code writing to file descriptor 1 itself
+	// reaches after the handshake; a writer of its own keeps its lines
+	// apart from os.Stdout's.
+	fd1 := newStrayOutput(p.host.log.Named(p.name), p.name, "stdout")
 	var procMu sync.Mutex
 	var proc *process
 	current := func() *process {
@@ -237,6 +251,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 			if err != nil {
 				return nil, err
 			}
+			pr.stray = fd1
 			procMu.Lock()
 			defer procMu.Unlock()
 			if lctx.Err() != nil {
@@ -245,10 +260,12 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 			proc = pr
 			return pr, nil
 		},
-		UnixSocketConfig: &plugin.UnixSocketConfig{},
-		AutoMTLS:         p.cfg.autoMTLS(),
+		UnixSocketConfig: &plugin.UnixSocketConfig{TempDir: p.host.socketDir()},
+		AutoMTLS:         p.cfg.AutoMTLS,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		Logger:           pluginLog{Logger: p.host.log.Named(p.name), proc: current},
+		SyncStdout:       stdout,
+		SyncStderr:       stderr,
 		SkipHostEnv:      true,
 		StartTimeout:     timeout,
 	})
@@ -292,7 +309,7 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 		return nil, p.launchError(p.giveUpReason(ctx, timeout))
 	}
 	closePipes()
-	in := &instance{client: client, proc: current(), hostPipe: pipeW}
+	in := &instance{client: client, proc: current(), hostPipe: pipeW, stray: []*strayOutput{stdout, stderr, fd1}}
 	if in.proc == nil {
 		in.proc = &process{exited: make(chan struct{})} // go-plugin failed before it ran anything
 	}
@@ -326,15 +343,30 @@ func (p *Plugin) launch(ctx context.Context) (*instance, error) {
 	if err != nil && lctx.Err() != nil {
 		return fail(fmt.Errorf("while the plugin was being configured: %w", p.giveUpReason(ctx, timeout)))
 	}
+	if err != nil && errors.Is(err, sdk.ErrTransport) {
+		// The handshake named a socket the host cannot talk to: nothing
+		// heard the configuration, let alone rejected it.
+		addr := "its socket"
+		if rc := client.ReattachConfig(); rc != nil && rc.Addr != nil {
+			addr = rc.Addr.String()
+		}
+		return fail(fmt.Errorf("%s completed the plugin handshake, but nothing answers on the socket it named (%s): %w; "+
+			"is plugins.%s.path in %s a plugin built with the sandbox SDK?", path, addr, err, p.name, p.host.opts.File))
+	}
 	if err != nil {
 		var he *hypervisor.Error
 		if errors.As(err, &he) && he.Message != "" {
 			err = errors.New(he.Message) // the plugin's words, e.g. config.toml:12: key: unknown key
 		}
+		if table := "plugins." + p.name + ".config"; !strings.Contains(err.Error(), table) {
+			// Words of the driver's own ("VM worker: permission denied")
+			// need the table they are about.
+			return fail(fmt.Errorf("it rejected its configuration, its table [%s] in %s: %w", table, p.host.opts.File, err))
+		}
 		return fail(fmt.Errorf("it rejected its configuration: %w", err))
 	}
 	p.host.log.Debug("plugin launched", "plugin", p.name, "pid", in.pid, "protocol", remote.Protocol(),
-		"auto_mtls", p.cfg.autoMTLS())
+		"auto_mtls", p.cfg.AutoMTLS)
 	return in, nil
 }
 
@@ -349,7 +381,7 @@ func (p *Plugin) giveUpReason(ctx context.Context, timeout time.Duration) error 
 	}
 	return fmt.Errorf("%s did not complete the plugin handshake within start_timeout (%s): it is not a sandbox plugin, "+
 		"or it hangs at start; check plugins.%s.path in %s, or raise plugins.%s.start_timeout",
-		p.cfg.resolvedPath(p.host.dir), timeout, p.name, p.host.opts.File, p.name)
+		resolvedPath(p.cfg, p.host.dir), timeout, p.name, p.host.opts.File, p.name)
 }
 
 // checkExecutable tells a missing or non-executable plugin apart before
@@ -357,8 +389,12 @@ func (p *Plugin) giveUpReason(ctx context.Context, timeout time.Duration) error 
 func (p *Plugin) checkExecutable(path string) error {
 	fi, err := os.Stat(path)
 	if err != nil || fi.IsDir() {
-		return fmt.Errorf("no plugin executable at %s (plugins.%s.path in %s): build it with `make build` or fix the path",
-			path, p.name, p.host.opts.File)
+		build := "build it as its own documentation says"
+		if bundled(path) {
+			build = "build it with `make build` in sandbox's source tree"
+		}
+		return fmt.Errorf("no plugin executable at %s (plugins.%s.path in %s): %s, or fix the path",
+			path, p.name, p.host.opts.File, build)
 	}
 	if runtime.GOOS != "windows" && fi.Mode().Perm()&0o111 == 0 {
 		return fmt.Errorf("%s is not executable (plugins.%s.path in %s): run `chmod +x %s`, or point path at the plugin executable",
@@ -393,6 +429,18 @@ func (p *Plugin) explainStartError(err error, path string) error {
 		return fmt.Errorf("%s exited before the plugin handshake; is %s a plugin built with the sandbox SDK?", path, setting)
 	}
 	return err
+}
+
+// bundledPlugins are the executables `make build` builds from this
+// source tree (plugins/*/cmd/sandbox-plugin-*). A hint for one of them can
+// say how sandbox's own tree builds it; any other plugin is a third party's,
+// with a build and a documentation of its own.
+var bundledPlugins = []string{"sandbox-plugin-fake", "sandbox-plugin-libvirt", "sandbox-plugin-qemu", "sandbox-plugin-vboxmanage"}
+
+// bundled reports whether path names one of sandbox's own plugins.
+func bundled(path string) bool {
+	base := strings.TrimSuffix(filepath.Base(path), ".exe")
+	return slices.Contains(bundledPlugins, base)
 }
 
 func firstLine(s string) string {

@@ -39,6 +39,9 @@ type process struct {
 	// closeAfterStart are the child's ends of the pipes.
 	closeAfterStart []*os.File
 	stdout, stderr  *os.File
+	// stray gets what the process writes to its real stdout after the
+	// handshake line, which go-plugin reads and drops.
+	stray io.Writer
 
 	// exited is closed once the process has exited and been reaped.
 	exited chan struct{}
@@ -194,8 +197,40 @@ func (p *process) Pid() int {
 	return p.pid
 }
 
-// Stdout carries the go-plugin handshake.
-func (p *process) Stdout() io.ReadCloser { return p.stdout }
+// Stdout carries the go-plugin handshake. What follows its first line
+// comes from code that wrote to file descriptor 1 itself rather than to
+// os.Stdout, which go-plugin's Serve redirects (a child process that
+// inherited it, C code): go-plugin drops it, so a copy goes to stray.
+func (p *process) Stdout() io.ReadCloser {
+	if p.stray == nil {
+		return p.stdout
+	}
+	return &afterHandshake{ReadCloser: p.stdout, stray: p.stray}
+}
+
+// afterHandshake passes a plugin's stdout through and copies what follows
+// its first line to stray.
+type afterHandshake struct {
+	io.ReadCloser
+	stray io.Writer
+	past  bool
+}
+
+func (r *afterHandshake) Read(b []byte) (int, error) {
+	n, err := r.ReadCloser.Read(b)
+	rest := b[:n]
+	if !r.past {
+		i := bytes.IndexByte(rest, '\n')
+		if i < 0 {
+			return n, err
+		}
+		r.past, rest = true, rest[i+1:]
+	}
+	if len(rest) > 0 {
+		_, _ = r.stray.Write(rest)
+	}
+	return n, err
+}
 
 // Stderr carries the plugin's log.
 func (p *process) Stderr() io.ReadCloser { return p.stderr }

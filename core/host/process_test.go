@@ -4,11 +4,11 @@ package host_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,8 +19,10 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // These tests kill processes with signals and read /proc, so they run on
@@ -28,7 +30,7 @@ import (
 
 func TestPluginKilledMidCallFailsFastAndIsRelaunched(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	h := newHost(t, map[string]host.PluginConfig{"s": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
 	p := plug(t, h, "s")
 	ctx := context.Background()
 	_, err := p.Status(ctx, "vm1")
@@ -64,7 +66,7 @@ func TestPluginKilledMidCallFailsFastAndIsRelaunched(t *testing.T) {
 }
 
 func TestCloseKillsEveryPlugin(t *testing.T) {
-	h := newHost(t, map[string]host.PluginConfig{"a": scriptedPlugin(t), "b": scriptedPlugin(t)}, "")
+	h := newHost(t, map[string]config.Plugin{"a": scriptedPlugin(t), "b": scriptedPlugin(t)}, "")
 	var pids []int
 	for _, name := range []string{"a", "b"} {
 		p := plug(t, h, name)
@@ -74,13 +76,16 @@ func TestCloseKillsEveryPlugin(t *testing.T) {
 	}
 	h.Close()
 	for _, pid := range pids {
-		assert.False(t, alive(pid), "plugin %d survived Close", pid)
+		assert.True(t, plugintest.Gone(pid), "plugin %d survived Close", pid)
 	}
 	_, err := h.Plugin("a")
 	assert.Error(t, err, "a closed host launches nothing")
 }
 
-func TestPluginsDieWithAKilledHost(t *testing.T) {
+// startHost runs a host process (runHost) that launches one plugin, and
+// returns it with the plugin's pid.
+func startHost(t *testing.T) (*exec.Cmd, int) {
+	t.Helper()
 	cmd := exec.Command(self(t))
 	// Under -race the runtime sleeps a second at exit (atexit_sleep_ms);
 	// that is the detector's delay, not the watchdog's, so turn it off.
@@ -97,29 +102,83 @@ func TestPluginsDieWithAKilledHost(t *testing.T) {
 	require.Equal(t, "pid", f[0], "host said %q", line)
 	pid, err := strconv.Atoi(f[1])
 	require.NoError(t, err)
-	require.True(t, alive(pid))
+	return cmd, pid
+}
+
+func TestPluginsDieWithAKilledHost(t *testing.T) {
+	cmd, pid := startHost(t)
+	require.False(t, plugintest.Gone(pid))
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	killed := time.Now()
 	_ = cmd.Wait()
 	deadline := killed.Add(time.Second)
-	for alive(pid) && time.Now().Before(deadline) {
+	for !plugintest.Gone(pid) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // polling a foreign process: there is nothing to wait on
 	}
-	assert.False(t, alive(pid), "plugin %d outlived its killed host by more than 1s", pid)
+	assert.True(t, plugintest.Gone(pid), "plugin %d outlived its killed host by more than 1s", pid)
 	t.Logf("plugin gone %v after the host was killed", time.Since(killed).Round(time.Millisecond))
 }
 
-// alive reports whether pid is a live process (a zombie waiting to be
-// reaped counts as dead).
-func alive(pid int) bool {
-	if err := syscall.Kill(pid, 0); err != nil {
-		return false
+// A host killed with SIGKILL cannot remove its plugins' socket
+// directories; the next host does, and a host that closes leaves none.
+func TestAKilledHostsSocketDirIsRemovedByTheNext(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "sk") // short: the sockets' paths must stay under 108 bytes
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	t.Setenv("TMPDIR", tmp)
+	cmd, pid := startHost(t)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	_ = cmd.Wait()
+	require.True(t, plugintest.GoneWithin(pid, 5*time.Second))
+	left := leftovers(t, tmp)
+	require.NotEmpty(t, left, "the killed host's plugin socket directory is there")
+
+	h := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
+	_, err = plug(t, h, "s").Status(context.Background(), "vm1")
+	require.NoError(t, err)
+	for _, dir := range left {
+		assert.NoDirExists(t, dir, "the next host removes the socket directory of the killed one")
 	}
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return !errors.Is(err, os.ErrNotExist)
+	h.Close()
+	assert.Empty(t, leftovers(t, tmp), "a host that closed leaves no socket directory")
+}
+
+// leftovers are the plugin socket directories under tmp.
+func leftovers(t *testing.T, tmp string) []string {
+	t.Helper()
+	var dirs []string
+	err := filepath.WalkDir(tmp, func(path string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() && strings.HasPrefix(d.Name(), "plugin") {
+			dirs = append(dirs, path)
+		}
+		return err
+	})
+	require.NoError(t, err)
+	return dirs
+}
+
+// Hosts of one process each have a socket directory of their own: one
+// that closes leaves the other's plugin sockets where they are, for the
+// plugins it relaunches and for the launches under way.
+func TestTwoHostsOfAProcessKeepTheirOwnSockets(t *testing.T) {
+	tmp, err := os.MkdirTemp("", "sk") // short: the sockets' paths must stay under 108 bytes
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	t.Setenv("TMPDIR", tmp)
+	a := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
+	b := newHost(t, map[string]config.Plugin{"s": scriptedPlugin(t)}, "")
+	for _, h := range []testHost{a, b} {
+		_, err := plug(t, h, "s").Status(context.Background(), "vm1")
+		require.NoError(t, err)
 	}
-	fields := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+1:]))
-	return len(fields) == 0 || fields[0] != "Z"
+	require.Len(t, leftovers(t, tmp), 2, "one socket directory per plugin")
+	a.Close()
+	left := leftovers(t, tmp)
+	require.Len(t, left, 1, "the closed host's socket directory went, the other's stayed")
+	entries, err := os.ReadDir(left[0])
+	require.NoError(t, err)
+	assert.NotEmpty(t, entries, "the other host's plugin socket is still there")
+	_, err = plug(t, b, "s").Status(context.Background(), "vm1")
+	require.NoError(t, err)
 }

@@ -129,6 +129,10 @@ type ExecRequest struct {
 	Args []string `json:"args,omitempty"`
 	// Timeout bounds the command; zero means until ctx ends.
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// MaxOutput bounds, in bytes, what the result keeps of each of stdout
+	// and stderr (§9.5a); zero leaves the driver's own bound, and a
+	// driver never keeps more than its own bound whatever is asked.
+	MaxOutput int64 `json:"max_output,omitempty"`
 }
 
 // ExecResult is the outcome of a command that ran to completion.
@@ -136,9 +140,23 @@ type ExecResult struct {
 	// ExitCode is the command's exit status.
 	ExitCode int `json:"exit_code"`
 	// Stdout and Stderr are the command's output, possibly truncated by the
-	// driver to a bound it documents.
+	// driver to a bound it documents or the request's MaxOutput (§9.5a).
 	Stdout []byte `json:"stdout"`
 	Stderr []byte `json:"stderr"`
+	// StdoutTruncated and StderrTruncated say that the command wrote more
+	// than the result keeps: what is there is its beginning.
+	StdoutTruncated bool `json:"stdout_truncated,omitempty"`
+	StderrTruncated bool `json:"stderr_truncated,omitempty"`
+}
+
+// Limit is the bound on each of stdout and stderr for a request to a
+// driver whose own bound is own: the request's MaxOutput when it asks for
+// less, else own.
+func (r ExecRequest) Limit(own int64) int64 {
+	if r.MaxOutput > 0 && r.MaxOutput < own {
+		return r.MaxOutput
+	}
+	return own
 }
 
 // Operation names, as they appear in Error.Op, logs and reports.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
@@ -35,7 +36,7 @@ func benchPlugin(b *testing.B, table string) *host.Plugin {
 	b.Helper()
 	dir := b.TempDir()
 	h := host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"fake": {Path: fakeBin}},
+		Plugins: map[string]config.Plugin{"fake": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: fakeBin}},
 		File:    filepath.Join(dir, "config.toml"),
 		Data:    []byte("[plugins.fake.config]\n" + table),
 		Logger:  hclog.NewNullLogger(),
@@ -56,10 +57,10 @@ func median(xs []time.Duration) time.Duration {
 
 // benchCleanup runs one cleanup per iteration from a running VM and
 // reports the median time beyond the simulated power-off.
-func benchCleanup(b *testing.B, table string, cleanup func(context.Context, lifecycle.VM) (*lifecycle.Report, error)) {
+func benchCleanup(b *testing.B, table string, cleanup func(context.Context, lifecycle.VM) (*lifecycle.OpReport, error)) {
 	p := benchPlugin(b, table)
-	s := lifecycle.Defaults()
-	s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff, hypervisor.StopEmergency}
+	s := config.DefaultLifecycle()
+	s.StopLadder = []string{config.StopPowerOff, config.StopEmergency}
 	vm := lifecycle.VM{Name: "vm1", Plugin: "fake", Driver: p, Settings: s}
 	ctx := context.Background()
 	var overheads []time.Duration
@@ -90,19 +91,19 @@ func benchCleanup(b *testing.B, table string, cleanup func(context.Context, life
 func BenchmarkCleanupOverhead(b *testing.B) {
 	m := lifecycle.New(lifecycle.Options{})
 	b.Run("composed", func(b *testing.B) {
-		benchCleanup(b, withoutNativeCleanup+benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.Report, error) {
+		benchCleanup(b, withoutNativeCleanup+benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.OpReport, error) {
 			return m.Cleanup(ctx, vm)
 		})
 	})
 	b.Run("native", func(b *testing.B) {
-		benchCleanup(b, benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.Report, error) {
+		benchCleanup(b, benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.OpReport, error) {
 			return m.Cleanup(ctx, vm)
 		})
 	})
 	b.Run("polling", func(b *testing.B) {
 		// A driver that reports locks but cannot watch: adaptive polling.
 		caps := `capabilities = ["stop.poweroff", "stop.emergency", "snapshot.restore", "status.lock", "unlock"]` + "\n"
-		benchCleanup(b, caps+benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.Report, error) {
+		benchCleanup(b, caps+benchWorld, func(ctx context.Context, vm lifecycle.VM) (*lifecycle.OpReport, error) {
 			return m.Cleanup(ctx, vm)
 		})
 	})
@@ -114,8 +115,8 @@ func BenchmarkCleanupOverhead(b *testing.B) {
 	})
 }
 
-func fixedSleepCleanup(ctx context.Context, vm lifecycle.VM) (*lifecycle.Report, error) {
-	r := &lifecycle.Report{}
+func fixedSleepCleanup(ctx context.Context, vm lifecycle.VM) (*lifecycle.OpReport, error) {
+	r := &lifecycle.OpReport{}
 	d := vm.Driver
 	sleep := func(t time.Duration) { time.Sleep(t) }
 	st, err := d.Status(ctx, vm.Name)

@@ -58,23 +58,8 @@ type TryLeases interface {
 
 // TryAcquire implements TryLeases within this process.
 func (l *localLeases) TryAcquire(key string) (func(), *LeaseHolder, error) {
-	ch := l.slot(key)
-	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil, nil
-	default:
-		return nil, nil, &LeaseHeldError{Key: key}
+	if release, ok := l.keys.TryLock(key); ok {
+		return release, nil, nil
 	}
-}
-
-// slot is key's lock: a channel with room for one holder.
-func (l *localLeases) slot(key string) chan struct{} {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	ch, ok := l.keys[key]
-	if !ok {
-		ch = make(chan struct{}, 1)
-		l.keys[key] = ch
-	}
-	return ch
+	return nil, nil, &LeaseHeldError{Key: key}
 }

@@ -43,6 +43,28 @@ func (m *Manager) Lease(ctx context.Context, vm VM) (*Lease, error) {
 	return &Lease{m: m, vm: vm, free: release}, nil
 }
 
+// TryLease holds vm until Release if nobody holds it, without waiting: a
+// VM that another operation (of this process or, with shared leases,
+// another) holds answers a *LeaseHeldError, errors.Is ErrLeaseHeld. A
+// scheduler uses it to pass over a VM in use elsewhere rather than queue
+// behind it. Leases that cannot tell a held lease from a free one are
+// waited on within ctx.
+func (m *Manager) TryLease(ctx context.Context, vm VM) (*Lease, error) {
+	tl, ok := m.leases.(TryLeases)
+	if !ok {
+		return m.Lease(ctx, vm)
+	}
+	release, left, err := tl.TryAcquire(vm.Key())
+	var held *LeaseHeldError
+	switch {
+	case errors.As(err, &held):
+		return nil, err
+	case err != nil:
+		return nil, fmt.Errorf("its lease could not be taken: %w", err)
+	}
+	return &Lease{m: m, vm: vm, free: release, left: left}, nil
+}
+
 // VM returns the VM the lease holds.
 func (l *Lease) VM() VM { return l.vm }
 
@@ -54,27 +76,27 @@ func (l *Lease) with(opts []Option) []Option {
 }
 
 // EnsureStopped is Manager.EnsureStopped under the lease.
-func (l *Lease) EnsureStopped(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) EnsureStopped(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.EnsureStopped(ctx, l.vm, l.with(opts)...)
 }
 
 // Restore is Manager.Restore under the lease.
-func (l *Lease) Restore(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Restore(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.Restore(ctx, l.vm, l.with(opts)...)
 }
 
 // Start is Manager.Start under the lease.
-func (l *Lease) Start(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Start(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.Start(ctx, l.vm, l.with(opts)...)
 }
 
 // Stop is Manager.Stop under the lease.
-func (l *Lease) Stop(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Stop(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.Stop(ctx, l.vm, l.with(opts)...)
 }
 
 // Cleanup is Manager.Cleanup under the lease: it quarantines the VM on
 // failure and lifts a quarantine on success, as Manager.Cleanup does.
-func (l *Lease) Cleanup(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Cleanup(ctx context.Context, opts ...Option) (*OpReport, error) {
 	return l.m.Cleanup(ctx, l.vm, l.with(opts)...)
 }

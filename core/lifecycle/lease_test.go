@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 func TestLeaseHoldsTheVMAcrossOperations(t *testing.T) {
@@ -17,7 +18,7 @@ func TestLeaseHoldsTheVMAcrossOperations(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	vm := w.vm("vm1")
 	lease, err := w.manager.Lease(ctx, vm)
 	require.NoError(t, err)

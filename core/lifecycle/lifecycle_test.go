@@ -10,8 +10,10 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // Fast timings: every transition well under a second.
@@ -31,7 +33,7 @@ const withoutNativeCleanup = `capabilities = ["list", "stop.acpi", "stop.powerof
   "snapshot.restore", "status.lock", "watch"]
 `
 
-func stepNames(r *lifecycle.Report) []string {
+func stepNames(r *lifecycle.OpReport) []string {
 	var out []string
 	for _, s := range r.Steps {
 		out = append(out, s.Name+": "+s.Outcome)
@@ -39,7 +41,7 @@ func stepNames(r *lifecycle.Report) []string {
 	return out
 }
 
-func finalIsClean(t *testing.T, r *lifecycle.Report, snapshot string) {
+func finalIsClean(t *testing.T, r *lifecycle.OpReport, snapshot string) {
 	t.Helper()
 	require.NotNil(t, r.Final)
 	assert.True(t, r.Final.Power.IsOff(), "final power %s", r.Final.Power)
@@ -54,7 +56,7 @@ func TestCleanupOfARunningVM(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-		r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 		require.NoError(t, err)
 		assert.Equal(t, lifecycle.PathComposed, r.Path)
 		assert.Equal(t, []string{"stop acpi: off", "wait for release: unlocked", "restore clean (current): done", "verify: ok"}, stepNames(r))
@@ -69,7 +71,7 @@ snapshots = ["clean"]
 state = "running"
 snapshots = ["clean"]
 `)
-		r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 		require.NoError(t, err)
 		assert.Equal(t, lifecycle.PathNative, r.Path)
 		assert.Equal(t, []string{"driver: poweroff: done", "driver: wait-unlock: done", "driver: restore clean: done",
@@ -85,7 +87,7 @@ func TestCleanupOfAVMStuckInStopping(t *testing.T) {
 state = "stopping"
 snapshots = ["clean"]
 `)
-	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: refused", "stop emergency: off",
 		"wait for release: unlocked", "restore clean (current): done", "verify: ok"}, stepNames(r))
@@ -99,7 +101,7 @@ func TestCleanupOfAStoppedVMSendsNoStopCommand(t *testing.T) {
 state = "off"
 snapshots = ["clean"]
 `)
-	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 	require.NoError(t, err)
 	assert.Equal(t, "stop: already off", stepNames(r)[0])
 	assert.Equal(t, []string{"restore"}, w.sent(), "no stop command reached the hypervisor")
@@ -114,13 +116,17 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 acpi_ignored = true
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopACPI}
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
+		s.StopLadder = []string{config.StopACPI}
 		s.ACPITimeout = 30 * time.Second
 		s.CleanupTimeout = 400 * time.Millisecond
 	})
+	// The plugin is launched first: its launch on a busy machine is no
+	// part of what the cleanup's deadline is about.
+	_, err := vm.Driver.Info(plugintest.Context(t, 30*time.Second))
+	require.NoError(t, err)
 	begun := time.Now()
-	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+	r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), vm)
 	took := time.Since(begun)
 	require.Error(t, err)
 	assert.Less(t, took, 400*time.Millisecond+250*time.Millisecond, "returns within its deadline plus a small margin")
@@ -131,7 +137,7 @@ acpi_ignored = true
 	assert.Equal(t, "vm1", stuck.VM)
 	assert.Equal(t, []string{"acpi"}, stuck.Tried)
 	assert.True(t, r.Quarantined)
-	_, err = w.manager.EnsureStopped(ctxFor(t, 5*time.Second), vm)
+	_, err = w.manager.EnsureStopped(plugintest.Context(t, 5*time.Second), vm)
 	assert.ErrorIs(t, err, lifecycle.ErrQuarantined, "a quarantined VM is not used again")
 }
 
@@ -143,8 +149,8 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 acpi_ignored = true
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.ACPITimeout = 300 * time.Millisecond })
-	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.ACPITimeout = 300 * time.Millisecond })
+	r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	names := stepNames(r)
 	assert.Equal(t, []string{"stop acpi: deadline passed", "stop poweroff: off"}, names[:2])
@@ -161,10 +167,10 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 poweroff_failures = 100
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff, hypervisor.StopEmergency}
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
+		s.StopLadder = []string{config.StopPowerOff, config.StopEmergency}
 	})
-	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+	r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop poweroff: failed", "stop emergency: off"}, stepNames(r)[:2])
 	assert.Equal(t, []string{"stop poweroff (failed)", "stop emergency", "restore"}, w.sent())
@@ -179,10 +185,10 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 lock_held_after_stop = "3s"
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff}
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
+		s.StopLadder = []string{config.StopPowerOff}
 	})
-	r, err := w.manager.Restore(ctxFor(t, 30*time.Second), vm)
+	r, err := w.manager.Restore(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop poweroff: off", "wait for release: unlocked", "restore clean (current): done", "verify: ok"}, stepNames(r))
 	assert.InDelta(t, 3*time.Second, r.Steps[1].Duration, float64(300*time.Millisecond), "the lock was held 3s")
@@ -199,7 +205,7 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 lock_held_after_stop = "3s"
 `, "--max-protocol=1")
-	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 	require.NoError(t, err)
 	assert.Equal(t, lifecycle.PathLegacy, r.Path)
 	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off", "settle (legacy): done",
@@ -227,17 +233,17 @@ snapshots = ["clean"]
 restore_failures = 100
 `)
 	taskErr := errors.New("scan crashed: exit status 139")
-	r, err := w.manager.CleanupAfter(ctxFor(t, 30*time.Second), w.vm("good"), taskErr)
+	r, err := w.manager.CleanupAfter(plugintest.Context(t, 30*time.Second), w.vm("good"), taskErr)
 	assert.Same(t, taskErr, err, "a successful cleanup keeps the task's failure")
 	assert.Empty(t, r.Error)
 	finalIsClean(t, r, "clean")
 
-	r, err = w.manager.CleanupAfter(ctxFor(t, 30*time.Second), w.vm("bad"), taskErr)
+	r, err = w.manager.CleanupAfter(plugintest.Context(t, 30*time.Second), w.vm("bad"), taskErr)
 	assert.Same(t, taskErr, err, "a failed cleanup does not replace the task's failure")
 	assert.True(t, r.Quarantined)
 	assert.NotEmpty(t, r.Error)
 
-	r, err = w.manager.CleanupAfter(ctxFor(t, 30*time.Second), w.vm("good"), nil)
+	r, err = w.manager.CleanupAfter(plugintest.Context(t, 30*time.Second), w.vm("good"), nil)
 	assert.NoError(t, err, "a task that succeeded stays a success")
 	assert.False(t, r.Quarantined)
 }
@@ -251,7 +257,7 @@ snapshots = ["clean"]
 restore_failures = 2
 `)
 	vm := w.vm("vm1")
-	ctx := ctxFor(t, 60*time.Second)
+	ctx := plugintest.Context(t, 60*time.Second)
 	for i := range 2 {
 		r, err := w.manager.Cleanup(ctx, vm)
 		require.Error(t, err, "cleanup %d", i)
@@ -281,7 +287,7 @@ snapshots = ["clean"]
 `
 	t.Run("ensure stopped, native cleanup", func(t *testing.T) {
 		w := fakeWorld(t, timing+vms)
-		r, err := w.manager.EnsureStopped(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		r, err := w.manager.EnsureStopped(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 		require.NoError(t, err)
 		assert.Equal(t, lifecycle.PathNative, r.Path)
 		assert.Equal(t, []string{"stop poweroff", "cleanup"}, w.sent(), "one native cleanup, no restore asked")
@@ -294,7 +300,7 @@ snapshots = ["clean"]
 state = "off"
 snapshots = ["clean"]
 `)
-		r, err := w.manager.EnsureStopped(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		r, err := w.manager.EnsureStopped(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 		require.NoError(t, err)
 		assert.Equal(t, []string{"stop: already off"}, stepNames(r))
 		assert.Empty(t, w.sent(), "not even a native cleanup")
@@ -302,7 +308,7 @@ snapshots = ["clean"]
 	})
 	t.Run("ensure stopped, legacy power-off and wait", func(t *testing.T) {
 		w := fakeWorld(t, timing+vms, "--max-protocol=1")
-		r, err := w.manager.EnsureStopped(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		r, err := w.manager.EnsureStopped(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 		require.NoError(t, err)
 		assert.Equal(t, lifecycle.PathLegacy, r.Path)
 		assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off", "settle (legacy): done"}, stepNames(r))
@@ -311,8 +317,8 @@ snapshots = ["clean"]
 	})
 	t.Run("restore, composed with lock confirmation", func(t *testing.T) {
 		w := fakeWorld(t, timing+vms)
-		r, err := w.manager.Restore(ctxFor(t, 30*time.Second), w.vm("vm1", func(s *lifecycle.Settings) {
-			s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff}
+		r, err := w.manager.Restore(plugintest.Context(t, 30*time.Second), w.vm("vm1", func(s *config.Lifecycle) {
+			s.StopLadder = []string{config.StopPowerOff}
 		}))
 		require.NoError(t, err)
 		assert.Equal(t, lifecycle.PathComposed, r.Path)
@@ -321,7 +327,7 @@ snapshots = ["clean"]
 	})
 	t.Run("restore, legacy", func(t *testing.T) {
 		w := fakeWorld(t, timing+vms, "--max-protocol=1")
-		r, err := w.manager.Restore(ctxFor(t, 30*time.Second), w.vm("vm1"))
+		r, err := w.manager.Restore(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 		require.NoError(t, err)
 		assert.Equal(t, lifecycle.PathLegacy, r.Path)
 		assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off", "settle (legacy): done",
@@ -343,15 +349,15 @@ snapshots = ["clean"]
 state = "running"
 snapshots = ["clean"]
 `)
-	ladder := func(s *lifecycle.Settings) { s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff} }
-	run := func(vms ...lifecycle.VM) []*lifecycle.Report {
-		reports := make([]*lifecycle.Report, len(vms))
+	ladder := func(s *config.Lifecycle) { s.StopLadder = []string{config.StopPowerOff} }
+	run := func(vms ...lifecycle.VM) []*lifecycle.OpReport {
+		reports := make([]*lifecycle.OpReport, len(vms))
 		var wg sync.WaitGroup
 		for i, vm := range vms {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+				r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), vm)
 				assert.NoError(t, err)
 				reports[i] = r
 			}()
@@ -359,7 +365,7 @@ snapshots = ["clean"]
 		wg.Wait()
 		return reports
 	}
-	overlap := func(a, b *lifecycle.Report) bool {
+	overlap := func(a, b *lifecycle.OpReport) bool {
 		return a.Started.Before(b.Started.Add(b.Duration)) && b.Started.Before(a.Started.Add(a.Duration))
 	}
 
@@ -372,7 +378,7 @@ snapshots = ["clean"]
 	assert.Equal(t, "stop poweroff: off", stepNames(first)[0])
 	assert.Equal(t, "stop: already off", stepNames(second)[0], "the second found the first one's work done")
 
-	_, err := w.manager.Start(ctxFor(t, 5*time.Second), w.vm("a"))
+	_, err := w.manager.Start(plugintest.Context(t, 5*time.Second), w.vm("a"))
 	require.NoError(t, err)
 	both := run(w.vm("a", ladder), w.vm("b", ladder))
 	assert.True(t, overlap(both[0], both[1]), "cleanups of different VMs run in parallel")
@@ -387,20 +393,20 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 stale_lock_after_stop = true
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.ReleaseTimeout = 300 * time.Millisecond })
-	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm, lifecycle.WithMethod(hypervisor.StopEmergency))
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.ReleaseTimeout = 300 * time.Millisecond })
+	r, err := w.manager.Stop(plugintest.Context(t, 30*time.Second), vm, lifecycle.WithMethod(hypervisor.StopEmergency))
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop emergency: off", "wait for release: deadline passed", "unlock: unlocked"}, stepNames(r))
 	assert.Equal(t, hypervisor.PowerAborted, r.Final.Power)
 	assert.Equal(t, hypervisor.LockUnlocked, r.Final.Lock)
 
-	r, err = w.manager.Unlock(ctxFor(t, 5*time.Second), vm)
+	r, err = w.manager.Unlock(plugintest.Context(t, 5*time.Second), vm)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"unlock: already unlocked"}, stepNames(r))
 
-	_, err = w.manager.Start(ctxFor(t, 5*time.Second), vm)
+	_, err = w.manager.Start(plugintest.Context(t, 5*time.Second), vm)
 	require.NoError(t, err)
-	_, err = w.manager.Unlock(ctxFor(t, 5*time.Second), vm)
+	_, err = w.manager.Unlock(plugintest.Context(t, 5*time.Second), vm)
 	assert.ErrorIs(t, err, hypervisor.ErrInvalidState, "a running VM is stopped, not unlocked")
 }
 
@@ -413,8 +419,8 @@ unlock_after_stop = "0s"
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.PollMaxInterval = 200 * time.Millisecond })
-	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm)
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.PollMaxInterval = 200 * time.Millisecond })
+	r, err := w.manager.Stop(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off"}, stepNames(r))
 	assert.InDelta(t, time.Second, r.Steps[1].Duration, float64(250*time.Millisecond), "never later than the poll ceiling")
@@ -428,7 +434,7 @@ func TestCleanupLogsWhatAnOperatorNeeds(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-	_, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	_, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 	require.NoError(t, err)
 	log := w.log.String()
 	for _, want := range []string{"cleanup started", "state found", "power=running", "stop acpi", "outcome=off",
@@ -460,13 +466,13 @@ state = "running"
 snapshots = ["clean"]
 `)
 	m := lifecycle.New(lifecycle.Options{Leases: failingLeases{}})
-	r, err := m.Cleanup(ctxFor(t, 10*time.Second), w.vm("vm1"))
+	r, err := m.Cleanup(plugintest.Context(t, 10*time.Second), w.vm("vm1"))
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "could not take the VM's lease")
 	assert.Contains(t, err.Error(), "permission denied")
 	assert.False(t, r.Quarantined, "nothing was done to the VM")
 	assert.Empty(t, w.sent(), "no command without the lease")
-	_, err = m.Start(ctxFor(t, 10*time.Second), w.vm("vm1"))
+	_, err = m.Start(plugintest.Context(t, 10*time.Second), w.vm("vm1"))
 	assert.Error(t, err, "not even a start runs without the lease")
 }
 
@@ -476,7 +482,7 @@ func TestCleanupTimeoutCoversTheWaitForAnotherOperation(t *testing.T) {
 snapshots = ["clean"]
 `)
 	m := lifecycle.New(lifecycle.Options{Leases: heldLeases{}})
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.CleanupTimeout = 300 * time.Millisecond })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.CleanupTimeout = 300 * time.Millisecond })
 	begun := time.Now()
 	r, err := m.Cleanup(context.Background(), vm)
 	assert.Less(t, time.Since(begun), time.Second)
@@ -489,7 +495,7 @@ snapshots = ["clean"]
 func TestCleanupOfAnUnknownVMQuarantinesNothing(t *testing.T) {
 	w := fakeWorld(t, timing)
 	vm := w.vm("no-such-vm")
-	r, err := w.manager.Cleanup(ctxFor(t, 10*time.Second), vm)
+	r, err := w.manager.Cleanup(plugintest.Context(t, 10*time.Second), vm)
 	assert.ErrorIs(t, err, hypervisor.ErrNotFound)
 	assert.False(t, r.Quarantined)
 	assert.NoError(t, w.manager.CheckUsable(context.Background(), vm))
@@ -505,8 +511,8 @@ unlock_after_stop = "1h"
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.ReleaseTimeout = 200 * time.Millisecond })
-	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm)
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.ReleaseTimeout = 200 * time.Millisecond })
+	r, err := w.manager.Stop(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop acpi: skipped", "stop poweroff: off", "wait for release: deadline passed",
 		"unlock by emergency stop: unlocked"}, stepNames(r))
@@ -523,11 +529,11 @@ unlock_after_stop = "600ms"
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
 		s.ReleaseTimeout = 200 * time.Millisecond
 		s.UnlockTimeout = 5 * time.Second
 	})
-	r, err := w.manager.Stop(ctxFor(t, 30*time.Second), vm)
+	r, err := w.manager.Stop(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.Equal(t, "wait longer for release: unlocked", stepNames(r)[3])
 	assert.Contains(t, r.Fallbacks[len(r.Fallbacks)-1], "neither unlock nor stop.emergency")
@@ -541,7 +547,7 @@ unlock_after_stop = "1h"
 state = "running"
 `)
 	vm.Driver = w2.plugin
-	_, err = w2.manager.Stop(ctxFor(t, 30*time.Second), vm)
+	_, err = w2.manager.Stop(plugintest.Context(t, 30*time.Second), vm)
 	var stuck *lifecycle.StuckError
 	require.ErrorAs(t, err, &stuck)
 	assert.Equal(t, "unlocked", stuck.Want)
@@ -555,11 +561,11 @@ func TestLegacySettleFollowsOnlyAStop(t *testing.T) {
 state = "off"
 snapshots = ["clean"]
 `, "--max-protocol=1")
-	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 	require.NoError(t, err)
 	assert.Equal(t, []string{"stop: already off", "restore clean (current): done", "verify: ok"}, stepNames(r),
 		"no stop, no settle delay")
-	r, err = w.manager.EnsureStopped(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	r, err = w.manager.EnsureStopped(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 	require.NoError(t, err)
 	assert.Less(t, r.Duration, time.Second)
 }
@@ -571,7 +577,9 @@ state = "running"
 [plugins.fake.config.vms.vm1.faults]
 status_failures = 1000000
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.StatusTimeout = 300 * time.Millisecond })
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.StatusTimeout = 300 * time.Millisecond })
+	_, err := vm.Driver.Info(plugintest.Context(t, 30*time.Second)) // launched first: a slow launch is not the point
+	require.NoError(t, err)
 	begun := time.Now()
 	r, err := w.manager.Cleanup(context.Background(), vm)
 	assert.Less(t, time.Since(begun), 2*time.Second, "a hypervisor that never answers does not hang the cleanup")
@@ -585,11 +593,11 @@ func TestNativeCleanupCanBeTurnedOff(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
 		s.NativeCleanup = false
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff}
+		s.StopLadder = []string{config.StopPowerOff}
 	})
-	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), vm)
+	r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.Equal(t, lifecycle.PathComposed, r.Path)
 	assert.Equal(t, "stop poweroff: off", stepNames(r)[0], "the VM's own ladder, not the driver's choice")
@@ -603,7 +611,7 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 restore_failures = 1
 `)
-	r, err := w.manager.Cleanup(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	r, err := w.manager.Cleanup(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 	require.NoError(t, err, "the composed cleanup finished what the native one could not")
 	names := stepNames(r)
 	assert.Equal(t, []string{"driver: poweroff: done", "driver: wait-unlock: done", "driver: restore clean: failed",
@@ -617,7 +625,7 @@ func TestAStopThatCannotRunSaysWhy(t *testing.T) {
 [plugins.fake.config.vms.vm1]
 state = "paused"
 `)
-	_, err := w.manager.Stop(ctxFor(t, 10*time.Second), w.vm("vm1"), lifecycle.WithMethod(hypervisor.StopACPI))
+	_, err := w.manager.Stop(plugintest.Context(t, 10*time.Second), w.vm("vm1"), lifecycle.WithMethod(hypervisor.StopACPI))
 	require.Error(t, err)
 	assert.ErrorIs(t, err, hypervisor.ErrInvalidState)
 	assert.Contains(t, err.Error(), "acpi (skipped: a paused guest cannot answer the power button)")
@@ -633,8 +641,8 @@ func TestACleanupToASnapshotThatDoesNotExistQuarantines(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-	ctx := ctxFor(t, 30*time.Second)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.Snapshot = "cleen" })
+	ctx := plugintest.Context(t, 30*time.Second)
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "cleen" })
 	r, err := w.manager.Cleanup(ctx, vm)
 	require.Error(t, err)
 	assert.True(t, hypervisor.IsNotFound(err), "%v", err)
@@ -664,7 +672,7 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm2.faults]
 restore_failures = 9
 `)
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	damaged := errors.New("state/quarantine.json is damaged (unexpected end of JSON input); fix or delete it")
 	m := lifecycle.New(lifecycle.Options{Quarantine: brokenQuarantine{read: damaged}})
 	r, err := m.Cleanup(ctx, w.vm("vm1"))
@@ -693,7 +701,7 @@ unlock_after_stop = "0s"
 state = "running"
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) {
+	vm := w.vm("vm1", func(s *config.Lifecycle) {
 		s.PollInterval, s.PollMaxInterval = 10*time.Second, 10*time.Second // one poll, then a long wait
 	})
 	ctx, cancel := context.WithCancel(context.Background())

@@ -2,7 +2,6 @@ package lifecycle_test
 
 import (
 	"bufio"
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
@@ -59,7 +59,7 @@ func fakeWorld(t *testing.T, table string, args ...string) *world {
 	logs := &lockedWriter{}
 	logger := hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: logs})
 	h := host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"fake": {Path: fakeBin, Args: args}},
+		Plugins: map[string]config.Plugin{"fake": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: fakeBin, Args: args}},
 		File:    filepath.Join(dir, "config.toml"),
 		Data:    []byte(text),
 		Logger:  logger,
@@ -72,8 +72,8 @@ func fakeWorld(t *testing.T, table string, args ...string) *world {
 }
 
 // vm addresses a VM of the world with settings derived from fast defaults.
-func (w *world) vm(name string, adjust ...func(*lifecycle.Settings)) lifecycle.VM {
-	s := lifecycle.Defaults()
+func (w *world) vm(name string, adjust ...func(*config.Lifecycle)) lifecycle.VM {
+	s := config.DefaultLifecycle()
 	s.ACPITimeout = 2 * time.Second
 	s.PowerOffTimeout = 2 * time.Second
 	s.EmergencyTimeout = 2 * time.Second
@@ -122,10 +122,4 @@ func (w *world) sent() []string {
 		out = append(out, word)
 	}
 	return out
-}
-
-func ctxFor(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }

@@ -20,7 +20,9 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // VM is a VM as the manager addresses it: its name, the plugin and driver
@@ -33,7 +35,7 @@ type VM struct {
 	// Driver operates the VM.
 	Driver hypervisor.Driver
 	// Settings are the VM's lifecycle settings.
-	Settings Settings
+	Settings config.Lifecycle
 }
 
 // Key identifies the VM across plugins: "plugin/name".
@@ -121,27 +123,18 @@ func WithRestore(restore bool) Option {
 	return func(o *callOptions) { o.restore = &restore }
 }
 
-// localLeases is one channel per key used as a lock that a context can
-// abandon, which sync.Mutex cannot.
-type localLeases struct {
-	mu   sync.Mutex
-	keys map[string]chan struct{}
-}
+// localLeases is one lock per key that a context can abandon, which
+// sync.Mutex cannot.
+type localLeases struct{ keys wait.Keyed[string] }
 
 // NewLocalLeases returns leases that serialize operations within this
 // process.
 func NewLocalLeases() Leases {
-	return &localLeases{keys: map[string]chan struct{}{}}
+	return &localLeases{}
 }
 
 func (l *localLeases) Acquire(ctx context.Context, key string) (func(), error) {
-	ch := l.slot(key)
-	select {
-	case ch <- struct{}{}:
-		return func() { <-ch }, nil
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return l.keys.Lock(ctx, key)
 }
 
 // op is one operation in progress on one VM.
@@ -151,7 +144,7 @@ type op struct {
 	opts     callOptions
 	log      hclog.Logger
 	caps     hypervisor.Capabilities
-	report   *Report
+	report   *OpReport
 	started  time.Time
 	last     hypervisor.Status
 	haveLast bool
@@ -173,7 +166,7 @@ func (m *Manager) begin(ctx context.Context, name string, vm VM, options []Optio
 		m:       m,
 		vm:      vm,
 		log:     m.log.With("vm", vm.Name, "plugin", vm.Plugin),
-		report:  &Report{Operation: name, VM: vm.Name, Plugin: vm.Plugin, Steps: []Step{}},
+		report:  &OpReport{Operation: name, VM: vm.Name, Plugin: vm.Plugin, Steps: []OpStep{}},
 		started: time.Now(),
 	}
 	for _, opt := range options {
@@ -225,7 +218,7 @@ func (m *Manager) acquire(ctx context.Context, name string, vm VM) (func(), erro
 }
 
 // finish records the outcome and the final state and logs the total.
-func (o *op) finish(ctx context.Context, err error) (*Report, error) {
+func (o *op) finish(ctx context.Context, err error) (*OpReport, error) {
 	o.refreshIfInterrupted(ctx)
 	if o.haveLast {
 		final := o.last
@@ -268,7 +261,7 @@ func (o *op) seen(st hypervisor.Status) {
 }
 
 // addStep records a finished step and logs it.
-func (o *op) addStep(s Step) {
+func (o *op) addStep(s OpStep) {
 	if o.haveLast && s.State == "" {
 		s.State = stateWord(o.last)
 	}
@@ -293,4 +286,4 @@ func (o *op) fallback(format string, args ...any) {
 	o.log.Info("fallback: " + msg)
 }
 
-func (o *op) settings() Settings { return o.vm.Settings }
+func (o *op) settings() config.Lifecycle { return o.vm.Settings }

@@ -11,7 +11,7 @@ import (
 
 // Stop brings the VM off and its session free: the VM's stop ladder (or
 // the one method given WithMethod), then release confirmation.
-func (m *Manager) Stop(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
+func (m *Manager) Stop(ctx context.Context, vm VM, opts ...Option) (*OpReport, error) {
 	o, release, err := m.begin(ctx, "stop", vm, opts)
 	defer release()
 	if err != nil {
@@ -22,7 +22,7 @@ func (m *Manager) Stop(ctx context.Context, vm VM, opts ...Option) (*Report, err
 
 // Unlock frees a session that outlived the VM: it waits for the release,
 // then unlocks actively (§6). The VM must be off.
-func (m *Manager) Unlock(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
+func (m *Manager) Unlock(ctx context.Context, vm VM, opts ...Option) (*OpReport, error) {
 	o, release, err := m.begin(ctx, "unlock", vm, opts)
 	defer release()
 	if err != nil {
@@ -33,13 +33,13 @@ func (m *Manager) Unlock(ctx context.Context, vm VM, opts ...Option) (*Report, e
 			"the VM is %s; stop it first (sandbox vm stop %s)", o.last.Power, vm.Name))
 	}
 	if !o.caps.Has(hypervisor.CapLockState) {
-		o.addStep(Step{Name: "unlock", Outcome: "skipped",
+		o.addStep(OpStep{Name: "unlock", Outcome: "skipped",
 			Detail: "the driver cannot report session locks; there is nothing to check or release"})
 		o.report.fallback("the driver cannot report session locks (no " + string(hypervisor.CapLockState) + ")")
 		return o.finish(ctx, nil)
 	}
 	if isUnlocked(o.last) {
-		o.addStep(Step{Name: "unlock", Outcome: "already unlocked"})
+		o.addStep(OpStep{Name: "unlock", Outcome: "already unlocked"})
 		return o.finish(ctx, nil)
 	}
 	return o.finish(ctx, o.release(ctx))
@@ -48,7 +48,7 @@ func (m *Manager) Unlock(ctx context.Context, vm VM, opts ...Option) (*Report, e
 // Restore stops the VM cleanly, then restores its snapshot (the configured
 // one, or the one given WithSnapshot; empty is the current one), retrying
 // while the session is still held, and verifies the result.
-func (m *Manager) Restore(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
+func (m *Manager) Restore(ctx context.Context, vm VM, opts ...Option) (*OpReport, error) {
 	o, release, err := m.begin(ctx, "restore", vm, opts)
 	defer release()
 	if err != nil {
@@ -62,7 +62,7 @@ func (m *Manager) Restore(ctx context.Context, vm VM, opts ...Option) (*Report, 
 
 // Start starts the VM, retrying while its session is still held, and
 // confirms that it is starting or running.
-func (m *Manager) Start(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
+func (m *Manager) Start(ctx context.Context, vm VM, opts ...Option) (*OpReport, error) {
 	o, release, err := m.begin(ctx, "start", vm, opts)
 	defer release()
 	if err != nil {
@@ -74,7 +74,7 @@ func (m *Manager) Start(ctx context.Context, vm VM, opts ...Option) (*Report, er
 	o.progress("start")
 	begun := time.Now()
 	attempts, err := retry(sctx, isLocked, func() error { return vm.Driver.Start(sctx, vm.Name) })
-	step := Step{Name: "start", Deadline: s.StartTimeout, Attempts: attempts, Outcome: "done"}
+	step := OpStep{Name: "start", Deadline: s.StartTimeout, Attempts: attempts, Outcome: "done"}
 	if err == nil {
 		var st hypervisor.Status
 		if st, err = o.status(sctx); err == nil && isOff(st) {
@@ -95,7 +95,7 @@ func (m *Manager) Start(ctx context.Context, vm VM, opts ...Option) (*Report, er
 // and composes the outcome from the ladder, release confirmation and
 // restore otherwise (or when the native cleanup fails). A failure
 // quarantines the VM; a success lifts any quarantine.
-func (m *Manager) Cleanup(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
+func (m *Manager) Cleanup(ctx context.Context, vm VM, opts ...Option) (*OpReport, error) {
 	// The deadline covers the wait for the lease and the first status read
 	// too: a cleanup never takes longer than cleanup_timeout.
 	cctx, cancel := context.WithTimeout(ctx, vm.Settings.CleanupTimeout)
@@ -112,9 +112,9 @@ func (m *Manager) Cleanup(ctx context.Context, vm VM, opts ...Option) (*Report, 
 // then leaves the VM off and unlocked, by native cleanup when the driver has
 // one and by the ladder (down to the legacy power-off and wait) otherwise.
 // A failure quarantines the VM.
-func (m *Manager) EnsureStopped(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
+func (m *Manager) EnsureStopped(ctx context.Context, vm VM, opts ...Option) (*OpReport, error) {
 	if err := m.CheckUsable(ctx, vm); err != nil {
-		return &Report{Operation: "ensure-stopped", VM: vm.Name, Plugin: vm.Plugin, Steps: []Step{}, Error: err.Error()}, err
+		return &OpReport{Operation: "ensure-stopped", VM: vm.Name, Plugin: vm.Plugin, Steps: []OpStep{}, Error: err.Error()}, err
 	}
 	cctx, cancel := context.WithTimeout(ctx, vm.Settings.CleanupTimeout)
 	defer cancel()
@@ -129,7 +129,7 @@ func (m *Manager) EnsureStopped(ctx context.Context, vm VM, opts ...Option) (*Re
 // CleanupAfter runs the complete cleanup that follows a task and returns
 // the task's own error unchanged: a cleanup failure never changes a task's
 // outcome. It quarantines the VM instead, and the report says why.
-func (m *Manager) CleanupAfter(ctx context.Context, vm VM, taskErr error, opts ...Option) (*Report, error) {
+func (m *Manager) CleanupAfter(ctx context.Context, vm VM, taskErr error, opts ...Option) (*OpReport, error) {
 	report, err := m.Cleanup(ctx, vm, opts...)
 	var qf *QuarantineFailedError
 	switch {
@@ -178,7 +178,7 @@ func (m *Manager) Quarantined(ctx context.Context, vm VM) (QuarantineEntry, bool
 // quarantineOnFailure quarantines the VM when a cleanup that got hold of it
 // failed. A failure before that (the lease not taken, the VM not found, a
 // Ctrl-C while waiting) says nothing about the VM and leaves it alone.
-func (o *op) quarantineOnFailure(ctx context.Context, err error) (*Report, error) {
+func (o *op) quarantineOnFailure(ctx context.Context, err error) (*OpReport, error) {
 	key := o.vm.Key()
 	if err != nil && (!o.begun || o.vmGone(ctx, err)) {
 		return o.finish(ctx, err)
@@ -242,7 +242,11 @@ func (o *op) ladder() []hypervisor.StopMethod {
 	if o.opts.method != "" {
 		return []hypervisor.StopMethod{o.opts.method}
 	}
-	return o.settings().StopLadder
+	ladder := make([]hypervisor.StopMethod, len(o.settings().StopLadder))
+	for i, m := range o.settings().StopLadder {
+		ladder[i] = hypervisor.StopMethod(m)
+	}
+	return ladder
 }
 
 func (o *op) stopAndRelease(ctx context.Context) error {
@@ -257,7 +261,7 @@ func (o *op) cleanup(ctx context.Context, restore bool) error {
 	if !restore && o.caps.Has(hypervisor.CapLockState) && isOffAndUnlocked(o.last) {
 		// Nothing to do, and the state just read proves it: asking the
 		// driver would only cost it another look.
-		o.addStep(Step{Name: "stop", Outcome: "already off", Detail: "off and unlocked; nothing sent"})
+		o.addStep(OpStep{Name: "stop", Outcome: "already off", Detail: "off and unlocked; nothing sent"})
 		return nil
 	}
 	if o.caps.Has(hypervisor.CapCleanup) && o.settings().NativeCleanup {
@@ -288,9 +292,9 @@ func (o *op) native(ctx context.Context, restore bool) error {
 	req := hypervisor.CleanupRequest{Restore: restore, Snapshot: o.snapshot()}
 	res, err := o.vm.Driver.Cleanup(ctx, o.vm.Name, req)
 	for _, a := range res.Steps {
-		o.report.add(Step{Name: "driver: " + a.Action, Duration: a.Duration, Outcome: a.Outcome})
+		o.report.add(OpStep{Name: "driver: " + a.Action, Duration: a.Duration, Outcome: a.Outcome})
 	}
-	step := Step{Name: "native cleanup", Duration: time.Since(begun), Outcome: "done"}
+	step := OpStep{Name: "native cleanup", Duration: time.Since(begun), Outcome: "done"}
 	if err != nil {
 		step.Outcome, step.Detail = "failed", err.Error()
 		if ctx.Err() == nil {
@@ -324,7 +328,7 @@ func (o *op) restore(ctx context.Context, snapshot string) error {
 		}
 	}
 	if !o.caps.Has(hypervisor.CapRestore) {
-		o.addStep(Step{Name: name, Outcome: "skipped", Detail: "driver lacks " + string(hypervisor.CapRestore)})
+		o.addStep(OpStep{Name: name, Outcome: "skipped", Detail: "driver lacks " + string(hypervisor.CapRestore)})
 		return hypervisor.NewError(hypervisor.CodeUnsupported, hypervisor.OpRestore, o.vm.Name,
 			"the driver cannot restore snapshots; set restore_on_cleanup = false for this VM")
 	}
@@ -357,7 +361,7 @@ func (o *op) check(ctx context.Context, begun time.Time, st hypervisor.Status, r
 	case restored && snapshot != "" && st.CurrentSnapshot != snapshot:
 		problem = fmt.Sprintf("the current snapshot is %q, not %q", st.CurrentSnapshot, snapshot)
 	}
-	step := Step{Name: "verify", Duration: time.Since(begun), Outcome: "ok"}
+	step := OpStep{Name: "verify", Duration: time.Since(begun), Outcome: "ok"}
 	if problem != "" {
 		step.Outcome, step.Detail = "failed", problem
 		o.addStep(step)

@@ -13,15 +13,16 @@ import (
 // not left behind: Reconcile neither waits for it nor touches it, and
 // answers a *LeaseHeldError (errors.Is ErrLeaseHeld). A quarantined VM is
 // refused with a *QuarantineError. Otherwise, with the lease held, a VM
-// left running, paused, saved, aborted, locked or on another snapshot than
-// its own, or one whose last lease holder died holding it, is cleaned
-// (restored unless restore_on_cleanup is off) and the report says so
-// (Reconciled, and LeftBy for the dead holder). A VM that is off, unlocked
-// and on its snapshot gets nothing. A failure quarantines the VM, as a
-// cleanup's does.
-func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report, error) {
-	refuse := func(err error) (*Report, error) {
-		return &Report{Operation: "reconcile", VM: vm.Name, Plugin: vm.Plugin, Steps: []Step{}, Error: err.Error()}, err
+// left running, paused, aborted, locked, saved off its snapshot or on
+// another snapshot than its own, or one whose last lease holder died
+// holding it, is cleaned (restored unless restore_on_cleanup is off) and
+// the report says so (Reconciled, and LeftBy for the dead holder). A VM at
+// rest gets nothing: off, unlocked and on its snapshot, or saved at its
+// snapshot as the restore of a snapshot taken while running leaves it
+// (§7.5). A failure quarantines the VM, as a cleanup's does.
+func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*OpReport, error) {
+	refuse := func(err error) (*OpReport, error) {
+		return &OpReport{Operation: "reconcile", VM: vm.Name, Plugin: vm.Plugin, Steps: []OpStep{}, Error: err.Error()}, err
 	}
 	if err := m.CheckUsable(ctx, vm); err != nil {
 		return refuse(err)
@@ -48,10 +49,14 @@ func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report
 		o.report.LeftBy = left
 		found, detail := o.leftBehind(left)
 		if found == "" {
-			o.addStep(Step{Name: "check", Outcome: "clean", Detail: "off, unlocked and on its snapshot; nothing to do"})
+			detail := "off, unlocked and on its snapshot; nothing to do"
+			if o.last.Power == hypervisor.PowerSaved {
+				detail = fmt.Sprintf("saved at its snapshot %q, as its restore left it, and unlocked; nothing to do", o.last.CurrentSnapshot)
+			}
+			o.addStep(OpStep{Name: "check", Outcome: "clean", Detail: detail})
 			return o.finish(ctx, nil)
 		}
-		o.addStep(Step{Name: "check", Outcome: "left " + found, Detail: detail})
+		o.addStep(OpStep{Name: "check", Outcome: "left " + found, Detail: detail})
 		o.log.Info("VM left behind by an earlier run; cleaning it", "found", found, "detail", detail)
 		o.report.Reconciled = true
 		err = o.cleanup(cctx, o.restoreWanted())
@@ -64,7 +69,7 @@ func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*Report
 
 // Reconcile is Manager.Reconcile under the lease: the caller holds the VM,
 // so nobody else can be using it.
-func (l *Lease) Reconcile(ctx context.Context, opts ...Option) (*Report, error) {
+func (l *Lease) Reconcile(ctx context.Context, opts ...Option) (*OpReport, error) {
 	left := l.left
 	return l.m.Reconcile(ctx, l.vm, append(l.with(opts), func(o *callOptions) { o.left = left })...)
 }
@@ -89,6 +94,19 @@ func (m *Manager) tryAcquire(ctx context.Context, vm VM) (func(), *LeaseHolder, 
 	return release, left, nil
 }
 
+// savedAtRest reports whether a saved VM (found by begin) is at rest, as
+// the last cleanup left it (contract §7.5): unlocked, nobody died holding
+// it, restores wanted, and at the snapshot they return to. A restore of a
+// snapshot taken while running leaves exactly that, and sandbox never
+// saves a VM's state, so nothing of its own can have left a saved VM there
+// dirty; a run that died mid-task is named by its dead lease holder.
+func (o *op) savedAtRest(left *LeaseHolder) bool {
+	st := o.last
+	want := o.snapshot()
+	return st.Lock == hypervisor.LockUnlocked && left == nil && o.restoreWanted() &&
+		st.CurrentSnapshot != "" && (want == "" || st.CurrentSnapshot == want)
+}
+
 // leftBehind says what about the VM's state (found by begin) an earlier
 // run left behind, with a detail for the report; "" for a clean VM.
 func (o *op) leftBehind(left *LeaseHolder) (found, detail string) {
@@ -99,6 +117,8 @@ func (o *op) leftBehind(left *LeaseHolder) (found, detail string) {
 	}
 	want := o.snapshot()
 	switch {
+	case st.Power == hypervisor.PowerSaved && o.savedAtRest(left):
+		return "", ""
 	case st.Power != hypervisor.PowerOff:
 		found = string(st.Power)
 	case st.Lock == hypervisor.LockLocked:

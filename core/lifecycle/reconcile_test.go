@@ -8,7 +8,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // Reconciliation finds what an earlier run that crashed left behind: a VM
@@ -20,7 +22,7 @@ func TestReconcileCleansWhatACrashLeftBehind(t *testing.T) {
 	}{
 		{"running", "state = \"running\"", "left running"},
 		{"paused", "state = \"paused\"", "left paused"},
-		{"saved", "state = \"saved\"", "left saved"},
+		{"saved off its snapshot", "state = \"saved\"", "left saved"},
 		{"locked", "locked = true", "left locked"},
 		{"on another snapshot", "current_snapshot = \"dirty\"", "left on snapshot"},
 	} {
@@ -29,8 +31,8 @@ func TestReconcileCleansWhatACrashLeftBehind(t *testing.T) {
 [plugins.fake.config.vms.vm1]
 snapshots = ["clean", "dirty"]
 `+tc.vm+"\n")
-			vm := w.vm("vm1", func(s *lifecycle.Settings) { s.Snapshot = "clean" })
-			r, err := w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
+			vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "clean" })
+			r, err := w.manager.Reconcile(plugintest.Context(t, 30*time.Second), vm)
 			require.NoError(t, err, "%v", stepNames(r))
 			assert.Equal(t, "reconcile", r.Operation)
 			assert.True(t, r.Reconciled, "the report says the VM was cleaned")
@@ -47,13 +49,39 @@ func TestReconcileLeavesACleanVMAlone(t *testing.T) {
 [plugins.fake.config.vms.vm1]
 snapshots = ["clean"]
 `)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.Snapshot = "clean" })
-	r, err := w.manager.Reconcile(ctxFor(t, 30*time.Second), vm)
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "clean" })
+	r, err := w.manager.Reconcile(plugintest.Context(t, 30*time.Second), vm)
 	require.NoError(t, err)
 	assert.False(t, r.Reconciled)
 	assert.Equal(t, []string{"check: clean"}, stepNames(r))
 	assert.Empty(t, w.sent(), "nothing reaches a VM that is off, unlocked and on its snapshot")
 	assert.Equal(t, 1, r.StatusCalls)
+}
+
+// A VM saved at its snapshot is at rest (§7.5): that is what the restore of
+// a snapshot taken while running leaves, so every task on such a VM would
+// otherwise be told its VM was left behind.
+func TestReconcileLeavesAVMSavedAtItsSnapshotAlone(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "saved"
+snapshots = ["clean"]
+online_snapshots = ["clean"]
+`)
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot = "clean" })
+	r, err := w.manager.Reconcile(plugintest.Context(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.False(t, r.Reconciled, "a VM at rest was not left behind")
+	assert.Equal(t, []string{"check: clean"}, stepNames(r))
+	assert.Contains(t, r.Steps[0].Detail, "saved at its snapshot")
+	assert.Empty(t, w.sent(), "nothing reaches a VM at rest")
+
+	// Saved at its snapshot but with restores off, the saved state is not
+	// known to be the snapshot's: it was left behind.
+	vm = w.vm("vm1", func(s *config.Lifecycle) { s.Snapshot, s.RestoreOnCleanup = "clean", false })
+	r, err = w.manager.Reconcile(plugintest.Context(t, 30*time.Second), vm)
+	require.NoError(t, err)
+	assert.True(t, r.Reconciled)
 }
 
 // A VM whose lease another operation holds is in use, not left behind:
@@ -64,7 +92,7 @@ func TestReconcileLeavesAVMInUseAlone(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	vm := w.vm("vm1")
 	lease, err := w.manager.Lease(ctx, vm)
 	require.NoError(t, err)
@@ -106,7 +134,7 @@ snapshots = ["clean"]
 `)
 	dead := lifecycle.LeaseHolder{Key: "fake/vm1", PID: 4242, Command: "sandbox run sample.exe", Since: time.Now().Add(-time.Hour)}
 	m := lifecycle.New(lifecycle.Options{Leases: leftLeases{Leases: lifecycle.NewLocalLeases(), left: dead}})
-	r, err := m.Reconcile(ctxFor(t, 30*time.Second), w.vm("vm1"))
+	r, err := m.Reconcile(plugintest.Context(t, 30*time.Second), w.vm("vm1"))
 	require.NoError(t, err)
 	assert.True(t, r.Reconciled)
 	require.NotNil(t, r.LeftBy)
@@ -121,7 +149,7 @@ func TestReconcileRefusesAQuarantinedVM(t *testing.T) {
 state = "running"
 snapshots = ["clean"]
 `)
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	q := lifecycle.NewMemoryQuarantine()
 	require.NoError(t, q.Mark(ctx, "fake/vm1", "restore failed"))
 	m := lifecycle.New(lifecycle.Options{Quarantine: q})
@@ -140,8 +168,8 @@ snapshots = ["clean"]
 [plugins.fake.config.vms.vm1.faults]
 restore_failures = 99
 `)
-	ctx := ctxFor(t, 30*time.Second)
-	vm := w.vm("vm1", func(s *lifecycle.Settings) { s.RestoreTimeout = time.Second })
+	ctx := plugintest.Context(t, 30*time.Second)
+	vm := w.vm("vm1", func(s *config.Lifecycle) { s.RestoreTimeout = time.Second })
 	r, err := w.manager.Reconcile(ctx, vm)
 	require.Error(t, err)
 	assert.True(t, r.Quarantined)

@@ -21,9 +21,9 @@ const (
 	PathLegacy Path = "legacy"
 )
 
-// Step is one thing an operation did: a rung of the stop ladder, a wait,
+// OpStep is one thing an operation did: a rung of the stop ladder, a wait,
 // an unlock, a restore, a check.
-type Step struct {
+type OpStep struct {
 	// Name says what, e.g. "stop acpi", "wait for release", "restore clean".
 	Name string `json:"name"`
 	// Deadline is the step's own time limit; zero for none.
@@ -41,8 +41,8 @@ type Step struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// Report is what an operation did, for the operator and for --json.
-type Report struct {
+// OpReport is what an operation did, for the operator and for --json.
+type OpReport struct {
 	// Operation is "stop", "unlock", "restore", "cleanup", "ensure-stopped",
 	// "start" or "reconcile".
 	Operation string `json:"operation"`
@@ -58,7 +58,7 @@ type Report struct {
 	Started time.Time `json:"started"`
 	// Steps lists, in order, each rung tried and each wait, unlock and
 	// restore, with its duration and outcome.
-	Steps []Step `json:"steps"`
+	Steps []OpStep `json:"steps"`
 	// Fallbacks names each place where the driver lacked something and the
 	// core took another way, and why.
 	Fallbacks []string `json:"fallbacks,omitempty"`
@@ -78,9 +78,9 @@ type Report struct {
 	Error string `json:"error,omitempty"`
 }
 
-func (r *Report) add(s Step) { r.Steps = append(r.Steps, s) }
+func (r *OpReport) add(s OpStep) { r.Steps = append(r.Steps, s) }
 
-func (r *Report) fallback(why string) { r.Fallbacks = append(r.Fallbacks, why) }
+func (r *OpReport) fallback(why string) { r.Fallbacks = append(r.Fallbacks, why) }
 
 // stateWord renders a status as "power/lock" for steps and logs.
 func stateWord(st hypervisor.Status) string {

@@ -28,7 +28,7 @@ func (o *op) restoreUntilFree(ctx context.Context, name, snapshot string) error 
 		}
 		return err
 	}
-	step := Step{Name: name, Deadline: s.RestoreTimeout}
+	step := OpStep{Name: name, Deadline: s.RestoreTimeout}
 	freed := false
 	for {
 		phase, cancel := ctx, context.CancelFunc(func() {})
@@ -57,7 +57,7 @@ func (o *op) restoreUntilFree(ctx context.Context, name, snapshot string) error 
 			}
 			o.log.Info("the session could not be freed; retrying the restore until its deadline", "error", uerr)
 		}
-		step = Step{Name: name, Deadline: s.RestoreTimeout}
+		step = OpStep{Name: name, Deadline: s.RestoreTimeout}
 		begun = time.Now()
 	}
 }
@@ -72,7 +72,7 @@ func (o *op) noWayToFree() bool {
 // restoreFailed records the failed restore step and returns its error:
 // when the deadline cut the last try short after the hypervisor had
 // refused, the error says what the hypervisor said.
-func (o *op) restoreFailed(step Step, err, refusal error) error {
+func (o *op) restoreFailed(step OpStep, err, refusal error) error {
 	if refusal != nil && !isLocked(err) && (hypervisor.CodeOf(err) == hypervisor.CodeTimeout || ctxError(err)) {
 		err = o.stuck("restored", []string{fmt.Sprintf("restore (%d tries)", step.Attempts)}, refusal, hypervisor.CodeTimeout)
 	}

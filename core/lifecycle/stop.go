@@ -24,7 +24,7 @@ func isOffAndUnlocked(st hypervisor.Status) bool { return isOff(st) && isUnlocke
 func (o *op) stopLadder(ctx context.Context, methods []hypervisor.StopMethod) (hypervisor.Status, error) {
 	st := o.last
 	if isOff(st) {
-		o.addStep(Step{Name: "stop", Outcome: "already off", Detail: "no stop command sent"})
+		o.addStep(OpStep{Name: "stop", Outcome: "already off", Detail: "no stop command sent"})
 		return st, nil
 	}
 	var tried []string
@@ -34,24 +34,24 @@ func (o *op) stopLadder(ctx context.Context, methods []hypervisor.StopMethod) (h
 		name := "stop " + string(m)
 		if !o.caps.Has(m.Capability()) {
 			o.fallback("the driver has no %s; rung %q skipped", m.Capability(), m)
-			o.addStep(Step{Name: name, Outcome: "skipped", Detail: "driver lacks " + string(m.Capability())})
+			o.addStep(OpStep{Name: name, Outcome: "skipped", Detail: "driver lacks " + string(m.Capability())})
 			tried = append(tried, fmt.Sprintf("%s (skipped: the driver lacks %s)", m, m.Capability()))
 			continue
 		}
 		if m == hypervisor.StopACPI && st.Power != hypervisor.PowerRunning {
 			why := fmt.Sprintf("a %s guest cannot answer the power button", st.Power)
-			o.addStep(Step{Name: name, Outcome: "skipped", Detail: why})
+			o.addStep(OpStep{Name: name, Outcome: "skipped", Detail: why})
 			tried = append(tried, fmt.Sprintf("%s (skipped: %s)", m, why))
 			if code == hypervisor.CodeUnsupported {
 				code = hypervisor.CodeInvalidState // the VM's state, not the driver, stood in the way
 			}
 			continue
 		}
-		deadline := o.settings().RungTimeout(m)
+		deadline := o.settings().RungTimeout(string(m))
 		o.progress(name)
 		rctx, cancel := context.WithTimeout(ctx, deadline)
 		begun := time.Now()
-		step := Step{Name: name, Deadline: deadline}
+		step := OpStep{Name: name, Deadline: deadline}
 		o.stopSent = true
 		// A VM on its way to running (or restoring, saving) refuses stops
 		// until it gets there; retry within the rung rather than escalate.
@@ -155,7 +155,7 @@ func (o *op) release(ctx context.Context) error {
 	wctx, cancel := context.WithTimeout(ctx, s.ReleaseTimeout)
 	_, err := o.waitFor(wctx, isOffAndUnlocked)
 	cancel()
-	step := Step{Name: "wait for release", Deadline: s.ReleaseTimeout, Duration: time.Since(begun)}
+	step := OpStep{Name: "wait for release", Deadline: s.ReleaseTimeout, Duration: time.Since(begun)}
 	if err == nil {
 		step.Outcome = "unlocked"
 		o.addStep(step)
@@ -197,7 +197,7 @@ func (o *op) settle(ctx context.Context) {
 	o.progress("settle (legacy)")
 	begun := time.Now()
 	err := delay(ctx, d)
-	step := Step{Name: "settle (legacy)", Deadline: d, Duration: time.Since(begun), Outcome: "done"}
+	step := OpStep{Name: "settle (legacy)", Deadline: d, Duration: time.Since(begun), Outcome: "done"}
 	if err != nil {
 		step.Outcome = "interrupted"
 	}
@@ -247,7 +247,7 @@ func (o *op) unlock(ctx context.Context, tried []string) error {
 		}
 		return nil
 	})
-	step := Step{Name: name, Deadline: s.UnlockTimeout, Duration: time.Since(begun), Attempts: attempts, Outcome: "unlocked"}
+	step := OpStep{Name: name, Deadline: s.UnlockTimeout, Duration: time.Since(begun), Attempts: attempts, Outcome: "unlocked"}
 	if err == nil {
 		o.addStep(step)
 		return nil

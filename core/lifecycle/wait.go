@@ -4,9 +4,8 @@ import (
 	"context"
 	"time"
 
-	"github.com/cenkalti/backoff/v5"
-
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // transient reports whether a status read may succeed if repeated: the
@@ -35,47 +34,16 @@ func (o *op) status(ctx context.Context) (hypervisor.Status, error) {
 	return st, nil
 }
 
+// retryPolicy paces the retries of a call that may succeed later: a busy
+// session, a plugin relaunching.
+var retryPolicy = wait.Policy{Initial: 50 * time.Millisecond, Max: time.Second, Factor: 2, Jitter: 0.3}
+
 // retry calls f until it succeeds, fails with an error retryable rejects,
-// or ctx ends, waiting a jittered, growing interval between calls. It
-// returns the number of calls and the last error of f (not ctx's), so the
-// caller can tell the operator what the hypervisor last said.
+// or ctx ends (wait.Retry). It returns the number of calls and the last
+// error of f (not ctx's), so the caller can tell the operator what the
+// hypervisor last said.
 func retry(ctx context.Context, retryable func(error) bool, f func() error) (int, error) {
-	b := &backoff.ExponentialBackOff{
-		InitialInterval:     50 * time.Millisecond,
-		RandomizationFactor: 0.3,
-		Multiplier:          2,
-		MaxInterval:         time.Second,
-	}
-	b.Reset()
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	lastTry := false
-	for attempts := 1; ; attempts++ {
-		err := f()
-		if err == nil || !retryable(err) || ctx.Err() != nil || lastTry {
-			return attempts, err
-		}
-		wait := b.NextBackOff()
-		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
-			// One last try just before the deadline beats giving up early.
-			wait = max(time.Until(deadline)-10*time.Millisecond, 0)
-			lastTry = true
-		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-		} else {
-			timer.Reset(wait)
-		}
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			return attempts, err
-		}
-	}
+	return wait.Retry(ctx, retryPolicy, retryable, func(context.Context) error { return f() })
 }
 
 func isLocked(err error) bool { return hypervisor.IsLocked(err) }
@@ -133,62 +101,36 @@ func (o *op) watch(ctx context.Context, cond func(hypervisor.Status) bool) (hype
 // 1.5 times longer each time, never longer than PollMaxInterval.
 func (o *op) poll(ctx context.Context, cond func(hypervisor.Status) bool) (hypervisor.Status, error) {
 	s := o.settings()
-	b := &backoff.ExponentialBackOff{
-		InitialInterval: s.PollInterval,
-		Multiplier:      1.5,
-		MaxInterval:     s.PollMaxInterval,
-	}
-	b.Reset()
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	for {
-		o.report.StatusCalls++
-		st, err := o.vm.Driver.Status(ctx, o.vm.Name)
-		switch {
-		case err == nil:
-			o.lastStatusErr = nil
-			o.seen(st)
-			if cond(st) {
-				return st, nil
+	var found hypervisor.Status
+	err := wait.Until(ctx, wait.Policy{Initial: s.PollInterval, Max: s.PollMaxInterval, Factor: 1.5},
+		func(ctx context.Context) (bool, error) {
+			o.report.StatusCalls++
+			st, err := o.vm.Driver.Status(ctx, o.vm.Name)
+			switch {
+			case err == nil:
+				o.lastStatusErr = nil
+				o.seen(st)
+				found = st
+				return cond(st), nil
+			case hypervisor.IsNotFound(err):
+				return false, err
+			case ctx.Err() != nil:
+				return false, ctx.Err()
 			}
-		case hypervisor.IsNotFound(err):
-			return o.last, err
-		case ctx.Err() != nil:
-			return o.last, ctx.Err()
-		default:
 			// Keep polling: the plugin may be relaunching, the hypervisor
 			// busy. The step that gives up says why, from this.
 			o.lastStatusErr = err
-		}
-		if timer == nil {
-			timer = time.NewTimer(b.NextBackOff())
-		} else {
-			timer.Reset(b.NextBackOff())
-		}
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
-			return o.last, ctx.Err()
-		}
+			return false, nil
+		})
+	if err != nil {
+		return o.last, err
 	}
+	return found, nil
 }
 
 // delay waits d within ctx: the legacy settle delay, the one fixed wait the
 // core knows, used only for drivers that cannot report their lock.
-func delay(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
+func delay(ctx context.Context, d time.Duration) error { return wait.Sleep(ctx, d) }
 
 // interruptedRead bounds the status read that ends an interrupted
 // operation.

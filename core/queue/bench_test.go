@@ -1,18 +1,29 @@
 package queue_test
 
 import (
+	"bytes"
 	"context"
+	"database/sql"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/riverdriver/riverdatabasesql"
+	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/rivermigrate"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
+	"github.com/sandboxhq/sandbox/core/queue/pgtest"
 )
 
 // BenchmarkServiceAgainstRun runs the same M analyses on the same N fake
@@ -29,12 +40,7 @@ func BenchmarkServiceAgainstRun(b *testing.B) {
 	for b.Loop() {
 		// Through the engine, as sandbox run.
 		h := newHost(b, "run", names...)
-		prof := sleepProfile(b, "1", names...)["scan"]
-		var pool engine.Pool
-		pool.Profile = prof
-		for _, vm := range names {
-			pool.VMs = append(pool.VMs, h.vms[vm])
-		}
+		profiles := sleepProfile(b, "1", names...)
 		var samples []engine.Sample
 		for i := range m {
 			p := filepath.Join(b.TempDir(), fmt.Sprintf("s%d", i))
@@ -43,8 +49,8 @@ func BenchmarkServiceAgainstRun(b *testing.B) {
 			require.NoError(b, err)
 			samples = append(samples, s)
 		}
-		e := engine.New(engine.Options{Lifecycle: lifecycle.New(lifecycle.Options{}), MaxStarting: n})
-		sum, err := e.Run(context.Background(), engine.Job{Samples: samples, Pools: []engine.Pool{pool}, OutDir: b.TempDir()})
+		pool := h.pool(b, lifecycle.New(lifecycle.Options{}), 0, profiles) // max_starting as the service has it
+		sum, err := pool.RunBatch(context.Background(), engine.Batch{Samples: samples, Profiles: []string{"scan"}, OutDir: b.TempDir()})
 		require.NoError(b, err)
 		require.Zero(b, sum.Failed())
 		run := sum.Duration
@@ -56,7 +62,7 @@ func BenchmarkServiceAgainstRun(b *testing.B) {
 		begun := time.Now()
 		var ids []string
 		for i := range m {
-			task, err := q.Submit(context.Background(), fmt.Sprintf("s%d", i), fmt.Appendf(nil, "sample %d", i), queue.Request{})
+			task, err := q.Submit(context.Background(), fmt.Sprintf("s%d", i), bytes.NewReader(fmt.Appendf(nil, "sample %d", i)), queue.Request{})
 			require.NoError(b, err)
 			ids = append(ids, task.ID)
 		}
@@ -79,4 +85,193 @@ func BenchmarkServiceAgainstRun(b *testing.B) {
 	b.ReportMetric(ratio, "x-run")
 	b.ReportMetric(runSecs, "run-s")
 	b.ReportMetric(serveSecs, "serve-s")
+}
+
+// BenchmarkSubmitLatency submits samples from 50 concurrent clients to the
+// queue on each database and reports the latency of a submission (the
+// sample stored, the task, its analyses and its job committed) at p50 and
+// p99, beside the same percentiles of a bare database round trip under the
+// same load, measured in the same run.
+func BenchmarkSubmitLatency(b *testing.B) {
+	for _, db := range []struct{ name, url string }{{"sqlite", ""}, {"postgres", ""}} {
+		b.Run(db.name, func(b *testing.B) {
+			url := db.url
+			if db.name == "postgres" {
+				url = pgtest.Database(b)
+			}
+			h := newHost(b, "bench", "vm1")
+			q := h.open(b, url, scanProfile(b, "vm1"))
+			defer q.Close() // not started: nothing runs, the submissions only queue
+			const clients, each = 50, 4
+			measure := func(do func(i int) error) []time.Duration {
+				var mu sync.Mutex
+				var lat []time.Duration
+				var wg sync.WaitGroup
+				for c := range clients {
+					wg.Go(func() {
+						for k := range each {
+							begun := time.Now()
+							err := do(c*each + k)
+							d := time.Since(begun)
+							require.NoError(b, err)
+							mu.Lock()
+							lat = append(lat, d)
+							mu.Unlock()
+						}
+					})
+				}
+				wg.Wait()
+				slices.Sort(lat)
+				return lat
+			}
+			var sub, ping []time.Duration
+			measure(func(int) error { return q.Ping(context.Background()) }) // the connections opened once
+			for b.Loop() {
+				ping = measure(func(int) error { return q.Ping(context.Background()) })
+				sub = measure(func(i int) error {
+					_, err := q.Submit(context.Background(), fmt.Sprintf("s%d", i),
+						bytes.NewReader(fmt.Appendf(nil, "sample %d %d", i, time.Now().UnixNano())), queue.Request{})
+					return err
+				})
+			}
+			b.ReportMetric(percentile(sub, .5), "submit-p50-ms")
+			b.ReportMetric(percentile(sub, .99), "submit-p99-ms")
+			b.ReportMetric(percentile(ping, .5), "ping-p50-ms")
+			b.ReportMetric(percentile(ping, .99), "ping-p99-ms")
+		})
+	}
+}
+
+func percentile(lat []time.Duration, p float64) float64 {
+	return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond)
+}
+
+// BenchmarkPickup reports how long a task waits between its submission and
+// its analysis's preparing step on an idle host, on each database.
+func BenchmarkPickup(b *testing.B) {
+	for _, name := range []string{"sqlite", "postgres"} {
+		b.Run(name, func(b *testing.B) {
+			url := ""
+			if name == "postgres" {
+				url = pgtest.Database(b)
+			}
+			h := newHost(b, "bench", "vm1")
+			q := h.open(b, url, sleepProfile(b, "0", "vm1"))
+			pool := q.Pool()
+			preparing := make(chan time.Time, 1)
+			defer pool.Events().Subscribe(func(e engine.Event) {
+				if e.Step == engine.StepPreparing {
+					preparing <- e.At
+				}
+			})()
+			require.NoError(b, q.Start(context.Background()))
+			defer func() {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+				defer cancel()
+				require.NoError(b, q.Stop(ctx))
+				q.Close()
+			}()
+			var waits []time.Duration
+			for b.Loop() {
+				task, err := q.Submit(context.Background(), "s", bytes.NewReader(fmt.Appendf(nil, "%d", time.Now().UnixNano())), queue.Request{})
+				require.NoError(b, err)
+				submitted := time.Now()
+				waits = append(waits, (<-preparing).Sub(submitted))
+				for {
+					got, err := q.Task(context.Background(), task.ID)
+					require.NoError(b, err)
+					if got.Final() {
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			}
+			slices.Sort(waits)
+			b.ReportMetric(percentile(waits, .5), "pickup-p50-ms")
+			b.ReportMetric(percentile(waits, .99), "pickup-p99-ms")
+		})
+	}
+}
+
+// noop is a job that does nothing, for timing River's own pickup.
+type noop struct{}
+
+func (noop) Kind() string { return "bench.noop" }
+
+type noopWorker struct {
+	river.WorkerDefaults[noop]
+	picked chan time.Time
+}
+
+func (w *noopWorker) Work(context.Context, *river.Job[noop]) error {
+	w.picked <- time.Now()
+	return nil
+}
+
+// BenchmarkPickupWithoutListenNotify is what the queue gives up on
+// PostgreSQL by reaching it through database/sql (riverdatabasesql, which
+// has no LISTEN/NOTIFY and polls) so that both databases share one
+// transaction type: River's pickup of a job inserted into an idle queue
+// with the queue's own poll interval, through that driver and through
+// pgx's own (riverpgxv5, woken by NOTIFY), in the same run.
+func BenchmarkPickupWithoutListenNotify(b *testing.B) {
+	url := pgtest.Database(b)
+	ctx := context.Background()
+	run := func(b *testing.B, insert func(ctx context.Context) error, start, stop func(), picked chan time.Time) []time.Duration {
+		start()
+		defer stop()
+		var waits []time.Duration
+		for range 20 {
+			begun := time.Now()
+			require.NoError(b, insert(ctx))
+			waits = append(waits, (<-picked).Sub(begun))
+		}
+		slices.Sort(waits)
+		return waits
+	}
+	var sqlWaits, pgxWaits []time.Duration
+	for b.Loop() {
+		// database/sql, polling.
+		{
+			db, err := sql.Open("pgx", url)
+			require.NoError(b, err)
+			driver := riverdatabasesql.New(db)
+			m, err := rivermigrate.New(driver, nil)
+			require.NoError(b, err)
+			_, err = m.Migrate(ctx, rivermigrate.DirectionUp, nil)
+			require.NoError(b, err)
+			w := &noopWorker{picked: make(chan time.Time, 1)}
+			workers := river.NewWorkers()
+			river.AddWorker(workers, w)
+			c, err := river.NewClient(driver, &river.Config{Queues: map[string]river.QueueConfig{"q": {MaxWorkers: 1,
+				FetchPollInterval: 50 * time.Millisecond}}, Workers: workers, FetchCooldown: 10 * time.Millisecond,
+				Logger: slog.New(slog.DiscardHandler)})
+			require.NoError(b, err)
+			sqlWaits = run(b, func(ctx context.Context) error {
+				_, err := c.Insert(ctx, noop{}, &river.InsertOpts{Queue: "q"})
+				return err
+			}, func() { require.NoError(b, c.Start(ctx)) }, func() { _ = c.Stop(ctx); db.Close() }, w.picked)
+		}
+		// pgx, with LISTEN/NOTIFY.
+		{
+			pool, err := pgxpool.New(ctx, url)
+			require.NoError(b, err)
+			driver := riverpgxv5.New(pool)
+			w := &noopWorker{picked: make(chan time.Time, 1)}
+			workers := river.NewWorkers()
+			river.AddWorker(workers, w)
+			c, err := river.NewClient(driver, &river.Config{Queues: map[string]river.QueueConfig{"q": {MaxWorkers: 1,
+				FetchPollInterval: 50 * time.Millisecond}}, Workers: workers, FetchCooldown: 10 * time.Millisecond,
+				Logger: slog.New(slog.DiscardHandler)})
+			require.NoError(b, err)
+			pgxWaits = run(b, func(ctx context.Context) error {
+				_, err := c.Insert(ctx, noop{}, &river.InsertOpts{Queue: "q"})
+				return err
+			}, func() { require.NoError(b, c.Start(ctx)) }, func() { _ = c.Stop(ctx); pool.Close() }, w.picked)
+		}
+	}
+	b.ReportMetric(percentile(sqlWaits, .5), "databasesql-p50-ms")
+	b.ReportMetric(percentile(sqlWaits, .99), "databasesql-p99-ms")
+	b.ReportMetric(percentile(pgxWaits, .5), "pgx-notify-p50-ms")
+	b.ReportMetric(percentile(pgxWaits, .99), "pgx-notify-p99-ms")
 }

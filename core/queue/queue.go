@@ -1,17 +1,24 @@
 // Package queue is the durable task queue of `sandbox serve`: tasks
 // submitted to it survive a restart of the service or of the host, and
-// several hosts can share it. River (github.com/riverqueue/river) keeps
-// the jobs, one per (task, profile), with retries, rescue of jobs whose
-// worker died, uniqueness and cancellation; the queue adds the samples,
-// the tasks and their results, and the workers, which run each job
-// through the analysis engine on a VM of this host.
+// several hosts can share it.
+//
+// Every accepted task ends exactly once, by construction. A submission is
+// one transaction: the sample, the task, one analysis row per profile and
+// one River job per analysis (github.com/riverqueue/river) commit
+// together. An analysis row names the job that owns it; an analysis ends
+// only through its owner, once, whatever way the job ends (a result, an
+// error at its last attempt, a panic, River discarding or cancelling it,
+// its profile gone), and a sweep on every host ends whatever a job left
+// unended. A task ends when its last analysis does, after its report is
+// written. Hosts heartbeat in the database: the running analyses of a host
+// that stops are taken over at once by a new job, the lost attempt
+// recorded, and the old job, should it ever run, finds itself superseded.
 //
 // One host keeps everything in an embedded SQLite file; many hosts share a
 // PostgreSQL database. Each host works only the jobs of the profiles whose
 // VMs it has: every profile is a River queue, which a host subscribes to
-// with as many workers as it has VMs in the profile, so a task runs
-// wherever such a VM is free, and when a host dies the others rescue its
-// jobs.
+// with as many workers as it has VMs in the profile. A job runs its
+// analysis through the engine's pool, as `sandbox run` does.
 package queue
 
 import (
@@ -19,13 +26,9 @@ import (
 	"crypto/sha256"
 	"database/sql"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"maps"
-	"os"
-	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -33,16 +36,13 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
-	"github.com/jackc/pgx/v5/pgxpool"
-	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/riverqueue/river"
 	"github.com/riverqueue/river/riverdriver"
-	"github.com/riverqueue/river/riverdriver/riverpgxv5"
+	"github.com/riverqueue/river/riverdriver/riverdatabasesql"
 	"github.com/riverqueue/river/riverdriver/riversqlite"
 	"github.com/riverqueue/river/rivermigrate"
-	"github.com/riverqueue/river/rivertype"
-	_ "modernc.org/sqlite" // the embedded database, pure Go
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 )
@@ -52,106 +52,144 @@ type Options struct {
 	// Database is a PostgreSQL URL (postgres://...) shared by every host,
 	// or empty for an SQLite file in StateDir that this host alone uses.
 	Database string
-	// StateDir holds the SQLite file and the local copies of samples.
+	// StateDir holds the SQLite file and the samples being received.
 	StateDir string
 	// Host names this host among those sharing the database; it must be
 	// unique among them and the same across restarts.
 	Host string
-	// Lifecycle holds the VMs' leases and runs their operations.
+	// Pool is this host's VMs and every profile of the configuration: it
+	// runs each job's analysis.
+	Pool *engine.Pool
+	// Lifecycle runs the operators' cleanups and reconciliations.
 	Lifecycle *lifecycle.Manager
-	// MaxStarting caps the VMs of this host booting at once.
-	MaxStarting int
-	// Profiles are every profile of the configuration.
-	Profiles map[string]engine.Profile
-	// VMs are the VMs of this host, resolved to their drivers, by name.
-	VMs map[string]lifecycle.VM
 	// OutDir receives the artifacts and the reports of the tasks this
-	// host ends.
+	// host ends, each task in OutDir/SHA256/TASK-ID.
 	OutDir string
-	// RescueAfter is how long a job may run on a host that stopped
-	// answering before another host takes it over; a job is never taken
-	// over before its own deadline (Profile.Bound) has passed either.
-	RescueAfter time.Duration
+	// DeadAfter is how long a host may go without a heartbeat before the
+	// others think it dead and take its running analyses over.
+	DeadAfter time.Duration
 	// MaxAttempts bounds how often a job is tried when no VM could run it.
 	MaxAttempts int
 	// Logger receives the queue's and River's log.
 	Logger hclog.Logger
-	// OnEvent is told every transition of every task this host runs.
-	OnEvent func(engine.Event)
 	// OnResult is told every analysis this host records, as it is
 	// recorded.
 	OnResult func(*engine.Result)
-}
-
-// Defaults of Options.
-const (
-	DefaultRescueAfter = 15 * time.Minute
-	DefaultMaxAttempts = 5
-)
-
-// jobClient is what the queue uses of a River client, whatever its
-// database driver.
-type jobClient interface {
-	Start(ctx context.Context) error
-	Stop(ctx context.Context) error
-	StopAndCancel(ctx context.Context) error
-	InsertMany(ctx context.Context, params []river.InsertManyParams) ([]*rivertype.JobInsertResult, error)
-	JobCancel(ctx context.Context, id int64) (*rivertype.JobRow, error)
-	JobList(ctx context.Context, params *river.JobListParams) (*river.JobListResult, error)
 }
 
 // Queue is the durable queue of one host.
 type Queue struct {
 	opts   Options
 	log    hclog.Logger
-	store  *store
-	client jobClient
-	exec   riverdriver.Executor
-	engine *engine.Engine
-	pool   *vmPool
+	db     *db
+	client *river.Client[*sql.Tx]
+	pool   *engine.Pool
+	schema int64
 	// queues maps each River queue this host works to its worker count.
 	queues map[string]int
-	close  []func()
+	// started is when this process opened the queue: analyses its host
+	// name was running before are its dead predecessor's.
+	started time.Time
 
-	mu    sync.Mutex
-	steps map[string]engine.Event
-	// working holds the cancel function of each job this host runs, by job
-	// id, so that a cancellation through this host's API takes effect at
-	// once rather than when River's notice arrives.
-	working map[int64]context.CancelCauseFunc
+	// background ends the heartbeat, the sweep, the database watch and the
+	// progress writer; loops waits for them.
+	background  context.CancelFunc
+	loops       sync.WaitGroup
+	unsubscribe func()
+
+	mu sync.Mutex
+	// working holds the task and the cancel function of each job this host
+	// runs, by job id, so that a cancellation takes effect at once.
+	working map[int64]running
+	// progress is the latest step of each running analysis of this host,
+	// written to its row by the progress writer.
+	progress map[[2]string]engine.Event
+	closed   bool
+	// beforeClaim, set by tests, runs as a job begins, before it claims
+	// its analysis: where a host can die with a job River thinks running.
+	beforeClaim func()
 }
 
-// analysisArgs is one job: one task's analysis with one profile.
+// running is a job under way on this host.
+type running struct {
+	task   string
+	cancel context.CancelCauseFunc
+}
+
+// analysisArgs is one job: one task's analysis with one profile. Attempt
+// is 0 for the job of the submission and counts up for each job that took
+// the analysis over from a dead host.
 type analysisArgs struct {
 	Task    string `json:"task" river:"unique"`
 	Profile string `json:"profile" river:"unique"`
+	Attempt int    `json:"attempt,omitempty" river:"unique"`
 }
 
 func (analysisArgs) Kind() string { return "sandbox.analysis" }
 
-// Open connects to the database, creates or upgrades the tables, puts
-// back the jobs this host was running when it last died, and prepares the
-// workers. Start begins working.
+// Open connects to the database, migrates River's tables and the queue's
+// own, takes over what this host was running when its previous process
+// died, and prepares the workers. Start begins working.
 func Open(ctx context.Context, opts Options) (*Queue, error) {
 	if opts.Host == "" {
 		return nil, errors.New("queue: a host name is needed")
 	}
-	if opts.RescueAfter <= 0 {
-		opts.RescueAfter = DefaultRescueAfter
+	if opts.Pool == nil || opts.Lifecycle == nil {
+		return nil, errors.New("queue: a pool and a lifecycle manager are needed")
+	}
+	if opts.DeadAfter <= 0 {
+		opts.DeadAfter = config.DefaultDeadAfter
 	}
 	if opts.MaxAttempts <= 0 {
-		opts.MaxAttempts = DefaultMaxAttempts
+		opts.MaxAttempts = config.DefaultMaxAttempts
 	}
 	if opts.Logger == nil {
 		opts.Logger = hclog.NewNullLogger()
 	}
-	q := &Queue{opts: opts, log: opts.Logger, steps: map[string]engine.Event{}, pool: newVMPool(opts.VMs),
-		working: map[int64]context.CancelCauseFunc{}}
-	q.engine = engine.New(engine.Options{Lifecycle: opts.Lifecycle, Logger: opts.Logger.Named("engine"),
-		MaxStarting: opts.MaxStarting, OnEvent: q.observe})
+	q := &Queue{opts: opts, log: opts.Logger, pool: opts.Pool, working: map[int64]running{},
+		progress: map[[2]string]engine.Event{}, started: time.Now()}
 	var err error
 	if q.queues, err = q.workQueues(); err != nil {
 		return nil, err
+	}
+	if q.db, err = openDB(ctx, opts.Database, opts.StateDir); err != nil {
+		return nil, err
+	}
+	if err := q.connect(ctx); err != nil {
+		q.db.Close()
+		return nil, err
+	}
+	if err := q.heartbeat(ctx); err != nil {
+		q.db.Close()
+		return nil, fmt.Errorf("record this host in the queue: %w", err)
+	}
+	// What this host name was running belongs to its previous process,
+	// which is dead (the state directory's lock keeps a second one out).
+	if err := q.takeOver(ctx, q.opts.Host, "the host was restarted"); err != nil {
+		q.db.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// connect migrates the tables and builds the River client.
+func (q *Queue) connect(ctx context.Context) error {
+	riverLog := newSlog(q.log.Named("river"))
+	var driver riverdriver.Driver[*sql.Tx]
+	if q.db.dialect == dialectPostgres {
+		driver = riverdatabasesql.New(q.db.DB)
+	} else {
+		driver = riversqlite.New(q.db.DB)
+	}
+	m, err := rivermigrate.New(driver, &rivermigrate.Config{Logger: riverLog})
+	if err != nil {
+		return fmt.Errorf("queue migrations: %w", err)
+	}
+	if _, err := m.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
+		return fmt.Errorf("create River's tables: %w", err)
+	}
+	if q.schema, err = q.db.migrate(ctx, newSlog(q.log.Named("migrate"))); err != nil {
+		return err
 	}
 	workers := river.NewWorkers()
 	river.AddWorker(workers, &worker{q: q})
@@ -167,104 +205,35 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 		queues[name] = river.QueueConfig{MaxWorkers: n, FetchPollInterval: poll}
 	}
 	cfg := &river.Config{
-		ID:                   opts.Host,
-		Queues:               queues,
-		Workers:              workers,
-		JobTimeout:           -1, // each job's own deadline: worker.Timeout
-		RescueStuckJobsAfter: opts.RescueAfter,
-		MaxAttempts:          opts.MaxAttempts,
+		ID:           q.opts.Host,
+		Queues:       queues,
+		Workers:      workers,
+		JobTimeout:   -1, // each job's own deadline: worker.Timeout
+		MaxAttempts:  q.opts.MaxAttempts,
+		ErrorHandler: &errorHandler{q: q},
+		// A dead host's analyses are taken over through the heartbeats
+		// within seconds; River's own rescue of its stuck jobs is only
+		// tidying, long after.
+		RescueStuckJobsAfter: 24 * time.Hour,
 		FetchCooldown:        10 * time.Millisecond,
 		FetchPollInterval:    2 * time.Second,
-		Logger: slog.New(slog.NewTextHandler(opts.Logger.Named("river").StandardWriter(&hclog.StandardLoggerOptions{InferLevels: true}),
-			&slog.HandlerOptions{Level: slog.LevelWarn})),
+		Logger:               riverLog,
 	}
 	if len(queues) == 0 {
 		cfg.Queues, cfg.Workers = nil, nil // insert-only: this host has no VM
 	}
-	if err := q.connect(ctx, cfg); err != nil {
-		q.Close()
-		return nil, err
-	}
-	if err := q.store.migrate(ctx); err != nil {
-		q.Close()
-		return nil, err
-	}
-	if err := q.reclaim(ctx); err != nil {
-		q.Close()
-		return nil, err
-	}
-	if err := q.repair(ctx); err != nil {
-		q.Close()
-		return nil, err
-	}
-	return q, nil
-}
-
-// connect opens the database and a River client on it, and migrates
-// River's tables.
-func (q *Queue) connect(ctx context.Context, cfg *river.Config) error {
-	if strings.HasPrefix(q.opts.Database, "postgres://") || strings.HasPrefix(q.opts.Database, "postgresql://") {
-		pool, err := pgxpool.New(ctx, q.opts.Database)
-		if err == nil {
-			err = pool.Ping(ctx)
-		}
-		if err != nil {
-			if pool != nil {
-				pool.Close()
-			}
-			return fmt.Errorf("database %s: %w (is PostgreSQL running, and the URL's user, password and database right?)",
-				redact(q.opts.Database), err)
-		}
-		q.close = append(q.close, pool.Close)
-		db := stdlib.OpenDBFromPool(pool)
-		q.close = append(q.close, func() { db.Close() })
-		q.store = &store{db: db, dialect: dialectPostgres}
-		return startClient(ctx, q, riverpgxv5.New(pool), cfg)
-	}
-	if q.opts.Database != "" {
-		return fmt.Errorf("database %q: want a postgres:// URL, or nothing for the embedded SQLite file", redact(q.opts.Database))
-	}
-	path := filepath.Join(q.opts.StateDir, "queue.db")
-	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)")
-	if err != nil {
-		return fmt.Errorf("queue database %s: %w", path, err)
-	}
-	// SQLite runs one writer at a time; one connection serializes River's
-	// and the queue's statements instead of failing them with SQLITE_BUSY.
-	db.SetMaxOpenConns(1)
-	q.close = append(q.close, func() { db.Close() })
-	if err := db.PingContext(ctx); err != nil {
-		return fmt.Errorf("queue database %s: %w", path, err)
-	}
-	q.store = &store{db: db, dialect: dialectSQLite}
-	return startClient(ctx, q, riversqlite.New(db), cfg)
-}
-
-// startClient migrates River's tables and builds its client for a driver.
-func startClient[TTx any](ctx context.Context, q *Queue, driver riverdriver.Driver[TTx], cfg *river.Config) error {
-	m, err := rivermigrate.New(driver, nil)
-	if err != nil {
-		return fmt.Errorf("queue migrations: %w", err)
-	}
-	if _, err := m.Migrate(ctx, rivermigrate.DirectionUp, nil); err != nil {
-		return fmt.Errorf("create River's tables: %w", err)
-	}
-	c, err := river.NewClient(driver, cfg)
+	q.client, err = river.NewClient(driver, cfg)
 	if err != nil {
 		return fmt.Errorf("queue client: %w", err)
 	}
-	q.client, q.exec = c, driver.GetExecutor()
 	return nil
 }
 
-var userinfo = regexp.MustCompile(`//[^@/]*@`)
-
-// redact hides a database URL's password from messages.
-func redact(url string) string { return userinfo.ReplaceAllString(url, "//***@") }
+var separators = regexp.MustCompile(`[_-]+`)
 
 // queueName is the River queue of a profile.
 func queueName(profile string) string {
-	return "profile-" + strings.Trim(regexp.MustCompile(`[_-]+`).ReplaceAllString(strings.ToLower(profile), "-"), "-")
+	return "profile-" + strings.Trim(separators.ReplaceAllString(strings.ToLower(profile), "-"), "-")
 }
 
 // vmQueueName is the River queue of the tasks pinned to one VM.
@@ -278,94 +247,42 @@ func vmQueueName(vm string) string {
 func (q *Queue) workQueues() (map[string]int, error) {
 	out := map[string]int{}
 	seen := map[string]string{}
-	for _, name := range slices.Sorted(maps.Keys(q.opts.Profiles)) {
+	for _, name := range slices.Sorted(maps.Keys(q.pool.Profiles())) {
 		qn := queueName(name)
 		if other, ok := seen[qn]; ok {
 			return nil, fmt.Errorf("profiles %s and %s differ only by case or separators; the queue needs them told apart", other, name)
 		}
 		seen[qn] = name
-		for _, vm := range q.opts.Profiles[name].VMs {
-			if _, ok := q.opts.VMs[vm]; ok {
-				out[qn]++
-			}
+		if n := len(q.pool.Serves(name)); n > 0 {
+			out[qn] = n
 		}
 	}
-	for name := range q.opts.VMs {
+	for name := range q.pool.VMs() {
 		out[vmQueueName(name)] = 1
-	}
-	for name, n := range out {
-		if n == 0 {
-			delete(out, name)
-		}
 	}
 	return out, nil
 }
 
-// reclaim puts back the jobs this host was running when its previous
-// process died: no process of this host runs them now (the state
-// directory's lock makes sure of that), and waiting for River's rescuer
-// would leave them stuck until their deadline.
-func (q *Queue) reclaim(ctx context.Context) error {
-	res, err := q.client.JobList(ctx, river.NewJobListParams().States(rivertype.JobStateRunning).First(10000))
-	if err != nil {
-		return fmt.Errorf("list running jobs: %w", err)
-	}
-	now := time.Now().UTC()
-	p := &riverdriver.JobRescueManyParams{StuckHorizon: now.Add(time.Second)}
-	errData, _ := json.Marshal(rivertype.AttemptError{At: now, Error: "the host working it (" + q.opts.Host + ") was restarted"})
-	for _, j := range res.Jobs {
-		if len(j.AttemptedBy) == 0 || j.AttemptedBy[len(j.AttemptedBy)-1] != q.opts.Host {
-			continue
-		}
-		p.ID = append(p.ID, j.ID)
-		p.Error = append(p.Error, errData)
-		p.FinalizedAt = append(p.FinalizedAt, nil)
-		p.ScheduledAt = append(p.ScheduledAt, now)
-		p.State = append(p.State, string(rivertype.JobStateAvailable))
-	}
-	if len(p.ID) == 0 {
-		return nil
-	}
-	q.log.Warn("putting back the jobs this host was running when it stopped", "jobs", p.ID)
-	if _, err := q.exec.JobRescueMany(ctx, p); err != nil {
-		return fmt.Errorf("put back this host's jobs: %w", err)
-	}
-	return nil
-}
-
-// repair inserts the jobs of tasks accepted just before a crash that left
-// them without jobs; uniqueness keeps a job from being inserted twice.
-func (q *Queue) repair(ctx context.Context) error {
-	rows, err := q.store.db.QueryContext(ctx, q.store.rebind(`SELECT id FROM sandbox_task WHERE jobs = '' AND finished_ns = 0`))
-	if err != nil {
-		return err
-	}
-	var ids []string
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			rows.Close()
-			return err
-		}
-		ids = append(ids, id)
-	}
-	rows.Close()
-	for _, id := range ids {
-		t, err := q.store.task(ctx, id)
-		if err != nil {
-			return err
-		}
-		if err := q.insertJobs(ctx, t); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// Start begins working the jobs of this host's VMs, until Stop: ctx bounds
-// the start only, so that the caller's cancellation (a signal) leads to the
-// orderly Stop rather than to River's own hard stop.
+// Start begins working the jobs of this host's VMs, heartbeating and
+// sweeping, until Stop: ctx bounds the start only, so that the caller's
+// cancellation (a signal) leads to the orderly Stop rather than to
+// River's own hard stop.
 func (q *Queue) Start(ctx context.Context) error {
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	q.background = cancel
+	q.unsubscribe = q.pool.Events().Subscribe(q.observe)
+	q.loops.Go(func() { q.heartbeats(bg) })
+	q.loops.Go(func() { q.sweeps(bg) })
+	q.loops.Go(func() { q.writeProgress(bg) })
+	q.reconcileAtStart(context.WithoutCancel(bg))
+	q.loops.Go(func() {
+		q.db.watch(bg, time.Second, func(err error) {
+			q.log.Error("the queue's database is lost: this host takes no more work", "error", err)
+			// River's own stop waits for the jobs, which need the database:
+			// cancel them, their VMs are cleaned all the same.
+			go q.client.StopAndCancel(context.WithoutCancel(bg)) //nolint:errcheck // the error is the lost database's
+		})
+	})
 	return q.client.Start(context.WithoutCancel(ctx))
 }
 
@@ -373,130 +290,94 @@ func (q *Queue) Start(ctx context.Context) error {
 // (each within its cleanup_timeout) and their jobs put back in the queue
 // for the next start, or for another host.
 func (q *Queue) Stop(ctx context.Context) error {
-	return q.client.StopAndCancel(ctx)
+	err := q.client.StopAndCancel(ctx)
+	if q.background != nil {
+		q.background()
+		q.loops.Wait()
+		q.unsubscribe()
+	}
+	return err
 }
 
 // Close releases the database.
 func (q *Queue) Close() {
-	for i := len(q.close) - 1; i >= 0; i-- {
-		q.close[i]()
+	q.mu.Lock()
+	closed := q.closed
+	q.closed = true
+	q.mu.Unlock()
+	if !closed {
+		q.db.Close()
 	}
-	q.close = nil
 }
 
 // Host is this host's name.
 func (q *Queue) Host() string { return q.opts.Host }
 
+// DeadAfter is how long a host may go without a heartbeat before the
+// others take its running analyses over.
+func (q *Queue) DeadAfter() time.Duration { return q.opts.DeadAfter }
+
+// Schema is the version of the queue's tables in the database.
+func (q *Queue) Schema() int64 { return q.schema }
+
 // Profiles are the profiles tasks may ask for.
-func (q *Queue) Profiles() map[string]engine.Profile { return q.opts.Profiles }
+func (q *Queue) Profiles() map[string]config.Profile { return q.pool.Profiles() }
 
 // VMs are this host's VMs.
-func (q *Queue) VMs() map[string]lifecycle.VM { return q.opts.VMs }
-
-// observe keeps each VM's latest step, and passes the event on.
-func (q *Queue) observe(e engine.Event) {
-	if e.VM != "" {
-		q.mu.Lock()
-		q.steps[e.VM] = e
-		q.mu.Unlock()
-	}
-	if q.opts.OnEvent != nil {
-		q.opts.OnEvent(e)
-	}
-}
-
-// Step returns the latest step of the task on a VM of this host, if any.
-func (q *Queue) Step(vm string) (engine.Event, bool) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	e, ok := q.steps[vm]
-	return e, ok
-}
+func (q *Queue) VMs() map[string]lifecycle.VM { return q.pool.VMs() }
 
 // Unusable names the VMs of this host taken out of service, with why.
-func (q *Queue) Unusable() map[string]string { return q.pool.unusable() }
+func (q *Queue) Unusable() map[string]string { return q.pool.Unusable() }
 
-// Depth counts, per profile, the analyses not yet ended.
-func (q *Queue) Depth(ctx context.Context) (map[string]int, error) { return q.store.depth(ctx) }
+// Depth counts, per profile, the analyses not yet ended (every host's,
+// whichever profiles this host has).
+func (q *Queue) Depth(ctx context.Context) (map[string]int, error) { return q.db.depth(ctx) }
 
 // Counts counts the tasks in each state.
-func (q *Queue) Counts(ctx context.Context) (map[string]int, error) { return q.store.countByState(ctx) }
+func (q *Queue) Counts(ctx context.Context) (map[string]int, error) { return q.db.countByState(ctx) }
 
-// Ping checks that the database answers.
-func (q *Queue) Ping(ctx context.Context) error { return q.store.db.PingContext(ctx) }
-
-// localSample is the task's sample as a file on this host, written from
-// the database once and checked against its digest.
-func (q *Queue) localSample(ctx context.Context, t *Task) (engine.Sample, error) {
-	dir := filepath.Join(q.opts.StateDir, "samples")
-	path := filepath.Join(dir, t.Sample.SHA256)
-	if s, err := engine.OpenSample(path); err == nil && s.SHA256 == t.Sample.SHA256 {
-		s.Name = t.Sample.Name
-		return s, nil
+// Ping checks that the database answers and can still be trusted.
+func (q *Queue) Ping(ctx context.Context) error {
+	if err := q.db.check(); err != nil {
+		return err
 	}
-	data, err := q.store.sampleData(ctx, t.Sample.SHA256)
-	if err != nil {
-		return engine.Sample{}, fmt.Errorf("sample %s: %w", t.Sample.SHA256, err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return engine.Sample{}, err
-	}
-	tmp, err := os.CreateTemp(dir, ".sample-*")
-	if err != nil {
-		return engine.Sample{}, err
-	}
-	_, err = tmp.Write(data)
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp.Name(), path)
-	}
-	if err != nil {
-		os.Remove(tmp.Name())
-		return engine.Sample{}, fmt.Errorf("sample %s: %w", t.Sample.SHA256, err)
-	}
-	s, err := engine.OpenSample(path)
-	if err != nil {
-		return engine.Sample{}, err
-	}
-	if s.SHA256 != t.Sample.SHA256 {
-		return engine.Sample{}, fmt.Errorf("sample %s: the stored bytes hash to %s", t.Sample.SHA256, s.SHA256)
-	}
-	s.Name = t.Sample.Name
-	return s, nil
+	return q.db.PingContext(ctx)
 }
 
-// Settings is the [queue] table of config.toml.
-type Settings struct {
-	// Database is a PostgreSQL URL shared by every host, e.g.
-	// "postgres://sandbox:secret@db.example:5432/sandbox"; empty keeps the
-	// queue in an SQLite file in the state directory.
-	Database string `toml:"database"`
-	// Host names this host among those sharing the database. Default: the
-	// machine's host name.
-	Host string `toml:"host"`
-	// RescueAfter is how long another host waits on a job of a host that
-	// died before taking it over (and never less than the job's own
-	// deadline). Default 15m.
-	RescueAfter *time.Duration `toml:"rescue_after"`
-	// MaxAttempts bounds the tries of a job no VM could run. Default 5.
-	MaxAttempts int `toml:"max_attempts"`
+// observe keeps the latest step of each analysis this host runs, for the
+// progress writer: the engine's subscribers must return at once, so the
+// database is written elsewhere.
+func (q *Queue) observe(e engine.Event) {
+	if e.Task == "" || e.Step.Final() {
+		return
+	}
+	q.mu.Lock()
+	q.progress[[2]string{e.Task, e.Profile}] = e
+	q.mu.Unlock()
 }
 
-// Validate returns the key of the first bad setting and what is wrong.
-func (s Settings) Validate() (string, error) {
-	if s.Database != "" && !strings.HasPrefix(s.Database, "postgres://") && !strings.HasPrefix(s.Database, "postgresql://") {
-		return "database", fmt.Errorf("want a postgres:// URL, or leave it out for the embedded SQLite queue")
+// writeProgress writes the analyses' latest steps to their rows, so that
+// every host's API shows where a running analysis is.
+func (q *Queue) writeProgress(ctx context.Context) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		q.mu.Lock()
+		batch := q.progress
+		q.progress = map[[2]string]engine.Event{}
+		q.mu.Unlock()
+		for key, e := range batch {
+			_, err := q.db.exec(ctx, q.db, `UPDATE sandbox_analysis SET step = ?, vm = ?, updated_ns = ?
+				WHERE task_id = ? AND profile = ? AND state = 'running' AND host = ?`,
+				string(e.Step), e.VM, e.At.UnixNano(), key[0], key[1], q.opts.Host)
+			if err != nil && ctx.Err() == nil {
+				q.log.Debug("could not record an analysis's step", "task", key[0], "profile", key[1], "error", err)
+			}
+		}
 	}
-	if s.RescueAfter != nil && *s.RescueAfter <= 0 {
-		return "rescue_after", fmt.Errorf("must be a positive duration such as \"15m\"")
-	}
-	if s.MaxAttempts < 0 {
-		return "max_attempts", fmt.Errorf("must not be negative")
-	}
-	if s.Host != "" && strings.ContainsAny(s.Host, " \t\n") {
-		return "host", fmt.Errorf("must not contain spaces")
-	}
-	return "", nil
 }

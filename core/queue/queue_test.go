@@ -1,9 +1,12 @@
 package queue_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +14,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
@@ -31,18 +35,16 @@ type host struct {
 func newHost(t testing.TB, name string, vms ...string) *host {
 	t.Helper()
 	dir := t.TempDir()
-	var b strings.Builder
-	b.WriteString("[plugins.fake.config]\nstate_dir = \"world\"\n[plugins.fake.config.timing]\nstart = \"20ms\"\nguest_ready = \"30ms\"\n" +
-		"restore = \"20ms\"\npoweroff = \"20ms\"\nunlock_after_stop = \"20ms\"\n")
+	world := fake.Config{StateDir: "world", Timing: fake.FastTiming(), VMs: map[string]fake.VMConfig{}}
 	for _, vm := range vms {
-		fmt.Fprintf(&b, "[plugins.fake.config.vms.%s]\nsnapshots = [\"clean\"]\n", vm)
+		world.VMs[vm] = fake.VMConfig{Snapshots: []string{"clean"}}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(b.String())), nil)
+	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(world.TOML("fake"))), nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { d.Close() })
-	s := lifecycle.Defaults()
+	s := config.DefaultLifecycle()
 	s.Snapshot = "clean"
 	h := &host{name: name, driver: d, vms: map[string]lifecycle.VM{}, dir: dir}
 	for _, vm := range vms {
@@ -51,29 +53,51 @@ func newHost(t testing.TB, name string, vms ...string) *host {
 	return h
 }
 
-func scanProfile(t testing.TB, vms ...string) map[string]engine.Profile {
+func scanProfile(t testing.TB, vms ...string) []config.Profile {
 	t.Helper()
 	return sleepProfile(t, "0.3", vms...)
 }
 
 // sleepProfile is an analysis that takes secs seconds on the VMs.
-func sleepProfile(t testing.TB, secs string, vms ...string) map[string]engine.Profile {
+func sleepProfile(t testing.TB, secs string, vms ...string) []config.Profile {
 	t.Helper()
-	p, key, err := engine.ProfileConfig{VMs: vms, SamplePath: "/s/{sha256}", Command: []string{"sleep", secs},
-		Verdict: engine.VerdictConfig{MaliciousExitCodes: []int{1}}}.Resolve("scan")
-	require.NoError(t, err, key)
-	return map[string]engine.Profile{"scan": p}
+	return []config.Profile{config.NewProfile("scan", vms, "/s/{sha256}", "sleep", secs)}
 }
 
-// open opens the host's queue on database ("" for its own SQLite file).
-func (h *host) open(t testing.TB, database string, profiles map[string]engine.Profile) *queue.Queue {
+// pool is the host's VMs as one engine's pool, for profiles.
+func (h *host) pool(t testing.TB, m *lifecycle.Manager, maxStarting int, profiles []config.Profile) *engine.Pool {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	q, err := queue.Open(ctx, queue.Options{Database: database, StateDir: h.dir, Host: h.name,
-		Lifecycle: lifecycle.New(lifecycle.Options{}), Profiles: profiles, VMs: h.vms, OutDir: filepath.Join(h.dir, "results")})
+	e := engine.New(engine.Options{Lifecycle: m, MaxStarting: maxStarting, Events: engine.NewEvents()})
+	p, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(h.vms)), profiles)
+	require.NoError(t, err)
+	return p
+}
+
+// open opens the host's queue on database ("" for its own SQLite file),
+// with dead_after at its minimum unless edit says otherwise.
+func (h *host) open(t testing.TB, database string, profiles []config.Profile, edit ...func(*queue.Options)) *queue.Queue {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m := lifecycle.New(lifecycle.Options{})
+	opts := queue.Options{Database: database, StateDir: h.dir, Host: h.name, Pool: h.pool(t, m, 0, profiles), Lifecycle: m,
+		OutDir: filepath.Join(h.dir, "results"), DeadAfter: config.MinDeadAfter}
+	for _, f := range edit {
+		f(&opts)
+	}
+	q, err := queue.Open(ctx, opts)
 	require.NoError(t, err)
 	return q
+}
+
+// databases runs f with each database the queue supports: its own
+// SQLite file, and a fresh PostgreSQL database (skipped, saying why,
+// where none can be had).
+func databases(t *testing.T, f func(t *testing.T, database string)) {
+	t.Run("sqlite", func(t *testing.T) { f(t, "") })
+	t.Run("postgres", func(t *testing.T) { f(t, pgtest.Database(t)) })
 }
 
 func start(t *testing.T, q *queue.Queue) {
@@ -112,7 +136,7 @@ func submit(t *testing.T, q *queue.Queue, n int) []string {
 	t.Helper()
 	var ids []string
 	for i := range n {
-		task, err := q.Submit(context.Background(), fmt.Sprintf("s%d.txt", i), fmt.Appendf(nil, "sample %d", i), queue.Request{})
+		task, err := q.Submit(context.Background(), fmt.Sprintf("s%d.txt", i), bytes.NewReader(fmt.Appendf(nil, "sample %d", i)), queue.Request{})
 		require.NoError(t, err)
 		ids = append(ids, task.ID)
 	}

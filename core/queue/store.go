@@ -8,7 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
+	"io"
 	"strings"
 	"time"
 
@@ -16,49 +16,8 @@ import (
 )
 
 // The queue keeps, beside River's own tables, what River does not: the
-// samples, the tasks submitted and each task's results. Both databases
-// are reached through database/sql, with the same statements; only the
-// column types and the placeholders differ.
-
-const (
-	dialectSQLite   = "sqlite"
-	dialectPostgres = "postgres"
-)
-
-func schema(dialect string) []string {
-	blob, integer := "BLOB", "INTEGER"
-	if dialect == dialectPostgres {
-		blob, integer = "BYTEA", "BIGINT"
-	}
-	return []string{
-		`CREATE TABLE IF NOT EXISTS sandbox_sample (
-			sha256 TEXT PRIMARY KEY,
-			size ` + integer + ` NOT NULL,
-			data ` + blob + ` NOT NULL)`,
-		`CREATE TABLE IF NOT EXISTS sandbox_task (
-			id TEXT PRIMARY KEY,
-			sha256 TEXT NOT NULL,
-			name TEXT NOT NULL,
-			profiles TEXT NOT NULL,
-			vm TEXT NOT NULL DEFAULT '',
-			priority ` + integer + ` NOT NULL,
-			state TEXT NOT NULL,
-			verdict TEXT NOT NULL DEFAULT '',
-			jobs TEXT NOT NULL DEFAULT '',
-			cancel_requested ` + integer + ` NOT NULL DEFAULT 0,
-			created_ns ` + integer + ` NOT NULL,
-			finished_ns ` + integer + ` NOT NULL DEFAULT 0,
-			report TEXT NOT NULL DEFAULT '')`,
-		`CREATE INDEX IF NOT EXISTS sandbox_task_created ON sandbox_task (created_ns)`,
-		`CREATE INDEX IF NOT EXISTS sandbox_task_state ON sandbox_task (state)`,
-		`CREATE TABLE IF NOT EXISTS sandbox_result (
-			task_id TEXT NOT NULL,
-			profile TEXT NOT NULL,
-			host TEXT NOT NULL,
-			result TEXT NOT NULL,
-			PRIMARY KEY (task_id, profile))`,
-	}
-}
+// samples (in chunks), the tasks, one row per (task, profile) analysis
+// with its state and the job that owns it, and the hosts' heartbeats.
 
 // The states of a task.
 const (
@@ -68,6 +27,13 @@ const (
 	StateFailed    = "failed"
 	StateCancelled = "cancelled"
 )
+
+// finalStates are the states an analysis or a task ends in, as SQL.
+const finalStates = `('done', 'failed', 'cancelled')`
+
+// sampleChunk is how much of a sample one row holds: a sample is never
+// whole in memory, not even while it is stored.
+const sampleChunk = 1 << 20
 
 // Task is one submitted sample and the analyses asked of it.
 type Task struct {
@@ -89,13 +55,40 @@ type Task struct {
 	// analysis ended.
 	Created  time.Time  `json:"created"`
 	Finished *time.Time `json:"finished,omitempty"`
+	// Analyses are the task's analyses, one per profile in order, as they
+	// stand: where each runs and its step, and the attempts lost.
+	Analyses []Analysis `json:"analyses"`
 	// Results are the analyses that have ended so far, with the host that
 	// ran each.
 	Results []HostResult `json:"results"`
 	// Report is the sample's report once the task has ended.
 	Report *engine.Report `json:"report,omitempty"`
+}
 
-	jobs []int64
+// Analysis is one (task, profile) analysis as it stands.
+type Analysis struct {
+	// Profile names the analysis.
+	Profile string `json:"profile"`
+	// State is queued, running, done, failed or cancelled.
+	State string `json:"state"`
+	// Attempt counts the hosts that have taken it: 1, and one more for
+	// each attempt lost with a dead host.
+	Attempt int `json:"attempt"`
+	// Host, VM and Step say where a running analysis is: its host, its VM
+	// and the step it was last seen in.
+	Host string `json:"host,omitempty"`
+	VM   string `json:"vm,omitempty"`
+	Step string `json:"step,omitempty"`
+	// Lost are the attempts lost with hosts that died running them.
+	Lost []LostAttempt `json:"lost_attempts,omitempty"`
+}
+
+// LostAttempt is an attempt of an analysis lost with its host.
+type LostAttempt struct {
+	Attempt int       `json:"attempt"`
+	Host    string    `json:"host"`
+	At      time.Time `json:"at"`
+	Why     string    `json:"why"`
 }
 
 // HostResult is one analysis's result and the host that ran it.
@@ -109,43 +102,6 @@ func (t *Task) Final() bool {
 	return t.State == StateDone || t.State == StateFailed || t.State == StateCancelled
 }
 
-// store is the queue's own tables.
-type store struct {
-	db      *sql.DB
-	dialect string
-}
-
-// rebind turns ? placeholders into PostgreSQL's $1, $2...
-func (s *store) rebind(q string) string {
-	if s.dialect != dialectPostgres {
-		return q
-	}
-	var b strings.Builder
-	n := 0
-	for _, r := range q {
-		if r == '?' {
-			n++
-			b.WriteString("$" + strconv.Itoa(n))
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
-}
-
-func (s *store) exec(ctx context.Context, q string, args ...any) (sql.Result, error) {
-	return s.db.ExecContext(ctx, s.rebind(q), args...)
-}
-
-func (s *store) migrate(ctx context.Context) error {
-	for _, stmt := range schema(s.dialect) {
-		if _, err := s.db.ExecContext(ctx, stmt); err != nil {
-			return fmt.Errorf("create the queue's tables: %w", err)
-		}
-	}
-	return nil
-}
-
 // newID is a task's identifier: random, URL-safe, short enough to type.
 func newID() string {
 	var b [10]byte
@@ -153,141 +109,264 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// saveSample stores the sample's bytes once per digest.
-func (s *store) saveSample(ctx context.Context, sha string, data []byte) error {
-	_, err := s.exec(ctx, `INSERT INTO sandbox_sample (sha256, size, data) VALUES (?, ?, ?)
-		ON CONFLICT (sha256) DO NOTHING`, sha, len(data), data)
-	return err
-}
-
-func (s *store) sampleData(ctx context.Context, sha string) ([]byte, error) {
-	var data []byte
-	err := s.db.QueryRowContext(ctx, s.rebind(`SELECT data FROM sandbox_sample WHERE sha256 = ?`), sha).Scan(&data)
-	return data, err
-}
-
-func (s *store) insertTask(ctx context.Context, t *Task) error {
-	profiles, _ := json.Marshal(t.Profiles)
-	_, err := s.exec(ctx, `INSERT INTO sandbox_task (id, sha256, name, profiles, vm, priority, state, created_ns)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?)`, t.ID, t.Sample.SHA256, t.Sample.Name, string(profiles), t.VM, t.Priority,
-		StateQueued, t.Created.UnixNano())
-	return err
-}
-
-func (s *store) setJobs(ctx context.Context, id string, jobs []int64) error {
-	data, _ := json.Marshal(jobs)
-	_, err := s.exec(ctx, `UPDATE sandbox_task SET jobs = ? WHERE id = ?`, string(data), id)
-	return err
-}
-
-// requestCancel records that a task is to be cancelled, for the workers
-// that start its jobs from now on.
-func (s *store) requestCancel(ctx context.Context, id string) error {
-	_, err := s.exec(ctx, `UPDATE sandbox_task SET cancel_requested = 1 WHERE id = ?`, id)
-	return err
-}
-
-// cancelRequested reports whether a task is to be cancelled.
-func (s *store) cancelRequested(ctx context.Context, id string) (bool, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, s.rebind(`SELECT cancel_requested FROM sandbox_task WHERE id = ?`), id).Scan(&n)
-	return n != 0, err
-}
-
-// markRunning moves a queued task to running.
-func (s *store) markRunning(ctx context.Context, id string) error {
-	_, err := s.exec(ctx, `UPDATE sandbox_task SET state = ? WHERE id = ? AND state = ?`, StateRunning, id, StateQueued)
-	return err
-}
-
 var errNoTask = errors.New("no such task")
 
-const taskColumns = `id, sha256, name, profiles, vm, priority, state, verdict, jobs, created_ns, finished_ns, report`
+// putSample stores a sample's bytes once per digest, reading r in chunks.
+func (d *db) putSample(ctx context.Context, tx *sql.Tx, sha string, size int64, r io.Reader) error {
+	res, err := d.exec(ctx, tx, `INSERT INTO sandbox_sample (sha256, size) VALUES (?, ?) ON CONFLICT (sha256) DO NOTHING`, sha, size)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return nil // stored already
+	}
+	buf := make([]byte, sampleChunk)
+	for seq := 0; ; seq++ {
+		n, err := io.ReadFull(r, buf)
+		if n > 0 {
+			if _, err := d.exec(ctx, tx, `INSERT INTO sandbox_sample_chunk (sha256, seq, data) VALUES (?, ?, ?)`, sha, seq, buf[:n]); err != nil {
+				return err
+			}
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
 
-func (s *store) scanTask(row interface{ Scan(...any) error }) (*Task, error) {
+// copySample writes a stored sample's bytes to w, a chunk at a time.
+func (d *db) copySample(ctx context.Context, sha string, w io.Writer) error {
+	for seq := 0; ; seq++ {
+		var data []byte
+		err := d.queryRow(ctx, d, `SELECT data FROM sandbox_sample_chunk WHERE sha256 = ? AND seq = ?`, sha, seq).Scan(&data)
+		if errors.Is(err, sql.ErrNoRows) {
+			if seq == 0 {
+				return fmt.Errorf("sample %s is not stored", sha)
+			}
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if _, err := w.Write(data); err != nil {
+			return err
+		}
+	}
+}
+
+const taskColumns = `t.id, t.sha256, t.name, t.vm, t.priority, t.state, t.verdict, t.created_ns, t.finished_ns, t.report, COALESCE(s.size, 0)`
+
+func scanTask(row interface{ Scan(...any) error }) (*Task, error) {
 	var (
 		t                 Task
-		profiles, jobs    string
 		report, verdict   string
 		created, finished int64
-		sha, name, vm, st string
-		priority          int
+		size              int64
 	)
-	if err := row.Scan(&t.ID, &sha, &name, &profiles, &vm, &priority, &st, &verdict, &jobs, &created, &finished, &report); err != nil {
+	if err := row.Scan(&t.ID, &t.Sample.SHA256, &t.Sample.Name, &t.VM, &t.Priority, &t.State, &verdict, &created,
+		&finished, &report, &size); err != nil {
 		return nil, err
 	}
-	t.Sample = engine.Sample{Name: name, SHA256: sha}
-	t.VM, t.Priority, t.State, t.Verdict = vm, priority, st, engine.Verdict(verdict)
+	t.Sample.Size, t.Verdict = size, engine.Verdict(verdict)
 	t.Created = time.Unix(0, created).UTC()
 	if finished != 0 {
 		f := time.Unix(0, finished).UTC()
 		t.Finished = &f
-	}
-	if err := json.Unmarshal([]byte(profiles), &t.Profiles); err != nil {
-		return nil, fmt.Errorf("task %s: profiles: %w", t.ID, err)
-	}
-	if jobs != "" {
-		if err := json.Unmarshal([]byte(jobs), &t.jobs); err != nil {
-			return nil, fmt.Errorf("task %s: jobs: %w", t.ID, err)
-		}
 	}
 	if report != "" {
 		t.Report = &engine.Report{}
 		if err := json.Unmarshal([]byte(report), t.Report); err != nil {
 			return nil, fmt.Errorf("task %s: report: %w", t.ID, err)
 		}
-		t.Sample = t.Report.Sample
 	}
+	t.Profiles, t.Analyses, t.Results = []string{}, []Analysis{}, []HostResult{}
 	return &t, nil
 }
 
-// task reads one task with its results so far.
-func (s *store) task(ctx context.Context, id string) (*Task, error) {
-	t, err := s.scanTask(s.db.QueryRowContext(ctx, s.rebind(`SELECT `+taskColumns+` FROM sandbox_task WHERE id = ?`), id))
+// task reads one task with its analyses.
+func (d *db) task(ctx context.Context, q querier, id string) (*Task, error) {
+	t, err := scanTask(d.queryRow(ctx, q, `SELECT `+taskColumns+` FROM sandbox_task t
+		LEFT JOIN sandbox_sample s ON s.sha256 = t.sha256 WHERE t.id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, errNoTask
 	}
 	if err != nil {
 		return nil, err
 	}
-	if t.Results, err = s.results(ctx, id); err != nil {
+	rows, err := d.analyses(ctx, q, id)
+	if err != nil {
 		return nil, err
 	}
-	if t.Sample.Size == 0 {
-		_ = s.db.QueryRowContext(ctx, s.rebind(`SELECT size FROM sandbox_sample WHERE sha256 = ?`), t.Sample.SHA256).Scan(&t.Sample.Size)
+	for _, a := range rows {
+		t.Profiles = append(t.Profiles, a.Profile)
+		t.Analyses = append(t.Analyses, a.Analysis)
+		if a.result != nil {
+			t.Results = append(t.Results, HostResult{Host: a.Host, Result: a.result})
+		}
 	}
 	return t, nil
 }
 
-// tasks lists the latest tasks, newest first, in state if given.
-func (s *store) tasks(ctx context.Context, state string, limit int) ([]*Task, error) {
-	q := `SELECT ` + taskColumns + ` FROM sandbox_task`
+// tasks lists the latest tasks, newest first, in state if given, without
+// their analyses' results.
+func (d *db) tasks(ctx context.Context, state string, limit int) ([]*Task, error) {
+	q := `SELECT ` + taskColumns + ` FROM sandbox_task t LEFT JOIN sandbox_sample s ON s.sha256 = t.sha256`
 	var args []any
 	if state != "" {
-		q += ` WHERE state = ?`
+		q += ` WHERE t.state = ?`
 		args = append(args, state)
 	}
-	q += ` ORDER BY created_ns DESC LIMIT ?`
+	q += ` ORDER BY t.created_ns DESC LIMIT ?`
 	args = append(args, limit)
-	rows, err := s.db.QueryContext(ctx, s.rebind(q), args...)
+	rows, err := d.query(ctx, d, q, args...)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
 	var out []*Task
+	byID := map[string]*Task{}
 	for rows.Next() {
-		t, err := s.scanTask(rows)
+		t, err := scanTask(rows)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, t)
+		byID[t.ID] = t
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	rows.Close()
+	if len(out) == 0 {
+		return out, nil
+	}
+	// The profiles of those tasks, in one query.
+	ids := make([]any, 0, len(out))
+	for _, t := range out {
+		ids = append(ids, t.ID)
+	}
+	prows, err := d.query(ctx, d, `SELECT task_id, profile, state, host, vm, step, attempt FROM sandbox_analysis
+		WHERE task_id IN (?`+strings.Repeat(", ?", len(ids)-1)+`) ORDER BY task_id, position`, ids...)
+	if err != nil {
+		return nil, err
+	}
+	defer prows.Close()
+	for prows.Next() {
+		var id string
+		var a Analysis
+		if err := prows.Scan(&id, &a.Profile, &a.State, &a.Host, &a.VM, &a.Step, &a.Attempt); err != nil {
+			return nil, err
+		}
+		t := byID[id]
+		t.Profiles = append(t.Profiles, a.Profile)
+		t.Analyses = append(t.Analyses, a)
+	}
+	return out, prows.Err()
+}
+
+// analysisRow is an analysis with what the queue keeps of it.
+type analysisRow struct {
+	Analysis
+	task     string
+	position int
+	job      int64
+	cancel   bool
+	result   *engine.Result
+}
+
+// analyses reads a task's analyses in order.
+func (d *db) analyses(ctx context.Context, q querier, task string) ([]analysisRow, error) {
+	rows, err := d.query(ctx, q, `SELECT task_id, profile, position, state, job_id, attempt, host, vm, step, cancel_requested, lost, result
+		FROM sandbox_analysis WHERE task_id = ? ORDER BY position`, task)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []analysisRow
+	for rows.Next() {
+		a, err := scanAnalysis(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
+}
+
+const analysisColumns = `task_id, profile, position, state, job_id, attempt, host, vm, step, cancel_requested, lost, result`
+
+func scanAnalysis(row interface{ Scan(...any) error }) (analysisRow, error) {
+	var a analysisRow
+	var cancel int
+	var lost, result string
+	if err := row.Scan(&a.task, &a.Profile, &a.position, &a.State, &a.job, &a.Attempt, &a.Host, &a.VM, &a.Step, &cancel,
+		&lost, &result); err != nil {
+		return a, err
+	}
+	a.cancel = cancel != 0
+	if lost != "" && lost != "[]" {
+		if err := json.Unmarshal([]byte(lost), &a.Lost); err != nil {
+			return a, fmt.Errorf("task %s, profile %s: lost attempts: %w", a.task, a.Profile, err)
+		}
+	}
+	if result != "" {
+		a.result = &engine.Result{}
+		if err := json.Unmarshal([]byte(result), a.result); err != nil {
+			return a, fmt.Errorf("task %s, profile %s: result: %w", a.task, a.Profile, err)
+		}
+	}
+	return a, nil
+}
+
+// analysis reads one analysis.
+func (d *db) analysis(ctx context.Context, q querier, task, profile string) (analysisRow, error) {
+	return scanAnalysis(d.queryRow(ctx, q, `SELECT `+analysisColumns+` FROM sandbox_analysis WHERE task_id = ? AND profile = ?`, task, profile))
+}
+
+// endAnalysis records an analysis's result, if the job still owns it and
+// it has not ended: the one way an analysis ends, so that it ends once.
+// It reports whether it did.
+func (d *db) endAnalysis(ctx context.Context, q querier, task string, job int64, r *engine.Result) (bool, error) {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return false, err
+	}
+	now := time.Now().UnixNano()
+	res, err := d.exec(ctx, q, `UPDATE sandbox_analysis SET state = ?, result = ?, vm = ?, step = ?, finished_ns = ?, updated_ns = ?
+		WHERE task_id = ? AND profile = ? AND job_id = ? AND state NOT IN `+finalStates,
+		string(r.State), string(data), r.VM, string(r.State), now, now, task, r.Profile, job)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}
+
+// depth counts, per profile, the analyses not yet ended.
+func (d *db) depth(ctx context.Context) (map[string]int, error) {
+	rows, err := d.query(ctx, d, `SELECT profile, COUNT(*) FROM sandbox_analysis WHERE state NOT IN `+finalStates+` GROUP BY profile`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var p string
+		var n int
+		if err := rows.Scan(&p, &n); err != nil {
+			return nil, err
+		}
+		out[p] = n
 	}
 	return out, rows.Err()
 }
 
 // countByState counts tasks in each state.
-func (s *store) countByState(ctx context.Context) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT state, COUNT(*) FROM sandbox_task GROUP BY state`)
+func (d *db) countByState(ctx context.Context) (map[string]int, error) {
+	rows, err := d.query(ctx, d, `SELECT state, COUNT(*) FROM sandbox_task GROUP BY state`)
 	if err != nil {
 		return nil, err
 	}
@@ -300,133 +379,6 @@ func (s *store) countByState(ctx context.Context) (map[string]int, error) {
 			return nil, err
 		}
 		out[st] = n
-	}
-	return out, rows.Err()
-}
-
-func (s *store) results(ctx context.Context, id string) ([]HostResult, error) {
-	rows, err := s.db.QueryContext(ctx, s.rebind(`SELECT host, result FROM sandbox_result WHERE task_id = ? ORDER BY profile`), id)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := []HostResult{}
-	for rows.Next() {
-		var host, data string
-		if err := rows.Scan(&host, &data); err != nil {
-			return nil, err
-		}
-		var r engine.Result
-		if err := json.Unmarshal([]byte(data), &r); err != nil {
-			return nil, fmt.Errorf("task %s: result: %w", id, err)
-		}
-		out = append(out, HostResult{Host: host, Result: &r})
-	}
-	return out, rows.Err()
-}
-
-// hasResult reports whether the task's analysis with profile has ended.
-func (s *store) hasResult(ctx context.Context, id, profile string) (bool, error) {
-	var n int
-	err := s.db.QueryRowContext(ctx, s.rebind(`SELECT COUNT(*) FROM sandbox_result WHERE task_id = ? AND profile = ?`), id, profile).Scan(&n)
-	return n > 0, err
-}
-
-// saveResult records an analysis's result; the first one recorded stands.
-func (s *store) saveResult(ctx context.Context, id, host string, r *engine.Result) error {
-	data, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	_, err = s.exec(ctx, `INSERT INTO sandbox_result (task_id, profile, host, result) VALUES (?, ?, ?, ?)
-		ON CONFLICT (task_id, profile) DO NOTHING`, id, r.Profile, host, string(data))
-	return err
-}
-
-// finish ends a task whose every analysis has a result, once: it returns
-// the task and true only to the caller that ended it.
-func (s *store) finish(ctx context.Context, id string) (*Task, bool, error) {
-	t, err := s.task(ctx, id)
-	if err != nil || t.Final() || len(t.Results) < len(t.Profiles) {
-		return t, false, err
-	}
-	rep := &engine.Report{Schema: engine.ReportSchema, Sample: t.Sample, Started: t.Created}
-	state := StateDone
-	for _, p := range t.Profiles {
-		for _, r := range t.Results {
-			if r.Profile == p {
-				rep.Results = append(rep.Results, r.Result)
-				switch r.State {
-				case engine.StepFailed:
-					state = StateFailed
-				case engine.StepCancelled:
-					if state == StateDone {
-						state = StateCancelled
-					}
-				}
-			}
-		}
-	}
-	rep.Verdict = engine.Overall(rep.Results)
-	now := time.Now().UTC()
-	rep.Finished = now
-	data, err := json.Marshal(rep)
-	if err != nil {
-		return nil, false, err
-	}
-	res, err := s.exec(ctx, `UPDATE sandbox_task SET state = ?, verdict = ?, report = ?, finished_ns = ?
-		WHERE id = ? AND finished_ns = 0`, state, string(rep.Verdict), string(data), now.UnixNano(), id)
-	if err != nil {
-		return nil, false, err
-	}
-	if n, _ := res.RowsAffected(); n != 1 {
-		return t, false, nil
-	}
-	t.State, t.Verdict, t.Report, t.Finished = state, rep.Verdict, rep, &now
-	return t, true, nil
-}
-
-// depth counts, per profile, the analyses of unfinished tasks that have no
-// result yet: the queue's depth.
-func (s *store) depth(ctx context.Context) (map[string]int, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT id, profiles FROM sandbox_task WHERE finished_ns = 0`)
-	if err != nil {
-		return nil, err
-	}
-	out := map[string]int{}
-	for rows.Next() {
-		var id, profiles string
-		var list []string
-		if err := rows.Scan(&id, &profiles); err != nil {
-			rows.Close()
-			return nil, err
-		}
-		if err := json.Unmarshal([]byte(profiles), &list); err != nil {
-			rows.Close()
-			return nil, fmt.Errorf("task %s: profiles: %w", id, err)
-		}
-		for _, p := range list {
-			out[p]++
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	// Less those that already ended.
-	rows, err = s.db.QueryContext(ctx, `SELECT r.profile, COUNT(*) FROM sandbox_result r
-		JOIN sandbox_task t ON t.id = r.task_id WHERE t.finished_ns = 0 GROUP BY r.profile`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var p string
-		var n int
-		if err := rows.Scan(&p, &n); err != nil {
-			return nil, err
-		}
-		out[p] -= n
 	}
 	return out, rows.Err()
 }

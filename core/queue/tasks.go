@@ -3,9 +3,12 @@ package queue
 import (
 	"context"
 	"crypto/sha256"
+	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"os"
 	"path/filepath"
@@ -48,41 +51,110 @@ type Request struct {
 // DefaultPriority is a task's priority unless the submission says.
 const DefaultPriority = 2
 
-// Submit accepts a sample: it stores it, records the task and queues one
-// job per profile. Once it returns, the task is never lost: a restart of
-// this or any host finishes it.
-func (q *Queue) Submit(ctx context.Context, name string, data []byte, req Request) (*Task, error) {
-	if len(data) == 0 {
-		return nil, inputErrorf("empty_sample", "the sample is empty")
+// Submit accepts a sample, read from r as it arrives: it is hashed and
+// spooled to a file of the state directory (never whole in memory), then
+// the sample (once per digest), the task, its analyses and their jobs are
+// committed in one transaction. Once Submit returns, the task is never
+// lost: a restart of this or any host finishes it.
+func (q *Queue) Submit(ctx context.Context, name string, r io.Reader, req Request) (*Task, error) {
+	if err := q.db.check(); err != nil {
+		return nil, err
 	}
 	profiles, err := q.checkRequest(&req)
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256(data)
+	spool, sum, size, err := q.spool(r)
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(spool.Name())
+	defer spool.Close()
+	if size == 0 {
+		return nil, inputErrorf("empty_sample", "the sample is empty")
+	}
 	t := &Task{
 		ID:       newID(),
-		Sample:   engine.Sample{Name: filepath.Base(strings.ReplaceAll(name, `\`, "/")), Size: int64(len(data)), SHA256: hex.EncodeToString(sum[:])},
+		Sample:   engine.Sample{Name: filepath.Base(strings.ReplaceAll(name, `\`, "/")), Size: size, SHA256: sum},
 		Profiles: profiles, VM: req.VM, Priority: req.Priority, State: StateQueued,
 		Created: time.Now().UTC(), Results: []HostResult{},
 	}
 	if t.Sample.Name == "." || t.Sample.Name == "/" || t.Sample.Name == "" {
 		t.Sample.Name = "sample"
 	}
-	if err := q.store.saveSample(ctx, t.Sample.SHA256, data); err != nil {
-		return nil, fmt.Errorf("store the sample: %w", err)
-	}
-	if err := q.store.insertTask(ctx, t); err != nil {
-		return nil, fmt.Errorf("record the task: %w", err)
-	}
-	if err := q.insertJobs(ctx, t); err != nil {
+	err = q.db.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := spool.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		if err := q.db.putSample(ctx, tx, sum, size, spool); err != nil {
+			return fmt.Errorf("store the sample: %w", err)
+		}
+		if _, err := q.db.exec(ctx, tx, `INSERT INTO sandbox_task (id, sha256, name, vm, priority, state, created_ns)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`, t.ID, sum, t.Sample.Name, t.VM, t.Priority, StateQueued, t.Created.UnixNano()); err != nil {
+			return fmt.Errorf("record the task: %w", err)
+		}
+		params := make([]river.InsertManyParams, len(profiles))
+		for i, p := range profiles {
+			params[i] = q.jobParams(t, p, 0)
+		}
+		res, err := q.client.InsertManyTx(ctx, tx, params)
+		if err != nil {
+			return fmt.Errorf("queue the task's jobs: %w", err)
+		}
+		for i, p := range profiles {
+			if _, err := q.db.exec(ctx, tx, `INSERT INTO sandbox_analysis (task_id, profile, position, state, job_id, updated_ns)
+				VALUES (?, ?, ?, ?, ?, ?)`, t.ID, p, i, StateQueued, res[i].Job.ID, t.Created.UnixNano()); err != nil {
+				return fmt.Errorf("record the task's analyses: %w", err)
+			}
+			t.Analyses = append(t.Analyses, Analysis{Profile: p, State: StateQueued, Attempt: 1})
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	return t, nil
 }
 
+// spool copies a sample into a private file of the state directory,
+// hashing it on the way.
+func (q *Queue) spool(r io.Reader) (*os.File, string, int64, error) {
+	dir := filepath.Join(q.opts.StateDir, "incoming")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, "", 0, fmt.Errorf("receive the sample: %w", err)
+	}
+	f, err := os.CreateTemp(dir, "sample-*")
+	if err != nil {
+		return nil, "", 0, fmt.Errorf("receive the sample: %w", err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), r)
+	if err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return nil, "", 0, fmt.Errorf("receive the sample: %w", err)
+	}
+	return f, hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// jobParams is the job of a task's analysis with a profile: the
+// submission's (attempt 0), unique by its arguments, or one that takes
+// the analysis over (the analysis's attempt), which its analysis row alone
+// makes the owner: a job it superseded is no twin to refuse it for.
+func (q *Queue) jobParams(t *Task, profile string, attempt int) river.InsertManyParams {
+	queue := queueName(profile)
+	if t.VM != "" {
+		queue = vmQueueName(t.VM)
+	}
+	opts := &river.InsertOpts{Queue: queue, Priority: t.Priority, MaxAttempts: q.opts.MaxAttempts}
+	if attempt == 0 {
+		opts.UniqueOpts = river.UniqueOpts{ByArgs: true}
+	}
+	return river.InsertManyParams{Args: analysisArgs{Task: t.ID, Profile: profile, Attempt: attempt}, InsertOpts: opts}
+}
+
 func (q *Queue) checkRequest(req *Request) ([]string, error) {
-	known := slices.Sorted(maps.Keys(q.opts.Profiles))
+	known := slices.Sorted(maps.Keys(q.pool.Profiles()))
 	profiles := req.Profiles
 	if len(profiles) == 0 {
 		profiles = known
@@ -90,7 +162,7 @@ func (q *Queue) checkRequest(req *Request) ([]string, error) {
 	seen := map[string]bool{}
 	var out []string
 	for _, p := range profiles {
-		prof, ok := q.opts.Profiles[p]
+		prof, ok := q.pool.Profile(p)
 		if !ok {
 			return nil, inputErrorf("unknown_profile", "no profile %q; known: %s", p, strings.Join(known, ", "))
 		}
@@ -114,117 +186,186 @@ func (q *Queue) checkRequest(req *Request) ([]string, error) {
 	return out, nil
 }
 
-// insertJobs queues the task's jobs and records their ids.
-func (q *Queue) insertJobs(ctx context.Context, t *Task) error {
-	params := make([]river.InsertManyParams, len(t.Profiles))
-	for i, p := range t.Profiles {
-		queue := queueName(p)
-		if t.VM != "" {
-			queue = vmQueueName(t.VM)
-		}
-		params[i] = river.InsertManyParams{
-			Args: analysisArgs{Task: t.ID, Profile: p},
-			InsertOpts: &river.InsertOpts{Queue: queue, Priority: t.Priority, MaxAttempts: q.opts.MaxAttempts,
-				UniqueOpts: river.UniqueOpts{ByArgs: true}},
-		}
-	}
-	res, err := q.client.InsertMany(ctx, params)
-	if err != nil {
-		return fmt.Errorf("queue the task's jobs: %w", err)
-	}
-	ids := make([]int64, len(res))
-	for i, r := range res {
-		ids[i] = r.Job.ID
-	}
-	t.jobs = ids
-	return q.store.setJobs(ctx, t.ID, ids)
-}
-
-// Task returns a task with its results so far and, once it has ended,
-// its report.
+// Task returns a task with its analyses and results so far and, once it
+// has ended, its report.
 func (q *Queue) Task(ctx context.Context, id string) (*Task, error) {
-	t, err := q.store.task(ctx, id)
+	t, err := q.db.task(ctx, q.db, id)
 	if errors.Is(err, errNoTask) {
 		return nil, inputErrorf("not_found", "no task %q", id)
 	}
 	return t, err
 }
 
-// Tasks lists the latest tasks, newest first, only those in state if set.
+// Tasks lists the latest tasks, newest first, only those in state if set;
+// their analyses without results, their report left out.
 func (q *Queue) Tasks(ctx context.Context, state string, limit int) ([]*Task, error) {
 	if limit <= 0 || limit > 1000 {
 		limit = 100
 	}
-	return q.store.tasks(ctx, state, limit)
+	return q.db.tasks(ctx, state, limit)
 }
 
-// Cancel stops a task: its queued analyses never run, its running ones
-// are interrupted and their VMs cleaned.
+// Cancel stops a task, in one transaction: its analyses are marked to be
+// cancelled, and those whose jobs had not begun are cancelled with their
+// jobs at once; a running one is stopped by its worker, which sees the
+// mark, and records it cancelled, its VM cleaned.
 func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
-	t, err := q.Task(ctx, id)
+	// The task's jobs under way here stop at once, before any database
+	// round trip (which may wait behind them on SQLite's one writer).
+	stopped := q.cancelLocal(id)
+	var final string
+	err := q.db.inTx(ctx, func(tx *sql.Tx) error {
+		t, err := q.db.task(ctx, tx, id)
+		if errors.Is(err, errNoTask) {
+			return inputErrorf("not_found", "no task %q", id)
+		}
+		if err != nil {
+			return err
+		}
+		if t.Final() {
+			final = t.State
+			return nil
+		}
+		if _, err := q.db.exec(ctx, tx, `UPDATE sandbox_analysis SET cancel_requested = 1 WHERE task_id = ? AND state NOT IN `+finalStates, id); err != nil {
+			return err
+		}
+		rows, err := q.db.analyses(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		for _, a := range rows {
+			if a.State != StateQueued {
+				continue
+			}
+			row, err := q.client.JobCancelTx(ctx, tx, a.job)
+			if errors.Is(err, rivertype.ErrNotFound) {
+				row, err = nil, nil
+			}
+			if err != nil {
+				return fmt.Errorf("cancel job %d: %w", a.job, err)
+			}
+			if row != nil && row.State == rivertype.JobStateRunning {
+				continue // a worker has it: it sees the mark
+			}
+			if err := q.endWith(ctx, tx, id, a.job, engine.NotRun(a.Profile, engine.StepCancelled, "cancelled before it ran")); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if t.Final() {
-		return t, inputErrorf("already_finished", "task %s already ended (%s)", id, t.State)
-	}
-	// The flag is for the jobs that start from now on (a worker reads it
-	// once it has registered), the cancel functions for those under way on
-	// this host, and River's notice for those under way elsewhere.
-	if err := q.store.requestCancel(ctx, id); err != nil {
-		return nil, err
-	}
-	for i, jid := range t.jobs {
-		q.mu.Lock()
-		if cancel, ok := q.working[jid]; ok {
-			cancel(river.ErrJobCancelledRemotely)
-		}
-		q.mu.Unlock()
-		row, err := q.client.JobCancel(ctx, jid)
-		if row != nil {
-			q.log.Debug("job cancel", "task", id, "job", jid, "state", row.State)
-		}
+	if final != "" {
+		t, err := q.Task(ctx, id)
 		if err != nil {
-			if errors.Is(err, rivertype.ErrNotFound) {
-				continue
-			}
-			return nil, fmt.Errorf("cancel job %d: %w", jid, err)
+			return nil, err
 		}
-		if row.State == rivertype.JobStateCancelled && i < len(t.Profiles) {
-			// It never ran (or had ended): no worker will record it.
-			r := &engine.Result{Profile: t.Profiles[i], State: engine.StepCancelled, Verdict: engine.VerdictError,
-				FailedStep: engine.StepQueued, Error: "cancelled before it ran", Transitions: []engine.Transition{
-					{Step: engine.StepCancelled, At: time.Now().UTC()}}}
-			if err := q.record(ctx, id, r); err != nil {
-				return nil, err
-			}
+		if stopped > 0 && final == StateCancelled {
+			return t, nil // ended by this very cancel, through its local jobs
 		}
+		return t, inputErrorf("already_finished", "task %s already ended (%s)", id, final)
 	}
-	if _, err := q.finishTask(ctx, id); err != nil {
-		return nil, err
+	q.cancelLocal(id)
+	if err := q.completeTask(ctx, id); err != nil {
+		q.log.Warn("the task is cancelled; its report is not written yet", "task", id, "error", err)
 	}
 	return q.Task(ctx, id)
 }
 
-// finishTask ends a task once its every analysis has a result, and writes
-// its report.json on this host.
-func (q *Queue) finishTask(ctx context.Context, id string) (*Task, error) {
-	t, ended, err := q.store.finish(ctx, id)
-	if err != nil || !ended {
-		return t, err
+// cancelLocal stops the task's jobs under way on this host at once, and
+// says how many it stopped.
+func (q *Queue) cancelLocal(task string) int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	n := 0
+	for _, j := range q.working {
+		if j.task == task {
+			j.cancel(river.ErrJobCancelledRemotely)
+			n++
+		}
 	}
-	dir := filepath.Join(q.opts.OutDir, t.Sample.SHA256)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return t, err
-	}
-	root, err := os.OpenRoot(dir)
+	return n
+}
+
+// endWith ends an analysis the job owns with r, within tx, and tells the
+// observer. An analysis that another job owns, or that has ended, is left
+// as it is.
+func (q *Queue) endWith(ctx context.Context, tx querier, task string, job int64, r *engine.Result) error {
+	ended, err := q.db.endAnalysis(ctx, tx, task, job, r)
 	if err != nil {
-		return t, err
+		return fmt.Errorf("record the analysis of task %s with %s: %w", task, r.Profile, err)
 	}
-	defer root.Close()
-	if err := t.Report.Write(root); err != nil {
-		return t, fmt.Errorf("report of task %s: %w", id, err)
+	if ended && q.opts.OnResult != nil {
+		q.opts.OnResult(r)
 	}
-	q.log.Info("task ended", "task", id, "state", t.State, "verdict", t.Verdict)
-	return t, nil
+	return nil
+}
+
+// completeTask ends a task whose every analysis has ended: its report is
+// written first, in the task's directory, then the task is marked ended,
+// once. A report that cannot be written leaves the task running (and is
+// logged); the sweep tries again.
+func (q *Queue) completeTask(ctx context.Context, id string) error {
+	t, err := q.db.task(ctx, q.db, id)
+	if err != nil || t.Final() {
+		return err
+	}
+	rows, err := q.db.analyses(ctx, q.db, id)
+	if err != nil {
+		return err
+	}
+	var results []*engine.Result
+	state := StateDone
+	for _, a := range rows {
+		if a.result == nil {
+			return nil // an analysis has not ended
+		}
+		results = append(results, a.result)
+		switch a.result.State {
+		case engine.StepFailed:
+			state = StateFailed
+		case engine.StepCancelled:
+			if state == StateDone {
+				state = StateCancelled
+			}
+		}
+	}
+	// One host ends the task: it claims the ending, writes the report,
+	// then marks the task ended. A host that died at it is replaced once
+	// its claim is older than twice dead_after.
+	now := time.Now().UTC()
+	claim, err := q.db.exec(ctx, q.db, `UPDATE sandbox_task SET ending_host = ?, ending_ns = ?
+		WHERE id = ? AND finished_ns = 0 AND (ending_host = '' OR ending_host = ? OR ending_ns < ?)`,
+		q.opts.Host, now.UnixNano(), id, q.opts.Host, now.Add(-2*q.opts.DeadAfter).UnixNano())
+	if err != nil {
+		return err
+	}
+	if n, _ := claim.RowsAffected(); n == 0 {
+		return nil // another host is ending it
+	}
+	rep := engine.NewReport(t.Sample, t.Created, now, results)
+	if err := engine.WriteReport(q.taskDir(t), rep); err != nil {
+		q.log.Error("cannot write a task's report; the task stays running until it is written", "task", id, "error", err)
+		return err
+	}
+	data, err := json.Marshal(rep)
+	if err != nil {
+		return err
+	}
+	res, err := q.db.exec(ctx, q.db, `UPDATE sandbox_task SET state = ?, verdict = ?, report = ?, finished_ns = ?
+		WHERE id = ? AND finished_ns = 0 AND ending_host = ?`, state, string(rep.Verdict), string(data), now.UnixNano(), id, q.opts.Host)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		q.log.Info("task ended", "task", id, "state", state, "verdict", rep.Verdict)
+	}
+	return nil
+}
+
+// taskDir is where a task's artifacts and report go: each task in a
+// directory of its own, so that two tasks of one sample never share one.
+func (q *Queue) taskDir(t *Task) string {
+	return filepath.Join(q.opts.OutDir, t.Sample.SHA256, t.ID)
 }

@@ -2,356 +2,342 @@ package queue
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
-	"maps"
-	"slices"
-	"strings"
-	"sync"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/riverqueue/river"
+	"github.com/riverqueue/river/rivertype"
 
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // worker runs one job: one task's analysis with one profile, on a free VM
-// of this host.
+// of this host, through the engine's pool.
 type worker struct {
 	river.WorkerDefaults[analysisArgs]
 	q *Queue
 }
 
 // Timeout is the job's deadline: the longest the analysis may take on
-// any of this host's VMs of the profile. A job is never rescued from a
-// host before it has passed.
+// any of this host's VMs of the profile.
 func (w *worker) Timeout(job *river.Job[analysisArgs]) time.Duration {
-	p, ok := w.q.opts.Profiles[job.Args.Profile]
+	p, ok := w.q.pool.Profile(job.Args.Profile)
 	if !ok {
 		return time.Minute
 	}
 	var bound time.Duration
-	for _, name := range p.VMs {
-		if vm, ok := w.q.opts.VMs[name]; ok {
-			bound = max(bound, p.Bound(vm.Settings))
-		}
+	for _, name := range w.q.pool.Serves(p.Name) {
+		bound = max(bound, engine.Bound(p, w.q.pool.VMs()[name].Settings))
 	}
 	return max(bound, time.Minute)
 }
 
-// Work runs the analysis and records its result. An analysis that ran,
-// whatever its outcome, is a result, not a job failure; the job fails (and
-// River tries it again later, maybe on another host) only when no VM of
-// this host could take it, or when this host is stopping, in which case
-// the VM has been cleaned and the job goes back to the queue.
+// cancelPoll is how often a running job looks at its analysis's cancel
+// mark, for a cancel made through another host.
+const cancelPoll = time.Second
+
+// An analysis's end is recorded within recordFor, tried again as
+// recordPolicy says: a PostgreSQL restart takes seconds to a minute.
+var (
+	recordFor    = 5 * time.Minute
+	recordPolicy = wait.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second, Factor: 2, Jitter: 0.2}
+)
+
+// Work runs the analysis its job owns and records how it ended. An
+// analysis that ran, whatever its outcome, is a result, not a job failure;
+// the job fails (and River tries it again later, maybe on another host)
+// only when no VM of this host could take it, or when this host is
+// stopping, in which case the VM has been cleaned and the job goes back
+// to the queue. A job that no longer owns its analysis (another host took
+// it over, or it has ended) does nothing.
 func (w *worker) Work(ctx context.Context, job *river.Job[analysisArgs]) (err error) {
 	q := w.q
 	args := job.Args
 	q.log.Debug("job started", "job", job.ID, "task", args.Task, "profile", args.Profile, "attempt", job.Attempt)
 
-	// A cancellation through the API ends the job wherever it is: Cancel
-	// sets the task's flag, then cancels the jobs registered here (and
-	// River tells the other hosts'); a job reads the flag once registered,
-	// so one of the two sees the other. Whatever a cancelled job was doing
-	// when it ended, its analysis is recorded cancelled.
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	q.mu.Lock()
-	q.working[job.ID] = cancel
+	q.working[job.ID] = running{task: args.Task, cancel: cancel}
 	q.mu.Unlock()
 	defer func() {
 		q.mu.Lock()
 		delete(q.working, job.ID)
 		q.mu.Unlock()
 	}()
+
+	if q.beforeClaim != nil {
+		q.beforeClaim()
+	}
+	a, claimed, err := q.claim(ctx, args, job.ID)
+	if err != nil || !claimed {
+		return err
+	}
 	var res *engine.Result
 	defer func() {
 		if ctx.Err() != nil {
-			err = q.interrupted(ctx, args.Task, res, args.Profile)
+			err = q.interrupted(ctx, args, job.ID, res)
 		}
 	}()
-	if cancelled, err := q.store.cancelRequested(ctx, args.Task); err == nil && cancelled {
-		q.log.Debug("job cancelled before it began", "job", job.ID, "task", args.Task)
+	if a.cancel {
 		cancel(river.ErrJobCancelledRemotely)
 		return nil
 	}
+	go q.watchCancel(ctx, args, cancel)
 
-	t, err := q.store.task(ctx, args.Task)
-	if errors.Is(err, errNoTask) {
-		return river.JobCancel(fmt.Errorf("task %s no longer exists", args.Task))
-	}
+	t, err := q.db.task(ctx, q.db, args.Task)
 	if err != nil {
 		return err
 	}
-	if done, err := q.store.hasResult(ctx, t.ID, args.Profile); err != nil || done {
-		if err == nil {
-			_, err = q.finishTask(ctx, t.ID)
-		}
-		return err
+	prof, ok := q.pool.Profile(args.Profile)
+	if !ok || len(q.pool.Serves(args.Profile)) == 0 {
+		return q.giveUp(ctx, job, fmt.Errorf("host %s runs no profile %s (any more)", q.opts.Host, args.Profile))
 	}
-	prof, ok := q.opts.Profiles[args.Profile]
-	if !ok {
-		return q.giveUp(ctx, job, t, fmt.Errorf("host %s has no profile %s any more", q.opts.Host, args.Profile))
-	}
-	candidates := prof.VMs
-	if t.VM != "" {
-		candidates = []string{t.VM}
-	}
-	if err := q.store.markRunning(ctx, t.ID); err != nil {
-		return err
-	}
-	sample, err := q.localSample(ctx, t)
+	sample, err := q.localSample(ctx, t, job.ID)
 	if err != nil {
 		return err
 	}
-
-	for res == nil || res.State == engine.StepQueued {
-		vm, err := q.pool.take(ctx, candidates)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return q.giveUp(ctx, job, t, err)
+	defer os.RemoveAll(filepath.Dir(sample.Path))
+	res, err = q.pool.Run(ctx, engine.Task{ID: t.ID, Sample: sample, Profile: prof, VM: t.VM, Dir: q.taskDir(t)})
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		lease, err := q.opts.Lifecycle.Lease(ctx, vm)
-		if err != nil {
-			q.pool.put(vm.Name)
-			return err
-		}
-		r, unusable, err := q.engine.Analyze(ctx, lease, sample, prof, q.opts.OutDir)
-		lease.Release()
-		if unusable != "" {
-			q.pool.drop(vm.Name, unusable)
-		} else {
-			q.pool.put(vm.Name)
-		}
-		if err != nil {
-			return err
-		}
-		res = r
+		return q.giveUp(ctx, job, err)
 	}
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	if err := q.record(ctx, t.ID, res); err != nil {
-		return err
-	}
-	_, err = q.finishTask(ctx, t.ID)
-	return err
+	return q.end(ctx, args, job.ID, res)
 }
 
-// interrupted ends a job whose context ended (whose VM, if it had one, has
-// been cleaned). Cancelled through the API, the analysis is recorded
-// cancelled, whatever it had reached; when this host is stopping, the job
-// goes back to the queue and runs again from the start.
-func (q *Queue) interrupted(ctx context.Context, task string, res *engine.Result, profile string) error {
-	if !errors.Is(context.Cause(ctx), river.ErrJobCancelledRemotely) {
-		return ctx.Err()
-	}
-	if res == nil || res.State == engine.StepQueued {
-		res = &engine.Result{Profile: profile, State: engine.StepCancelled, Verdict: engine.VerdictError,
-			FailedStep: engine.StepQueued, Transitions: []engine.Transition{{Step: engine.StepCancelled, At: time.Now().UTC()}}}
-	}
-	res.State = engine.StepCancelled
-	res.Error = strings.TrimSuffix("cancelled through the API; "+res.Error, "; ")
-	ctx = context.WithoutCancel(ctx)
-	if err := q.record(ctx, task, res); err != nil {
+// claim makes the job's analysis running on this host, if the job owns it
+// and it has not ended; the task becomes running with it.
+func (q *Queue) claim(ctx context.Context, args analysisArgs, job int64) (analysisRow, bool, error) {
+	var a analysisRow
+	claimed := false
+	err := q.db.inTx(ctx, func(tx *sql.Tx) error {
+		now := time.Now().UnixNano()
+		res, err := q.db.exec(ctx, tx, `UPDATE sandbox_analysis SET state = 'running', host = ?, vm = '', step = '', updated_ns = ?
+			WHERE task_id = ? AND profile = ? AND job_id = ? AND state IN ('queued', 'running')`,
+			q.opts.Host, now, args.Task, args.Profile, job)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return nil
+		}
+		claimed = true
+		if _, err := q.db.exec(ctx, tx, `UPDATE sandbox_task SET state = 'running' WHERE id = ? AND state = 'queued'`, args.Task); err != nil {
+			return err
+		}
+		a, err = q.db.analysis(ctx, tx, args.Task, args.Profile)
 		return err
+	})
+	if err != nil {
+		return a, false, fmt.Errorf("claim the analysis of task %s with %s: %w", args.Task, args.Profile, err)
 	}
-	if _, err := q.finishTask(ctx, task); err != nil {
-		return err
+	if !claimed {
+		q.log.Debug("job superseded or its analysis ended: nothing to do", "job", job, "task", args.Task, "profile", args.Profile)
 	}
-	return river.JobCancel(errors.New("cancelled through the API"))
+	return a, claimed, nil
 }
 
-// record saves an analysis's result and tells the observer.
-func (q *Queue) record(ctx context.Context, id string, r *engine.Result) error {
-	if err := q.store.saveResult(ctx, id, q.opts.Host, r); err != nil {
+// watchCancel cancels the job when its analysis is marked cancelled, for a
+// cancel made through another host (one through this host's API takes
+// effect at once).
+func (q *Queue) watchCancel(ctx context.Context, args analysisArgs, cancel context.CancelCauseFunc) {
+	err := wait.Until(ctx, wait.Policy{Initial: cancelPoll, Factor: 1}, func(ctx context.Context) (bool, error) {
+		var mark int
+		err := q.db.queryRow(ctx, q.db, `SELECT cancel_requested FROM sandbox_analysis WHERE task_id = ? AND profile = ?`,
+			args.Task, args.Profile).Scan(&mark)
+		return err == nil && mark != 0, nil
+	})
+	if err == nil {
+		cancel(river.ErrJobCancelledRemotely)
+	}
+}
+
+// end records how the job's analysis ended and, if it was the task's
+// last, ends the task. The database may be away for a while (a
+// PostgreSQL restart): the record is tried again, within the job's
+// context, rather than the analysis lost or run again.
+func (q *Queue) end(ctx context.Context, args analysisArgs, job int64, r *engine.Result) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), recordFor)
+	defer cancel()
+	_, err := wait.Retry(ctx, recordPolicy, func(err error) bool { return !errors.Is(err, ErrDatabaseLost) },
+		func(ctx context.Context) error {
+			err := q.db.inTx(ctx, func(tx *sql.Tx) error { return q.endWith(ctx, tx, args.Task, job, r) })
+			if err != nil && !errors.Is(err, ErrDatabaseLost) {
+				q.log.Warn("cannot record an analysis yet; trying again", "task", args.Task, "profile", args.Profile, "error", err)
+			}
+			return err
+		})
+	if err != nil {
 		return err
 	}
-	if q.opts.OnResult != nil {
-		q.opts.OnResult(r)
+	if err := q.completeTask(ctx, args.Task); err != nil {
+		q.log.Warn("the task's analyses have ended; its end is left to the sweep", "task", args.Task, "error", err)
 	}
 	return nil
 }
 
+// interrupted ends a job whose context ended (whose VM, if it had one, has
+// been cleaned). Cancelled through the API, the analysis is recorded
+// cancelled if it had not reached its end, as it stands if it had (a
+// cancel that came while the VM was being cleaned after a finished
+// analysis is too late to change it, as Ctrl-C is for `sandbox run`);
+// when this host is stopping, the job goes back to the queue and runs
+// again from the start.
+func (q *Queue) interrupted(ctx context.Context, args analysisArgs, job int64, res *engine.Result) error {
+	if !errors.Is(context.Cause(ctx), river.ErrJobCancelledRemotely) {
+		return ctx.Err()
+	}
+	if res == nil || !res.State.Final() {
+		res = engine.NotRun(args.Profile, engine.StepCancelled, "cancelled through the API before it ran")
+	}
+	if err := q.end(ctx, args, job, res); err != nil {
+		return err
+	}
+	if res.State != engine.StepCancelled {
+		return nil
+	}
+	return river.JobCancel(errors.New("cancelled through the API"))
+}
+
 // giveUp fails the job for another try, or, at its last attempt, records
 // the analysis as failed so that the task still ends.
-func (q *Queue) giveUp(ctx context.Context, job *river.Job[analysisArgs], t *Task, why error) error {
+func (q *Queue) giveUp(ctx context.Context, job *river.Job[analysisArgs], why error) error {
 	if job.Attempt < job.MaxAttempts {
 		return why
 	}
-	r := &engine.Result{Profile: job.Args.Profile, State: engine.StepFailed, Verdict: engine.VerdictError,
-		FailedStep: engine.StepQueued, Error: fmt.Sprintf("no VM could run it after %d attempts: %v", job.Attempt, why),
-		Transitions: []engine.Transition{{Step: engine.StepFailed, At: time.Now().UTC()}}}
-	if err := q.record(ctx, t.ID, r); err != nil {
-		return err
+	r := engine.NotRun(job.Args.Profile, engine.StepFailed, fmt.Sprintf("no VM could run it after %d attempts: %v", job.Attempt, why))
+	var nv *engine.NoVMError
+	if errors.As(why, &nv) {
+		r.Skipped = nv.Skipped
 	}
-	_, err := q.finishTask(ctx, t.ID)
-	return err
+	return q.end(ctx, job.Args, job.ID, r)
 }
 
-// vmPool hands out this host's VMs, one job at a time each.
-type vmPool struct {
-	vms map[string]lifecycle.VM
-
-	mu   sync.Mutex
-	busy map[string]bool
-	// held VMs are kept from new jobs while an operator's cleanup waits.
-	held    map[string]bool
-	out     map[string]string
-	changed chan struct{}
-}
-
-func newVMPool(vms map[string]lifecycle.VM) *vmPool {
-	return &vmPool{vms: vms, busy: map[string]bool{}, held: map[string]bool{}, out: map[string]string{}, changed: make(chan struct{})}
-}
-
-// hold keeps new jobs off a VM until release.
-func (p *vmPool) hold(name string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.held[name] = true
-}
-
-func (p *vmPool) release(name string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.held, name)
-	p.notifyLocked()
-}
-
-// waitIdle waits until no job uses the VM.
-func (p *vmPool) waitIdle(ctx context.Context, name string) error {
-	for {
-		p.mu.Lock()
-		busy, changed := p.busy[name], p.changed
-		p.mu.Unlock()
-		if !busy {
-			return nil
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+// localSample writes the task's sample from the database to a private
+// file of this host for the driver to read, and checks its digest; the
+// caller removes it when the analysis has ended.
+func (q *Queue) localSample(ctx context.Context, t *Task, job int64) (engine.Sample, error) {
+	dir := filepath.Join(q.opts.StateDir, "work", fmt.Sprint(job))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return engine.Sample{}, err
 	}
-}
-
-// restore puts a VM taken out of service back into it.
-func (p *vmPool) restore(name string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.out, name)
-	p.notifyLocked()
-}
-
-func (p *vmPool) notifyLocked() {
-	close(p.changed)
-	p.changed = make(chan struct{})
-}
-
-// take waits until one of names is free on this host and takes it.
-func (p *vmPool) take(ctx context.Context, names []string) (lifecycle.VM, error) {
-	for {
-		p.mu.Lock()
-		usable := 0
-		for _, n := range names {
-			vm, ours := p.vms[n]
-			if !ours || p.out[n] != "" {
-				continue
-			}
-			usable++
-			if !p.busy[n] && !p.held[n] {
-				p.busy[n] = true
-				p.mu.Unlock()
-				return vm, nil
-			}
-		}
-		changed := p.changed
-		p.mu.Unlock()
-		if usable == 0 {
-			var why []string
-			for _, n := range names {
-				switch {
-				case p.vms[n].Name == "":
-					why = append(why, n+" (not on this host)")
-				default:
-					why = append(why, n+" ("+p.outReason(n)+")")
-				}
-			}
-			return lifecycle.VM{}, fmt.Errorf("no usable VM on this host: %s", strings.Join(why, ", "))
-		}
-		select {
-		case <-changed:
-		case <-ctx.Done():
-			return lifecycle.VM{}, ctx.Err()
-		}
+	path := filepath.Join(dir, engine.SafeName(t.Sample.Name))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return engine.Sample{}, err
 	}
-}
-
-func (p *vmPool) outReason(n string) string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out[n]
-}
-
-// put gives a VM back.
-func (p *vmPool) put(name string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.busy, name)
-	p.notifyLocked()
-}
-
-// drop takes a VM out of service on this host until the service restarts.
-func (p *vmPool) drop(name, why string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	delete(p.busy, name)
-	p.out[name] = why
-	p.notifyLocked()
-}
-
-func (p *vmPool) unusable() map[string]string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	out := map[string]string{}
-	for _, k := range slices.Sorted(maps.Keys(p.out)) {
-		out[k] = p.out[k]
+	err = q.db.copySample(ctx, t.Sample.SHA256, f)
+	if cerr := f.Close(); err == nil {
+		err = cerr
 	}
-	return out
+	if err != nil {
+		os.RemoveAll(dir)
+		return engine.Sample{}, fmt.Errorf("sample %s: %w", t.Sample.SHA256, err)
+	}
+	s, err := engine.OpenSample(path)
+	if err != nil {
+		return engine.Sample{}, err
+	}
+	if s.SHA256 != t.Sample.SHA256 {
+		return engine.Sample{}, fmt.Errorf("sample %s: the stored bytes hash to %s", t.Sample.SHA256, s.SHA256)
+	}
+	s.Name = t.Sample.Name
+	return s, nil
+}
+
+// errorHandler ends the analysis of a job that River will not try again:
+// one that failed at its last attempt, or panicked there. A job with
+// attempts left is tried again, as River would.
+type errorHandler struct{ q *Queue }
+
+func (h *errorHandler) HandleError(ctx context.Context, job *rivertype.JobRow, err error) *river.ErrorHandlerResult {
+	h.lastAttempt(ctx, job, fmt.Sprintf("its job failed at its last attempt (%d of %d): %v", job.Attempt, job.MaxAttempts, err))
+	return nil
+}
+
+func (h *errorHandler) HandlePanic(ctx context.Context, job *rivertype.JobRow, panicVal any, trace string) *river.ErrorHandlerResult {
+	h.q.log.Error("an analysis job panicked", "job", job.ID, "panic", panicVal, "trace", trace)
+	h.lastAttempt(ctx, job, fmt.Sprintf("its job panicked at its last attempt (%d of %d): %v", job.Attempt, job.MaxAttempts, panicVal))
+	return nil
+}
+
+func (h *errorHandler) lastAttempt(ctx context.Context, job *rivertype.JobRow, why string) {
+	if job.Attempt < job.MaxAttempts {
+		return
+	}
+	args, err := decodeArgs(job)
+	if err != nil {
+		h.q.log.Error("a job's arguments cannot be read", "job", job.ID, "error", err)
+		return
+	}
+	h.q.log.Error("an analysis's job will not be tried again; the analysis is recorded failed", "task", args.Task,
+		"profile", args.Profile, "why", why)
+	if err := h.q.end(ctx, args, job.ID, engine.NotRun(args.Profile, engine.StepFailed, why)); err != nil {
+		h.q.log.Error("cannot record the analysis; the sweep will", "task", args.Task, "error", err)
+	}
 }
 
 // Cleanup cleans one VM of this host between jobs (it waits for the VM's
 // current job to end) and, when the cleanup succeeds, puts a VM taken out
 // of service back into it.
-func (q *Queue) Cleanup(ctx context.Context, name string) (*lifecycle.Report, error) {
+func (q *Queue) Cleanup(ctx context.Context, name string) (*lifecycle.OpReport, error) {
 	return q.maintain(ctx, name, q.opts.Lifecycle.Cleanup)
 }
 
 // Reconcile is lifecycle reconciliation of one VM of this host between
 // jobs: a VM an earlier process left behind is cleaned, a clean one left
 // alone. A success puts a VM taken out of service back into it.
-func (q *Queue) Reconcile(ctx context.Context, name string) (*lifecycle.Report, error) {
+func (q *Queue) Reconcile(ctx context.Context, name string) (*lifecycle.OpReport, error) {
 	return q.maintain(ctx, name, q.opts.Lifecycle.Reconcile)
 }
 
+// reconcileAtStart cleans, in the background, each VM of this host that
+// an earlier process left behind (one killed in the middle of a task), so
+// that a VM no task comes to again is not left running or locked until
+// one does. A task that leases the VM first reconciles it itself; Stop
+// waits for these, each bounded by its VM's cleanup_timeout, because one
+// cut short would leave the VM as dirty as it found it.
+func (q *Queue) reconcileAtStart(ctx context.Context) {
+	for name := range q.pool.VMs() {
+		q.loops.Go(func() {
+			rep, err := q.Reconcile(ctx, name)
+			switch {
+			case err == nil && rep.Reconciled:
+				q.log.Info("cleaned a VM an earlier process left behind", "vm", name)
+			case errors.Is(err, lifecycle.ErrLeaseHeld):
+				q.log.Debug("a VM is in use by another process; not reconciled at start", "vm", name, "error", err)
+			case errors.Is(err, lifecycle.ErrQuarantined):
+				q.log.Debug("a quarantined VM is not reconciled at start", "vm", name)
+			case err != nil:
+				q.log.Warn("cannot reconcile a VM at start; its next task tries again", "vm", name, "error", err)
+			}
+		})
+	}
+}
+
 func (q *Queue) maintain(ctx context.Context, name string,
-	op func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.Report, error)) (*lifecycle.Report, error) {
-	vm, ok := q.opts.VMs[name]
+	op func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.OpReport, error)) (*lifecycle.OpReport, error) {
+	vm, ok := q.pool.VMs()[name]
 	if !ok {
 		return nil, inputErrorf("not_found", "no VM %q on host %s", name, q.opts.Host)
 	}
-	q.pool.hold(name)
-	defer q.pool.release(name)
-	if err := q.pool.waitIdle(ctx, name); err != nil {
+	done, err := q.pool.Hold(ctx, name)
+	if err != nil {
 		return nil, err
 	}
 	rep, err := op(ctx, vm)
-	if err == nil {
-		q.pool.restore(name)
-	}
+	done(err == nil)
 	return rep, err
 }

@@ -29,6 +29,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/sandboxhq/sandbox/core/lifecycle"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // lockRetry is how often a lock held by another process is tried again.
@@ -253,28 +254,20 @@ func (d *Dir) fileError(name string, err error) error {
 	return fmt.Errorf("state directory: %s: %w", filepath.Join(d.path, name), err)
 }
 
-// lockWithin takes f's lock, trying again every lockRetry until ctx ends
-// when wait is set.
-func lockWithin(ctx context.Context, f *os.File, exclusive, wait bool) error {
-	var t *time.Ticker
-	for {
-		err := tryLock(f, exclusive)
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, ErrLocked) || !wait {
-			return err
-		}
-		if t == nil {
-			t = time.NewTicker(lockRetry)
-			defer t.Stop()
-		}
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+// lockWithin takes f's lock. When block is set and another process holds
+// it, it tries again every lockRetry, and once more just before ctx's
+// deadline, until it has it or ctx ends; then it answers ctx's error.
+func lockWithin(ctx context.Context, f *os.File, exclusive, block bool) error {
+	if !block {
+		return tryLock(f, exclusive)
 	}
+	return wait.Until(ctx, wait.Policy{Initial: lockRetry}, func(context.Context) (bool, error) {
+		err := tryLock(f, exclusive)
+		if errors.Is(err, ErrLocked) {
+			return false, nil
+		}
+		return err == nil, err
+	})
 }
 
 // TryLock takes the lock file name in the directory (created mode 0600,

@@ -61,29 +61,50 @@ func holdIn(t *testing.T, dir, key string) *exec.Cmd {
 	return holder
 }
 
+// A wait for a lease another process holds ends at its deadline with the
+// deadline's error, and a wait under way when the holder dies takes the
+// lease at once rather than at its deadline.
 func TestLeaseHeldByAnotherProcessBlocksUntilThatProcessDies(t *testing.T) {
 	dir := t.TempDir()
 	holder := holdIn(t, dir, "fake/vm1")
 
 	d, err := statedir.Open(dir)
 	require.NoError(t, err)
+	begun := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()
 	_, err = d.Leases().Acquire(ctx, "fake/vm1")
+	took := time.Since(begun)
 	require.Error(t, err, "the other process holds the VM")
 	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.GreaterOrEqual(t, took, 200*time.Millisecond, "it waited until its deadline")
+	assert.Less(t, took, 5*time.Second, "and no longer")
 
 	release, err := d.Leases().Acquire(context.Background(), "fake/vm2")
 	require.NoError(t, err, "other VMs are free")
 	release()
 
+	ctx2, cancel2 := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel2()
+	got := make(chan error, 1)
+	go func() {
+		release, err := d.Leases().Acquire(ctx2, "fake/vm1")
+		if err == nil {
+			release()
+		}
+		got <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // the wait is under way
 	require.NoError(t, holder.Process.Kill())
 	_ = holder.Wait()
-	ctx2, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel2()
-	release, err = d.Leases().Acquire(ctx2, "fake/vm1")
-	require.NoError(t, err, "a dead holder's lease is free: the kernel dropped its lock")
-	release()
+	killed := time.Now()
+	select {
+	case err := <-got:
+		require.NoError(t, err, "a dead holder's lease is free: the kernel dropped its lock")
+		assert.Less(t, time.Since(killed), 20*time.Second, "taken once the holder died, not at the deadline")
+	case <-time.After(40 * time.Second):
+		t.Fatal("the lease of a dead holder was not taken within 40s of its death")
+	}
 }
 
 func TestLeasesSerializeGoroutinesOfOneProcess(t *testing.T) {

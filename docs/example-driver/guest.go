@@ -113,8 +113,9 @@ func (d *Driver) CopyOut(ctx context.Context, name, guestPath, hostPath string) 
 	return nil
 }
 
-// Exec runs a command in the VM's directory (§9.2). Its exit status is a
-// result, whatever it is; a program that cannot be found exits 127, as a
+// Exec runs a command in the VM's directory (§9.2), keeping at most
+// maxOutput (or the request's MaxOutput) bytes of each stream (§9.5). Its
+// exit status is a result, whatever it is; a program that cannot be found exits 127, as a
 // shell says so. A command still running at its timeout, or when ctx ends,
 // is killed and answers timeout.
 func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecRequest) (hypervisor.ExecResult, error) {
@@ -132,8 +133,9 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 	cmd := exec.CommandContext(runCtx, req.Path, req.Args...)
 	cmd.Dir = d.path(name, "disk")
 	cmd.WaitDelay = 100 * time.Millisecond // a killed command's children must not hold its output open
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	limit := int(req.Limit(maxOutput))
+	stdout, stderr := &capped{limit: limit}, &capped{limit: limit}
+	cmd.Stdout, cmd.Stderr = stdout, stderr
 	err = cmd.Run()
 	var exit *exec.ExitError
 	switch {
@@ -144,11 +146,45 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		return hypervisor.ExecResult{}, hypervisor.NewError(hypervisor.CodeTimeout, hypervisor.OpExec, name,
 			"%s still running after %s; killed", req.Path, req.Timeout)
 	case errors.As(err, &exit):
-		return hypervisor.ExecResult{ExitCode: exit.ExitCode(), Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}, nil
+		return result(exit.ExitCode(), stdout, stderr), nil
+	case errors.Is(err, exec.ErrWaitDelay):
+		// It exited, but its output was not read to the end within
+		// WaitDelay (a child of its holds it open, or the machine is
+		// busy): what was read is the result, said to be cut.
+		stdout.dropped, stderr.dropped = true, true
+		return result(cmd.ProcessState.ExitCode(), stdout, stderr), nil
 	case errors.Is(err, exec.ErrNotFound):
 		return hypervisor.ExecResult{ExitCode: 127, Stderr: []byte(err.Error() + "\n")}, nil
 	case err != nil:
 		return hypervisor.ExecResult{}, hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpExec, name, "%v", err)
 	}
-	return hypervisor.ExecResult{Stdout: stdout.Bytes(), Stderr: stderr.Bytes()}, nil
+	return result(0, stdout, stderr), nil
+}
+
+// maxOutput bounds what Exec keeps of each of a command's stdout and
+// stderr (§9.5): the guest's output is the adversary's.
+const maxOutput = 1 << 20
+
+func result(code int, stdout, stderr *capped) hypervisor.ExecResult {
+	return hypervisor.ExecResult{ExitCode: code, Stdout: stdout.buf.Bytes(), Stderr: stderr.buf.Bytes(),
+		StdoutTruncated: stdout.dropped, StderrTruncated: stderr.dropped}
+}
+
+// capped keeps the first limit bytes written to it and drops the rest,
+// reporting success so that the command is not stopped by a short write.
+// (Its buffer is a field, not embedded: an embedded bytes.Buffer's
+// ReadFrom would let io.Copy go around Write and its bound.)
+type capped struct {
+	buf     bytes.Buffer
+	limit   int
+	dropped bool
+}
+
+func (c *capped) Write(p []byte) (int, error) {
+	if room := c.limit - c.buf.Len(); room < len(p) {
+		c.dropped = true
+		c.buf.Write(p[:max(room, 0)])
+		return len(p), nil
+	}
+	return c.buf.Write(p)
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 func TestCleanupBringsEveryVMOffUnlockedAndRestored(t *testing.T) {
@@ -141,7 +142,7 @@ func TestCleanupAnswersTimeoutWhenTheLockOutlastsTheDeadline(t *testing.T) {
 	t.Parallel()
 	d := newFake(t, "[timing]\npoweroff = \"0s\"\n[vms.a]\nstate = \"running\"\n[vms.a.faults]\nlock_held_after_stop = \"10s\"")
 	start := time.Now()
-	res, err := d.Cleanup(ctxFor(t, 100*time.Millisecond), "a", hypervisor.CleanupRequest{})
+	res, err := d.Cleanup(plugintest.Context(t, 100*time.Millisecond), "a", hypervisor.CleanupRequest{})
 	requireCode(t, err, hypervisor.CodeTimeout, hypervisor.OpCleanup, "a")
 	assert.Less(t, time.Since(start), time.Second)
 	assert.Equal(t, []string{"poweroff", "wait-unlock"}, actionsOf(res))

@@ -16,9 +16,13 @@ import (
 	"time"
 )
 
-// MaxOutput bounds what Exec returns of each of stdout and stderr; the rest
-// is dropped, as the contract lets a driver do.
+// MaxOutput bounds what Exec returns of each of stdout and stderr, or the
+// request's max_output when it is smaller; the rest is dropped and the
+// result says so (§9.5).
 const MaxOutput = 1 << 20
+
+// MaxCopyOut bounds the size of a guest file CopyOut copies (§9.5).
+const MaxCopyOut = 1 << 30
 
 // eicar is the EICAR anti-virus test file's content, which every scanner
 // reports as infected. It is split in two so that this source file is not
@@ -38,14 +42,35 @@ var eicar = []byte(`X5O!P%@AP[4\PZX54(P^)7CC)7}$` + `EICAR-STANDARD-ANTIVIRUS-TE
 //	scan [-o LOG] FILE   "infected" (status 1) if FILE holds the EICAR test
 //	                     string, else "clean" (status 0); with -o the same
 //	                     line, after FILE's name, is also written to LOG
+//	dd [if=F] [bs=N] [count=N]
+//	                     copies F (default /dev/zero, endless zeros) to
+//	                     stdout in blocks of N bytes (default 512), count
+//	                     blocks at most; its summary goes to stderr
 //
 // The program is found by its base name, Unix or Windows style, with or
 // without ".exe". Anything else exits 127 with "not found" on stderr, as a
 // shell does. Files are guest paths.
 type shell struct {
 	root   *os.Root
-	stdout bytes.Buffer
-	stderr bytes.Buffer
+	stdout output
+	stderr output
+}
+
+// output is what a command wrote to one stream, up to limit bytes; the
+// rest is counted as dropped, never kept. A zero limit keeps everything.
+type output struct {
+	bytes.Buffer
+	limit   int
+	dropped bool
+}
+
+func (o *output) write(s string) {
+	if o.limit > 0 {
+		if room := o.limit - o.Len(); room < len(s) {
+			s, o.dropped = s[:max(room, 0)], true
+		}
+	}
+	o.WriteString(s)
 }
 
 // run runs prog and returns its exit status; an error only means ctx ended
@@ -74,23 +99,18 @@ func (sh *shell) run(ctx context.Context, prog string, args []string) (int, erro
 		return sh.sha256sum(args), nil
 	case "scan":
 		return sh.scan(args), nil
+	case "dd":
+		return sh.dd(ctx, args)
 	}
 	sh.errorf("sh: 1: %s: not found\n", prog)
 	return 127, nil
 }
 
 func (sh *shell) printf(format string, args ...any) {
-	bounded(&sh.stdout, fmt.Sprintf(format, args...))
+	sh.stdout.write(fmt.Sprintf(format, args...))
 }
 func (sh *shell) errorf(format string, args ...any) {
-	bounded(&sh.stderr, fmt.Sprintf(format, args...))
-}
-
-func bounded(b *bytes.Buffer, s string) {
-	if room := MaxOutput - b.Len(); room < len(s) {
-		s = s[:max(room, 0)]
-	}
-	b.WriteString(s)
+	sh.stderr.write(fmt.Sprintf(format, args...))
 }
 
 func (sh *shell) echo(args []string) int {
@@ -240,6 +260,61 @@ func (sh *shell) scan(args []string) int {
 		}
 	}
 	return code
+}
+
+// dd writes count blocks of bs bytes of its input to stdout, as
+// coreutils' dd does; its input is endless zeros unless if= names a guest
+// file. It yields to ctx between blocks.
+func (sh *shell) dd(ctx context.Context, args []string) (int, error) {
+	bs, count, in := 512, -1, ""
+	for _, a := range args {
+		k, v, _ := strings.Cut(a, "=")
+		var err error
+		switch k {
+		case "if":
+			in = v
+		case "bs":
+			bs, err = strconv.Atoi(v)
+			if err == nil && (bs <= 0 || bs > 16<<20) {
+				err = errors.New("out of range")
+			}
+		case "count":
+			count, err = strconv.Atoi(v)
+		default:
+			err = errors.New("unrecognized operand")
+		}
+		if err != nil {
+			sh.errorf("dd: invalid operand '%s'\n", a)
+			return 1, nil
+		}
+	}
+	var src []byte
+	if in != "" && in != "/dev/zero" {
+		data, err := sh.root.ReadFile(guestRel(in))
+		if err != nil {
+			sh.errorf("dd: failed to open '%s': %s\n", in, describe(err))
+			return 1, nil
+		}
+		src = data
+	}
+	block := string(make([]byte, bs))
+	blocks, bytesOut := 0, 0
+	for ; count < 0 || blocks < count; blocks++ {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		if src != nil {
+			if len(src) == 0 {
+				break
+			}
+			n := min(bs, len(src))
+			block, src = string(src[:n]), src[n:]
+		}
+		sh.stdout.write(block)
+		bytesOut += len(block)
+	}
+	sh.errorf("%d+0 records in\n%d+0 records out\n%d bytes copied\n", blocks, blocks, bytesOut)
+	return 0, nil
 }
 
 // describe words a file error as a guest's tools would.

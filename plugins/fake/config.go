@@ -15,27 +15,27 @@ import (
 type Config struct {
 	// capabilities: declare only these (for tests of simpler drivers); the
 	// operations left out answer CodeUnsupported. Absent means all of them.
-	Capabilities []hypervisor.Capability `toml:"capabilities"`
+	Capabilities []hypervisor.Capability `toml:"capabilities,omitempty"`
 	// journal: file that gets one JSON line per operation that reached the
 	// simulated hypervisor, so tests can assert what was (not) sent.
-	Journal string `toml:"journal"`
+	Journal string `toml:"journal,omitempty"`
 	// state_dir: directory where the world is saved after every change and
 	// loaded at start, so a relaunched plugin finds its VMs as a real
 	// hypervisor would after its driver died. Absent keeps the world in
 	// memory only.
-	StateDir string `toml:"state_dir"`
+	StateDir string `toml:"state_dir,omitempty"`
 	// scratch_dir: base of the per-VM guest filesystems. Defaults to
 	// <state_dir>/guests with state_dir, else to a temporary directory that
 	// lives as long as the driver.
-	ScratchDir string `toml:"scratch_dir"`
+	ScratchDir string `toml:"scratch_dir,omitempty"`
 	// timing: how long the simulated hypervisor takes, for every VM.
 	Timing Timing `toml:"timing"`
 	// vms: the VMs, by name.
-	VMs map[string]VMConfig `toml:"vms"`
+	VMs map[string]VMConfig `toml:"vms,omitempty"`
 	// violations: rules of the contract to break on purpose, one Violation
 	// each ("early-off", ...), for tests that the conformance suite notices.
 	// Absent or empty: the fake keeps the whole contract.
-	Violations []Violation `toml:"violations"`
+	Violations []Violation `toml:"violations,omitempty"`
 }
 
 // Timing says how long the simulated transitions take. The defaults are
@@ -80,19 +80,19 @@ var defaultTiming = Timing{
 // Pointers tell a key set to zero ("0s": instantaneous) from one left out.
 type TimingOverride struct {
 	// start: overrides timing.start.
-	Start *time.Duration `toml:"start"`
+	Start *time.Duration `toml:"start,omitempty"`
 	// acpi_shutdown: overrides timing.acpi_shutdown.
-	ACPIShutdown *time.Duration `toml:"acpi_shutdown"`
+	ACPIShutdown *time.Duration `toml:"acpi_shutdown,omitempty"`
 	// poweroff: overrides timing.poweroff.
-	PowerOff *time.Duration `toml:"poweroff"`
+	PowerOff *time.Duration `toml:"poweroff,omitempty"`
 	// emergency: overrides timing.emergency.
-	Emergency *time.Duration `toml:"emergency"`
+	Emergency *time.Duration `toml:"emergency,omitempty"`
 	// restore: overrides timing.restore.
-	Restore *time.Duration `toml:"restore"`
+	Restore *time.Duration `toml:"restore,omitempty"`
 	// unlock_after_stop: overrides timing.unlock_after_stop.
-	UnlockAfterStop *time.Duration `toml:"unlock_after_stop"`
+	UnlockAfterStop *time.Duration `toml:"unlock_after_stop,omitempty"`
 	// guest_ready: overrides timing.guest_ready.
-	GuestReady *time.Duration `toml:"guest_ready"`
+	GuestReady *time.Duration `toml:"guest_ready,omitempty"`
 }
 
 // VMConfig is one VM of the fake world as it is when the world is created.
@@ -100,71 +100,71 @@ type VMConfig struct {
 	// state: initial power state: off, saved, aborted, running, paused,
 	// stopping (stuck there until an emergency stop) or stuck (guru
 	// meditation). Default off.
-	State string `toml:"state"`
+	State string `toml:"state,omitempty"`
 	// raw_state: instead of state, the simulated hypervisor reports this
 	// word, one no driver has a mapping for (a newer hypervisor's state):
 	// Status says unknown with this raw word (§3.2), and every operation
 	// that needs a known state answers invalid state.
-	RawState string `toml:"raw_state"`
+	RawState string `toml:"raw_state,omitempty"`
 	// snapshots: the VM's snapshots.
-	Snapshots []string `toml:"snapshots"`
+	Snapshots []string `toml:"snapshots,omitempty"`
 	// current_snapshot: the snapshot the VM descends from; defaults to the
 	// last of snapshots, the most recent one as VirtualBox has it.
-	CurrentSnapshot string `toml:"current_snapshot"`
+	CurrentSnapshot string `toml:"current_snapshot,omitempty"`
 	// online_snapshots: the snapshots taken while running; restoring one
 	// yields saved instead of off.
-	OnlineSnapshots []string `toml:"online_snapshots"`
+	OnlineSnapshots []string `toml:"online_snapshots,omitempty"`
 	// locked: the VM starts with a stale session lock held by nobody alive;
 	// only Unlock (or Cleanup) releases it. Needs a state without a VM
 	// process.
-	Locked bool `toml:"locked"`
+	Locked bool `toml:"locked,omitempty"`
 	// timing: this VM's overrides of the driver-wide timing.
-	Timing TimingOverride `toml:"timing"`
+	Timing TimingOverride `toml:"timing,omitempty"`
 	// faults: what goes wrong with this VM.
-	Faults Faults `toml:"faults"`
+	Faults Faults `toml:"faults,omitempty"`
 }
 
 // Faults are a VM's scripted misbehaviour, each modelled on something
 // VirtualBox does in the field.
 type Faults struct {
 	// acpi_ignored: the guest ignores the power button and keeps running.
-	ACPIIgnored bool `toml:"acpi_ignored"`
+	ACPIIgnored bool `toml:"acpi_ignored,omitempty"`
 	// stuck_in_stopping: a power-off leaves the VM in stopping until an
 	// emergency stop.
-	StuckInStopping bool `toml:"stuck_in_stopping"`
+	StuckInStopping bool `toml:"stuck_in_stopping,omitempty"`
 	// poweroff_failures: the first N power-offs that reach the hypervisor fail.
-	PowerOffFailures int `toml:"poweroff_failures"`
+	PowerOffFailures int `toml:"poweroff_failures,omitempty"`
 	// poweroff_error: how those power-offs fail: failed (default), locked
 	// or invalid_state.
-	PowerOffError string `toml:"poweroff_error"`
+	PowerOffError string `toml:"poweroff_error,omitempty"`
 	// lock_held_after_stop: the session stays locked this long after the VM
 	// process is gone, instead of unlock_after_stop; Unlock cannot shorten
 	// it, it waits.
-	LockHeldAfterStop time.Duration `toml:"lock_held_after_stop"`
+	LockHeldAfterStop time.Duration `toml:"lock_held_after_stop,omitempty"`
 	// stale_lock_after_stop: the session lock left by the VM process never
 	// goes away by itself; only Unlock releases it.
-	StaleLockAfterStop bool `toml:"stale_lock_after_stop"`
+	StaleLockAfterStop bool `toml:"stale_lock_after_stop,omitempty"`
 	// restore_failures: the first N restores that reach the hypervisor fail.
-	RestoreFailures int `toml:"restore_failures"`
+	RestoreFailures int `toml:"restore_failures,omitempty"`
 	// start_failures: the first N starts that reach the hypervisor fail, as
 	// a VM process that dies during startup.
-	StartFailures int `toml:"start_failures"`
+	StartFailures int `toml:"start_failures,omitempty"`
 	// status_failures: the first N status calls answer CodeUnavailable.
-	StatusFailures int `toml:"status_failures"`
+	StatusFailures int `toml:"status_failures,omitempty"`
 	// copy_in_failures, copy_out_failures: the first N copies into (out
 	// of) a ready guest fail, as a guest whose disk is full or whose file
 	// is locked by a scanner.
-	CopyInFailures  int `toml:"copy_in_failures"`
-	CopyOutFailures int `toml:"copy_out_failures"`
+	CopyInFailures  int `toml:"copy_in_failures,omitempty"`
+	CopyOutFailures int `toml:"copy_out_failures,omitempty"`
 	// slow: every call on this VM first waits this long, within its context.
-	Slow time.Duration `toml:"slow"`
+	Slow time.Duration `toml:"slow,omitempty"`
 	// exit_during: the plugin process exits with status 3 while serving
 	// these operations, after the hypervisor took the command and before the
 	// driver answered. Names: status, start, stop (any method), acpi,
 	// poweroff, emergency, unlock, restore, cleanup, copy-in, exec, copy-out,
 	// watch. With state_dir each happens once per world; without it, once
 	// per process.
-	ExitDuring []string `toml:"exit_during"`
+	ExitDuring []string `toml:"exit_during,omitempty"`
 }
 
 // Exit status of the plugin process when an exit_during fault fires;

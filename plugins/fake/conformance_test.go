@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/fake"
 	"github.com/sandboxhq/sandbox/sdk/conformance"
@@ -132,7 +133,7 @@ func TestTheFakePluginPassesTheSuite(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			dir := t.TempDir()
-			rep := collect(t, suiteTarget(conformance.Plugin(conformance.PluginBinary{
+			rep := collect(t, suiteTarget(host.Connect(host.Launch{
 				Name:       "fake",
 				Path:       bin,
 				Args:       tc.args,
@@ -164,8 +165,8 @@ func TestAPluginThatLeavesItsWatchOpenFailsTheWatchCheck(t *testing.T) {
 	bin, err := plugintest.Build(t.TempDir(), "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
 	require.NoError(t, err)
 	dir := t.TempDir()
-	logs := &lockedBuffer{}
-	target := suiteTarget(conformance.Plugin(conformance.PluginBinary{
+	logs := &plugintest.Buffer{}
+	target := suiteTarget(host.Connect(host.Launch{
 		Name:       "fake",
 		Path:       bin,
 		Env:        []string{"GORACE=atexit_sleep_ms=0"},
@@ -187,24 +188,6 @@ func TestAPluginThatLeavesItsWatchOpenFailsTheWatchCheck(t *testing.T) {
 		}
 	}
 	assert.Contains(t, logs.String(), "the driver left a watch channel open after the watch's context ended")
-}
-
-// lockedBuffer is a log destination safe for the host's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // A driver that declares only some capabilities passes what it declares

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // vmOp is one VM operation of the contract, called for its error only.
@@ -128,7 +129,7 @@ func TestASlowVMAnswersTimeoutPromptlyAtTheDeadline(t *testing.T) {
 		t.Run(op.op, func(t *testing.T) {
 			t.Parallel()
 			start := time.Now()
-			requireCode(t, op.call(ctxFor(t, 30*time.Millisecond), d, "a"), hypervisor.CodeTimeout, opName(op.op), "a")
+			requireCode(t, op.call(plugintest.Context(t, 30*time.Millisecond), d, "a"), hypervisor.CodeTimeout, opName(op.op), "a")
 			assert.Less(t, time.Since(start), 2*time.Second)
 		})
 	}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Version is the fake driver's own version, reported in Info.
@@ -287,65 +288,54 @@ func (d *Driver) exitDuringLocked(v *vm, c *call, ops ...string) error {
 // world and whenever the VM's next transition falls due. cond runs with
 // d.mu held and the VM advanced to now; an error from it ends the wait.
 func (d *Driver) waitFor(ctx context.Context, op string, v *vm, cond func(now time.Time) (bool, error)) error {
-	for {
+	ctx, stop := d.untilClosed(ctx)
+	defer stop()
+	var condErr error
+	err := wait.On(ctx, func(context.Context) (bool, wait.Next, error) {
 		d.lock()
+		defer d.unlock()
 		now := time.Now()
 		v.advance(now)
 		done, err := cond(now)
-		changed := d.changed
-		next := v.nextEvent(now)
-		d.unlock()
-		if err != nil || done {
-			return err
-		}
-		timer, due := timerAt(now, next)
-		poll, others := d.pollShared()
+		condErr = err
+		return done, d.next(v, now), err
+	})
+	switch {
+	case err == nil || condErr != nil:
+		return err
+	case d.isClosed():
+		return hypervisor.NewError(hypervisor.CodeUnavailable, op, v.name, "driver closed")
+	}
+	return hypervisor.FromContext(ctx, op, v.name)
+}
+
+// next is when a wait on v should look again: at the next change to the
+// world, when v's next transition falls due, and every sharedPoll when
+// another process may be the one changing it. d.mu is held.
+func (d *Driver) next(v *vm, now time.Time) wait.Next {
+	n := wait.Next{Wake: d.changed, At: v.nextEvent(now)}
+	if d.shared != nil && (n.At.IsZero() || n.At.After(now.Add(sharedPoll))) {
+		n.At = now.Add(sharedPoll)
+	}
+	return n
+}
+
+// untilClosed is ctx, ended also when the driver closes.
+func (d *Driver) untilClosed(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
 		select {
-		case <-ctx.Done():
-			err = hypervisor.FromContext(ctx, op, v.name)
 		case <-d.closed:
-			err = hypervisor.NewError(hypervisor.CodeUnavailable, op, v.name, "driver closed")
-		case <-changed:
-		case <-due:
-		case <-others:
+			cancel()
+		case <-ctx.Done():
 		}
-		stopTimers(timer, poll)
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// timerAt returns a timer that fires at next, or no timer (and a nil
-// channel, which never fires) when next is zero.
-func timerAt(now, next time.Time) (*time.Timer, <-chan time.Time) {
-	if next.IsZero() {
-		return nil, nil
-	}
-	t := time.NewTimer(next.Sub(now))
-	return t, t.C
-}
-
-func stopTimers(timers ...*time.Timer) {
-	for _, t := range timers {
-		if t != nil {
-			t.Stop()
-		}
-	}
+	}()
+	return ctx, cancel
 }
 
 // sleep waits d or until ctx ends, for the simulated duration of work the
 // hypervisor does (never in place of a state check).
-func sleep(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
+func sleep(ctx context.Context, d time.Duration) error { return wait.Sleep(ctx, d) }
 
 // Inject makes a VM misbehave from now on, on top of its configured
 // faults, as a hypervisor that starts failing in the middle of a task: a

@@ -131,9 +131,15 @@ func copyOut(ctx context.Context, root *os.Root, name, guestPath, hostPath strin
 	if err != nil {
 		return fail("cannot create host file: %v", err)
 	}
-	_, err = io.Copy(dst, src)
+	// The guest file may grow while it is read: the bound is on what is
+	// read, not on what Stat said.
+	n, err := io.Copy(dst, io.LimitReader(src, MaxCopyOut+1))
 	if cerr := dst.Close(); err == nil {
 		err = cerr
+	}
+	if err == nil && n > MaxCopyOut {
+		os.Remove(hostPath)
+		return fail("guest file %q is larger than the %d bytes a copy-out takes; nothing was copied", guestPath, int64(MaxCopyOut))
 	}
 	if err != nil {
 		return fail("copying guest file %q: %v", guestPath, err)
@@ -163,6 +169,10 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		defer cancel()
 	}
 	sh := &shell{root: root}
+	if !d.breaks(ViolationExecFloods) {
+		limit := int(req.Limit(MaxOutput))
+		sh.stdout.limit, sh.stderr.limit = limit, limit
+	}
 	code, err := sh.run(runCtx, req.Path, req.Args)
 	if err != nil {
 		if err = hypervisor.FromContext(ctx, hypervisor.OpExec, name); err == nil {
@@ -176,9 +186,11 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 			"command exited with status %d: %s", code, bytes.TrimSpace(sh.stderr.Bytes())))
 	}
 	res := hypervisor.ExecResult{
-		ExitCode: code,
-		Stdout:   sh.stdout.Bytes(),
-		Stderr:   sh.stderr.Bytes(),
+		ExitCode:        code,
+		Stdout:          sh.stdout.Bytes(),
+		Stderr:          sh.stderr.Bytes(),
+		StdoutTruncated: sh.stdout.dropped,
+		StderrTruncated: sh.stderr.dropped,
 	}
 	if d.breaks(ViolationExecNoStdout) {
 		res.Stdout = nil

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // guestWith opens a fake whose VM "a" is running with a ready guest and
@@ -180,7 +181,7 @@ func TestExecKillsACommandAtItsTimeout(t *testing.T) {
 	require.NoError(t, err, "a command that finishes in time is a result")
 	assert.Equal(t, 0, res.ExitCode)
 
-	_, err = d.Exec(ctxFor(t, 50*time.Millisecond), "a", hypervisor.ExecRequest{Path: "sleep", Args: []string{"10"}})
+	_, err = d.Exec(plugintest.Context(t, 50*time.Millisecond), "a", hypervisor.ExecRequest{Path: "sleep", Args: []string{"10"}})
 	requireCode(t, err, hypervisor.CodeTimeout, hypervisor.OpExec, "a")
 	assert.Equal(t, "timeout", d.Journal()[len(d.Journal())-1].Outcome)
 }

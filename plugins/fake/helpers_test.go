@@ -15,6 +15,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // waitLimit bounds every wait for a state in these tests; the fake's
@@ -62,16 +63,9 @@ func newFake(t *testing.T, table string) *Driver {
 	return openFake(t, t.TempDir(), table)
 }
 
-func ctxFor(t *testing.T, d time.Duration) context.Context {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 func testCtx(t *testing.T) context.Context {
 	t.Helper()
-	return ctxFor(t, waitLimit)
+	return plugintest.Context(t, waitLimit)
 }
 
 // expiredCtx is a context whose deadline has already passed.

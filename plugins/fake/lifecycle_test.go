@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 func TestInitialStatesAreReportedWithVirtualBoxWords(t *testing.T) {
@@ -383,7 +384,7 @@ func TestUnlockCannotShortenALockHeldAfterStop(t *testing.T) {
 	d := newFake(t, "[timing]\npoweroff = \"0s\"\n[vms.a]\nstate = \"running\"\n[vms.a.faults]\nlock_held_after_stop = \"1s\"")
 	require.NoError(t, d.Stop(testCtx(t), "a", hypervisor.StopPowerOff))
 	off := status(t, d, "a")
-	requireCode(t, d.Unlock(ctxFor(t, 50*time.Millisecond), "a"), hypervisor.CodeTimeout, hypervisor.OpUnlock, "a")
+	requireCode(t, d.Unlock(plugintest.Context(t, 50*time.Millisecond), "a"), hypervisor.CodeTimeout, hypervisor.OpUnlock, "a")
 	assert.Equal(t, hypervisor.LockLocked, status(t, d, "a").Lock)
 	require.NoError(t, d.Unlock(testCtx(t), "a"))
 	assert.GreaterOrEqual(t, time.Since(off.StateChanged), 990*time.Millisecond)
@@ -494,7 +495,7 @@ func TestRestoreAbandonedAtTheDeadlineLeavesTheVMAsItWas(t *testing.T) {
 	d := newFake(t, "[timing]\nrestore = \"10s\"\n[vms.a]\nstate = \"aborted\"\nsnapshots = [\"clean\", \"old\"]\ncurrent_snapshot = \"old\"")
 	before := status(t, d, "a")
 	start := time.Now()
-	requireCode(t, d.Restore(ctxFor(t, 50*time.Millisecond), "a", "clean"), hypervisor.CodeTimeout, hypervisor.OpRestore, "a")
+	requireCode(t, d.Restore(plugintest.Context(t, 50*time.Millisecond), "a", "clean"), hypervisor.CodeTimeout, hypervisor.OpRestore, "a")
 	assert.Less(t, time.Since(start), time.Second, "returns promptly at the deadline")
 	assert.Equal(t, before, status(t, d, "a"))
 }

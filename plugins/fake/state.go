@@ -124,16 +124,6 @@ func (d *Driver) reloadLocked() {
 	d.changed = make(chan struct{})
 }
 
-// pollShared returns a channel that fires when a waiter should look at a
-// shared world again, or nil (never) for a world of this process alone.
-func (d *Driver) pollShared() (*time.Timer, <-chan time.Time) {
-	if d.shared == nil {
-		return nil, nil
-	}
-	t := time.NewTimer(sharedPoll)
-	return t, t.C
-}
-
 // saveLocked writes the world to state_dir, if there is one, through a
 // temporary file so that a process killed mid-write leaves the previous
 // world intact. A failure is logged: the simulated VMs carry on in memory.

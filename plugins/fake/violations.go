@@ -150,6 +150,11 @@ const (
 	// ViolationCopyOutTruncates: CopyOut keeps the first 64 KiB of the file
 	// (§9.3).
 	ViolationCopyOutTruncates Violation = "copy-out-truncates"
+	// ViolationExecFloods: Exec keeps every byte a command writes, whatever
+	// the request's max_output and the fake's own bound, and never says it
+	// dropped any: a guest that writes without end grows the plugin's
+	// memory until the call's deadline (§9.5).
+	ViolationExecFloods Violation = "exec-floods"
 	// ViolationGuestOffFailed: a guest operation on a VM that is not
 	// running answers failed instead of invalid state (§9.4).
 	ViolationGuestOffFailed Violation = "guest-off-failed"
@@ -205,7 +210,7 @@ var Violations = []Violation{
 	ViolationLateRestore, ViolationRestoreCurrentOnly, ViolationRestoreKeepsDisk, ViolationRestoreTwiceSaved,
 	ViolationCleanupLeavesLock, ViolationCleanupRestoresAgain,
 	ViolationCopyInTruncates, ViolationExecNoStdout, ViolationExecExitError, ViolationExecTimeoutIgnored,
-	ViolationCopyOutTruncates, ViolationGuestOffFailed,
+	ViolationCopyOutTruncates, ViolationGuestOffFailed, ViolationExecFloods,
 	ViolationWatchStaleFirst, ViolationWatchSilent, ViolationWatchNeverCloses, ViolationWatchEmptyStream,
 	ViolationEmptyMessages, ViolationMissingVMFailed,
 	ViolationDeafCalls, ViolationIgnoreDeadlines, ViolationLateWork,

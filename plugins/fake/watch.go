@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Watch streams the VM's status (§10): the current one, then one value
@@ -34,20 +35,19 @@ func (d *Driver) Watch(ctx context.Context, name string) (<-chan hypervisor.Stat
 func (d *Driver) watch(ctx context.Context, v *vm, ch chan<- hypervisor.Status) {
 	defer d.closeWatch(ch)
 	var last hypervisor.Status
-	for first := true; ; first = false {
+	first := true
+	ctx, stop := d.untilClosed(ctx)
+	defer stop()
+	_ = wait.On(ctx, func(ctx context.Context) (bool, wait.Next, error) {
 		d.lock()
 		now := time.Now()
 		v.advance(now)
 		st := d.report(v, now)
-		changed := d.changed
-		next := v.nextEvent(now)
+		next := d.next(v, now)
 		d.unlock()
 		if !first && d.breaks(ViolationWatchSilent) {
-			select {
-			case <-ctx.Done():
-			case <-d.closed:
-			}
-			return
+			<-ctx.Done()
+			return false, next, ctx.Err()
 		}
 		if first || !sameStatus(st, last) {
 			sent := st
@@ -58,25 +58,12 @@ func (d *Driver) watch(ctx context.Context, v *vm, ch chan<- hypervisor.Status) 
 			case ch <- sent:
 				last = st
 			case <-ctx.Done():
-				return
-			case <-d.closed:
-				return
+				return false, next, ctx.Err()
 			}
 		}
-		timer, due := timerAt(now, next)
-		poll, others := d.pollShared()
-		select {
-		case <-ctx.Done():
-		case <-d.closed:
-		case <-changed:
-		case <-due:
-		case <-others:
-		}
-		stopTimers(timer, poll)
-		if ctx.Err() != nil || d.isClosed() {
-			return
-		}
-	}
+		first = false
+		return false, next, nil
+	})
 }
 
 func sameStatus(a, b hypervisor.Status) bool {

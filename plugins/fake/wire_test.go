@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
@@ -44,7 +45,7 @@ func wirePlugin(t *testing.T, table string) *host.Plugin {
 	t.Helper()
 	dir := t.TempDir()
 	h := host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"fake": {Path: fakeBinary(t)}},
+		Plugins: map[string]config.Plugin{"fake": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: fakeBinary(t)}},
 		File:    filepath.Join(dir, "config.toml"),
 		Data:    []byte("[plugins.fake.config]\n" + table),
 		Logger:  hclog.NewNullLogger(),

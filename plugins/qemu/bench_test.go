@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sandboxhq/sandbox/core/engine"
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/qemu"
@@ -32,6 +32,15 @@ func seconds(d time.Duration) float64 { return d.Seconds() }
 // launched with -loadvm on the machine the driver would build, until its
 // monitor says running. The process is killed afterwards.
 func loadvmResume(b *testing.B, r *rig, vm string) time.Duration {
+	running, _ := loadvm(b, r, vm, false)
+	return running
+}
+
+// loadvm launches QEMU on the machine the driver would build for vm,
+// resuming its snapshot ready with -loadvm, and times how long until QMP
+// says running and, with agent, until the guest agent answers too; then
+// it kills QEMU and waits for it to exit.
+func loadvm(b *testing.B, r *rig, vm string, agent bool) (running, answering time.Duration) {
 	b.Helper()
 	qemuBin, args, err := qemu.LaunchArgs(sdk.ConfigFromTOML("qemu", r.file, []byte(r.config)), vm, "ready")
 	if err != nil {
@@ -55,7 +64,8 @@ func loadvmResume(b *testing.B, r *rig, vm string) time.Duration {
 			st, err := m.QueryStatus(ctx)
 			m.Close()
 			if err == nil && st.Status == "running" {
-				return time.Since(begun)
+				running = time.Since(begun)
+				break
 			}
 		}
 		if ctx.Err() != nil {
@@ -63,6 +73,16 @@ func loadvmResume(b *testing.B, r *rig, vm string) time.Duration {
 		}
 		time.Sleep(time.Millisecond)
 	}
+	if !agent {
+		return running, 0
+	}
+	a, err := qmp.DialAgent(ctx, r.vmFile(vm, "qga.sock"))
+	if err != nil {
+		b.Fatalf("the guest agent of a -loadvm resume did not answer: %v", err)
+	}
+	answering = time.Since(begun)
+	_ = a.Close()
+	return running, answering
 }
 
 // BenchmarkRestoreToRunning times the driver's restore of a VM to its
@@ -112,8 +132,8 @@ func BenchmarkCleanupIgnoredACPI(b *testing.B) {
 	r := newRig(b, guestVM("deaf", "ready-ignore-acpi"))
 	d := r.driver(b)
 	ctx := context.Background()
-	s := lifecycle.Defaults()
-	s.StopLadder = []hypervisor.StopMethod{hypervisor.StopACPI, hypervisor.StopPowerOff, hypervisor.StopEmergency}
+	s := config.DefaultLifecycle()
+	s.StopLadder = []string{config.StopACPI, config.StopPowerOff, config.StopEmergency}
 	s.ACPITimeout = time.Second
 	s.NativeCleanup = false
 	s.Snapshot = "ready-ignore-acpi"
@@ -159,57 +179,4 @@ func BenchmarkCleanupIgnoredACPI(b *testing.B) {
 	b.ReportMetric(seconds(h), "hardstop-s")
 	b.ReportMetric(seconds(c-(1200*time.Millisecond+h)), "over-s")
 	b.ReportMetric(float64(c)/float64(time.Second+h), "ratio")
-}
-
-// BenchmarkAnalysis times one (sample, VM) analysis through the engine on
-// the test guest resumed from its snapshot, and its steps: the share of
-// each step of the task's wall time, from the task's transitions.
-func BenchmarkAnalysis(b *testing.B) {
-	r := newRig(b, guestVM("scan", "ready"))
-	d := r.driver(b)
-	p, key, err := engine.ProfileConfig{
-		VMs:        []string{"scan"},
-		SamplePath: "/tmp/{name}",
-		Command:    []string{"/bin/sandbox-scan", "{sample}", "/tmp/sandbox-scan.log"},
-		Artifacts:  []string{"/tmp/sandbox-scan.log"},
-		Verdict:    engine.VerdictConfig{MaliciousExitCodes: []int{1}},
-	}.Resolve("scan")
-	if err != nil {
-		b.Fatal(key, err)
-	}
-	s := lifecycle.Defaults()
-	s.Snapshot = "ready"
-	m := lifecycle.New(lifecycle.Options{})
-	pool := engine.Pool{Profile: p, VMs: []lifecycle.VM{{Name: "scan", Plugin: "qemu", Driver: d, Settings: s}}}
-	sampleFile := filepath.Join(b.TempDir(), "sample.txt")
-	if err := os.WriteFile(sampleFile, []byte("an ordinary file\n"), 0o644); err != nil {
-		b.Fatal(err)
-	}
-	sample, err := engine.OpenSample(sampleFile)
-	if err != nil {
-		b.Fatal(err)
-	}
-	steps := map[engine.Step][]time.Duration{}
-	var walls []time.Duration
-	for b.Loop() {
-		e := engine.New(engine.Options{Lifecycle: m})
-		begun := time.Now()
-		sum, err := e.Run(context.Background(), engine.Job{Samples: []engine.Sample{sample}, Pools: []engine.Pool{pool}, OutDir: b.TempDir()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		walls = append(walls, time.Since(begun))
-		res := sum.Reports[0].Results[0]
-		if res.State != engine.StepDone || res.Verdict != engine.VerdictClean {
-			b.Fatalf("the analysis ended %s with %s: %s", res.State, res.Verdict, res.Error)
-		}
-		tr := res.Transitions
-		for i := 0; i+1 < len(tr); i++ {
-			steps[tr[i].Step] = append(steps[tr[i].Step], tr[i+1].At.Sub(tr[i].At))
-		}
-	}
-	b.ReportMetric(seconds(median(walls)), "wall-s")
-	for step, ds := range steps {
-		b.ReportMetric(seconds(median(ds)), string(step)+"-s")
-	}
 }

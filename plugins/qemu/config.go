@@ -28,6 +28,8 @@ import (
 //	[plugins.qemu.config.guest]
 //	ready_wait = "30s"            # wait for the guest agent to answer
 //	chunk_size = 1048576          # bytes per guest-file-read/-write, at most 4 MiB
+//	max_output = 1048576          # bytes of a guest command's stdout, and of its stderr, exec keeps
+//	max_copy_out = 1073741824     # bytes of a guest file copy_out takes; a larger one fails
 //	kill = ["kill", "-KILL"]      # guest command that kills a timed-out command's pid
 //
 //	[plugins.qemu.config.vms.NAME]
@@ -88,6 +90,13 @@ type Guest struct {
 	// guest-file-write. The agent holds a chunk in memory several times
 	// over; a large write can get it killed in a small guest.
 	ChunkSize int `toml:"chunk_size"`
+	// MaxOutput bounds, in bytes, what exec keeps of each of a guest
+	// command's stdout and stderr (contract §9.5); the result says when
+	// it dropped the rest. The agent itself keeps at most 16 MiB.
+	MaxOutput int `toml:"max_output"`
+	// MaxCopyOut bounds, in bytes, a guest file copy_out takes; a larger
+	// one fails the copy and leaves no host file (§9.5).
+	MaxCopyOut int64 `toml:"max_copy_out"`
 	// Kill is the guest command, given the guest pid as its last
 	// argument, that kills a command that outlived its timeout. For a
 	// Windows guest: ["taskkill", "/F", "/PID"].
@@ -136,7 +145,8 @@ func Defaults() Config {
 			Stop:    10 * time.Second,
 			Restore: 5 * time.Minute,
 		},
-		Guest: Guest{ReadyWait: 30 * time.Second, ChunkSize: 1 << 20, Kill: []string{"kill", "-KILL"}},
+		Guest: Guest{ReadyWait: 30 * time.Second, ChunkSize: 1 << 20, MaxOutput: 1 << 20, MaxCopyOut: 1 << 30,
+			Kill: []string{"kill", "-KILL"}},
 	}
 }
 
@@ -167,6 +177,10 @@ const (
 // maxChunk is the largest chunk guest file transfers use: the agent of a
 // small guest has been seen killed for memory by a 40 MB write.
 const maxChunk = 4 << 20
+
+// maxOutput is the largest guest.max_output: qemu-ga keeps no more of a
+// command's stream.
+const maxOutput = 16 << 20
 
 // maxSocketPath is the longest unix socket path the kernel takes, less
 // its terminating zero.
@@ -229,6 +243,12 @@ func load(cfg sdk.Config) (*settings, error) {
 	}
 	if c.Guest.ChunkSize <= 0 || c.Guest.ChunkSize > maxChunk {
 		return nil, cfg.Errorf([]string{"guest", "chunk_size"}, "must be between 1 and %d bytes (4 MiB)", maxChunk)
+	}
+	if c.Guest.MaxOutput <= 0 || c.Guest.MaxOutput > maxOutput {
+		return nil, cfg.Errorf([]string{"guest", "max_output"}, "must be between 1 and %d bytes (16 MiB, what the guest agent keeps)", maxOutput)
+	}
+	if c.Guest.MaxCopyOut <= 0 {
+		return nil, cfg.Errorf([]string{"guest", "max_copy_out"}, "must be a positive number of bytes, e.g. 1073741824")
 	}
 	if len(c.Guest.Kill) == 0 {
 		return nil, cfg.Errorf([]string{"guest", "kill"}, "must name a guest command, e.g. [\"kill\", \"-KILL\"]")

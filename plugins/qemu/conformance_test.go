@@ -1,7 +1,6 @@
 package qemu_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,25 +16,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/sdk/conformance"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
-
-// syncBuffer collects the host's and the plugin's log from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // suiteRig has a VM of the test guest for every role of the conformance
 // target:
@@ -62,7 +43,7 @@ func suiteRig(t *testing.T) *rig {
 // state beforehand: the suite only reads it.
 func suiteTarget(t *testing.T, r *rig, logs io.Writer) conformance.Target {
 	t.Helper()
-	require.NoError(t, r.driver(t).Start(ctxFor(t, time.Minute), "odd"))
+	require.NoError(t, r.driver(t).Start(plugintest.Context(t, time.Minute), "odd"))
 	return conformance.Target{
 		Connect:    r.connector(t, logs),
 		VM:         "subject",
@@ -83,7 +64,7 @@ func suiteTarget(t *testing.T, r *rig, logs io.Writer) conformance.Target {
 // every other situation the suite asks for.
 func TestConformance(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &plugintest.Buffer{}
 	target := suiteTarget(t, suiteRig(t), logs)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -131,7 +112,7 @@ func TestConformanceThroughTheCLI(t *testing.T) {
 	t.Parallel()
 	r := suiteRig(t)
 	d := r.driver(t)
-	require.NoError(t, d.Start(ctxFor(t, time.Minute), "odd"))
+	require.NoError(t, d.Start(plugintest.Context(t, time.Minute), "odd"))
 	var b strings.Builder
 	fmt.Fprintf(&b, "state_dir = %q\n[plugins.qemu]\npath = %q\n%s", filepath.Join(r.dir, "cli-state"), programs.path(t, pluginPkg), r.config)
 	for _, v := range r.vms {

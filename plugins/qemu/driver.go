@@ -39,6 +39,7 @@ import (
 	"github.com/sandboxhq/sandbox/plugins/qemu/internal/qcow2"
 	"github.com/sandboxhq/sandbox/plugins/qemu/internal/qmp"
 	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Version is the driver's own version, reported in Info.
@@ -62,14 +63,15 @@ type Driver struct {
 	cfg  *settings
 	info hypervisor.Info
 
-	mu     sync.Mutex
-	locks  map[string]chan struct{} // per VM: held by operations that change it
-	agents map[string]chan struct{} // per VM: held by guest operations
+	locks  wait.Keyed[string] // per VM: held by operations that change it
+	agents wait.Keyed[string] // per VM: held by guest operations
 	// qmp, per VM, is held by whoever of this plugin talks to the VM's QMP
 	// socket: QEMU serves one client at a time and queues the others in
 	// silence, so without a turn of their own the core's status polls
 	// could keep an operation waiting behind them until it gave up.
-	qmp      map[string]chan struct{}
+	qmp wait.Keyed[string]
+
+	mu       sync.Mutex
 	stopping map[string]int  // VM -> QEMU pid told to quit or killed, until it is gone
 	restores map[string]bool // VMs whose disk qemu-img is reverting
 }
@@ -83,8 +85,7 @@ func New(cfg sdk.Config, log hclog.Logger) (hypervisor.Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{log: log, cfg: s, locks: map[string]chan struct{}{}, agents: map[string]chan struct{}{}, qmp: map[string]chan struct{}{},
-		stopping: map[string]int{}, restores: map[string]bool{}}
+	d := &Driver{log: log, cfg: s, stopping: map[string]int{}, restores: map[string]bool{}}
 	d.info = hypervisor.Info{Name: "qemu", Version: Version, ContractVersion: hypervisor.ContractVersion,
 		Hypervisor: probeVersion(s.QEMU), Capabilities: capabilities}
 	if err := os.MkdirAll(s.StateDir, 0o755); err != nil {
@@ -144,7 +145,7 @@ func (d *Driver) begin(ctx context.Context, op, name string) (*vm, func(), error
 	if err != nil {
 		return nil, nil, err
 	}
-	release, err := d.acquire(ctx, d.locks, op, name)
+	release, err := d.acquire(ctx, &d.locks, op, name)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -152,20 +153,12 @@ func (d *Driver) begin(ctx context.Context, op, name string) (*vm, func(), error
 }
 
 // acquire takes name's lock of the set, within ctx.
-func (d *Driver) acquire(ctx context.Context, set map[string]chan struct{}, op, name string) (func(), error) {
-	d.mu.Lock()
-	l, ok := set[name]
-	if !ok {
-		l = make(chan struct{}, 1)
-		set[name] = l
-	}
-	d.mu.Unlock()
-	select {
-	case l <- struct{}{}:
-		return func() { <-l }, nil
-	case <-ctx.Done():
+func (d *Driver) acquire(ctx context.Context, set *wait.Keyed[string], op, name string) (func(), error) {
+	release, err := set.Lock(ctx, name)
+	if err != nil {
 		return nil, hypervisor.FromContext(ctx, op, name)
 	}
+	return release, nil
 }
 
 // record is what the driver keeps in a VM's directory between runs: the
@@ -308,7 +301,7 @@ func (d *Driver) observe(ctx context.Context, v *vm) (hypervisor.Status, process
 func (d *Driver) runState(ctx context.Context, v *vm) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.Timeouts.Monitor)
 	defer cancel()
-	release, err := d.acquire(ctx, d.qmp, hypervisor.OpStatus, v.name)
+	release, err := d.acquire(ctx, &d.qmp, hypervisor.OpStatus, v.name)
 	if err != nil {
 		return "", fmt.Errorf("%w: this plugin's own turn did not come (%w)", qmp.ErrBusy, err)
 	}
@@ -357,7 +350,7 @@ func powerOf(run string) hypervisor.PowerState {
 func (d *Driver) monitor(ctx context.Context, op string, v *vm) (*monitor, error) {
 	mctx, cancel := context.WithTimeout(ctx, d.cfg.Timeouts.Monitor)
 	defer cancel()
-	release, err := d.acquire(mctx, d.qmp, op, v.name)
+	release, err := d.acquire(mctx, &d.qmp, op, v.name)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, hypervisor.FromContext(ctx, op, v.name)

@@ -10,6 +10,6 @@ func LaunchArgs(cfg sdk.Config, name, resume string) (string, []string, error) {
 	if err != nil {
 		return "", nil, err
 	}
-	d := &Driver{cfg: s, qmp: map[string]chan struct{}{}}
+	d := &Driver{cfg: s}
 	return s.QEMU, d.commandLine(s.vms[name], resume), nil
 }

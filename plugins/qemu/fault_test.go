@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // Faults injected for real: another client on the VM's monitor socket,
@@ -28,7 +30,7 @@ func TestMonitorHeldByAnotherClientLocksTheVM(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	require.NoError(t, d.Start(ctx, "vm1"))
 
 	c, err := net.Dial("unix", r.vmFile("vm1", "qmp.sock"))
@@ -72,7 +74,7 @@ func TestDiskHeldByAnotherProcessLocksTheVM(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	holder := exec.Command("qemu-io", "-f", "qcow2", r.dir+"/vm1.qcow2")
 	stdin, err := holder.StdinPipe()
 	require.NoError(t, err)
@@ -113,8 +115,15 @@ func TestStartDeadlineLeavesNoProcess(t *testing.T) {
 		return st.Power.IsOff() && st.Lock == hypervisor.LockUnlocked
 	})
 	t.Logf("after the cut start: %+v", st)
-	out, _ := exec.Command("pgrep", "-f", r.vmFile("vm1", "qmp.sock")).Output()
-	assert.Empty(t, strings.TrimSpace(string(out)), "no QEMU of the VM runs")
+	// The host answers at the deadline; the plugin learns of it a moment
+	// later (the cancellation crosses the wire) and kills the QEMU it
+	// launched then: within the suite's margin, a second.
+	var out []byte
+	gone := assert.Eventually(t, func() bool {
+		out, _ = exec.Command("pgrep", "-f", r.vmFile("vm1", "qmp.sock")).Output()
+		return strings.TrimSpace(string(out)) == ""
+	}, time.Second, 10*time.Millisecond)
+	assert.True(t, gone, "a QEMU of the VM still runs a second after the start answered timeout: %s", out)
 }
 
 // VMs belong to the operator, not to the plugin process: a VM started by
@@ -125,7 +134,7 @@ func TestVMOutlivesThePlugin(t *testing.T) {
 	r := newRig(t, guestVM("vm1", "ready"))
 	first, closeFirst, err := r.connector(t, io.Discard)(context.Background())
 	require.NoError(t, err)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	require.NoError(t, first.Start(ctx, "vm1"))
 	closeFirst() // kills the plugin process
 
@@ -140,4 +149,43 @@ func TestVMOutlivesThePlugin(t *testing.T) {
 	st, err = d.Status(ctx, "vm1")
 	require.NoError(t, err)
 	assert.Equal(t, hypervisor.PowerOff, st.Power)
+}
+
+// A qemu-img killed by something else than the plugin says so, rather
+// than end its message on an empty reason.
+func TestKilledQemuImgSaysSo(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, guestVM("vm1", "ready"))
+	script := filepath.Join(r.dir, "qemu-img")
+	require.NoError(t, os.WriteFile(script, []byte("#!/bin/sh\nkill -KILL $$\n"), 0o755))
+	r.config = strings.Replace(r.config, "[plugins.qemu.config]\n", "[plugins.qemu.config]\nqemu_img = \""+script+"\"\n", 1)
+	require.NoError(t, os.WriteFile(r.file, []byte(r.config), 0o644))
+	d := r.driver(t)
+	err := d.Restore(plugintest.Context(t, time.Minute), "vm1", "ready")
+	require.Error(t, err)
+	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
+	assert.Contains(t, err.Error(), "killed by signal 9")
+	assert.NotRegexp(t, `: $`, err.Error(), "an empty reason")
+}
+
+// A command that outlives its timeout while the agent hangs (stopped in
+// the guest) cannot be killed: the answer says so, instead of claiming it
+// was killed.
+func TestHungAgentIsNotReportedAsKilled(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, guestVM("vm1", "ready"))
+	d := r.driver(t)
+	ctx := plugintest.Context(t, 3*time.Minute)
+	require.NoError(t, d.Start(ctx, "vm1"))
+	guestUp(t, d, "vm1")
+	req := hypervisor.ExecRequest{Path: "sh", Args: []string{"-c", "sleep 1; kill -STOP $(pidof qemu-ga); sleep 60"}, Timeout: 5 * time.Second}
+	begun := time.Now()
+	_, err := d.Exec(ctx, "vm1", req)
+	took := time.Since(begun)
+	require.Error(t, err)
+	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
+	assert.Contains(t, err.Error(), "could not kill it in the guest")
+	assert.NotContains(t, err.Error(), "killed it in the guest")
+	assert.Less(t, took, req.Timeout+5*time.Second, "the call answers within its deadline and the kill's bound")
+	require.NoError(t, d.Stop(ctx, "vm1", hypervisor.StopEmergency))
 }

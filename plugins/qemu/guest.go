@@ -1,9 +1,11 @@
 package qemu
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/qemu/internal/qmp"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // cleanupBound bounds what a guest operation does after its caller's
@@ -31,7 +34,7 @@ func (d *Driver) agent(ctx context.Context, op, name string) (*qmp.Agent, func()
 		return nil, nil, hypervisor.NewError(hypervisor.CodeInvalidState, op, name,
 			"the VM has no guest agent channel (guest_agent = false in its [vms.%s] table)", name)
 	}
-	release, err := d.acquire(ctx, d.agents, op, name)
+	release, err := d.acquire(ctx, &d.agents, op, name)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -107,7 +110,8 @@ func (d *Driver) CopyIn(ctx context.Context, name, hostPath, guestPath string) e
 
 // CopyOut copies a guest file to the host (§9.3) in chunks of
 // guest.chunk_size through guest-file-read. The host file appears whole
-// or not at all.
+// or not at all; a guest file larger than guest.max_copy_out fails the
+// copy (§9.5).
 func (d *Driver) CopyOut(ctx context.Context, name, guestPath, hostPath string) error {
 	a, done, err := d.agent(ctx, hypervisor.OpCopyOut, name)
 	if err != nil {
@@ -125,10 +129,16 @@ func (d *Driver) CopyOut(ctx context.Context, name, guestPath, hostPath string) 
 	}
 	defer os.Remove(tmp.Name())
 	defer tmp.Close()
+	var copied int64
 	for {
 		data, eof, err := a.FileRead(ctx, h, d.cfg.Guest.ChunkSize)
 		if err != nil {
 			return guestFail(ctx, hypervisor.OpCopyOut, name, "guest-file-read "+guestPath, err)
+		}
+		if copied += int64(len(data)); copied > d.cfg.Guest.MaxCopyOut {
+			_ = a.FileClose(ctx, h)
+			return hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpCopyOut, name,
+				"the guest file %s is larger than guest.max_copy_out (%d bytes); nothing was copied", guestPath, d.cfg.Guest.MaxCopyOut)
 		}
 		if _, err := tmp.Write(data); err != nil {
 			_ = a.FileClose(ctx, h)
@@ -151,7 +161,8 @@ func (d *Driver) CopyOut(ctx context.Context, name, guestPath, hostPath string) 
 }
 
 // Exec runs a command in the guest through guest-exec and polls
-// guest-exec-status until it ends (§9.2). A command still running at its
+// guest-exec-status until it ends (§9.2), keeping at most guest.max_output
+// (or the request's max_output) bytes of each stream (§9.5). A command still running at its
 // timeout, or when ctx ends, is killed in the guest with guest.kill and
 // answers timeout. A command killed by a signal exits 128+signal, as a
 // shell reports it.
@@ -180,60 +191,81 @@ func (d *Driver) Exec(ctx context.Context, name string, req hypervisor.ExecReque
 		}
 		return hypervisor.ExecResult{}, guestFail(ctx, hypervisor.OpExec, name, "guest-exec "+req.Path, err)
 	}
-	delay := 2 * time.Millisecond
-	for {
-		st, err := a.ExecStatus(rctx, pid)
-		if err == nil && st.Exited {
-			return execResult(st)
+	limit := int(req.Limit(int64(d.cfg.Guest.MaxOutput)))
+	var st qmp.ExecStatus
+	err = wait.Until(rctx, execPoll, func(rctx context.Context) (bool, error) {
+		s, err := a.ExecStatus(rctx, pid, limit)
+		switch {
+		case err == nil:
+			st = s
+			return s.Exited, nil
+		case !deadline(err):
+			return false, guestFail(ctx, hypervisor.OpExec, name, "guest-exec-status", err)
 		}
-		if err != nil && !deadline(err) {
-			return hypervisor.ExecResult{}, guestFail(ctx, hypervisor.OpExec, name, "guest-exec-status", err)
-		}
-		if err != nil {
-			<-rctx.Done() // the socket's deadline fired first: rctx's is upon us
-		}
-		if rctx.Err() == nil {
-			t := time.NewTimer(delay)
-			select {
-			case <-rctx.Done():
-				t.Stop()
-			case <-t.C:
-			}
-			delay = min(2*delay, 25*time.Millisecond)
-		}
-		if rctx.Err() != nil {
-			d.killGuest(a, name, pid)
-			return hypervisor.ExecResult{}, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpExec, VM: name,
-				Message: "the command " + req.Path + " was still running at its deadline; killed it in the guest", Err: rctx.Err()}
-		}
+		<-rctx.Done() // the socket's deadline fired first: rctx's is upon us
+		return false, rctx.Err()
+	})
+	if err == nil {
+		return execResult(st, limit)
 	}
+	var he *hypervisor.Error
+	if errors.As(err, &he) {
+		return hypervisor.ExecResult{}, err
+	}
+	msg := "the command " + req.Path + " was still running at its deadline; "
+	if kerr := d.killGuest(a, name, pid); kerr != nil {
+		msg += "could not kill it in the guest (" + kerr.Error() + "): it may still be running"
+	} else {
+		msg += "killed it in the guest"
+	}
+	return hypervisor.ExecResult{}, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpExec, VM: name, Message: msg, Err: rctx.Err()}
 }
 
-// killGuest kills a guest command that outlived its deadline, and collects
-// its status so that the agent forgets it.
-func (d *Driver) killGuest(a *qmp.Agent, name string, pid int) {
+// execPoll paces the guest-exec-status polls of a running command.
+var execPoll = wait.Policy{Initial: 2 * time.Millisecond, Max: 25 * time.Millisecond, Factor: 2}
+
+// killGuest kills a guest command that outlived its deadline with
+// guest.kill, and collects its status so that the agent forgets it. It
+// says why when the command may still run: the agent did not answer, or
+// the kill command failed.
+func (d *Driver) killGuest(a *qmp.Agent, name string, pid int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), cleanupBound)
 	defer cancel()
-	if err := a.Resync(ctx); err != nil {
+	fail := func(err error) error {
 		d.log.Warn("cannot kill a timed-out guest command", "vm", name, "pid", pid, "error", err)
-		return
+		return err
+	}
+	if err := a.Resync(ctx); err != nil {
+		if errors.Is(err, qmp.ErrNoAgent) {
+			return fail(errors.New("the guest agent does not answer"))
+		}
+		return fail(err)
 	}
 	k := d.cfg.Guest.Kill
 	kpid, err := a.Exec(ctx, k[0], append(append([]string{}, k[1:]...), strconv.Itoa(pid)))
 	if err != nil {
-		d.log.Warn("cannot kill a timed-out guest command", "vm", name, "pid", pid, "error", err)
-		return
+		return fail(fmt.Errorf("%s: %w", k[0], err))
 	}
-	for ctx.Err() == nil {
-		if st, err := a.ExecStatus(ctx, kpid); err != nil || st.Exited {
-			break
-		}
+	var st qmp.ExecStatus
+	err = wait.Until(ctx, execPoll, func(ctx context.Context) (bool, error) {
+		var err error
+		st, err = a.ExecStatus(ctx, kpid, qmp.DataLimit)
+		return st.Exited, err
+	})
+	switch {
+	case err != nil:
+		return fail(fmt.Errorf("%s did not answer: %w", k[0], err))
+	case st.ExitCode == nil || *st.ExitCode != 0:
+		res, _ := execResult(st, qmp.DataLimit)
+		return fail(fmt.Errorf("%s exited %d: %s", k[0], res.ExitCode, bytes.TrimSpace(res.Stderr)))
 	}
-	_, _ = a.ExecStatus(ctx, pid)
+	_, _ = a.ExecStatus(ctx, pid, qmp.DataLimit)
+	return nil
 }
 
-// execResult decodes an ended command's status.
-func execResult(st qmp.ExecStatus) (hypervisor.ExecResult, error) {
+// execResult decodes an ended command's status, keeping at most limit
+// bytes of each stream.
+func execResult(st qmp.ExecStatus, limit int) (hypervisor.ExecResult, error) {
 	var res hypervisor.ExecResult
 	switch {
 	case st.ExitCode != nil:
@@ -247,6 +279,13 @@ func execResult(st qmp.ExecStatus) (hypervisor.ExecResult, error) {
 	}
 	if res.Stderr, err = base64.StdEncoding.DecodeString(st.ErrData); err != nil {
 		return res, hypervisor.NewError(hypervisor.CodeFailed, hypervisor.OpExec, "", "undecodable stderr: %v", err)
+	}
+	res.StdoutTruncated, res.StderrTruncated = st.OutTruncated, st.ErrTruncated
+	if len(res.Stdout) > limit {
+		res.Stdout, res.StdoutTruncated = res.Stdout[:limit], true
+	}
+	if len(res.Stderr) > limit {
+		res.Stderr, res.StderrTruncated = res.Stderr[:limit], true
 	}
 	return res, nil
 }

@@ -2,7 +2,6 @@ package qemu_test
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -11,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The test guest's power button does what its kernel command line said
@@ -20,7 +20,7 @@ func TestPowerButtonHonouredOrIgnored(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("honours", "ready"), guestVM("ignores", "ready-ignore-acpi"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 	for _, vm := range []string{"honours", "ignores"} {
 		require.NoError(t, d.Start(ctx, vm))
 		require.NoError(t, d.Stop(ctx, vm, hypervisor.StopACPI))
@@ -42,43 +42,4 @@ func TestPowerButtonHonouredOrIgnored(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, hypervisor.PowerRunning, st.Power, "the guest read the press and ignored it: %+v", st)
 	require.NoError(t, d.Stop(ctx, "ignores", hypervisor.StopPowerOff))
-}
-
-// The guest's scanner finds the EICAR test file, and only it, infected,
-// and writes its verdict where it is told.
-func TestGuestScanner(t *testing.T) {
-	t.Parallel()
-	r := newRig(t, guestVM("vm1", "ready"))
-	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
-	require.NoError(t, d.Start(ctx, "vm1"))
-	host := t.TempDir()
-	eicarData, err := os.ReadFile(eicar(t, host))
-	require.NoError(t, err)
-	for _, tc := range []struct {
-		name string
-		data []byte
-		exit int
-	}{
-		{"eicar", eicarData, 1},
-		{"eicar-with-trailing-space", append(append([]byte{}, eicarData...), " \r\n"...), 1},
-		{"eicar-after-other-bytes", append([]byte("prefix "), eicarData...), 0},
-		{"text", []byte("an ordinary file\n"), 0},
-	} {
-		src := filepath.Join(host, tc.name)
-		require.NoError(t, os.WriteFile(src, tc.data, 0o644))
-		require.NoError(t, d.CopyIn(ctx, "vm1", src, "/tmp/"+tc.name))
-		res, err := d.Exec(ctx, "vm1", hypervisor.ExecRequest{Path: "/bin/sandbox-scan", Args: []string{"/tmp/" + tc.name, "/tmp/result"}})
-		require.NoError(t, err)
-		assert.Equal(t, tc.exit, res.ExitCode, "%s: %s %s", tc.name, res.Stdout, res.Stderr)
-		out := filepath.Join(host, tc.name+".result")
-		require.NoError(t, d.CopyOut(ctx, "vm1", "/tmp/result", out))
-		verdict, err := os.ReadFile(out)
-		require.NoError(t, err)
-		assert.Equal(t, string(res.Stdout), string(verdict), "the result file holds the verdict printed")
-	}
-	res, err := d.Exec(ctx, "vm1", hypervisor.ExecRequest{Path: "/bin/sandbox-scan", Args: []string{"/tmp/missing"}})
-	require.NoError(t, err)
-	assert.Equal(t, 2, res.ExitCode)
-	assert.Contains(t, string(res.Stderr), "cannot read /tmp/missing")
 }

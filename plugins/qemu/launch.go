@@ -13,6 +13,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/qemu/internal/qmp"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // commandLine is QEMU's command line for v, resuming snapshot resume if
@@ -138,43 +139,43 @@ func (d *Driver) launch(ctx context.Context, v *vm, resume string) (int, error) 
 	d.log.Debug("QEMU launched", "vm", v.name, "pid", cmd.Process.Pid, "args", cmd.Args)
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
-	delay := 2 * time.Millisecond
-	for {
+	// The socket appears some milliseconds after exec.
+	var failed error
+	err = wait.Until(ctx, launchPolicy, func(ctx context.Context) (bool, error) {
 		m, err := qmp.DialMonitor(ctx, v.path(fileQMP))
 		if err == nil {
 			_, err = m.QueryStatus(ctx)
 			m.Close()
 			if err == nil {
-				return cmd.Process.Pid, nil
+				return true, nil
 			}
 		}
 		select {
 		case werr := <-exited:
-			return 0, d.launchFailed(v, werr)
+			failed = d.launchFailed(v, werr)
+			return false, failed
 		default:
 		}
-		if ctx.Err() != nil {
-			_ = kill(cmd.Process.Pid)
-			<-exited
-			return 0, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpStart, VM: v.name,
-				Message: "QEMU did not answer on its monitor in time; killed it", Err: ctx.Err()}
-		}
-		if !errors.Is(err, qmp.ErrNoSocket) {
+		if !errors.Is(err, qmp.ErrNoSocket) && ctx.Err() == nil {
 			d.log.Debug("monitor not ready", "vm", v.name, "error", err)
 		}
-		// The socket appears some milliseconds after exec.
-		t := time.NewTimer(delay)
-		select {
-		case werr := <-exited:
-			t.Stop()
-			return 0, d.launchFailed(v, werr)
-		case <-ctx.Done():
-			t.Stop()
-		case <-t.C:
-		}
-		delay = min(2*delay, 4*time.Millisecond)
+		return false, nil
+	})
+	switch {
+	case err == nil:
+		return cmd.Process.Pid, nil
+	case failed != nil:
+		return 0, failed
 	}
+	_ = kill(cmd.Process.Pid)
+	<-exited
+	d.log.Debug("QEMU killed: the start was cut short", "vm", v.name, "pid", cmd.Process.Pid, "error", err)
+	return 0, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: hypervisor.OpStart, VM: v.name,
+		Message: "QEMU did not answer on its monitor in time; killed it", Err: ctx.Err()}
 }
+
+// launchPolicy paces the looks for a starting QEMU's monitor.
+var launchPolicy = wait.Policy{Initial: 2 * time.Millisecond, Max: 4 * time.Millisecond, Factor: 2}
 
 // launchFailed is the error for a QEMU that exited while starting, with
 // its last words: "Failed to get "write" lock" (another process has the

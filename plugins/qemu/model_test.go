@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/sdk/conformance"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The QEMU driver keeps the model of the contract (sdk/conformance, "The
@@ -19,7 +20,7 @@ import (
 // seconds, and this machine's load decides how many.
 func TestTheModelOnQEMU(t *testing.T) {
 	t.Parallel()
-	logs := &syncBuffer{}
+	logs := &plugintest.Buffer{}
 	target := suiteTarget(t, suiteRig(t), logs)
 	target.Model = conformance.Exploration{Duration: 90 * time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)

@@ -3,8 +3,11 @@ package qemu
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
@@ -95,6 +98,9 @@ func (d *Driver) revert(ctx context.Context, op string, v *vm, snapshot string) 
 			return cerr
 		}
 		msg := lastLines(out.Bytes(), 2)
+		if msg == "" {
+			msg = silentExit(err)
+		}
 		code := hypervisor.CodeFailed
 		if strings.Contains(msg, `Failed to get "write" lock`) {
 			code = hypervisor.CodeLocked
@@ -107,4 +113,19 @@ func (d *Driver) revert(ctx context.Context, op string, v *vm, snapshot string) 
 	}
 	d.log.Info("VM restored", "vm", v.name, "snapshot", snapshot, "took", time.Since(begun))
 	return nil
+}
+
+// silentExit words how a tool that printed nothing ended: killed by a
+// signal (by something other than the plugin, whose own kills come with
+// the deadline's error), or an exit status.
+func silentExit(err error) string {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			return fmt.Sprintf("qemu-img was killed by signal %d (%s) before it said anything, not by this plugin "+
+				"(out of memory? an operator?); the disk is as it was or reverted: restore again", int(ws.Signal()), ws.Signal())
+		}
+		return fmt.Sprintf("qemu-img exited with status %d without saying why", ee.ExitCode())
+	}
+	return err.Error()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk/conformance"
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
@@ -184,7 +185,7 @@ func (r *rig) vmFile(vm, file string) string { return filepath.Join(r.dir, "s", 
 // connector launches the plugin binary through the plugin host on the
 // rig's configuration, logging into logs.
 func (r *rig) connector(t testing.TB, logs io.Writer) conformance.Connector {
-	return conformance.Plugin(conformance.PluginBinary{
+	return host.Connect(host.Launch{
 		Name:       "qemu",
 		Path:       programs.path(t, pluginPkg),
 		Config:     r.config,
@@ -212,13 +213,6 @@ func copyFile(t testing.TB, src, dst string) {
 	_, err = io.Copy(out, in)
 	require.NoError(t, err)
 	require.NoError(t, out.Close())
-}
-
-// ctxFor is a context that ends after d or with t.
-func ctxFor(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 // waitFor polls the VM's status until cond holds, for at most d.

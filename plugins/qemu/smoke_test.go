@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // A VM of the test guest resumed from its snapshot runs commands through
@@ -18,7 +19,7 @@ func TestResumeExecCopyPowerOff(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	d := r.driver(t)
-	ctx := ctxFor(t, 2*time.Minute)
+	ctx := plugintest.Context(t, 2*time.Minute)
 
 	st, err := d.Status(ctx, "vm1")
 	require.NoError(t, err)

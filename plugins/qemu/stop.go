@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Stop stops the VM (§5): the power button (system_powerdown), a power-off
@@ -154,27 +155,17 @@ func (d *Driver) waitUnlocked(ctx context.Context, v *vm, bound time.Duration) b
 	})
 }
 
-// poll checks cond every few milliseconds until it holds (true), or ctx or
-// bound ends (false). QEMU signals no process exit the plugin could wait
-// on: it is not the plugin's child once the plugin that launched it has
-// gone.
+// pollPolicy paces the checks of a QEMU process going or a disk lock
+// being let go: QEMU signals no process exit the plugin could wait on (it
+// is not the plugin's child once the plugin that launched it has gone).
+var pollPolicy = wait.Policy{Initial: time.Millisecond, Max: 20 * time.Millisecond, Factor: 2}
+
+// poll checks cond until it holds (true), or ctx or bound ends (false),
+// looking one last time just before the end.
 func poll(ctx context.Context, bound time.Duration, cond func() bool) bool {
 	ctx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	delay := time.Millisecond
-	for {
-		if cond() {
-			return true
-		}
-		t := time.NewTimer(delay)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return cond()
-		case <-t.C:
-		}
-		delay = min(2*delay, 20*time.Millisecond)
-	}
+	return wait.Until(ctx, pollPolicy, func(context.Context) (bool, error) { return cond(), nil }) == nil
 }
 
 // Unlock ends what holds an off VM (§6): a preserved QEMU process is told

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // watchInterval is how often a watch reads the VM's state. QMP events
@@ -25,27 +26,22 @@ func (d *Driver) Watch(ctx context.Context, name string) (<-chan hypervisor.Stat
 		defer close(ch)
 		var last hypervisor.Status
 		first := true
-		t := time.NewTicker(watchInterval)
-		defer t.Stop()
-		for {
+		// A read that never "holds": the watch ends with ctx.
+		_ = wait.Until(ctx, wait.Policy{Initial: watchInterval}, func(ctx context.Context) (bool, error) {
 			st, _ := d.observe(ctx, v)
 			if ctx.Err() != nil {
-				return
+				return false, ctx.Err()
 			}
 			if first || st.Power != last.Power || st.Lock != last.Lock || st.CurrentSnapshot != last.CurrentSnapshot {
 				select {
 				case ch <- st:
 				case <-ctx.Done():
-					return
+					return false, ctx.Err()
 				}
 				first, last = false, st
 			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-		}
+			return false, nil
+		})
 	}()
 	return ch, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 const otherVM, otherUUID = "other vm", "4f8a3c1e-2b7d-4c0a-9e51-7d2c8b9a6f10"
@@ -44,7 +45,7 @@ func TestCloseKillsVBoxManageAndRemovesPasswordFiles(t *testing.T) {
 		withVMs(guestVM(vmName, vmUUID), guestVM(otherVM, otherUUID)),
 		withFaults(func(f *vboxsim.Faults) { f.HangPowerOff = true }),
 		withSetting("timeouts.poweroff", `"5m"`))
-	ctx := ctxFor(t, time.Minute)
+	ctx := plugintest.Context(t, time.Minute)
 	d := r.drv
 	require.NoError(t, d.Start(ctx, vmName))
 	require.NoError(t, d.Start(ctx, otherVM))
@@ -100,7 +101,7 @@ func TestCloseKillsVBoxManageAndRemovesPasswordFiles(t *testing.T) {
 	require.NoError(t, err)
 	assert.Empty(t, left, "no password file remains once Close returned")
 	for _, pid := range pids {
-		assert.Eventually(t, func() bool { return !pidAlive(pid) }, 2*time.Second, 5*time.Millisecond,
+		assert.Eventually(t, func() bool { return !plugintest.Alive(pid) }, 2*time.Second, 5*time.Millisecond,
 			"VBoxManage %d is killed", pid)
 	}
 	for range 2 {
@@ -134,19 +135,19 @@ func TestProbeWaitsWithinEachCallersDeadline(t *testing.T) {
 			withSetting("timeouts.command", `"2s"`))
 		first := make(chan error, 1)
 		go func() {
-			_, err := r.drv.Info(ctxFor(t, time.Minute))
+			_, err := r.drv.Info(plugintest.Context(t, time.Minute))
 			first <- err
 		}()
 		hung := r.inFlight(t, "--version")
 
 		const deadline = 100 * time.Millisecond
 		start := time.Now()
-		_, err := r.drv.Status(ctxFor(t, deadline), vmName)
+		_, err := r.drv.Status(plugintest.Context(t, deadline), vmName)
 		elapsed := time.Since(start)
 		assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
 		assert.GreaterOrEqual(t, elapsed, deadline-10*time.Millisecond)
 		assert.Less(t, elapsed, deadline+150*time.Millisecond, "the call left when its deadline passed")
-		assert.True(t, pidAlive(hung), "the first call still probes")
+		assert.True(t, plugintest.Alive(hung), "the first call still probes")
 
 		err = <-first
 		assert.Equal(t, hypervisor.CodeUnavailable, hypervisor.CodeOf(err), "%v", err)
@@ -155,11 +156,11 @@ func TestProbeWaitsWithinEachCallersDeadline(t *testing.T) {
 		require.ErrorAs(t, err, &he)
 		assert.Equal(t, hypervisor.OpInfo, he.Op)
 
-		info, err := r.drv.Info(ctxFor(t, 10*time.Second))
+		info, err := r.drv.Info(plugintest.Context(t, 10*time.Second))
 		require.NoError(t, err, "the failed probe is tried again")
 		assert.Equal(t, "VirtualBox "+profiles[2].version, info.Hypervisor)
 		assert.Equal(t, 2, r.argvCount(t, "--version"))
-		_, err = r.drv.Status(ctxFor(t, 10*time.Second), vmName)
+		_, err = r.drv.Status(plugintest.Context(t, 10*time.Second), vmName)
 		require.NoError(t, err)
 		assert.Equal(t, 2, r.argvCount(t, "--version"), "a probe that succeeded is kept")
 	})
@@ -171,18 +172,18 @@ func TestProbeWaitsWithinEachCallersDeadline(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				_, err := r.drv.Status(ctxFor(t, d), vmName)
+				_, err := r.drv.Status(plugintest.Context(t, d), vmName)
 				assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
 			}()
 		}
 		hung := r.inFlight(t, "--version")
 		wg.Wait()
-		assert.Eventually(t, func() bool { return !pidAlive(hung) }, 2*time.Second, 5*time.Millisecond,
+		assert.Eventually(t, func() bool { return !plugintest.Alive(hung) }, 2*time.Second, 5*time.Millisecond,
 			"the probe's VBoxManage is killed once nobody waits for it")
 		assert.Equal(t, 1, r.argvCount(t, "--version"), "both calls waited for one probe")
 
 		r.sim.Update(t, func(w *vboxsim.World) { w.Config.Faults.HangVersion = 0 })
-		_, err := r.drv.Status(ctxFor(t, 10*time.Second), vmName)
+		_, err := r.drv.Status(plugintest.Context(t, 10*time.Second), vmName)
 		require.NoError(t, err)
 	})
 	t.Run("Close stops a probe", func(t *testing.T) {
@@ -198,6 +199,6 @@ func TestProbeWaitsWithinEachCallersDeadline(t *testing.T) {
 		err := <-errc
 		assert.Equal(t, hypervisor.CodeUnavailable, hypervisor.CodeOf(err), "%v", err)
 		assert.Contains(t, err.Error(), "the driver is shutting down")
-		assert.Eventually(t, func() bool { return !pidAlive(hung) }, 2*time.Second, 5*time.Millisecond)
+		assert.Eventually(t, func() bool { return !plugintest.Alive(hung) }, 2*time.Second, 5*time.Millisecond)
 	})
 }

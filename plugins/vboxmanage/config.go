@@ -18,6 +18,7 @@ import (
 //	user_home = ""         # VBOX_USER_HOME for every invocation
 //	temp_dir = ""          # where guest password files go; empty: the OS default
 //	max_output = 16777216  # bytes of a guest command's stdout/stderr kept
+//	max_copy_out = 1073741824  # bytes of a guest file copy_out takes
 //
 //	[plugins.vbox.config.timeouts]   # per invocation; killed when passed
 //	command = "30s"
@@ -58,6 +59,10 @@ type Config struct {
 	// MaxOutput bounds, in bytes, the stdout and stderr of a guest
 	// command that Exec returns.
 	MaxOutput int `toml:"max_output"`
+	// MaxCopyOut bounds, in bytes, a guest file CopyOut takes: VBoxManage
+	// is stopped once it wrote that much, the copy fails and no host file
+	// is left (contract §9.5).
+	MaxCopyOut int64 `toml:"max_copy_out"`
 
 	// Timeouts is the [timeouts] table: per-invocation deadlines.
 	Timeouts Timeouts `toml:"timeouts"`
@@ -147,7 +152,8 @@ type VMConfig struct {
 // Defaults returns the configuration used for every key left unset.
 func Defaults() Config {
 	return Config{
-		MaxOutput: 16 << 20,
+		MaxOutput:  16 << 20,
+		MaxCopyOut: 1 << 30,
 		Timeouts: Timeouts{
 			Command:  30 * time.Second,
 			Start:    2 * time.Minute,
@@ -222,6 +228,9 @@ func load(cfg sdk.Config) (*settings, error) {
 	}
 	if c.MaxOutput <= 0 {
 		return nil, cfg.Errorf([]string{"max_output"}, "must be a positive number of bytes")
+	}
+	if c.MaxCopyOut <= 0 {
+		return nil, cfg.Errorf([]string{"max_copy_out"}, "must be a positive number of bytes, e.g. 1073741824")
 	}
 	s := &settings{Config: c, vmGuest: map[string]*credentials{}, startingGrace: startingGrace}
 	var err error

@@ -14,9 +14,11 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim/simtest"
 	"github.com/sandboxhq/sandbox/sdk/conformance"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The conformance suite against the plugin binary, launched by the plugin
@@ -56,7 +58,7 @@ func suiteWorld(t *testing.T, p profile) *simtest.Sim {
 }
 
 // suiteTarget launches the plugin binary on sim's installation.
-func suiteTarget(t *testing.T, sim *simtest.Sim, logs *syncBuffer) conformance.Target {
+func suiteTarget(t *testing.T, sim *simtest.Sim, logs *plugintest.Buffer) conformance.Target {
 	t.Helper()
 	dir := t.TempDir()
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "guest-password"), []byte(guestPW), 0o600))
@@ -72,7 +74,7 @@ username = %q
 password_file = "guest-password"
 `, sim.Bin, sim.Home, userName)
 	return conformance.Target{
-		Connect: conformance.Plugin(conformance.PluginBinary{
+		Connect: host.Connect(host.Launch{
 			Name:       "vbox",
 			Path:       programs.path(t, pluginPkg),
 			Config:     config,
@@ -114,7 +116,7 @@ func TestConformance(t *testing.T) {
 	t.Parallel()
 	type quick struct {
 		p    profile
-		logs *syncBuffer
+		logs *plugintest.Buffer
 		rep  *conformance.Report
 		err  error
 	}
@@ -126,7 +128,7 @@ func TestConformance(t *testing.T) {
 		if p.name == fullProfile {
 			continue
 		}
-		q := &quick{p: p, logs: &syncBuffer{}}
+		q := &quick{p: p, logs: &plugintest.Buffer{}}
 		target := suiteTarget(t, suiteWorld(t, p), q.logs)
 		runs = append(runs, q)
 		wg.Add(1)
@@ -136,7 +138,7 @@ func TestConformance(t *testing.T) {
 		}()
 	}
 	t.Run(fullProfile, func(t *testing.T) {
-		logs := &syncBuffer{}
+		logs := &plugintest.Buffer{}
 		for _, p := range profiles {
 			if p.name == fullProfile {
 				conformance.Run(t, suiteTarget(t, suiteWorld(t, p), logs))

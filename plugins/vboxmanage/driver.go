@@ -18,7 +18,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strings"
 	"sync"
 	"time"
@@ -32,6 +31,7 @@ import (
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/parser"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
 	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Name is the driver's name in Info and logs.
@@ -203,38 +203,50 @@ func (d *Driver) probeVBoxManage(ctx context.Context) (*probe, *hypervisor.Error
 		env = append(env, "VBOX_USER_HOME="+d.cfg.UserHome)
 	}
 	r := runner.New(runner.Options{Path: path, Env: env, Drop: d.cfg.passwordEnvs(), Logger: d.log.Named("vboxmanage")})
-	b := d.backoff()
-	for attempt := 1; ; attempt++ {
-		res, err := r.Run(ctx, runner.Call{Args: []string{"--version"}, Timeout: d.cfg.Timeouts.Command})
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable, Message: "the probe of VBoxManage was canceled", Err: err}
+	// VBoxManage has been seen to print an empty line on Windows; asking
+	// again helps, twice.
+	var (
+		found    *probe
+		attempts int
+	)
+	_, err = wait.Retry(ctx, d.policy(), func(err error) bool { return errors.Is(err, errNoVersion) && attempts < 3 },
+		func(ctx context.Context) error {
+			attempts++
+			res, err := r.Run(ctx, runner.Call{Args: []string{"--version"}, Timeout: d.cfg.Timeouts.Command})
+			if err != nil {
+				if ctx.Err() != nil {
+					return &hypervisor.Error{Code: hypervisor.CodeUnavailable, Message: "the probe of VBoxManage was canceled", Err: err}
+				}
+				e := d.failure("", "", err)
+				e.Code = hypervisor.CodeUnavailable
+				e.Message = fmt.Sprintf("VBoxManage at %s does not work: %s", path, e.Message)
+				return e
 			}
-			e := d.failure("", "", err)
-			e.Code = hypervisor.CodeUnavailable
-			e.Message = fmt.Sprintf("VBoxManage at %s does not work: %s", path, e.Message)
-			return nil, e
-		}
-		v, perr := parser.ParseVersion(res.Stdout)
-		if perr == nil {
+			v, perr := parser.ParseVersion(res.Stdout)
+			if perr != nil {
+				return &hypervisor.Error{Code: hypervisor.CodeUnavailable, Err: errNoVersion,
+					Message: fmt.Sprintf("VBoxManage at %s printed no version (%q)", path, firstLine(string(res.Stdout)))}
+			}
 			caps := capabilitiesFor(v, d.cfg.hasGuestCredentials())
 			d.log.Info("found VirtualBox", "path", path, "version", v.Raw, "capabilities", caps.String())
 			if v.Major < 5 {
 				d.log.Warn("VirtualBox before 5.0 is supported only for status, start, stop and restore", "version", v.Raw)
 			}
-			return &probe{run: r, version: v, caps: caps}, nil
-		}
-		// VBoxManage has been seen to print an empty line on Windows;
-		// asking again helps.
-		if attempt == 3 {
-			return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable,
-				Message: fmt.Sprintf("VBoxManage at %s printed no version (%q)", path, firstLine(string(res.Stdout)))}
-		}
-		if err := d.pause(ctx, "", "", b.next()); err != nil {
-			return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable, Message: "the probe of VBoxManage was canceled", Err: err}
-		}
+			found = &probe{run: r, version: v, caps: caps}
+			return nil
+		})
+	if found != nil {
+		return found, nil
 	}
+	var he *hypervisor.Error
+	if errors.As(err, &he) && ctx.Err() == nil {
+		return nil, he
+	}
+	return nil, &hypervisor.Error{Code: hypervisor.CodeUnavailable, Message: "the probe of VBoxManage was canceled", Err: err}
 }
+
+// errNoVersion: VBoxManage --version printed no version.
+var errNoVersion = errors.New("no version printed")
 
 // begin admits one operation. The context it returns ends with the
 // caller's or when the driver closes; end, deferred with the operation's
@@ -508,17 +520,11 @@ func (d *Driver) retryIf(ctx context.Context, op, vm string, budget time.Duratio
 	if budget <= 0 {
 		budget = d.cfg.Retry.Locked
 	}
-	stop := time.Now().Add(budget)
-	if dl, ok := ctx.Deadline(); ok && dl.Before(stop) {
-		stop = dl
-	}
-	b := d.backoff()
+	// The budget bounds the waiting, not a try: each runs with ctx.
+	rctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
 	unavailable := 0
-	for {
-		err := try()
-		if err == nil {
-			return nil
-		}
+	_, err := wait.Retry(rctx, d.policy(), func(err error) bool {
 		code := hypervisor.CodeOf(err)
 		var ee *runner.ExitError
 		switch {
@@ -526,50 +532,19 @@ func (d *Driver) retryIf(ctx context.Context, op, vm string, budget time.Duratio
 		case code == hypervisor.CodeUnavailable && errors.As(err, &ee) && unavailable < 2:
 			unavailable++
 		default:
-			return err
+			return false
 		}
-		wait := b.next()
-		if time.Now().Add(wait).After(stop) {
-			return err
-		}
-		d.log.Debug("retrying", "op", op, "vm", vm, "in", wait.String(), "error", err)
-		if perr := d.pause(ctx, op, vm, wait); perr != nil {
-			return err
-		}
-	}
+		d.log.Debug("retrying", "op", op, "vm", vm, "error", err)
+		return true
+	}, func(context.Context) error { return try() })
+	return err
 }
 
-// pause waits d or until ctx ends. It spaces out retries and polls; it
-// never stands in for a state check.
-func (d *Driver) pause(ctx context.Context, op, vm string, wait time.Duration) error {
-	t := time.NewTimer(wait)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return hypervisor.FromContext(ctx, op, vm)
-	}
-}
-
-// backoff doubles from retry.initial up to retry.max, with ±20 % jitter so
-// that several drivers polling one host do not fall into step.
-type backoff struct {
-	cur, max time.Duration
-}
-
-func (d *Driver) backoff() *backoff {
-	return &backoff{cur: d.cfg.Retry.Initial, max: d.cfg.Retry.Max}
-}
-
-func (b *backoff) next() time.Duration {
-	w := b.cur
-	b.cur = min(b.cur*2, b.max)
-	jitter := time.Duration(rand.Int64N(int64(w)/5 + 1))
-	if rand.IntN(2) == 0 {
-		return w - jitter
-	}
-	return w + jitter
+// policy paces retries and polls: from retry.initial, doubling up to
+// retry.max, with ±20 % jitter so that several drivers polling one host do
+// not fall into step.
+func (d *Driver) policy() wait.Policy {
+	return wait.Policy{Initial: d.cfg.Retry.Initial, Max: d.cfg.Retry.Max, Factor: 2, Jitter: 0.2}
 }
 
 func firstLine(s string) string {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 func TestInfoCapabilitiesPerVersion(t *testing.T) {
@@ -51,13 +52,13 @@ func TestInfoCapabilitiesPerVersion(t *testing.T) {
 		t.Run(c.version, func(t *testing.T) {
 			t.Parallel()
 			r := newRig(t, profile{version: c.version, host: "linux"}, c.opts...)
-			info, err := r.drv.Info(ctxFor(t, 10*time.Second))
+			info, err := r.drv.Info(plugintest.Context(t, 10*time.Second))
 			require.NoError(t, err)
 			assert.Equal(t, c.want, info.Capabilities)
 			assert.Equal(t, "vboxmanage", info.Name)
 			assert.Equal(t, hypervisor.ContractVersion, info.ContractVersion)
 			assert.Equal(t, "VirtualBox "+c.version, info.Hypervisor)
-			_, _ = r.drv.Info(ctxFor(t, time.Second))
+			_, _ = r.drv.Info(plugintest.Context(t, time.Second))
 			assert.Equal(t, 1, r.argvCount(t, "--version"), "the version is probed once")
 		})
 	}
@@ -90,7 +91,7 @@ func everyOperationWorld() []rigOption {
 // everyOperation drives every operation of the contract on r's driver,
 // in process or through the plugin, and checks what reached VBoxManage.
 func everyOperation(t *testing.T, r *rig) {
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	d := r.drv
 
 	vms, err := d.ListVMs(ctx)
@@ -213,7 +214,7 @@ func actions(r hypervisor.CleanupResult) []string {
 func TestErrorsAreClassified(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[2])
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	d := r.drv
 	code := func(err error) hypervisor.Code {
 		require.Error(t, err)
@@ -254,7 +255,7 @@ func TestErrorsAreClassified(t *testing.T) {
 func TestStartFailures(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[1], withFaults(func(f *vboxsim.Faults) { f.StartFailExit0 = true }))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	err := r.drv.Start(ctx, vmName)
 	require.Error(t, err, "an error: line fails a start that exited 0")
 	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
@@ -275,12 +276,12 @@ func TestUnavailable(t *testing.T) {
 	t.Run("VBoxManage missing", func(t *testing.T) {
 		t.Parallel()
 		d := newDriverAt(t, filepath.Join(t.TempDir(), "no", "VBoxManage"))
-		_, err := d.Info(ctxFor(t, 5*time.Second))
+		_, err := d.Info(plugintest.Context(t, 5*time.Second))
 		require.Error(t, err)
 		assert.Equal(t, hypervisor.CodeUnavailable, hypervisor.CodeOf(err))
 		assert.True(t, errors.Is(err, hypervisor.ErrUnavailable))
 		assert.Contains(t, err.Error(), "configured path")
-		_, err = d.Status(ctxFor(t, 5*time.Second), vmName)
+		_, err = d.Status(plugintest.Context(t, 5*time.Second), vmName)
 		assert.Equal(t, hypervisor.CodeUnavailable, hypervisor.CodeOf(err))
 	})
 	t.Run("VBoxManage broken", func(t *testing.T) {
@@ -288,7 +289,7 @@ func TestUnavailable(t *testing.T) {
 		broken := filepath.Join(t.TempDir(), "VBoxManage")
 		require.NoError(t, os.WriteFile(broken, []byte("not a program"), 0o644))
 		d := newDriverAt(t, broken)
-		_, err := d.Info(ctxFor(t, 5*time.Second))
+		_, err := d.Info(plugintest.Context(t, 5*time.Second))
 		require.Error(t, err)
 		assert.Equal(t, hypervisor.CodeUnavailable, hypervisor.CodeOf(err))
 		assert.Contains(t, err.Error(), "VBoxManage at "+broken+" does not work")
@@ -296,7 +297,7 @@ func TestUnavailable(t *testing.T) {
 	t.Run("VBoxSVC down", func(t *testing.T) {
 		t.Parallel()
 		r := newRig(t, profiles[1], withFaults(func(f *vboxsim.Faults) { f.ServiceDown = -1 }))
-		_, err := r.drv.Status(ctxFor(t, 10*time.Second), vmName)
+		_, err := r.drv.Status(plugintest.Context(t, 10*time.Second), vmName)
 		require.Error(t, err)
 		assert.Equal(t, hypervisor.CodeUnavailable, hypervisor.CodeOf(err))
 		assert.Contains(t, err.Error(), "Failed to create the VirtualBox object!")
@@ -304,7 +305,7 @@ func TestUnavailable(t *testing.T) {
 	t.Run("VBoxSVC starting", func(t *testing.T) {
 		t.Parallel()
 		r := newRig(t, profiles[1], withFaults(func(f *vboxsim.Faults) { f.ServiceDown = 1 }))
-		st, err := r.drv.Status(ctxFor(t, 10*time.Second), vmName)
+		st, err := r.drv.Status(plugintest.Context(t, 10*time.Second), vmName)
 		require.NoError(t, err, "one refusal while VBoxSVC starts is retried")
 		assert.Equal(t, hypervisor.PowerOff, st.Power)
 	})
@@ -318,7 +319,7 @@ func TestTransientOutputIsRetried(t *testing.T) {
 		f.Warnings = true
 		f.EmptyVersion = 1
 	}))
-	ctx := ctxFor(t, 10*time.Second)
+	ctx := plugintest.Context(t, 10*time.Second)
 	info, err := r.drv.Info(ctx)
 	require.NoError(t, err, "an empty version line and wrapper warnings are tolerated")
 	assert.Equal(t, "VirtualBox 6.1.34_Ubuntur150636", info.Hypervisor)
@@ -345,7 +346,7 @@ func hangingPowerOffWorld() []rigOption {
 // hangingPowerOff checks that a VBoxManage that hangs is killed at its
 // deadline and that a cleanup gets past it.
 func hangingPowerOff(t *testing.T, r *rig) {
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	start := time.Now()
 	err := r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff)
@@ -356,7 +357,7 @@ func hangingPowerOff(t *testing.T, r *rig) {
 	assert.Less(t, elapsed, 3*time.Second)
 	for _, inv := range r.sim.Invocations(t) {
 		if containsSeq(inv.Args, []string{"controlvm", "poweroff"}) {
-			assert.False(t, pidAlive(inv.PID), "the hung VBoxManage (pid %d) is gone", inv.PID)
+			assert.False(t, plugintest.Alive(inv.PID), "the hung VBoxManage (pid %d) is gone", inv.PID)
 		}
 	}
 
@@ -403,7 +404,7 @@ func TestPerVMGuestCredentials(t *testing.T) {
 	r := newRig(t, profiles[2], withVMs(vm),
 		withSetting("vms.win10-64-defender.guest.username", `"admin"`),
 		withSetting("vms.win10-64-defender.guest.password_env", `"VBOX_TEST_PW"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	res, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo", Args: []string{"per-vm"}})
 	require.NoError(t, err)

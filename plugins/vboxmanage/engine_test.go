@@ -12,10 +12,12 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // engineVMs are n guest VMs named scan-1..scan-n, off on their clean
@@ -28,10 +30,9 @@ func engineVMs(n int) []*vboxsim.VM {
 	return vms
 }
 
-// scanPool is the simulated guest's scanner as an analysis profile, run on
-// the first n VMs.
-func scanPool(t testing.TB, r *rig, n int) engine.Pool {
-	t.Helper()
+// scanVMs are the first n VMs and the simulated guest's scanner as an
+// analysis profile run on them.
+func scanVMs(r *rig, n int) ([]lifecycle.VM, config.Profile) {
 	var names []string
 	var vms []lifecycle.VM
 	for i := range n {
@@ -39,15 +40,29 @@ func scanPool(t testing.TB, r *rig, n int) engine.Pool {
 		names = append(names, name)
 		vms = append(vms, managedVM(r, name))
 	}
-	p, key, err := engine.ProfileConfig{
-		VMs:        names,
-		SamplePath: `C:\sandbox\{name}`,
-		Command:    []string{`C:\Tools\scan.exe`, "-o", `C:\sandbox\scan.log`, "{sample}"},
-		Artifacts:  []string{`C:\sandbox\scan.log`},
-		Verdict:    engine.VerdictConfig{MaliciousExitCodes: []int{1}},
-	}.Resolve("scan")
-	require.NoError(t, err, key)
-	return engine.Pool{Profile: p, VMs: vms}
+	p := config.NewProfile("scan", names, `C:\sandbox\{name}`, `C:\Tools\scan.exe`, "-o", `C:\sandbox\scan.log`, "{sample}")
+	p.Artifacts = []string{`C:\sandbox\scan.log`}
+	return vms, p
+}
+
+// runScan runs samples through the scanner on the first n VMs, as
+// `sandbox run` does.
+func runScan(ctx context.Context, t testing.TB, r *rig, n, maxStarting int, samples []engine.Sample) *engine.Summary {
+	t.Helper()
+	vms, p := scanVMs(r, n)
+	e := engine.New(engine.Options{Lifecycle: lifecycle.New(lifecycle.Options{}), MaxStarting: maxStarting})
+	return runBatch(ctx, t, e, vms, p, samples, t.TempDir())
+}
+
+// runBatch runs samples with profile p on vms through e.
+func runBatch(ctx context.Context, t testing.TB, e *engine.Engine, vms []lifecycle.VM, p config.Profile,
+	samples []engine.Sample, out string) *engine.Summary {
+	t.Helper()
+	pool, err := engine.NewPool(ctx, e, vms, []config.Profile{p})
+	require.NoError(t, err)
+	sum, err := pool.RunBatch(ctx, engine.Batch{Samples: samples, Profiles: []string{p.Name}, OutDir: out})
+	require.NoError(t, err)
+	return sum
 }
 
 func writeSamples(t testing.TB, n int) []engine.Sample {
@@ -77,10 +92,7 @@ func TestEngineTenSamplesOnThreeVMs(t *testing.T) {
 		tm.GuestReady = vboxsim.Duration(200 * time.Millisecond)
 	}))
 	samples := writeSamples(t, 10)
-	m := lifecycle.New(lifecycle.Options{})
-	e := engine.New(engine.Options{Lifecycle: m, MaxStarting: 3})
-	sum, err := e.Run(ctxFor(t, 3*time.Minute), engine.Job{Samples: samples, Pools: []engine.Pool{scanPool(t, r, 3)}, OutDir: t.TempDir()})
-	require.NoError(t, err)
+	sum := runScan(plugintest.Context(t, 3*time.Minute), t, r, 3, 3, samples)
 	require.Zero(t, sum.Failed())
 	used := map[string][][2]time.Time{}
 	for i, rep := range sum.Reports {
@@ -131,10 +143,7 @@ func BenchmarkEngineInvocations(b *testing.B) {
 	for b.Loop() {
 		samples := writeSamples(b, tasks)
 		before := len(r.sim.Invocations(b))
-		m := lifecycle.New(lifecycle.Options{})
-		e := engine.New(engine.Options{Lifecycle: m, MaxStarting: inUse})
-		sum, err := e.Run(ctxFor(b, 5*time.Minute), engine.Job{Samples: samples, Pools: []engine.Pool{scanPool(b, r, inUse)}, OutDir: b.TempDir()})
-		require.NoError(b, err)
+		sum := runScan(plugintest.Context(b, 5*time.Minute), b, r, inUse, inUse, samples)
 		require.Zero(b, sum.Failed())
 		invs := r.sim.Invocations(b)[before:]
 		guest := 0

@@ -9,11 +9,13 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/fault"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Exit statuses of `guestcontrol run` that are not a guest exit code
@@ -133,11 +135,42 @@ func (d *Driver) openGuest(ctx context.Context, p *probe, op, vm string) (*guest
 	return &guestSession{ref: ref, cred: cred, close: rm, flags: flags}, nil
 }
 
-// notReady reports the guest execution service's "not ready (yet)", which
-// it answers while the guest boots.
+// notYetTexts are VirtualBox's words for a guest whose guest control is
+// still starting (FACTS §6.1), decided one by one:
+//
+//   - "The guest execution service is not ready (yet)": the Guest
+//     Additions' service has not started; it will.
+//   - "Session is not in started state": the guest session VBoxManage
+//     opened has not reached started yet.
+//   - "Error starting guest session (current status is: starting)": the
+//     session was still starting when VBoxManage stopped waiting for it.
+//
+// The other texts of a failed guest session are not "not yet", and fail
+// the call at once: "The specified user was not able to logon on guest"
+// (wrong credentials: waiting does not fix them), "Error starting guest
+// session" with any other status (it ended, or failed), "Failed to get a
+// IConsole pointer for the machine. Is it still running?" (the VM went
+// away) and the syntax errors ("No user name specified!").
+var notYetTexts = []string{
+	"guest execution service is not ready",
+	"session is not in started state",
+	"error starting guest session (current status is: starting)",
+}
+
+// notReady reports whether err is one of VirtualBox's answers for a guest
+// whose guest control is still starting, as it is while the guest boots.
 func notReady(err error) bool {
 	var e *hypervisor.Error
-	return errors.As(err, &e) && strings.Contains(e.Message, "not ready")
+	if !errors.As(err, &e) {
+		return false
+	}
+	msg := strings.ToLower(e.Message)
+	for _, t := range notYetTexts {
+		if strings.Contains(msg, t) {
+			return true
+		}
+	}
+	return false
 }
 
 // guestCall runs one guestcontrol command, retrying while the guest's
@@ -178,8 +211,44 @@ func (d *Driver) CopyOut(ctx context.Context, vm, guestPath, hostPath string) (e
 	if st, err := os.Stat(filepath.Dir(abs)); err != nil || !st.IsDir() {
 		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "host directory of %q does not exist", hostPath)
 	}
-	return d.copy(ctx, op, vm, hypervisor.CapGuestCopyOut, "copyfrom", guestPath, abs, guestPath)
+	// VBoxManage writes a part file beside the host file, watched: past
+	// max_copy_out it is stopped (§9.5). The host file appears whole or
+	// not at all.
+	part := filepath.Join(filepath.Dir(abs), "."+filepath.Base(abs)+".part-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	defer os.Remove(part)
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var over atomic.Bool
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		_ = wait.Until(wctx, copyWatch, func(context.Context) (bool, error) {
+			if fi, err := os.Stat(part); err == nil && fi.Size() > d.cfg.MaxCopyOut {
+				over.Store(true)
+				stop()
+				return true, nil
+			}
+			return false, nil
+		})
+	}()
+	err = d.copy(wctx, op, vm, hypervisor.CapGuestCopyOut, "copyfrom", guestPath, part, guestPath)
+	stop()
+	<-watched
+	if fi, serr := os.Stat(part); over.Load() || (err == nil && serr == nil && fi.Size() > d.cfg.MaxCopyOut) {
+		return hypervisor.NewError(hypervisor.CodeFailed, op, vm,
+			"the guest file %s is larger than max_copy_out (%d bytes); nothing was copied", guestPath, d.cfg.MaxCopyOut)
+	}
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(part, abs); err != nil {
+		return hypervisor.NewError(hypervisor.CodeFailed, op, vm, "%v", err)
+	}
+	return nil
 }
+
+// copyWatch paces the looks at a copy-out's part file.
+var copyWatch = wait.Policy{Initial: 20 * time.Millisecond, Max: 100 * time.Millisecond, Factor: 2}
 
 // copy runs copyto/copyfrom in its two-argument form, which every
 // supported version accepts. Host paths are absolute, so neither path can
@@ -210,7 +279,7 @@ func (d *Driver) copy(ctx context.Context, op, vm string, capability hypervisor.
 // Exec runs a program in the running guest with `guestcontrol run` (§9.2)
 // and decodes VBoxManage's exit status into the guest's exit code. The
 // guest's output is returned as it came, up to max_output bytes per
-// stream. req.Timeout goes to the guest as --timeout; VBoxManage itself
+// stream, or the request's MaxOutput when smaller (§9.5). req.Timeout goes to the guest as --timeout; VBoxManage itself
 // gets timeouts.command on top of it to set up and tear down the guest
 // session before it is killed.
 func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest) (_ hypervisor.ExecResult, err error) {
@@ -231,7 +300,7 @@ func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest
 
 	args := append([]string{"guestcontrol", g.ref, "run"}, g.flags...)
 	args = append(args, "--exe", req.Path)
-	call := runner.Call{Raw: true, MaxOutput: d.cfg.MaxOutput}
+	call := runner.Call{Raw: true, MaxOutput: int(req.Limit(int64(d.cfg.MaxOutput)))}
 	if req.Timeout > 0 {
 		ms := max(req.Timeout.Milliseconds(), 1)
 		args = append(args, "--timeout", strconv.FormatInt(ms, 10))
@@ -249,7 +318,8 @@ func (d *Driver) Exec(ctx context.Context, vm string, req hypervisor.ExecRequest
 		if gerr != nil {
 			return gerr
 		}
-		out = hypervisor.ExecResult{ExitCode: code, Stdout: res.Stdout, Stderr: res.Stderr}
+		out = hypervisor.ExecResult{ExitCode: code, Stdout: res.Stdout, Stderr: res.Stderr,
+			StdoutTruncated: res.StdoutTruncated, StderrTruncated: res.StderrTruncated}
 		return nil
 	})
 	return out, err

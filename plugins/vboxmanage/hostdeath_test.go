@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
@@ -32,7 +33,7 @@ func actAsHost(file, plugin string) int {
 		return 1
 	}
 	h := host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"vbox": {Path: plugin}},
+		Plugins: map[string]config.Plugin{"vbox": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: plugin}},
 		File:    file,
 		Data:    data,
 		// The plugin logs at the host's level: trace, so that it writes

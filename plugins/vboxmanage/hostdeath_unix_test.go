@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // When its host dies, the plugin has the SDK close the driver before it
@@ -56,10 +57,10 @@ func TestPluginDiesWithItsHost(t *testing.T) {
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	_ = cmd.Wait()
-	assert.Eventually(t, func() bool { return processGone(plugin) }, 3*time.Second, 5*time.Millisecond,
+	assert.Eventually(t, func() bool { return plugintest.Gone(plugin) }, 3*time.Second, 5*time.Millisecond,
 		"the plugin exits with its host")
 	for _, pid := range children {
-		assert.Eventually(t, func() bool { return processGone(pid) }, time.Second, 5*time.Millisecond,
+		assert.Eventually(t, func() bool { return plugintest.Gone(pid) }, time.Second, 5*time.Millisecond,
 			"VBoxManage %d dies with the plugin", pid)
 	}
 	left, err := os.ReadDir(r.tmp)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // A SIGKILLed plugin leaves no VBoxManage behind: the power-off it was
@@ -26,7 +27,7 @@ func TestPluginKilledMidPowerOffLeavesNoVBoxManage(t *testing.T) {
 		withFaults(func(f *vboxsim.Faults) { f.HangPowerOff = true }),
 		withSetting("timeouts.poweroff", `"5m"`),
 		withSetting("cleanup.stop_wait", `"5m"`))
-	ctx := ctxFor(t, time.Minute)
+	ctx := plugintest.Context(t, time.Minute)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	done := make(chan error, 1)
 	go func() {
@@ -37,7 +38,7 @@ func TestPluginKilledMidPowerOffLeavesNoVBoxManage(t *testing.T) {
 	plugin := r.plugin.Pid()
 	require.NotZero(t, plugin)
 	require.NoError(t, syscall.Kill(plugin, syscall.SIGKILL))
-	assert.Eventually(t, func() bool { return processGone(poweroff) }, 2*time.Second, 5*time.Millisecond,
+	assert.Eventually(t, func() bool { return plugintest.Gone(poweroff) }, 2*time.Second, 5*time.Millisecond,
 		"VBoxManage %d outlived its SIGKILLed plugin %d", poweroff, plugin)
 	select {
 	case err := <-done:
@@ -58,7 +59,7 @@ func TestVBoxManageNeverSeesTheGuestPasswordVariable(t *testing.T) {
 		withSetting("guest.password_env", `"SANDBOX_TEST_GUEST_PW"`),
 		withFaults(func(f *vboxsim.Faults) { f.HangPowerOff = true }),
 		withSetting("timeouts.poweroff", `"1m"`))
-	ctx := ctxFor(t, time.Minute)
+	ctx := plugintest.Context(t, time.Minute)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	res, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo", Args: []string{"ok"}})
 	require.NoError(t, err, "the password still reaches the guest, through its file")

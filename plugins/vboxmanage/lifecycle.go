@@ -10,6 +10,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/runner"
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // startedRe is startvm's success line. Some hosts print it and exit 1;
@@ -182,14 +183,38 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 		return err
 	}
 	start := time.Now()
-	wait := rec.begin("wait-unlock")
+	waiting := rec.begin("wait-unlock")
 	killAt := start.Add(d.cfg.Unlock.Grace)
 	if hidden {
 		killAt = start
 	}
 	canKill := p.caps.Has(hypervisor.CapStopEmergency)
-	b := d.backoff()
-	for {
+	stillHeld := func(err error) error {
+		waiting.end("timed out")
+		return &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: op, VM: vm, Err: err,
+			Message: fmt.Sprintf("the session of the stopped VM was still held after %s", time.Since(start).Round(time.Millisecond))}
+	}
+	// Each look reads the state (not the first time: the caller just did),
+	// then kills the holder once the grace is over.
+	looked := false
+	err = wait.Until(ctx, d.policy(), func(ctx context.Context) (bool, error) {
+		if looked {
+			st, err := d.status(ctx, p, op, vm)
+			switch {
+			case err != nil && ctx.Err() != nil:
+				return false, stillHeld(err)
+			case err != nil:
+				waiting.end("failed")
+				return false, err
+			case !st.Power.IsOff():
+				waiting.end("failed")
+				return false, hypervisor.NewError(hypervisor.CodeInvalidState, op, vm, "the VM became %s while its session was being released", st.Raw)
+			case st.Lock == hypervisor.LockUnlocked:
+				waiting.end("done")
+				return true, nil
+			}
+		}
+		looked = true
 		if canKill && !time.Now().Before(killAt) {
 			canKill = false
 			kill := rec.begin("emergencystop")
@@ -203,39 +228,20 @@ func (d *Driver) unlock(ctx context.Context, p *probe, op, vm string, st hypervi
 				// Nothing the driver may kill; the caller decides how long
 				// to keep trying.
 				kill.end("held by another client")
-				wait.end("held by another client")
-				return err
+				waiting.end("held by another client")
+				return false, err
 			default:
 				kill.end("failed")
-				wait.end("failed")
-				return err
+				waiting.end("failed")
+				return false, err
 			}
 		}
-		stillHeld := func(err error) error {
-			wait.end("timed out")
-			return &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: op, VM: vm, Err: err,
-				Message: fmt.Sprintf("the session of the stopped VM was still held after %s", time.Since(start).Round(time.Millisecond))}
-		}
-		if err := d.pause(ctx, op, vm, b.next()); err != nil {
-			return stillHeld(err)
-		}
-		st, err := d.status(ctx, p, op, vm)
-		if err != nil {
-			if ctx.Err() != nil {
-				return stillHeld(err)
-			}
-			wait.end("failed")
-			return err
-		}
-		if !st.Power.IsOff() {
-			wait.end("failed")
-			return hypervisor.NewError(hypervisor.CodeInvalidState, op, vm, "the VM became %s while its session was being released", st.Raw)
-		}
-		if st.Lock == hypervisor.LockUnlocked {
-			wait.end("done")
-			return nil
-		}
+		return false, nil
+	})
+	if err == context.DeadlineExceeded || err == context.Canceled { // ctx's own, not a look's
+		return stillHeld(hypervisor.FromContext(ctx, op, vm))
 	}
+	return err
 }
 
 // Restore runs `snapshot restore NAME` or `snapshot restorecurrent` (§7).
@@ -451,31 +457,31 @@ func acceptsPowerOff(p hypervisor.PowerState) bool {
 func (d *Driver) waitState(ctx context.Context, p *probe, vm string, rec *steps, action string, until time.Time, done func(hypervisor.Status) bool) (st hypervisor.Status, reached bool, err error) {
 	const op = hypervisor.OpCleanup
 	s := rec.begin(action)
-	b := d.backoff()
-	for {
+	wctx, cancel := context.WithDeadline(ctx, until)
+	defer cancel()
+	err = wait.Until(wctx, d.policy(), func(wctx context.Context) (bool, error) {
 		st, err = d.status(ctx, p, op, vm)
 		if err != nil {
-			s.end("failed")
-			return st, false, err
+			return false, err
 		}
-		if done(st) {
-			if st.Power.IsOff() || (action == "wait-running" && st.Power == hypervisor.PowerRunning) {
-				s.end("done")
-			} else {
-				s.end("now " + st.Raw)
-			}
-			return st, true, nil
-		}
-		wait := b.next()
-		if time.Now().Add(wait).After(until) {
-			s.end("still " + st.Raw)
-			return st, false, nil
-		}
-		if err := d.pause(ctx, op, vm, wait); err != nil {
-			s.end("timed out")
-			return st, false, err
-		}
+		return done(st), nil
+	})
+	switch {
+	case err == nil && (st.Power.IsOff() || (action == "wait-running" && st.Power == hypervisor.PowerRunning)):
+		s.end("done")
+		return st, true, nil
+	case err == nil:
+		s.end("now " + st.Raw)
+		return st, true, nil
+	case ctx.Err() != nil:
+		s.end("timed out")
+		return st, false, hypervisor.FromContext(ctx, op, vm)
+	case wctx.Err() != nil:
+		s.end("still " + st.Raw)
+		return st, false, nil
 	}
+	s.end("failed")
+	return st, false, err
 }
 
 // steps records what a cleanup did, for its report.

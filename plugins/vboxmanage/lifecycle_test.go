@@ -7,9 +7,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // taskLifecycle is one analysis task's VM work as the core drives it with
@@ -54,7 +56,7 @@ func taskLifecycle(ctx context.Context, r *rig) error {
 func taskLifecycleCore(ctx context.Context, r *rig) error {
 	m := lifecycle.New(lifecycle.Options{})
 	vm := managedVM(r, vmName)
-	for _, op := range []func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.Report, error){
+	for _, op := range []func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.OpReport, error){
 		m.EnsureStopped, m.Restore, m.Start, m.Stop, m.Restore,
 	} {
 		if _, err := op(ctx, vm); err != nil {
@@ -80,7 +82,7 @@ func taskLifecycleNative(ctx context.Context, r *rig) error {
 func lifecycleInvocations(t *testing.T, linger time.Duration, task func(context.Context, *rig) error) uint64 {
 	t.Helper()
 	r := newRig(t, profiles[2], withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	_, err := r.drv.Info(ctx) // the one-time version probe is not part of a task
 	require.NoError(t, err)
 	// One task first, so that the one counted starts where a previous
@@ -154,8 +156,8 @@ func BenchmarkTaskLifecycle(b *testing.B) {
 
 // managedVM is vm as core/lifecycle addresses it in production: through
 // the plugin, with the default settings but the snapshot to return to.
-func managedVM(r *rig, name string, adjust ...func(*lifecycle.Settings)) lifecycle.VM {
-	s := lifecycle.Defaults()
+func managedVM(r *rig, name string, adjust ...func(*config.Lifecycle)) lifecycle.VM {
+	s := config.DefaultLifecycle()
 	s.Snapshot = "clean"
 	for _, f := range adjust {
 		f(&s)
@@ -164,7 +166,7 @@ func managedVM(r *rig, name string, adjust ...func(*lifecycle.Settings)) lifecyc
 }
 
 // stepNames lists a report's steps with their outcomes.
-func stepNames(rep *lifecycle.Report) []string {
+func stepNames(rep *lifecycle.OpReport) []string {
 	var out []string
 	for _, s := range rep.Steps {
 		out = append(out, s.Name+": "+s.Outcome)

@@ -1,9 +1,11 @@
 package vboxmanage_test
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -14,6 +16,7 @@ import (
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The scenario the project exists for: right after a power-off the VM
@@ -26,7 +29,7 @@ func TestRestoreRightAfterPowerOffWaitsOutTheLingeringLock(t *testing.T) {
 			t.Parallel()
 			const linger = 1200 * time.Millisecond
 			r := newRig(t, p, withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }))
-			ctx := ctxFor(t, 30*time.Second)
+			ctx := plugintest.Context(t, 30*time.Second)
 			require.NoError(t, r.drv.Start(ctx, vmName))
 			require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 			stopped := time.Now()
@@ -48,7 +51,7 @@ func TestRestoreRightAfterPowerOffWaitsOutTheLingeringLock(t *testing.T) {
 func TestStartRightAfterPowerOffWaitsOutTheLingeringLock(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[1], withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(600 * time.Millisecond) }))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	require.NoError(t, r.drv.Start(ctx, vmName))
@@ -64,7 +67,7 @@ func TestALockThatOutlastsTheBudgetIsReportedAsLocked(t *testing.T) {
 	r := newRig(t, profiles[2],
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 		withSetting("retry.locked", `"300ms"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	err := r.drv.Restore(ctx, vmName, "clean")
@@ -74,7 +77,7 @@ func TestALockThatOutlastsTheBudgetIsReportedAsLocked(t *testing.T) {
 	err = r.drv.Start(ctx, vmName)
 	assert.True(t, hypervisor.IsLocked(err), "%v", err)
 
-	short := ctxFor(t, 150*time.Millisecond)
+	short := plugintest.Context(t, 150*time.Millisecond)
 	start := time.Now()
 	err = r.drv.Restore(short, vmName, "clean")
 	assert.Less(t, time.Since(start), time.Second)
@@ -88,7 +91,7 @@ func TestUnlockKillsAVMProcessThatWillNotDie(t *testing.T) {
 	r := newRig(t, profiles[0],
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 		withSetting("unlock.grace", `"300ms"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	start := time.Now()
@@ -120,7 +123,7 @@ func TestCleanupGetsPastALockTheListingDoesNotShow(t *testing.T) {
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 		withFaults(func(f *vboxsim.Faults) { f.HideSessionName = true }),
 		withSetting("retry.locked", `"300ms"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	st, err := r.drv.Status(ctx, vmName)
@@ -140,7 +143,7 @@ func TestUnlockAnswersLockedForAHolderItMayNotKill(t *testing.T) {
 	r.sim.Update(t, func(w *vboxsim.World) {
 		w.Find(vmName).Session = vboxsim.Session{State: vboxsim.Locked, Owner: vboxsim.OwnerGUI, Name: "GUI/Qt"}
 	})
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	st, err := r.drv.Status(ctx, vmName)
 	require.NoError(t, err)
 	assert.Equal(t, hypervisor.LockLocked, st.Lock)
@@ -158,13 +161,13 @@ func TestUnlockWithoutEmergencyStopWaitsUntilTheDeadline(t *testing.T) {
 	r := newRig(t, profile{version: "5.0.40r115130", host: "linux"},
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 		withSetting("unlock.grace", `"0s"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
 	err := r.drv.Stop(ctx, vmName, hypervisor.StopEmergency)
 	assert.True(t, hypervisor.IsUnsupported(err))
 	start := time.Now()
-	err = r.drv.Unlock(ctxFor(t, 500*time.Millisecond), vmName)
+	err = r.drv.Unlock(plugintest.Context(t, 500*time.Millisecond), vmName)
 	require.Error(t, err)
 	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err))
 	assert.Contains(t, err.Error(), "still held")
@@ -182,7 +185,7 @@ func TestStatusNeverTakesASessionLock(t *testing.T) {
 		tm.ReadHold = vboxsim.Duration(300 * time.Millisecond)
 		tm.Restore = vboxsim.Duration(300 * time.Millisecond)
 	}))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	done := make(chan struct{})
 	polls := 0
 	var wg sync.WaitGroup
@@ -227,7 +230,7 @@ func TestStatusNeverTakesASessionLock(t *testing.T) {
 func TestStatusDuringARestore(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[1], withTiming(func(tm *vboxsim.Timing) { tm.Restore = vboxsim.Duration(time.Second) }))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	errc := make(chan error, 1)
 	go func() { errc <- r.drv.Restore(ctx, vmName, "clean") }()
 	st := r.waitStatus(t, vmName, func(st hypervisor.Status) bool { return st.Power == hypervisor.PowerRestoring })
@@ -242,7 +245,7 @@ func TestDifferentVMsProceedInParallel(t *testing.T) {
 	r := newRig(t, profiles[2],
 		withVMs(guestVM("a", "00000000-0000-4000-8000-00000000000a"), guestVM("b", "00000000-0000-4000-8000-00000000000b")),
 		withTiming(func(tm *vboxsim.Timing) { tm.Start = vboxsim.Duration(time.Second) }))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	start := time.Now()
 	var wg sync.WaitGroup
 	for _, vm := range []string{"a", "b"} {
@@ -275,7 +278,7 @@ func awkwardNames(t *testing.T, connect func(testing.TB, profile, ...rigOption) 
 			t.Parallel()
 			uuid := "00000000-0000-4000-8000-00000000000" + string(rune('a'+i))
 			r := connect(t, profiles[i%len(profiles)], withVMs(guestVM(name, uuid)))
-			ctx := ctxFor(t, 30*time.Second)
+			ctx := plugintest.Context(t, 30*time.Second)
 			d := r.drv
 			vms, err := d.ListVMs(ctx)
 			require.NoError(t, err)
@@ -307,7 +310,7 @@ func TestGuestOperations(t *testing.T) {
 	r := newRig(t, profiles[2],
 		withTiming(func(tm *vboxsim.Timing) { tm.GuestReady = vboxsim.Duration(500 * time.Millisecond) }),
 		withSetting("guest.ready_wait", `"3s"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	d := r.drv
 
 	_, err := d.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo"})
@@ -347,7 +350,7 @@ func TestGuestNotReadyIsInvalidStateOnceTheWaitIsOver(t *testing.T) {
 	r := newRig(t, profiles[3],
 		withTiming(func(tm *vboxsim.Timing) { tm.GuestReady = vboxsim.Duration(time.Hour) }),
 		withSetting("guest.ready_wait", `"300ms"`))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	_, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo"})
 	assert.Equal(t, hypervisor.CodeInvalidState, hypervisor.CodeOf(err))
@@ -359,7 +362,7 @@ func TestWrongGuestPasswordIsAFailure(t *testing.T) {
 	vm := guestVM(vmName, vmUUID)
 	vm.GuestUsers[userName] = "something else"
 	r := newRig(t, profiles[2], withVMs(vm))
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	_, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo"})
 	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
@@ -376,7 +379,7 @@ func TestPasswordNeverInArgvOrLogs(t *testing.T) {
 // passwordStaysSecret runs every guest operation and then searches the
 // simulator's argv log and r's logs for the password.
 func passwordStaysSecret(t *testing.T, r *rig) {
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	d := r.drv
 	require.NoError(t, d.Start(ctx, vmName))
 	host := t.TempDir() + "/f.txt"
@@ -404,4 +407,99 @@ func passwordStaysSecret(t *testing.T, r *rig) {
 	left, err := os.ReadDir(r.tmp)
 	require.NoError(t, err)
 	assert.Empty(t, left, "password files are removed")
+}
+
+// Each of VirtualBox's texts for a guest whose guest control is still
+// starting is waited out within guest.ready_wait; a logon failure, which
+// waiting does not fix, fails at once.
+func TestGuestNotReadyTexts(t *testing.T) {
+	t.Parallel()
+	for _, c := range []struct {
+		starting string
+		retried  bool
+	}{
+		{"not-ready", true},   // The guest execution service is not ready (yet)
+		{"not-started", true}, // Session is not in started state
+		{"starting", true},    // Error starting guest session (current status is: starting)
+		{"logon", false},      // The specified user was not able to logon on guest
+	} {
+		t.Run(c.starting, func(t *testing.T) {
+			t.Parallel()
+			r := newRig(t, profiles[2],
+				withTiming(func(tm *vboxsim.Timing) { tm.GuestReady = vboxsim.Duration(500 * time.Millisecond) }),
+				withFaults(func(f *vboxsim.Faults) { f.GuestStarting = c.starting }),
+				withSetting("guest.ready_wait", `"20s"`))
+			ctx := plugintest.Context(t, 30*time.Second)
+			require.NoError(t, r.drv.Start(ctx, vmName))
+			res, err := r.drv.Exec(ctx, vmName, hypervisor.ExecRequest{Path: "echo", Args: []string{"booted"}})
+			if c.retried {
+				require.NoError(t, err, "the driver waits while the guest says it is starting")
+				assert.Equal(t, "booted\n", string(res.Stdout))
+				assert.Greater(t, r.argvCount(t, "guestcontrol"), 1)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "not able to logon")
+			assert.Equal(t, 1, r.argvCount(t, "guestcontrol"), "a logon failure is not retried")
+		})
+	}
+}
+
+// A guest command's output is kept up to the request's max_output, and the
+// result says what was dropped (§9.5).
+func TestExecOutputBounded(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2], withSetting("max_output", "100000"))
+	ctx := plugintest.Context(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	flood := hypervisor.ExecRequest{Path: "dd", Args: []string{"if=/dev/zero", "bs=65536", "count=64"}}
+	var res hypervisor.ExecResult
+	require.Eventually(t, func() bool {
+		var err error
+		res, err = r.drv.Exec(ctx, vmName, flood)
+		return err == nil
+	}, 20*time.Second, 50*time.Millisecond)
+	assert.Len(t, res.Stdout, 100000, "max_output bounds what is kept")
+	assert.True(t, res.StdoutTruncated)
+	assert.False(t, res.StderrTruncated)
+
+	flood.MaxOutput = 1000
+	res, err := r.drv.Exec(ctx, vmName, flood)
+	require.NoError(t, err)
+	assert.Len(t, res.Stdout, 1000, "a request asks for less")
+	assert.True(t, res.StdoutTruncated)
+
+	flood.MaxOutput = 1 << 30
+	res, err = r.drv.Exec(ctx, vmName, flood)
+	require.NoError(t, err)
+	assert.Len(t, res.Stdout, 100000, "never for more than the driver's bound")
+}
+
+// A guest file larger than max_copy_out is not copied out: the copy fails
+// saying so and leaves nothing on the host (§9.5); a smaller one arrives
+// whole.
+func TestCopyOutBounded(t *testing.T) {
+	t.Parallel()
+	r := newRig(t, profiles[2], withSetting("max_copy_out", "100000"))
+	ctx := plugintest.Context(t, 30*time.Second)
+	require.NoError(t, r.drv.Start(ctx, vmName))
+	dir := t.TempDir()
+	big, small := filepath.Join(dir, "big"), filepath.Join(dir, "small")
+	require.NoError(t, os.WriteFile(big, bytes.Repeat([]byte("x"), 300000), 0o644))
+	require.NoError(t, os.WriteFile(small, []byte("small"), 0o644))
+	require.Eventually(t, func() bool { return r.drv.CopyIn(ctx, vmName, big, "/tmp/big") == nil }, 20*time.Second, 50*time.Millisecond)
+	require.NoError(t, r.drv.CopyIn(ctx, vmName, small, "/tmp/small"))
+
+	out := t.TempDir()
+	err := r.drv.CopyOut(ctx, vmName, "/tmp/big", filepath.Join(out, "big"))
+	require.Error(t, err)
+	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
+	assert.Contains(t, err.Error(), "larger than max_copy_out")
+	entries, _ := os.ReadDir(out)
+	assert.Empty(t, entries, "nothing is left on the host")
+
+	require.NoError(t, r.drv.CopyOut(ctx, vmName, "/tmp/small", filepath.Join(out, "small")))
+	got, err := os.ReadFile(filepath.Join(out, "small"))
+	require.NoError(t, err)
+	assert.Equal(t, "small", string(got))
 }

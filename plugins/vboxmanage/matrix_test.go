@@ -20,6 +20,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The fault matrix against the simulated VirtualBox: every fault the
@@ -123,7 +124,8 @@ func vboxCell(t *testing.T, fault string, step engine.Step) (mark, problem strin
 	var pids []int
 	var once sync.Once
 	quarantine := lifecycle.NewMemoryQuarantine()
-	e := engine.New(engine.Options{Lifecycle: lifecycle.New(lifecycle.Options{Quarantine: quarantine}), OnEvent: func(ev engine.Event) {
+	events := engine.NewEvents()
+	events.Subscribe(func(ev engine.Event) {
 		if ev.Step != step {
 			return
 		}
@@ -140,20 +142,17 @@ func vboxCell(t *testing.T, fault string, step engine.Step) (mark, problem strin
 				r.sim.Update(t, vboxMatrixFaults[fault])
 			}
 		})
-	}})
-	pool := scanPool(t, r, 1)
-	s := pool.VMs[0].Settings
+	})
+	e := engine.New(engine.Options{Lifecycle: lifecycle.New(lifecycle.Options{Quarantine: quarantine}), Events: events})
+	vms, prof := scanVMs(r, 1)
+	s := vms[0].Settings
 	s.ACPITimeout, s.PowerOffTimeout, s.EmergencyTimeout = time.Second, 2*time.Second, 3*time.Second
 	s.ReleaseTimeout, s.UnlockTimeout = 2*time.Second, 3*time.Second
 	s.RestoreTimeout, s.StartTimeout, s.StatusTimeout, s.CleanupTimeout = 5*time.Second, 5*time.Second, 5*time.Second, 30*time.Second
-	pool.VMs[0].Settings = s
-	ready, copyT, timeout := 5*time.Second, 5*time.Second, 10*time.Second
-	pool.Profile.ReadyTimeout, pool.Profile.CopyTimeout, pool.Profile.Timeout = ready, copyT, timeout
+	vms[0].Settings = s
+	prof.ReadyTimeout, prof.CopyTimeout, prof.Timeout = 5*time.Second, 5*time.Second, 10*time.Second
 	out := t.TempDir()
-	sum, err := e.Run(ctx, engine.Job{Samples: writeSamples(t, 1), Pools: []engine.Pool{pool}, OutDir: out})
-	if err != nil {
-		return "FAIL", fmt.Sprintf("the run failed as a whole: %v", err)
-	}
+	sum := runBatch(ctx, t, e, vms, prof, writeSamples(t, 1), out)
 	res := sum.Reports[0].Results[0]
 	switch {
 	case !res.State.Final():
@@ -170,7 +169,7 @@ func vboxCell(t *testing.T, fault string, step engine.Step) (mark, problem strin
 	}
 	r.plugin.Kill()
 	for _, pid := range pids {
-		if !processGoneWithin(pid, 3*time.Second) {
+		if !plugintest.GoneWithin(pid, 3*time.Second) {
 			return "FAIL", fmt.Sprintf("plugin process %d outlived its host", pid)
 		}
 	}
@@ -235,27 +234,9 @@ func liveSimulators(t *testing.T, r *rig) int {
 			continue
 		}
 		var pid int
-		if _, err := fmt.Sscan(e.Name(), &pid); err == nil && !processGoneWithin(pid, 2*time.Second) {
+		if _, err := fmt.Sscan(e.Name(), &pid); err == nil && !plugintest.GoneWithin(pid, 2*time.Second) {
 			n++
 		}
 	}
 	return n
-}
-
-// processGoneWithin waits for pid to exit (or be a zombie nobody reaped).
-func processGoneWithin(pid int, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for {
-		if syscall.Kill(pid, 0) != nil {
-			return true
-		}
-		if data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err != nil ||
-			strings.HasPrefix(strings.TrimSpace(string(data[strings.LastIndexByte(string(data), ')')+1:])), "Z") {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(20 * time.Millisecond) // the process is being killed
-	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/sdk/conformance"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // The VirtualBox driver keeps the model of the contract (sdk/conformance,
@@ -23,7 +24,7 @@ func TestTheModelOnTheSimulator(t *testing.T) {
 		if p.name != fullProfile {
 			continue
 		}
-		logs := &syncBuffer{}
+		logs := &plugintest.Buffer{}
 		target := suiteTarget(t, suiteWorld(t, p), logs)
 		target.Model = conformance.Exploration{Duration: 30 * time.Second}
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)

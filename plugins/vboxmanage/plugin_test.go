@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
@@ -77,7 +78,7 @@ func newPluginRig(t testing.TB, p profile, opts ...rigOption) *rig {
 	r, env := prepare(t, p, opts...)
 	logger := hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Trace, Output: r.logs})
 	h := host.New(host.Options{
-		Plugins: map[string]host.PluginConfig{"vbox": {Path: programs.path(t, pluginPkg), Env: env}},
+		Plugins: map[string]config.Plugin{"vbox": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: programs.path(t, pluginPkg), Env: env}},
 		File:    r.file,
 		Data:    []byte(r.config),
 		Logger:  logger,
@@ -99,7 +100,7 @@ func TestPluginEveryOperation(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			t.Parallel()
 			r := newPluginRig(t, p, everyOperationWorld()...)
-			ctx := ctxFor(t, 30*time.Second)
+			ctx := plugintest.Context(t, 30*time.Second)
 
 			info, err := r.drv.Info(ctx)
 			require.NoError(t, err)
@@ -139,7 +140,7 @@ func TestPluginEveryOperation(t *testing.T) {
 // noErrorSurfaced checks that nothing an operator sees says anything went
 // wrong: the report, the quarantine and every line the core, the host and
 // the plugin logged at warning level or above.
-func noErrorSurfaced(t *testing.T, r *rig, rep *lifecycle.Report, err error) {
+func noErrorSurfaced(t *testing.T, r *rig, rep *lifecycle.OpReport, err error) {
 	t.Helper()
 	require.NoError(t, err)
 	require.NotNil(t, rep)
@@ -169,7 +170,7 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 			// the time it needs and is not killed.
 			r := newPluginRig(t, p, withSetting("unlock.grace", ""),
 				withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }))
-			ctx := ctxFor(t, time.Minute)
+			ctx := plugintest.Context(t, time.Minute)
 			m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
 			vm := managedVM(r, vmName)
 
@@ -212,7 +213,7 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 		r := newPluginRig(t, profiles[1],
 			withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }),
 			withFaults(func(f *vboxsim.Faults) { f.HideSessionName = true }))
-		ctx := ctxFor(t, time.Minute)
+		ctx := plugintest.Context(t, time.Minute)
 		m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
 		vm := managedVM(r, vmName)
 		rep, err := m.Start(ctx, vm)
@@ -234,9 +235,9 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 		r := newPluginRig(t, profiles[3],
 			withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 			withSetting("unlock.grace", `"300ms"`))
-		ctx := ctxFor(t, time.Minute)
+		ctx := plugintest.Context(t, time.Minute)
 		m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
-		vm := managedVM(r, vmName, func(s *lifecycle.Settings) { s.ReleaseTimeout = 500 * time.Millisecond })
+		vm := managedVM(r, vmName, func(s *config.Lifecycle) { s.ReleaseTimeout = 500 * time.Millisecond })
 		rep, err := m.Start(ctx, vm)
 		noErrorSurfaced(t, r, rep, err)
 		require.NoError(t, r.drv.Stop(ctx, vmName, hypervisor.StopPowerOff))
@@ -266,20 +267,28 @@ func TestPluginHangingVBoxManageIsKilledAtItsDeadline(t *testing.T) {
 		long := vboxsim.Duration(time.Minute)
 		slow.Restore = &long
 		r := newPluginRig(t, profiles[2], withVMs(slow))
-		const deadline = 500 * time.Millisecond
-		start := time.Now()
-		err := r.drv.Restore(ctxFor(t, deadline), vmName, "clean")
-		elapsed := time.Since(start)
-		assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
-		assert.Less(t, elapsed, deadline+time.Second)
+		// The plugin is launched first, so that the deadline is the call's.
+		_, err := r.drv.Status(plugintest.Context(t, time.Minute), vmName)
+		require.NoError(t, err)
+		// The deadline must leave the call time to reach VBoxManage: on a
+		// busy machine half a second may not, so a call whose deadline
+		// passed before it got there is made again with twice the time.
 		var restores []vboxsim.Invocation
-		for _, inv := range r.sim.Invocations(t) {
-			if containsSeq(inv.Args, []string{"snapshot", "restore"}) {
-				restores = append(restores, inv)
+		for deadline := 500 * time.Millisecond; len(restores) == 0; deadline *= 2 {
+			require.Less(t, deadline, 30*time.Second, "no restore ever reached VBoxManage")
+			start := time.Now()
+			err := r.drv.Restore(plugintest.Context(t, deadline), vmName, "clean")
+			elapsed := time.Since(start)
+			assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
+			assert.Less(t, elapsed, deadline+time.Second)
+			for _, inv := range r.sim.Invocations(t) {
+				if containsSeq(inv.Args, []string{"snapshot", "restore"}) {
+					restores = append(restores, inv)
+				}
 			}
 		}
 		require.Len(t, restores, 1)
-		assert.Eventually(t, func() bool { return !pidAlive(restores[0].PID) }, 2*time.Second, 20*time.Millisecond,
+		assert.Eventually(t, func() bool { return !plugintest.Alive(restores[0].PID) }, 2*time.Second, 20*time.Millisecond,
 			"the restore's VBoxManage (pid %d) is killed", restores[0].PID)
 		st := r.waitStatus(t, vmName, offAndUnlocked)
 		assert.Equal(t, hypervisor.PowerOff, st.Power, "a restore killed half-way leaves the VM as it was")
@@ -316,7 +325,7 @@ func TestPluginNeedsTheEnvAllowList(t *testing.T) {
 	r := newPluginRig(t, profiles[2],
 		withSetting("guest.password_file", ""),
 		withSetting("guest.password_env", `"VBOX_TEST_GUEST_PW"`))
-	_, err := r.drv.Info(ctxFor(t, 30*time.Second))
+	_, err := r.drv.Info(plugintest.Context(t, 30*time.Second))
 	require.Error(t, err)
 	assert.ErrorIs(t, err, hypervisor.ErrUnavailable)
 	assert.Contains(t, err.Error(), "environment variable VBOX_TEST_GUEST_PW is not set in the plugin's environment")

@@ -9,17 +9,19 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // composedVM is the rig's VM with the cleanup composed by the core and
 // short deadlines.
 func composedVM(r *rig, restoreTimeout time.Duration) lifecycle.VM {
-	return managedVM(r, vmName, func(s *lifecycle.Settings) {
+	return managedVM(r, vmName, func(s *config.Lifecycle) {
 		s.NativeCleanup = false
-		s.StopLadder = []hypervisor.StopMethod{hypervisor.StopPowerOff, hypervisor.StopEmergency}
+		s.StopLadder = []string{config.StopPowerOff, config.StopEmergency}
 		s.ReleaseTimeout = time.Second
 		s.RestoreTimeout = restoreTimeout
 	})
@@ -35,7 +37,7 @@ func TestComposedCleanupGetsPastALockTheListingDoesNotShow(t *testing.T) {
 		withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(-1) }),
 		withFaults(func(f *vboxsim.Faults) { f.HideSessionName = true }),
 		withSetting("retry.locked", `"1s"`))
-	ctx := ctxFor(t, time.Minute)
+	ctx := plugintest.Context(t, time.Minute)
 	m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Level: hclog.Info, Output: r.logs})})
 	vm := composedVM(r, 20*time.Second)
 	require.NoError(t, r.drv.Start(ctx, vmName))
@@ -60,7 +62,7 @@ func TestARestoreRefusedUntilItsDeadlineKeepsVirtualBoxsLastMessage(t *testing.T
 	r.sim.Update(t, func(w *vboxsim.World) {
 		w.Find(vmName).Session = vboxsim.Session{State: vboxsim.Locked, Owner: vboxsim.OwnerGUI, Name: "GUI/Qt"}
 	})
-	ctx := ctxFor(t, time.Minute)
+	ctx := plugintest.Context(t, time.Minute)
 	m := lifecycle.New(lifecycle.Options{})
 	rep, err := m.Restore(ctx, composedVM(r, 3*time.Second))
 	require.Error(t, err)

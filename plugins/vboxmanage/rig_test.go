@@ -1,14 +1,11 @@
 package vboxmanage_test
 
 import (
-	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -21,6 +18,7 @@ import (
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim/simtest"
 	"github.com/sandboxhq/sandbox/sdk"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 func TestMain(m *testing.M) {
@@ -69,7 +67,7 @@ type rig struct {
 	plugin *host.Plugin
 	// logs is everything the driver logged, and through the plugin
 	// everything the host logged too, at trace level.
-	logs *syncBuffer
+	logs *plugintest.Buffer
 	// tmp is the driver's temp_dir, where guest password files go.
 	tmp string
 	// file and config are the configuration file and its text.
@@ -165,7 +163,7 @@ func prepare(t testing.TB, p profile, opts ...rigOption) (*rig, []string) {
 	for _, k := range keys {
 		fmt.Fprintf(&b, "%s = %s\n", k, setup.settings[k])
 	}
-	r := &rig{sim: sim, logs: &syncBuffer{}, tmp: tmp, file: filepath.Join(dir, "config.toml"), config: b.String()}
+	r := &rig{sim: sim, logs: &plugintest.Buffer{}, tmp: tmp, file: filepath.Join(dir, "config.toml"), config: b.String()}
 	require.NoError(t, os.WriteFile(r.file, []byte(r.config), 0o600))
 	return r, setup.env
 }
@@ -182,16 +180,10 @@ func newRig(t testing.TB, p profile, opts ...rigOption) *rig {
 	return r
 }
 
-func ctxFor(t testing.TB, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // waitStatus polls Status until ok or the deadline.
 func (r *rig) waitStatus(t testing.TB, vm string, ok func(hypervisor.Status) bool) hypervisor.Status {
 	t.Helper()
-	ctx := ctxFor(t, 10*time.Second)
+	ctx := plugintest.Context(t, 10*time.Second)
 	for {
 		st, err := r.drv.Status(ctx, vm)
 		require.NoError(t, err)
@@ -229,24 +221,6 @@ func containsSeq(args, words []string) bool {
 		}
 	}
 	return i == len(words)
-}
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func newFromTOML(file, text string) (hypervisor.Driver, error) {

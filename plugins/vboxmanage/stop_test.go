@@ -10,6 +10,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // §5.2: stopping an off VM sends nothing, except that an emergency stop
@@ -29,7 +30,7 @@ func TestPluginEmergencyStopOfAStoppedVM(t *testing.T) {
 // emergencyStopOfAStoppedVM expects a world whose VM processes never exit
 // by themselves after a power-off.
 func emergencyStopOfAStoppedVM(t *testing.T, r *rig) {
-	ctx := ctxFor(t, 30*time.Second)
+	ctx := plugintest.Context(t, 30*time.Second)
 	d := r.drv
 	kills := func() int { return r.argvCount(t, "--type", "emergencystop") }
 	controls := func() int { return r.argvCount(t, "controlvm") }
@@ -99,7 +100,7 @@ func TestCleanupOfAStartingVM(t *testing.T) {
 		t.Parallel()
 		r := newRig(t, profiles[2], withSetting("cleanup.stop_wait", `"30s"`),
 			withTiming(func(tm *vboxsim.Timing) { tm.Start = vboxsim.Duration(600 * time.Millisecond) }))
-		ctx := ctxFor(t, time.Minute)
+		ctx := plugintest.Context(t, time.Minute)
 		_, err := r.drv.Info(ctx)
 		require.NoError(t, err)
 		starting(r)
@@ -119,7 +120,7 @@ func TestCleanupOfAStartingVM(t *testing.T) {
 		r := newRig(t, profiles[2], withSetting("cleanup.stop_wait", `"30s"`),
 			withFaults(func(f *vboxsim.Faults) { f.HangStarting = true }))
 		vboxmanage.SetStartingGrace(r.native, 300*time.Millisecond)
-		ctx := ctxFor(t, time.Minute)
+		ctx := plugintest.Context(t, time.Minute)
 		starting(r)
 		begun := time.Now()
 		res, err := r.drv.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
@@ -135,7 +136,7 @@ func TestCleanupOfAStartingVM(t *testing.T) {
 		t.Parallel()
 		r := newRig(t, profiles[2], withSetting("cleanup.stop_wait", `"500ms"`),
 			withFaults(func(f *vboxsim.Faults) { f.HangStarting = true }))
-		ctx := ctxFor(t, time.Minute)
+		ctx := plugintest.Context(t, time.Minute)
 		starting(r)
 		begun := time.Now()
 		res, err := r.drv.Cleanup(ctx, vmName, hypervisor.CleanupRequest{})
@@ -154,7 +155,7 @@ func TestCleanupCutsAHungPowerOffAtStopWait(t *testing.T) {
 		withFaults(func(f *vboxsim.Faults) { f.HangPowerOff = true }),
 		withSetting("timeouts.poweroff", `"30s"`),
 		withSetting("cleanup.stop_wait", `"1s"`))
-	ctx := ctxFor(t, time.Minute)
+	ctx := plugintest.Context(t, time.Minute)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	start := time.Now()
 	res, err := r.drv.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true})

@@ -46,6 +46,12 @@ var guestChecks = []*check{
 		fn:      checkExecFailure,
 	},
 	{
+		name: "Guest/OutputBounded", clause: "§9.5",
+		summary: "a command that writes 1 MiB, asked for 64 KiB of it, returns at most 64 KiB and says it dropped the rest",
+		caps:    []hypervisor.Capability{hypervisor.CapGuestExec},
+		fn:      checkOutputBounded,
+	},
+	{
 		name: "Guest/ExecTimeout", clause: "§9.2c",
 		summary: "a command still running at its timeout is killed and answers timeout",
 		caps:    []hypervisor.Capability{hypervisor.CapGuestExec},
@@ -153,6 +159,31 @@ func checkExecFailure(p *probe) {
 		p.Errorf("Exec %s %v exited %d with nothing on stderr", req.Path, req.Args, res.ExitCode)
 	}
 	p.Logf("exit code %d, stderr %q", res.ExitCode, res.Stderr)
+}
+
+// checkOutputBounded runs the flood command with max_output FloodLimit.
+// A driver that keeps everything answers a result the host cannot take,
+// an error here; one that keeps its bound without saying so fails too.
+func checkOutputBounded(p *probe) {
+	vm := p.guestUp()
+	f := p.s.guest.Flood
+	req := hypervisor.ExecRequest{Path: f[0], Args: f[1:], Timeout: p.s.timing.Settle, MaxOutput: FloodLimit}
+	res, err := p.d().Exec(p.ctx, vm, req)
+	if !p.ok(err, "Exec %s %v (writes %d bytes) with max_output %d", req.Path, req.Args, FloodSize, FloodLimit) {
+		return
+	}
+	if res.ExitCode != 0 {
+		p.Errorf("Exec %s %v exited %d, stderr %q", req.Path, req.Args, res.ExitCode, res.Stderr)
+	}
+	switch {
+	case len(res.Stdout) > FloodLimit:
+		p.Errorf("Exec with max_output %d returned %d bytes of stdout", FloodLimit, len(res.Stdout))
+	case len(res.Stdout) == 0:
+		p.Errorf("Exec of a command that wrote %d bytes returned no stdout", FloodSize)
+	case !res.StdoutTruncated:
+		p.Errorf("Exec kept %d of the %d bytes the command wrote and did not say it dropped the rest (StdoutTruncated)", len(res.Stdout), FloodSize)
+	}
+	p.Logf("kept %d bytes of stdout, truncated %t", len(res.Stdout), res.StdoutTruncated)
 }
 
 // execTimeout is the timeout the exec checks give a command: long enough

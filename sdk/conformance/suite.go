@@ -198,18 +198,25 @@ func (s *session) exec(r reporter, c *check) {
 	c.fn(p)
 }
 
-// Run runs the checks that go test's -run and -skip select as subtests of
-// t, grouped by capability ("Restore/UnknownSnapshotIsNotFound"). Checks on
-// different VMs run at the same time where the contract allows (see
-// Collect); each subtest reports its check's outcome, log and duration in
-// suite order. The VMs are put back as they were found when t ends, also
-// when a check failed.
+// Run runs the checks that go test's -run and -skip select, each as a
+// subtest of t named after it ("Restore/UnknownSnapshotIsNotFound"), with
+// its outcome and log. Checks on different VMs run at the same time where
+// the contract allows (see Collect), each inside its own subtest, so the
+// time go test gives a subtest is its check's own. With target.Model set,
+// the model's exploration follows the checks as the subtest "Model". The
+// VMs are put back as they were found when t ends, also when a check
+// failed.
 func Run(t *testing.T, target Target) {
 	t.Helper()
 	s, err := open(context.Background(), target)
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() {
+		if err := s.finish(); err != nil {
+			t.Errorf("conformance: could not put the VMs back as they were: %v", err)
+		}
+	})
 	t.Logf("driver %s %s, contract version %d, capabilities: %s", s.info.Name, s.info.Version,
 		s.info.ContractVersion, s.caps)
 	var checks []*check
@@ -218,58 +225,22 @@ func Run(t *testing.T, target Target) {
 			checks = append(checks, c)
 		}
 	}
-	results := make(map[*check]chan Result, len(checks))
-	for _, c := range checks {
-		results[c] = make(chan Result, 1)
-	}
-	var mu sync.Mutex
-	replayed := map[*check]bool{}
-	go s.runAll(checks, func(c *check, res Result) { results[c] <- res })
-	t.Cleanup(func() {
-		// A check has ended once its result was replayed; one that was not
-		// (t stopped early) is waited for, unless the run left it out.
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range checks {
-			if !replayed[c] {
-				select {
-				case <-results[c]:
-				case <-s.ctx.Done():
-				}
-			}
-		}
-		if err := s.finish(); err != nil {
-			t.Errorf("conformance: could not put the VMs back as they were: %v", err)
-		}
-	})
-	all := registry()
-	for i := 0; i < len(all); {
-		g := all[i].group()
-		j := i
-		for j < len(all) && all[j].group() == g {
-			j++
-		}
-		group := all[i:j]
-		t.Run(g, func(t *testing.T) {
-			for _, c := range group {
-				t.Run(c.short(), func(t *testing.T) {
-					ch := results[c]
-					if ch == nil {
-						t.Skip("not selected") // -run and -skip disagree with this check's full name
-					}
-					res := <-ch
-					mu.Lock()
-					replayed[c] = true
-					mu.Unlock()
-					replay(t, res)
-				})
-			}
-		})
-		i = j
-	}
+	s.runSubtests(t, checks)
+	// After the checks, with every VM free: the model's sequences use them all.
 	if target.Model.enabled() && selectedByTestFlags(t.Name()+"/Model") {
 		t.Run("Model", func(t *testing.T) { replayModel(t, s.explore(target.Model)) })
 	}
+}
+
+// runSubtests runs checks through the scheduler, each in a subtest of t
+// begun when the check may begin, so that go test times the check itself
+// rather than how long a subtest waited for checks on other VMs (testing
+// lets several goroutines call t.Run at once). It returns when every
+// check has ended.
+func (s *session) runSubtests(t *testing.T, checks []*check) {
+	s.runAll(checks, func(c *check, run func() Result) {
+		t.Run(c.name, func(t *testing.T) { replay(t, run()) })
+	})
 }
 
 // replayModel reports the model's exploration through t.
@@ -293,7 +264,6 @@ func replay(t *testing.T, res Result) {
 	for _, l := range res.Log {
 		t.Log(l)
 	}
-	t.Logf("took %s", res.Duration.Round(time.Millisecond))
 	switch res.Outcome {
 	case Skip:
 		t.Skip(res.Message)
@@ -333,7 +303,8 @@ func Collect(ctx context.Context, target Target, opts Options) (*Report, error) 
 	}
 	byCheck := map[*check]Result{}
 	var mu sync.Mutex
-	s.runAll(checks, func(c *check, res Result) {
+	s.runAll(checks, func(c *check, run func() Result) {
+		res := run()
 		mu.Lock()
 		byCheck[c] = res
 		mu.Unlock()
@@ -370,15 +341,15 @@ func (s *session) runOne(c *check) Result {
 	return res
 }
 
-// runAll runs checks through the scheduler and hands each result to done
-// as it comes. Once the session's context ends, the checks not begun are
-// left out.
-func (s *session) runAll(checks []*check, done func(*check, Result)) {
+// runAll runs checks through the scheduler: each, once it may begin, is
+// handed to do with the function that runs it and returns its result.
+// Once the session's context ends, the checks not begun are left out.
+func (s *session) runAll(checks []*check, do func(c *check, run func() Result)) {
 	schedule(checks, s.vmsOf, func(c *check) bool {
 		if s.ctx.Err() != nil {
 			return false
 		}
-		done(c, s.runOne(c))
+		do(c, func() Result { return s.runOne(c) })
 		return true
 	})
 }

@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
-	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
-	"github.com/sandboxhq/sandbox/core/host"
+	"github.com/sandboxhq/sandbox/core/configfile"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/sdk"
 )
@@ -19,7 +19,8 @@ import (
 // VM are required; every other VM unlocks the checks that need it, and the
 // checks that need one not given are skipped with the reason.
 type Target struct {
-	// Connect reaches the driver: Plugin, InProcess or Connected.
+	// Connect reaches the driver: InProcess, Connected, or a built plugin
+	// through host.Connect.
 	Connect Connector
 	// VM is the VM most checks drive. It is started, stopped and restored
 	// to Snapshot many times, so it must be disposable.
@@ -74,7 +75,22 @@ type Guest struct {
 	// Sleep is a command that runs for at least a minute, to be cut short
 	// by a timeout; default ["sleep", "60"].
 	Sleep []string
+	// Flood is a command that writes at least FloodSize bytes to stdout
+	// and exits, the guest flooding its driver (§9.5); default ["dd",
+	// "if=/dev/zero", "bs=65536", "count=16"], 1 MiB of zeros.
+	Flood []string
 }
+
+// FloodSize is how much the Flood command writes, at least. The suite asks
+// for FloodLimit of it, a sixteenth: a driver that keeps it all fails on
+// the size, with the check's memory no more than the flood's. The flood is
+// no larger because no driver can ask a guest agent for less of a
+// command's output: it must read the whole reply, and libvirtd already
+// fails replies of a few MiB.
+const (
+	FloodSize  = 1 << 20
+	FloodLimit = 64 << 10
+)
 
 // Timing bounds the suite's waits. Real hypervisors need the defaults; a
 // fast fake can use much shorter ones.
@@ -121,91 +137,101 @@ func (g Guest) withDefaults() Guest {
 	if len(g.Sleep) == 0 {
 		g.Sleep = []string{"sleep", "60"}
 	}
+	if len(g.Flood) == 0 {
+		g.Flood = []string{"dd", "if=/dev/zero", "bs=65536", "count=16"}
+	}
 	return g
 }
 
 // Connector reaches the driver under test. The suite calls it once per run
-// and calls the returned close function when the run ends.
+// and calls the returned close function when the run ends. InProcess and
+// Connected make one; host.Connect launches a built plugin executable the
+// way the CLI does.
 type Connector func(ctx context.Context) (d hypervisor.Driver, close func(), err error)
-
-// PluginBinary is a plugin executable and the configuration it is launched
-// with, as a [plugins.NAME] table and the file around it would give them.
-type PluginBinary struct {
-	// Name is the plugin's name; the plugin decodes the table
-	// [plugins.NAME.config] of Config. Default "plugin".
-	Name string
-	// Path is the executable.
-	Path string
-	// Args and Env are as in the [plugins.NAME] table: extra arguments,
-	// and the environment beyond the minimal one ("NAME" passes the
-	// variable through, "NAME=value" sets it).
-	Args []string
-	Env  []string
-	// Config is the configuration file's text.
-	Config string
-	// ConfigFile is the path Config is said to come from: the plugin
-	// resolves its relative paths against its directory and names it in
-	// errors. Default: config.toml in the working directory.
-	ConfigFile string
-	// Logger receives the host's and the plugin's log; nil discards it.
-	Logger hclog.Logger
-}
-
-// Plugin launches a plugin binary through the plugin host, as the CLI does:
-// minimal environment, protocol negotiation, the configuration sent over
-// the wire.
-func Plugin(p PluginBinary) Connector {
-	return func(ctx context.Context) (hypervisor.Driver, func(), error) {
-		name := p.Name
-		if name == "" {
-			name = "plugin"
-		}
-		file := p.ConfigFile
-		if file == "" {
-			wd, err := os.Getwd()
-			if err != nil {
-				return nil, nil, err
-			}
-			file = filepath.Join(wd, "config.toml")
-		}
-		h := host.New(host.Options{
-			Plugins: map[string]host.PluginConfig{name: {Path: p.Path, Args: p.Args, Env: p.Env}},
-			File:    file,
-			Data:    []byte(p.Config),
-			Logger:  p.Logger,
-		})
-		pl, err := h.Plugin(name)
-		if err == nil {
-			// Launch now, so that a plugin that cannot start fails the run
-			// once instead of every check.
-			_, err = pl.Info(ctx)
-		}
-		if err != nil {
-			h.Close()
-			return nil, nil, err
-		}
-		return pl, h.Close, nil
-	}
-}
 
 // InProcess serves the driver built by factory inside the test process,
 // over a real gRPC connection (sdk.ServeInProcess), so that the wire
-// adapters are exercised as with a plugin. config is the text of a
-// configuration file holding the table [plugins.NAME.config]; relative
-// paths in it resolve against the working directory.
+// adapters are exercised as with a plugin.
+//
+// config is what an operator's config.toml would hold for the plugin: its
+// text, with the driver's settings in the table [plugins.NAME.config] (and
+// the tables below it), NAME being name. Other tables are ignored; empty
+// text leaves the driver its defaults. Errors name it "InProcess config",
+// with lines counted in the string, and relative paths in it resolve
+// against the working directory (the package's directory under go test).
+// Text that has no [plugins.NAME.config] table is refused with what it has
+// instead, before the factory runs.
 func InProcess(name string, factory sdk.Factory, config string, opts ...sdk.ServeOption) Connector {
 	return func(ctx context.Context) (hypervisor.Driver, func(), error) {
+		fail := func(err error) error { return fmt.Errorf("conformance.InProcess(%q): %w", name, err) }
+		if err := findTable(name, config); err != nil {
+			return nil, nil, fail(err)
+		}
 		wd, err := os.Getwd()
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, fail(err)
 		}
-		cfg := sdk.ConfigFromTOML(name, filepath.Join(wd, "config.toml"), []byte(config))
+		cfg := sdk.Config{Plugin: name, File: inProcessConfig, Dir: wd, Table: []string{"plugins", name, "config"}, Data: []byte(config)}
 		p, err := sdk.ServeInProcess(ctx, factory, cfg, nil, opts...)
 		if err != nil {
-			return nil, nil, fmt.Errorf("serve %s in process: %w", name, err)
+			var he *hypervisor.Error
+			if errors.As(err, &he) && he.Op == hypervisor.OpConfigure && he.Message != "" {
+				// The driver's own words, e.g. "InProcess config:4: KEY: unknown key".
+				return nil, nil, fail(fmt.Errorf("the driver rejected its configuration: %s", he.Message))
+			}
+			return nil, nil, fail(err)
 		}
 		return p, func() { _ = p.Close() }, nil
 	}
+}
+
+// inProcessConfig names InProcess's config string in errors, where a
+// configuration file's name would be.
+const inProcessConfig = "InProcess config"
+
+// findTable checks that config, the text of InProcess, has the driver's
+// table [plugins.NAME.config], or no setting at all, and otherwise says
+// what it has instead: a table for another name, the table's keys without
+// its header.
+func findTable(name, config string) error {
+	if name == "" {
+		return errors.New("the plugin's name is empty: the driver's settings are read from [plugins.NAME.config]")
+	}
+	var doc map[string]any
+	if err := (configfile.Document{File: inProcessConfig, Data: []byte(config)}).Decode(&doc, configfile.Ignore("*")); err != nil {
+		return fmt.Errorf("the config string is not valid TOML: %w", err)
+	}
+	if len(doc) == 0 {
+		return nil
+	}
+	plugins, _ := doc["plugins"].(map[string]any)
+	if p, ok := plugins[name].(map[string]any); ok {
+		if _, ok := p["config"].(map[string]any); ok {
+			return nil
+		}
+	}
+	var has, bare []string
+	for _, k := range slices.Sorted(maps.Keys(doc)) {
+		switch _, table := doc[k].(map[string]any); {
+		case !table:
+			bare = append(bare, k)
+		case k == "plugins":
+			for _, p := range slices.Sorted(maps.Keys(plugins)) {
+				if pt, _ := plugins[p].(map[string]any); pt["config"] != nil {
+					has = append(has, "[plugins."+p+".config]")
+				} else {
+					has = append(has, "[plugins."+p+"] with no config table")
+				}
+			}
+		default:
+			has = append(has, "["+k+"]")
+		}
+	}
+	if len(bare) > 0 {
+		has = append([]string{"keys outside any table (" + strings.Join(bare, ", ") + ")"}, has...)
+	}
+	return fmt.Errorf("the config string has no [plugins.%s.config] table, which holds the driver's settings; it has %s. "+
+		"It is a config.toml's text: put the driver's settings under a [plugins.%s.config] header", name, strings.Join(has, ", "), name)
 }
 
 // Connected uses a driver the caller already reached, such as a

@@ -8,5 +8,5 @@ import (
 )
 
 func main() {
-	sdk.Serve(fake.New)
+	sdk.Serve(fake.New, sdk.WithConfigDocs("docs/configuration.md"))
 }

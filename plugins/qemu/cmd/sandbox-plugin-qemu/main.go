@@ -8,5 +8,5 @@ import (
 )
 
 func main() {
-	sdk.Serve(qemu.New)
+	sdk.Serve(qemu.New, sdk.WithConfigDocs("docs/qemu.md"))
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 )
 
@@ -25,8 +26,13 @@ type Snapshot struct {
 
 const magic = 0x514649fb // "QFI\xfb"
 
-// maxSnapshots bounds what a corrupt header can make this read.
-const maxSnapshots = 65536
+// maxSnapshots and maxTable bound what a corrupt header can make this
+// read: QEMU itself keeps at most 65536 snapshots in a table of at most
+// 64 MiB.
+const (
+	maxSnapshots = 65536
+	maxTable     = 64 << 20
+)
 
 // Snapshots returns the snapshot table of the qcow2 image at path.
 func Snapshots(path string) ([]Snapshot, error) {
@@ -35,8 +41,14 @@ func Snapshots(path string) ([]Snapshot, error) {
 		return nil, err
 	}
 	defer f.Close()
+	return Read(f, path)
+}
+
+// Read returns the snapshot table of the qcow2 image f, named path in
+// errors. Whatever f holds, it reads at most 64 MiB of table.
+func Read(f io.ReaderAt, path string) ([]Snapshot, error) {
 	var h [72]byte
-	if _, err := io.ReadFull(f, h[:]); err != nil {
+	if _, err := f.ReadAt(h[:], 0); err != nil {
 		return nil, fmt.Errorf("%s: not a qcow2 image: %w", path, err)
 	}
 	be := binary.BigEndian
@@ -52,12 +64,18 @@ func Snapshots(path string) ([]Snapshot, error) {
 	if n > maxSnapshots {
 		return nil, fmt.Errorf("%s: header claims %d snapshots", path, n)
 	}
+	if off < 0 {
+		return nil, fmt.Errorf("%s: header puts the snapshot table at offset %d", path, off)
+	}
 	out := make([]Snapshot, 0, n)
 	r := &reader{f: f, off: off}
 	for i := uint32(0); i < n; i++ {
 		s, err := r.entry()
 		if err != nil {
 			return nil, fmt.Errorf("%s: snapshot table entry %d: %w", path, i, err)
+		}
+		if r.off-off > maxTable {
+			return nil, fmt.Errorf("%s: the snapshot table is larger than %d bytes", path, maxTable)
 		}
 		out = append(out, s)
 	}
@@ -75,11 +93,14 @@ func Find(snaps []Snapshot, name string) (Snapshot, bool) {
 }
 
 type reader struct {
-	f   *os.File
+	f   io.ReaderAt
 	off int64
 }
 
 func (r *reader) read(n int) ([]byte, error) {
+	if r.off > math.MaxInt64-int64(n) {
+		return nil, io.ErrUnexpectedEOF
+	}
 	b := make([]byte, n)
 	if _, err := r.f.ReadAt(b, r.off); err != nil {
 		if errors.Is(err, io.EOF) {
@@ -123,7 +144,7 @@ func (r *reader) entry() (Snapshot, error) {
 	if err != nil {
 		return Snapshot{}, err
 	}
-	if pad := (r.off - start) % 8; pad != 0 {
+	if pad := (r.off - start) % 8; pad != 0 && r.off <= math.MaxInt64-8 {
 		r.off += 8 - pad
 	}
 	return Snapshot{ID: string(id), Name: string(name), VMStateSize: vmState}, nil

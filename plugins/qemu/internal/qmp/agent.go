@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -17,7 +18,24 @@ import (
 // safe for concurrent use.
 type Agent struct {
 	c *conn
+	// stale: a reply was dropped as too long, or cut by a deadline, and
+	// the next command synchronises first.
+	stale bool
 }
+
+// Bounds of what an Agent takes from the guest (contract §9.5): a reply
+// carries at most DataLimit bytes of data in any string, base64-encoded,
+// unless a command asks for more (a file read's count, a command's output
+// bound), and a reply is at most frameFor of its strings' bound.
+const DataLimit = 64 << 10
+
+// b64 is the length of n bytes in base64.
+func b64(n int) int { return (n + 2) / 3 * 4 }
+
+// frameFor is the longest reply taken whose strings keep maxString
+// characters: two such strings, each character as "\/" at worst, and room
+// for the rest.
+func frameFor(maxString int) int { return 4*maxString + 64<<10 }
 
 // syncTry bounds one guest-sync-delimited attempt; an agent that is up
 // answers in milliseconds.
@@ -39,6 +57,7 @@ func DialAgent(ctx context.Context, path string) (*Agent, error) {
 		return nil, err
 	}
 	a := &Agent{c: c}
+	a.bound(DataLimit)
 	if err := a.sync(ctx); err != nil {
 		c.Close()
 		return nil, err
@@ -48,6 +67,13 @@ func DialAgent(ctx context.Context, path string) (*Agent, error) {
 
 // Close ends the session.
 func (a *Agent) Close() error { return a.c.Close() }
+
+// bound makes the replies read from now on carry at most data bytes in
+// any string.
+func (a *Agent) bound(data int) {
+	s := b64(max(data, DataLimit))
+	a.c.limit(s, frameFor(s))
+}
 
 // sync performs the guest-sync-delimited handshake. The 0xFF byte sent
 // first makes the agent drop any half-received request; its reply is
@@ -96,7 +122,10 @@ func deadlineOf(ctx context.Context) time.Time {
 // awaitSync reads until the reply carrying id.
 func (a *Agent) awaitSync(ctx context.Context, id int64) (bool, error) {
 	for {
-		line, err := a.c.line(ctx)
+		line, _, err := a.c.line(ctx)
+		if errors.Is(err, ErrFrameTooLong) {
+			continue // not the reply to a sync: that is short
+		}
 		if err != nil {
 			return false, err
 		}
@@ -114,19 +143,39 @@ func (a *Agent) awaitSync(ctx context.Context, id int64) (bool, error) {
 }
 
 // Execute runs an agent command and decodes its return value into out.
+// Its reply carries at most DataLimit bytes in any string.
 func (a *Agent) Execute(ctx context.Context, cmd string, args, out any) error {
-	if err := a.c.send(ctx, nil, request{Execute: cmd, Arguments: args}); err != nil {
-		return fmt.Errorf("%s: %w", cmd, err)
+	_, err := a.execute(ctx, cmd, args, out, DataLimit)
+	return err
+}
+
+// execute runs cmd, taking a reply whose strings carry at most data bytes
+// (base64), and returns the members whose values were cut to that. A
+// session that lost track of the replies (one dropped as too long, or cut
+// by a deadline) synchronises first.
+func (a *Agent) execute(ctx context.Context, cmd string, args, out any, data int) ([]string, error) {
+	if a.stale {
+		if err := a.sync(ctx); err != nil {
+			return nil, fmt.Errorf("%s: %w", cmd, err)
+		}
+		a.stale = false
 	}
-	line, err := a.c.line(ctx)
+	if err := a.c.send(ctx, nil, request{Execute: cmd, Arguments: args}); err != nil {
+		a.stale = true
+		return nil, fmt.Errorf("%s: %w", cmd, err)
+	}
+	a.bound(data)
+	defer a.bound(DataLimit)
+	line, cuts, err := a.c.line(ctx)
 	if err != nil {
-		return fmt.Errorf("%s: %w", cmd, err)
+		a.stale = true
+		return nil, fmt.Errorf("%s: %w", cmd, err)
 	}
 	var msg message
 	if err := json.Unmarshal(line, &msg); err != nil {
-		return fmt.Errorf("%s: unreadable reply %q: %w", cmd, truncate(line), err)
+		return nil, fmt.Errorf("%s: unreadable reply %q: %w", cmd, truncate(line), err)
 	}
-	return decodeReturn(cmd, msg, out)
+	return cuts, decodeReturn(cmd, msg, out)
 }
 
 // ExecStatus is the state of a command started with Exec.
@@ -141,7 +190,9 @@ type ExecStatus struct {
 	// OutData and ErrData are its output, base64.
 	OutData string `json:"out-data"`
 	ErrData string `json:"err-data"`
-	// OutTruncated and ErrTruncated say the agent kept only part of it.
+	// OutTruncated and ErrTruncated say that only part of it came: the
+	// agent kept only part of it, or the reply was cut to the bound
+	// ExecStatus was given.
 	OutTruncated bool `json:"out-truncated"`
 	ErrTruncated bool `json:"err-truncated"`
 }
@@ -159,10 +210,14 @@ func (a *Agent) Exec(ctx context.Context, path string, args []string) (int, erro
 	return r.PID, err
 }
 
-// ExecStatus asks about a command started with Exec.
-func (a *Agent) ExecStatus(ctx context.Context, pid int) (ExecStatus, error) {
+// ExecStatus asks about a command started with Exec, taking at most max
+// bytes of each of its stdout and stderr (a little more: whole base64
+// groups); what was cut is said by OutTruncated and ErrTruncated.
+func (a *Agent) ExecStatus(ctx context.Context, pid, max int) (ExecStatus, error) {
 	var st ExecStatus
-	err := a.Execute(ctx, "guest-exec-status", map[string]int{"pid": pid}, &st)
+	cuts, err := a.execute(ctx, "guest-exec-status", map[string]int{"pid": pid}, &st, max)
+	st.OutTruncated = st.OutTruncated || slices.Contains(cuts, "out-data")
+	st.ErrTruncated = st.ErrTruncated || slices.Contains(cuts, "err-data")
 	return st, err
 }
 
@@ -194,12 +249,16 @@ func (a *Agent) FileRead(ctx context.Context, h int64, count int) ([]byte, bool,
 		Buf   string `json:"buf-b64"`
 		EOF   bool   `json:"eof"`
 	}
-	if err := a.Execute(ctx, "guest-file-read", map[string]any{"handle": h, "count": count}, &r); err != nil {
+	cuts, err := a.execute(ctx, "guest-file-read", map[string]any{"handle": h, "count": count}, &r, count)
+	if err != nil {
 		return nil, false, err
 	}
 	data, err := base64.StdEncoding.DecodeString(r.Buf)
 	if err != nil {
 		return nil, false, fmt.Errorf("guest-file-read: %w", err)
+	}
+	if len(cuts) > 0 || len(data) > count {
+		return nil, false, fmt.Errorf("guest-file-read: the agent returned more than the %d bytes asked", count)
 	}
 	return data, r.EOF, nil
 }
@@ -211,4 +270,10 @@ func (a *Agent) FileClose(ctx context.Context, h int64) error {
 
 // Resync synchronises again after a call was cut short, so that its late
 // reply is not taken for the next call's.
-func (a *Agent) Resync(ctx context.Context) error { return a.sync(ctx) }
+func (a *Agent) Resync(ctx context.Context) error {
+	if err := a.sync(ctx); err != nil {
+		return err
+	}
+	a.stale = false
+	return nil
+}

@@ -8,7 +8,6 @@
 package qmp
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -46,13 +45,19 @@ func (e *Error) Error() string { return e.Desc }
 
 // conn is one client connection: JSON objects out, lines in. Every call
 // sets the socket's deadline from its context, and a context cancelled
-// without a deadline interrupts the blocked call.
+// without a deadline interrupts the blocked call. What it holds of the
+// other end's data is bounded: a read buffer, and one frame of at most
+// the framer's bound.
 type conn struct {
 	c    net.Conn
 	path string
-	buf  []byte // received, not yet returned
-	scan int    // bytes of buf already searched for a line end
+	f    *framer
+	rbuf []byte // received, not yet framed: rbuf[r:w]
+	r, w int
 }
+
+// readSize is how much a connection reads from its socket at a time.
+const readSize = 64 << 10
 
 // dial connects to the unix socket at path.
 func dial(ctx context.Context, path string) (*conn, error) {
@@ -69,8 +74,12 @@ func dial(ctx context.Context, path string) (*conn, error) {
 		}
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return &conn{c: c, path: path}, nil
+	return &conn{c: c, path: path, f: newFramer(4<<10, 64<<10), rbuf: make([]byte, readSize)}, nil
 }
+
+// limit bounds the frames read from now on: strings keep maxString
+// characters, a frame at most maxFrame bytes.
+func (c *conn) limit(maxString, maxFrame int) { c.f.setLimits(maxString, maxFrame) }
 
 // Close closes the connection.
 func (c *conn) Close() error { return c.c.Close() }
@@ -116,34 +125,32 @@ func (c *conn) send(ctx context.Context, prefix []byte, v any) error {
 	return nil
 }
 
-// line returns the next line received, without its end. Data read before
-// a timeout stays buffered for the next call, so a reply cut by one
-// deadline is not lost to the next reader.
-func (c *conn) line(ctx context.Context) ([]byte, error) {
+// line returns the next line received, without its end, and the members
+// whose string values it cut (see framer). A line longer than the bound is
+// read past and answered ErrFrameTooLong, so the next call starts on the
+// next line; a frame cut by a timeout goes on where it was at the next
+// call, so a reply cut by one deadline is neither lost to nor mistaken by
+// the next reader.
+func (c *conn) line(ctx context.Context) ([]byte, []string, error) {
 	stop := c.bound(ctx)
 	defer stop()
 	for {
-		if i := bytes.IndexByte(c.buf[c.scan:], '\n'); i >= 0 {
-			end := c.scan + i
-			out := bytes.TrimRight(c.buf[:end], "\r")
-			rest := c.buf[end+1:]
-			line := append([]byte(nil), out...)
-			c.buf = append(c.buf[:0], rest...)
-			c.scan = 0
-			return line, nil
+		if c.r < c.w {
+			n, done := c.f.scan(c.rbuf[c.r:c.w])
+			c.r += n
+			if done {
+				line, cuts, err := c.f.take()
+				if err != nil {
+					return nil, nil, fmt.Errorf("read from %s: %w", c.path, err)
+				}
+				return line, cuts, nil
+			}
 		}
-		// Only the new data needs searching next time: a reply of
-		// megabytes arrives in many reads.
-		c.scan = len(c.buf)
-		if cap(c.buf)-len(c.buf) < 64<<10 {
-			grown := make([]byte, len(c.buf), 2*cap(c.buf)+64<<10)
-			copy(grown, c.buf)
-			c.buf = grown
-		}
-		n, err := c.c.Read(c.buf[len(c.buf):cap(c.buf)])
-		c.buf = c.buf[:len(c.buf)+n]
+		c.r, c.w = 0, 0
+		n, err := c.c.Read(c.rbuf)
+		c.w = n
 		if err != nil && n == 0 {
-			return nil, c.fail(ctx, "read from", err)
+			return nil, nil, c.fail(ctx, "read from", err)
 		}
 	}
 }

@@ -21,6 +21,11 @@ type Monitor struct {
 
 const maxEvents = 64
 
+// monitorString is the most characters a QMP reply keeps in a string: the
+// replies the plugin reads are short, and QEMU's own; the bound is for a
+// QEMU a guest took over.
+const monitorString = 1 << 20
+
 // Event is an asynchronous QMP event, e.g. SHUTDOWN.
 type Event struct {
 	// Name is the event's name, e.g. "SHUTDOWN", "POWERDOWN", "STOP".
@@ -47,7 +52,8 @@ func DialMonitor(ctx context.Context, path string) (*Monitor, error) {
 		return nil, err
 	}
 	m := &Monitor{c: c}
-	line, err := c.line(ctx)
+	c.limit(monitorString, frameFor(monitorString))
+	line, _, err := c.line(ctx)
 	if err != nil {
 		c.Close()
 		if errors.Is(err, context.DeadlineExceeded) {
@@ -96,7 +102,7 @@ func (m *Monitor) Execute(ctx context.Context, cmd string, args, out any) error 
 
 // read returns the next message, keeping events.
 func (m *Monitor) read(ctx context.Context) (message, error) {
-	line, err := m.c.line(ctx)
+	line, _, err := m.c.line(ctx)
 	if err != nil {
 		return message{}, err
 	}
@@ -124,7 +130,7 @@ func (m *Monitor) WaitEvent(ctx context.Context, name string) (Event, error) {
 			}
 		}
 		m.events = m.events[:0]
-		if _, err := m.read(ctx); err != nil {
+		if _, err := m.read(ctx); err != nil && !errors.Is(err, ErrFrameTooLong) {
 			return Event{}, fmt.Errorf("waiting for event %s: %w", name, err)
 		}
 	}

@@ -4,11 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -154,7 +156,7 @@ func TestAgentSyncReadsPastStaleReplies(t *testing.T) {
 	pid, err := a.Exec(ctx, "/bin/sh", []string{"-c", "exit 3"})
 	require.NoError(t, err)
 	assert.Equal(t, 110, pid)
-	st, err := a.ExecStatus(ctx, pid)
+	st, err := a.ExecStatus(ctx, pid, 1024)
 	require.NoError(t, err)
 	assert.True(t, st.Exited)
 	assert.Equal(t, 3, *st.ExitCode)
@@ -222,4 +224,125 @@ func TestAgentSyncResentReadsPastEveryEarlierAttempt(t *testing.T) {
 	pid, err := a.Exec(ctx, "/bin/true", nil)
 	require.NoError(t, err, "the command read its own reply")
 	assert.Equal(t, 7, pid)
+}
+
+// agentWith plays a guest agent that answers the handshake and hands every
+// other command to reply.
+func agentWith(t *testing.T, reply func(c net.Conn, execute string)) string {
+	return serve(t, func(c net.Conn) {
+		r := bufio.NewReader(c)
+		for {
+			line, err := r.ReadBytes('\n')
+			if err != nil {
+				return
+			}
+			line = bytes.TrimPrefix(line, []byte{0xff})
+			var req struct {
+				Execute   string
+				Arguments map[string]json.RawMessage
+			}
+			if json.Unmarshal(line, &req) != nil {
+				continue
+			}
+			if req.Execute == "guest-sync-delimited" {
+				c.Write(append(append([]byte{0xff}, `{"return": `+string(req.Arguments["id"])+`}`...), '\n'))
+				continue
+			}
+			reply(c, req.Execute)
+		}
+	})
+}
+
+// heapSys is how much memory the Go heap holds from the system now.
+func heapSys() uint64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapSys
+}
+
+// A guest that took over the agent's channel writes a line that never
+// ends: the call answers at its deadline, having held no more than a
+// frame's bound of it.
+func TestAgentFloodedByANeverEndingLine(t *testing.T) {
+	path := agentWith(t, func(c net.Conn, _ string) {
+		chunk := bytes.Repeat([]byte("A"), 1<<20)
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	a, err := qmp.DialAgent(ctx, path)
+	require.NoError(t, err)
+	defer a.Close()
+	before := heapSys()
+	cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+	defer ccancel()
+	begun := time.Now()
+	_, err = a.ExecStatus(cctx, 1, 1<<20)
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Less(t, time.Since(begun), 4*time.Second, "the call answers at its deadline")
+	grew := int64(heapSys()) - int64(before)
+	t.Logf("the heap grew by %d KiB while the guest wrote without end", grew>>10)
+	assert.Less(t, grew, int64(32<<20), "the agent session buffered the flood")
+}
+
+// A reply longer than any bound is dropped, the command fails saying so,
+// and the next command synchronises and reads its own reply.
+func TestAgentDropsAnOversizeReplyAndResynchronises(t *testing.T) {
+	calls := 0
+	path := agentWith(t, func(c net.Conn, execute string) {
+		switch calls++; calls {
+		case 1: // 8 MB of digits: no string to cut
+			c.Write([]byte(`{"return": [`))
+			for range 1 << 10 {
+				c.Write(bytes.Repeat([]byte("1234567,"), 1<<10))
+			}
+			c.Write([]byte("1]}\n"))
+		default:
+			c.Write([]byte(`{"return": {"pid": 9}}` + "\n"))
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, err := qmp.DialAgent(ctx, path)
+	require.NoError(t, err)
+	defer a.Close()
+	_, err = a.Exec(ctx, "/bin/true", nil)
+	assert.ErrorIs(t, err, qmp.ErrFrameTooLong)
+	pid, err := a.Exec(ctx, "/bin/true", nil)
+	require.NoError(t, err)
+	assert.Equal(t, 9, pid)
+}
+
+// A command's output past the bound asked for is cut in the reply and
+// said to be truncated; a file read that returns more than it asked for
+// fails.
+func TestAgentCutsOutputToItsBound(t *testing.T) {
+	big := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte("x"), 3<<20))
+	path := agentWith(t, func(c net.Conn, execute string) {
+		switch execute {
+		case "guest-exec-status":
+			c.Write([]byte(`{"return": {"exitcode": 0, "out-data": "` + big + `", "err-data": "ZXJyCg==", "exited": true}}` + "\n"))
+		case "guest-file-read":
+			c.Write([]byte(`{"return": {"count": 3145728, "buf-b64": "` + big + `", "eof": false}}` + "\n"))
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	a, err := qmp.DialAgent(ctx, path)
+	require.NoError(t, err)
+	defer a.Close()
+	st, err := a.ExecStatus(ctx, 1, 100<<10)
+	require.NoError(t, err)
+	assert.True(t, st.OutTruncated)
+	assert.False(t, st.ErrTruncated)
+	assert.LessOrEqual(t, len(st.OutData), (100<<10+2)/3*4)
+	assert.Equal(t, "ZXJyCg==", st.ErrData)
+
+	_, _, err = a.FileRead(ctx, 1, 64<<10)
+	assert.ErrorContains(t, err, "more than the 65536 bytes asked")
 }

@@ -9,5 +9,5 @@ import (
 )
 
 func main() {
-	sdk.Serve(vboxmanage.New)
+	sdk.Serve(vboxmanage.New, sdk.WithConfigDocs("docs/vboxmanage.md"))
 }

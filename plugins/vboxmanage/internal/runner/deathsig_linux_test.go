@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -37,7 +38,7 @@ func TestChildrenDieWithTheirParent(t *testing.T) {
 
 	require.NoError(t, parent.Process.Signal(syscall.SIGKILL))
 	_ = parent.Wait()
-	assert.Eventually(t, func() bool { return !pidAlive(child) || zombie(child) }, time.Second, 5*time.Millisecond,
+	assert.Eventually(t, func() bool { return !plugintest.Alive(child) || zombie(child) }, time.Second, 5*time.Millisecond,
 		"VBoxManage %d outlived its killed plugin", child)
 }
 

@@ -174,8 +174,9 @@ type Result struct {
 	Stderr []byte
 	// ExitCode is the exit status; -1 for a killed process.
 	ExitCode int
-	// Truncated reports output beyond the bound was dropped.
-	Truncated bool
+	// Truncated reports output beyond the bound was dropped, of stdout
+	// (StdoutTruncated), of stderr (StderrTruncated) or both.
+	Truncated, StdoutTruncated, StderrTruncated bool
 	// Duration is how long the process ran.
 	Duration time.Duration
 }
@@ -262,12 +263,14 @@ func (r *Runner) Run(ctx context.Context, c Call) (*Result, error) {
 		err = cmd.Wait()
 	}
 	res := &Result{
-		Args:      c.Args,
-		Stdout:    stdout.buf.Bytes(),
-		Stderr:    stderr.buf.Bytes(),
-		ExitCode:  cmd.ProcessState.ExitCode(),
-		Truncated: stdout.dropped || stderr.dropped,
-		Duration:  time.Since(start),
+		Args:            c.Args,
+		Stdout:          stdout.buf.Bytes(),
+		Stderr:          stderr.buf.Bytes(),
+		ExitCode:        cmd.ProcessState.ExitCode(),
+		Truncated:       stdout.dropped || stderr.dropped,
+		StdoutTruncated: stdout.dropped,
+		StderrTruncated: stderr.dropped,
+		Duration:        time.Since(start),
 	}
 	if !c.Raw {
 		res.Stdout = crlf(res.Stdout)

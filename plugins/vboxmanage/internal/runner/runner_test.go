@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -134,7 +135,7 @@ func TestHangingProcessIsKilledAtItsDeadline(t *testing.T) {
 	pid := 0
 	_, _ = fmt.Sscanf(string(te.Result.Stdout), "%d", &pid)
 	require.NotZero(t, pid)
-	assert.False(t, pidAlive(pid), "the process is gone")
+	assert.False(t, plugintest.Alive(pid), "the process is gone")
 
 	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 	defer cancel()

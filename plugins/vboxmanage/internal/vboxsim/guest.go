@@ -73,9 +73,7 @@ func (s *sim) guestcontrol(args []string) int {
 		return 1
 	}
 	if !s.guestReady(&vm) {
-		s.o.api(apiError{msg: "The guest execution service is not ready (yet)", hr: iprtError,
-			component: "GuestSessionWrap", iface: "IGuestSession",
-			context: "WaitForArray(ComSafeArrayAsInParam(aSessionWaitFlags), 30 * 1000, &enmWaitResult)", file: "VBoxManageGuestCtrl.cpp", line: 938})
+		s.guestStarting()
 		return 1
 	}
 	if want, ok := vm.GuestUsers[opts.user]; !ok || !opts.havePassword || want != opts.password {
@@ -104,6 +102,25 @@ func firstLine(s string) string {
 
 // guestReady reports whether the guest execution service answers: Guest
 // Additions need a while after the VM starts.
+// guestStarting prints what guest control says of a guest still booting,
+// in the words Faults.GuestStarting picks.
+func (s *sim) guestStarting() {
+	wait := "WaitForArray(ComSafeArrayAsInParam(aSessionWaitFlags), 30 * 1000, &enmWaitResult)"
+	switch s.cfg.Faults.GuestStarting {
+	case "not-started":
+		s.o.api(apiError{msg: "Session is not in started state", hr: unexpected,
+			component: "GuestSessionWrap", iface: "IGuestSession", context: wait, file: "VBoxManageGuestCtrl.cpp", line: 938})
+	case "starting":
+		s.o.errorln("Error starting guest session (current status is: starting)")
+	case "logon":
+		s.o.api(apiError{msg: "The specified user was not able to logon on guest", hr: iprtError,
+			component: "GuestSessionWrap", iface: "IGuestSession", context: wait, file: "VBoxManageGuestCtrl.cpp", line: 938})
+	default:
+		s.o.api(apiError{msg: "The guest execution service is not ready (yet)", hr: iprtError,
+			component: "GuestSessionWrap", iface: "IGuestSession", context: wait, file: "VBoxManageGuestCtrl.cpp", line: 938})
+	}
+}
+
 func (s *sim) guestReady(vm *VM) bool {
 	return vm.State == "running" && !time.Now().Before(vm.StartedAt.Add(s.cfg.Timing.GuestReady.D()))
 }
@@ -219,6 +236,8 @@ func (s *sim) guestRun(root string, o guestOpts) int {
 		}
 	case "scan":
 		rc = scan(root, args, stdout, stderr)
+	case "dd":
+		rc = dd(args, stdout, stderr)
 	case "sleep":
 		secs := 0.0
 		if len(args) > 0 {
@@ -242,6 +261,34 @@ func (s *sim) guestRun(root string, o guestOpts) int {
 	default:
 		return rc + 32
 	}
+}
+
+// dd writes count blocks of bs zero bytes to stdout, as `dd if=/dev/zero`
+// does; it reads no other input.
+func dd(args []string, stdout, stderr io.Writer) int {
+	bs, count := 512, 0
+	for _, a := range args {
+		k, v, _ := strings.Cut(a, "=")
+		n, err := strconv.Atoi(v)
+		switch {
+		case k == "if" && v == "/dev/zero":
+		case k == "bs" && err == nil && n > 0 && n <= 16<<20:
+			bs = n
+		case k == "count" && err == nil && n >= 0:
+			count = n
+		default:
+			fmt.Fprintf(stderr, "dd: invalid operand '%s'\n", a)
+			return 1
+		}
+	}
+	block := make([]byte, bs)
+	for range count {
+		if _, err := stdout.Write(block); err != nil {
+			return 1
+		}
+	}
+	fmt.Fprintf(stderr, "%d+0 records in\n%d+0 records out\n%d bytes copied\n", count, count, count*bs)
+	return 0
 }
 
 // eicar is the EICAR anti-virus test file's content, split so that no

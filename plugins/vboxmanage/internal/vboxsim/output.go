@@ -81,6 +81,7 @@ var (
 	invalidObjState = hresult{"VBOX_E_INVALID_OBJECT_STATE", 0x80bb0007}
 	accessDenied    = hresult{"E_ACCESSDENIED", 0x80070005}
 	invalidArg      = hresult{"E_INVALIDARG", 0x80070057}
+	unexpected      = hresult{"NS_ERROR_UNEXPECTED", 0x8000ffff}
 )
 
 // failure is E_FAIL, which XPCOM hosts print as NS_ERROR_FAILURE.

@@ -132,6 +132,13 @@ type Faults struct {
 	// that tests show the driver getting past a held session the listing
 	// does not reveal, as with a nameless one (another VBoxManage's).
 	HideSessionName bool `json:"hide_session_name,omitempty"`
+	// GuestStarting is what guest control answers while the guest boots
+	// (Timing.GuestReady): "" or "not-ready" for "The guest execution
+	// service is not ready (yet)", "not-started" for "Session is not in
+	// started state", "starting" for "Error starting guest session
+	// (current status is: starting)", "logon" for "The specified user was
+	// not able to logon on guest".
+	GuestStarting string `json:"guest_starting,omitempty"`
 }
 
 // VM is one registered machine.
