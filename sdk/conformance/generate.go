@@ -470,6 +470,14 @@ func (g *generator) guestOptions(vm string, p *planVM, present, erased, small in
 		add("sleep", 4, func(d dice) Step {
 			return Step{Op: stepSleep, VM: vm, Timeout: g.x.execTimeout(), Wait: d.chance("sleep wait", 85), Deadline: g.deadline(d, 50)}
 		})
+		add("flood", 2, func(d dice) Step {
+			// The suite's own bound now and then, else fewer bytes.
+			max := FloodLimit
+			if d.chance("flood max", 50) {
+				max = 1 + d.intn("flood bytes", FloodLimit)
+			}
+			return Step{Op: stepFlood, VM: vm, Max: max, Wait: d.chance("flood wait", 85), Deadline: g.deadline(d, 20)}
+		})
 	}
 }
 

@@ -71,6 +71,7 @@ var modelRules = []ModelRule{
 	{"§9.2c", "a command still running at its timeout answers timeout, on time"},
 	{"§9.3", "a file copied out of the guest is the one copied in, byte for byte"},
 	{"§9.4", "a guest operation on a VM that is not running answers invalid state"},
+	{"§9.5", "a command that writes more than the request's max_output comes back with at most that much of it, and says it dropped the rest"},
 	{"§10.1a", "a watch first delivers the VM's current status"},
 	{"§10.1b", "a watch delivers every power state Status showed while it ran"},
 	{"§10.1c", "the driver closes its watch channel when the watch's context ends"},

@@ -79,6 +79,7 @@ func TestAStepReadsBackFromItsLine(t *testing.T) {
 		{Op: stepCopyOut, VM: "subject", File: 3},
 		{Op: stepCat, VM: "subject", File: 1, Deadline: 150 * time.Millisecond},
 		{Op: stepSleep, VM: "subject", Timeout: 200 * time.Millisecond, Wait: true},
+		{Op: stepFlood, VM: "subject", Max: 65536, Wait: true},
 		{Op: stepWatch, VM: "subject"},
 		{Op: stepUnwatch, VM: "subject"},
 		{Op: stepSettle, VM: "subject"},
@@ -110,6 +111,8 @@ func TestABadStepSaysWhatIsWrong(t *testing.T) {
 		`start "subject`:                "unterminated quote",
 		"start a & start b & start c":   "at most two operations at once",
 		"restore subject weather=clear": `unknown key "weather"`,
+		"flood subject":                 "flood needs max=B",
+		"flood subject max=1048576":     "flood needs max=B",
 	} {
 		_, err := ParseStep(line)
 		if assert.Error(t, err, line) {

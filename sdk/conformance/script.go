@@ -17,7 +17,8 @@ import (
 type Step struct {
 	// Op is the operation: info, list, status, start, stop, unlock, restore,
 	// cleanup, copy-in, copy-out, cat (Exec of Guest.Cat on a file), sleep
-	// (Exec of Guest.Sleep), watch (open a watch that lasts until unwatch or
+	// (Exec of Guest.Sleep), flood (Exec of Guest.Flood, asked for Max
+	// bytes of its output), watch (open a watch that lasts until unwatch or
 	// the end of the sequence), unwatch, or settle (wait until the VM's
 	// transitions and what the model expects of them are over).
 	Op string `json:"op"`
@@ -36,6 +37,9 @@ type Step struct {
 	Size int `json:"size,omitempty"`
 	// Timeout is the command's own timeout (sleep).
 	Timeout time.Duration `json:"timeout,omitempty"`
+	// Max is the request's max_output (flood): less than the command
+	// writes, so that the driver must cut it and say so (§9.5).
+	Max int `json:"max_output,omitempty"`
 	// Deadline is the caller's deadline; zero is the long bound,
 	// Timing.Settle.
 	Deadline time.Duration `json:"deadline,omitempty"`
@@ -63,6 +67,7 @@ const (
 	stepCopyOut = "copy-out"
 	stepCat     = "cat"
 	stepSleep   = "sleep"
+	stepFlood   = "flood"
 	stepWatch   = "watch"
 	stepUnwatch = "unwatch"
 	stepSettle  = "settle"
@@ -70,7 +75,7 @@ const (
 
 // stepOps lists the operations a step may have.
 var stepOps = []string{stepInfo, stepList, stepStatus, stepStart, stepStop, stepUnlock, stepRestore, stepCleanup,
-	stepCopyIn, stepCopyOut, stepCat, stepSleep, stepWatch, stepUnwatch, stepSettle}
+	stepCopyIn, stepCopyOut, stepCat, stepSleep, stepFlood, stepWatch, stepUnwatch, stepSettle}
 
 // bare is what a VM or snapshot name may be written as without quotes.
 var bare = regexp.MustCompile(`^[A-Za-z0-9._:/@+-]+$`)
@@ -107,6 +112,9 @@ func (s Step) String() string {
 	}
 	if s.Size > 0 {
 		fmt.Fprintf(&b, " size=%d", s.Size)
+	}
+	if s.Max > 0 {
+		fmt.Fprintf(&b, " max=%d", s.Max)
 	}
 	if s.Timeout > 0 {
 		fmt.Fprintf(&b, " timeout=%s", s.Timeout)
@@ -187,15 +195,18 @@ func parseOne(text string) (Step, error) {
 				return Step{}, fmt.Errorf("snapshot= only for restore and cleanup restore")
 			}
 			s.Snapshot = value
-		case "file", "size":
+		case "file", "size", "max":
 			n, err := strconv.Atoi(value)
 			if err != nil || n < 0 {
 				return Step{}, fmt.Errorf("%s=%q: want a number", key, value)
 			}
-			if key == "file" {
+			switch key {
+			case "file":
 				s.File = n
-			} else {
+			case "size":
 				s.Size = n
+			default:
+				s.Max = n
 			}
 		case "timeout", "deadline":
 			d, err := time.ParseDuration(value)
@@ -213,6 +224,9 @@ func parseOne(text string) (Step, error) {
 	}
 	if s.Op == stepStop && s.Method == "" {
 		return Step{}, fmt.Errorf("stop needs a method (acpi, poweroff or emergency)")
+	}
+	if s.Op == stepFlood && (s.Max <= 0 || s.Max >= FloodSize) {
+		return Step{}, fmt.Errorf("flood needs max=B, fewer bytes than the %d the command writes", FloodSize)
 	}
 	return s, nil
 }

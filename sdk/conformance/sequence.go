@@ -382,7 +382,7 @@ type result struct {
 // opName is the contract's name of a step's operation, as errors carry it.
 func opName(op string) string {
 	switch op {
-	case stepCat, stepSleep:
+	case stepCat, stepSleep, stepFlood:
 		return hypervisor.OpExec
 	}
 	return op
@@ -405,7 +405,7 @@ func capOf(st Step) hypervisor.Capability {
 		return hypervisor.CapGuestCopyIn
 	case stepCopyOut:
 		return hypervisor.CapGuestCopyOut
-	case stepCat, stepSleep:
+	case stepCat, stepSleep, stepFlood:
 		return hypervisor.CapGuestExec
 	case stepWatch:
 		return hypervisor.CapWatch
@@ -458,6 +458,9 @@ func (q *sequence) call(st Step, v *vmModel) result {
 	case stepSleep:
 		s := q.x.guest.Sleep
 		r.exec, r.err = d.Exec(ctx, st.VM, hypervisor.ExecRequest{Path: s[0], Args: s[1:], Timeout: st.Timeout})
+	case stepFlood:
+		f := q.x.guest.Flood
+		r.exec, r.err = d.Exec(ctx, st.VM, hypervisor.ExecRequest{Path: f[0], Args: f[1:], Timeout: q.x.timing.Settle, MaxOutput: int64(st.Max)})
 	}
 	r.at = time.Now()
 	r.took = r.at.Sub(begun)
@@ -819,7 +822,7 @@ func (q *sequence) operate(st Step) {
 
 // isGuest reports whether op is a guest operation.
 func isGuest(op string) bool {
-	return op == stepCopyIn || op == stepCopyOut || op == stepCat || op == stepSleep
+	return op == stepCopyIn || op == stepCopyOut || op == stepCat || op == stepSleep || op == stepFlood
 }
 
 // allowed is what the model lets the driver answer to st on a VM in state
@@ -914,7 +917,7 @@ func (q *sequence) allowed(st Step, v *vmModel, b pre) allowed {
 			a = a.join(either(nil, "", L))
 		}
 		return a
-	case stepCopyIn, stepCopyOut, stepCat, stepSleep:
+	case stepCopyIn, stepCopyOut, stepCat, stepSleep, stepFlood:
 		switch {
 		case b.running || b.starting:
 			// A guest not ready yet answers invalid state (§9.4); the rest
@@ -1100,6 +1103,22 @@ func (q *sequence) guestPost(st Step, v *vmModel, b pre, r result) *Deviation {
 			return deviate(rules("§9.2c"), "a command cut at its timeout did not answer timeout", "%s: %v", st, err)
 		case r.took > st.Timeout+q.x.timing.Margin:
 			return deviate(rules("§9.2c"), "a command cut at its timeout answered late", "%s answered after %s", st, r.took.Round(time.Millisecond))
+		}
+	case stepFlood:
+		// The command writes FloodSize bytes at least; asked for fewer,
+		// the driver keeps their beginning and says it dropped the rest.
+		res := r.exec
+		switch {
+		case err != nil:
+			return deviate(unready("§9.5"), "a command that floods its output answered an error, not its output cut to max_output", "%s: %v", st, err)
+		case res.ExitCode != 0:
+			return deviate(rules("§9.5"), "a command that floods its output did not exit 0", "%s: exit %d, stderr %.200q", st, res.ExitCode, res.Stderr)
+		case len(res.Stdout) > st.Max:
+			return deviate(rules("§9.5"), "a command's output came back longer than the request's max_output", "%s: %d bytes of stdout", st, len(res.Stdout))
+		case len(res.Stdout) == 0:
+			return deviate(rules("§9.5"), "a command that floods its output came back with no stdout", "%s", st)
+		case !res.StdoutTruncated:
+			return deviate(rules("§9.5"), "a command's output was cut without saying so (StdoutTruncated)", "%s: %d bytes of stdout of the %d written", st, len(res.Stdout), FloodSize)
 		}
 	}
 	return nil
