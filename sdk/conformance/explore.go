@@ -11,6 +11,7 @@ import (
 	"path"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -38,7 +39,9 @@ type Exploration struct {
 	// the report names it.
 	Seed uint64
 	// Shrink bounds the time spent shortening a sequence that deviated,
-	// after the search; default the larger of Duration and a minute.
+	// after the search: its first half rapid's shrinking of the draws the
+	// sequence was made from, the rest leaving steps out of the script
+	// that rapid left. Default the larger of Duration and a minute.
 	Shrink time.Duration
 	// ShrinkTo, if set, ends the shortening once the sequence has that
 	// many steps or fewer; zero shortens it as far as Shrink allows.
@@ -109,6 +112,7 @@ type explorer struct {
 
 	// The search: its bounds, what it did, what it found.
 	begun, searchEnd, shrinkEnd time.Time
+	shortenEnd                  time.Time
 	searchTook                  time.Duration
 	runs, sequences, ops        int
 	first, best                 *Deviation
@@ -550,7 +554,11 @@ func (x *explorer) record(q *sequence, searching bool, took time.Duration) {
 	if x.first == nil {
 		d.Found = len(q.script)
 		x.first = d
-		x.shrinkEnd = time.Now().Add(x.shrinkBound())
+		// rapid's shrinking gets the first half of the bound, the
+		// shortening of the script (shorten) the rest.
+		now := time.Now()
+		x.shrinkEnd = now.Add(x.shrinkBound() / 2)
+		x.shortenEnd = now.Add(x.shrinkBound())
 	}
 	if d.Rules[0] == x.first.Rules[0] && (x.best == nil || len(d.Script) <= len(x.best.Script)) {
 		d.Found = x.first.Found
@@ -641,6 +649,7 @@ func (x *explorer) run() *ModelReport {
 	}()
 	<-done
 	x.release()
+	x.shorten()
 
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -660,6 +669,86 @@ func (x *explorer) run() *ModelReport {
 		rep.Error = "the model failed: " + p
 	}
 	return rep
+}
+
+// shorten leaves steps out of the shortest script rapid found, a block at
+// a time and then one by one, keeping each cut after which the script
+// still deviates under the same rule, until ShrinkTo or the shrinking's
+// bound. rapid shrinks the draws a sequence was made from, and each of
+// its tries is a whole sequence against the driver, some of them steps
+// that mean something else once a draw before them changed; a script's
+// steps keep their meaning when others are left out, so that a few tries
+// leave out what rapid had no time to.
+func (x *explorer) shorten() {
+	x.mu.Lock()
+	best, first := x.best, x.first
+	x.mu.Unlock()
+	if best == nil {
+		return
+	}
+	parse := func(script []string) ([]Step, bool) {
+		steps := make([]Step, 0, len(script))
+		for _, line := range script {
+			st, err := ParseStep(line)
+			if err != nil {
+				return nil, false
+			}
+			steps = append(steps, st)
+		}
+		return steps, true
+	}
+	steps, ok := parse(best.Script)
+	if !ok {
+		return
+	}
+	done := func() bool {
+		return x.ctx.Err() != nil || time.Now().After(x.shortenEnd) ||
+			(x.opts.ShrinkTo > 0 && len(steps) <= x.opts.ShrinkTo)
+	}
+	for n := len(steps) / 2; n >= 1 && !done(); n /= 2 {
+		for i := 0; i+n <= len(steps) && len(steps) > 1 && !done(); {
+			d := x.try(slices.Concat(steps[:i], steps[i+n:]))
+			if d == nil || d.Rules[0] != first.Rules[0] || len(d.Script) >= len(steps) {
+				i += n
+				continue
+			}
+			shorter, ok := parse(d.Script)
+			if !ok {
+				return
+			}
+			d.Found = first.Found
+			x.mu.Lock()
+			x.best = d
+			x.mu.Unlock()
+			steps = shorter
+		}
+	}
+}
+
+// try runs steps once as a sequence of the shortening, from the VMs at
+// their baseline, and returns the deviation it showed, with its script
+// up to it; nil if it showed none.
+func (x *explorer) try(steps []Step) *Deviation {
+	q, err := x.begin()
+	if err != nil {
+		return nil
+	}
+	defer x.end(q)
+	for _, st := range steps {
+		if q.over() {
+			break
+		}
+		q.run(st)
+	}
+	if !q.over() {
+		q.ending = true
+		q.finish()
+	}
+	if q.dev == nil {
+		return nil
+	}
+	q.dev.Script, q.dev.Log = q.script, q.log
+	return q.dev
 }
 
 // rapidTB is what rapid reports through outside go test: it keeps rapid's
