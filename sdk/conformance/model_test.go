@@ -178,3 +178,51 @@ func TestReplayKeepsToTheTargetsVMs(t *testing.T) {
 	_, err := Replay(context.Background(), stubTarget(), []Step{{Op: stepStart, VM: "someone-elses"}})
 	assert.ErrorContains(t, err, `VM "someone-elses" is none of the target's`)
 }
+
+// The exploration keeps to its bounds. A bound on operations ends it
+// once that many were issued, with no step begun past it: at most the
+// operations of one step more (two at once). A bound on time ends it
+// within a step of it, and a step on the stub, whose operations answer
+// at once, is bounded by the target's Settle (the longest wait of any
+// step) whatever the machine's load.
+func TestTheExplorationKeepsToItsBounds(t *testing.T) {
+	target := stubTarget()
+	target.Model = Exploration{Operations: 40, Seed: 5}
+	rep, err := Collect(context.Background(), target, Options{Match: func(string) bool { return false }})
+	require.NoError(t, err)
+	m := rep.Model
+	require.Nil(t, m.Deviation)
+	assert.GreaterOrEqual(t, m.Operations, 40)
+	assert.LessOrEqual(t, m.Operations, 40+2, "a step began past the bound")
+
+	target.Model = Exploration{Duration: time.Second, Seed: 5}
+	rep, err = Collect(context.Background(), target, Options{Match: func(string) bool { return false }})
+	require.NoError(t, err)
+	m = rep.Model
+	require.Nil(t, m.Deviation)
+	assert.Positive(t, m.Operations)
+	assert.Less(t, m.Duration, time.Second+4*target.Timing.Settle, "the search went on past its bound")
+}
+
+// A seed draws the same steps: the generator weighs each step by what the
+// steps before it meant to do, never by what the driver answered, so that
+// two explorations from one seed take the same steps, and another seed
+// takes others.
+func TestASeedDrawsTheSameSteps(t *testing.T) {
+	run := func(seed uint64) []string {
+		var steps []string
+		target := stubTarget()
+		target.Model = Exploration{Operations: 30, Seed: seed, Trace: func(n int, step string) {
+			steps = append(steps, fmt.Sprintf("%d: %s", n, step))
+		}}
+		rep, err := Collect(context.Background(), target, Options{Match: func(string) bool { return false }})
+		require.NoError(t, err)
+		require.Nil(t, rep.Model.Deviation)
+		assert.Equal(t, seed, rep.Model.Seed)
+		return steps
+	}
+	first := run(11)
+	require.NotEmpty(t, first)
+	assert.Equal(t, first, run(11))
+	assert.NotEqual(t, first, run(12))
+}
