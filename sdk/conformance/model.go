@@ -42,7 +42,7 @@ var modelRules = []ModelRule{
 	{"§3.2b", "UnmappedVM is reported unknown"},
 	{"§3.2c", "a VM Status reports off-like is not refused by Unlock or Restore for still having a process"},
 	{"§3.3a", "the lock is locked or unlocked with status.lock, unknown without it"},
-	{"§3.3b", "a VM reported unlocked is not refused as locked; LockVM, once off after a stop, is reported locked until something releases it"},
+	{"§3.3b", "a VM that has a process is reported locked, and a VM reported unlocked is not refused as locked; LockVM, once off after a stop, is reported locked until something releases it"},
 	{"§3.4", "CurrentSnapshot names the snapshot the VM was last restored to (the one it was found at, at first)"},
 	{"§3.5", "StateChanged moves when the power state changes, and not while it stays"},
 	{"§3.6", "an operation issued while Status runs is not refused as locked for it"},

@@ -167,6 +167,9 @@ func (q *sequence) validStatus(v *vmModel, st hypervisor.Status) *Deviation {
 		return deviate(rules("§3.3a"), "with status.lock declared, the lock is neither locked nor unlocked", "status %s", describeStatus(st))
 	case !q.x.caps.Has(hypervisor.CapLockState) && st.Lock != hypervisor.LockUnknown:
 		return deviate(rules("§3.3a"), "without status.lock, the lock is not unknown", "status %s", describeStatus(st))
+	case q.x.caps.Has(hypervisor.CapLockState) && withProcess(st.Power) && st.Lock == hypervisor.LockUnlocked:
+		// The VM process holds the session it runs in (contract, "Words").
+		return deviate(rules("§3.3b"), "a VM that has a process is reported unlocked, though its process holds its session", "status %s", describeStatus(st))
 	}
 	return nil
 }
@@ -240,8 +243,11 @@ func (q *sequence) pre(v *vmModel, st hypervisor.Status) pre {
 }
 
 // hasProcess: a VM process exists, by the status.
-func (b pre) hasProcess() bool {
-	switch b.st.Power {
+func (b pre) hasProcess() bool { return withProcess(b.st.Power) }
+
+// withProcess reports whether a VM in power state p has a VM process.
+func withProcess(p hypervisor.PowerState) bool {
+	switch p {
 	case hypervisor.PowerStarting, hypervisor.PowerRunning, hypervisor.PowerPaused, hypervisor.PowerStopping, hypervisor.PowerStuck:
 		return true
 	}
