@@ -73,7 +73,7 @@ var modelRules = []ModelRule{
 	{"§9.4", "a guest operation on a VM that is not running answers invalid state"},
 	{"§9.5", "a command that writes more than the request's max_output comes back with at most that much of it, and says it dropped the rest"},
 	{"§10.1a", "a watch first delivers the VM's current status"},
-	{"§10.1b", "a watch delivers every power state Status showed while it ran"},
+	{"§10.1b", "a watch follows the VM to the power state, lock and current snapshot Status shows it staying in"},
 	{"§10.1c", "the driver closes its watch channel when the watch's context ends"},
 	{"§10.1d", "a watch of a VM that does not exist is a not-found error, not a stream"},
 	{"§11.2", "every error names its operation and VM and carries the driver's message"},

@@ -1502,10 +1502,7 @@ func (q *sequence) watch(vm string) {
 		cancel()
 		return
 	}
-	same := func(a, b hypervisor.Status) bool {
-		return a.Power == b.Power && a.Lock == b.Lock && a.CurrentSnapshot == b.CurrentSnapshot
-	}
-	if !same(first, before) && !same(first, after) {
+	if !sameStatus(first, before) && !sameStatus(first, after) {
 		cancel()
 		q.found(deviate(rules("§10.1a"), "a watch first delivered another status than the VM's current one",
 			"Watch(%q) first delivered %s; Status said %s, then %s", vm, describe(first), describe(before), describe(after)))
@@ -1521,6 +1518,13 @@ func (q *sequence) watch(vm string) {
 		}
 	}()
 	q.watches[vm] = w
+}
+
+// sameStatus reports whether two statuses are the same to a watch: a
+// change of any of power, lock and current snapshot is a change it
+// delivers (§10.1b).
+func sameStatus(a, b hypervisor.Status) bool {
+	return a.Power == b.Power && a.Lock == b.Lock && a.CurrentSnapshot == b.CurrentSnapshot
 }
 
 // unwatch ends a watch: by then it must have followed the VM to where
@@ -1541,7 +1545,7 @@ func (q *sequence) unwatch(vm string) {
 	now, ok := q.observe(v, spontaneous)
 	for round := 0; ok && !q.over(); round++ {
 		deadline := time.Now().Add(q.x.timing.Margin)
-		for w.latest().Power != now.Power && time.Now().Before(deadline) {
+		for !sameStatus(w.latest(), now) && time.Now().Before(deadline) {
 			pause(q.ctx, 5*time.Millisecond)
 		}
 		// What the watch delivered last, before the read that tells
@@ -1552,7 +1556,7 @@ func (q *sequence) unwatch(vm string) {
 		if again, ok = q.observe(v, spontaneous); !ok || q.over() {
 			return
 		}
-		if again.Power != now.Power {
+		if !sameStatus(again, now) {
 			// The VM moved on meanwhile: follow it again, a few times.
 			if round < 3 {
 				now = again
@@ -1561,11 +1565,11 @@ func (q *sequence) unwatch(vm string) {
 			q.logf("the watch of %s was not judged: the VM kept changing (%s)", vm, describe(again))
 			break
 		}
-		if seen.Power != now.Power {
+		if !sameStatus(seen, now) {
 			w.mu.Lock()
 			var got []string
 			for _, st := range w.got {
-				got = append(got, string(st.Power))
+				got = append(got, describe(st))
 			}
 			w.mu.Unlock()
 			q.found(deviate(rules("§10.1b"), "a watch did not follow the VM to the state Status says it is in",
