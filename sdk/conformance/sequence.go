@@ -1141,8 +1141,15 @@ func (q *sequence) effects(st Step, v *vmModel, b pre, r result, after hyperviso
 	}
 	switch st.Op {
 	case stepStart:
-		if b.off || ((after.Power == hypervisor.PowerStarting || after.Power == hypervisor.PowerRunning) &&
-			after.StateChanged.After(b.st.StateChanged)) {
+		on := after.Power == hypervisor.PowerStarting || after.Power == hypervisor.PowerRunning
+		// Whether a start of a VM on its way off found it running (did
+		// nothing, and the stop goes on) or found it off a moment later
+		// and started it again, only the state-change time tells; a
+		// driver that gives none leaves the model unable to hold the
+		// stop's promise.
+		untold := on && (b.st.StateChanged.IsZero() || after.StateChanged.IsZero()) &&
+			(b.mayOff || v.acpi || !v.stopDue.IsZero())
+		if b.off || untold || (on && after.StateChanged.After(b.st.StateChanged)) {
 			// A start that started it: whatever the VM was on its way to
 			// before, it runs now. (One that found it running did nothing,
 			// and a stop under way goes on.)
@@ -1430,6 +1437,12 @@ func (q *sequence) guestReady(v *vmModel) {
 		r := q.call(probe, v)
 		q.ops.Add(-1) // the probe is part of the step that waits, not an operation of its own
 		if !isCode(r.err, hypervisor.CodeInvalidState) || time.Now().After(deadline) {
+			return
+		}
+		// A VM that stopped meanwhile (the power button, pressed before,
+		// obeyed) will not get a guest ready: the step goes on, as the
+		// core's would.
+		if st, ok := q.observe(v, spontaneous); !ok || (st.Power != hypervisor.PowerRunning && st.Power != hypervisor.PowerStarting) {
 			return
 		}
 		pause(q.ctx, delay)
