@@ -141,7 +141,7 @@ example: build
 	cd docs/example-driver && $(GO) vet -mod=mod ./... && $(GO) test -mod=mod -race -count=1 ./...
 	cd docs/example-driver && $(GO) build -mod=mod -o ../../$(BIN)/sandbox-plugin-procvm .
 	$(BIN)/sandbox --config docs/example-driver/config.toml conformance --plugin procvm --peer-vm helper \
-		--other-snapshot patched --guest-dir . --settle 10s --acpi 2s
+		--other-snapshot patched --guest-dir . --settle 10s --acpi 2s --explore 15s
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \

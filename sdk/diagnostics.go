@@ -35,6 +35,12 @@ type Diagnostics struct {
 	// driver answered it at worst, or has been working on it so far if it has
 	// not answered yet. Calls answered in time are not listed.
 	Late map[string]time.Duration `json:"late,omitempty"`
+	// LateSum is, for each call, how late past their deadlines the driver
+	// answered all of its calls of that name together (those under way
+	// counting how late they are so far). Late keeps the worst, which a
+	// second late answer may not change; LateSum grows with every late
+	// answer, so that a reader comparing two readings sees a new one.
+	LateSum map[string]time.Duration `json:"late_sum,omitempty"`
 }
 
 // LateFor is the worst lateness of the calls of op (empty for any) on vm.
@@ -65,6 +71,7 @@ type diagnostics struct {
 	unclosed int
 	warned   bool
 	late     map[string]time.Duration
+	lateSum  map[string]time.Duration
 	inFlight map[*flight]struct{}
 }
 
@@ -79,14 +86,15 @@ type flight struct {
 func (g *diagnostics) snapshot() Diagnostics {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	d := Diagnostics{UnclosedWatches: g.unclosed, Late: maps.Clone(g.late)}
+	d := Diagnostics{UnclosedWatches: g.unclosed, Late: maps.Clone(g.late), LateSum: maps.Clone(g.lateSum)}
 	now := time.Now()
 	for f := range g.inFlight {
 		if late := now.Sub(f.deadline); late > lateNoise {
 			if d.Late == nil {
-				d.Late = map[string]time.Duration{}
+				d.Late, d.LateSum = map[string]time.Duration{}, map[string]time.Duration{}
 			}
 			d.Late[f.call] = max(d.Late[f.call], late)
+			d.LateSum[f.call] += late
 		}
 	}
 	return d
@@ -110,9 +118,10 @@ func (g *diagnostics) end(f *flight) {
 	delete(g.inFlight, f)
 	if late > lateNoise {
 		if g.late == nil {
-			g.late = map[string]time.Duration{}
+			g.late, g.lateSum = map[string]time.Duration{}, map[string]time.Duration{}
 		}
 		g.late[f.call] = max(g.late[f.call], late)
+		g.lateSum[f.call] += late
 	}
 }
 
@@ -226,12 +235,18 @@ func (s *diagStore) note(md metadata.MD) {
 		}
 		s.d.Late[call] = max(s.d.Late[call], late)
 	}
+	for call, sum := range d.LateSum {
+		if s.d.LateSum == nil {
+			s.d.LateSum = map[string]time.Duration{}
+		}
+		s.d.LateSum[call] = max(s.d.LateSum[call], sum)
+	}
 }
 
 func (s *diagStore) get() Diagnostics {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Diagnostics{UnclosedWatches: s.d.UnclosedWatches, Late: maps.Clone(s.d.Late)}
+	return Diagnostics{UnclosedWatches: s.d.UnclosedWatches, Late: maps.Clone(s.d.Late), LateSum: maps.Clone(s.d.LateSum)}
 }
 
 // header is a call option that hands the call's response header to s once

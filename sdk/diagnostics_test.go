@@ -146,3 +146,30 @@ func TestLateAnswersAreReported(t *testing.T) {
 	assert.Zero(t, d.LateFor("", "a"), "calls answered in time are not listed: %v", d.Late)
 	assert.Zero(t, d.UnclosedWatches)
 }
+
+// A second late answer leaves the worst lateness as it was, but adds to
+// the sum, so that a reader can tell it from the first.
+func TestLateSumGrowsWithEveryLateAnswer(t *testing.T) {
+	t.Parallel()
+	p, err := sdk.ServeInProcess(context.Background(), func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
+		return unclosing{}, nil
+	}, sdk.ConfigFromTOML("unclosing", "/etc/sandbox/config.toml", nil), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+
+	deaf := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancel()
+		_, _ = p.Status(ctx, "deaf")
+		time.Sleep(400 * time.Millisecond) // the driver's answer comes 280 ms after the deadline
+		_, err := p.Status(context.Background(), "a")
+		require.NoError(t, err)
+	}
+	deaf()
+	first := p.Diagnostics().LateSum["status deaf"]
+	assert.Greater(t, first, 200*time.Millisecond)
+	deaf()
+	second := p.Diagnostics().LateSum["status deaf"]
+	assert.Greater(t, second-first, 200*time.Millisecond, "the second late answer is added: %s, then %s", first, second)
+	assert.Zero(t, p.Diagnostics().LateSum["status a"], "calls answered in time add nothing")
+}

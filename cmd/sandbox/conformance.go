@@ -28,6 +28,7 @@ type conformanceFlags struct {
 	list                              bool
 	timing                            conformance.Timing
 	guestDir, guestCat, guestSleep    string
+	model                             modelFlags
 }
 
 // conformanceReport is `sandbox conformance` in JSON.
@@ -40,7 +41,9 @@ type conformanceReport struct {
 	// Unchecked are the rules left unchecked for want of a fixture.
 	Unchecked []conformance.Unchecked `json:"unchecked,omitempty"`
 	Restore   string                  `json:"restore,omitempty"`
-	Elapsed   time.Duration           `json:"elapsed_ns"`
+	// Model is what the model's exploration did and found (--explore).
+	Model   *conformance.ModelReport `json:"model,omitempty"`
+	Elapsed time.Duration            `json:"elapsed_ns"`
 }
 
 func (a *app) conformanceCommand() *cobra.Command {
@@ -80,6 +83,7 @@ func (a *app) conformanceCommand() *cobra.Command {
 	f.StringVar(&o.guestDir, "guest-dir", "", "a writable `DIR` in the guest (default /tmp)")
 	f.StringVar(&o.guestCat, "guest-cat", "", "guest `COMMAND` printing the file given last (default \"cat\")")
 	f.StringVar(&o.guestSleep, "guest-sleep", "", "guest `COMMAND` running for a minute (default \"sleep 60\")")
+	o.model.register(f)
 	return cmd
 }
 
@@ -94,6 +98,9 @@ func (a *app) runConformance(o conformanceFlags) error {
 		if d.v < 0 {
 			return usagef("%s %s: must not be negative (0 keeps the default)", d.flag, d.v)
 		}
+	}
+	if err := o.model.check(); err != nil {
+		return err
 	}
 	var match func(string) bool
 	if o.run != "" {
@@ -132,12 +139,16 @@ func (a *app) runConformance(o conformanceFlags) error {
 			Sleep: strings.Fields(o.guestSleep),
 		},
 		Timing: o.timing,
+		Model:  o.model.exploration(),
 	}
 	release, err := a.leaseVMs(o.plugin, o.vm, o.peerVM, o.lockVM, o.deadlineVM, o.oddVM)
 	if err != nil {
 		return err
 	}
 	defer release()
+	if o.model.replay != "" {
+		return a.replayScript(o, target)
+	}
 	progress := a.progress()
 	begun := time.Now()
 	rep, err := conformance.Collect(a.context(), target, conformance.Options{Match: match, Progress: progress})
@@ -146,7 +157,7 @@ func (a *app) runConformance(o conformanceFlags) error {
 	}
 	out := conformanceReport{
 		Plugin: o.plugin, VM: o.vm, Driver: rep.Driver, Results: rep.Results, Restore: rep.Restore, Unchecked: rep.Unchecked,
-		Elapsed: time.Since(begun),
+		Model: rep.Model, Elapsed: time.Since(begun),
 		Summary: map[string]int{
 			string(conformance.Pass): rep.Count(conformance.Pass),
 			string(conformance.Fail): rep.Count(conformance.Fail),
@@ -269,6 +280,7 @@ func printConformance(w io.Writer, r conformanceReport) {
 		}
 		_ = tw.Flush()
 	}
+	printModel(w, r.Model)
 	if r.Restore != "" {
 		fmt.Fprintf(w, "Could not put the VMs back as they were: %s\n", r.Restore)
 	}

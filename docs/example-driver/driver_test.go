@@ -36,5 +36,8 @@ func TestConformance(t *testing.T) {
 		PeerVM:        "helper",
 		Guest:         conformance.Guest{Dir: "."}, // guest paths are relative to the VM's directory
 		Timing:        conformance.Timing{Settle: 10 * time.Second, ACPI: 2 * time.Second},
+		// After the checks, random sequences of operations held against the
+		// model of the contract, for a while.
+		Model: conformance.Exploration{Duration: 15 * time.Second},
 	})
 }

@@ -123,9 +123,9 @@ var violationCases = []violationCase{
 
 // TestClauseCoverage holds the contract, the suite and the fake's
 // violation modes together: every rule of docs/contract.md has a check and
-// a violation mode that breaks it, every check a violation mode that
-// breaks one of its rules and that it catches (with at most a short list of
-// others), and docs/conformance.md shows it all.
+// a violation mode that breaks it and is stated by the model, every check a
+// violation mode that breaks one of its rules and that it catches (with at
+// most a short list of others), and docs/conformance.md shows it all.
 func TestClauseCoverage(t *testing.T) {
 	contract, err := os.ReadFile(contractDoc)
 	require.NoError(t, err)
@@ -141,7 +141,12 @@ func TestClauseCoverage(t *testing.T) {
 			checksOf[r] = append(checksOf[r], c.Name)
 		}
 	}
+	stated := map[string]bool{}
+	for _, r := range conformance.ModelRules() {
+		stated[r.Rule] = true
+	}
 	for _, r := range rules {
+		assert.True(t, stated[r], "rule %s: the model does not state it (sdk/conformance/model.go)", r)
 		assert.NotEmpty(t, checksOf[r], "rule %s has no check", r)
 		assert.True(t, slices.ContainsFunc(violationCases, func(vc violationCase) bool { return vc.rule == r }),
 			"rule %s has no violation mode that breaks it", r)

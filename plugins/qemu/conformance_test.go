@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -38,19 +39,12 @@ func suiteRig(t *testing.T) *rig {
 	)
 }
 
-// TestConformance runs the whole suite through the plugin binary on real
-// QEMU VMs. Every check passes. The skips are the checks of undeclared
-// capabilities, since the driver declares them all, and of a restore of a
-// second snapshot, which the target does not name. The target has a VM for
-// every other situation the suite asks for.
-func TestConformance(t *testing.T) {
-	t.Parallel()
-	r := suiteRig(t)
-	logs := &plugintest.Buffer{}
-	// The odd VM is put in its state beforehand: the suite only reads it.
-	d := r.driver(t)
-	require.NoError(t, d.Start(plugintest.Context(t, time.Minute), "odd"))
-	target := conformance.Target{
+// suiteTarget is the target of suiteRig's VMs, the odd VM put in its
+// state beforehand: the suite only reads it.
+func suiteTarget(t *testing.T, r *rig, logs io.Writer) conformance.Target {
+	t.Helper()
+	require.NoError(t, r.driver(t).Start(plugintest.Context(t, time.Minute), "odd"))
+	return conformance.Target{
 		Connect:    r.connector(t, logs),
 		VM:         "subject",
 		Snapshot:   "ready",
@@ -61,6 +55,17 @@ func TestConformance(t *testing.T) {
 		Guest:      conformance.Guest{Sleep: []string{"sleep", "30"}},
 		Timing:     conformance.Timing{Settle: time.Minute, ACPI: 5 * time.Second},
 	}
+}
+
+// TestConformance runs the whole suite through the plugin binary on real
+// QEMU VMs. Every check passes. The skips are the checks of undeclared
+// capabilities, since the driver declares them all, and of a restore of a
+// second snapshot, which the target does not name. The target has a VM for
+// every other situation the suite asks for.
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	logs := &plugintest.Buffer{}
+	target := suiteTarget(t, suiteRig(t), logs)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	rep, err := conformance.Collect(ctx, target, conformance.Options{})

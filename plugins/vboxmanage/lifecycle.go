@@ -267,7 +267,9 @@ func (d *Driver) restore(ctx context.Context, p *probe, op, vm, snapshot string)
 	if snapshot != "" {
 		args = []string{"snapshot", ref, "restore", snapshot}
 	}
-	d.restored.forget(vm)
+	// The mark of the last restore stays: a restore that VirtualBox refused
+	// (no such snapshot, the session held) left the VM as clean as it was,
+	// and one that began moved its state-change time past the mark.
 	return d.retry(ctx, op, vm, 0, func() error {
 		start := time.Now()
 		_, err := d.run(ctx, p, op, vm, runner.Call{Args: args, Timeout: d.cfg.Timeouts.Restore})

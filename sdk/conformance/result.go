@@ -52,6 +52,9 @@ type Report struct {
 	// Restore is why the run could not return a VM to the state it found
 	// it in; empty when it could.
 	Restore string `json:"restore,omitempty"`
+	// Model is what the model's exploration did and found, when the target
+	// asked for one (Target.Model).
+	Model *ModelReport `json:"model,omitempty"`
 }
 
 // Unchecked is a rule of the contract that stayed unchecked for want of a
@@ -80,9 +83,10 @@ func (r *Report) Count(o Outcome) int {
 	return n
 }
 
-// Failed reports whether any check failed or a VM could not be restored.
+// Failed reports whether any check failed, the model found a deviation
+// or could not explore, or a VM could not be restored.
 func (r *Report) Failed() bool {
-	return r.Count(Fail) > 0 || r.Restore != ""
+	return r.Count(Fail) > 0 || r.Restore != "" || (r.Model != nil && (r.Model.Deviation != nil || r.Model.Error != ""))
 }
 
 // reporter is what a check reports through: *testing.T under go test, a

@@ -202,8 +202,10 @@ func (s *session) exec(r reporter, c *check) {
 // subtest of t named after it ("Restore/UnknownSnapshotIsNotFound"), with
 // its outcome and log. Checks on different VMs run at the same time where
 // the contract allows (see Collect), each inside its own subtest, so the
-// time go test gives a subtest is its check's own. The VMs are put back as
-// they were found when t ends, also when a check failed.
+// time go test gives a subtest is its check's own. With target.Model set,
+// the model's exploration follows the checks as the subtest "Model". The
+// VMs are put back as they were found when t ends, also when a check
+// failed.
 func Run(t *testing.T, target Target) {
 	t.Helper()
 	s, err := open(context.Background(), target)
@@ -224,6 +226,10 @@ func Run(t *testing.T, target Target) {
 		}
 	}
 	s.runSubtests(t, checks)
+	// After the checks, with every VM free: the model's sequences use them all.
+	if target.Model.enabled() && selectedByTestFlags(t.Name()+"/Model") {
+		t.Run("Model", func(t *testing.T) { replayModel(t, s.explore(target.Model)) })
+	}
 }
 
 // runSubtests runs checks through the scheduler, each in a subtest of t
@@ -235,6 +241,21 @@ func (s *session) runSubtests(t *testing.T, checks []*check) {
 	s.runAll(checks, func(c *check, run func() Result) {
 		t.Run(c.name, func(t *testing.T) { replay(t, run()) })
 	})
+}
+
+// replayModel reports the model's exploration through t.
+func replayModel(t *testing.T, m *ModelReport) {
+	t.Helper()
+	t.Log(m.Summary())
+	switch {
+	case m.Deviation != nil:
+		for _, l := range m.Deviation.Log {
+			t.Log(l)
+		}
+		t.Errorf("the model found a deviation: %s", m.Deviation)
+	case m.Error != "":
+		t.Errorf("the model could not explore: %s", m.Error)
+	}
 }
 
 // replay reports a collected result through t.
@@ -298,6 +319,9 @@ func Collect(ctx context.Context, target Target, opts Options) (*Report, error) 
 		}
 	}
 	rep.Unchecked = s.unchecked(checks, byCheck)
+	if target.Model.enabled() && s.ctx.Err() == nil {
+		rep.Model = s.explore(target.Model)
+	}
 	if err := s.finish(); err != nil {
 		rep.Restore = err.Error()
 	}

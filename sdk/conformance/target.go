@@ -54,6 +54,11 @@ type Target struct {
 	Guest Guest
 	// Timing bounds the waits; zero fields take the defaults.
 	Timing Timing
+	// Model bounds the exploration of the contract's model that follows
+	// the checks: random sequences of operations held against what the
+	// contract allows (docs/conformance.md, "The model"). The zero value
+	// leaves it out.
+	Model Exploration
 }
 
 // Guest describes the guest OS of the target VM for the guest checks (§9).
