@@ -224,6 +224,16 @@ var everyRunSkips = []string{"Capabilities/UndeclaredAnswerUnsupported", "Capabi
 // are mostly waiting, so many run at once; not all, since on a busy machine
 // the process gets little CPU and every run at once stretches each run's
 // own waits.
+// timedOnlyFor leaves Concurrency/TwoVMs, the one check that times the
+// driver, out of every violation's run but serial-vms's: with a dozen runs
+// at once beside the rest of the suite, a busy CPU can stretch two
+// restores at once past what the check allows, and none of the other
+// violations touches concurrency. The reference passes it on its own
+// (TestTheFakePassesTheSuite), and serial-vms must fail it here.
+func timedOnlyFor(v fake.Violation) func(string) bool {
+	return func(name string) bool { return v == fake.ViolationSerialVMs || name != "Concurrency/TwoVMs" }
+}
+
 func TestEachViolationFailsItsChecks(t *testing.T) {
 	t.Parallel()
 	reports := make([]*conformance.Report, len(violationCases))
@@ -239,7 +249,7 @@ func TestEachViolationFailsItsChecks(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute) // a bound for a run that hangs
 			defer cancel()
 			world := suiteWorld(fmt.Sprintf("violations = [%q]\n%s", vc.violation, vc.extra))
-			reports[i], errs[i] = conformance.Collect(ctx, suiteTarget(conformance.InProcess("fake", fake.New, world)), conformance.Options{})
+			reports[i], errs[i] = conformance.Collect(ctx, suiteTarget(conformance.InProcess("fake", fake.New, world)), conformance.Options{Match: timedOnlyFor(vc.violation)})
 		}()
 	}
 	wg.Wait()
