@@ -2,6 +2,7 @@ package qemu_test
 
 import (
 	"context"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,9 @@ import (
 // operations a minute are reported, not asserted: a real guest boots in
 // seconds, and this machine's load decides how many.
 func TestTheModelOnQEMU(t *testing.T) {
+	if os.Getenv("SANDBOX_MODEL_MODES") == "" {
+		t.Skip("90 s of random sequences on real VMs, which a busy machine's slow guest agent can make deviate: `make model` (SANDBOX_MODEL_MODES=1) runs it")
+	}
 	t.Parallel()
 	logs := &plugintest.Buffer{}
 	target := suiteTarget(t, suiteRig(t), logs)
