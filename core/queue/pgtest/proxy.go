@@ -1,12 +1,15 @@
 package pgtest
 
 import (
+	"context"
 	"io"
 	"net"
 	"net/url"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/sandboxhq/sandbox/sdk/wait"
 )
 
 // Proxy stands between a test's code and PostgreSQL, so that the test can
@@ -41,14 +44,15 @@ func NewProxy(t testing.TB, dbURL string) *Proxy {
 }
 
 func (p *Proxy) listen(addr string) {
+	// The port just closed may take a moment to be free again.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
 	var ln net.Listener
-	var err error
-	for range 50 { // the port just closed may take a moment to be free again
-		if ln, err = net.Listen("tcp", addr); err == nil {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	_, err := wait.Retry(ctx, wait.Policy{Initial: 20 * time.Millisecond}, nil, func(context.Context) error {
+		var err error
+		ln, err = net.Listen("tcp", addr)
+		return err
+	})
 	if err != nil {
 		p.t.Fatalf("pgtest: proxy: %v", err)
 	}
