@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/config"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // BenchmarkSubmitLatency submits samples from 50 concurrent clients to the
@@ -30,30 +30,8 @@ import (
 func BenchmarkSubmitLatency(b *testing.B) {
 	const clients, each = 50, 4
 	s := newServiceTB(b)
-	measure := func(do func(i int) error) []time.Duration {
-		var mu sync.Mutex
-		var lat []time.Duration
-		var wg sync.WaitGroup
-		for c := range clients {
-			wg.Go(func() {
-				for k := range each {
-					begun := time.Now()
-					err := do(c*each + k)
-					d := time.Since(begun)
-					require.NoError(b, err)
-					mu.Lock()
-					lat = append(lat, d)
-					mu.Unlock()
-				}
-			})
-		}
-		wg.Wait()
-		slices.Sort(lat)
-		return lat
-	}
-	pct := func(lat []time.Duration, p float64) float64 {
-		return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond)
-	}
+	measure := func(do func(i int) error) []time.Duration { return plugintest.Latencies(b, clients, each, do) }
+	pct := plugintest.PercentileMS
 	var sub, health []time.Duration
 	for b.Loop() {
 		health = measure(func(int) error {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
 	"github.com/sandboxhq/sandbox/core/queue/pgtest"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // BenchmarkServiceAgainstRun runs the same M analyses on the same N fake
@@ -103,27 +103,7 @@ func BenchmarkSubmitLatency(b *testing.B) {
 			q := h.open(b, url, scanProfile(b, "vm1"))
 			defer q.Close() // not started: nothing runs, the submissions only queue
 			const clients, each = 50, 4
-			measure := func(do func(i int) error) []time.Duration {
-				var mu sync.Mutex
-				var lat []time.Duration
-				var wg sync.WaitGroup
-				for c := range clients {
-					wg.Go(func() {
-						for k := range each {
-							begun := time.Now()
-							err := do(c*each + k)
-							d := time.Since(begun)
-							require.NoError(b, err)
-							mu.Lock()
-							lat = append(lat, d)
-							mu.Unlock()
-						}
-					})
-				}
-				wg.Wait()
-				slices.Sort(lat)
-				return lat
-			}
+			measure := func(do func(i int) error) []time.Duration { return plugintest.Latencies(b, clients, each, do) }
 			var sub, ping []time.Duration
 			measure(func(int) error { return q.Ping(context.Background()) }) // the connections opened once
 			for b.Loop() {
@@ -134,16 +114,12 @@ func BenchmarkSubmitLatency(b *testing.B) {
 					return err
 				})
 			}
-			b.ReportMetric(percentile(sub, .5), "submit-p50-ms")
-			b.ReportMetric(percentile(sub, .99), "submit-p99-ms")
-			b.ReportMetric(percentile(ping, .5), "ping-p50-ms")
-			b.ReportMetric(percentile(ping, .99), "ping-p99-ms")
+			b.ReportMetric(plugintest.PercentileMS(sub, .5), "submit-p50-ms")
+			b.ReportMetric(plugintest.PercentileMS(sub, .99), "submit-p99-ms")
+			b.ReportMetric(plugintest.PercentileMS(ping, .5), "ping-p50-ms")
+			b.ReportMetric(plugintest.PercentileMS(ping, .99), "ping-p99-ms")
 		})
 	}
-}
-
-func percentile(lat []time.Duration, p float64) float64 {
-	return float64(lat[int(p*float64(len(lat)-1))]) / float64(time.Millisecond)
 }
 
 // BenchmarkPickup reports how long a task waits between its submission and
@@ -187,8 +163,8 @@ func BenchmarkPickup(b *testing.B) {
 				}
 			}
 			slices.Sort(waits)
-			b.ReportMetric(percentile(waits, .5), "pickup-p50-ms")
-			b.ReportMetric(percentile(waits, .99), "pickup-p99-ms")
+			b.ReportMetric(plugintest.PercentileMS(waits, .5), "pickup-p50-ms")
+			b.ReportMetric(plugintest.PercentileMS(waits, .99), "pickup-p99-ms")
 		})
 	}
 }
@@ -270,8 +246,8 @@ func BenchmarkPickupWithoutListenNotify(b *testing.B) {
 			}, func() { require.NoError(b, c.Start(ctx)) }, func() { _ = c.Stop(ctx); pool.Close() }, w.picked)
 		}
 	}
-	b.ReportMetric(percentile(sqlWaits, .5), "databasesql-p50-ms")
-	b.ReportMetric(percentile(sqlWaits, .99), "databasesql-p99-ms")
-	b.ReportMetric(percentile(pgxWaits, .5), "pgx-notify-p50-ms")
-	b.ReportMetric(percentile(pgxWaits, .99), "pgx-notify-p99-ms")
+	b.ReportMetric(plugintest.PercentileMS(sqlWaits, .5), "databasesql-p50-ms")
+	b.ReportMetric(plugintest.PercentileMS(sqlWaits, .99), "databasesql-p99-ms")
+	b.ReportMetric(plugintest.PercentileMS(pgxWaits, .5), "pgx-notify-p50-ms")
+	b.ReportMetric(plugintest.PercentileMS(pgxWaits, .99), "pgx-notify-p99-ms")
 }
