@@ -103,7 +103,7 @@ var expectedSkips = []string{"Capabilities/UndeclaredAnswerUnsupported", "Capabi
 // which is a skip by the suite's rule, not a pass.
 func skipExpected(res conformance.Result) bool {
 	return slices.Contains(expectedSkips, res.Check) ||
-		res.Check == "Concurrency/TwoVMs" && strings.Contains(res.Message, "too little to time")
+		res.TooQuickToTime()
 }
 
 // tail is the last n lines of s.

@@ -379,7 +379,7 @@ func (p *probe) overlap(vms []string) {
 		// What so quick a restore costs (a process started, a file
 		// rewritten) is the CPU's, not the hypervisor's, and two of them
 		// on a busy CPU look one after the other whatever the driver does.
-		p.Skipf("a restore of %s takes %s, too little to time: whether restores of two VMs wait for each other was not judged", vms[0], one.Round(time.Millisecond))
+		p.Skipf("a restore of %s takes %s, "+tooQuickToTime+": whether restores of two VMs wait for each other was not judged", vms[0], one.Round(time.Millisecond))
 		return
 	}
 	n := max(1, min(most, int(enough/one)+1))

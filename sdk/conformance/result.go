@@ -40,6 +40,19 @@ type Result struct {
 	Log []string `json:"log,omitempty"`
 }
 
+// tooQuickToTime is in the message of a timing check that skipped because
+// the operation it times came out too quick to time on this machine.
+const tooQuickToTime = "too little to time"
+
+// TooQuickToTime reports whether r is a skip of a timing check (one that
+// judges whether operations wait for each other) because the operation it
+// times took too little on this machine to be told from the CPU's noise. A
+// driver's own tests may accept such a skip where they accept no other:
+// it says nothing of the driver, only of how fast this machine made it.
+func (r Result) TooQuickToTime() bool {
+	return r.Outcome == Skip && strings.Contains(r.Message, tooQuickToTime)
+}
+
 // Report is the outcome of one run of the suite.
 type Report struct {
 	// Driver is the driver's own description (§1.1).
