@@ -12,7 +12,7 @@ BENCHTIME ?= 2s
 FUZZTIME      ?= 1m
 FUZZTIME_TEST ?= 3s
 
-.PHONY: all build test demo demo-qemu bench proto lint clean qemu-guest fuzz soak
+.PHONY: all build test test-short test-under-load model demo demo-qemu bench proto lint clean qemu-guest fuzz soak
 
 all: build
 
@@ -31,6 +31,33 @@ test: build lint example
 		"(apt-get install --no-install-recommends qemu-system-x86 qemu-utils qemu-guest-agent busybox-static cpio)"
 	$(GO) test -race -count=1 -timeout 15m ./...
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZTIME_TEST)
+
+# The inner loop: every test with the race detector, except those that need
+# a real hypervisor (QEMU, libvirt), a database server (PostgreSQL) or a
+# browser, and the service's load tests (a gigabyte of uploads, 500 stalled
+# clients), which -short skips, saying so. Under 90 s on two cores.
+test-short: build
+	$(GO) test -short -race -count=1 ./...
+
+# `make test` passing RUNS times in a row while stress-ng keeps eight
+# CPU-bound workers busy beside it: no test may depend on an idle machine.
+RUNS ?= 3
+test-under-load: build
+	@command -v stress-ng >/dev/null || { echo "make test-under-load: stress-ng is not installed (apt-get install stress-ng)"; exit 1; }
+	@stress-ng --cpu 8 --quiet & load=$$!; trap 'kill $$load 2>/dev/null' EXIT; \
+	for i in $$(seq $(RUNS)); do \
+		echo "make test-under-load: run $$i of $(RUNS), beside stress-ng --cpu 8"; \
+		start=$$(date +%s); \
+		$(MAKE) --no-print-directory test || { echo "make test-under-load: run $$i of $(RUNS) failed"; exit 1; }; \
+		echo "make test-under-load: run $$i of $(RUNS) passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+# The conformance model against each of the fake's violation modes: each
+# must be caught within the exploration's bound and shrunk to a handful of
+# steps. Chance decides whether random sequences meet a violation in time,
+# so it is not part of `make test`.
+model: build
+	SANDBOX_MODEL_MODES=1 $(GO) test -race -count=1 -timeout 30m -run '^TestTheModelCatchesEveryViolationMode$$' -v ./plugins/fake/
 
 # The long chaos test of the service (docs/server.md): three services on one
 # PostgreSQL, 300 tasks, a host SIGKILLed every 10 to 20 s, PostgreSQL away

@@ -241,7 +241,7 @@ func (s *server) tryTask(id string) (serveTask, bool) {
 		return serveTask{}, false
 	}
 	req.Header.Set("Authorization", "Bearer "+apiToken)
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client.Do(req)
 	if err != nil {
 		return serveTask{}, false
 	}

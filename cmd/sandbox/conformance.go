@@ -254,7 +254,11 @@ func printConformance(w io.Writer, r conformanceReport) {
 	fmt.Fprintln(tw, "CHECK\tRULES\tRESULT\tTIME\tMESSAGE")
 	for _, res := range r.Results {
 		msg, _, _ := strings.Cut(res.Message, "\n")
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", res.Check, res.Clause, res.Outcome,
+		rules := strings.Join(res.Rules, " ")
+		if rules == "" {
+			rules = res.Clause
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", res.Check, rules, res.Outcome,
 			res.Duration.Round(time.Millisecond), orDash(msg))
 	}
 	_ = tw.Flush()

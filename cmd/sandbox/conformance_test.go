@@ -49,6 +49,7 @@ type conformanceJSON struct {
 	Summary map[string]int
 	Results []struct {
 		Check, Clause, Outcome, Message string
+		Rules                           []string
 	}
 	Unchecked []struct {
 		Rule     string
@@ -75,6 +76,8 @@ func TestConformanceOfTheFakeReportsNoFailure(t *testing.T) {
 	assert.Equal(t, len(out.Results), out.Summary["pass"]+out.Summary["skip"])
 	for _, res := range out.Results {
 		assert.Regexp(t, `^§\d+\.\d+[a-z]?$`, res.Clause, res.Check)
+		require.NotEmpty(t, res.Rules, res.Check)
+		assert.Equal(t, res.Clause, res.Rules[0], "a check's rules begin with its clause")
 		if res.Check == "Unlock/ReleasesLingeringLock" {
 			assert.Equal(t, "pass", res.Outcome)
 		}
@@ -110,6 +113,7 @@ func TestConformanceFailsWithExitStatus1AndATable(t *testing.T) {
 	assert.Regexp(t, `(?m)^CHECK\s+RULES\s+RESULT\s+TIME\s+MESSAGE$`, r.stdout)
 	assert.Regexp(t, `(?m)^Stop/OffLikeIsNoOp\s+§5\.2a\s+fail\s+\S+\s+Stop\(acpi\) of a VM that is off: `, r.stdout)
 	assert.Regexp(t, `(?m)^Stop/Ladder\s+§5\.5\s+pass\s`, r.stdout)
+	assert.Regexp(t, `(?m)^Stop/PowerOff\s+§5\.1a §5\.1b\s+pass\s`, r.stdout, "every rule of a check")
 	assert.NotContains(t, r.stdout, "Restore/")
 	assert.Contains(t, r.stdout, "on VM subject: 5 passed, 1 failed, 1 skipped")
 }

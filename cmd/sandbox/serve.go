@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"net"
-	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -95,6 +94,7 @@ func (a *app) serve(f serveFlags) error {
 	q, err := queue.Open(ctx, queue.Options{
 		Database: qs.Database, StateDir: a.cfg.StateDir, Host: qs.Host, Pool: pool, Lifecycle: m,
 		OutDir: a.cfg.Engine.OutDir, DeadAfter: qs.DeadAfter, MaxAttempts: qs.MaxAttempts,
+		ArtifactLimit: qs.ArtifactLimit, Retention: qs.Retention,
 		Logger: a.log.Named("queue"), OnResult: metrics.Result,
 	})
 	if err != nil {
@@ -102,7 +102,7 @@ func (a *app) serve(f serveFlags) error {
 	}
 	defer q.Close()
 	started := make(chan struct{})
-	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, State: a.state, Token: s.Token, MaxSampleSize: s.MaxSampleSize,
+	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, State: a.state, Server: s,
 		Events: events, Metrics: metrics, Logger: a.log.Named("api")}, func() bool {
 		select {
 		case <-started:
@@ -119,9 +119,9 @@ func (a *app) serve(f serveFlags) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w (set [server] listen or --listen)", s.Listen, err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := srv.HTTPServer()
 	served := make(chan error, 1)
-	go func() { served <- hs.Serve(ln) }()
+	go func() { served <- hs.Serve(srv.Listener(ln)) }()
 	if err := q.Start(ctx); err != nil {
 		hs.Close()
 		return fmt.Errorf("start the queue: %w", err)

@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/sandboxhq/sandbox/core/api/apitest"
 	"github.com/sandboxhq/sandbox/core/queue/pgtest"
 )
 
@@ -56,12 +57,14 @@ func serveConfig(host string, vms []string, all []string, analysis string, extra
 
 // server is a running `sandbox serve`.
 type server struct {
-	t    testing.TB
-	cmd  *exec.Cmd
-	url  string
-	mu   sync.Mutex
-	log  bytes.Buffer
-	done chan struct{}
+	t   testing.TB
+	cmd *exec.Cmd
+	url string
+	// client checks every answer against docs/openapi.yaml.
+	client *http.Client
+	mu     sync.Mutex
+	log    bytes.Buffer
+	done   chan struct{}
 }
 
 var listening = regexp.MustCompile(`listening on (http://\S+)`)
@@ -69,13 +72,19 @@ var listening = regexp.MustCompile(`listening on (http://\S+)`)
 // startServe starts `sandbox serve` in dir and waits until it listens.
 func startServe(t testing.TB, dir string, args ...string) *server {
 	t.Helper()
-	cmd := exec.Command(sandboxBin, append([]string{"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
-		"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	return startServeCmd(t, exec.Command(sandboxBin, append([]string{"--config", filepath.Join(dir, "config.toml"), "--log-level", "info",
+		"serve", "--listen", "127.0.0.1:0"}, args...)...))
+}
+
+// startServeCmd starts a `sandbox serve` command line and waits until it
+// listens.
+func startServeCmd(t testing.TB, cmd *exec.Cmd) *server {
+	t.Helper()
 	cmd.Env = append(os.Environ(), "SANDBOX_API_TOKEN="+apiToken)
 	stderr, err := cmd.StderrPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
-	s := &server{t: t, cmd: cmd, done: make(chan struct{})}
+	s := &server{t: t, cmd: cmd, done: make(chan struct{}), client: apitest.Client(t)}
 	t.Cleanup(func() { s.kill() })
 	urls := make(chan string, 1)
 	go func() {
@@ -142,7 +151,7 @@ func (s *server) api(method, path string, body io.Reader, contentType string, ou
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client.Do(req)
 	require.NoError(s.t, err)
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(resp.Body)
@@ -362,6 +371,11 @@ func TestServeMistakes(t *testing.T) {
 		{"a short token in the file", conf + "[server]\ntoken = \"abc\"\n", "", nil, 1, "server.token: too short"},
 		{"not a PostgreSQL URL", conf, apiToken, []string{"--database", "mysql://x"}, 2, "--database: want a postgres:// URL"},
 		{"PostgreSQL not there", conf, apiToken, []string{"--database", "postgres://u:pw-zq81@127.0.0.1:1/db"}, 1, "is PostgreSQL running"},
+		{"a password in the query", conf, apiToken, []string{"--database", "postgres://u@127.0.0.1:1/db?sslmode=disable&password=pw-zq81"}, 1, "is PostgreSQL running"},
+		{"a password with a slash and an at sign", conf, apiToken, []string{"--database", "postgres://u:pw-zq81/x@y@127.0.0.1:1/db"}, 1, "database"},
+		{"a password escaped", conf, apiToken, []string{"--database", "postgres://u:pw-zq81%2Fx%40y@127.0.0.1:1/db"}, 1, "is PostgreSQL running"},
+		{"a password in the file's URL", strings.Replace(conf, "[queue]\n", "[queue]\ndatabase = \"postgres://u:pw-zq81@127.0.0.1:1/db?password=pw-zq81\"\n", 1),
+			apiToken, nil, 1, "is PostgreSQL running"},
 		{"the port taken", conf, apiToken, []string{"--listen", busy.Addr().String()}, 1, "listen on " + busy.Addr().String()},
 		{"no profile", fmt.Sprintf("state_dir = \"state\"\n[plugins.fake]\npath = %q\n", fakeBin), apiToken, nil, 1, "has no [profiles.NAME] table"},
 	} {

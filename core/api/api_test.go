@@ -10,6 +10,7 @@ import (
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,11 +22,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/api"
+	"github.com/sandboxhq/sandbox/core/api/apitest"
 	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/engine"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/core/queue"
+	"github.com/sandboxhq/sandbox/core/queue/pgtest"
+	"github.com/sandboxhq/sandbox/core/statedir"
 	"github.com/sandboxhq/sandbox/plugins/fake"
 	"github.com/sandboxhq/sandbox/sdk"
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
@@ -34,14 +38,48 @@ import (
 const token = "test-token-0123456789"
 
 // service is one test's `sandbox serve`: the fake hypervisor through the
-// SDK's adapters, the queue on an SQLite file, the API on a test server.
+// SDK's adapters, the queue on an SQLite file, the API on a test server
+// with the configured limits. Every answer it gives through client is
+// checked against docs/openapi.yaml.
 type service struct {
 	t      *testing.T
 	url    string
+	client *http.Client
 	driver *sdk.InProcess
 	queue  *queue.Queue
 	events *engine.Events
-	qr     *lifecycle.MemoryQuarantine
+	qr     lifecycle.Quarantine
+	state  *statedir.Dir
+	dir    string
+	srv    *api.Server
+}
+
+// serviceOptions shape a test's service.
+type serviceOptions struct {
+	// slow adds the profile slow: a 60 s analysis on the Linux VM.
+	slow bool
+	// server changes the [server] settings of the test.
+	server func(*config.Server)
+	// stateDir keeps leases and the quarantine in a state directory, as
+	// sandbox serve does, instead of in memory.
+	stateDir bool
+	// world replaces the fake's world.
+	world string
+	// artifactLimit is the queue's: the largest artifact kept in the
+	// database.
+	artifactLimit int64
+	// database is a PostgreSQL URL for the queue, instead of SQLite.
+	database string
+	// vms and profiles replace the VMs win and linux and their profiles
+	// (world must then declare the VMs).
+	vms      []string
+	profiles []config.Profile
+}
+
+// withPostgres puts the queue in a PostgreSQL database of the test's own.
+func withPostgres(t testing.TB) func(*serviceOptions) {
+	db := pgtest.Database(t)
+	return func(o *serviceOptions) { o.database = db }
 }
 
 const fakeWorld = `[plugins.fake.config]
@@ -70,30 +108,56 @@ func profiles(slow bool) []config.Profile {
 	return out
 }
 
-// newService starts a service with the profiles defender and clamav, and
-// with slow (a 60 s analysis on the Linux VM) if asked.
-func newService(t *testing.T, slow ...bool) *service {
+// newService starts a service with the profiles defender and clamav.
+func newService(t *testing.T, opts ...func(*serviceOptions)) *service {
 	t.Helper()
-	s := newServiceTB(t, slow...)
+	s := newServiceTB(t, opts...)
 	s.t = t
 	return s
 }
 
+func withSlow(o *serviceOptions) { o.slow = true }
+
+func withStateDir(o *serviceOptions) { o.stateDir = true }
+
+func withServer(f func(*config.Server)) func(*serviceOptions) {
+	return func(o *serviceOptions) { o.server = f }
+}
+
 // newServiceTB is newService for benchmarks too.
-func newServiceTB(t testing.TB, slow ...bool) *service {
+func newServiceTB(t testing.TB, opts ...func(*serviceOptions)) *service {
 	t.Helper()
+	var o serviceOptions
+	for _, f := range opts {
+		f(&o)
+	}
+	if o.world == "" {
+		o.world = fakeWorld
+	}
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(fakeWorld)), nil)
+	d, err := sdk.ServeInProcess(ctx, fake.New, sdk.ConfigFromTOML("fake", filepath.Join(dir, "config.toml"), []byte(o.world)), nil)
 	require.NoError(t, err)
 	t.Cleanup(func() { d.Close() })
-	qr := lifecycle.NewMemoryQuarantine()
-	m := lifecycle.New(lifecycle.Options{Quarantine: qr})
+	var (
+		qr     lifecycle.Quarantine = lifecycle.NewMemoryQuarantine()
+		state  *statedir.Dir
+		leases lifecycle.Leases
+	)
+	if o.stateDir {
+		state, err = statedir.Open(filepath.Join(dir, "state"))
+		require.NoError(t, err)
+		qr, leases = state.Quarantine(), state.Leases()
+	}
+	m := lifecycle.New(lifecycle.Options{Quarantine: qr, Leases: leases})
 	settings := config.DefaultLifecycle()
 	settings.Snapshot = "clean"
+	if o.vms == nil {
+		o.vms, o.profiles = []string{"win", "linux"}, profiles(o.slow)
+	}
 	vms := map[string]lifecycle.VM{}
-	for _, n := range []string{"win", "linux"} {
+	for _, n := range o.vms {
 		vms[n] = lifecycle.VM{Name: n, Plugin: "fake", Driver: d, Settings: settings}
 	}
 	metrics := api.NewMetrics()
@@ -106,16 +170,23 @@ func newServiceTB(t testing.TB, slow ...bool) *service {
 	})
 	events := engine.NewEvents()
 	e := engine.New(engine.Options{Lifecycle: m, Events: events, Logger: logger})
-	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), profiles(len(slow) > 0 && slow[0]))
+	pool, err := engine.NewPool(ctx, e, slices.Collect(maps.Values(vms)), o.profiles)
 	require.NoError(t, err)
-	q, err := queue.Open(ctx, queue.Options{StateDir: dir, Host: "test-host", Lifecycle: m, Pool: pool,
-		OutDir: filepath.Join(dir, "results"), OnResult: metrics.Result, Logger: logger})
+	q, err := queue.Open(ctx, queue.Options{Database: o.database, StateDir: dir, Host: "test-host", Lifecycle: m, Pool: pool,
+		OutDir: filepath.Join(dir, "results"), OnResult: metrics.Result, Logger: logger, ArtifactLimit: o.artifactLimit})
 	require.NoError(t, err)
-	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, Token: token, MaxSampleSize: 1 << 20, Events: events, Metrics: metrics},
+	cfg := config.Server{Token: token, MaxSampleSize: 1 << 20}
+	if o.server != nil {
+		o.server(&cfg)
+	}
+	srv, err := api.New(api.Options{Queue: q, Lifecycle: m, State: state, Server: cfg, Events: events, Metrics: metrics, Logger: logger},
 		func() bool { return true })
 	require.NoError(t, err)
 	t.Cleanup(srv.Close)
-	hs := httptest.NewServer(srv.Handler())
+	hs := httptest.NewUnstartedServer(srv.Handler())
+	hs.Config = srv.HTTPServer()
+	hs.Listener = srv.Listener(hs.Listener)
+	hs.Start()
 	require.NoError(t, q.Start(ctx))
 	t.Cleanup(func() {
 		hs.Close()
@@ -124,7 +195,8 @@ func newServiceTB(t testing.TB, slow ...bool) *service {
 		assert.NoError(t, q.Stop(sctx))
 		q.Close()
 	})
-	return &service{url: hs.URL, driver: d, queue: q, events: events, qr: qr}
+	client := &http.Client{Transport: apitest.Transport(t, http.DefaultTransport), Timeout: time.Minute}
+	return &service{url: hs.URL, client: client, driver: d, queue: q, events: events, qr: qr, state: state, dir: dir, srv: srv}
 }
 
 // call makes an API request and decodes the JSON answer into out.
@@ -138,7 +210,7 @@ func (s *service) call(method, path, tok string, body io.Reader, contentType str
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := s.client.Do(req)
 	require.NoError(s.t, err)
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
@@ -149,20 +221,52 @@ func (s *service) call(method, path, tok string, body io.Reader, contentType str
 	return resp.StatusCode
 }
 
-// form builds a multipart submission.
+// page GETs a page with the token (or none) and returns its HTML,
+// failing the test unless it answers 200.
+func (s *service) page(path, tok string) string {
+	s.t.Helper()
+	req, err := http.NewRequest("GET", s.url+path, nil)
+	require.NoError(s.t, err)
+	if tok != "" {
+		req.Header.Set("Authorization", "Bearer "+tok)
+	}
+	resp, err := s.client.Do(req)
+	require.NoError(s.t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(s.t, err)
+	require.Equal(s.t, http.StatusOK, resp.StatusCode, "%s", data)
+	return string(data)
+}
+
+// form builds a multipart submission: the fields, then the file.
 func form(t testing.TB, name string, data []byte, fields ...string) (io.Reader, string) {
 	t.Helper()
 	var b bytes.Buffer
 	w := multipart.NewWriter(&b)
+	for i := 0; i+1 < len(fields); i += 2 {
+		require.NoError(t, w.WriteField(fields[i], fields[i+1]))
+	}
 	if name != "" {
 		fw, err := w.CreateFormFile("file", name)
 		require.NoError(t, err)
 		_, err = fw.Write(data)
 		require.NoError(t, err)
 	}
-	for i := 0; i+1 < len(fields); i += 2 {
-		require.NoError(t, w.WriteField(fields[i], fields[i+1]))
-	}
+	require.NoError(t, w.Close())
+	return &b, w.FormDataContentType()
+}
+
+// fileFirst builds a submission with the file before a field.
+func fileFirst(t testing.TB, field, value string) (io.Reader, string) {
+	t.Helper()
+	var b bytes.Buffer
+	w := multipart.NewWriter(&b)
+	fw, err := w.CreateFormFile("file", "a.txt")
+	require.NoError(t, err)
+	_, err = fw.Write([]byte("a"))
+	require.NoError(t, err)
+	require.NoError(t, w.WriteField(field, value))
 	require.NoError(t, w.Close())
 	return &b, w.FormDataContentType()
 }
@@ -178,11 +282,13 @@ type taskJSON struct {
 	} `json:"sample"`
 	Profiles []string `json:"profiles"`
 	Results  []struct {
-		Host    string `json:"host"`
-		Profile string `json:"profile"`
-		State   string `json:"state"`
-		Verdict string `json:"verdict"`
-		VM      string `json:"vm"`
+		Host       string `json:"host"`
+		Profile    string `json:"profile"`
+		State      string `json:"state"`
+		Verdict    string `json:"verdict"`
+		VM         string `json:"vm"`
+		FailedStep string `json:"failed_step"`
+		Error      string `json:"error"`
 	} `json:"results"`
 	Report *engine.Report `json:"report"`
 }
@@ -280,8 +386,13 @@ func TestBadRequestsAreRefusedAndQueueNothing(t *testing.T) {
 		{"an unknown profile", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "profile", "clamav,avast") }, 400, "unknown_profile"},
 		{"a VM outside the profile", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "profile", "clamav", "vm", "win") }, 400, "unknown_vm"},
 		{"a bad priority", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "priority", "9") }, 400, "bad_priority"},
+		{"priority 0", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "priority", "0") }, 400, "bad_priority"},
+		{"an empty profile list", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "profile", ",") }, 400, "unknown_profile"},
+		{"an empty profile name in a list", token, func() (io.Reader, string) { return form(t, "a", []byte("a"), "profile", "clamav,") }, 400, "unknown_profile"},
 		{"no file", token, func() (io.Reader, string) { return form(t, "", nil, "profile", "clamav") }, 400, "bad_request"},
 		{"an empty file", token, func() (io.Reader, string) { return form(t, "a", nil) }, 400, "empty_sample"},
+		{"a field after the file", token, func() (io.Reader, string) { return fileFirst(t, "profile", "clamav") }, 400, "bad_request"},
+		{"two files", token, func() (io.Reader, string) { return fileFirst(t, "file", "b") }, 400, "bad_request"},
 		{"malformed multipart", token, func() (io.Reader, string) {
 			return strings.NewReader("--x\r\nnot a part"), "multipart/form-data; boundary=x"
 		}, 400, "bad_request"},
@@ -308,7 +419,7 @@ func TestBadRequestsAreRefusedAndQueueNothing(t *testing.T) {
 }
 
 func TestCancelATask(t *testing.T) {
-	s := newService(t, true)
+	s := newService(t, withSlow)
 	// The slow task holds the Linux VM; the second waits for it, and is
 	// cancelled before it runs; then the slow one is cancelled mid-analysis.
 	slow := s.submit("a.txt", []byte("a"), "profile", "slow")
@@ -374,7 +485,7 @@ func TestVMsMetricsAndHealth(t *testing.T) {
 		assert.Equal(t, engine.StepDone, vm.Step.Step)
 	}
 
-	resp, err := http.Get(s.url + "/metrics")
+	resp, err := s.client.Get(s.url + "/metrics")
 	require.NoError(t, err)
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
@@ -391,7 +502,7 @@ func TestVMsMetricsAndHealth(t *testing.T) {
 	}
 
 	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "ready"} {
-		resp, err := http.Get(s.url + path)
+		resp, err := s.client.Get(s.url + path)
 		require.NoError(t, err)
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -399,13 +510,10 @@ func TestVMsMetricsAndHealth(t *testing.T) {
 		assert.Contains(t, string(b), want)
 	}
 
-	resp, err = http.Get(s.url + "/")
-	require.NoError(t, err)
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	assert.Contains(t, string(page), "<td>win</td>")
-	assert.Contains(t, string(page), "eicar.com")
-	assert.Contains(t, string(page), `class="malicious"`)
+	page := s.page("/", token)
+	assert.Contains(t, page, `<tr data-vm="win">`)
+	assert.Contains(t, page, "eicar.com")
+	assert.Contains(t, page, `class="malicious"`)
 }
 
 func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
@@ -417,8 +525,13 @@ func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
 	_, quarantined, err := s.qr.Get(context.Background(), "fake/linux")
 	require.NoError(t, err)
 	assert.False(t, quarantined)
-	// The Windows VM was left running: reconciling cleans it and says so;
-	// once clean, reconciling changes nothing.
+	// The Windows VM was left running, and the service's start reconciles
+	// it in the background: a first call waits for that (it holds the VM)
+	// whichever of them cleans it. Left running again, reconciling cleans
+	// it and says so; once clean, reconciling changes nothing.
+	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/win/reconcile", token, nil, "", &rep))
+	require.NoError(t, s.driver.Start(context.Background(), "win"))
+	rep = lifecycle.OpReport{}
 	require.Equal(t, http.StatusOK, s.call("POST", "/v1/vms/win/reconcile", token, nil, "", &rep))
 	assert.True(t, rep.Reconciled, "a VM left running is reconciled")
 	st, err := s.driver.Status(context.Background(), "win")
@@ -432,4 +545,32 @@ func TestCleaningAVMThroughTheAPIPutsItBackInService(t *testing.T) {
 	assert.Equal(t, 404, s.call("POST", "/v1/vms/ghost/cleanup", token, nil, "", &e))
 	assert.Equal(t, 404, s.call("POST", "/v1/vms/ghost/reconcile", token, nil, "", &e))
 	fmt.Fprint(io.Discard, e)
+}
+
+// With the queue's database away (here the SQLite file deleted under the
+// service), a submission answers 503 saying what happened and what to do,
+// not a bare 500, and stores nothing.
+func TestASubmissionWhileTheDatabaseIsAwayIsAnswered503(t *testing.T) {
+	s := newService(t)
+	require.NoError(t, os.Remove(filepath.Join(s.dir, "queue.db")))
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := s.client.Get(s.url + "/readyz")
+		require.NoError(t, err)
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusServiceUnavailable {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "the service did not notice its database was gone")
+		time.Sleep(100 * time.Millisecond) // the service checks its file every second
+	}
+	body, ct := form(t, "a.txt", []byte("a sample"), "profile", "clamav")
+	var e errorJSON
+	assert.Equal(t, http.StatusServiceUnavailable, s.call("POST", "/v1/tasks", token, body, ct, &e))
+	assert.Equal(t, "unavailable", e.Error.Code)
+	assert.Contains(t, e.Error.Message, "restart the service", "it says what to do")
+	counts, err := s.queue.Counts(context.Background())
+	require.NoError(t, err, "the file still open reads")
+	assert.Empty(t, counts, "nothing was queued")
 }

@@ -88,6 +88,7 @@ func (s *Server) listVMs(w http.ResponseWriter, r *http.Request) error {
 // (if any) has ended, a complete cleanup; a success puts a VM taken out of
 // service back into it and lifts its quarantine.
 func (s *Server) cleanupVM(w http.ResponseWriter, r *http.Request) error {
+	untimed(w)
 	rep, err := s.opts.Queue.Cleanup(r.Context(), r.PathValue("name"))
 	return writeReport(w, rep, err)
 }
@@ -96,8 +97,16 @@ func (s *Server) cleanupVM(w http.ResponseWriter, r *http.Request) error {
 // (if any) has ended, the VM is cleaned if an earlier process left it
 // behind, and left alone if it is clean.
 func (s *Server) reconcileVM(w http.ResponseWriter, r *http.Request) error {
+	untimed(w)
 	rep, err := s.opts.Queue.Reconcile(r.Context(), r.PathValue("name"))
 	return writeReport(w, rep, err)
+}
+
+// untimed lifts write_timeout from a maintenance call: it waits for the
+// VM's task to end and then for the lifecycle's own deadlines, and its
+// answer is small.
+func untimed(w http.ResponseWriter) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
 }
 
 // writeReport answers with a lifecycle report: 200, or 409 when the

@@ -182,22 +182,23 @@ func ParseEnv(path string, data []byte, env Env) (*Config, error) {
 	} else {
 		c.StateDir = absFrom(dir, c.StateDir, "")
 	}
-	c.Server = Server{Listen: f.Server.Listen, Token: f.Server.Token, MaxSampleSize: f.Server.MaxSampleSize}
-	if c.Server.Listen == "" {
-		c.Server.Listen = DefaultListen
-	}
-	if c.Server.MaxSampleSize == 0 {
-		c.Server.MaxSampleSize = DefaultMaxSampleSize
-	}
+	c.Server = f.Server.resolve()
 	if tok, ok := env(TokenEnv); ok && tok != "" {
 		if err := checkToken(tok); err != nil {
 			return nil, fmt.Errorf("%s: %v", TokenEnv, err)
 		}
 		c.Server.Token = tok
 	}
-	c.Queue = Queue{Database: f.Queue.Database, Host: f.Queue.Host, DeadAfter: DefaultDeadAfter, MaxAttempts: f.Queue.MaxAttempts}
+	c.Queue = Queue{Database: f.Queue.Database, Host: f.Queue.Host, DeadAfter: DefaultDeadAfter, MaxAttempts: f.Queue.MaxAttempts,
+		ArtifactLimit: f.Queue.ArtifactLimit, Retention: DefaultRetention}
 	if f.Queue.DeadAfter != nil {
 		c.Queue.DeadAfter = *f.Queue.DeadAfter
+	}
+	if f.Queue.Retention != nil {
+		c.Queue.Retention = *f.Queue.Retention
+	}
+	if c.Queue.ArtifactLimit == 0 {
+		c.Queue.ArtifactLimit = DefaultArtifactLimit
 	}
 	if c.Queue.MaxAttempts == 0 {
 		c.Queue.MaxAttempts = DefaultMaxAttempts

@@ -214,6 +214,14 @@ func TestBadProfilesNameFileLineAndKey(t *testing.T) {
 		{"an exit code both clean and malicious", base + "[profiles.p.verdict]\nmalicious_exit_codes = [0]\n",
 			6, "profiles.p.verdict.malicious_exit_codes", "also in clean_exit_codes"},
 		{"a short API token", "[server]\ntoken = \"abc\"\n", 2, "server.token", "too short"},
+		{"a sample size past the bound", "[server]\nmax_sample_size = 2147483648\n", 2, "server.max_sample_size", "want 1 to 1073741824"},
+		{"a negative sample size", "[server]\nmax_sample_size = -1\n", 2, "server.max_sample_size", "want 1 to"},
+		{"a zero read timeout", "[server]\nread_timeout = \"0s\"\n", 2, "server.read_timeout", "positive"},
+		{"a negative idle timeout", "[server]\nidle_timeout = \"-1s\"\n", 2, "server.idle_timeout", "positive"},
+		{"a negative connection bound", "[server]\nmax_connections = -5\n", 2, "server.max_connections", "negative"},
+		{"an artifact limit past the bound", "[queue]\nartifact_limit = 2147483648\n", 2, "queue.artifact_limit", "want 1 to"},
+		{"a retention too short", "[queue]\nretention = \"10m\"\n", 2, "queue.retention", "at least 1h"},
+		{"more uploads than connections", "[server]\nmax_connections = 4\nmax_uploads = 5\n", 3, "server.max_uploads", "cannot fit"},
 		{"the former rescue_after", "[queue]\nrescue_after = \"15m\"\n", 2, "queue.rescue_after", "is now dead_after"},
 		{"a dead_after too short to heartbeat in", "[queue]\ndead_after = \"1s\"\n", 2, "queue.dead_after", "at least 3s"},
 	} {
@@ -273,6 +281,15 @@ func TestLayersResolveInOrder(t *testing.T) {
 	assert.Equal(t, "127.0.0.1:9000", cfg.Server.Listen, "the file over the default")
 	assert.Equal(t, "from-the-environment-0123", cfg.Server.Token, "the environment over the file")
 	assert.Equal(t, config.DefaultMaxSampleSize, int(cfg.Server.MaxSampleSize), "a default where nothing says otherwise")
+	assert.Equal(t, config.DefaultReadTimeout, cfg.Server.ReadTimeout)
+	assert.Equal(t, config.DefaultUploadTimeout, cfg.Server.UploadTimeout)
+	assert.Equal(t, config.DefaultWriteTimeout, cfg.Server.WriteTimeout)
+	assert.Equal(t, config.DefaultIdleTimeout, cfg.Server.IdleTimeout)
+	assert.Equal(t, config.DefaultMaxConnections, cfg.Server.MaxConnections)
+	assert.Equal(t, config.DefaultMaxUploads, cfg.Server.MaxUploads)
+	assert.False(t, cfg.Server.PublicPage, "the page needs the token unless told otherwise")
+	assert.Equal(t, int64(config.DefaultArtifactLimit), cfg.Queue.ArtifactLimit)
+	assert.Equal(t, config.DefaultRetention, cfg.Queue.Retention)
 	require.NoError(t, cfg.Apply(config.Flags{Listen: "127.0.0.1:9001", Host: "b", MaxStarting: 4}))
 	assert.Equal(t, "127.0.0.1:9001", cfg.Server.Listen, "the flag over the file")
 	assert.Equal(t, "b", cfg.Queue.Host)
@@ -301,4 +318,24 @@ func TestConfigLinksNoComponent(t *testing.T) {
 			assert.NotContains(t, dep, banned, "core/config links %s", dep)
 		}
 	}
+}
+
+// Each [server] limit is taken from the file as written.
+func TestServerLimitsFromTheFile(t *testing.T) {
+	cfg, err := config.Parse("c.toml", []byte("[server]\nread_timeout = \"2s\"\nupload_timeout = \"3m\"\nwrite_timeout = \"4s\"\n"+
+		"idle_timeout = \"5s\"\nmax_connections = 32\nmax_uploads = 2\nmax_sample_size = 1073741824\npublic_page = true\n"))
+	require.NoError(t, err)
+	s := cfg.Server
+	assert.Equal(t, 2*time.Second, s.ReadTimeout)
+	assert.Equal(t, 3*time.Minute, s.UploadTimeout)
+	assert.Equal(t, 4*time.Second, s.WriteTimeout)
+	assert.Equal(t, 5*time.Second, s.IdleTimeout)
+	assert.Equal(t, 32, s.MaxConnections)
+	assert.Equal(t, 2, s.MaxUploads)
+	assert.Equal(t, int64(config.MaxSampleSizeLimit), s.MaxSampleSize, "the bound itself is accepted")
+	assert.True(t, s.PublicPage)
+
+	cfg, err = config.Parse("c.toml", []byte("[server]\nmax_connections = 3\n"))
+	require.NoError(t, err)
+	assert.Equal(t, 3, cfg.Server.MaxUploads, "uploads never outnumber connections")
 }

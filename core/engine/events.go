@@ -2,6 +2,7 @@ package engine
 
 import (
 	"maps"
+	"slices"
 	"sync"
 	"time"
 )
@@ -39,11 +40,22 @@ type Events struct {
 	next   int
 	subs   map[int]func(Event)
 	latest map[string]Event
+	// recent is each VM's events of about the last HistoryWindow, oldest
+	// first, at most HistoryLimit of them.
+	recent map[string][]Event
 }
+
+// The recent history kept of each VM, for a picture of its last minutes:
+// the events of the last HistoryWindow (and the one before them, which
+// says what the VM was doing when the window began), at most HistoryLimit.
+const (
+	HistoryWindow = 15 * time.Minute
+	HistoryLimit  = 512
+)
 
 // NewEvents returns an empty stream.
 func NewEvents() *Events {
-	return &Events{subs: map[int]func(Event){}, latest: map[string]Event{}}
+	return &Events{subs: map[int]func(Event){}, latest: map[string]Event{}, recent: map[string][]Event{}}
 }
 
 // Subscribe calls fn with every event from now on, in order, on the
@@ -75,6 +87,7 @@ func (s *Events) Publish(e Event) {
 	defer s.mu.Unlock()
 	if e.VM != "" {
 		s.latest[e.VM] = e
+		s.recent[e.VM] = trim(append(s.recent[e.VM], e), e.At.Add(-HistoryWindow))
 	}
 	for _, fn := range s.subs {
 		fn(e)
@@ -89,4 +102,41 @@ func (s *Events) Latest() map[string]Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return maps.Clone(s.latest)
+}
+
+// trim drops the events past HistoryLimit and those before since, except
+// the last one before since.
+func trim(h []Event, since time.Time) []Event {
+	drop := max(0, len(h)-HistoryLimit)
+	for drop+1 < len(h) && h[drop+1].At.Before(since) {
+		drop++
+	}
+	if drop == 0 {
+		return h
+	}
+	// Copied down rather than resliced, so that the array does not grow
+	// without bound behind the slice.
+	n := copy(h, h[drop:])
+	clear(h[n:])
+	return h[:n]
+}
+
+// History returns each VM's events since the given time, oldest first,
+// with the last event before it (what the VM was doing then) when the
+// stream still has it.
+func (s *Events) History(since time.Time) map[string][]Event {
+	out := map[string][]Event{}
+	if s == nil {
+		return out
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for vm, h := range s.recent {
+		i := 0
+		for i+1 < len(h) && h[i+1].At.Before(since) {
+			i++
+		}
+		out[vm] = slices.Clone(h[i:])
+	}
+	return out
 }

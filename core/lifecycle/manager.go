@@ -99,12 +99,24 @@ type callOptions struct {
 	method   hypervisor.StopMethod
 	snapshot *string
 	restore  *bool
+	// abandoned: a reconciliation touches only a VM whose lease holder died.
+	abandoned bool
 }
 
 // WithProgress calls f as the operation moves: at each step and at each
 // state seen. f runs on the operation's goroutine and must return quickly.
 func WithProgress(f func(Progress)) Option {
 	return func(o *callOptions) { o.progress = f }
+}
+
+// OnlyAbandoned makes Reconcile clean a VM only when a process died
+// holding its lease, and leave any other alone, however it finds it, for
+// the check its next user makes. It is what a service starting again owes
+// the VMs its killed predecessor held: they are cleaned whether or not
+// work comes to them, and a VM merely found running is not cleaned before
+// a task is there to report it.
+func OnlyAbandoned() Option {
+	return func(o *callOptions) { o.abandoned = true }
 }
 
 // WithMethod makes Stop use only method m instead of the VM's ladder.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
@@ -40,6 +41,11 @@ func (m *Manager) Reconcile(ctx context.Context, vm VM, opts ...Option) (*OpRepo
 		defer release()
 		left = l
 		opts = append(opts[:len(opts):len(opts)], func(o *callOptions) { o.held = true })
+	}
+	if co.abandoned && left == nil {
+		return &OpReport{Operation: "reconcile", VM: vm.Name, Plugin: vm.Plugin, Started: time.Now(), Steps: []OpStep{{
+			Name: "check", Outcome: "skipped", Detail: "no earlier process died holding its lease; its next user's check will look at it",
+		}}}, nil
 	}
 	cctx, cancel := context.WithTimeout(ctx, vm.Settings.CleanupTimeout)
 	defer cancel()

@@ -175,3 +175,30 @@ restore_failures = 99
 	assert.True(t, r.Quarantined)
 	assert.ErrorIs(t, w.manager.CheckUsable(ctx, vm), lifecycle.ErrQuarantined)
 }
+
+// OnlyAbandoned, as a service starting again reconciles its VMs: a VM
+// whose lease holder died is cleaned, one merely found running is left to
+// its next user's check, untouched.
+func TestReconcileOnlyAbandonedTouchesOnlyWhatADeadHolderLeft(t *testing.T) {
+	w := fakeWorld(t, timing+`
+[plugins.fake.config.vms.vm1]
+state = "running"
+snapshots = ["clean"]
+`)
+	ctx := plugintest.Context(t, 30*time.Second)
+	r, err := w.manager.Reconcile(ctx, w.vm("vm1"), lifecycle.OnlyAbandoned())
+	require.NoError(t, err)
+	assert.False(t, r.Reconciled)
+	assert.Equal(t, []string{"check: skipped"}, stepNames(r))
+	assert.Empty(t, w.sent(), "a running VM nobody died holding is not touched")
+	assert.Zero(t, r.StatusCalls)
+
+	dead := lifecycle.LeaseHolder{Key: "fake/vm1", PID: 4242, Command: "sandbox serve", Since: time.Now().Add(-time.Hour)}
+	m := lifecycle.New(lifecycle.Options{Leases: leftLeases{Leases: lifecycle.NewLocalLeases(), left: dead}})
+	r, err = m.Reconcile(ctx, w.vm("vm1"), lifecycle.OnlyAbandoned())
+	require.NoError(t, err)
+	assert.True(t, r.Reconciled)
+	require.NotNil(t, r.LeftBy)
+	assert.Equal(t, 4242, r.LeftBy.PID)
+	finalIsClean(t, r, "clean")
+}

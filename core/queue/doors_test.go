@@ -59,6 +59,7 @@ func runDoor(t *testing.T, ctx context.Context, pool *engine.Pool, _ *lifecycle.
 func serveDoor(t *testing.T, ctx context.Context, pool *engine.Pool, m *lifecycle.Manager, dir string, s engine.Sample,
 	cancel func(func())) (*engine.Result, string) {
 	out := filepath.Join(dir, "out")
+	useMigrated(t, dir)
 	q, err := queue.Open(ctx, queue.Options{StateDir: dir, Host: "h", Pool: pool, Lifecycle: m, OutDir: out, MaxAttempts: 1})
 	require.NoError(t, err)
 	defer q.Close()
@@ -93,7 +94,7 @@ func serveDoor(t *testing.T, ctx context.Context, pool *engine.Pool, m *lifecycl
 		select {
 		case <-ctx.Done():
 			t.Fatalf("task %s never ended: %s", task.ID, got.State)
-		case <-time.After(20 * time.Millisecond): // polling as an API client does
+		case <-time.After(50 * time.Millisecond): // polling as an API client does
 		}
 	}
 }

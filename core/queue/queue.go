@@ -75,6 +75,12 @@ type Options struct {
 	// OnResult is told every analysis this host records, as it is
 	// recorded.
 	OnResult func(*engine.Result)
+	// ArtifactLimit is the largest artifact kept in the database, for
+	// every host to serve; 0 means config.DefaultArtifactLimit.
+	ArtifactLimit int64
+	// Retention is how long the samples and artifacts of a task that has
+	// ended are kept; 0 means config.DefaultRetention.
+	Retention time.Duration
 }
 
 // Queue is the durable queue of one host.
@@ -105,6 +111,11 @@ type Queue struct {
 	// written to its row by the progress writer.
 	progress map[[2]string]engine.Event
 	closed   bool
+	// maintaining holds one slot per VM of this host, taken by a cleanup
+	// or reconciliation of it: a second one (an operator's, beside the
+	// one the start began) waits for the first instead of failing on
+	// the VM being in use by this very process.
+	maintaining map[string]chan struct{}
 	// beforeClaim, set by tests, runs as a job begins, before it claims
 	// its analysis: where a host can die with a job River thinks running.
 	beforeClaim func()
@@ -147,7 +158,10 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 		opts.Logger = hclog.NewNullLogger()
 	}
 	q := &Queue{opts: opts, log: opts.Logger, pool: opts.Pool, working: map[int64]running{},
-		progress: map[[2]string]engine.Event{}, started: time.Now()}
+		progress: map[[2]string]engine.Event{}, started: time.Now(), maintaining: map[string]chan struct{}{}}
+	for name := range opts.Pool.VMs() {
+		q.maintaining[name] = make(chan struct{}, 1)
+	}
 	var err error
 	if q.queues, err = q.workQueues(); err != nil {
 		return nil, err
@@ -195,10 +209,13 @@ func (q *Queue) connect(ctx context.Context) error {
 	river.AddWorker(workers, &worker{q: q})
 	queues := map[string]river.QueueConfig{}
 	for name, n := range q.queues {
-		// A profile's queue is looked at often, so that a task starts soon
-		// after a VM is free; a VM's own queue (tasks pinned to it, rare)
-		// seldom, so that hundreds of VMs do not poll the database.
-		poll := 50 * time.Millisecond
+		// A profile's queue is looked at five times a second, so that a
+		// task starts soon after a VM is free (a look is a query: at
+		// twenty a second per profile the looks were most of the CPU a
+		// host spent between tasks, for analyses that take minutes); a
+		// VM's own queue (tasks pinned to it, rare) seldom, so that
+		// hundreds of VMs do not poll the database.
+		poll := 200 * time.Millisecond
 		if strings.HasPrefix(name, "vm-") {
 			poll = 2 * time.Second
 		}
@@ -217,7 +234,12 @@ func (q *Queue) connect(ctx context.Context) error {
 		RescueStuckJobsAfter: 24 * time.Hour,
 		FetchCooldown:        10 * time.Millisecond,
 		FetchPollInterval:    2 * time.Second,
-		Logger:               riverLog,
+		// The queues poll (above) on both dialects: PostgreSQL through
+		// database/sql has no LISTEN, and SQLite's in-process notifier
+		// fails the client's start when a busy machine keeps it from
+		// answering within its fixed 5 s; nothing of ours waits on it.
+		PollOnly: true,
+		Logger:   riverLog,
 	}
 	if len(queues) == 0 {
 		cfg.Queues, cfg.Workers = nil, nil // insert-only: this host has no VM
@@ -274,6 +296,7 @@ func (q *Queue) Start(ctx context.Context) error {
 	q.loops.Go(func() { q.heartbeats(bg) })
 	q.loops.Go(func() { q.sweeps(bg) })
 	q.loops.Go(func() { q.writeProgress(bg) })
+	q.loops.Go(func() { q.prunes(bg) })
 	q.reconcileAtStart(context.WithoutCancel(bg))
 	q.loops.Go(func() {
 		q.db.watch(bg, time.Second, func(err error) {

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -86,6 +87,9 @@ func (h *host) open(t testing.TB, database string, profiles []config.Profile, ed
 		OutDir: filepath.Join(h.dir, "results"), DeadAfter: config.MinDeadAfter}
 	for _, f := range edit {
 		f(&opts)
+	}
+	if opts.Database == "" {
+		useMigrated(t, h.dir)
 	}
 	q, err := queue.Open(ctx, opts)
 	require.NoError(t, err)
@@ -184,4 +188,34 @@ func TestAcceptedTasksOutliveTheProcess(t *testing.T) {
 	depth, err = q.Depth(context.Background())
 	require.NoError(t, err)
 	assert.Zero(t, depth["scan"])
+}
+
+// Cleanups and reconciliations of one VM asked at once (the one a start
+// begins, an operator's through the API) take turns: each ends, none is
+// refused because another of this process holds the VM.
+func TestMaintenanceOfOneVMTakesTurns(t *testing.T) {
+	h := newHost(t, "a", "vm1")
+	ctx := context.Background()
+	require.NoError(t, h.driver.Start(ctx, "vm1"))
+	q := h.open(t, "", scanProfile(t, "vm1"))
+	t.Cleanup(q.Close)
+	const calls = 4
+	reports := make([]*lifecycle.OpReport, calls)
+	errs := make([]error, calls)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Go(func() { reports[i], errs[i] = q.Reconcile(ctx, "vm1") })
+	}
+	wg.Wait()
+	reconciled := 0
+	for i := range calls {
+		require.NoError(t, errs[i], "call %d", i)
+		if reports[i].Reconciled {
+			reconciled++
+		}
+	}
+	assert.Equal(t, 1, reconciled, "the first cleans the VM left running, the others find it clean")
+	st, err := h.driver.Status(ctx, "vm1")
+	require.NoError(t, err)
+	assert.True(t, st.Power.IsOff())
 }

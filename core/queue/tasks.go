@@ -38,6 +38,13 @@ func inputErrorf(code, format string, args ...any) *InputError {
 	return &InputError{Code: code, Msg: fmt.Sprintf(format, args...)}
 }
 
+// noTask is the answer for a task id the queue does not know: tasks are
+// never removed (retention prunes their samples and artifacts only), so
+// the id is wrong.
+func noTask(id string) *InputError {
+	return inputErrorf("not_found", "no task %q: check the id (the answer to its submission has it, and GET /v1/tasks lists the latest)", id)
+}
+
 // Request is what a submission asks for besides the sample.
 type Request struct {
 	// Profiles are the analyses; empty means every profile.
@@ -71,7 +78,7 @@ func (q *Queue) Submit(ctx context.Context, name string, r io.Reader, req Reques
 	defer os.Remove(spool.Name())
 	defer spool.Close()
 	if size == 0 {
-		return nil, inputErrorf("empty_sample", "the sample is empty")
+		return nil, inputErrorf("empty_sample", "the sample is empty: send the file's content in the form field \"file\"")
 	}
 	t := &Task{
 		ID:       newID(),
@@ -175,7 +182,7 @@ func (q *Queue) checkRequest(req *Request) ([]string, error) {
 		}
 	}
 	if len(out) == 0 {
-		return nil, inputErrorf("unknown_profile", "no profile is configured")
+		return nil, inputErrorf("unknown_profile", "no profile is configured: add a [profiles.NAME] table to the service's config.toml and restart it")
 	}
 	if req.Priority == 0 {
 		req.Priority = DefaultPriority
@@ -191,7 +198,7 @@ func (q *Queue) checkRequest(req *Request) ([]string, error) {
 func (q *Queue) Task(ctx context.Context, id string) (*Task, error) {
 	t, err := q.db.task(ctx, q.db, id)
 	if errors.Is(err, errNoTask) {
-		return nil, inputErrorf("not_found", "no task %q", id)
+		return nil, noTask(id)
 	}
 	return t, err
 }
@@ -217,7 +224,7 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 	err := q.db.inTx(ctx, func(tx *sql.Tx) error {
 		t, err := q.db.task(ctx, tx, id)
 		if errors.Is(err, errNoTask) {
-			return inputErrorf("not_found", "no task %q", id)
+			return noTask(id)
 		}
 		if err != nil {
 			return err
@@ -264,7 +271,7 @@ func (q *Queue) Cancel(ctx context.Context, id string) (*Task, error) {
 		if stopped > 0 && final == StateCancelled {
 			return t, nil // ended by this very cancel, through its local jobs
 		}
-		return t, inputErrorf("already_finished", "task %s already ended (%s)", id, final)
+		return t, inputErrorf("already_finished", "task %s already ended (%s): there is nothing left to cancel", id, final)
 	}
 	q.cancelLocal(id)
 	if err := q.completeTask(ctx, id); err != nil {
@@ -295,6 +302,11 @@ func (q *Queue) endWith(ctx context.Context, tx querier, task string, job int64,
 	ended, err := q.db.endAnalysis(ctx, tx, task, job, r)
 	if err != nil {
 		return fmt.Errorf("record the analysis of task %s with %s: %w", task, r.Profile, err)
+	}
+	if ended {
+		if err := q.storeArtifacts(ctx, tx, task, r); err != nil {
+			return err
+		}
 	}
 	if ended && q.opts.OnResult != nil {
 		q.opts.OnResult(r)

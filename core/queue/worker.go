@@ -303,16 +303,19 @@ func (q *Queue) Reconcile(ctx context.Context, name string) (*lifecycle.OpReport
 	return q.maintain(ctx, name, q.opts.Lifecycle.Reconcile)
 }
 
-// reconcileAtStart cleans, in the background, each VM of this host that
-// an earlier process left behind (one killed in the middle of a task), so
-// that a VM no task comes to again is not left running or locked until
-// one does. A task that leases the VM first reconciles it itself; Stop
+// reconcileAtStart cleans, in the background, each VM of this host whose
+// lease an earlier process held when it died (one killed in the middle of
+// a task), so that a VM no task comes to again is not left running or
+// locked until one does. Any other VM is left to its next task's check. A task that leases the VM first reconciles it itself; Stop
 // waits for these, each bounded by its VM's cleanup_timeout, because one
 // cut short would leave the VM as dirty as it found it.
 func (q *Queue) reconcileAtStart(ctx context.Context) {
+	abandoned := func(ctx context.Context, vm lifecycle.VM, opts ...lifecycle.Option) (*lifecycle.OpReport, error) {
+		return q.opts.Lifecycle.Reconcile(ctx, vm, append(opts, lifecycle.OnlyAbandoned())...)
+	}
 	for name := range q.pool.VMs() {
 		q.loops.Go(func() {
-			rep, err := q.Reconcile(ctx, name)
+			rep, err := q.maintain(ctx, name, abandoned)
 			switch {
 			case err == nil && rep.Reconciled:
 				q.log.Info("cleaned a VM an earlier process left behind", "vm", name)
@@ -327,11 +330,20 @@ func (q *Queue) reconcileAtStart(ctx context.Context) {
 	}
 }
 
+// maintain runs a cleanup or reconciliation of one VM of this host once
+// no other one of this process is running on it and its task (if any) has
+// ended, and puts it back into service when it succeeds.
 func (q *Queue) maintain(ctx context.Context, name string,
 	op func(context.Context, lifecycle.VM, ...lifecycle.Option) (*lifecycle.OpReport, error)) (*lifecycle.OpReport, error) {
 	vm, ok := q.pool.VMs()[name]
 	if !ok {
-		return nil, inputErrorf("not_found", "no VM %q on host %s", name, q.opts.Host)
+		return nil, inputErrorf("not_found", "no VM %q on host %s: GET /v1/vms lists its VMs; a VM of another host is cleaned through that host", name, q.opts.Host)
+	}
+	select {
+	case q.maintaining[name] <- struct{}{}:
+		defer func() { <-q.maintaining[name] }()
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
 	done, err := q.pool.Hold(ctx, name)
 	if err != nil {

@@ -210,7 +210,7 @@ func (d *Driver) ListVMs(ctx context.Context) ([]hypervisor.VM, error) {
 	out := make([]hypervisor.VM, 0, len(d.vms))
 	names := make([]string, 0, len(d.vms))
 	for _, v := range d.vms {
-		v.advance(now)
+		v.peek(now)
 		out = append(out, hypervisor.VM{Name: v.name, ID: v.id, Power: v.st.Power})
 		names = append(names, v.name)
 	}

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"slices"
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
@@ -88,6 +89,7 @@ func (d *Driver) startLocked(v *vm, now time.Time) error {
 	v.st.Pending = &transition{Kind: kindBoot, To: hypervisor.PowerRunning, Due: due}
 	v.st.LockedUntil = time.Time{}
 	v.st.Dirty = true
+	d.holdLocked(v)
 	d.commitLocked()
 	return nil
 }
@@ -170,6 +172,7 @@ func (d *Driver) stopLocked(v *vm, method hypervisor.StopMethod, now time.Time) 
 		}
 		v.leave(kindKill, hypervisor.PowerAborted, now.Add(v.timing.Emergency))
 	}
+	d.holdLocked(v)
 	d.commitLocked()
 	return nil
 }
@@ -237,6 +240,9 @@ func (d *Driver) Unlock(ctx context.Context, name string) error {
 		return xerr
 	}
 	if d.breaks(ViolationUnlockReturnsEarly) {
+		d.lock()
+		d.holdLockLocked(v, 1)
+		d.unlock()
 		return c.done(nil)
 	}
 	return c.done(d.waitUnlocked(ctx, hypervisor.OpUnlock, v))
@@ -294,6 +300,9 @@ func (d *Driver) Restore(ctx context.Context, name, snapshot string) error {
 		return c.done(err)
 	}
 	if d.breaks(ViolationLateRestore) {
+		d.lock()
+		d.holdLocked(v)
+		d.unlock()
 		return c.done(nil)
 	}
 	return c.done(d.waitRestored(ctx, hypervisor.OpRestore, v, t))
@@ -500,6 +509,13 @@ func (cl *cleanup) unlock(ctx context.Context) error {
 	now := time.Now()
 	v.advance(now)
 	switch {
+	case d.skipsUnlock() && cl.stopped():
+		// The restore this cleanup may go on to, and the caller after it,
+		// find the session its stop left behind, however long the stop
+		// took to come to this.
+		d.holdLockLocked(v, 2)
+		d.unlock()
+		return nil
 	case !v.locked(now) || d.skipsUnlock():
 		d.unlock()
 		return nil
@@ -546,6 +562,14 @@ func (cl *cleanup) restore(ctx context.Context, snapshot string) error {
 		return nil
 	}
 	return c.done(d.waitRestored(ctx, hypervisor.OpCleanup, v, t))
+}
+
+// stopped reports whether the cleanup stopped the VM or waited for it to
+// stop, which leaves its session behind for a while.
+func (cl *cleanup) stopped() bool {
+	return slices.ContainsFunc(cl.actions, func(a string) bool {
+		return a == string(hypervisor.StopPowerOff) || a == string(hypervisor.StopEmergency) || a == "wait-stop"
+	})
 }
 
 // act records that the cleanup began step a, which ends the step before it.

@@ -3,6 +3,7 @@ package fake_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -163,11 +164,16 @@ func catch(vc violationCase) (*conformance.Report, error) {
 // Each violation mode is caught by the model alone, with the named checks
 // switched off, within the bound, and shrunk to a handful of steps that
 // break the mode's rule. The runs are mostly waiting, so several run at
-// once. The test is not parallel to the package's others: it runs first,
-// alone, since the load of its explorations would otherwise be what the
-// suite's runs beside it time, and a busy machine can hide a fault whose
-// moment is short or pass for one.
+// once.
+//
+// Whether random sequences meet a violation within the bound is chance,
+// and the runs take minutes of a busy machine: `make model` runs it
+// (SANDBOX_MODEL_MODES=1), not `make test`, which must not fail on chance.
 func TestTheModelCatchesEveryViolationMode(t *testing.T) {
+	if os.Getenv("SANDBOX_MODEL_MODES") == "" {
+		t.Skip("whether the model meets each violation within its bound is chance, over minutes: `make model` (SANDBOX_MODEL_MODES=1) runs it")
+	}
+	t.Parallel()
 	reports := make([]*conformance.Report, len(violationCases))
 	errs := make([]error, len(violationCases))
 	var wg sync.WaitGroup

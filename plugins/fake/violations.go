@@ -268,6 +268,50 @@ func (d *Driver) report(v *vm, now time.Time) hypervisor.Status {
 	return st
 }
 
+// holdLocked holds the transition v just began, with d.mu held, for as
+// many calls as the violation that makes it visible needs, so that the
+// violation shows whatever the machine's load: a lie about the transition
+// lasts only while it is under way, and a caller that acts on the lie
+// must find the truth behind it, not a transition that completed while
+// the caller waited for a CPU. early-off's lie is told by one call (the
+// status that says off) and acted on by the next; the others show in the
+// first call after the one that began the transition. A driver's own
+// waits count as calls too, so a cleanup that waits for a held stop is
+// not held up.
+func (d *Driver) holdLocked(v *vm) {
+	t := v.st.Pending
+	v.st.Hold = 0
+	if t == nil {
+		return
+	}
+	switch t.Kind {
+	case kindShutdown, kindKill:
+		switch {
+		case d.breaks(ViolationEarlyOff):
+			v.st.Hold = 2
+		case t.Kind == kindShutdown && (d.breaks(ViolationLateStop) || d.breaks(ViolationStopStoppingFailed)):
+			v.st.Hold = 1
+		}
+	case kindBoot:
+		if d.breaks(ViolationLateStart) || d.breaks(ViolationEmptyRaw) {
+			v.st.Hold = 1
+		}
+	case kindRestore:
+		if d.breaks(ViolationLateRestore) {
+			v.st.Hold = 1
+		}
+	}
+}
+
+// holdLockLocked keeps v's session held for the next calls calls, with
+// d.mu held, when a violation leaves it behind (unlock-returns-early,
+// cleanup-leaves-lock): the call that should have found it released finds
+// it held however long it took to come.
+func (d *Driver) holdLockLocked(v *vm, calls int) {
+	v.st.LockHold = calls
+	d.commitLocked()
+}
+
 // honour is the context an operation works under: its own, unless the
 // driver was told to ignore deadlines. The driver's closing still ends the
 // work either way.

@@ -22,6 +22,9 @@ type vm struct {
 	configured Faults
 	faults     Faults
 	st         vmState
+	// lockSeen is set by advance while a held session lock (vmState.LockHold)
+	// is still to be seen by the call that advanced the VM.
+	lockSeen bool
 }
 
 // vmState is what the simulated hypervisor knows about a VM, and all that
@@ -58,6 +61,16 @@ type vmState struct {
 	// Injected are faults added while the world runs (Driver.Inject), on
 	// top of the configured ones.
 	Injected *Faults `json:"injected,omitempty"`
+	// Hold is how many more calls must find the pending transition under
+	// way before it may complete, however long past its due time: a
+	// violation whose lie or early answer lasts only while the transition
+	// does sets it, so that the caller who acts on the lie finds it still
+	// true on a machine too busy to act within the transition's time
+	// (Driver.holdLocked).
+	Hold int `json:"hold,omitempty"`
+	// LockHold is the same for a session lock a violation leaves behind:
+	// it is held for that many more calls, whatever LockedUntil says.
+	LockHold int `json:"lock_hold,omitempty"`
 }
 
 type faultsUsed struct {
@@ -144,9 +157,31 @@ func hasProcess(p hypervisor.PowerState) bool {
 	return false
 }
 
-// advance applies the pending transition if it is due at now.
-func (v *vm) advance(now time.Time) {
+// advance applies the pending transition if it is due at now. Every call
+// on the VM advances it once as it begins, so it also counts the calls a
+// held transition or lock still waits for: the call that counts one down
+// still finds it.
+func (v *vm) advance(now time.Time) { v.advanceBy(now, true) }
+
+// peek applies the pending transition if it is due at now and not held,
+// without counting a call against the holds: a listing of every VM is no
+// call on any one of them.
+func (v *vm) peek(now time.Time) { v.advanceBy(now, false) }
+
+func (v *vm) advanceBy(now time.Time, call bool) {
+	if call {
+		v.lockSeen = v.st.LockHold > 0
+		if v.lockSeen {
+			v.st.LockHold--
+		}
+	}
 	t := v.st.Pending
+	if t != nil && v.st.Hold > 0 {
+		if call {
+			v.st.Hold--
+		}
+		return
+	}
 	if t == nil || now.Before(t.Due) {
 		return
 	}
@@ -181,7 +216,7 @@ func (v *vm) leave(kind string, to hypervisor.PowerState, due time.Time) {
 // process, a restore in progress, or a session left behind.
 func (v *vm) locked(now time.Time) bool {
 	return hasProcess(v.st.Power) || v.st.Power == hypervisor.PowerRestoring ||
-		v.st.StaleLock || now.Before(v.st.LockedUntil)
+		v.st.StaleLock || now.Before(v.st.LockedUntil) || v.lockSeen
 }
 
 // nextEvent is the next time the VM's status changes by itself, or zero if
@@ -189,6 +224,9 @@ func (v *vm) locked(now time.Time) bool {
 func (v *vm) nextEvent(now time.Time) time.Time {
 	if v.st.Pending != nil {
 		return v.st.Pending.Due
+	}
+	if v.st.LockHold > 0 || v.lockSeen {
+		return now // a held lock goes with the calls that look, not with time
 	}
 	if !hasProcess(v.st.Power) && !v.st.StaleLock && now.Before(v.st.LockedUntil) {
 		return v.st.LockedUntil

@@ -76,17 +76,34 @@ done
 	// hold stops, before libvirt says it is off, a qemu-io opens its disk
 	// for the given milliseconds: another process's job on the disk of an
 	// off domain, as a backup or a scan of it would be. The hook returns
-	// once qemu-io holds the image's lock.
+	// once qemu-io holds the image's lock, which qemu-io tells by reading
+	// the disk's first sector as soon as it has opened it (stdbuf: its line
+	// comes out at once). The hook takes no lock to find out: a probe that
+	// opens the image, as qemu-img info does, holds its locks while it
+	// runs, and a qemu-io opening the disk meanwhile fails ("Failed to get
+	// "write" lock") and holds nothing, which left the domain off and free
+	// right after its stop. A qemu-io that fails to open the disk all the
+	// same (another process had it for a moment) is started again.
 	hookScript = `#!/bin/sh
 [ "$2" = release ] || exit 0
 [ -f "%[1]s/hold" ] || exit 0
 while read -r dom disk ms; do
 	[ "$dom" = "$1" ] || continue
-	setsid qemu-io -f qcow2 -c "sleep $ms" "$disk" </dev/null >/dev/null 2>&1 &
-	n=0
-	while qemu-img info "$disk" >/dev/null 2>&1 && [ "$n" -lt 300 ]; do
-		n=$((n + 1))
-		sleep 0.01
+	out="%[1]s/hold.$dom.out"
+	tries=0
+	while [ "$tries" -lt 50 ]; do
+		tries=$((tries + 1))
+		: >"$out"
+		setsid -w sh -c 'stdbuf -oL qemu-io -f qcow2 -c "read 0 512" -c "sleep $1" "$2"; echo "exit $?"' - "$ms" "$disk" \
+			</dev/null >>"$out" 2>&1 &
+		n=0
+		until grep -q -e '^read ' -e '^exit ' "$out" || [ "$n" -ge 3000 ]; do
+			n=$((n + 1))
+			sleep 0.01
+		done
+		if grep -q '^read ' "$out" || ! grep -q '^exit ' "$out"; then
+			break # it holds the disk, or it is still opening it after 30 s
+		fi
 	done
 done <"%[1]s/hold"
 exit 0

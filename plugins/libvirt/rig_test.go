@@ -45,8 +45,11 @@ const (
 // must run (.ci/run).
 func needLibvirt(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("libvirt test skipped: -short (make test-short) leaves out what needs a real hypervisor")
+	}
 	missing := ""
-	for _, tool := range []string{"libvirtd", "virsh", "unshare", "qemu-system-x86_64", "qemu-img", "qemu-io"} {
+	for _, tool := range []string{"libvirtd", "virsh", "unshare", "setsid", "stdbuf", "qemu-system-x86_64", "qemu-img", "qemu-io"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			missing = tool + " is not installed"
 		}

@@ -36,6 +36,9 @@ const (
 // it where SANDBOX_QEMU_TESTS=required says they must run (.ci/run).
 func needQEMU(t testing.TB) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("QEMU test skipped: -short (make test-short) leaves out what needs a real hypervisor")
+	}
 	missing := ""
 	for _, tool := range []string{"qemu-system-x86_64", "qemu-img", "qemu-io"} {
 		if _, err := exec.LookPath(tool); err != nil {

@@ -33,7 +33,7 @@ func actAsHost(file, plugin string) int {
 		return 1
 	}
 	h := host.New(host.Options{
-		Plugins: map[string]config.Plugin{"vbox": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: plugin}},
+		Plugins: map[string]config.Plugin{"vbox": {AutoMTLS: true, StartTimeout: pluginStartTimeout, Path: plugin}},
 		File:    file,
 		Data:    data,
 		// The plugin logs at the host's level: trace, so that it writes

@@ -57,7 +57,7 @@ func TestPluginDiesWithItsHost(t *testing.T) {
 
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	_ = cmd.Wait()
-	assert.Eventually(t, func() bool { return plugintest.Gone(plugin) }, 3*time.Second, 5*time.Millisecond,
+	assert.Eventually(t, func() bool { return plugintest.Gone(plugin) }, 30*time.Second, 5*time.Millisecond,
 		"the plugin exits with its host")
 	for _, pid := range children {
 		assert.Eventually(t, func() bool { return plugintest.Gone(pid) }, time.Second, 5*time.Millisecond,

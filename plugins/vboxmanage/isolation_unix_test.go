@@ -38,7 +38,7 @@ func TestPluginKilledMidPowerOffLeavesNoVBoxManage(t *testing.T) {
 	plugin := r.plugin.Pid()
 	require.NotZero(t, plugin)
 	require.NoError(t, syscall.Kill(plugin, syscall.SIGKILL))
-	assert.Eventually(t, func() bool { return plugintest.Gone(poweroff) }, 2*time.Second, 5*time.Millisecond,
+	assert.Eventually(t, func() bool { return plugintest.Gone(poweroff) }, 30*time.Second, 5*time.Millisecond,
 		"VBoxManage %d outlived its SIGKILLed plugin %d", poweroff, plugin)
 	select {
 	case err := <-done:

@@ -11,7 +11,6 @@ import (
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/core/lifecycle"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
-	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // taskLifecycle is one analysis task's VM work as the core drives it with
@@ -82,7 +81,7 @@ func taskLifecycleNative(ctx context.Context, r *rig) error {
 func lifecycleInvocations(t *testing.T, linger time.Duration, task func(context.Context, *rig) error) uint64 {
 	t.Helper()
 	r := newRig(t, profiles[2], withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }))
-	ctx := plugintest.Context(t, 30*time.Second)
+	ctx := testContext(t)
 	_, err := r.drv.Info(ctx) // the one-time version probe is not part of a task
 	require.NoError(t, err)
 	// One task first, so that the one counted starts where a previous

@@ -33,32 +33,45 @@ const (
 
 // programs are the executables the end-to-end tests run, each built once
 // per test process on first use (benchmarks build none) into one
-// directory that TestMain removes.
+// directory that TestMain removes. Each package has its own lock, so that
+// a test that needs the plugin does not wait behind the CLI's build.
 var programs builds
 
 type builds struct {
-	mu    sync.Mutex
-	dir   string
-	paths map[string]string
+	mu   sync.Mutex
+	dir  string
+	pkgs map[string]*build
+}
+
+// build is one package's executable, built once.
+type build struct {
+	once sync.Once
+	path string
+	err  error
 }
 
 // path builds pkg on first use and returns its executable.
 func (b *builds) path(t testing.TB, pkg string) string {
 	t.Helper()
 	b.mu.Lock()
-	defer b.mu.Unlock()
-	if p, ok := b.paths[pkg]; ok {
-		return p
-	}
 	if b.dir == "" {
 		dir, err := os.MkdirTemp("", "vboxmanage-e2e-")
-		require.NoError(t, err)
-		b.dir, b.paths = dir, map[string]string{}
+		if err != nil {
+			b.mu.Unlock()
+			t.Fatal(err)
+		}
+		b.dir, b.pkgs = dir, map[string]*build{}
 	}
-	p, err := plugintest.Build(b.dir, pkg)
-	require.NoError(t, err)
-	b.paths[pkg] = p
-	return p
+	one, ok := b.pkgs[pkg]
+	if !ok {
+		one = &build{}
+		b.pkgs[pkg] = one
+	}
+	dir := b.dir
+	b.mu.Unlock()
+	one.once.Do(func() { one.path, one.err = plugintest.Build(dir, pkg) })
+	require.NoError(t, one.err)
+	return one.path
 }
 
 func (b *builds) remove() {
@@ -69,6 +82,12 @@ func (b *builds) remove() {
 	}
 }
 
+// pluginStartTimeout is the plugins' start_timeout in these tests: no test
+// judges how fast a plugin starts, and a busy machine that launches eight
+// race-detected plugins at once spends config's default (10 s) on the
+// handshake.
+const pluginStartTimeout = 2 * time.Minute
+
 // newPluginRig launches the plugin binary through the plugin host, as the
 // CLI does, on a simulated installation. The host logs at trace level into
 // r.logs, which then holds the host's own lines and every line the plugin
@@ -78,7 +97,7 @@ func newPluginRig(t testing.TB, p profile, opts ...rigOption) *rig {
 	r, env := prepare(t, p, opts...)
 	logger := hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Trace, Output: r.logs})
 	h := host.New(host.Options{
-		Plugins: map[string]config.Plugin{"vbox": {AutoMTLS: true, StartTimeout: config.DefaultPluginStartTimeout, Path: programs.path(t, pluginPkg), Env: env}},
+		Plugins: map[string]config.Plugin{"vbox": {AutoMTLS: true, StartTimeout: pluginStartTimeout, Path: programs.path(t, pluginPkg), Env: env}},
 		File:    r.file,
 		Data:    []byte(r.config),
 		Logger:  logger,
@@ -100,7 +119,7 @@ func TestPluginEveryOperation(t *testing.T) {
 		t.Run(p.name, func(t *testing.T) {
 			t.Parallel()
 			r := newPluginRig(t, p, everyOperationWorld()...)
-			ctx := plugintest.Context(t, 30*time.Second)
+			ctx := testContext(t)
 
 			info, err := r.drv.Info(ctx)
 			require.NoError(t, err)
@@ -168,8 +187,11 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 			t.Parallel()
 			// unlock.grace at its default (5s): the exiting VM process gets
 			// the time it needs and is not killed.
+			// Three commands meet the session before it can end: the status
+			// read here, the core's and the cleanup's wait-off see it held
+			// however slowly a busy machine runs them.
 			r := newPluginRig(t, p, withSetting("unlock.grace", ""),
-				withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }))
+				withTiming(func(tm *vboxsim.Timing) { tm.Unlock, tm.UnlockSeen = vboxsim.Duration(linger), 3 }))
 			ctx := plugintest.Context(t, time.Minute)
 			m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
 			vm := managedVM(r, vmName)
@@ -210,8 +232,10 @@ func TestPluginLingeringLockEndsInARestoreWithoutError(t *testing.T) {
 
 	t.Run("session hidden from the listing", func(t *testing.T) {
 		t.Parallel()
+		// The hidden session is met only by the restores it refuses: two
+		// of them, however slowly a busy machine runs them.
 		r := newPluginRig(t, profiles[1],
-			withTiming(func(tm *vboxsim.Timing) { tm.Unlock = vboxsim.Duration(linger) }),
+			withTiming(func(tm *vboxsim.Timing) { tm.Unlock, tm.UnlockSeen = vboxsim.Duration(linger), 2 }),
 			withFaults(func(f *vboxsim.Faults) { f.HideSessionName = true }))
 		ctx := plugintest.Context(t, time.Minute)
 		m := lifecycle.New(lifecycle.Options{Logger: hclog.New(&hclog.LoggerOptions{Name: "sandbox", Level: hclog.Info, Output: r.logs})})
@@ -288,7 +312,7 @@ func TestPluginHangingVBoxManageIsKilledAtItsDeadline(t *testing.T) {
 			}
 		}
 		require.Len(t, restores, 1)
-		assert.Eventually(t, func() bool { return !plugintest.Alive(restores[0].PID) }, 2*time.Second, 20*time.Millisecond,
+		assert.Eventually(t, func() bool { return !plugintest.Alive(restores[0].PID) }, 30*time.Second, 20*time.Millisecond,
 			"the restore's VBoxManage (pid %d) is killed", restores[0].PID)
 		st := r.waitStatus(t, vmName, offAndUnlocked)
 		assert.Equal(t, hypervisor.PowerOff, st.Power, "a restore killed half-way leaves the VM as it was")
@@ -325,7 +349,7 @@ func TestPluginNeedsTheEnvAllowList(t *testing.T) {
 	r := newPluginRig(t, profiles[2],
 		withSetting("guest.password_file", ""),
 		withSetting("guest.password_env", `"VBOX_TEST_GUEST_PW"`))
-	_, err := r.drv.Info(plugintest.Context(t, 30*time.Second))
+	_, err := r.drv.Info(testContext(t))
 	require.Error(t, err)
 	assert.ErrorIs(t, err, hypervisor.ErrUnavailable)
 	assert.Contains(t, err.Error(), "environment variable VBOX_TEST_GUEST_PW is not set in the plugin's environment")

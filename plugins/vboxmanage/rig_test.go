@@ -1,6 +1,8 @@
 package vboxmanage_test
 
 import (
+	"context"
+	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -25,6 +27,10 @@ func TestMain(m *testing.M) {
 	if file := os.Getenv(envHostConfig); file != "" {
 		os.Exit(actAsHost(file, os.Getenv(envHostPlugin)))
 	}
+	flag.Parse()
+	// The fault matrix's cells wait on the simulator's timings and on
+	// deadlines, not on a core.
+	plugintest.WaitingParallel(8)
 	code := m.Run()
 	simtest.Cleanup()
 	programs.remove()
@@ -180,10 +186,18 @@ func newRig(t testing.TB, p profile, opts ...rigOption) *rig {
 	return r
 }
 
+// testContext bounds a test's calls so that a driver that hangs fails the
+// test instead of hanging it. No test judges this bound: it is generous
+// because a busy machine runs the race-detected driver, the plugin and
+// every VBoxManage many times slower than an idle one.
+func testContext(t testing.TB) context.Context {
+	return plugintest.Context(t, 3*time.Minute)
+}
+
 // waitStatus polls Status until ok or the deadline.
 func (r *rig) waitStatus(t testing.TB, vm string, ok func(hypervisor.Status) bool) hypervisor.Status {
 	t.Helper()
-	ctx := plugintest.Context(t, 10*time.Second)
+	ctx := testContext(t)
 	for {
 		st, err := r.drv.Status(ctx, vm)
 		require.NoError(t, err)

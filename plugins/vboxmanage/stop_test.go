@@ -10,7 +10,6 @@ import (
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage"
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
-	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // §5.2: stopping an off VM sends nothing, except that an emergency stop
@@ -30,7 +29,7 @@ func TestPluginEmergencyStopOfAStoppedVM(t *testing.T) {
 // emergencyStopOfAStoppedVM expects a world whose VM processes never exit
 // by themselves after a power-off.
 func emergencyStopOfAStoppedVM(t *testing.T, r *rig) {
-	ctx := plugintest.Context(t, 30*time.Second)
+	ctx := testContext(t)
 	d := r.drv
 	kills := func() int { return r.argvCount(t, "--type", "emergencystop") }
 	controls := func() int { return r.argvCount(t, "controlvm") }
@@ -74,7 +73,6 @@ func emergencyStopOfAStoppedVM(t *testing.T, r *rig) {
 	r.sim.Update(t, func(w *vboxsim.World) {
 		w.Find(vmName).Session = vboxsim.Session{State: vboxsim.Locked, Owner: vboxsim.OwnerGUI, Name: "GUI/Qt"}
 	})
-	start := time.Now()
 	err = d.Stop(ctx, vmName, hypervisor.StopEmergency)
 	require.Error(t, err)
 	assert.True(t, hypervisor.IsLocked(err), "%v", err)
@@ -83,8 +81,9 @@ func emergencyStopOfAStoppedVM(t *testing.T, r *rig) {
 	assert.Equal(t, hypervisor.OpStop, he.Op)
 	assert.Equal(t, vmName, he.VM)
 	assert.Contains(t, he.Message, "does not have a VM process")
+	// "At once" is judged by the count, not by a time a busy machine
+	// stretches: one emergencystop, no retries.
 	assert.Equal(t, 3, kills(), "no retries: such a holder lets go when its user decides")
-	assert.Less(t, time.Since(start), 2*time.Second)
 	assert.Equal(t, vboxsim.OwnerGUI, r.sim.VM(t, vmName).Session.Owner, "the GUI keeps its session")
 }
 
@@ -98,9 +97,13 @@ func TestCleanupOfAStartingVM(t *testing.T) {
 	}
 	t.Run("comes up, then is powered off", func(t *testing.T) {
 		t.Parallel()
-		r := newRig(t, profiles[2], withSetting("cleanup.stop_wait", `"30s"`),
-			withTiming(func(tm *vboxsim.Timing) { tm.Start = vboxsim.Duration(600 * time.Millisecond) }))
-		ctx := plugintest.Context(t, time.Minute)
+		// The VM comes up 3 s after the fixture put it in starting: long
+		// enough that the cleanup's first look finds it starting on a busy
+		// machine too. stop_wait is far longer than anything here, so
+		// that a cleanup that waited it out is told from one that did not.
+		r := newRig(t, profiles[2], withSetting("cleanup.stop_wait", `"5m"`),
+			withTiming(func(tm *vboxsim.Timing) { tm.Start = vboxsim.Duration(3 * time.Second) }))
+		ctx := testContext(t)
 		_, err := r.drv.Info(ctx)
 		require.NoError(t, err)
 		starting(r)
@@ -110,24 +113,24 @@ func TestCleanupOfAStartingVM(t *testing.T) {
 		assert.Equal(t, []string{"wait-running", "poweroff", "wait-off", "restore clean"}, actions(res))
 		assert.Equal(t, "done", res.Steps[0].Outcome)
 		assert.Equal(t, "done", res.Steps[1].Outcome, "powered off as soon as it ran")
-		assert.Less(t, time.Since(begun), 5*time.Second)
+		assert.Less(t, time.Since(begun), time.Minute, "not cleanup.stop_wait (5m)")
 		assert.Zero(t, r.argvCount(t, "emergencystop"))
 		st := r.waitStatus(t, vmName, offAndUnlocked)
 		assert.Equal(t, hypervisor.PowerOff, st.Power)
 	})
 	t.Run("stuck starting, killed after the starting grace", func(t *testing.T) {
 		t.Parallel()
-		r := newRig(t, profiles[2], withSetting("cleanup.stop_wait", `"30s"`),
+		r := newRig(t, profiles[2], withSetting("cleanup.stop_wait", `"5m"`),
 			withFaults(func(f *vboxsim.Faults) { f.HangStarting = true }))
 		vboxmanage.SetStartingGrace(r.native, 300*time.Millisecond)
-		ctx := plugintest.Context(t, time.Minute)
+		ctx := testContext(t)
 		starting(r)
 		begun := time.Now()
 		res, err := r.drv.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true, Snapshot: "clean"})
 		require.NoError(t, err)
 		assert.Equal(t, []string{"wait-running", "emergencystop", "wait-off", "restore clean"}, actions(res))
 		assert.Equal(t, "still starting", res.Steps[0].Outcome)
-		assert.Less(t, time.Since(begun), 5*time.Second, "not cleanup.stop_wait")
+		assert.Less(t, time.Since(begun), time.Minute, "not cleanup.stop_wait (5m)")
 		assert.Zero(t, r.argvCount(t, "controlvm", "poweroff"), "a power-off is refused while starting")
 		st := r.waitStatus(t, vmName, offAndUnlocked)
 		assert.Equal(t, "clean", st.CurrentSnapshot)
@@ -136,13 +139,17 @@ func TestCleanupOfAStartingVM(t *testing.T) {
 		t.Parallel()
 		r := newRig(t, profiles[2], withSetting("cleanup.stop_wait", `"500ms"`),
 			withFaults(func(f *vboxsim.Faults) { f.HangStarting = true }))
-		ctx := plugintest.Context(t, time.Minute)
+		// A grace far longer than the bound below tells a cleanup cut at
+		// stop_wait from one that waited out the grace, with slack for a
+		// busy machine.
+		vboxmanage.SetStartingGrace(r.native, 5*time.Minute)
+		ctx := testContext(t)
 		starting(r)
 		begun := time.Now()
 		res, err := r.drv.Cleanup(ctx, vmName, hypervisor.CleanupRequest{})
 		require.NoError(t, err)
 		assert.Equal(t, []string{"wait-running", "emergencystop", "wait-off"}, actions(res))
-		assert.Less(t, time.Since(begun), 4*time.Second)
+		assert.Less(t, time.Since(begun), time.Minute, "not the starting grace (5m)")
 	})
 }
 
@@ -153,15 +160,15 @@ func TestCleanupCutsAHungPowerOffAtStopWait(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, profiles[2],
 		withFaults(func(f *vboxsim.Faults) { f.HangPowerOff = true }),
-		withSetting("timeouts.poweroff", `"30s"`),
+		withSetting("timeouts.poweroff", `"5m"`),
 		withSetting("cleanup.stop_wait", `"1s"`))
-	ctx := plugintest.Context(t, time.Minute)
+	ctx := testContext(t)
 	require.NoError(t, r.drv.Start(ctx, vmName))
 	start := time.Now()
 	res, err := r.drv.Cleanup(ctx, vmName, hypervisor.CleanupRequest{Restore: true})
 	took := time.Since(start)
 	require.NoError(t, err)
-	assert.Less(t, took, 10*time.Second, "the hung power-off ran to timeouts.poweroff (30s), past cleanup.stop_wait (1s)")
+	assert.Less(t, took, time.Minute, "the hung power-off ran to timeouts.poweroff (5m), past cleanup.stop_wait (1s)")
 	var names []string
 	for _, s := range res.Steps {
 		names = append(names, s.Action)

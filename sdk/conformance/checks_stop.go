@@ -203,15 +203,25 @@ func (p *probe) unlockedAfterStop(vm string) {
 	}
 }
 
+// checkUnlockUnlocked unlocks an unlocked VM, which must succeed at once.
+// A busy machine may make any call slow, and cannot make a driver that
+// waits for something quick: so a slow answer is timed again, up to three
+// times, and the quickest counts.
 func checkUnlockUnlocked(p *probe) {
 	vm := p.vm()
-	var err error
-	took := timed(func() { err = p.d().Unlock(p.ctx, vm) })
-	if !p.ok(err, "Unlock of an unlocked VM") {
-		return
+	took := time.Duration(1<<63 - 1)
+	for range 3 {
+		var err error
+		t := timed(func() { err = p.d().Unlock(p.ctx, vm) })
+		if !p.ok(err, "Unlock of an unlocked VM") {
+			return
+		}
+		if took = min(took, t); took <= p.s.timing.Margin {
+			break
+		}
 	}
 	if took > p.s.timing.Margin {
-		p.Errorf("Unlock of an unlocked VM took %s; it returns at once", took.Round(time.Millisecond))
+		p.Errorf("Unlock of an unlocked VM took %s at best, in three tries; it returns at once", took.Round(time.Millisecond))
 	}
 	if p.has(hypervisor.CapLockState) {
 		if st := p.status(vm); st.Lock != hypervisor.LockUnlocked {

@@ -27,6 +27,9 @@ type Result struct {
 	// Clause is the rule of docs/contract.md it enforces first, e.g.
 	// "§7.1b".
 	Clause string `json:"clause"`
+	// Rules are every rule the check enforces, Clause first, so that a
+	// failure names each rule it may be about.
+	Rules []string `json:"rules"`
 	// Outcome is pass, fail or skip.
 	Outcome Outcome `json:"outcome"`
 	// Duration is how long the check ran, its baseline and cleanup included.
@@ -206,7 +209,7 @@ func (r *recorder) runCleanups() {
 func (r *recorder) result(c *check, d time.Duration) Result {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	res := Result{Check: c.name, Clause: c.clause, Duration: d, Log: r.log}
+	res := Result{Check: c.name, Clause: c.clause, Rules: c.rules(), Duration: d, Log: r.log}
 	switch {
 	case len(r.errors) > 0:
 		res.Outcome, res.Message = Fail, strings.Join(r.errors, "\n")

@@ -26,6 +26,9 @@ const DefaultURL = "postgres://sandbox:sandbox@127.0.0.1:5432/sandbox?sslmode=di
 // Database creates a fresh database and returns its URL.
 func Database(t testing.TB) string {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("PostgreSQL test skipped: -short (make test-short) leaves out what needs a database server")
+	}
 	admin := os.Getenv(EnvURL)
 	if admin == "" {
 		admin = DefaultURL

@@ -70,6 +70,7 @@ func (s *sim) launch(ref, typ string) int {
 		case !ok:
 			code = s.o.launchError("Invalid session type: '"+typ+"'", invalidArg)
 		case vm.Session.State != Unlocked:
+			vm.shown()
 			code = s.o.launchError("The machine '"+vm.Name+"' is already locked by a session (or being locked or unlocked)", invalidObjState)
 		case !isOff(vm.State):
 			code = s.o.launchError("The machine '"+vm.Name+"' is already locked by a session (or being locked or unlocked)", invalidObjState)
@@ -238,7 +239,7 @@ func (s *sim) controlvm(args []string) int {
 		s.o.progress(s.cfg.Timing.PowerOff.D(), hang)
 		err = s.update(func(w *World) error {
 			if vm := w.Find(ref); vm != nil && vm.State == "stopping" {
-				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing))
+				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing), w.Config.Timing.UnlockSeen)
 			}
 			return nil
 		})
@@ -246,7 +247,7 @@ func (s *sim) controlvm(args []string) int {
 		s.o.progress(s.cfg.Timing.PowerOff.D(), false)
 		err = s.update(func(w *World) error {
 			if vm := w.Find(ref); vm != nil && vm.State == "saving" {
-				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing))
+				vm.powerDown(time.Now(), vm.unlockDelay(w.Config.Timing), w.Config.Timing.UnlockSeen)
 				vm.State = "saved"
 			}
 			return nil

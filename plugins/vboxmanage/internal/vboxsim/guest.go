@@ -50,7 +50,7 @@ func (s *sim) guestcontrol(args []string) int {
 		opts.password, opts.havePassword = strings.TrimRight(firstLine(string(data)), "\r"), true
 	}
 
-	var took bool
+	var took, booting bool
 	var vm VM
 	err := s.update(func(w *World) error {
 		v := w.Find(ref)
@@ -60,6 +60,10 @@ func (s *sim) guestcontrol(args []string) int {
 		}
 		took, _, code = s.lockShared("guestcontrol", v, false)
 		vm = *v
+		if f := &w.Config.Faults; code == 0 && v.State == "running" && f.GuestNotReady > 0 {
+			f.GuestNotReady--
+			booting = true
+		}
 		return nil
 	})
 	if took {
@@ -72,7 +76,7 @@ func (s *sim) guestcontrol(args []string) int {
 		s.o.errorln("Machine \"%s\" is not running (currently %s)!", ref, longName(vm.State))
 		return 1
 	}
-	if !s.guestReady(&vm) {
+	if booting || !s.guestReady(&vm) {
 		s.guestStarting()
 		return 1
 	}

@@ -38,6 +38,9 @@ func (s *sim) list(args []string) int {
 				continue
 			}
 			vms = append(vms, *vm)
+			if long && !w.Config.Faults.HideSessionName {
+				vm.shown()
+			}
 		}
 		return nil
 	})

@@ -194,6 +194,7 @@ func (s *sim) lockShared(cmd string, vm *VM, quiet bool) (took, console bool, ex
 	case ss.State == Spawning:
 		return false, false, s.o.lockPending(cmd, vm.Name, "Shared")
 	default:
+		vm.shown()
 		return false, false, s.o.lockedForSession(cmd, vm.Name, "Shared")
 	}
 }

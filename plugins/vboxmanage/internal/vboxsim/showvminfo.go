@@ -41,6 +41,9 @@ func (s *sim) showvminfo(args []string) int {
 		}
 		took, console, _ = s.lockShared("showvminfo", v, true)
 		vm = *v
+		if !w.Config.Faults.HideSessionName {
+			v.shown()
+		}
 		return nil
 	})
 	if err != nil || code != 0 {

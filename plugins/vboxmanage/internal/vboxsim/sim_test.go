@@ -5,7 +5,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -126,6 +125,9 @@ func TestShowVMInfoParsesForEveryVersion(t *testing.T) {
 func TestStartAndPowerOffFollowTheSessionModel(t *testing.T) {
 	c := cfg("7.0.14r161095", "linux")
 	c.Timing.Unlock = vboxsim.Duration(400 * time.Millisecond)
+	// Four commands must meet the session unlocking: the checks below that
+	// it is still held hold however slowly a busy machine runs them.
+	c.Timing.UnlockSeen = 4
 	s := world(t, c)
 
 	assert.Equal(t, "Waiting for VM \"win10\" to power on...\nVM \"win10\" has been successfully started.\n",
@@ -152,8 +154,13 @@ func TestStartAndPowerOffFollowTheSessionModel(t *testing.T) {
 	_, errOut, _ = s.Run("controlvm", "win10", "poweroff")
 	assert.Contains(t, errOut, "already locked for a session", "controlvm cannot share an unlocking session")
 
-	require.Eventually(t, func() bool { return s.VM(t, "win10").Session.State == vboxsim.Unlocked },
-		5*time.Second, 20*time.Millisecond)
+	assert.Equal(t, vboxsim.Unlocking, s.VM(t, "win10").Session.State, "one more command must meet it")
+	// Each look is a listing, so that the session can end.
+	require.Eventually(t, func() bool {
+		info, err := parser.ParseVMInfo([]byte(mustRun(t, s, "showvminfo", "win10", "--machinereadable")))
+		require.NoError(t, err)
+		return !info.HasSession
+	}, 10*time.Second, 20*time.Millisecond)
 	out = mustRun(t, s, "snapshot", "win10", "restore", "clean")
 	assert.Equal(t, "Restoring snapshot 'clean' ("+s.VM(t, "win10").Current+")\n", out)
 
@@ -165,17 +172,19 @@ func TestStartAndPowerOffFollowTheSessionModel(t *testing.T) {
 
 func TestACPIShutdownTakesGuestTimeUnlessIgnored(t *testing.T) {
 	c := cfg("6.1.38r153438", "linux")
-	c.Timing.ACPIShutdown = vboxsim.Duration(200 * time.Millisecond)
+	// Long enough that the look right after the button finds the guest
+	// still running on a busy machine too.
+	c.Timing.ACPIShutdown = vboxsim.Duration(2 * time.Second)
 	s := world(t, c)
 	mustRun(t, s, "startvm", "win10", "--type", "headless")
 	mustRun(t, s, "controlvm", "win10", "acpipowerbutton")
 	assert.Equal(t, "running", s.VM(t, "win10").State)
-	require.Eventually(t, func() bool { return s.VM(t, "win10").State == "poweroff" }, 3*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return s.VM(t, "win10").State == "poweroff" }, time.Minute, 20*time.Millisecond)
 
 	s.Update(t, func(w *vboxsim.World) { w.Config.Faults.ACPIIgnored = true })
 	mustRun(t, s, "startvm", "win10", "--type", "headless")
 	mustRun(t, s, "controlvm", "win10", "acpipowerbutton")
-	time.Sleep(300 * time.Millisecond) // longer than the guest's shutdown time
+	time.Sleep(2500 * time.Millisecond) // longer than the guest's shutdown time
 	assert.Equal(t, "running", s.VM(t, "win10").State)
 }
 
@@ -217,25 +226,30 @@ func TestOneVMsProcessCanLingerAmongOthers(t *testing.T) {
 
 func TestEmergencyStopRefusesANonVMClient(t *testing.T) {
 	c := cfg("7.0.14r161095", "linux")
-	c.Timing.WriteHold = vboxsim.Duration(time.Second)
+	// The modifyvm holds its lock until killed, so that the emergencystop
+	// meets it however slowly a busy machine launches them.
+	c.Timing.WriteHold = vboxsim.Duration(time.Hour)
 	s := world(t, c)
-	done := make(chan struct{})
-	go func() { defer close(done); s.Run("modifyvm", "win10", "--description", "x") }()
-	require.Eventually(t, func() bool { return s.VM(t, "win10").Session.State == vboxsim.Locked }, 3*time.Second, 10*time.Millisecond)
+	holder := exec.Command(s.Bin, "modifyvm", "win10", "--description", "x")
+	holder.Env = append(os.Environ(), "VBOX_USER_HOME="+s.Home)
+	require.NoError(t, holder.Start())
+	defer func() { _ = holder.Process.Kill(); _ = holder.Wait() }()
+	require.Eventually(t, func() bool { return s.VM(t, "win10").Session.State == vboxsim.Locked }, time.Minute, 10*time.Millisecond)
 	_, errOut, code := s.Run("startvm", "win10", "--type", "emergencystop")
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, "The machine 'win10' does not have a VM process")
-	<-done
 }
 
 func TestConcurrentCommandsCollideOnAStoppedVM(t *testing.T) {
 	c := cfg("6.1.38r153438", "linux")
-	c.Timing.ReadHold = vboxsim.Duration(time.Second)
+	// The first showvminfo holds its lock until killed, so that the
+	// commands below meet it however slowly a busy machine launches them.
+	c.Timing.ReadHold = vboxsim.Duration(time.Hour)
 	s := world(t, c)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); mustRun(t, s, "showvminfo", "win10", "--machinereadable") }()
-	require.Eventually(t, func() bool { return s.VM(t, "win10").Session.State == vboxsim.Locked }, 3*time.Second, 10*time.Millisecond)
+	holder := exec.Command(s.Bin, "showvminfo", "win10", "--machinereadable")
+	holder.Env = append(os.Environ(), "VBOX_USER_HOME="+s.Home)
+	require.NoError(t, holder.Start())
+	require.Eventually(t, func() bool { return s.VM(t, "win10").Session.State == vboxsim.Locked }, time.Minute, 10*time.Millisecond)
 	_, errOut, code := s.Run("startvm", "win10", "--type", "headless")
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, "already locked by a session (or being locked or unlocked)")
@@ -243,7 +257,8 @@ func TestConcurrentCommandsCollideOnAStoppedVM(t *testing.T) {
 	assert.Equal(t, 0, code, "showvminfo ignores its own failure to lock")
 	assert.Contains(t, out, `VMState="poweroff"`)
 	assert.Empty(t, mustRun(t, s, "list", "runningvms"), "list never locks")
-	wg.Wait()
+	require.NoError(t, holder.Process.Kill())
+	_ = holder.Wait()
 	mustRun(t, s, "startvm", "win10", "--type", "headless")
 }
 
@@ -254,7 +269,7 @@ func TestKilledClientReleasesItsLock(t *testing.T) {
 	cmd := exec.Command(s.Bin, "modifyvm", "win10", "--description", "x")
 	cmd.Env = append(os.Environ(), "VBOX_USER_HOME="+s.Home)
 	require.NoError(t, cmd.Start())
-	require.Eventually(t, func() bool { return s.VM(t, "win10").Session.State == vboxsim.Locked }, 3*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return s.VM(t, "win10").Session.State == vboxsim.Locked }, time.Minute, 10*time.Millisecond)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
 	_ = cmd.Wait()
 	assert.Equal(t, vboxsim.Unlocked, s.VM(t, "win10").Session.State)
@@ -268,7 +283,7 @@ func TestHangingPowerOffLeavesTheVMStopping(t *testing.T) {
 	cmd := exec.Command(s.Bin, "controlvm", "win10", "poweroff")
 	cmd.Env = append(os.Environ(), "VBOX_USER_HOME="+s.Home)
 	require.NoError(t, cmd.Start())
-	require.Eventually(t, func() bool { return s.VM(t, "win10").State == "stopping" }, 3*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return s.VM(t, "win10").State == "stopping" }, time.Minute, 10*time.Millisecond)
 	require.NoError(t, cmd.Process.Kill())
 	_ = cmd.Wait()
 	_, errOut, code := s.Run("controlvm", "win10", "poweroff")
@@ -342,7 +357,9 @@ func TestFaults(t *testing.T) {
 
 func TestGuestControl(t *testing.T) {
 	c := cfg("7.0.14r161095", "linux")
-	c.Timing.GuestReady = vboxsim.Duration(300 * time.Millisecond)
+	// Long enough that the first call after the start finds the guest
+	// booting on a busy machine too.
+	c.Timing.GuestReady = vboxsim.Duration(2 * time.Second)
 	vm := vboxsim.NewVM("win10", uuid1)
 	vm.GuestUsers["analyst"] = "s3cret pass"
 	s := world(t, c, vm)
@@ -361,7 +378,7 @@ func TestGuestControl(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, "The guest execution service is not ready (yet)")
 
-	require.Eventually(t, func() bool { _, _, code := run("--exe", "true"); return code == 0 }, 3*time.Second, 50*time.Millisecond)
+	require.Eventually(t, func() bool { _, _, code := run("--exe", "true"); return code == 0 }, time.Minute, 50*time.Millisecond)
 	out, _, code := run("--exe", `C:\Windows\echo.exe`, "--", "echo", "hello", "world")
 	assert.Equal(t, 0, code)
 	assert.Equal(t, "hello world\n", out, "guest output is raw, not CRLF-converted")
@@ -410,6 +427,14 @@ func TestHangingVersion(t *testing.T) {
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
+	// The first call must have taken the hang (consumed the counter)
+	// before it is killed: killed earlier, as a busy machine may do after
+	// a fixed wait, it leaves the hang to the next call, which then hangs
+	// the test.
+	require.Eventually(t, func() bool {
+		w, err := vboxsim.Load(s.Home)
+		return err == nil && w.Config.Faults.HangVersion == 0
+	}, time.Minute, 10*time.Millisecond, "the first --version never took the hang")
 	select {
 	case err := <-exited:
 		t.Fatalf("--version returned (%v) instead of hanging", err)
@@ -425,7 +450,9 @@ func TestHangingVersion(t *testing.T) {
 // emergencystop kills it.
 func TestStartingVM(t *testing.T) {
 	c := cfg("7.0.14r161095", "linux")
-	c.Timing.Start = vboxsim.Duration(300 * time.Millisecond)
+	// Long enough that the power-off below finds the VM starting on a busy
+	// machine too.
+	c.Timing.Start = vboxsim.Duration(2 * time.Second)
 	vm := vboxsim.NewVM("win10", uuid1)
 	vm.Boot("starting")
 	s := world(t, c, vm)
@@ -433,13 +460,13 @@ func TestStartingVM(t *testing.T) {
 	_, errOut, code := s.Run("controlvm", "win10", "poweroff")
 	assert.Equal(t, 1, code)
 	assert.Contains(t, errOut, "Invalid machine state: Starting")
-	require.Eventually(t, func() bool { return s.VM(t, "win10").State == "running" }, 3*time.Second, 20*time.Millisecond)
+	require.Eventually(t, func() bool { return s.VM(t, "win10").State == "running" }, time.Minute, 20*time.Millisecond)
 
 	s.Update(t, func(w *vboxsim.World) {
 		w.Config.Faults.HangStarting = true
 		w.Find("win10").Boot("starting")
 	})
-	time.Sleep(500 * time.Millisecond) // longer than the start time: nothing may happen
+	time.Sleep(2500 * time.Millisecond) // longer than the start time: nothing may happen
 	assert.Equal(t, "starting", s.VM(t, "win10").State)
 	mustRun(t, s, "startvm", "win10", "--type", "emergencystop")
 	assert.Equal(t, "aborted", s.VM(t, "win10").State)

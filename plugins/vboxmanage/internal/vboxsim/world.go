@@ -78,6 +78,13 @@ type Timing struct {
 	// powered off, while the VM process exits. Negative: until an
 	// emergencystop kills the process (a VM process that will not die).
 	Unlock Duration `json:"unlock"`
+	// UnlockSeen, when positive, keeps a session that is unlocking after a
+	// power-off until this many commands have met it (listings that showed
+	// it: showvminfo of the VM, list --long; commands it refused), as well
+	// as for Unlock: a lingering session a test is sure to meet, however
+	// slowly a busy machine runs the commands between the power-off and
+	// the look. Wall-clock time alone cannot promise that.
+	UnlockSeen int `json:"unlock_seen,omitempty"`
 	// KillUnlock is how long the session of a process killed by
 	// emergencystop takes to disappear.
 	KillUnlock Duration `json:"kill_unlock"`
@@ -139,6 +146,12 @@ type Faults struct {
 	// (current status is: starting)", "logon" for "The specified user was
 	// not able to logon on guest".
 	GuestStarting string `json:"guest_starting,omitempty"`
+	// GuestNotReady makes the next N guest control calls on a running VM
+	// answer as a guest still starting (GuestStarting's words), however
+	// long ago it started: a boot a test is sure to see, on a machine of
+	// any speed, where Timing.GuestReady's wall-clock time may be over
+	// before the first call arrives.
+	GuestNotReady int `json:"guest_not_ready,omitempty"`
 }
 
 // VM is one registered machine.
@@ -200,6 +213,9 @@ type Session struct {
 	PID int `json:"pid,omitempty"`
 	// Until is when an unlocking session is gone; zero: never.
 	Until time.Time `json:"until,omitzero"`
+	// Unseen is how many more commands must meet an unlocking session
+	// before it can be gone (Timing.UnlockSeen).
+	Unseen int `json:"unseen,omitempty"`
 }
 
 // Duration is a time.Duration written as text ("1.5s") in the state file.
@@ -367,13 +383,13 @@ func (w *World) advance(now time.Time) {
 		}
 		if !vm.ACPIAt.IsZero() && vm.State == "running" {
 			if done := vm.ACPIAt.Add(t.ACPIShutdown.D()); !now.Before(done) {
-				vm.powerDown(done, vm.unlockDelay(t))
+				vm.powerDown(done, vm.unlockDelay(t), t.UnlockSeen)
 			}
 		}
 		s := &vm.Session
 		switch s.State {
 		case Unlocking:
-			if !s.Until.IsZero() && !now.Before(s.Until) {
+			if !s.Until.IsZero() && !now.Before(s.Until) && s.Unseen <= 0 {
 				*s = Session{State: Unlocked}
 			}
 		case Spawning:
@@ -395,18 +411,27 @@ func (w *World) advance(now time.Time) {
 }
 
 // powerDown puts a VM whose process powered off at t into poweroff, with
-// the session still held while the VM process exits.
-func (vm *VM) powerDown(t time.Time, unlock time.Duration) {
+// the session still held while the VM process exits, and until seen
+// commands have met it.
+func (vm *VM) powerDown(t time.Time, unlock time.Duration, seen int) {
 	vm.State, vm.StateChanged = "poweroff", t
 	vm.ACPIAt, vm.StartedAt = time.Time{}, time.Time{}
 	name := vm.Session.Name
 	switch {
 	case unlock < 0:
 		vm.Session = Session{State: Unlocking, Owner: OwnerVM, Name: name}
-	case unlock == 0:
+	case unlock == 0 && seen <= 0:
 		vm.Session = Session{State: Unlocked}
 	default:
-		vm.Session = Session{State: Unlocking, Owner: OwnerVM, Name: name, Until: t.Add(unlock)}
+		vm.Session = Session{State: Unlocking, Owner: OwnerVM, Name: name, Until: t.Add(unlock), Unseen: seen}
+	}
+}
+
+// shown counts one command that met the VM's unlocking session (a listing
+// showed it, or it refused the command), for UnlockSeen.
+func (vm *VM) shown() {
+	if vm.Session.State == Unlocking && vm.Session.Unseen > 0 {
+		vm.Session.Unseen--
 	}
 }
 
