@@ -58,6 +58,7 @@ test-under-load: build
 # so it is not part of `make test`.
 model: build
 	SANDBOX_MODEL_MODES=1 $(GO) test -race -count=1 -timeout 30m -run '^TestTheModelCatchesEveryViolationMode$$' -v ./plugins/fake/
+	SANDBOX_MODEL_MODES=1 $(GO) test -race -count=1 -timeout 30m -run '^TestTheModelOnQEMU$$' -v ./plugins/qemu/
 
 # The long chaos test of the service (docs/server.md): three services on one
 # PostgreSQL, 300 tasks, a host SIGKILLed every 10 to 20 s, PostgreSQL away

@@ -74,7 +74,7 @@ func TestConformance(t *testing.T) {
 		t.Run(res.Check, func(t *testing.T) {
 			switch res.Outcome {
 			case conformance.Skip:
-				if !slices.Contains(expectedSkips, res.Check) {
+				if !skipExpected(res) {
 					t.Errorf("skipped: %s", res.Message)
 				}
 				t.Skip(res.Message)
@@ -96,6 +96,15 @@ func TestConformance(t *testing.T) {
 
 // expectedSkips are the checks the suite skips on the QEMU driver.
 var expectedSkips = []string{"Capabilities/UndeclaredAnswerUnsupported", "Capabilities/UndeclaredGuestOnRunningVM", "Restore/OtherSnapshot"}
+
+// skipExpected reports whether the suite may skip res on the QEMU driver:
+// one of expectedSkips, or Concurrency/TwoVMs when a restore of a VM that
+// is off (a qemu-img call of some 30 to 60 ms) came out too quick to time,
+// which is a skip by the suite's rule, not a pass.
+func skipExpected(res conformance.Result) bool {
+	return slices.Contains(expectedSkips, res.Check) ||
+		res.Check == "Concurrency/TwoVMs" && strings.Contains(res.Message, "too little to time")
+}
 
 // tail is the last n lines of s.
 func tail(s string, n int) string {
@@ -133,6 +142,10 @@ func TestConformanceThroughTheCLI(t *testing.T) {
 		}
 	}
 	assert.Equal(t, 0, rep.Summary["fail"], "no check fails")
-	assert.Equal(t, len(expectedSkips), rep.Summary["skip"], "only %v are skipped", expectedSkips)
+	for _, res := range rep.Results {
+		if res.Outcome == conformance.Skip {
+			assert.True(t, skipExpected(res), "only %v are skipped (and TwoVMs on restores too quick to time): %s: %s", expectedSkips, res.Check, res.Message)
+		}
+	}
 	assert.Greater(t, rep.Summary["pass"], 50)
 }
