@@ -652,7 +652,7 @@ func byChecks(b brokenDriver, fixtures func(conformance.Target) conformance.Targ
 func byModel(b brokenDriver, fixtures func(conformance.Target) conformance.Target) brokenVerdict {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	e := conformance.Exploration{Operations: 1500, Duration: 3 * time.Minute, Shrink: time.Minute, ShrinkTo: handful}
+	e := conformance.Exploration{Operations: searchOps, Shrink: time.Minute, ShrinkTo: handful}
 	target := fixtures(modelTarget(conformance.InProcess("fake", brokenFactory(b), modelWorld("")), e))
 	rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(string) bool { return false }})
 	v := brokenVerdict{err: err}

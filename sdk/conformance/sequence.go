@@ -1122,7 +1122,7 @@ func (q *sequence) guestPost(st Step, v *vmModel, b pre, r result) *Deviation {
 		case len(res.Stdout) > st.Max:
 			return deviate(rules("§9.5"), "a command's output came back longer than the request's max_output", "%s: %d bytes of stdout", st, len(res.Stdout))
 		case len(res.Stdout) == 0:
-			return deviate(rules("§9.5"), "a command that floods its output came back with no stdout", "%s", st)
+			return deviate(rules("§9.2a", "§9.5"), "a command that floods its output came back with no stdout", "%s", st)
 		case !res.StdoutTruncated:
 			return deviate(rules("§9.5"), "a command's output was cut without saying so (StdoutTruncated)", "%s: %d bytes of stdout of the %d written", st, len(res.Stdout), FloodSize)
 		}
