@@ -386,8 +386,8 @@ func (d *Driver) holdSession(v Violation, names ...string) {
 	for _, name := range names {
 		d.readers(name).Add(1)
 	}
-	time.Sleep(100 * time.Millisecond) // the simulated read that holds the session
 	if v == ViolationListLocks {
+		time.Sleep(100 * time.Millisecond) // the simulated listing that holds the sessions
 		// The listing's sessions go away a moment after it answers, as a
 		// hypervisor's sessions do, so that a start or stop between two
 		// listings meets one whatever the machine's load.
@@ -395,6 +395,11 @@ func (d *Driver) holdSession(v Violation, names ...string) {
 		for _, name := range names {
 			d.viol.lingers.Store(name, gone)
 		}
+	} else {
+		// A status read holds the session longer than the pause between
+		// two reads on a busy machine, yet leaves nothing behind: every
+		// check polls the status before it starts or stops a VM.
+		time.Sleep(250 * time.Millisecond)
 	}
 	for _, name := range names {
 		d.readers(name).Add(-1)
