@@ -220,7 +220,7 @@ func TestASeedReplaysTheSameSequence(t *testing.T) {
 	run := func(seed uint64) []string {
 		var mu sync.Mutex
 		var steps []string
-		e := conformance.Exploration{Operations: 60, Seed: seed, Trace: func(n int, step string) {
+		e := conformance.Exploration{Operations: 40, Seed: seed, Trace: func(n int, step string) {
 			mu.Lock()
 			defer mu.Unlock()
 			steps = append(steps, fmt.Sprintf("%d: %s", n, step))
