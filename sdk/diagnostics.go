@@ -41,6 +41,36 @@ type Diagnostics struct {
 	// second late answer may not change; LateSum grows with every late
 	// answer, so that a reader comparing two readings sees a new one.
 	LateSum map[string]time.Duration `json:"late_sum,omitempty"`
+	// Tagged is what the SDK saw of each call its caller tagged (TagCall):
+	// a tag that is missing never reached the driver (or was one of more
+	// than maxTagged since). It tells a caller that stopped waiting at its
+	// deadline whether the driver has the call at all, and when the driver
+	// is done with it, instead of guessing how long to wait.
+	Tagged map[string]TaggedCall `json:"tagged,omitempty"`
+}
+
+// TaggedCall is what the SDK saw of one tagged call.
+type TaggedCall struct {
+	// Answered says the driver returned from the call.
+	Answered bool `json:"answered,omitempty"`
+	// Late is how long past its deadline the driver answered it, or has
+	// been working on it so far; zero if in time.
+	Late time.Duration `json:"late,omitempty"`
+}
+
+// tagHeader is the request header that carries a call's tag.
+const tagHeader = "sandbox-call-tag"
+
+// maxTagged bounds the tagged calls a plugin remembers: the suite waits on
+// a few at a time, and every answer's header carries them all.
+const maxTagged = 64
+
+// TagCall returns a context whose calls through a plugin client carry tag,
+// so that Diagnostics.Tagged reports whether each reached the driver,
+// whether the driver answered it, and how late. The conformance suite tags
+// its calls under short deadlines; other callers need not.
+func TagCall(ctx context.Context, tag string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, tagHeader, tag)
 }
 
 // LateFor is the worst lateness of the calls of op (empty for any) on vm.
@@ -73,11 +103,34 @@ type diagnostics struct {
 	late     map[string]time.Duration
 	lateSum  map[string]time.Duration
 	inFlight map[*flight]struct{}
+	tagged   tagRecord
+}
+
+// tagRecord keeps what is known of the most recent maxTagged tagged calls.
+type tagRecord struct {
+	calls map[string]TaggedCall
+	order []string // the keys of calls, oldest first
+}
+
+// set records c for tag, forgetting the oldest tag beyond maxTagged.
+func (r *tagRecord) set(tag string, c TaggedCall) {
+	if r.calls == nil {
+		r.calls = map[string]TaggedCall{}
+	}
+	if _, known := r.calls[tag]; !known {
+		r.order = append(r.order, tag)
+		if len(r.order) > maxTagged {
+			delete(r.calls, r.order[0])
+			r.order = r.order[1:]
+		}
+	}
+	r.calls[tag] = c
 }
 
 // flight is a call under way that has a deadline.
 type flight struct {
 	call     string
+	tag      string
 	deadline time.Time
 }
 
@@ -86,10 +139,14 @@ type flight struct {
 func (g *diagnostics) snapshot() Diagnostics {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	d := Diagnostics{UnclosedWatches: g.unclosed, Late: maps.Clone(g.late), LateSum: maps.Clone(g.lateSum)}
+	d := Diagnostics{UnclosedWatches: g.unclosed, Late: maps.Clone(g.late), LateSum: maps.Clone(g.lateSum), Tagged: maps.Clone(g.tagged.calls)}
 	now := time.Now()
 	for f := range g.inFlight {
-		if late := now.Sub(f.deadline); late > lateNoise {
+		late := now.Sub(f.deadline)
+		if f.tag != "" && late > lateNoise && d.Tagged != nil {
+			d.Tagged[f.tag] = TaggedCall{Late: late}
+		}
+		if late > lateNoise {
 			if d.Late == nil {
 				d.Late, d.LateSum = map[string]time.Duration{}, map[string]time.Duration{}
 			}
@@ -100,14 +157,17 @@ func (g *diagnostics) snapshot() Diagnostics {
 	return d
 }
 
-func (g *diagnostics) begin(call string, deadline time.Time) *flight {
-	f := &flight{call: call, deadline: deadline}
+func (g *diagnostics) begin(call, tag string, deadline time.Time) *flight {
+	f := &flight{call: call, tag: tag, deadline: deadline}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.inFlight == nil {
 		g.inFlight = map[*flight]struct{}{}
 	}
 	g.inFlight[f] = struct{}{}
+	if tag != "" {
+		g.tagged.set(tag, TaggedCall{})
+	}
 	return f
 }
 
@@ -116,6 +176,13 @@ func (g *diagnostics) end(f *flight) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	delete(g.inFlight, f)
+	if f.tag != "" {
+		c := TaggedCall{Answered: true}
+		if late > lateNoise {
+			c.Late = late
+		}
+		g.tagged.set(f.tag, c)
+	}
 	if late > lateNoise {
 		if g.late == nil {
 			g.late, g.lateSum = map[string]time.Duration{}, map[string]time.Duration{}
@@ -171,7 +238,11 @@ func (g *diagnostics) unary(ctx context.Context, req any, info *grpc.UnaryServer
 	}
 	var f *flight
 	if deadline, ok := ctx.Deadline(); ok {
-		f = g.begin(callName(info.FullMethod, req), deadline)
+		var tag string
+		if v := metadata.ValueFromIncomingContext(ctx, tagHeader); len(v) > 0 {
+			tag = v[0]
+		}
+		f = g.begin(callName(info.FullMethod, req), tag, deadline)
 	}
 	resp, err := handler(ctx, req)
 	if f != nil {
@@ -212,8 +283,9 @@ func callName(fullMethod string, req any) string {
 // diagStore is the client side's copy of the server's record: the most
 // recent header wins, since the server's record only grows.
 type diagStore struct {
-	mu sync.Mutex
-	d  Diagnostics
+	mu     sync.Mutex
+	d      Diagnostics
+	tagged tagRecord
 }
 
 // note takes the record from a response header, if it carries one.
@@ -241,12 +313,18 @@ func (s *diagStore) note(md metadata.MD) {
 		}
 		s.d.LateSum[call] = max(s.d.LateSum[call], sum)
 	}
+	// Headers may arrive out of order: an answer is final, and a call
+	// only gets later.
+	for tag, c := range d.Tagged {
+		was := s.tagged.calls[tag]
+		s.tagged.set(tag, TaggedCall{Answered: was.Answered || c.Answered, Late: max(was.Late, c.Late)})
+	}
 }
 
 func (s *diagStore) get() Diagnostics {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Diagnostics{UnclosedWatches: s.d.UnclosedWatches, Late: maps.Clone(s.d.Late), LateSum: maps.Clone(s.d.LateSum)}
+	return Diagnostics{UnclosedWatches: s.d.UnclosedWatches, Late: maps.Clone(s.d.Late), LateSum: maps.Clone(s.d.LateSum), Tagged: maps.Clone(s.tagged.calls)}
 }
 
 // header is a call option that hands the call's response header to s once

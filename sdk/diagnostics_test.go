@@ -2,6 +2,7 @@ package sdk_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -172,4 +173,62 @@ func TestLateSumGrowsWithEveryLateAnswer(t *testing.T) {
 	second := p.Diagnostics().LateSum["status deaf"]
 	assert.Greater(t, second-first, 200*time.Millisecond, "the second late answer is added: %s, then %s", first, second)
 	assert.Zero(t, p.Diagnostics().LateSum["status a"], "calls answered in time add nothing")
+}
+
+// A tagged call is followed through the driver: present and unanswered
+// while the driver is at it (late by how long so far), answered once it
+// returned; a tag that never reached the driver is missing, and a plugin
+// remembers only the most recent tags, however many a caller sends.
+func TestTaggedCallsAreFollowed(t *testing.T) {
+	t.Parallel()
+	p, err := sdk.ServeInProcess(context.Background(), func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
+		return unclosing{}, nil
+	}, sdk.ConfigFromTOML("unclosing", "/etc/sandbox/config.toml", nil), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	read := func() sdk.Diagnostics {
+		t.Helper()
+		_, err := p.Status(context.Background(), "a")
+		require.NoError(t, err)
+		return p.Diagnostics()
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err = p.Status(sdk.TagCall(ctx, "deaf-1"), "deaf")
+	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
+	first := read().Tagged["deaf-1"]
+	assert.False(t, first.Answered, "the driver sleeps 300ms past a 20ms deadline: %+v", first)
+
+	bound := time.Now().Add(10 * time.Second)
+	var d sdk.Diagnostics
+	for d = read(); !d.Tagged["deaf-1"].Answered && time.Now().Before(bound); d = read() {
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.True(t, d.Tagged["deaf-1"].Answered, "the driver answered within 10s: %+v", d.Tagged)
+	assert.Greater(t, d.Tagged["deaf-1"].Late, 200*time.Millisecond)
+	assert.GreaterOrEqual(t, d.Tagged["deaf-1"].Late, first.Late, "a call only gets later")
+
+	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err = p.Status(sdk.TagCall(ctx, "quick"), "a")
+	require.NoError(t, err)
+	d = read()
+	assert.Equal(t, sdk.TaggedCall{Answered: true}, d.Tagged["quick"], "answered in time")
+	assert.NotContains(t, d.Tagged, "never-sent")
+
+	// A plugin keeps the record of the most recent 64 tags.
+	for i := range 100 {
+		_, err := p.Status(sdk.TagCall(ctx, fmt.Sprintf("many-%d", i)), "a")
+		require.NoError(t, err)
+	}
+	_, err = p.Status(ctx, "a")
+	require.NoError(t, err)
+	var kept int
+	for tag := range p.Diagnostics().Tagged {
+		if strings.HasPrefix(tag, "many-") {
+			kept++
+		}
+	}
+	assert.Equal(t, 64, kept, "the plugin and the host keep the 64 most recent tags")
 }

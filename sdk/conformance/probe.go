@@ -29,6 +29,14 @@ type probe struct {
 	s   *session
 	c   *check
 	ctx context.Context
+	// short are the calls the check made under a short deadline, tagged so
+	// that the SDK's record says whether the driver has them yet.
+	short []shortCall
+}
+
+// shortCall is one call made under a short deadline.
+type shortCall struct {
+	tag, op, vm string
 }
 
 // Skipf skips the check, citing its clause as every skip does.

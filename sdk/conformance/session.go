@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
@@ -24,6 +25,11 @@ type session struct {
 	ctx    context.Context
 	close  func()
 
+	// tags is the prefix of this run's call tags, so that two runs against
+	// one plugin tell theirs apart; tagged counts the calls tagged.
+	tags   string
+	tagged atomic.Int64
+
 	mu  sync.Mutex
 	vms map[string]*vmRecord
 	// fullRestore is how long a whole restore of a VM took, measured once.
@@ -38,6 +44,11 @@ type vmRecord struct {
 	snapshot string // the baseline snapshot; empty when there is none
 	touched  bool   // an operation that may change it was called
 	ran      bool   // it was started or its guest used: its disk changed
+}
+
+// tag is a new tag for a call (sdk.TagCall).
+func (s *session) tag() string {
+	return fmt.Sprintf("%s-%d", s.tags, s.tagged.Add(1))
 }
 
 // open connects to the driver and records the state of every VM the
@@ -72,6 +83,7 @@ func open(ctx context.Context, target Target) (*session, error) {
 		guest:  target.Guest.withDefaults(),
 		ctx:    ctx,
 		close:  closeFn,
+		tags:   "conformance-" + token(),
 		vms:    map[string]*vmRecord{},
 
 		fullRestore: map[string]time.Duration{},
