@@ -33,10 +33,11 @@ type sequence struct {
 	// watches are the watches open, by VM.
 	watches map[string]*watching
 	// diagAt is the SDK's diagnostics when the sequence began; shortCalls
-	// the calls ("restore vm") made under a short deadline, the last
-	// answered at shortEnd.
+	// the calls ("restore vm") cut at a short deadline, shortTags their
+	// tags, the last answered at shortEnd.
 	diagAt     sdk.Diagnostics
 	shortCalls map[string]bool
+	shortTags  []string
 	shortEnd   time.Time
 	// unwatched is when the last watch through the wire ended, whose
 	// channel the SDK reports unclosed only after WatchCloseGrace.
@@ -380,6 +381,7 @@ type result struct {
 	at       time.Time
 	deadline time.Duration
 	short    bool
+	tag      string // the call's tag when short (sdk.TagCall)
 	cleanup  hypervisor.CleanupResult
 	exec     hypervisor.ExecResult
 	out      []byte
@@ -427,6 +429,10 @@ func (q *sequence) call(st Step, v *vmModel) result {
 	}
 	ctx, cancel := context.WithTimeout(q.ctx, r.deadline)
 	defer cancel()
+	if r.short {
+		r.tag = q.x.s.tag()
+		ctx = sdk.TagCall(ctx, r.tag)
+	}
 	d := q.x.s.d
 	q.ops.Add(1)
 	q.x.calls.Add(1)
@@ -506,6 +512,7 @@ func (q *sequence) timely(st Step, v *vmModel, r result) *Deviation {
 	if r.short && r.took >= r.deadline {
 		// Cut at its deadline: the driver's own answer may come later.
 		q.shortCalls[opName(st.Op)+" "+st.VM] = true
+		q.shortTags = append(q.shortTags, r.tag)
 		q.shortEnd = r.at
 	}
 	if r.short && isCode(r.err, hypervisor.CodeTimeout) && v != nil {
@@ -563,6 +570,20 @@ func (q *sequence) quietly(v *vmModel) {
 	pause(q.ctx, time.Until(v.quietUntil))
 	v.quietUntil = time.Time{}
 	q.observe(v, spontaneous)
+}
+
+// answered reports whether the SDK's record says the driver answered
+// every call of tags; a record without tags (an older SDK) says nothing.
+func answered(d sdk.Diagnostics, tags []string) bool {
+	if d.Tagged == nil {
+		return false
+	}
+	for _, tag := range tags {
+		if !d.Tagged[tag].Answered {
+			return false
+		}
+	}
+	return true
 }
 
 // cutShort reports whether r is an answer at a short deadline, whose
@@ -1637,11 +1658,20 @@ func (q *sequence) finish() {
 		return
 	}
 	if len(q.shortCalls) > 0 {
-		pause(q.ctx, time.Until(q.shortEnd.Add(q.x.timing.Margin)))
-		if _, ok := q.read(q.x.s.target.VM); !ok {
-			return
+		// Judged once the driver answered every call cut short, or a
+		// margin after the last was cut, whichever comes first.
+		end := q.shortEnd.Add(q.x.timing.Margin)
+		var now sdk.Diagnostics
+		for delay := 5 * time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
+			if _, ok := q.read(q.x.s.target.VM); !ok {
+				return
+			}
+			now = diag()
+			if answered(now, q.shortTags) || !time.Now().Before(end) || q.over() {
+				break
+			}
+			pause(q.ctx, min(delay, time.Until(end)))
 		}
-		now := diag()
 		for _, call := range slices.Sorted(maps.Keys(q.shortCalls)) {
 			if late := now.LateSum[call] - q.diagAt.LateSum[call]; late > q.x.timing.Margin {
 				q.found(deviate(rules("§12.1a"), "the driver itself answered a call long after its deadline, or is still at it",
