@@ -20,6 +20,7 @@ const module = "github.com/sandboxhq/sandbox"
 // packages to the code: every package of the module has a row, every row
 // is a package, and its last column is exactly what it imports of ours.
 func TestArchitectureTableMatchesTheCode(t *testing.T) {
+	t.Parallel()
 	root := filepath.Join("..", "..")
 	cmd := exec.Command("go", "list", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, "./...")
 	cmd.Dir = root

@@ -55,6 +55,7 @@ func (s *server) get(path string) (int, []byte) {
 // larger than host B's artifact_limit stays on B's disk: host A says so
 // and names B, and B serves it.
 func TestAnArtifactOfHostBDownloadedThroughHostA(t *testing.T) {
+	t.Parallel()
 	db := pgtest.Database(t)
 	all := []string{"a1", "b1"}
 	dirA, dirB := t.TempDir(), t.TempDir()

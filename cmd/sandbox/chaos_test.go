@@ -35,6 +35,7 @@ import (
 // The short form runs in `make test`; SANDBOX_SOAK=1 (`make soak`) runs the
 // long one: 300 tasks, a kill every 10 to 20 s, PostgreSQL away for 10 s.
 func TestChaos(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("the chaos test runs three services for a minute; -short skips it")
 	}

@@ -3,6 +3,7 @@ package main_test
 import (
 	"bytes"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -18,7 +19,11 @@ import (
 
 var sandboxBin, fakeBin string
 
+// The package's tests run the CLI and its plugins as processes and mostly
+// wait for them, so four run at once rather than one per core.
 func TestMain(m *testing.M) {
+	flag.Parse()
+	plugintest.WaitingParallel(4)
 	dir, err := os.MkdirTemp("", "sandbox-cli-test")
 	if err != nil {
 		panic(err)
@@ -92,6 +97,7 @@ snapshots = ["base"]
 }
 
 func TestPluginsShowsProtocol2AndCapabilities(t *testing.T) {
+	t.Parallel()
 	r := sandbox(t, fakeConfig(""), "--json", "plugins")
 	require.Equal(t, 0, r.code, r.stderr)
 	var out struct {
@@ -112,6 +118,7 @@ func TestPluginsShowsProtocol2AndCapabilities(t *testing.T) {
 }
 
 func TestPluginsShowsProtocol1ForAV1OnlyFake(t *testing.T) {
+	t.Parallel()
 	r := sandbox(t, fakeConfig(`"--max-protocol=1"`), "--json", "plugins")
 	require.Equal(t, 0, r.code, r.stderr)
 	var out struct {
@@ -126,6 +133,7 @@ func TestPluginsShowsProtocol1ForAV1OnlyFake(t *testing.T) {
 }
 
 func TestPluginsTable(t *testing.T) {
+	t.Parallel()
 	r := sandbox(t, fakeConfig(""), "plugins")
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Regexp(t, `(?m)^PLUGIN\s+PROTOCOL\s+DRIVER`, r.stdout)
@@ -133,6 +141,7 @@ func TestPluginsTable(t *testing.T) {
 }
 
 func TestVMListAndStatus(t *testing.T) {
+	t.Parallel()
 	r := sandbox(t, fakeConfig(""), "vm", "list")
 	require.Equal(t, 0, r.code, r.stderr)
 	assert.Regexp(t, `(?m)^fake\s+linux\s+off`, r.stdout)
@@ -153,6 +162,7 @@ func TestVMListAndStatus(t *testing.T) {
 }
 
 func TestVMListOfAV1PluginUsesTheConfiguredVMs(t *testing.T) {
+	t.Parallel()
 	conf := fakeConfig(`"--max-protocol=1"`) + "\n[vms.linux]\nplugin = \"fake\"\n"
 	r := sandbox(t, conf, "vm", "list")
 	require.Equal(t, 0, r.code, r.stderr)
@@ -163,6 +173,7 @@ func TestVMListOfAV1PluginUsesTheConfiguredVMs(t *testing.T) {
 }
 
 func TestExitStatus(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		config string
@@ -190,6 +201,7 @@ func TestExitStatus(t *testing.T) {
 }
 
 func TestMissingConfigFile(t *testing.T) {
+	t.Parallel()
 	cmd := exec.Command(sandboxBin, "--config", filepath.Join(t.TempDir(), "absent.toml"), "plugins")
 	out, err := cmd.CombinedOutput()
 	require.Error(t, err)
@@ -198,6 +210,7 @@ func TestMissingConfigFile(t *testing.T) {
 }
 
 func TestVMListWarnsAboutAConfiguredVMNoPluginHas(t *testing.T) {
+	t.Parallel()
 	conf := fakeConfig("") + "\n[vms.win10-64-defendr]\nstop_ladder = [\"poweroff\"]\n"
 	r := sandbox(t, conf, "vm", "list")
 	require.Equal(t, 0, r.code, r.stderr)

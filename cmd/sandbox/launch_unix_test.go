@@ -48,6 +48,7 @@ func readPid(t *testing.T, pidFile string) int {
 // A plugin path pointing at something that never handshakes fails within
 // start_timeout, and nothing it started is left running.
 func TestALaunchThatHangsFailsWithinStartTimeout(t *testing.T) {
+	t.Parallel()
 	path, pidFile := sleeperScript(t)
 	start := time.Now()
 	r := sandbox(t, fmt.Sprintf("[plugins.fake]\npath = %q\nstart_timeout = \"2s\"\n", path), "vm", "list")
@@ -62,6 +63,7 @@ func TestALaunchThatHangsFailsWithinStartTimeout(t *testing.T) {
 
 // The first Ctrl-C ends a launch that hangs, at once, with exit status 130.
 func TestTheFirstCtrlCEndsALaunchThatHangs(t *testing.T) {
+	t.Parallel()
 	path, pidFile := sleeperScript(t)
 	dir := t.TempDir()
 	conf := fmt.Sprintf("state_dir = \"state\"\n[plugins.fake]\npath = %q\nstart_timeout = \"5m\"\n", path)
@@ -90,6 +92,7 @@ func TestTheFirstCtrlCEndsALaunchThatHangs(t *testing.T) {
 // one whatever its state; and a SIGTERM ends a run promptly even on a VM in
 // a state the driver has no word for.
 func TestConformancePicksAUsableVMAndStopsOnSIGTERM(t *testing.T) {
+	t.Parallel()
 	conf := fmt.Sprintf(`[plugins.fake]
 path = %q
 env = ["GORACE=atexit_sleep_ms=0"]

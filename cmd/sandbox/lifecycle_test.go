@@ -61,6 +61,7 @@ func parseReport(t *testing.T, r result) report {
 }
 
 func TestVMCleanupJSONReportsStepsAndDurations(t *testing.T) {
+	t.Parallel()
 	r := sandbox(t, statefulFake(""), "--json", "vm", "cleanup", "win10-64-defender")
 	require.Equal(t, 0, r.code, r.stderr)
 	rep := parseReport(t, r)
@@ -75,6 +76,7 @@ func TestVMCleanupJSONReportsStepsAndDurations(t *testing.T) {
 }
 
 func TestVMStopStartRestoreUnlockThroughTheCLI(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := statefulFake("")
 
@@ -118,6 +120,7 @@ func TestVMStopStartRestoreUnlockThroughTheCLI(t *testing.T) {
 }
 
 func TestFailedCleanupQuarantinesUntilAnOperatorCleansSuccessfully(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := statefulFake("[plugins.fake.config.vms.win10-64-defender.faults]\nrestore_failures = 2\n")
 

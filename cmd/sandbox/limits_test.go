@@ -31,6 +31,7 @@ func openFiles(t *testing.T, pid int) int {
 // must, its VM is cleaned and stays in service, and the clients are cut
 // at read_timeout.
 func TestATaskEndsCleanWhile500SlowClientsAreConnected(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("load test skipped: -short (make test-short) leaves out 500 clients held for read_timeout")
 	}

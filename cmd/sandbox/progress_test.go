@@ -15,6 +15,7 @@ import (
 )
 
 func TestLiveLineShowsStepElapsedAndStateAndErasesItself(t *testing.T) {
+	t.Parallel()
 	var out plugintest.Buffer
 	l := &liveLine{w: &out, start: time.Now()}
 	l.begin(time.Hour, l.render)
@@ -31,6 +32,7 @@ func TestLiveLineShowsStepElapsedAndStateAndErasesItself(t *testing.T) {
 }
 
 func TestNoLiveLineOffATerminal(t *testing.T) {
+	t.Parallel()
 	var out bytes.Buffer
 	l := newLiveLine(&out)
 	assert.Nil(t, l)
@@ -40,6 +42,7 @@ func TestNoLiveLineOffATerminal(t *testing.T) {
 }
 
 func TestLiveTableShowsEachVMsStepAndErasesItself(t *testing.T) {
+	t.Parallel()
 	var out plugintest.Buffer
 	l := &liveTable{w: &out, vms: []string{"win10", "ubuntu"}, rows: map[string]engine.Event{}}
 	l.begin(time.Hour, l.render)

@@ -82,6 +82,7 @@ func listVMs(t *testing.T, dir, conf string) listJSON {
 // reconcile --all` then cleans what the dead holder left, leaves clean VMs
 // alone and reports the quarantined ones.
 func TestVMListShowsLeasesAndQuarantineAndReconcileCleansWhatACrashLeft(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	plain := operationsFake("")
 	r := sandboxIn(t, dir, plain, "vm", "cleanup", "broken")
@@ -165,6 +166,7 @@ func TestVMListShowsLeasesAndQuarantineAndReconcileCleansWhatACrashLeft(t *testi
 }
 
 func TestReconcileOfOneVMLeftRunningSaysWhatItDid(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := operationsFake("")
 	r := sandboxIn(t, dir, conf, "vm", "reconcile", "busy")

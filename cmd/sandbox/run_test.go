@@ -81,6 +81,7 @@ type runJSON struct {
 }
 
 func TestRunGivesAVerdictPerSampleAndProfile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	samples := t.TempDir()
 	clean := textFile(t, samples, "notes.txt", "an ordinary file\n")
@@ -116,6 +117,7 @@ func TestRunGivesAVerdictPerSampleAndProfile(t *testing.T) {
 }
 
 func TestRunPrintsOneLinePerSampleAndProfile(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	samples := t.TempDir()
 	r := sandboxIn(t, dir, runConfig(""), "run", "--profile", "clamav", "--out", filepath.Join(dir, "out"),
@@ -131,6 +133,7 @@ func TestRunPrintsOneLinePerSampleAndProfile(t *testing.T) {
 }
 
 func TestRunMistakes(t *testing.T) {
+	t.Parallel()
 	samples := t.TempDir()
 	s := textFile(t, samples, "s.txt", "x")
 	for _, tc := range []struct {
@@ -173,6 +176,7 @@ func fifo(t *testing.T, dir string) string {
 // A profile naming a VM no plugin has is refused before anything runs; the
 // name never reaches the quarantine, where it would stay.
 func TestAProfileVMNobodyHasIsNotQuarantined(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := runConfig("[profiles.ghost]\nvms = [\"ghost\"]\nsample_path = \"/x\"\ncommand = [\"true\"]\n" +
 		"[profiles.ghost.verdict]\nmalicious_exit_codes = [1]\n")
@@ -188,6 +192,7 @@ func TestAProfileVMNobodyHasIsNotQuarantined(t *testing.T) {
 }
 
 func TestRunExitsOneWhenATaskFailsAndSaysWhere(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := runConfig("[plugins.fake.config.vms.linux-a.faults]\ncopy_in_failures = 1\n")
 	r := sandboxIn(t, dir, conf, "run", "--profile", "clamav", textFile(t, t.TempDir(), "s.txt", "x"))
@@ -216,6 +221,7 @@ func intervalsOf(reports []engine.Report) map[string][][2]time.Time {
 }
 
 func TestTwoRunsAtOnceShareTheVMsWithoutColliding(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	samples := t.TempDir()
 	conf := runConfig("")

@@ -234,6 +234,7 @@ func vmsClean(t *testing.T, dir string, vms ...string) {
 }
 
 func TestServeFinishesEveryTaskAcrossASIGKILL(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := serveConfig("solo", []string{"vm1", "vm2"}, []string{"vm1", "vm2"}, "1.5", "")
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644))
@@ -275,6 +276,7 @@ func TestServeFinishesEveryTaskAcrossASIGKILL(t *testing.T) {
 // task happens to come to it. (Its queue is removed: the task it was
 // running is not there to come back.)
 func TestServeCleansAVMAKilledHostLeftEvenWithNoWorkForIt(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := serveConfig("solo", []string{"vm1"}, []string{"vm1"}, "30", "")
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644))
@@ -298,6 +300,7 @@ func TestServeCleansAVMAKilledHostLeftEvenWithNoWorkForIt(t *testing.T) {
 }
 
 func TestServeStopsOnSIGTERMCleaningItsVMs(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := serveConfig("solo", []string{"vm1"}, []string{"vm1"}, "30", "")
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "config.toml"), []byte(conf), 0o644))
@@ -318,6 +321,7 @@ func TestServeStopsOnSIGTERMCleaningItsVMs(t *testing.T) {
 }
 
 func TestTwoHostsShareAPostgreSQLQueueAndSurviveOneDying(t *testing.T) {
+	t.Parallel()
 	db := pgtest.Database(t)
 	all := []string{"a1", "a2", "b1", "b2"}
 	dirA, dirB := t.TempDir(), t.TempDir()
@@ -355,6 +359,7 @@ func TestTwoHostsShareAPostgreSQLQueueAndSurviveOneDying(t *testing.T) {
 }
 
 func TestServeMistakes(t *testing.T) {
+	t.Parallel()
 	conf := serveConfig("solo", []string{"vm1"}, []string{"vm1"}, "1", "")
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)

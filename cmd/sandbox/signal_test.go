@@ -55,6 +55,7 @@ func childPids(pid int) []int {
 }
 
 func TestSignalsStopTheCommandAndKillThePlugins(t *testing.T) {
+	t.Parallel()
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			dir := t.TempDir()
@@ -102,6 +103,7 @@ slow = "1m"
 // analyses: the VMs in use are cleaned before the command exits with 128
 // plus the signal, and the summary says what happened.
 func TestAnInterruptedRunCleansItsVMs(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		sig  syscall.Signal
 		code int
@@ -182,6 +184,7 @@ malicious_exit_codes = [1]
 // dead holder. The next run finds that through reconciliation, cleans the
 // VM before its own sample touches it, says so, and ends with the VM clean.
 func TestARunKilledMidTaskIsReconciledByTheNext(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := runConfig(`[profiles.slow]
 vms = ["linux-a"]

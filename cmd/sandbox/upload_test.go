@@ -105,6 +105,7 @@ func peakRSS(t *testing.T, pid int) int64 {
 // once keep the service's peak resident memory under 150 MB, and every
 // one of them is accepted and analysed.
 func TestUploadsAreStreamedNotHeldInMemory(t *testing.T) {
+	t.Parallel()
 	if testing.Short() {
 		t.Skip("load test skipped: -short (make test-short) leaves out a gigabyte of uploads")
 	}

@@ -16,6 +16,7 @@ import (
 // Mistakes on the command line or in config.toml get a message that says
 // what is wrong and what to do, and the exit status that goes with it.
 func TestMistakesGetAClearMessageAndTheRightStatus(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name   string
 		config string
@@ -44,6 +45,7 @@ func TestMistakesGetAClearMessageAndTheRightStatus(t *testing.T) {
 
 // A TOML syntax error names the line it is on, not the next one.
 func TestATOMLSyntaxErrorNamesItsOwnLine(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct{ text, want string }{
 		{"[plugins.fake\npath = \"x\"\n", "config.toml:2:"},
 		{"[plugins.fake]\npath = \n\n", "config.toml:3:"},
@@ -57,6 +59,7 @@ func TestATOMLSyntaxErrorNamesItsOwnLine(t *testing.T) {
 
 // A plugin that cannot be run says which setting to fix.
 func TestAPluginThatCannotRunNamesItsSetting(t *testing.T) {
+	t.Parallel()
 	if runtime.GOOS == "windows" {
 		t.Skip("Windows has no executable bit")
 	}
@@ -80,6 +83,7 @@ func TestAPluginThatCannotRunNamesItsSetting(t *testing.T) {
 // A VM name with a tab, a newline or other control characters does not
 // break the table it is listed in.
 func TestControlCharactersInAVMNameKeepTheTableIntact(t *testing.T) {
+	t.Parallel()
 	conf := fmt.Sprintf("[plugins.fake]\npath = %q\n[plugins.fake.config.vms.\"tab\\there\"]\n[plugins.fake.config.vms.plain]\n", fakeBin)
 	r := sandbox(t, conf, "vm", "list")
 	require.Equal(t, 0, r.code, r.stderr)
@@ -96,6 +100,7 @@ func TestControlCharactersInAVMNameKeepTheTableIntact(t *testing.T) {
 
 // A VM name of 117 bytes of UTF-8 works for every command, leases included.
 func TestALongUTF8VMNameWorksThroughout(t *testing.T) {
+	t.Parallel()
 	name := strings.Repeat("虚", 39)
 	conf := fmt.Sprintf("[plugins.fake]\npath = %q\n[plugins.fake.config.vms.%q]\nstate = \"running\"\nsnapshots = [\"clean\"]\n", fakeBin, name)
 	dir := t.TempDir()
@@ -107,6 +112,7 @@ func TestALongUTF8VMNameWorksThroughout(t *testing.T) {
 
 // A state directory others can write to is refused before anything runs.
 func TestAStateDirOthersCanWriteIsRefused(t *testing.T) {
+	t.Parallel()
 	if runtime.GOOS == "windows" {
 		t.Skip("Windows has ACLs, not modes")
 	}
@@ -123,6 +129,7 @@ func TestAStateDirOthersCanWriteIsRefused(t *testing.T) {
 // A damaged quarantine file is an error the operator sees, whichever VM is
 // cleaned.
 func TestADamagedQuarantineFileFailsACleanup(t *testing.T) {
+	t.Parallel()
 	dir := t.TempDir()
 	conf := fakeConfig("")
 	r := sandboxIn(t, dir, conf, "vm", "status", "linux")
