@@ -39,3 +39,7 @@ func (q *Queue) DieBeforeClaim() {
 		select {} // the process is gone: the job never goes on
 	}
 }
+
+// SweepEndedTasks runs the sweep's ending of tasks whose analyses all
+// ended, as the sweep does on its own every few seconds.
+func (q *Queue) SweepEndedTasks(ctx context.Context) error { return q.sweepEndedTasks(ctx) }

@@ -53,6 +53,7 @@ func submitOne(t *testing.T, q *queue.Queue, name, content string, req queue.Req
 // A job that fails at its last attempt ends its analysis, failed, with
 // why: the task ends, and says so.
 func TestAJobFailingAtItsLastAttemptEndsTheTask(t *testing.T) {
+	t.Parallel()
 	databases(t, func(t *testing.T, db string) {
 		h := newHost(t, "h", "vm1")
 		// The host cannot write the sample out for its driver: every
@@ -75,6 +76,7 @@ func TestAJobFailingAtItsLastAttemptEndsTheTask(t *testing.T) {
 // Two tasks of the same sample each have their directory: the later one
 // never replaces the earlier one's report or artifacts.
 func TestTwoTasksOfOneSampleKeepTheirOwnReports(t *testing.T) {
+	t.Parallel()
 	h := newHost(t, "h", "vm1")
 	q := h.open(t, "", scanProfile(t, "vm1"))
 	start(t, q)
@@ -88,10 +90,44 @@ func TestTwoTasksOfOneSampleKeepTheirOwnReports(t *testing.T) {
 	}
 }
 
+// A task's end is written once: the sweep, ending tasks whose analyses all
+// ended, runs without pause beside the jobs that end them themselves, and
+// every task's report.json is the report its record holds.
+func TestATaskEndedByItsJobAndTheSweepAtOnceHasOneReport(t *testing.T) {
+	t.Parallel()
+	h := newHost(t, "h", "vm1")
+	q := h.open(t, "", scanProfile(t, "vm1"))
+	start(t, q)
+	ctx, stop := context.WithCancel(context.Background())
+	swept := make(chan struct{})
+	go func() {
+		defer close(swept)
+		for ctx.Err() == nil {
+			_ = q.SweepEndedTasks(ctx)
+		}
+	}()
+	var ids []string
+	for i := range 8 {
+		ids = append(ids, submitOne(t, q, fmt.Sprintf("s%d.txt", i), fmt.Sprint("sample ", i), queue.Request{}).ID)
+	}
+	var tasks []*queue.Task
+	for _, id := range ids {
+		tasks = append(tasks, waitTask(t, q, id, time.Minute))
+	}
+	stop()
+	<-swept
+	for _, task := range tasks {
+		rep, err := engine.ReadReport(filepath.Join(h.dir, "results", task.Sample.SHA256, task.ID, engine.ReportFile))
+		require.NoError(t, err)
+		assert.Equal(t, task.Report.Finished, rep.Finished, "task %s: report.json is the report its record holds", task.ID)
+	}
+}
+
 // A report that cannot be written leaves the task running, with nothing
 // half-written and an ERROR in the log; once it can, the sweep writes it
 // and ends the task.
 func TestAReportThatCannotBeWrittenIsWrittenOnceItCan(t *testing.T) {
+	t.Parallel()
 	h := newHost(t, "h", "vm1")
 	logs := &plugintest.Buffer{}
 	q := h.open(t, "", scanProfile(t, "vm1"), func(o *queue.Options) {
@@ -133,6 +169,7 @@ func TestAReportThatCannotBeWrittenIsWrittenOnceItCan(t *testing.T) {
 // queued: no job of theirs would ever run. They end failed, saying why,
 // and the queue's depth counts them until they do.
 func TestAProfileNoHostServesEndsItsTasks(t *testing.T) {
+	t.Parallel()
 	databases(t, func(t *testing.T, db string) {
 		h := newHost(t, "h", "vm1", "vm2")
 		both := append(scanProfile(t, "vm1"), config.NewProfile("other", []string{"vm2"}, "/s/{sha256}", "true"))
@@ -159,6 +196,7 @@ func TestAProfileNoHostServesEndsItsTasks(t *testing.T) {
 // analysis over within dead_after and a sweep, the analysis records the
 // attempt it lost, and the task ends once.
 func TestADeadHostsAnalysisIsTakenOverWithinSeconds(t *testing.T) {
+	t.Parallel()
 	db := pgtest.Database(t)
 	a := newHost(t, "host-a", "a1")
 	b := newHost(t, "host-b", "b1")
@@ -198,6 +236,7 @@ func TestADeadHostsAnalysisIsTakenOverWithinSeconds(t *testing.T) {
 // Another host takes the analysis over, and nothing is recorded lost, for
 // nothing had begun.
 func TestAHostDyingBeforeItsJobBeginsLosesNothing(t *testing.T) {
+	t.Parallel()
 	db := pgtest.Database(t)
 	a := newHost(t, "host-a", "a1")
 	b := newHost(t, "host-b", "b1")
@@ -221,6 +260,7 @@ func TestAHostDyingBeforeItsJobBeginsLosesNothing(t *testing.T) {
 // The SQLite file deleted under the service: the service stops taking
 // work and says why, instead of accepting tasks into a file that is gone.
 func TestADeletedDatabaseFileStopsTheService(t *testing.T) {
+	t.Parallel()
 	old := syscall.Umask(0)
 	defer syscall.Umask(old)
 	h := newHost(t, "h", "vm1")
@@ -248,6 +288,7 @@ func TestADeletedDatabaseFileStopsTheService(t *testing.T) {
 // upgraded in place: ended tasks keep their reports, a half-ended task
 // keeps its result and runs what is left, a queued one runs.
 func TestADatabaseFromBeforeMigrationsIsUpgraded(t *testing.T) {
+	t.Parallel()
 	h := newHost(t, "new-host", "vm1", "vm2")
 	data, err := os.ReadFile(filepath.Join("testdata", "queue-before-migrations.db"))
 	require.NoError(t, err)
@@ -277,6 +318,7 @@ func TestADatabaseFromBeforeMigrationsIsUpgraded(t *testing.T) {
 // The same upgrade on PostgreSQL, from the schema of before migrations
 // written by hand.
 func TestAPostgreSQLDatabaseFromBeforeMigrationsIsUpgraded(t *testing.T) {
+	t.Parallel()
 	url := pgtest.Database(t)
 	conn, err := sql.Open("pgx", url)
 	require.NoError(t, err)
@@ -310,6 +352,7 @@ func TestAPostgreSQLDatabaseFromBeforeMigrationsIsUpgraded(t *testing.T) {
 // PostgreSQL away while analyses end: the results are recorded once it is
 // back, each task ends exactly once, and nothing is left running.
 func TestTheDatabaseAwayWhileAnalysesEnd(t *testing.T) {
+	t.Parallel()
 	url := pgtest.Database(t)
 	proxy := pgtest.NewProxy(t, url)
 	h := newHost(t, "h", "vm1", "vm2")

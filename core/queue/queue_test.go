@@ -148,6 +148,7 @@ func submit(t *testing.T, q *queue.Queue, n int) []string {
 }
 
 func TestTasksSpreadOverHostsSharingPostgreSQL(t *testing.T) {
+	t.Parallel()
 	db := pgtest.Database(t)
 	a := newHost(t, "host-a", "a1", "a2")
 	b := newHost(t, "host-b", "b1", "b2")
@@ -169,6 +170,7 @@ func TestTasksSpreadOverHostsSharingPostgreSQL(t *testing.T) {
 }
 
 func TestAcceptedTasksOutliveTheProcess(t *testing.T) {
+	t.Parallel()
 	h := newHost(t, "solo", "vm1")
 	profiles := scanProfile(t, "vm1")
 	q := h.open(t, "", profiles)
@@ -194,6 +196,7 @@ func TestAcceptedTasksOutliveTheProcess(t *testing.T) {
 // begins, an operator's through the API) take turns: each ends, none is
 // refused because another of this process holds the VM.
 func TestMaintenanceOfOneVMTakesTurns(t *testing.T) {
+	t.Parallel()
 	h := newHost(t, "a", "vm1")
 	ctx := context.Background()
 	require.NoError(t, h.driver.Start(ctx, "vm1"))

@@ -319,6 +319,22 @@ func (q *Queue) endWith(ctx context.Context, tx querier, task string, job int64,
 // once. A report that cannot be written leaves the task running (and is
 // logged); the sweep tries again.
 func (q *Queue) completeTask(ctx context.Context, id string) error {
+	// The analysis's job and the sweep may both end a task at once; the
+	// one that comes second leaves it to the first, or the two would each
+	// write a report, with different end times, and one would replace the
+	// report the task's record holds.
+	q.mu.Lock()
+	if q.ending[id] {
+		q.mu.Unlock()
+		return nil
+	}
+	q.ending[id] = true
+	q.mu.Unlock()
+	defer func() {
+		q.mu.Lock()
+		delete(q.ending, id)
+		q.mu.Unlock()
+	}()
 	t, err := q.db.task(ctx, q.db, id)
 	if err != nil || t.Final() {
 		return err
