@@ -48,7 +48,7 @@ func Serve(factory Factory, opts ...ServeOption) {
 	slot := newSlot(factory, logger, o)
 	surviveDeadHostPipe()
 	watchHost(func() {
-		closeWithin(slot, 50*time.Millisecond)
+		closeWithin(slot, hostGoneClose)
 		os.Exit(0)
 	})
 	plugin.Serve(&plugin.ServeConfig{
@@ -133,6 +133,13 @@ func watchHost(gone func()) {
 	}
 	watchParent(gone)
 }
+
+// hostGoneClose bounds the driver's Close once the host has died: the
+// plugin exits as soon as Close returns, and Close is how a driver kills
+// what it started and removes its files, which a busy machine can stretch
+// well past what it takes on an idle one. Only a Close that hangs keeps
+// the plugin that long.
+const hostGoneClose = 5 * time.Second
 
 func closeWithin(slot *driverSlot, d time.Duration) {
 	done := make(chan struct{})

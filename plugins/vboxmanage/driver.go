@@ -76,9 +76,10 @@ type Driver struct {
 var _ hypervisor.Driver = (*Driver)(nil)
 
 // closeWait is how long Close waits for the operations it canceled to
-// return. The SDK gives Close about 50 ms when the host dies; killing a
-// VBoxManage and reaping it takes a few.
-const closeWait = 40 * time.Millisecond
+// return, having killed their VBoxManage processes: a few milliseconds on
+// an idle machine, more on a busy one. The SDK gives Close five seconds
+// when the host dies.
+const closeWait = time.Second
 
 // probe is what the driver learned about the installed VirtualBox; it is
 // kept once VBoxManage answered.
