@@ -59,6 +59,13 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 cd "$out"
 
+# The QEMU and libvirt drivers' test binaries each run this script, at the
+# same time under `make test`: the second waits here for the first and then
+# finds what it built, instead of both writing the same files.
+need flock "apt-get install util-linux"
+exec 8>"$out/.build.lock"
+flock 8 || die "cannot lock $out/.build.lock"
+
 # key NAME VALUE...: whether stage NAME was built from VALUE; ok marks it.
 stamp() { printf '%s\n' "$@" | sha256sum | cut -c1-16; }
 built() { [ -f "stamp.$1" ] && [ "$(cat "stamp.$1")" = "$2" ]; }
@@ -257,15 +264,17 @@ snapshot() {
 		-chardev "socket,id=qga0,path=$out/qga.sock,server=on,wait=off" \
 		-device virtserialport,bus=virtio-serial0.0,chardev=qga0,name=org.qemu.guest_agent.0,id=qga0 \
 		-serial "file:$out/$log" \
-		-monitor stdio <"$mon.in" >"$mon.log" 2>&1 &
+		-monitor stdio <"$mon.in" >"$mon.log" 2>&1 8>&- &
 	local pid=$! n=0
 	exec 3>"$mon.in"
 	until grep -q SANDBOX-GUEST-READY "$log" 2>/dev/null; do
 		n=$((n + 1))
 		if [ "$n" -gt 1200 ] || ! kill -0 "$pid" 2>/dev/null; then
+			local why="did not get ready in 2 minutes"
+			kill -0 "$pid" 2>/dev/null || why="ended before it was ready (QEMU exited)"
 			kill "$pid" 2>/dev/null || true
 			exec 3>&-
-			die "the guest ($name) did not get ready in 2 minutes; console:
+			die "the guest ($name) $why; console:
 $(tail -20 "$log" 2>/dev/null)
 monitor: $(cat "$mon.log")"
 		fi
