@@ -235,18 +235,31 @@ func timedOnlyFor(v fake.Violation) func(string) bool {
 // at once, 87 s with 28, on two idle cores); not all: with every run at
 // once beside eight busy CPU workers, a deadline check's call reached the
 // driver only after its deadline, and the deaf-calls and late-work runs
-// could not show what they break.
+// could not show what they break. (The deadline checks now follow their
+// calls through the SDK and make a restore again that never reached the
+// driver; the bound stays.)
 func TestEachViolationFailsItsChecks(t *testing.T) {
 	t.Parallel()
 	reports := make([]*conformance.Report, len(violationCases))
 	errs := make([]error, len(violationCases))
 	var wg sync.WaitGroup
 	slots := make(chan struct{}, 28)
+	// serial-vms' run is the longest (its restores last 2 s): begun first,
+	// it does not end long after the others.
+	var order []int
 	for i, vc := range violationCases {
+		if vc.violation == fake.ViolationSerialVMs {
+			order = append([]int{i}, order...)
+		} else {
+			order = append(order, i)
+		}
+	}
+	for _, i := range order {
+		vc := violationCases[i]
 		wg.Add(1)
+		slots <- struct{}{}
 		go func() {
 			defer wg.Done()
-			slots <- struct{}{}
 			defer func() { <-slots }()
 			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute) // a bound for a run that hangs
 			defer cancel()
