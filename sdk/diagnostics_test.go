@@ -30,9 +30,12 @@ func (unclosing) Info(context.Context) (hypervisor.Info, error) {
 }
 
 func (unclosing) Status(ctx context.Context, vm string) (hypervisor.Status, error) {
-	if vm == "deaf" {
+	switch vm {
+	case "deaf":
 		// A hypervisor call that does not watch its context (§12.1).
 		time.Sleep(300 * time.Millisecond)
+	case "deafer":
+		time.Sleep(2 * time.Second)
 	}
 	return hypervisor.Status{VM: vm, Power: hypervisor.PowerOff, Raw: "off", Lock: hypervisor.LockUnknown}, nil
 }
@@ -110,6 +113,17 @@ func TestAWatchEndsWithItsContextWhateverTheDriverDoes(t *testing.T) {
 	require.NoError(t, p.Close())
 }
 
+// serveUnclosing serves the unclosing driver in process until t ends.
+func serveUnclosing(t *testing.T) *sdk.InProcess {
+	t.Helper()
+	p, err := sdk.ServeInProcess(context.Background(), func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
+		return unclosing{}, nil
+	}, sdk.ConfigFromTOML("unclosing", "/etc/sandbox/config.toml", nil), nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
 // graceBound is how long the test waits for the SDK to give up
 // on every channel: the grace, and a margin for a loaded machine.
 func graceBound() time.Duration { return sdk.WatchCloseGrace + 10*time.Second }
@@ -119,16 +133,12 @@ func graceBound() time.Duration { return sdk.WatchCloseGrace + 10*time.Second }
 // came, while the driver is still at it and once it answered.
 func TestLateAnswersAreReported(t *testing.T) {
 	t.Parallel()
-	p, err := sdk.ServeInProcess(context.Background(), func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
-		return unclosing{}, nil
-	}, sdk.ConfigFromTOML("unclosing", "/etc/sandbox/config.toml", nil), nil)
-	require.NoError(t, err)
-	t.Cleanup(func() { p.Close() })
+	p := serveUnclosing(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
 	begun := time.Now()
-	_, err = p.Status(ctx, "deaf")
+	_, err := p.Status(ctx, "deaf")
 	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
 	assert.Less(t, time.Since(begun), 250*time.Millisecond, "the caller gets its answer at its deadline")
 
@@ -152,11 +162,7 @@ func TestLateAnswersAreReported(t *testing.T) {
 // the sum, so that a reader can tell it from the first.
 func TestLateSumGrowsWithEveryLateAnswer(t *testing.T) {
 	t.Parallel()
-	p, err := sdk.ServeInProcess(context.Background(), func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
-		return unclosing{}, nil
-	}, sdk.ConfigFromTOML("unclosing", "/etc/sandbox/config.toml", nil), nil)
-	require.NoError(t, err)
-	t.Cleanup(func() { p.Close() })
+	p := serveUnclosing(t)
 
 	deaf := func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
@@ -181,11 +187,7 @@ func TestLateSumGrowsWithEveryLateAnswer(t *testing.T) {
 // remembers only the most recent tags, however many a caller sends.
 func TestTaggedCallsAreFollowed(t *testing.T) {
 	t.Parallel()
-	p, err := sdk.ServeInProcess(context.Background(), func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
-		return unclosing{}, nil
-	}, sdk.ConfigFromTOML("unclosing", "/etc/sandbox/config.toml", nil), nil)
-	require.NoError(t, err)
-	t.Cleanup(func() { p.Close() })
+	p := serveUnclosing(t)
 	read := func() sdk.Diagnostics {
 		t.Helper()
 		_, err := p.Status(context.Background(), "a")
@@ -193,25 +195,36 @@ func TestTaggedCallsAreFollowed(t *testing.T) {
 		return p.Diagnostics()
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	_, err = p.Status(sdk.TagCall(ctx, "deaf-1"), "deaf")
-	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
-	first := read().Tagged["deaf-1"]
-	assert.False(t, first.Answered, "the driver sleeps 300ms past a 20ms deadline: %+v", first)
+	// A call under a deadline this short may never leave a busy caller
+	// (and then its tag never appears): it is made again, with a new tag,
+	// until one reached the driver, which sleeps 2s past it.
+	var tag string
+	var first sdk.TaggedCall
+	for i := range 10 {
+		tag = fmt.Sprintf("deafer-%d", i)
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		_, err := p.Status(sdk.TagCall(ctx, tag), "deafer")
+		cancel()
+		assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err), "%v", err)
+		var seen bool
+		if first, seen = read().Tagged[tag]; seen {
+			break
+		}
+	}
+	assert.False(t, first.Answered, "the driver sleeps 2s past a 100ms deadline: %s %+v", tag, first)
 
-	bound := time.Now().Add(10 * time.Second)
+	bound := time.Now().Add(30 * time.Second)
 	var d sdk.Diagnostics
-	for d = read(); !d.Tagged["deaf-1"].Answered && time.Now().Before(bound); d = read() {
+	for d = read(); !d.Tagged[tag].Answered && time.Now().Before(bound); d = read() {
 		time.Sleep(20 * time.Millisecond)
 	}
-	require.True(t, d.Tagged["deaf-1"].Answered, "the driver answered within 10s: %+v", d.Tagged)
-	assert.Greater(t, d.Tagged["deaf-1"].Late, 200*time.Millisecond)
-	assert.GreaterOrEqual(t, d.Tagged["deaf-1"].Late, first.Late, "a call only gets later")
+	require.True(t, d.Tagged[tag].Answered, "the driver answered within 30s: %+v", d.Tagged)
+	assert.Greater(t, d.Tagged[tag].Late, time.Second)
+	assert.GreaterOrEqual(t, d.Tagged[tag].Late, first.Late, "a call only gets later")
 
-	ctx, cancel = context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, err = p.Status(sdk.TagCall(ctx, "quick"), "a")
+	_, err := p.Status(sdk.TagCall(ctx, "quick"), "a")
 	require.NoError(t, err)
 	d = read()
 	assert.Equal(t, sdk.TaggedCall{Answered: true}, d.Tagged["quick"], "answered in time")
