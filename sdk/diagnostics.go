@@ -56,6 +56,10 @@ type TaggedCall struct {
 	// Late is how long past its deadline the driver answered it, or has
 	// been working on it so far; zero if in time.
 	Late time.Duration `json:"late,omitempty"`
+	// Took is how long the driver spent on the call once it reached it,
+	// when answered: the driver's own time, which the caller's clock
+	// cannot tell from a busy machine's delays on the wire.
+	Took time.Duration `json:"took,omitempty"`
 }
 
 // tagHeader is the request header that carries a call's tag.
@@ -132,6 +136,7 @@ type flight struct {
 	call     string
 	tag      string
 	deadline time.Time
+	begun    time.Time
 }
 
 // snapshot is the record as the client sees it: in-flight calls count as
@@ -158,7 +163,7 @@ func (g *diagnostics) snapshot() Diagnostics {
 }
 
 func (g *diagnostics) begin(call, tag string, deadline time.Time) *flight {
-	f := &flight{call: call, tag: tag, deadline: deadline}
+	f := &flight{call: call, tag: tag, deadline: deadline, begun: time.Now()}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.inFlight == nil {
@@ -177,7 +182,7 @@ func (g *diagnostics) end(f *flight) {
 	defer g.mu.Unlock()
 	delete(g.inFlight, f)
 	if f.tag != "" {
-		c := TaggedCall{Answered: true}
+		c := TaggedCall{Answered: true, Took: time.Since(f.begun)}
 		if late > lateNoise {
 			c.Late = late
 		}
@@ -317,7 +322,7 @@ func (s *diagStore) note(md metadata.MD) {
 	// only gets later.
 	for tag, c := range d.Tagged {
 		was := s.tagged.calls[tag]
-		s.tagged.set(tag, TaggedCall{Answered: was.Answered || c.Answered, Late: max(was.Late, c.Late)})
+		s.tagged.set(tag, TaggedCall{Answered: was.Answered || c.Answered, Late: max(was.Late, c.Late), Took: max(was.Took, c.Took)})
 	}
 }
 

@@ -221,13 +221,19 @@ func TestTaggedCallsAreFollowed(t *testing.T) {
 	require.True(t, d.Tagged[tag].Answered, "the driver answered within 30s: %+v", d.Tagged)
 	assert.Greater(t, d.Tagged[tag].Late, time.Second)
 	assert.GreaterOrEqual(t, d.Tagged[tag].Late, first.Late, "a call only gets later")
+	deafer := d.Tagged[tag].Took
+	assert.Greater(t, deafer, d.Tagged[tag].Late, "the driver's own time counts from the call's arrival, before its deadline")
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	_, err := p.Status(sdk.TagCall(ctx, "quick"), "a")
 	require.NoError(t, err)
 	d = read()
-	assert.Equal(t, sdk.TaggedCall{Answered: true}, d.Tagged["quick"], "answered in time")
+	quick := d.Tagged["quick"]
+	assert.True(t, quick.Answered, "answered: %+v", quick)
+	assert.Zero(t, quick.Late, "in time")
+	assert.Positive(t, quick.Took, "the driver's own time is measured")
+	assert.Less(t, quick.Took, deafer, "a status read takes the driver less than a 2s sleep")
 	assert.NotContains(t, d.Tagged, "never-sent")
 
 	// A plugin keeps the record of the most recent 64 tags.
