@@ -116,10 +116,6 @@ type Queue struct {
 	// one the start began) waits for the first instead of failing on
 	// the VM being in use by this very process.
 	maintaining map[string]chan struct{}
-	// ending holds the tasks this host is ending (completeTask): the
-	// database's claim lets a host claim again, to retry a report it could
-	// not write, so two of its goroutines must not end one task at once.
-	ending map[string]bool
 	// beforeClaim, set by tests, runs as a job begins, before it claims
 	// its analysis: where a host can die with a job River thinks running.
 	beforeClaim func()
@@ -162,8 +158,7 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 		opts.Logger = hclog.NewNullLogger()
 	}
 	q := &Queue{opts: opts, log: opts.Logger, pool: opts.Pool, working: map[int64]running{},
-		progress: map[[2]string]engine.Event{}, started: time.Now(), maintaining: map[string]chan struct{}{},
-		ending: map[string]bool{}}
+		progress: map[[2]string]engine.Event{}, started: time.Now(), maintaining: map[string]chan struct{}{}}
 	for name := range opts.Pool.VMs() {
 		q.maintaining[name] = make(chan struct{}, 1)
 	}
@@ -187,6 +182,11 @@ func Open(ctx context.Context, opts Options) (*Queue, error) {
 	if err := q.takeOver(ctx, q.opts.Host, "the host was restarted"); err != nil {
 		q.db.Close()
 		return nil, err
+	}
+	if _, err := q.db.exec(ctx, q.db, `UPDATE sandbox_task SET ending_host = '', ending_ns = 0
+		WHERE ending_host = ? AND finished_ns = 0`, q.opts.Host); err != nil {
+		q.db.Close()
+		return nil, fmt.Errorf("let go of the tasks this host's previous process was ending: %w", err)
 	}
 	return q, nil
 }

@@ -319,22 +319,6 @@ func (q *Queue) endWith(ctx context.Context, tx querier, task string, job int64,
 // once. A report that cannot be written leaves the task running (and is
 // logged); the sweep tries again.
 func (q *Queue) completeTask(ctx context.Context, id string) error {
-	// The analysis's job and the sweep may both end a task at once; the
-	// one that comes second leaves it to the first, or the two would each
-	// write a report, with different end times, and one would replace the
-	// report the task's record holds.
-	q.mu.Lock()
-	if q.ending[id] {
-		q.mu.Unlock()
-		return nil
-	}
-	q.ending[id] = true
-	q.mu.Unlock()
-	defer func() {
-		q.mu.Lock()
-		delete(q.ending, id)
-		q.mu.Unlock()
-	}()
 	t, err := q.db.task(ctx, q.db, id)
 	if err != nil || t.Final() {
 		return err
@@ -359,31 +343,45 @@ func (q *Queue) completeTask(ctx context.Context, id string) error {
 			}
 		}
 	}
-	// One host ends the task: it claims the ending, writes the report,
-	// then marks the task ended. A host that died at it is replaced once
-	// its claim is older than twice dead_after.
+	// One caller ends the task: it claims the ending, writes the report,
+	// then marks the task ended. The claim is this call's alone (the host
+	// and the time it was made), so that the analysis's job and the sweep,
+	// ending one task at once on one host, do not both write a report
+	// with its own end time, one replacing the report the record holds.
+	// A claim is let go when the report cannot be written, for the sweep
+	// to try again; one whose caller died is taken over once it is older
+	// than twice dead_after, or when its host starts again (Open).
 	now := time.Now().UTC()
+	token := now.UnixNano()
 	claim, err := q.db.exec(ctx, q.db, `UPDATE sandbox_task SET ending_host = ?, ending_ns = ?
-		WHERE id = ? AND finished_ns = 0 AND (ending_host = '' OR ending_host = ? OR ending_ns < ?)`,
-		q.opts.Host, now.UnixNano(), id, q.opts.Host, now.Add(-2*q.opts.DeadAfter).UnixNano())
+		WHERE id = ? AND finished_ns = 0 AND (ending_host = '' OR ending_ns < ?)`,
+		q.opts.Host, token, id, now.Add(-2*q.opts.DeadAfter).UnixNano())
 	if err != nil {
 		return err
 	}
 	if n, _ := claim.RowsAffected(); n == 0 {
-		return nil // another host is ending it
+		return nil // another caller is ending it
+	}
+	release := func() {
+		_, _ = q.db.exec(context.WithoutCancel(ctx), q.db, `UPDATE sandbox_task SET ending_host = '', ending_ns = 0
+			WHERE id = ? AND ending_host = ? AND ending_ns = ?`, id, q.opts.Host, token)
 	}
 	rep := engine.NewReport(t.Sample, t.Created, now, results)
 	if err := engine.WriteReport(q.taskDir(t), rep); err != nil {
+		release()
 		q.log.Error("cannot write a task's report; the task stays running until it is written", "task", id, "error", err)
 		return err
 	}
 	data, err := json.Marshal(rep)
 	if err != nil {
+		release()
 		return err
 	}
 	res, err := q.db.exec(ctx, q.db, `UPDATE sandbox_task SET state = ?, verdict = ?, report = ?, finished_ns = ?
-		WHERE id = ? AND finished_ns = 0 AND ending_host = ?`, state, string(rep.Verdict), string(data), now.UnixNano(), id, q.opts.Host)
+		WHERE id = ? AND finished_ns = 0 AND ending_host = ? AND ending_ns = ?`,
+		state, string(rep.Verdict), string(data), now.UnixNano(), id, q.opts.Host, token)
 	if err != nil {
+		release()
 		return err
 	}
 	if n, _ := res.RowsAffected(); n == 1 {
