@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -232,12 +233,11 @@ func timedOnlyFor(v fake.Violation) func(string) bool {
 
 // Each violation makes exactly the checks of violationCases fail. The runs
 // are mostly waiting, so half of them run at once (127 s for all with 12
-// at once, 87 s with 28, on two idle cores); not all: with every run at
-// once beside eight busy CPU workers, a deadline check's call reached the
-// driver only after its deadline, and the deaf-calls and late-work runs
-// could not show what they break. (The deadline checks now follow their
-// calls through the SDK and make a restore again that never reached the
-// driver; the bound stays.)
+// at once, 87 s with 28, on two idle cores), not all: all at once beside
+// eight busy CPU workers held calls past their deadlines in the caller.
+// Under -short each run has only the checks its violation must fail (14 s
+// on two idle cores), so the inner loop still shows every violation
+// caught; that no other check fails is left to make test.
 func TestEachViolationFailsItsChecks(t *testing.T) {
 	t.Parallel()
 	reports := make([]*conformance.Report, len(violationCases))
@@ -264,7 +264,11 @@ func TestEachViolationFailsItsChecks(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute) // a bound for a run that hangs
 			defer cancel()
 			world := suiteWorld(fmt.Sprintf("violations = [%q]\n%s", vc.violation, vc.extra))
-			reports[i], errs[i] = conformance.Collect(ctx, suiteTarget(conformance.InProcess("fake", fake.New, world)), conformance.Options{Match: timedOnlyFor(vc.violation)})
+			match := timedOnlyFor(vc.violation)
+			if testing.Short() {
+				match = func(name string) bool { return slices.Contains(vc.fails, name) }
+			}
+			reports[i], errs[i] = conformance.Collect(ctx, suiteTarget(conformance.InProcess("fake", fake.New, world)), conformance.Options{Match: match})
 		}()
 	}
 	wg.Wait()
@@ -280,7 +284,9 @@ func TestEachViolationFailsItsChecks(t *testing.T) {
 			if skips == nil {
 				skips = everyRunSkips
 			}
-			assert.ElementsMatch(t, skips, o[conformance.Skip])
+			if !testing.Short() {
+				assert.ElementsMatch(t, skips, o[conformance.Skip])
+			}
 			assert.Empty(t, rep.Restore, "the VMs are put back even after failures")
 			for _, r := range rep.Results {
 				if r.Outcome == conformance.Fail {

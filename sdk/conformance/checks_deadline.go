@@ -575,10 +575,17 @@ func checkReadsDuring(p *probe) {
 	var readErr error
 	reads := 0
 	var wg sync.WaitGroup
+	// under counts the readers whose first read has answered: the
+	// operations begin once every reader is under way, since on a busy
+	// machine a reader's goroutine can first run after the start.
+	var under sync.WaitGroup
 	read := func(f func() error) {
 		defer wg.Done()
+		var once sync.Once
+		defer once.Do(under.Done)
 		for ctx.Err() == nil {
 			err := f()
+			once.Do(under.Done)
 			mu.Lock()
 			if err != nil && ctx.Err() == nil {
 				readErr = err
@@ -599,14 +606,17 @@ func checkReadsDuring(p *probe) {
 	// the two are not between reads at the same moments.
 	half := timed(func() { _ = status() }) / 2
 	wg.Add(2)
+	under.Add(2)
 	go read(status)
 	pause(ctx, half)
 	go read(status)
 	pause(ctx, half)
 	if p.has(hypervisor.CapList) {
 		wg.Add(1)
+		under.Add(1)
 		go read(func() error { _, err := p.d().ListVMs(ctx); return err })
 	}
+	under.Wait()
 	stopReads := func() {
 		cancel()
 		wg.Wait()
