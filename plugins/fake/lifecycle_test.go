@@ -70,7 +70,9 @@ func TestStatusFailuresAnswerUnavailableThenRecover(t *testing.T) {
 
 func TestStartBootsTheVMAndReturnsOnceStarting(t *testing.T) {
 	t.Parallel()
-	d := newFake(t, "[timing]\nstart = \"500ms\"\n[vms.a]")
+	// A start long enough for the status read after it to find it under
+	// way on a busy machine.
+	d := newFake(t, "[timing]\nstart = \"2s\"\n[vms.a]")
 	require.NoError(t, d.Start(testCtx(t), "a"))
 	st := status(t, d, "a")
 	assert.Equal(t, hypervisor.PowerStarting, st.Power)

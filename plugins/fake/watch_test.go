@@ -21,7 +21,7 @@ func TestWatchSendsTheCurrentStatusFirst(t *testing.T) {
 
 func TestWatchFollowsAStartThroughToRunning(t *testing.T) {
 	t.Parallel()
-	d := newFake(t, "[timing]\nstart = \"100ms\"\n[vms.a]")
+	d := newFake(t, "[timing]\nstart = \"500ms\"\n[vms.a]")
 	ch, err := d.Watch(testCtx(t), "a")
 	require.NoError(t, err)
 	assert.Equal(t, hypervisor.PowerOff, (<-ch).Power)
@@ -30,7 +30,7 @@ func TestWatchFollowsAStartThroughToRunning(t *testing.T) {
 	assert.Equal(t, hypervisor.PowerStarting, starting.Power, "a change an operation made")
 	running := <-ch
 	assert.Equal(t, hypervisor.PowerRunning, running.Power, "a transition that fell due")
-	assert.GreaterOrEqual(t, running.StateChanged.Sub(starting.StateChanged), 100*time.Millisecond)
+	assert.GreaterOrEqual(t, running.StateChanged.Sub(starting.StateChanged), 500*time.Millisecond)
 }
 
 func TestWatchReportsARestoredSnapshot(t *testing.T) {
