@@ -63,13 +63,17 @@ func explore(t *testing.T, target conformance.Target, bound time.Duration) *conf
 	return rep.Model
 }
 
-// The reference driver keeps the model: random sequences for a while,
-// none deviates. The figure is the model's speed on this machine, as it
-// happens to be loaded: reported, not asserted.
+// The reference driver keeps the model: random sequences for a while
+// (20 s, 8 s under -short), none deviates. The figure is the model's speed
+// on this machine, as it happens to be loaded: reported, not asserted.
 func TestTheFakeKeepsTheModel(t *testing.T) {
 	t.Parallel()
+	span := 20 * time.Second
+	if testing.Short() {
+		span = 8 * time.Second
+	}
 	m := explore(t, modelTarget(conformance.InProcess("fake", fake.New, modelWorld("")),
-		conformance.Exploration{Duration: 20 * time.Second}), 2*time.Minute)
+		conformance.Exploration{Duration: span}), 2*time.Minute)
 	t.Log(m.Summary())
 	if m.Deviation != nil {
 		t.Errorf("the reference fake deviates from the model: %s\n%s", m.Deviation, strings.Join(m.Deviation.Log, "\n"))

@@ -26,7 +26,13 @@ func TestTheModelOnTheSimulator(t *testing.T) {
 		}
 		logs := &plugintest.Buffer{}
 		target := suiteTarget(t, suiteWorld(t, p), logs)
-		target.Model = conformance.Exploration{Duration: 30 * time.Second}
+		// Each step runs VBoxManage a few times: 30 s of exploration, 10 s
+		// in the inner loop (-short).
+		span := 30 * time.Second
+		if testing.Short() {
+			span = 10 * time.Second
+		}
+		target.Model = conformance.Exploration{Duration: span}
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 		defer cancel()
 		rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(string) bool { return false }})

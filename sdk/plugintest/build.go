@@ -10,13 +10,17 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 )
 
 // Build compiles the main package pkg (an import path, or a directory
 // relative to the caller's working directory) into dir and returns the
 // executable's path. The go command's build cache makes repeated builds
-// cheap. extraFlags go to `go build`, e.g. "-race".
+// cheap. extraFlags go to `go build`, e.g. "-race". Without -race the
+// executable is built with CGO_ENABLED=0, as `make build` builds the
+// project's own: a static executable starts in about half the time of
+// one the dynamic loader links first, and tests start thousands.
 func Build(dir, pkg string, extraFlags ...string) (string, error) {
 	goCmd := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if _, err := os.Stat(goCmd); err != nil {
@@ -31,6 +35,9 @@ func Build(dir, pkg string, extraFlags ...string) (string, error) {
 	out := filepath.Join(dir, name)
 	args := append([]string{"build", "-o", out}, extraFlags...)
 	cmd := exec.Command(goCmd, append(args, pkg)...)
+	if !slices.Contains(extraFlags, "-race") {
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	}
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {

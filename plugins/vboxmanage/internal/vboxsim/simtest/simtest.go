@@ -35,6 +35,9 @@ func Build(tb testing.TB) string {
 		}
 		buildBin = filepath.Join(buildDir, "vboxsim")
 		cmd := exec.Command(goTool(), "build", "-o", buildBin, pkg)
+		// Static: the driver runs the simulator thousands of times in a
+		// test, and the dynamic loader would nearly double each start.
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		var out bytes.Buffer
 		cmd.Stdout, cmd.Stderr = &out, &out
 		if err := cmd.Run(); err != nil {
