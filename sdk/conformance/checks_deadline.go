@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -135,22 +136,24 @@ func (p *probe) lateness(op, vm string) bool {
 				what, vm, late.Round(time.Millisecond))
 			return true
 		}
-		var unanswered, unreached []string
-		for _, c := range calls {
-			switch t, seen := d.Tagged[c.tag]; {
-			case !seen:
-				unreached = append(unreached, c.op)
-			case !t.Answered:
-				unanswered = append(unanswered, c.op)
-			}
+		tags := make([]string, len(calls))
+		for i, c := range calls {
+			tags[i] = c.tag
 		}
+		unanswered, unreached := pendingTags(d, tags)
 		if d.Tagged != nil && len(unanswered)+len(unreached) == 0 {
 			return true
 		}
 		if !time.Now().Before(bound) {
 			if len(unreached) > 0 && d.Tagged != nil {
+				var ops []string
+				for _, c := range calls {
+					if slices.Contains(unreached, c.tag) {
+						ops = append(ops, c.op)
+					}
+				}
 				p.Logf("%s of %q under a %s deadline never reached the driver: how late it answers was not judged",
-					strings.Join(unreached, ", "), vm, p.s.timing.Deadline)
+					strings.Join(ops, ", "), vm, p.s.timing.Deadline)
 			}
 			return len(unreached) == 0 || d.Tagged == nil
 		}
@@ -159,6 +162,20 @@ func (p *probe) lateness(op, vm string) bool {
 			p.outOfTime("reading how late the driver answered")
 		}
 	}
+}
+
+// pendingTags sorts tags by what the SDK's record d says of them: the
+// calls the driver has not answered yet, and those that never reached it.
+func pendingTags(d sdk.Diagnostics, tags []string) (unanswered, unreached []string) {
+	for _, tag := range tags {
+		switch c, seen := d.Tagged[tag]; {
+		case !seen:
+			unreached = append(unreached, tag)
+		case !c.Answered:
+			unanswered = append(unanswered, tag)
+		}
+	}
+	return unanswered, unreached
 }
 
 // outOfTime fails a check whose own bound ended while it was still to

@@ -575,15 +575,8 @@ func (q *sequence) quietly(v *vmModel) {
 // answered reports whether the SDK's record says the driver answered
 // every call of tags; a record without tags (an older SDK) says nothing.
 func answered(d sdk.Diagnostics, tags []string) bool {
-	if d.Tagged == nil {
-		return false
-	}
-	for _, tag := range tags {
-		if !d.Tagged[tag].Answered {
-			return false
-		}
-	}
-	return true
+	unanswered, unreached := pendingTags(d, tags)
+	return d.Tagged != nil && len(unanswered)+len(unreached) == 0
 }
 
 // cutShort reports whether r is an answer at a short deadline, whose
