@@ -45,7 +45,7 @@ func (d *Driver) Stop(ctx context.Context, name string, method hypervisor.StopMe
 		}
 		m, err := d.monitor(ctx, hypervisor.OpStop, v)
 		if err != nil {
-			return err
+			return d.unlessExiting(ctx, v, err)
 		}
 		defer m.Close()
 		if err := m.Execute(ctx, "system_powerdown", nil, nil); err != nil {
@@ -64,7 +64,7 @@ func (d *Driver) Stop(ctx context.Context, name string, method hypervisor.StopMe
 func (d *Driver) powerOff(ctx context.Context, v *vm, pid int) error {
 	m, err := d.monitor(ctx, hypervisor.OpStop, v)
 	if err != nil {
-		return err
+		return d.unlessExiting(ctx, v, err)
 	}
 	defer m.Close()
 	if v.OnPoweroff == onPoweroffPreserve {
@@ -94,6 +94,20 @@ func (d *Driver) powerOff(ctx context.Context, v *vm, pid int) error {
 	}
 	d.log.Warn("QEMU did not exit after quit; killing it", "vm", v.name, "pid", pid, "waited", d.cfg.Timeouts.Stop)
 	return d.killProcess(ctx, v, pid)
+}
+
+// unlessExiting answers a stop whose QMP socket could not be reached: a
+// QEMU on its way out after the guest shut down (a stop ladder's power-off
+// sent while the ACPI shutdown it follows completes) closes its socket
+// before its process is gone, and then there is nothing left to stop
+// (§5.2, §5.5). Any other failure, or a process still there after
+// timeouts.stop, is the stop's answer.
+func (d *Driver) unlessExiting(ctx context.Context, v *vm, err error) error {
+	if hypervisor.CodeOf(err) != hypervisor.CodeFailed || !d.waitGone(ctx, v, d.cfg.Timeouts.Stop) {
+		return err
+	}
+	d.log.Info("VM exited by itself as it was being stopped", "vm", v.name, "qmp", err)
+	return nil
 }
 
 // killProcess SIGKILLs the VM's QEMU process and waits, within ctx, until
