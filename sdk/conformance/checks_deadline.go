@@ -520,6 +520,17 @@ func (p *probe) overlap(vms []string) {
 		return
 	}
 	longer, shorter := max(alone[0], alone[1]), min(alone[0], alone[1])
+	if both > longer+shorter*3/4 {
+		// Two more timings before a verdict: a busy machine's disk or CPU
+		// can put two restores one after the other for a while (QEMU's,
+		// beside stress-ng and the rest of make test), but a driver that
+		// makes one VM wait does it every time.
+		again, ok := shortest(func() error { return together(vms, func(vm string) error { return restores(vm, n) }) })
+		if !ok {
+			return
+		}
+		both = min(both, again)
+	}
 	p.Logf("%d restores: %s alone took %s, %s alone %s, both at once %s", n, vms[0], alone[0].Round(time.Millisecond),
 		vms[1], alone[1].Round(time.Millisecond), both.Round(time.Millisecond))
 	if both > longer+shorter*3/4 {
