@@ -74,14 +74,18 @@ soak: build
 	SANDBOX_SOAK=1 $(GO) test -race -count=1 -timeout 45m -run '^TestChaos$$' -v ./cmd/sandbox/
 
 # Every fuzz target (func FuzzX in a _test.go file) for FUZZTIME, one after
-# the other; a failing input lands in the package's testdata/fuzz.
+# the other; a failing input lands in the package's testdata/fuzz. A run
+# that fails with no failing input kept (the engine's own trouble, seen
+# once in CI) shows its output and runs once more.
 fuzz:
 	@grep -rHo --include='*_test.go' '^func Fuzz[A-Za-z0-9_]*' core plugins sdk cmd | \
 	while IFS=: read -r file fn; do \
 		target=$${fn#func }; pkg=./$$(dirname "$$file"); \
 		echo "$(GO) test -run '^$$' -fuzz '^$$target\$$' -fuzztime $(FUZZTIME) $$pkg"; \
-		$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg >/dev/null || \
-			{ $(GO) test -run "^$$target\$$" $$pkg; exit 1; }; \
+		run() { $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s $$pkg 2>&1; }; \
+		out=$$(run) || { echo "$$out" | tail -20; $(GO) test -run "^$$target\$$" $$pkg || exit 1; \
+			echo "make fuzz: $$target failed with no failing input kept (the fuzzing engine's own trouble); once more"; \
+			out=$$(run) || { echo "$$out" | tail -20; exit 1; }; }; \
 	done
 
 # The QEMU driver's test guest (docs/qemu.md), built from Debian's packages
