@@ -202,7 +202,10 @@ func TestAStopMeetingAnExitingQEMUSucceeds(t *testing.T) {
 	t.Parallel()
 	r := newRig(t, guestVM("vm1", "ready"))
 	r.config = strings.Replace(r.config, "monitor = \"2s\"\n", "monitor = \"2s\"\nstop = \"2s\"\n", 1)
-	d := r.driver(t)
+	logs := &plugintest.Buffer{}
+	d, closeFn, err := r.connector(t, logs)(context.Background())
+	require.NoError(t, err)
+	t.Cleanup(closeFn)
 	ctx := plugintest.Context(t, 2*time.Minute)
 	require.NoError(t, d.Start(ctx, "vm1"))
 	waitFor(t, d, "vm1", time.Minute, "running", func(st hypervisor.Status) bool { return st.Power == hypervisor.PowerRunning })
@@ -217,13 +220,22 @@ func TestAStopMeetingAnExitingQEMUSucceeds(t *testing.T) {
 	assert.ErrorIs(t, err, hypervisor.ErrFailed, "QEMU stays: %v", err)
 	assert.ErrorContains(t, err, "cannot reach the VM's QMP socket")
 
+	// QEMU is ended once the second stop waits for it, not after a fixed
+	// time: on a busy machine the stop could find it gone already, and
+	// succeed without the wait under test.
+	waiting := strings.Count(logs.String(), "waiting for QEMU to exit by itself")
 	exited := make(chan error, 1)
 	go func() {
-		time.Sleep(500 * time.Millisecond) // the stop is waiting by then, or finds QEMU gone: either way it succeeds
+		for strings.Count(logs.String(), "waiting for QEMU to exit by itself") == waiting && ctx.Err() == nil {
+			time.Sleep(10 * time.Millisecond)
+		}
 		exited <- syscall.Kill(pid, syscall.SIGTERM)
 	}()
 	require.NoError(t, d.Stop(ctx, "vm1", hypervisor.StopPowerOff), "QEMU left while the stop waited")
 	require.NoError(t, <-exited)
+	// The plugin's log reaches the host through a pipe, after the answer.
+	assert.Eventually(t, func() bool { return strings.Contains(logs.String(), "VM exited by itself as it was being stopped") },
+		10*time.Second, 10*time.Millisecond, "the stop succeeded through the wait for QEMU to exit")
 	st, err := d.Status(ctx, "vm1")
 	require.NoError(t, err)
 	assert.True(t, st.Power.IsOff(), "%+v", st)

@@ -103,7 +103,13 @@ func (d *Driver) powerOff(ctx context.Context, v *vm, pid int) error {
 // (§5.2, §5.5). Any other failure, or a process still there after
 // timeouts.stop, is the stop's answer.
 func (d *Driver) unlessExiting(ctx context.Context, v *vm, err error) error {
-	if hypervisor.CodeOf(err) != hypervisor.CodeFailed || !d.waitGone(ctx, v, d.cfg.Timeouts.Stop) {
+	if hypervisor.CodeOf(err) != hypervisor.CodeFailed {
+		return err
+	}
+	// Said before the wait, which may last timeouts.stop: why a stop is
+	// taking that long.
+	d.log.Debug("QMP socket unreachable: waiting for QEMU to exit by itself", "vm", v.name, "within", d.cfg.Timeouts.Stop.String(), "qmp", err)
+	if !d.waitGone(ctx, v, d.cfg.Timeouts.Stop) {
 		return err
 	}
 	d.log.Info("VM exited by itself as it was being stopped", "vm", v.name, "qmp", err)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -147,10 +146,8 @@ func (p *probe) lateness(op, vm string) bool {
 		if !time.Now().Before(bound) {
 			if len(unreached) > 0 && d.Tagged != nil {
 				var ops []string
-				for _, c := range calls {
-					if slices.Contains(unreached, c.tag) {
-						ops = append(ops, c.op)
-					}
+				for _, i := range unreached {
+					ops = append(ops, calls[i].op)
 				}
 				p.Logf("%s of %q under a %s deadline never reached the driver: how late it answers was not judged",
 					strings.Join(ops, ", "), vm, p.s.timing.Deadline)
@@ -165,14 +162,15 @@ func (p *probe) lateness(op, vm string) bool {
 }
 
 // pendingTags sorts tags by what the SDK's record d says of them: the
-// calls the driver has not answered yet, and those that never reached it.
-func pendingTags(d sdk.Diagnostics, tags []string) (unanswered, unreached []string) {
-	for _, tag := range tags {
+// calls the driver has not answered yet, and those that never reached it,
+// each given by its index in tags.
+func pendingTags(d sdk.Diagnostics, tags []string) (unanswered, unreached []int) {
+	for i, tag := range tags {
 		switch c, seen := d.Tagged[tag]; {
 		case !seen:
-			unreached = append(unreached, tag)
+			unreached = append(unreached, i)
 		case !c.Answered:
-			unanswered = append(unanswered, tag)
+			unanswered = append(unanswered, i)
 		}
 	}
 	return unanswered, unreached
