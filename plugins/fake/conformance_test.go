@@ -129,8 +129,7 @@ func collect(t *testing.T, target conformance.Target) *conformance.Report {
 // checks are skipped for capabilities it cannot declare.
 func TestTheFakePluginPassesTheSuite(t *testing.T) {
 	t.Parallel()
-	bin, err := plugintest.Build(t.TempDir(), "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
-	require.NoError(t, err)
+	bin := fakeBinary(t)
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -167,8 +166,7 @@ func TestTheFakePluginPassesTheSuite(t *testing.T) {
 // with its answers, and the plugin says so in the host's log.
 func TestAPluginThatLeavesItsWatchOpenFailsTheWatchCheck(t *testing.T) {
 	t.Parallel()
-	bin, err := plugintest.Build(t.TempDir(), "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
-	require.NoError(t, err)
+	bin := fakeBinary(t)
 	dir := t.TempDir()
 	logs := &plugintest.Buffer{}
 	target := suiteTarget(host.Connect(host.Launch{

@@ -5,6 +5,8 @@ import (
 	"os"
 	"testing"
 
+	"github.com/stretchr/testify/require"
+
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
@@ -14,5 +16,18 @@ import (
 func TestMain(m *testing.M) {
 	flag.Parse()
 	plugintest.WaitingParallel(4)
-	os.Exit(m.Run())
+	code := m.Run()
+	_ = programs.Close()
+	os.Exit(code)
+}
+
+// programs holds the plugin binary, built once for the package's tests.
+var programs plugintest.Cache
+
+// fakeBinary is the fake's plugin binary.
+func fakeBinary(t testing.TB) string {
+	t.Helper()
+	p, err := programs.Path("github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
+	require.NoError(t, err)
+	return p
 }

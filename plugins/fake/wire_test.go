@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,31 +14,10 @@ import (
 	"github.com/sandboxhq/sandbox/core/config"
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
-	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 // These tests run the fake as the real plugin binary, through the plugin
 // host and the gRPC adapters, the way every other part of sandbox uses it.
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-)
-
-func fakeBinary(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "fake-wire-test")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binPath, binErr = plugintest.Build(dir, "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
-	})
-	require.NoError(t, binErr)
-	return binPath
-}
 
 func wirePlugin(t *testing.T, table string) *host.Plugin {
 	t.Helper()

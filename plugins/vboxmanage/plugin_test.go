@@ -1,9 +1,7 @@
 package vboxmanage_test
 
 import (
-	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -33,53 +31,17 @@ const (
 
 // programs are the executables the end-to-end tests run, each built once
 // per test process on first use (benchmarks build none) into one
-// directory that TestMain removes. Each package has its own lock, so that
-// a test that needs the plugin does not wait behind the CLI's build.
+// directory that TestMain removes.
 var programs builds
 
-type builds struct {
-	mu   sync.Mutex
-	dir  string
-	pkgs map[string]*build
-}
-
-// build is one package's executable, built once.
-type build struct {
-	once sync.Once
-	path string
-	err  error
-}
+type builds struct{ plugintest.Cache }
 
 // path builds pkg on first use and returns its executable.
 func (b *builds) path(t testing.TB, pkg string) string {
 	t.Helper()
-	b.mu.Lock()
-	if b.dir == "" {
-		dir, err := os.MkdirTemp("", "vboxmanage-e2e-")
-		if err != nil {
-			b.mu.Unlock()
-			t.Fatal(err)
-		}
-		b.dir, b.pkgs = dir, map[string]*build{}
-	}
-	one, ok := b.pkgs[pkg]
-	if !ok {
-		one = &build{}
-		b.pkgs[pkg] = one
-	}
-	dir := b.dir
-	b.mu.Unlock()
-	one.once.Do(func() { one.path, one.err = plugintest.Build(dir, pkg) })
-	require.NoError(t, one.err)
-	return one.path
-}
-
-func (b *builds) remove() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.dir != "" {
-		_ = os.RemoveAll(b.dir)
-	}
+	p, err := b.Path(pkg)
+	require.NoError(t, err)
+	return p
 }
 
 // pluginStartTimeout is the plugins' start_timeout in these tests: no test

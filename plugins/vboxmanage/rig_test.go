@@ -33,7 +33,7 @@ func TestMain(m *testing.M) {
 	plugintest.WaitingParallel(8)
 	code := m.Run()
 	simtest.Cleanup()
-	programs.remove()
+	_ = programs.Close()
 	os.Exit(code)
 }
 
