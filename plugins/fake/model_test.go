@@ -83,8 +83,8 @@ func TestTheFakeKeepsTheModel(t *testing.T) {
 	assert.Positive(t, m.Operations)
 }
 
-// modelExtra is what the model needs of the fake's world beyond what the
-// suite's checks do, by violation mode.
+// modelExtra is what the model needs of the fake's world instead of what
+// the suite's checks do (violationCases' extra), by violation mode.
 // Each widens the moment the mode's lie lasts, so that shortening the
 // sequence, try after try on a busy machine, keeps showing it.
 var modelExtra = map[fake.Violation]string{
@@ -138,7 +138,11 @@ var slowTries = []fake.Violation{fake.ViolationStatusLocks, fake.ViolationWatchS
 // rapid's shortening early: its seed draws it again, for up to two more
 // tries.
 func catch(vc violationCase) (*conformance.Report, error) {
-	world := modelWorld(fmt.Sprintf("violations = [%q]\n%s%s", vc.violation, vc.extra, modelExtra[vc.violation]))
+	extra, ok := modelExtra[vc.violation]
+	if !ok {
+		extra = vc.extra
+	}
+	world := modelWorld(fmt.Sprintf("violations = [%q]\n%s", vc.violation, extra))
 	shrink := time.Minute
 	if slices.Contains(slowTries, vc.violation) {
 		shrink = 3 * time.Minute
