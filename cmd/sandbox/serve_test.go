@@ -69,6 +69,12 @@ type server struct {
 
 var listening = regexp.MustCompile(`listening on (http://\S+)`)
 
+// serveListens bounds the wait for a service to listen: a bound for one
+// that never does, not a speed. Beside stress-ng, three services starting
+// on one PostgreSQL spent 2 s on each River migration, and one had not
+// listened after 30 s.
+const serveListens = 2 * time.Minute
+
 // startServe starts `sandbox serve` in dir and waits until it listens.
 func startServe(t testing.TB, dir string, args ...string) *server {
 	t.Helper()
@@ -103,8 +109,8 @@ func startServeCmd(t testing.TB, cmd *exec.Cmd) *server {
 	case s.url = <-urls:
 	case <-s.done:
 		t.Fatalf("sandbox serve ended before it listened:\n%s", s.logs())
-	case <-time.After(30 * time.Second):
-		t.Fatalf("sandbox serve did not listen within 30s:\n%s", s.logs())
+	case <-time.After(serveListens):
+		t.Fatalf("sandbox serve did not listen within %s:\n%s", serveListens, s.logs())
 	}
 	return s
 }
