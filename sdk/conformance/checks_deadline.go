@@ -76,18 +76,34 @@ func (p *probe) timely(name, vm string, op func(ctx context.Context) error) erro
 	d := p.s.timing.Deadline
 	ctx, cancel := context.WithTimeout(p.ctx, d)
 	defer cancel()
+	tag := ""
 	if vm != "" {
 		ctx = p.tagged(ctx, strings.ToLower(name), vm)
+		tag = p.short[len(p.short)-1].tag
 	}
 	var err error
 	took := timed(func() { err = op(ctx) })
 	if took > d+p.s.timing.Margin {
 		p.Errorf("%s with a %s deadline answered after %s", name, d, took.Round(time.Millisecond))
 	}
-	if err != nil && took >= d && hypervisor.CodeOf(err) != hypervisor.CodeTimeout {
+	if err != nil && took >= d && hypervisor.CodeOf(err) != hypervisor.CodeTimeout && !p.answeredWithin(tag, d) {
 		p.Errorf("%s answered after its %s deadline with %s, want timeout: %v", name, d, hypervisor.CodeOf(err), err)
 	}
 	return err
+}
+
+// answeredWithin reports whether the SDK says the driver answered the
+// call tagged tag within d by its own time: an error it gave then is its
+// answer, which a busy machine delivered after the caller's deadline
+// (beside stress-ng, an Unlock refused at once reached the caller after
+// its 200 ms).
+func (p *probe) answeredWithin(tag string, d time.Duration) bool {
+	diag := p.s.diagnostics()
+	if diag == nil || tag == "" {
+		return false
+	}
+	c, ok := diag().Tagged[tag]
+	return ok && c.Answered && c.Took < d
 }
 
 // tagged returns ctx with a fresh tag for a call of op on vm, and keeps
