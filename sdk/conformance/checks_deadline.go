@@ -78,40 +78,39 @@ func (p *probe) timely(name, vm string, op func(ctx context.Context) error) erro
 	defer cancel()
 	tag := ""
 	if vm != "" {
-		ctx = p.tagged(ctx, strings.ToLower(name), vm)
-		tag = p.short[len(p.short)-1].tag
+		ctx, tag = p.tagged(ctx, strings.ToLower(name), vm)
 	}
 	var err error
 	took := timed(func() { err = op(ctx) })
 	if took > d+p.s.timing.Margin {
 		p.Errorf("%s with a %s deadline answered after %s", name, d, took.Round(time.Millisecond))
 	}
-	if err != nil && took >= d && hypervisor.CodeOf(err) != hypervisor.CodeTimeout && !p.answeredWithin(tag, d) {
+	if own, ok := p.driverTook(tag); err != nil && took >= d && hypervisor.CodeOf(err) != hypervisor.CodeTimeout && !(ok && own < d) {
 		p.Errorf("%s answered after its %s deadline with %s, want timeout: %v", name, d, hypervisor.CodeOf(err), err)
 	}
 	return err
 }
 
-// answeredWithin reports whether the SDK says the driver answered the
-// call tagged tag within d by its own time: an error it gave then is its
-// answer, which a busy machine delivered after the caller's deadline
-// (beside stress-ng, an Unlock refused at once reached the caller after
-// its 200 ms).
-func (p *probe) answeredWithin(tag string, d time.Duration) bool {
+// driverTook is the driver's own time for the call tagged tag, known
+// (ok) when the SDK reports it and the driver answered. An error the
+// driver gave within a caller's deadline by its own time is its answer,
+// which a busy machine may deliver after the deadline (beside stress-ng,
+// an Unlock refused at once reached the caller after its 200 ms).
+func (p *probe) driverTook(tag string) (time.Duration, bool) {
 	diag := p.s.diagnostics()
 	if diag == nil || tag == "" {
-		return false
+		return 0, false
 	}
 	c, ok := diag().Tagged[tag]
-	return ok && c.Answered && c.Took < d
+	return c.Took, ok && c.Answered
 }
 
-// tagged returns ctx with a fresh tag for a call of op on vm, and keeps
-// it for lateness.
-func (p *probe) tagged(ctx context.Context, op, vm string) context.Context {
+// tagged returns ctx with a fresh tag for a call of op on vm, and the
+// tag, which it keeps for lateness.
+func (p *probe) tagged(ctx context.Context, op, vm string) (context.Context, string) {
 	c := shortCall{tag: p.s.tag(), op: op, vm: vm}
 	p.short = append(p.short, c)
-	return sdk.TagCall(ctx, c.tag)
+	return sdk.TagCall(ctx, c.tag), c.tag
 }
 
 // lateness fails the check if the driver itself answered a call of op
@@ -364,7 +363,7 @@ func checkExecContext(p *probe) {
 	d := p.execTimeout()
 	ctx, cancel := context.WithTimeout(p.ctx, d)
 	defer cancel()
-	ctx = p.tagged(ctx, hypervisor.OpExec, vm)
+	ctx, _ = p.tagged(ctx, hypervisor.OpExec, vm)
 	var err error
 	took := timed(func() { _, err = p.d().Exec(ctx, vm, req) })
 	p.code(err, hypervisor.CodeTimeout, "Exec %s %v under a %s deadline", req.Path, req.Args, d)
@@ -459,7 +458,6 @@ func (p *probe) overlap(vms []string) {
 			return
 		}
 	}
-	diag := p.s.diagnostics()
 	// restore restores vm until it settled and returns the driver's own
 	// time for it, known when the SDK reports it.
 	restore := func(vm string) (own time.Duration, known bool, err error) {
@@ -470,11 +468,11 @@ func (p *probe) overlap(vms []string) {
 		}
 		if _, err = p.s.waitFor(p.ctx, vm, p.s.timing.Settle, "off", func(st hypervisor.Status) bool {
 			return st.Power.IsOff() && isSettled(st)
-		}); err != nil || diag == nil {
+		}); err != nil {
 			return 0, false, err
 		}
-		c, ok := diag().Tagged[tag]
-		return c.Took, ok && c.Answered, nil
+		own, known = p.driverTook(tag)
+		return own, known, nil
 	}
 	// timing is what restores of some VMs at once took: per VM, the
 	// suite's time from their common start until that VM settled and the
