@@ -226,3 +226,47 @@ func TestASeedDrawsTheSameSteps(t *testing.T) {
 	assert.Equal(t, first, run(11))
 	assert.NotEqual(t, first, run(12))
 }
+
+// selfStopping is a guest that powers itself off just as a Start of it
+// arrives, or, restarting, a driver whose Start of a running VM starts it
+// again (§4.2).
+type selfStopping struct {
+	stub
+	restart bool
+}
+
+func (s *selfStopping) Start(ctx context.Context, vm string) error {
+	s.mu.Lock()
+	if s.running && vm == "vm" {
+		// The guest (or, restarting, the driver) took it down meanwhile.
+		s.running, s.changed = false, time.Now()
+		if s.restart {
+			s.running = true
+		}
+		s.mu.Unlock()
+		return nil
+	}
+	s.mu.Unlock()
+	return s.stub.Start(ctx, vm)
+}
+
+// A VM found running that is off right after a Start went off by its own
+// doing (a start takes no VM off); one the Start began again broke §4.2.
+func TestAStartDoesNotOwnAGuestPoweringItselfOff(t *testing.T) {
+	for _, restart := range []bool{false, true} {
+		target := stubTarget()
+		target.Connect = InProcess("stub", func(sdk.Config, hclog.Logger) (hypervisor.Driver, error) {
+			return &selfStopping{stub: stub{changed: time.Now()}, restart: restart}, nil
+		}, "")
+		steps, err := ParseScript("start vm settled\nstart vm\nstart vm settled\nstart vm\n")
+		require.NoError(t, err)
+		d, err := Replay(context.Background(), target, steps)
+		require.NoError(t, err)
+		if !restart {
+			assert.Nil(t, d, "a guest that powered itself off is not the start's doing: %v", d)
+			continue
+		}
+		require.NotNil(t, d, "a start that began a running VM again")
+		assert.Equal(t, []string{"§4.2"}, d.Rules)
+	}
+}

@@ -986,6 +986,14 @@ func (q *sequence) post(st Step, v *vmModel, b pre, r result, after hypervisor.S
 	switch st.Op {
 	case stepStart:
 		if b.running && !b.mayOff {
+			if after.Power.IsOff() {
+				// A start never takes a VM off; a guest may power itself
+				// off at any time (as spontaneous allows), and a stop the
+				// model lost track of (one whose process took long to
+				// exit on a busy machine) may end now.
+				q.logf("the VM %s went off during a Start that found it running: not the start's doing", v.name)
+				return nil
+			}
 			// One what for both: which of the two shows depends on how soon
 			// the status is read.
 			if after.Power != hypervisor.PowerRunning ||
@@ -1168,6 +1176,9 @@ func (q *sequence) effects(st Step, v *vmModel, b pre, r result, after hyperviso
 			// before, it runs now. (One that found it running did nothing,
 			// and a stop under way goes on.)
 			v.stopDue, v.unlockDue, v.acpi = time.Time{}, time.Time{}, false
+		}
+		if b.running && after.Power.IsOff() {
+			q.powered(v, after) // it went off by itself meanwhile
 		}
 		if b.off || b.mayOff {
 			v.cleanAt, v.stopped, v.sticky = "", false, false
