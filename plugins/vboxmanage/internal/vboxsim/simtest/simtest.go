@@ -4,65 +4,35 @@ package simtest
 
 import (
 	"bytes"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"sync"
 	"testing"
 
 	"github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim"
+	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
 const pkg = "github.com/sandboxhq/sandbox/plugins/vboxmanage/internal/vboxsim/cmd/vboxsim"
 
-var (
-	buildOnce sync.Once
-	buildDir  string
-	buildBin  string
-	buildErr  error
-)
+// built holds the simulator, built once per test process. Static, as
+// plugintest builds it: the driver runs the simulator thousands of times
+// in a test, and the dynamic loader would nearly double each start.
+var built plugintest.Cache
 
 // Build compiles the simulator once per test process and returns the
 // executable's path. Call Cleanup from TestMain to remove it.
 func Build(tb testing.TB) string {
 	tb.Helper()
-	buildOnce.Do(func() {
-		buildDir, buildErr = os.MkdirTemp("", "vboxsim-")
-		if buildErr != nil {
-			return
-		}
-		buildBin = filepath.Join(buildDir, "vboxsim")
-		cmd := exec.Command(goTool(), "build", "-o", buildBin, pkg)
-		// Static: the driver runs the simulator thousands of times in a
-		// test, and the dynamic loader would nearly double each start.
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Run(); err != nil {
-			buildErr = errors.New("building the simulator: " + err.Error() + "\n" + out.String())
-		}
-	})
-	if buildErr != nil {
-		tb.Fatal(buildErr)
+	bin, err := built.Path(pkg)
+	if err != nil {
+		tb.Fatal("building the simulator: " + err.Error())
 	}
-	return buildBin
+	return bin
 }
 
 // Cleanup removes what Build compiled.
-func Cleanup() {
-	if buildDir != "" {
-		_ = os.RemoveAll(buildDir)
-	}
-}
-
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(runtime.GOROOT(), "bin", "go")
-}
+func Cleanup() { _ = built.Close() }
 
 // Sim is one simulated host: an executable named like VBoxManage on that
 // host and a world in its own VBOX_USER_HOME.
