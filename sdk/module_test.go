@@ -41,6 +41,13 @@ func TestADriverModuleDependsOnACommitOrACheckout(t *testing.T) {
 	require.NotNil(t, goDirective)
 	modcache, err := exec.Command("go", "env", "GOMODCACHE").Output()
 	require.NoError(t, err)
+	// The module cache stands in for the module proxy below, and a
+	// driver's go mod tidy needs every module of the build list, tests of
+	// dependencies included; building this module fetched only those its
+	// own packages import.
+	if out, err := exec.Command("go", "mod", "download", "all").CombinedOutput(); err != nil {
+		t.Fatalf("go mod download all (this test uses the module cache as a driver's module proxy): %v\n%s", err, out)
+	}
 
 	// The layout the page's commands assume: sandbox's checkout beside the
 	// driver's module.
