@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	golibvirt "github.com/digitalocean/go-libvirt"
@@ -130,9 +131,25 @@ func (d *Driver) agentFor(ctx context.Context, op, name string) (*agent, func(),
 	// connected"); a ping the deadline cut has none.
 	msg := fmt.Sprintf("the guest agent did not answer within %s", d.cfg.Guest.ReadyWait)
 	if !errors.Is(err, context.DeadlineExceeded) {
-		msg += ": " + messageOf(err)
+		msg += ": " + agentWord(messageOf(err))
 	}
 	return nil, nil, &hypervisor.Error{Code: hypervisor.CodeInvalidState, Op: op, VM: name, Message: msg, Err: err}
+}
+
+// agentBroken is libvirt's word for an agent channel it gave up on: its
+// connection failed, or the agent sent what libvirt could not parse.
+// libvirt clears it only when the guest's agent closes its port (an
+// agent restarting in the guest) or the domain starts again.
+const agentBroken = "not available due to an error"
+
+// agentWord is libvirt's last word on the agent, with what to do when
+// libvirt gave up on the channel.
+func agentWord(msg string) string {
+	if strings.Contains(msg, agentBroken) {
+		msg += " (libvirt gave up on this domain's agent channel until the guest's agent reconnects or the domain " +
+			"starts again: restart the guest's agent, or stop the VM and start it again; `sandbox vm cleanup` stops and restores it)"
+	}
+	return msg
 }
 
 // agentPoll paces the pings of an agent that is not ready yet.

@@ -156,3 +156,15 @@ func TestExecOutputIsBounded(t *testing.T) {
 	assert.Equal(t, "0123", string(res.Stdout), "a request's max_output asks for less")
 	assert.True(t, res.StdoutTruncated)
 }
+
+// An agent channel libvirt gave up on comes with what to do, since
+// waiting alone seldom brings it back; libvirt's other words on the agent
+// come as they are.
+func TestABrokenAgentChannelSaysWhatToDo(t *testing.T) {
+	t.Parallel()
+	broken := agentWord("Guest agent is not responding: QEMU guest agent is not available due to an error")
+	assert.True(t, strings.HasPrefix(broken, "Guest agent is not responding: QEMU guest agent is not available due to an error ("), broken)
+	assert.Contains(t, broken, "stop the VM and start it again")
+	assert.Equal(t, "Guest agent is not responding: QEMU guest agent is not connected",
+		agentWord("Guest agent is not responding: QEMU guest agent is not connected"))
+}
