@@ -85,24 +85,10 @@ func (p *probe) timely(name, vm string, op func(ctx context.Context) error) erro
 	if took > d+p.s.timing.Margin {
 		p.Errorf("%s with a %s deadline answered after %s", name, d, took.Round(time.Millisecond))
 	}
-	if own, ok := p.driverTook(tag); err != nil && took >= d && hypervisor.CodeOf(err) != hypervisor.CodeTimeout && !(ok && own < d) {
+	if p.s.wrongCodeAtDeadline(err, took, d, tag) {
 		p.Errorf("%s answered after its %s deadline with %s, want timeout: %v", name, d, hypervisor.CodeOf(err), err)
 	}
 	return err
-}
-
-// driverTook is the driver's own time for the call tagged tag, known
-// (ok) when the SDK reports it and the driver answered. An error the
-// driver gave within a caller's deadline by its own time is its answer,
-// which a busy machine may deliver after the deadline (beside stress-ng,
-// an Unlock refused at once reached the caller after its 200 ms).
-func (p *probe) driverTook(tag string) (time.Duration, bool) {
-	diag := p.s.diagnostics()
-	if diag == nil || tag == "" {
-		return 0, false
-	}
-	c, ok := diag().Tagged[tag]
-	return c.Took, ok && c.Answered
 }
 
 // tagged returns ctx with a fresh tag for a call of op on vm, and the
@@ -471,7 +457,7 @@ func (p *probe) overlap(vms []string) {
 		}); err != nil {
 			return 0, false, err
 		}
-		own, known = p.driverTook(tag)
+		own, known = p.s.driverTook(tag)
 		return own, known, nil
 	}
 	// timing is what restores of some VMs at once took: per VM, the

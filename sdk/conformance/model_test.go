@@ -270,3 +270,48 @@ func TestAStartDoesNotOwnAGuestPoweringItselfOff(t *testing.T) {
 		assert.Equal(t, []string{"§4.2"}, d.Rules)
 	}
 }
+
+// reporting is a driver reached through an SDK that reports what it saw
+// of each tagged call.
+type reporting struct {
+	stub
+	tagged map[string]sdk.TaggedCall
+}
+
+func (r *reporting) Diagnostics() sdk.Diagnostics { return sdk.Diagnostics{Tagged: r.tagged} }
+
+// An error other than timeout that reached the caller after its deadline
+// is the driver's fault unless the driver gave it in time by its own
+// clock, which a busy machine may deliver late; without that clock, only
+// one half the margin late counts. The checks and the model judge it by
+// this one rule.
+func TestAnErrorAtTheDeadlineIsJudgedByTheDriversOwnTime(t *testing.T) {
+	const deadline, margin = 20 * time.Millisecond, 500 * time.Millisecond
+	locked := hypervisor.NewError(hypervisor.CodeLocked, hypervisor.OpStart, "vm", "busy")
+	timeout := hypervisor.NewError(hypervisor.CodeTimeout, hypervisor.OpStart, "vm", "deadline")
+	reported := &session{timing: Timing{Margin: margin}, raw: &reporting{tagged: map[string]sdk.TaggedCall{
+		"in-time": {Answered: true, Took: 15 * time.Millisecond},
+		"late":    {Answered: true, Took: 40 * time.Millisecond},
+		"working": {Late: 30 * time.Millisecond},
+	}}}
+	unreported := &session{timing: Timing{Margin: margin}, raw: &stub{}}
+	for _, c := range []struct {
+		name string
+		s    *session
+		err  error
+		took time.Duration
+		tag  string
+		want bool
+	}{
+		{"given in time, delivered late", reported, locked, 300 * time.Millisecond, "in-time", false},
+		{"given after the deadline", reported, locked, 45 * time.Millisecond, "late", true},
+		{"timeout is the answer wanted", reported, timeout, 45 * time.Millisecond, "late", false},
+		{"no error", reported, nil, 45 * time.Millisecond, "late", false},
+		{"not answered by the driver's record: the caller's clock", reported, locked, 45 * time.Millisecond, "working", false},
+		{"no record, a little late", unreported, locked, 200 * time.Millisecond, "in-time", false},
+		{"no record, half the margin late", unreported, locked, deadline + margin/2, "in-time", true},
+		{"untagged, half the margin late", reported, locked, deadline + margin/2, "", true},
+	} {
+		assert.Equal(t, c.want, c.s.wrongCodeAtDeadline(c.err, c.took, deadline, c.tag), c.name)
+	}
+}

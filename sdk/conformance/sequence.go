@@ -503,9 +503,7 @@ func (q *sequence) timely(st Step, v *vmModel, r result) *Deviation {
 		return deviate(rules("§12.1a"), st.Op+" answered long after its deadline",
 			"%s under a %s deadline answered after %s: %v", st, r.deadline, r.took.Round(time.Millisecond), r.err)
 	}
-	// Late by half the margin at least, so that a busy machine that ran
-	// the caller late after an answer in time is not taken for one.
-	if r.err != nil && r.took >= r.deadline+m/2 && !isCode(r.err, hypervisor.CodeTimeout) && r.short {
+	if r.short && q.x.s.wrongCodeAtDeadline(r.err, r.took, r.deadline, r.tag) {
 		return deviate(rules("§12.1a"), st.Op+" answered at its deadline with another code than timeout",
 			"%s under a %s deadline answered after %s with %s: %v", st, r.deadline, r.took.Round(time.Millisecond), codeName(r.err), r.err)
 	}
