@@ -24,18 +24,15 @@ var sandboxBin, fakeBin string
 func TestMain(m *testing.M) {
 	flag.Parse()
 	plugintest.WaitingParallel(4)
-	dir, err := os.MkdirTemp("", "sandbox-cli-test")
-	if err != nil {
-		panic(err)
-	}
+	var programs plugintest.Cache
 	code := func() int {
-		defer os.RemoveAll(dir)
+		defer programs.Close()
 		var err error
-		if sandboxBin, err = plugintest.Build(dir, "github.com/sandboxhq/sandbox/cmd/sandbox"); err != nil {
+		if sandboxBin, err = programs.Path("github.com/sandboxhq/sandbox/cmd/sandbox"); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		if fakeBin, err = plugintest.Build(dir, "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake"); err != nil {
+		if fakeBin, err = programs.Path("github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake"); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}

@@ -2,10 +2,8 @@ package host_test
 
 import (
 	"context"
-	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,27 +17,17 @@ import (
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
-var (
-	fakeOnce sync.Once
-	fakePath string
-	fakeErr  error
-)
+// programs holds the fake plugin the benchmarks run, built on first use.
+// The benchmarks use the real fake so that they measure what the CLI pays.
+var programs plugintest.Cache
 
-// fakeBinary builds the fake plugin once per benchmark run. The benchmarks
-// use the real fake so that they measure what the CLI pays.
+// fakeBinary is the fake plugin's executable.
 func fakeBinary(b *testing.B) string {
-	fakeOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "sandbox-bench")
-		if err != nil {
-			fakeErr = err
-			return
-		}
-		fakePath, fakeErr = plugintest.Build(dir, "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
-	})
-	if fakeErr != nil {
-		b.Fatal(fakeErr)
+	p, err := programs.Path("github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
+	if err != nil {
+		b.Fatal(err)
 	}
-	return fakePath
+	return p
 }
 
 const benchConfig = "[plugins.fake.config.vms.vm1]\nstate = \"off\"\n"

@@ -59,7 +59,9 @@ func TestMain(m *testing.M) {
 		fmt.Println("connected")
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	_ = programs.Close()
+	os.Exit(code)
 }
 
 // fd1 is the plugin's real stdout, which its go-plugin handshake went to.

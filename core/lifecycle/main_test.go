@@ -23,13 +23,11 @@ import (
 var fakeBin string
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "sandbox-lifecycle-test")
-	if err != nil {
-		panic(err)
-	}
+	var programs plugintest.Cache
 	code := func() int {
-		defer os.RemoveAll(dir)
-		fakeBin, err = plugintest.Build(dir, "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
+		defer programs.Close()
+		var err error
+		fakeBin, err = programs.Path("github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake")
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1

@@ -3,6 +3,7 @@ package plugintest_test
 import (
 	"os"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -11,8 +12,11 @@ import (
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
 
-// A package is built once; Close removes what was built.
-func TestCacheBuildsOnceAndCleansUp(t *testing.T) {
+// A package is built once per Cache, and the test processes of one module
+// share what was built: another Cache (as in another test process) finds
+// the executable up to date and does not link it again, and Close leaves
+// it for the next.
+func TestCacheBuildsOnceAndSharesAcrossProcesses(t *testing.T) {
 	var c plugintest.Cache
 	const pkg = "github.com/sandboxhq/sandbox/plugins/fake/cmd/sandbox-plugin-fake"
 	first, err := c.Path(pkg)
@@ -22,12 +26,27 @@ func TestCacheBuildsOnceAndCleansUp(t *testing.T) {
 	again, err := c.Path(pkg)
 	require.NoError(t, err)
 	assert.Equal(t, first, again)
-	fi2, err := os.Stat(again)
-	require.NoError(t, err)
-	assert.Equal(t, fi.ModTime(), fi2.ModTime(), "not built again")
 	_, err = c.Path("github.com/sandboxhq/sandbox/no/such/package")
 	assert.Error(t, err)
 	require.NoError(t, c.Close())
-	_, err = os.Stat(filepath.Dir(first))
-	assert.ErrorIs(t, err, os.ErrNotExist)
+
+	var other plugintest.Cache
+	defer other.Close()
+	shared, err := other.Path(pkg)
+	require.NoError(t, err)
+	if runtime.GOOS == "windows" {
+		return // no file locks: each Cache builds its own
+	}
+	assert.Equal(t, first, shared, "one executable for the module's test processes")
+	fi2, err := os.Stat(shared)
+	require.NoError(t, err)
+	// A new link would have been renamed into place: another file. (go
+	// build touches an executable it finds up to date, so the time says
+	// nothing.)
+	assert.True(t, os.SameFile(fi, fi2), "linked again")
+
+	// Another set of flags is another executable.
+	other2, err := other.Path(pkg, "-tags=plugintest_other")
+	require.NoError(t, err)
+	assert.NotEqual(t, filepath.Dir(first), filepath.Dir(other2))
 }
