@@ -54,7 +54,7 @@ test: build lint example
 # clients), which -short skips, saying so; the fake's violation test runs
 # only the checks each violation must fail, and the model explorations are
 # shorter. Four test binaries at once, not one per core: much of their time
-# is spent waiting on simulated timings (110 to 126 s on two idle cores).
+# is spent waiting on simulated timings (113 to 116 s on two idle cores).
 # Not after `make build`: the tests build what they run, and linking bin/
 # again after each change would come first, alone.
 test-short:
