@@ -47,6 +47,11 @@ type Diagnostics struct {
 	// deadline whether the driver has the call at all, and when the driver
 	// is done with it, instead of guessing how long to wait.
 	Tagged map[string]TaggedCall `json:"tagged,omitempty"`
+	// KeepsTags says the SDK keeps Tagged: then a tag missing from it never
+	// reached the driver, even when Tagged is empty because none has. An
+	// SDK from before tagged calls sends neither, and its Tagged says
+	// nothing of where a call went.
+	KeepsTags bool `json:"keeps_tags,omitempty"`
 }
 
 // TaggedCall is what the SDK saw of one tagged call.
@@ -144,7 +149,7 @@ type flight struct {
 func (g *diagnostics) snapshot() Diagnostics {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	d := Diagnostics{UnclosedWatches: g.unclosed, Late: maps.Clone(g.late), LateSum: maps.Clone(g.lateSum), Tagged: maps.Clone(g.tagged.calls)}
+	d := Diagnostics{UnclosedWatches: g.unclosed, Late: maps.Clone(g.late), LateSum: maps.Clone(g.lateSum), Tagged: maps.Clone(g.tagged.calls), KeepsTags: true}
 	now := time.Now()
 	for f := range g.inFlight {
 		late := now.Sub(f.deadline)
@@ -306,6 +311,7 @@ func (s *diagStore) note(md metadata.MD) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.d.UnclosedWatches = max(s.d.UnclosedWatches, d.UnclosedWatches)
+	s.d.KeepsTags = s.d.KeepsTags || d.KeepsTags
 	for call, late := range d.Late {
 		if s.d.Late == nil {
 			s.d.Late = map[string]time.Duration{}
@@ -329,7 +335,7 @@ func (s *diagStore) note(md metadata.MD) {
 func (s *diagStore) get() Diagnostics {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Diagnostics{UnclosedWatches: s.d.UnclosedWatches, Late: maps.Clone(s.d.Late), LateSum: maps.Clone(s.d.LateSum), Tagged: maps.Clone(s.tagged.calls)}
+	return Diagnostics{UnclosedWatches: s.d.UnclosedWatches, Late: maps.Clone(s.d.Late), LateSum: maps.Clone(s.d.LateSum), Tagged: maps.Clone(s.tagged.calls), KeepsTags: s.d.KeepsTags}
 }
 
 // header is a call option that hands the call's response header to s once

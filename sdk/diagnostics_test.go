@@ -206,6 +206,19 @@ func TestLateSumGrowsWithEveryLateAnswer(t *testing.T) {
 // while the driver is at it (late by how long so far), answered once it
 // returned; a tag that never reached the driver is missing, and a plugin
 // remembers only the most recent tags, however many a caller sends.
+// A plugin that has seen no tagged call yet still says it keeps the
+// record, so that a caller tells "none of mine reached the driver" from an
+// SDK that keeps none.
+func TestARecordWithNoTaggedCallStillKeepsTags(t *testing.T) {
+	t.Parallel()
+	p := serveUnclosing(t)
+	_, err := p.Status(context.Background(), "a")
+	require.NoError(t, err)
+	d := p.Diagnostics()
+	assert.Empty(t, d.Tagged)
+	assert.True(t, d.KeepsTags)
+}
+
 func TestTaggedCallsAreFollowed(t *testing.T) {
 	t.Parallel()
 	p := serveUnclosing(t)

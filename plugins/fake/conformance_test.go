@@ -17,6 +17,7 @@ import (
 	"github.com/sandboxhq/sandbox/core/host"
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 	"github.com/sandboxhq/sandbox/plugins/fake"
+	"github.com/sandboxhq/sandbox/sdk"
 	"github.com/sandboxhq/sandbox/sdk/conformance"
 	"github.com/sandboxhq/sandbox/sdk/plugintest"
 )
@@ -295,6 +296,52 @@ func TestEachViolationFailsItsChecks(t *testing.T) {
 			}
 		})
 	}
+}
+
+// unreached is a connection on which no call under a short deadline gets
+// through to the plugin, as on a machine so busy that the caller's
+// deadline passes before its call is sent: the caller gets timeout, and
+// the plugin never sees the call.
+type unreached struct {
+	hypervisor.Driver
+	diag func() sdk.Diagnostics
+}
+
+func (u unreached) Diagnostics() sdk.Diagnostics { return u.diag() }
+
+func (u unreached) Restore(ctx context.Context, vm, snapshot string) error {
+	if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < time.Second {
+		<-ctx.Done()
+		return hypervisor.NewError(hypervisor.CodeTimeout, hypervisor.OpRestore, vm, "the call did not reach the plugin: %v", ctx.Err())
+	}
+	return u.Driver.Restore(ctx, vm, snapshot)
+}
+
+// A deadline check none of whose calls reached the driver judged nothing:
+// it is a skip saying so, not a pass, even when no tagged call of the run
+// ever reached the plugin (its SDK's record of tagged calls is then empty,
+// which must not read as an SDK that keeps none). Here the driver ignores
+// deadlines, which the check would fail had one call reached it.
+func TestADeadlineCheckNoCallReachedDoesNotPass(t *testing.T) {
+	t.Parallel()
+	inner := conformance.InProcess("fake", fake.New, suiteWorld(fmt.Sprintf("violations = [%q]\n", fake.ViolationIgnoreDeadlines)))
+	target := suiteTarget(func(ctx context.Context) (hypervisor.Driver, func(), error) {
+		d, closeDriver, err := inner(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		diag, ok := d.(interface{ Diagnostics() sdk.Diagnostics })
+		require.True(t, ok, "an in-process plugin reports the SDK's diagnostics")
+		return unreached{Driver: d, diag: diag.Diagnostics}, closeDriver, nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(name string) bool { return name == "Deadlines/RestoreGivesUp" }})
+	require.NoError(t, err)
+	require.Len(t, rep.Results, 1)
+	r := rep.Results[0]
+	assert.Equal(t, conformance.Skip, r.Outcome, "%s: %s", r.Outcome, r.Message)
+	assert.Contains(t, r.Message, "never reached the driver")
 }
 
 // A run that fails checks still puts the VMs back as it found them: a

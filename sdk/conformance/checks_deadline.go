@@ -108,8 +108,8 @@ func (p *probe) tagged(ctx context.Context, op, vm string) (context.Context, str
 // or one is later than the margin, or the margin and half as much again
 // have passed. A call still under way then is counted as late as it is so
 // far, so a driver answering a little past the margin is caught whatever
-// the CPU does. A plugin whose SDK reports no tagged calls is read once,
-// after that time. It returns false if a tagged call never reached the
+// the CPU does. A plugin whose SDK keeps no record of tagged calls (one
+// older than KeepsTags) is read once, after that time. It returns false if a tagged call never reached the
 // driver: how late the driver would have answered it was not judged.
 func (p *probe) lateness(op, vm string) bool {
 	p.Helper()
@@ -141,11 +141,11 @@ func (p *probe) lateness(op, vm string) bool {
 			tags[i] = c.tag
 		}
 		unanswered, unreached := pendingTags(d, tags)
-		if d.Tagged != nil && len(unanswered)+len(unreached) == 0 {
+		if d.KeepsTags && len(unanswered)+len(unreached) == 0 {
 			return true
 		}
 		if !time.Now().Before(bound) {
-			if len(unreached) > 0 && d.Tagged != nil {
+			if len(unreached) > 0 && d.KeepsTags {
 				var ops []string
 				for _, i := range unreached {
 					ops = append(ops, calls[i].op)
@@ -153,7 +153,7 @@ func (p *probe) lateness(op, vm string) bool {
 				p.Logf("%s of %q under a %s deadline never reached the driver: how late it answers was not judged",
 					strings.Join(ops, ", "), vm, p.s.timing.Deadline)
 			}
-			return len(unreached) == 0 || d.Tagged == nil
+			return len(unreached) == 0 || !d.KeepsTags
 		}
 		pause(p.ctx, min(delay, time.Until(bound)))
 		if p.ctx.Err() != nil {

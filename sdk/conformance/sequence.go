@@ -574,7 +574,7 @@ func (q *sequence) quietly(v *vmModel) {
 // every call of tags; a record without tags (an older SDK) says nothing.
 func answered(d sdk.Diagnostics, tags []string) bool {
 	unanswered, unreached := pendingTags(d, tags)
-	return d.Tagged != nil && len(unanswered)+len(unreached) == 0
+	return d.KeepsTags && len(unanswered)+len(unreached) == 0
 }
 
 // cutShort reports whether r is an answer at a short deadline, whose
