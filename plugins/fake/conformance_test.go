@@ -125,6 +125,18 @@ func collect(t *testing.T, target conformance.Target) *conformance.Report {
 	return rep
 }
 
+// collectOne runs the one check named check against target; the report
+// has its result alone.
+func collectOne(t *testing.T, target conformance.Target, check string) *conformance.Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(name string) bool { return name == check }})
+	require.NoError(t, err)
+	require.Len(t, rep.Results, 1)
+	return rep
+}
+
 // The plugin binary passes too, launched by the plugin host as the CLI
 // does, through protocol 2 and through the legacy protocol 1, where most
 // checks are skipped for capabilities it cannot declare.
@@ -346,12 +358,7 @@ func TestADeadlineCheckNoCallReachedDoesNotPass(t *testing.T) {
 		require.True(t, ok, "an in-process plugin reports the SDK's diagnostics")
 		return unreached{Driver: d, diag: diag.Diagnostics}, closeDriver, nil
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(name string) bool { return name == "Deadlines/RestoreGivesUp" }})
-	require.NoError(t, err)
-	require.Len(t, rep.Results, 1)
-	r := rep.Results[0]
+	r := collectOne(t, target, "Deadlines/RestoreGivesUp").Results[0]
 	assert.Equal(t, conformance.Skip, r.Outcome, "%s: %s", r.Outcome, r.Message)
 	assert.Contains(t, r.Message, "never reached the driver")
 }
@@ -403,11 +410,7 @@ func TestACheckThatDidNotJudgeIsASkip(t *testing.T) {
 	world := strings.Replace(suiteWorld(""), `restore = "200ms"`, `restore = "0s"`, 1)
 	require.NotEqual(t, suiteWorld(""), world)
 	target := suiteTarget(conformance.InProcess("fake", fake.New, world))
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	rep, err := conformance.Collect(ctx, target, conformance.Options{Match: func(name string) bool { return name == "Concurrency/TwoVMs" }})
-	require.NoError(t, err)
-	require.Len(t, rep.Results, 1)
+	rep := collectOne(t, target, "Concurrency/TwoVMs")
 	r := rep.Results[0]
 	assert.Equal(t, conformance.Skip, r.Outcome, "%s: %s", r.Check, r.Message)
 	assert.Regexp(t, `^§13\.1a: a restore of (subject|peer) takes \S+, too little to time: whether restores of two VMs wait for each other was not judged$`, r.Message)
