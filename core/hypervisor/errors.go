@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // Code classifies a driver error so that the core can decide what to do
@@ -190,10 +191,20 @@ func Unsupported(op, vm string) *Error {
 // FromContext turns a context's end into a contract error: CodeTimeout for
 // an exceeded deadline, CodeFailed for a cancellation. It returns nil while
 // the context is live.
+//
+// A deadline that has passed counts as exceeded even while ctx.Err is still
+// nil: the context's timer fires a moment after the deadline, and a wait
+// cut short by the same deadline (a socket's, a child context's) can end in
+// that moment. On a busy machine the moment is long enough for a driver to
+// answer some other error in between, for a wait the caller's deadline ended.
 func FromContext(ctx context.Context, op, vm string) error {
 	err := ctx.Err()
 	if err == nil {
-		return nil
+		d, ok := ctx.Deadline()
+		if !ok || time.Now().Before(d) {
+			return nil
+		}
+		err = context.DeadlineExceeded
 	}
 	code := CodeFailed
 	if errors.Is(err, context.DeadlineExceeded) {
