@@ -3,11 +3,9 @@ package plugintest
 import (
 	"crypto/sha256"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 )
@@ -29,7 +27,7 @@ import (
 type Cache struct {
 	mu     sync.Mutex
 	dir    string
-	own    bool // dir is this Cache's alone, removed by Close
+	lock   lockFunc // nil: dir is this Cache's alone, removed by Close
 	builds map[string]*cached
 }
 
@@ -45,12 +43,12 @@ type cached struct {
 func (c *Cache) Path(pkg string, extraFlags ...string) (string, error) {
 	c.mu.Lock()
 	if c.dir == "" {
-		dir, own, err := cacheDir()
+		dir, lock, err := cacheDir()
 		if err != nil {
 			c.mu.Unlock()
 			return "", err
 		}
-		c.dir, c.own, c.builds = dir, own, map[string]*cached{}
+		c.dir, c.lock, c.builds = dir, lock, map[string]*cached{}
 	}
 	key := strings.Join(append([]string{pkg}, extraFlags...), " ")
 	one, ok := c.builds[key]
@@ -58,7 +56,7 @@ func (c *Cache) Path(pkg string, extraFlags ...string) (string, error) {
 		one = &cached{}
 		c.builds[key] = one
 	}
-	dir, own := c.dir, c.own
+	dir, lock := c.dir, c.lock
 	c.mu.Unlock()
 	one.once.Do(func() {
 		// A directory per package and flags: the executable is named
@@ -69,11 +67,11 @@ func (c *Cache) Path(pkg string, extraFlags ...string) (string, error) {
 		if one.err = os.MkdirAll(dir, 0o700); one.err != nil {
 			return
 		}
-		if own {
+		if lock == nil {
 			one.path, one.err = Build(dir, pkg, extraFlags...)
 			return
 		}
-		unlock, err := lockFile(dir + ".lock")
+		unlock, err := lock(dir + ".lock")
 		if err != nil {
 			one.err = fmt.Errorf("plugintest: %w", err)
 			return
@@ -94,49 +92,20 @@ func (c *Cache) Close() error {
 		return nil
 	}
 	var err error
-	if c.own {
+	if c.lock == nil {
 		err = os.RemoveAll(c.dir)
 	}
-	c.dir, c.own, c.builds = "", false, nil
+	c.dir, c.lock, c.builds = "", nil, nil
 	return err
 }
 
-// cacheDir is the directory executables are built into: the one this
-// module's test processes share when there is a module and a file lock,
-// else a fresh temporary directory of the Cache's own (own).
-func cacheDir() (dir string, own bool, err error) {
-	if mod := moduleFile(); mod != "" && canLock {
-		sum := sha256.Sum256([]byte(mod + "\x00" + os.Getenv("GOFLAGS") + "\x00" + runtime.Version()))
-		dir := filepath.Join(os.TempDir(), fmt.Sprintf("plugintest-%d-%s", os.Getuid(), hex.EncodeToString(sum[:8])))
-		if err := privateDir(dir); err != nil {
-			return "", false, fmt.Errorf("plugintest: %w", err)
-		}
-		return dir, false, nil
-	}
-	dir, err = os.MkdirTemp("", "plugintest-")
-	return dir, true, err
-}
+// lockFunc takes an exclusive lock on the file at path across processes,
+// waiting while another holds it, and returns what releases it.
+type lockFunc func(path string) (unlock func(), err error)
 
-// moduleFile is the go.mod of the module the working directory is in, or
-// empty outside one.
-func moduleFile() string {
-	dir, err := os.Getwd()
-	if err != nil {
-		return ""
-	}
-	for {
-		mod := filepath.Join(dir, "go.mod")
-		if fi, err := os.Stat(mod); err == nil && fi.Mode().IsRegular() {
-			return mod
-		}
-		parent := filepath.Dir(dir)
-		if parent == dir {
-			return ""
-		}
-		dir = parent
-	}
+// ownDir is a fresh temporary directory for one Cache alone: no lock,
+// since no other process builds into it.
+func ownDir() (string, lockFunc, error) {
+	dir, err := os.MkdirTemp("", "plugintest-")
+	return dir, nil, err
 }
-
-// errNotPrivate is a shared build directory that another user could
-// write to: the tests would run executables someone else put there.
-var errNotPrivate = errors.New("is not a directory of this user's alone; remove it")

@@ -2,12 +2,6 @@
 
 package plugintest
 
-import "errors"
-
-// canLock says lockFile serializes builds across processes here: not
-// without flock, so each Cache builds into a directory of its own.
-const canLock = false
-
-func lockFile(string) (func(), error) { return nil, errors.New("no file locks on this system") }
-
-func privateDir(dir string) error { return errNotPrivate }
+// cacheDir is a directory of the Cache's own: without flock no lock keeps
+// two processes from building into a shared one at once.
+func cacheDir() (string, lockFunc, error) { return ownDir() }
