@@ -74,11 +74,16 @@ func newPluginRig(t testing.TB, p profile, opts ...rigOption) *rig {
 // TestPluginEveryOperation runs every operation through the plugin for
 // every simulated version and host style, then what only the wire can
 // break: the description, typed errors with their messages, and the
-// operation the driver does not offer.
+// operation the driver does not offer. -short runs it on the full profile
+// alone: the wire is the same for every profile, and TestEveryOperation
+// runs every profile's texts in process.
 func TestPluginEveryOperation(t *testing.T) {
 	t.Parallel()
 	for _, p := range profiles {
 		t.Run(p.name, func(t *testing.T) {
+			if testing.Short() && p.name != fullProfile {
+				t.Skip("-short runs this through the plugin on " + fullProfile + " alone; TestEveryOperation runs this profile in process")
+			}
 			t.Parallel()
 			r := newPluginRig(t, p, everyOperationWorld()...)
 			ctx := testContext(t)
