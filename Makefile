@@ -58,9 +58,12 @@ test: build lint example
 # a real hypervisor (QEMU, libvirt), a database server (PostgreSQL) or a
 # browser, and the service's load tests (a gigabyte of uploads, 500 stalled
 # clients), which -short skips, saying so; the fake's violation test runs
-# only the checks each violation must fail, and the model explorations are
-# shorter. Four test binaries at once, not one per core: much of their time
-# is spent waiting on simulated timings (113 to 116 s on two idle cores).
+# only the checks each violation must fail, the model explorations are
+# shorter, and the VirtualBox profiles besides the full one leave out what
+# TestEveryOperation runs on each. Four test binaries at once, not one per
+# core: much of their time is spent waiting on simulated timings (110 to
+# 112 s on two cores, in runs that alternated with the previous version's
+# 124 to 128 s).
 # Not after `make build`: the tests build what they run, and linking bin/
 # again after each change would come first, alone.
 test-short:

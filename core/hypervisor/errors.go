@@ -190,13 +190,14 @@ func Unsupported(op, vm string) *Error {
 
 // FromContext turns a context's end into a contract error: CodeTimeout for
 // an exceeded deadline, CodeFailed for a cancellation. It returns nil while
-// the context is live.
+// the context is live and its deadline ahead.
 //
 // A deadline that has passed counts as exceeded even while ctx.Err is still
-// nil: the context's timer fires a moment after the deadline, and a wait
+// nil. The context's timer fires a moment after its deadline, and a wait
 // cut short by the same deadline (a socket's, a child context's) can end in
-// that moment. On a busy machine the moment is long enough for a driver to
-// answer some other error in between, for a wait the caller's deadline ended.
+// that moment; on a busy machine the moment is long enough for a driver to
+// answer what the cut wait said (not ready, failed) where the contract
+// wants timeout.
 func FromContext(ctx context.Context, op, vm string) error {
 	err := ctx.Err()
 	if err == nil {
