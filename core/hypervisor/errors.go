@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 )
 
 // Code classifies a driver error so that the core can decide what to do
@@ -190,22 +189,11 @@ func Unsupported(op, vm string) *Error {
 
 // FromContext turns a context's end into a contract error: CodeTimeout for
 // an exceeded deadline, CodeFailed for a cancellation. It returns nil while
-// the context is live and its deadline ahead.
-//
-// A deadline that has passed counts as exceeded even while ctx.Err is still
-// nil. The context's timer fires a moment after its deadline, and a wait
-// cut short by the same deadline (a socket's, a child context's) can end in
-// that moment; on a busy machine the moment is long enough for a driver to
-// answer what the cut wait said (not ready, failed) where the contract
-// wants timeout.
+// the context is live.
 func FromContext(ctx context.Context, op, vm string) error {
 	err := ctx.Err()
 	if err == nil {
-		d, ok := ctx.Deadline()
-		if !ok || time.Now().Before(d) {
-			return nil
-		}
-		err = context.DeadlineExceeded
+		return nil
 	}
 	code := CodeFailed
 	if errors.Is(err, context.DeadlineExceeded) {

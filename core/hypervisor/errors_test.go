@@ -5,10 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
-	"github.com/stretchr/testify/require"
 
 	"github.com/sandboxhq/sandbox/core/hypervisor"
 )
@@ -47,27 +45,6 @@ func TestFromContext(t *testing.T) {
 	err := hypervisor.FromContext(ctx, "stop", "a")
 	assert.ErrorIs(t, err, context.Canceled)
 	assert.Equal(t, hypervisor.CodeFailed, hypervisor.CodeOf(err))
-}
-
-// timerNotYetFired is a context in the moment between its deadline and
-// its timer: the deadline has passed, and Err does not say so yet.
-type timerNotYetFired struct {
-	context.Context
-	deadline time.Time
-}
-
-func (c timerNotYetFired) Deadline() (time.Time, bool) { return c.deadline, true }
-
-func TestAPassedDeadlineIsATimeoutBeforeTheContextReportsIt(t *testing.T) {
-	late := timerNotYetFired{context.Background(), time.Now().Add(-time.Millisecond)}
-	require.NoError(t, late.Err(), "the context has not reported its end")
-	err := hypervisor.FromContext(late, hypervisor.OpExec, "a")
-	assert.Equal(t, hypervisor.CodeTimeout, hypervisor.CodeOf(err),
-		"a driver whose wait the deadline ended answers timeout, not what the cut wait said")
-	assert.ErrorIs(t, err, context.DeadlineExceeded)
-
-	live := timerNotYetFired{context.Background(), time.Now().Add(time.Hour)}
-	assert.NoError(t, hypervisor.FromContext(live, hypervisor.OpExec, "a"), "a deadline still ahead is no error")
 }
 
 func TestCapabilitiesAndStates(t *testing.T) {

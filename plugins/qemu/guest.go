@@ -52,6 +52,12 @@ func (d *Driver) agent(ctx context.Context, op, name string) (*qmp.Agent, func()
 		if cerr := hypervisor.FromContext(ctx, op, name); cerr != nil {
 			return nil, nil, cerr
 		}
+		if d, ok := ctx.Deadline(); ok && !time.Now().Before(d) {
+			// The caller's deadline ended the wait; ctx reports it a
+			// moment later than the agent's socket does, and on a busy
+			// machine the moment is long enough to answer in between.
+			return nil, nil, &hypervisor.Error{Code: hypervisor.CodeTimeout, Op: op, VM: name, Err: context.DeadlineExceeded}
+		}
 		if errors.Is(err, qmp.ErrNoAgent) || errors.Is(err, qmp.ErrBusy) {
 			return nil, nil, &hypervisor.Error{Code: hypervisor.CodeInvalidState, Op: op, VM: name,
 				Message: "the guest agent (qemu-ga) does not answer yet", Err: err}
