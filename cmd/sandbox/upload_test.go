@@ -127,7 +127,7 @@ func TestUploadsAreStreamedNotHeldInMemory(t *testing.T) {
 	took := time.Since(begun)
 	peak := peakRSS(t, s.cmd.Process.Pid)
 	for i := range uploads {
-		require.Equal(t, http.StatusAccepted, statuses[i], bodies[i])
+		require.Equal(t, http.StatusAccepted, statuses[i], "%s\nthe service's log:\n%s", bodies[i], s.logs())
 	}
 	t.Logf("%d uploads of %d MB in %s: the service's peak RSS %d MB (%d MB before them)", uploads, size>>20, took.Round(time.Millisecond),
 		peak>>20, before>>20)
