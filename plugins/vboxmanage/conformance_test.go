@@ -106,11 +106,11 @@ func quickCheck(name string) bool {
 
 // successPaths are quick checks that only drive operations through their
 // success paths: restores, starts, stops and guest copies and commands
-// that work. TestEveryOperation and TestPluginEveryOperation run each of
-// those on every profile and check what reached VBoxManage, so -short
-// leaves them out on the profiles besides the full one (where they were
-// 45 % of the simulator's runs), and keeps the checks of VBoxManage's
-// error texts, the session line, emergencystop and guest exit codes.
+// that work. TestEveryOperation runs each of those on every profile and
+// checks what reached VBoxManage, so -short leaves them out on the
+// profiles besides the full one (where they were 45 % of the simulator's
+// runs), and keeps the checks of VBoxManage's error texts, the session
+// line, emergencystop and guest exit codes.
 var successPaths = []string{
 	"Restore/CurrentSnapshot", "Restore/NamedSnapshot", "Restore/OtherSnapshot", "Restore/Twice",
 	"Start/ReachesRunning", "Start/RunningIsNoOp",
