@@ -263,6 +263,10 @@ func refuseBody(w http.ResponseWriter) {
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
 }
 
+// statusClientClosed is the status logged for a request whose client
+// left before its answer (no standard one exists; proxies use 499).
+const statusClientClosed = 499
+
 // auth checks the bearer token, then runs h and renders its error.
 func (s *Server) auth(h func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -288,6 +292,11 @@ func (s *Server) auth(h func(http.ResponseWriter, *http.Request) error) http.Han
 				status = http.StatusConflict
 			}
 			writeError(w, status, ie.Code, ie.Msg)
+		case errors.Is(err, context.Canceled) && r.Context().Err() != nil:
+			// The request's own context ends when its connection does:
+			// nobody reads this answer, the log says what happened.
+			s.log.Info("request abandoned: the client's connection closed before the answer", "method", r.Method, "path", r.URL.Path)
+			writeError(w, statusClientClosed, "cancelled", "the connection closed before the answer was ready")
 		case errors.Is(err, context.Canceled):
 			writeError(w, http.StatusServiceUnavailable, "unavailable",
 				"the service is stopping: try again once it is back, or on another host sharing the queue")

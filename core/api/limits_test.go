@@ -2,11 +2,15 @@ package api_test
 
 import (
 	"bufio"
+	"bytes"
+	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -279,4 +283,79 @@ func TestARunningTaskShowsItsProgress(t *testing.T) {
 	assert.Equal(t, engine.ReportSchema, rep.Schema)
 	assert.Contains(t, s.page("/", token), `<td class="cancelled">cancelled</td>`)
 	assert.Contains(t, s.page("/tasks/"+task.ID, token), `<td class="cancelled" id="state">cancelled</td>`)
+}
+
+// A submission whose last byte has arrived is not cut at read_timeout
+// while the queue waits to store it: under load, sixteen uploads finishing
+// at once wait their turn for the database, and the last may wait longer
+// than read_timeout. Another process holds SQLite's write lock here for
+// three read_timeouts after the upload has been read.
+func TestASubmissionWaitingForTheDatabaseIsNotCut(t *testing.T) {
+	const limit = 300 * time.Millisecond
+	s := newService(t, withServer(func(c *config.Server) { c.ReadTimeout = limit }))
+	other, err := sql.Open("sqlite", "file:"+filepath.Join(s.dir, "queue.db")+"?_pragma=busy_timeout(10000)")
+	require.NoError(t, err)
+	defer other.Close()
+	ctx := context.Background()
+	conn, err := other.Conn(ctx)
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = conn.ExecContext(ctx, "BEGIN IMMEDIATE")
+	require.NoError(t, err)
+	held := time.AfterFunc(3*limit, func() { _, _ = conn.ExecContext(ctx, "ROLLBACK") })
+	defer held.Stop()
+
+	// The last bytes come a moment after the rest, as the end of a long
+	// upload does: the server reads them apart from the others.
+	// With a Content-Length, the body's end comes with those bytes.
+	body, ct := form(t, "a.txt", bytes.Repeat([]byte("a sample "), 1000), "profile", "clamav")
+	size := int64(body.(*bytes.Buffer).Len())
+	req, err := http.NewRequest("POST", s.url+"/v1/tasks", &lateEnd{r: body, after: limit / 4})
+	require.NoError(t, err)
+	req.ContentLength = size
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", ct)
+	resp, err := s.client.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	var out taskJSON
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusAccepted, resp.StatusCode, "the submission waited for the database: %s", data)
+	require.NoError(t, json.Unmarshal(data, &out))
+	assert.Equal(t, "done", s.wait(out.ID).State)
+}
+
+// lateEnd gives all but r's last 100 bytes at once, and those after a pause.
+type lateEnd struct {
+	r           io.Reader
+	after       time.Duration
+	head, tail  []byte
+	read, slept bool
+}
+
+func (l *lateEnd) Read(p []byte) (int, error) {
+	if !l.read {
+		all, err := io.ReadAll(l.r)
+		if err != nil {
+			return 0, err
+		}
+		cut := max(len(all)-100, 0)
+		l.head, l.tail, l.read = all[:cut], all[cut:], true
+	}
+	if len(l.head) > 0 {
+		n := copy(p, l.head)
+		l.head = l.head[n:]
+		return n, nil
+	}
+	if !l.slept {
+		time.Sleep(l.after)
+		l.slept = true
+	}
+	n := copy(p, l.tail)
+	l.tail = l.tail[n:]
+	if len(l.tail) == 0 {
+		return n, io.EOF
+	}
+	return n, nil
 }

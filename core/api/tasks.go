@@ -253,7 +253,10 @@ func (g *stallReader) extend() {
 
 func (g *stallReader) Read(p []byte) (int, error) {
 	n, err := g.ReadCloser.Read(p)
-	if n > 0 && time.Since(g.last) > g.idle/100 {
+	// Not at the body's end: net/http has then cleared the deadline and
+	// begun its own read, which would cancel the request's context at the
+	// deadline while the queue still stores the sample.
+	if n > 0 && err == nil && time.Since(g.last) > g.idle/100 {
 		g.extend()
 	}
 	return n, err
