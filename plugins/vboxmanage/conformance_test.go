@@ -125,6 +125,19 @@ func otherProfileCheck(name string) bool {
 	return quickCheck(name) && !(testing.Short() && slices.Contains(successPaths, name))
 }
 
+// Each name in successPaths is one of the suite's checks: a check renamed
+// in the suite would otherwise run again in -short, unnoticed.
+func TestSuccessPathsNameChecks(t *testing.T) {
+	known := map[string]bool{}
+	for _, c := range conformance.Checks() {
+		known[c.Name] = true
+	}
+	for _, name := range successPaths {
+		assert.True(t, known[name], "successPaths names %q, which is no check of the suite", name)
+		assert.True(t, quickCheck(name), "successPaths names %q, which runs on the full profile only anyway", name)
+	}
+}
+
 // TestConformance runs the whole suite through the plugin on VirtualBox
 // 7.0 (Linux), and the quick checks on 5.1 (Linux), 6.1 (Windows) and 7.1
 // (macOS). The runs spend their time waiting for simulated VMs, so the
