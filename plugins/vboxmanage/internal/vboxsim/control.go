@@ -83,7 +83,7 @@ func (s *sim) launch(ref, typ string) int {
 		return max(code, s.status(err))
 	}
 	s.o.println("Waiting for VM \"%s\" to power on...", ref)
-	sleep(s.cfg.Timing.Start)
+	s.sleep(s.cfg.Timing.Start)
 	failed := s.cfg.Faults.StartFailExit0
 	err = s.update(func(w *World) error {
 		vm := w.Find(ref)
@@ -224,7 +224,7 @@ func (s *sim) controlvm(args []string) int {
 	}
 	if took || !console {
 		if took {
-			sleep(s.cfg.Timing.ReadHold)
+			s.sleep(s.cfg.Timing.ReadHold)
 			_ = s.release(ref)
 		}
 		dot := ""
@@ -308,7 +308,7 @@ func (s *sim) writeLocked(cmd string, args []string, change func(*VM)) int {
 	if err != nil || code != 0 {
 		return max(code, s.status(err))
 	}
-	sleep(s.cfg.Timing.WriteHold)
+	s.sleep(s.cfg.Timing.WriteHold)
 	err = s.update(func(w *World) error {
 		if vm := w.Find(ref); vm != nil && change != nil {
 			change(vm)

@@ -248,6 +248,7 @@ func (s *sim) guestRun(root string, o guestOpts) int {
 			secs, _ = strconv.ParseFloat(args[0], 64)
 		}
 		d := time.Duration(secs * float64(time.Second))
+		s.flush()
 		if o.timeout > 0 && d > o.timeout {
 			time.Sleep(o.timeout)
 			return 20

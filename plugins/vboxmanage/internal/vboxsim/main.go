@@ -1,6 +1,7 @@
 package vboxsim
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"strings"
@@ -25,6 +26,8 @@ type sim struct {
 	env Env
 	cfg Config
 	o   *out
+	// flush writes out what is buffered for standard output.
+	flush func()
 	// faults consumed by this invocation
 	garbage, accessDenied bool
 }
@@ -32,7 +35,14 @@ type sim struct {
 // Main runs one VBoxManage invocation and returns its exit status.
 func Main(args []string, env Env) int {
 	recordArgv(env.Home, env.PID, args)
-	s := &sim{env: env}
+	// Standard output is buffered, as a C program's is on a pipe, and
+	// flushed before every wait and at the end: a listing is then one
+	// write, not one per line, and a command that hangs has printed all
+	// it had to.
+	stdout := bufio.NewWriter(env.Stdout)
+	defer stdout.Flush()
+	env.Stdout = stdout
+	s := &sim{env: env, flush: func() { _ = stdout.Flush() }}
 	cmd := ""
 	if len(args) > 0 {
 		cmd = strings.ToLower(args[0])
@@ -77,7 +87,7 @@ func Main(args []string, env Env) int {
 		fmt.Fprintf(env.Stderr, "vboxsim: %v\n", err)
 		return 3
 	}
-	s.o = newOut(s.cfg, env.Stdout, env.Stderr)
+	s.o = newOut(s.cfg, env.Stdout, env.Stderr, s.flush)
 	if s.cfg.Faults.Warnings && s.cfg.Host == "linux" {
 		s.o.println("%s", wrapperWarning)
 	}
@@ -102,6 +112,7 @@ func Main(args []string, env Env) int {
 		return 0
 	case "--version", "-v", "-version":
 		if hangVersion {
+			s.flush()
 			time.Sleep(24 * time.Hour) // until killed, like a hung VBoxSVC call
 			return 1
 		}
@@ -209,8 +220,10 @@ func (s *sim) release(ref string) error {
 	})
 }
 
-func sleep(d Duration) {
+// sleep waits d, as a command that takes that long does.
+func (s *sim) sleep(d Duration) {
 	if d > 0 {
+		s.flush()
 		time.Sleep(d.D())
 	}
 }

@@ -33,10 +33,12 @@ type out struct {
 	prog           string
 	windows        bool
 	ver            version
+	// flush writes out buffered standard output before a wait.
+	flush func()
 }
 
-func newOut(cfg Config, stdout, stderr io.Writer) *out {
-	o := &out{rawOut: stdout, rawErr: stderr, prog: "VBoxManage", ver: parseVersion(cfg.Version)}
+func newOut(cfg Config, stdout, stderr io.Writer, flush func()) *out {
+	o := &out{rawOut: stdout, rawErr: stderr, prog: "VBoxManage", ver: parseVersion(cfg.Version), flush: flush}
 	o.stdout, o.stderr = stdout, stderr
 	if cfg.Host == "windows" {
 		o.windows, o.prog = true, "VBoxManage.exe"
@@ -126,6 +128,7 @@ func (o *out) api(e apiError) {
 // progress prints the progress bar over d, or stops after "0%..." and
 // blocks forever when hang is set.
 func (o *out) progress(d time.Duration, hang bool) {
+	o.flush()
 	fmt.Fprint(o.stderr, "0%...")
 	for hang {
 		// Blocks until killed; a bare select{} could be reported as a

@@ -50,7 +50,7 @@ func (s *sim) showvminfo(args []string) int {
 		return max(code, s.status(err))
 	}
 	if took {
-		sleep(s.cfg.Timing.ReadHold)
+		s.sleep(s.cfg.Timing.ReadHold)
 		defer func() { _ = s.release(ref) }()
 	}
 	if !machine {

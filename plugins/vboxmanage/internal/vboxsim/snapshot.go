@@ -136,7 +136,7 @@ func (s *sim) snapshot(args []string) int {
 	}()
 	switch sub {
 	case "list":
-		sleep(s.cfg.Timing.ReadHold)
+		s.sleep(s.cfg.Timing.ReadHold)
 		if len(vm.Snapshots) == 0 {
 			s.o.println("This machine does not have any snapshots")
 			return 1

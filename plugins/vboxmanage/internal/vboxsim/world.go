@@ -270,7 +270,7 @@ func Create(dir string, w *World) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	return withLock(dir, func() error { return save(dir, w) })
+	return withLock(dir, func() error { return save(dir, w, nil) })
 }
 
 // Update applies fn to the world in dir under the state lock and saves
@@ -278,13 +278,13 @@ func Create(dir string, w *World) error {
 // world is saved, so that consumed fault counters stay consumed.
 func Update(dir string, fn func(w *World) error) error {
 	return withLock(dir, func() error {
-		w, err := load(dir)
+		w, was, err := load(dir)
 		if err != nil {
 			return err
 		}
 		w.advance(time.Now())
 		ferr := fn(w)
-		if err := save(dir, w); err != nil {
+		if err := save(dir, w, was); err != nil {
 			return err
 		}
 		return ferr
@@ -321,25 +321,31 @@ func trimBraces(s string) string {
 	return s
 }
 
-func load(dir string) (*World, error) {
+// load returns the world in dir and the file it was read from.
+func load(dir string) (*World, []byte, error) {
 	data, err := os.ReadFile(filepath.Join(dir, stateFile))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("vboxsim: no world in %s (VBOX_USER_HOME)", dir)
+			return nil, nil, fmt.Errorf("vboxsim: no world in %s (VBOX_USER_HOME)", dir)
 		}
-		return nil, err
+		return nil, nil, err
 	}
 	var w World
 	if err := json.Unmarshal(data, &w); err != nil {
-		return nil, fmt.Errorf("vboxsim: %s: %w", stateFile, err)
+		return nil, nil, fmt.Errorf("vboxsim: %s: %w", stateFile, err)
 	}
-	return &w, nil
+	return &w, data, nil
 }
 
-func save(dir string, w *World) error {
+// save writes w unless it is still what was read: most invocations only
+// look, and the driver runs thousands of them in a test.
+func save(dir string, w *World, was []byte) error {
 	data, err := json.MarshalIndent(w, "", "  ")
 	if err != nil {
 		return err
+	}
+	if bytes.Equal(data, was) {
+		return nil
 	}
 	tmp, err := os.CreateTemp(dir, stateFile+".*")
 	if err != nil {
