@@ -26,11 +26,11 @@ func TestTheModelOnTheSimulator(t *testing.T) {
 		}
 		logs := &plugintest.Buffer{}
 		target := suiteTarget(t, suiteWorld(t, p), logs)
-		// Each step runs VBoxManage a few times: 30 s of exploration, 10 s
-		// in the inner loop (-short).
+		// Each step runs VBoxManage a few times, and the simulator's runs are
+		// most of the inner loop's CPU: 30 s of exploration, 5 s under -short.
 		span := 30 * time.Second
 		if testing.Short() {
-			span = 10 * time.Second
+			span = 5 * time.Second
 		}
 		target.Model = conformance.Exploration{Duration: span}
 		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
