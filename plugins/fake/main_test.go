@@ -15,7 +15,7 @@ import (
 // once rather than one per core.
 func TestMain(m *testing.M) {
 	flag.Parse()
-	plugintest.WaitingParallel(8)
+	plugintest.WaitingParallel(4)
 	code := m.Run()
 	_ = programs.Close()
 	os.Exit(code)
