@@ -61,9 +61,9 @@ test: build lint example
 # only the checks each violation must fail, the model explorations are
 # shorter, and the VirtualBox profiles besides the full one leave out what
 # TestEveryOperation runs on each. Four test binaries at once, not one per
-# core: much of their time is spent waiting on simulated timings (110 to
-# 112 s on two cores, in runs that alternated with the previous version's
-# 124 to 128 s).
+# core: much of their time is spent waiting on simulated timings (107 to
+# 108 s on two cores, in runs that alternated with the previous version's
+# 109 to 118 s).
 # Not after `make build`: the tests build what they run, and linking bin/
 # again after each change would come first, alone.
 test-short:
