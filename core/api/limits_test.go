@@ -306,8 +306,8 @@ func TestASubmissionWaitingForTheDatabaseIsNotCut(t *testing.T) {
 	defer held.Stop()
 
 	// The last bytes come a moment after the rest, as the end of a long
-	// upload does: the server reads them apart from the others.
-	// With a Content-Length, the body's end comes with those bytes.
+	// upload does, so that the server reads them apart from the others;
+	// with a Content-Length, the body's end comes with them.
 	body, ct := form(t, "a.txt", bytes.Repeat([]byte("a sample "), 1000), "profile", "clamav")
 	size := int64(body.(*bytes.Buffer).Len())
 	req, err := http.NewRequest("POST", s.url+"/v1/tasks", &lateEnd{r: body, after: limit / 4})
